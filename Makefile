@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole suite).
+# Both install what they need first (scripts/setup.sh, idempotent).
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+
+# torch-sys locates LibTorch through the virtualenv's Python (see scripts/setup-torch.sh);
+# the built binaries carry an rpath to it, so running them needs none of this.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(ROOT)/.venv
+export PATH := $(ROOT)/.venv/bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: setup demo test fmt lint build bench clean-venv
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release --workspace
+
+## demo: the most complete run Meridian has today (see README).
+demo: setup
+	cargo run --release -p meridian-trainer --bin meridian -- compress
+
+## test: formatting, lints (warnings denied) and every test in the workspace.
+test: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo test --workspace
+
+fmt:
+	cargo fmt --all
+
+## bench: criterion benchmarks (long; see BENCHMARKS.md).
+bench: setup
+	cargo bench -p meridian-benches

@@ -1,0 +1,10 @@
+//! Rounds, membership, wire format and transport for Meridian.
+//!
+//! `meridian-comm` moves opaque payload bytes between workers in numbered rounds and tells
+//! its caller who delivered. Its protocol core is sans-IO: a state machine fed with received
+//! messages and timer events that emits sends and round results; QUIC (quinn + rustls) is
+//! one driver of that core, tests and the WAN simulator are others.
+//!
+//! It must not know about tensors or training algorithms: a payload is bytes with a length.
+//! The protocol core and transport land with the comm work; this crate is the reserved
+//! place for them in the workspace's layering.

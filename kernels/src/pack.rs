@@ -1,0 +1,1175 @@
+//! Index packing: compact byte encodings of a strictly increasing index list.
+//!
+//! Two encodings, each choosing the smaller of two forms and announcing it with a leading
+//! tag byte. Decoders accept only the form the encoder would have chosen (and, for the
+//! delta form, only the minimal bit width), so every index list has exactly one encoding:
+//! replicas that encode the same selection produce the same bytes, and anything else is
+//! rejected as [`KernelError::Malformed`].
+//!
+//! # Bit packing
+//!
+//! Packed values are written LSB-first: a value `v` of width `w` placed at stream bit `p`
+//! puts bit `j` of `v` at stream bit `p + j`, and stream bit `q` is bit `q % 8` of byte
+//! `q / 8`. Values follow one another with no alignment; the last byte is padded with zero
+//! bits, and decoders reject non-zero padding.
+//!
+//! # Tags
+//!
+//! | tag                   | form   | used by                                          |
+//! |-----------------------|--------|--------------------------------------------------|
+//! | `0x01` [`TAG_FIXED`]  | fixed  | [`encode_chunked`]                               |
+//! | `0x02` [`TAG_BITMAP`] | bitmap | [`encode_chunked`] and [`encode_sorted`]         |
+//! | `0x03` [`TAG_DELTA`]  | delta  | [`encode_sorted`]                                |
+//!
+//! # Chunked encoding ([`encode_chunked`])
+//!
+//! For indices chosen by a per-chunk top-k described by a [`ChunkSpec`]: chunk `c` holds
+//! exactly `spec.k_for(chunk length)` indices, all inside the chunk.
+//!
+//! - **fixed**: `[0x01]` then `total_k` local offsets (index − chunk start), chunk by chunk,
+//!   ascending within each chunk, bit-packed at `w = max(1, ceil(log2(min(chunk_len,
+//!   len))))` bits each (12 bits for 4096-element chunks); `ceil(total_k · w / 8)` bytes.
+//!   Capping the span at `len` only matters when one chunk covers the whole buffer, and
+//!   keeps `w ≤ 32`.
+//! - **bitmap**: `[0x02]` then `ceil(len / 8)` bytes; bit `i` is set iff index `i` is
+//!   selected.
+//!
+//! Fixed is chosen iff its size is at most the bitmap's (ties go to fixed). Both sizes
+//! depend only on the spec, so [`encoded_len_chunked`] is known before encoding.
+//!
+//! # Sorted encoding ([`encode_sorted`])
+//!
+//! For any strictly increasing list below `len` (a global top-k):
+//!
+//! - **delta**: a 10-byte header `[0x03][count: u32 LE][width: u8][first: u32 LE]`, then
+//!   the `count − 1` gaps `idx[i] − idx[i−1] − 1` (i = 1..count) bit-packed at `width`
+//!   bits, `ceil((count − 1) · width / 8)` bytes. `width` is the bit length of the largest
+//!   gap (0 when the indices are consecutive, in which case there is no payload). An empty
+//!   list has `width = 0` and `first = 0`.
+//! - **bitmap**: `[0x02]` then `ceil(len / 8)` bytes, as above.
+//!
+//! Delta is chosen iff its size is at most the bitmap's (ties go to delta).
+//!
+//! Encoders append to the caller's buffer and leave it unchanged on error. Decoders read
+//! from the front of a byte slice and return the indices and the number of bytes consumed,
+//! so several encodings can be concatenated.
+
+use crate::chunks::ChunkSpec;
+use crate::error::{invalid, malformed, KernelError, Result};
+
+/// Tag byte of the fixed-width chunk-local form.
+pub const TAG_FIXED: u8 = 0x01;
+/// Tag byte of the bitmap form.
+pub const TAG_BITMAP: u8 = 0x02;
+/// Tag byte of the delta form.
+pub const TAG_DELTA: u8 = 0x03;
+
+/// Tag, count, width and first index.
+const DELTA_HEADER: usize = 1 + 4 + 1 + 4;
+
+const WHAT_CHUNKED: &str = "chunked index encoding";
+const WHAT_SORTED: &str = "sorted index encoding";
+
+// ---------------------------------------------------------------------------------------
+// Bit I/O
+// ---------------------------------------------------------------------------------------
+
+/// Appends values of up to 32 bits each to a byte buffer, LSB-first.
+pub(crate) struct BitWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    acc: u64,
+    nbits: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    /// A writer appending to `buf` from its current end (byte-aligned).
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
+        Self { buf, acc: 0, nbits: 0 }
+    }
+
+    /// Appends the low `width` bits of `value`; widths above 32 are treated as 32.
+    #[inline]
+    pub(crate) fn push(&mut self, value: u32, width: u32) {
+        let width = width.min(32);
+        // `nbits < 32` between calls, so the accumulator never holds more than 63 bits.
+        self.acc |= (u64::from(value) & low_mask(width)) << self.nbits;
+        self.nbits += width;
+        if self.nbits >= 32 {
+            self.buf.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.nbits -= 32;
+        }
+    }
+
+    /// Flushes the partial last byte, zero-padded.
+    pub(crate) fn finish(self) {
+        let n = self.nbits.div_ceil(8) as usize;
+        self.buf.extend_from_slice(&self.acc.to_le_bytes()[..n]);
+    }
+}
+
+/// Reads values of up to 32 bits each from a byte slice, LSB-first.
+///
+/// Reading past the end yields zero bits rather than panicking; callers check the length
+/// of the slice against the number of bits they will read before they start.
+pub(crate) struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    /// A reader starting at the first bit of `bytes`.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    /// The next `width` bits as an integer; widths above 32 are treated as 32.
+    #[inline]
+    pub(crate) fn read(&mut self, width: u32) -> u32 {
+        let width = width.min(32);
+        let byte = self.pos >> 3;
+        let shift = (self.pos & 7) as u32;
+        let tail = self.bytes.get(byte..).unwrap_or(&[]);
+        // An unaligned 8-byte load covers shift (≤ 7) + width (≤ 32) bits in one go.
+        let word = match tail.first_chunk::<8>() {
+            Some(w) => u64::from_le_bytes(*w),
+            None => {
+                let mut w = [0u8; 8];
+                let n = tail.len().min(8);
+                w[..n].copy_from_slice(&tail[..n]);
+                u64::from_le_bytes(w)
+            }
+        };
+        self.pos += width as usize;
+        ((word >> shift) & low_mask(width)) as u32
+    }
+}
+
+#[inline]
+fn low_mask(width: u32) -> u64 {
+    if width >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    }
+}
+
+/// Bits needed to write `v` (0 for 0).
+fn bit_len(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+/// Rejects non-zero bits after the first `used_bits` bits of `bytes` (whose length the
+/// caller has already matched to `used_bits.div_ceil(8)`).
+fn check_padding(what: &'static str, bytes: &[u8], used_bits: u64) -> Result<()> {
+    let rem = (used_bits % 8) as u32;
+    match bytes.last() {
+        Some(&last) if rem != 0 && last >> rem != 0 => {
+            Err(malformed(what, "non-zero padding bits in the last byte"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn to_usize(what: &'static str, n: u64) -> Result<usize> {
+    usize::try_from(n).map_err(|_| invalid(what, format!("{n} does not fit in usize")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared validation and the bitmap form
+// ---------------------------------------------------------------------------------------
+
+/// Checks that `indices` is strictly increasing and below `len`; returns the largest gap
+/// `idx[i] − idx[i−1] − 1` (0 for fewer than two indices).
+fn scan_sorted(what: &'static str, indices: &[u32], len: usize) -> Result<u32> {
+    let Some((&first, rest)) = indices.split_first() else {
+        return Ok(0);
+    };
+    let mut prev = first;
+    let mut max_gap = 0u32;
+    for (pos, &i) in rest.iter().enumerate() {
+        if i <= prev {
+            return Err(malformed(
+                what,
+                format!("indices not strictly increasing at position {}: {prev} then {i}", pos + 1),
+            ));
+        }
+        max_gap = max_gap.max(i - prev - 1);
+        prev = i;
+    }
+    if prev as usize >= len {
+        return Err(KernelError::IndexOutOfRange { what, index: u64::from(prev), len: len as u64 });
+    }
+    Ok(max_gap)
+}
+
+fn bitmap_bytes(len: usize) -> usize {
+    len.div_ceil(8)
+}
+
+/// Sets bit `i` of a zeroed bitmap for every `i` in `indices` (already checked `< len`).
+fn write_bitmap(indices: &[u32], len: usize, buf: &mut Vec<u8>) {
+    buf.push(TAG_BITMAP);
+    let start = buf.len();
+    buf.resize(start + bitmap_bytes(len), 0);
+    let bm = &mut buf[start..];
+    for &i in indices {
+        if let Some(b) = bm.get_mut((i >> 3) as usize) {
+            *b |= 1 << (i & 7);
+        }
+    }
+}
+
+/// Checks the padding of a bitmap over `len` bits (`body` already exactly
+/// `bitmap_bytes(len)` long) and returns its population count.
+fn bitmap_count(what: &'static str, body: &[u8], len: usize) -> Result<usize> {
+    check_padding(what, body, len as u64)?;
+    let (words, rest) = body.split_at(body.len() - body.len() % 8);
+    let mut n = 0usize;
+    for w in words.chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        n += u64::from_le_bytes(a).count_ones() as usize;
+    }
+    n += rest.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+    Ok(n)
+}
+
+/// The set positions of a bitmap whose padding has been checked, in ascending order.
+fn bitmap_extract(body: &[u8], count: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(count);
+    let mut base = 0usize;
+    let (words, rest) = body.split_at(body.len() - body.len() % 8);
+    for w in words.chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let mut x = u64::from_le_bytes(a);
+        while x != 0 {
+            out.push((base + x.trailing_zeros() as usize) as u32);
+            x &= x - 1;
+        }
+        base += 64;
+    }
+    for &b in rest {
+        let mut x = b;
+        while x != 0 {
+            out.push((base + x.trailing_zeros() as usize) as u32);
+            x &= x - 1;
+        }
+        base += 8;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunked encoding
+// ---------------------------------------------------------------------------------------
+
+struct ChunkedPlan {
+    fixed: bool,
+    width: u32,
+    total_k: usize,
+    /// Bytes after the tag.
+    payload: usize,
+}
+
+/// Validates a spec whose fields may have been set by hand, including that `k_for` on the
+/// short last chunk cannot overflow.
+fn chunked_plan(spec: &ChunkSpec) -> Result<ChunkedPlan> {
+    ChunkSpec::new(spec.len, spec.chunk_len, spec.k)?;
+    let short = spec.len % spec.chunk_len;
+    if spec.k.checked_mul(short).is_none() {
+        return Err(invalid("k", format!("{} × {short} overflows", spec.k)));
+    }
+    let span = spec.chunk_len.min(spec.len);
+    let width = bit_len(span as u64 - 1).max(1);
+    let total_k = spec.total_k();
+    let fixed_bytes = to_usize("spec", (total_k as u64 * u64::from(width)).div_ceil(8))?;
+    let bitmap = bitmap_bytes(spec.len);
+    let fixed = fixed_bytes <= bitmap;
+    Ok(ChunkedPlan { fixed, width, total_k, payload: if fixed { fixed_bytes } else { bitmap } })
+}
+
+/// For sorted, in-range `indices` of length `spec.total_k()`: the first chunk whose slot
+/// of `k_for` consecutive indices does not lie inside it, with its expected and actual
+/// counts.
+fn chunk_mismatch(indices: &[u32], spec: &ChunkSpec) -> Option<(usize, usize, usize)> {
+    let mut pos = 0usize;
+    for c in 0..spec.num_chunks() {
+        let r = spec.chunk_range(c);
+        let kc = spec.k_for(r.len());
+        let fits = indices.get(pos..pos + kc).is_some_and(|s| match (s.first(), s.last()) {
+            (Some(&a), Some(&b)) => (a as usize) >= r.start && (b as usize) < r.end,
+            _ => true,
+        });
+        if !fits {
+            let lo = indices.partition_point(|&i| (i as usize) < r.start);
+            let hi = indices.partition_point(|&i| (i as usize) < r.end);
+            return Some((c, kc, hi - lo));
+        }
+        pos += kc;
+    }
+    None
+}
+
+/// Exact size in bytes (tag included) of [`encode_chunked`]'s output for `spec`.
+///
+/// Depends only on the spec. Returns 0 for a spec that [`ChunkSpec::new`] would reject;
+/// [`encode_chunked`] and [`decode_chunked`] return an error for such a spec.
+pub fn encoded_len_chunked(spec: &ChunkSpec) -> usize {
+    chunked_plan(spec).map_or(0, |p| 1 + p.payload)
+}
+
+/// Appends the chunked encoding (see the module doc) of `indices` to `buf`.
+///
+/// `indices` must be strictly increasing, below `spec.len`, and hold exactly
+/// `spec.k_for(chunk length)` indices in each chunk. On error `buf` is unchanged.
+pub fn encode_chunked(indices: &[u32], spec: &ChunkSpec, buf: &mut Vec<u8>) -> Result<()> {
+    let plan = chunked_plan(spec)?;
+    scan_sorted("chunked indices", indices, spec.len)?;
+    if indices.len() != plan.total_k {
+        return Err(KernelError::LengthMismatch {
+            what: "chunked indices (total over all chunks)",
+            expected: plan.total_k,
+            actual: indices.len(),
+        });
+    }
+    if let Some((_, expected, actual)) = chunk_mismatch(indices, spec) {
+        return Err(KernelError::LengthMismatch {
+            what: "chunked indices in a chunk",
+            expected,
+            actual,
+        });
+    }
+    buf.reserve(1 + plan.payload);
+    if !plan.fixed {
+        write_bitmap(indices, spec.len, buf);
+        return Ok(());
+    }
+    buf.push(TAG_FIXED);
+    let mut w = BitWriter::new(buf);
+    let mut rest = indices;
+    for c in 0..spec.num_chunks() {
+        let r = spec.chunk_range(c);
+        let Some((head, tail)) = rest.split_at_checked(spec.k_for(r.len())) else {
+            break; // unreachable: counts were checked above
+        };
+        // Chunk starts are below `len < 2^32`.
+        let start = r.start as u32;
+        for &i in head {
+            w.push(i - start, plan.width);
+        }
+        rest = tail;
+    }
+    w.finish();
+    Ok(())
+}
+
+/// Decodes a chunked encoding from the front of `bytes`; returns the global indices
+/// (strictly increasing) and the number of bytes consumed.
+///
+/// Errors on a spec [`ChunkSpec::new`] rejects, a missing, unknown or non-canonical tag,
+/// too few bytes, non-zero padding, a local offset at or beyond its chunk's length, offsets
+/// not strictly increasing within a chunk, or (bitmap) a chunk whose number of set bits is
+/// not `spec.k_for(chunk length)`. Trailing bytes are left for the caller.
+pub fn decode_chunked(bytes: &[u8], spec: &ChunkSpec) -> Result<(Vec<u32>, usize)> {
+    let plan = chunked_plan(spec)?;
+    let Some((&tag, body)) = bytes.split_first() else {
+        return Err(malformed(WHAT_CHUNKED, "empty input"));
+    };
+    let want = if plan.fixed { TAG_FIXED } else { TAG_BITMAP };
+    if tag != want {
+        return Err(malformed(
+            WHAT_CHUNKED,
+            if tag == TAG_FIXED || tag == TAG_BITMAP {
+                format!("tag {tag:#04x} is not the form this spec selects ({want:#04x})")
+            } else {
+                format!("unknown tag {tag:#04x}")
+            },
+        ));
+    }
+    let Some(body) = body.get(..plan.payload) else {
+        return Err(malformed(
+            WHAT_CHUNKED,
+            format!("truncated: need {} bytes after the tag, have {}", plan.payload, body.len()),
+        ));
+    };
+    let indices = if plan.fixed {
+        decode_fixed(body, spec, &plan)?
+    } else {
+        decode_chunked_bitmap(body, spec, &plan)?
+    };
+    Ok((indices, 1 + plan.payload))
+}
+
+fn decode_fixed(body: &[u8], spec: &ChunkSpec, plan: &ChunkedPlan) -> Result<Vec<u32>> {
+    check_padding(WHAT_CHUNKED, body, plan.total_k as u64 * u64::from(plan.width))?;
+    let mut out = Vec::with_capacity(plan.total_k);
+    let mut r = BitReader::new(body);
+    for c in 0..spec.num_chunks() {
+        let range = spec.chunk_range(c);
+        let this_len = range.len();
+        let mut next_min = 0u32;
+        for _ in 0..spec.k_for(this_len) {
+            let off = r.read(plan.width);
+            if off as usize >= this_len {
+                return Err(malformed(
+                    WHAT_CHUNKED,
+                    format!("local offset {off} in chunk {c} is not below its length {this_len}"),
+                ));
+            }
+            if off < next_min {
+                return Err(malformed(
+                    WHAT_CHUNKED,
+                    format!("local offsets in chunk {c} are not strictly increasing at {off}"),
+                ));
+            }
+            // `off < this_len ≤ u32::MAX`, so neither sum overflows.
+            next_min = off + 1;
+            out.push(range.start as u32 + off);
+        }
+    }
+    Ok(out)
+}
+
+fn decode_chunked_bitmap(body: &[u8], spec: &ChunkSpec, plan: &ChunkedPlan) -> Result<Vec<u32>> {
+    let count = bitmap_count(WHAT_CHUNKED, body, spec.len)?;
+    if count != plan.total_k {
+        return Err(malformed(
+            WHAT_CHUNKED,
+            format!("bitmap has {count} set bits, the spec keeps {}", plan.total_k),
+        ));
+    }
+    let out = bitmap_extract(body, count);
+    if let Some((c, expected, actual)) = chunk_mismatch(&out, spec) {
+        return Err(malformed(
+            WHAT_CHUNKED,
+            format!("chunk {c} has {actual} set bits, the spec keeps {expected}"),
+        ));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Sorted encoding
+// ---------------------------------------------------------------------------------------
+
+fn check_sorted_len(len: usize) -> Result<()> {
+    if u32::try_from(len).is_err() {
+        return Err(invalid("len", format!("{len} elements exceed the u32 index range")));
+    }
+    Ok(())
+}
+
+/// Delta-form size in bytes (tag included), computed in u64 so that header values read
+/// from the network cannot overflow it.
+fn delta_size(count: u64, width: u32) -> u64 {
+    DELTA_HEADER as u64 + (count.saturating_sub(1) * u64::from(width)).div_ceil(8)
+}
+
+fn bitmap_size(len: usize) -> u64 {
+    1 + bitmap_bytes(len) as u64
+}
+
+struct SortedPlan {
+    delta: bool,
+    width: u32,
+    size: usize,
+}
+
+fn sorted_plan(indices: &[u32], len: usize) -> Result<SortedPlan> {
+    check_sorted_len(len)?;
+    let max_gap = scan_sorted("sorted indices", indices, len)?;
+    let width = bit_len(u64::from(max_gap));
+    let d = delta_size(indices.len() as u64, width);
+    let b = bitmap_size(len);
+    let delta = d <= b;
+    Ok(SortedPlan { delta, width, size: to_usize("len", if delta { d } else { b })? })
+}
+
+/// Exact size in bytes (tag included) of [`encode_sorted`]'s output; validates like it.
+pub fn encoded_len_sorted(indices: &[u32], len: usize) -> Result<usize> {
+    Ok(sorted_plan(indices, len)?.size)
+}
+
+/// Appends the sorted encoding (see the module doc) of `indices` to `buf`.
+///
+/// `indices` must be strictly increasing and below `len`, and `len` must fit in a `u32`.
+/// On error `buf` is unchanged.
+pub fn encode_sorted(indices: &[u32], len: usize, buf: &mut Vec<u8>) -> Result<()> {
+    let plan = sorted_plan(indices, len)?;
+    buf.reserve(plan.size);
+    if !plan.delta {
+        write_bitmap(indices, len, buf);
+        return Ok(());
+    }
+    // `indices.len() ≤ len < 2^32`.
+    let count = indices.len() as u32;
+    buf.push(TAG_DELTA);
+    buf.extend_from_slice(&count.to_le_bytes());
+    buf.push(plan.width as u8);
+    buf.extend_from_slice(&indices.first().copied().unwrap_or(0).to_le_bytes());
+    if plan.width > 0 {
+        let mut w = BitWriter::new(buf);
+        for p in indices.windows(2) {
+            w.push(p[1] - p[0] - 1, plan.width);
+        }
+        w.finish();
+    }
+    Ok(())
+}
+
+/// Decodes a sorted encoding from the front of `bytes`; returns the indices (strictly
+/// increasing, below `len`) and the number of bytes consumed.
+///
+/// `max_count` bounds the number of indices; it is checked against the header (delta) or
+/// the population count (bitmap) before the index vector is allocated, so a short hostile
+/// message cannot make the decoder allocate more than `max_count` indices. Also errors on a
+/// missing or unknown tag, too few bytes, non-zero padding, an index at or beyond `len`, a
+/// non-minimal width, or a form the encoder would not have chosen. Trailing bytes are left
+/// for the caller.
+pub fn decode_sorted(bytes: &[u8], len: usize, max_count: usize) -> Result<(Vec<u32>, usize)> {
+    check_sorted_len(len)?;
+    let Some((&tag, body)) = bytes.split_first() else {
+        return Err(malformed(WHAT_SORTED, "empty input"));
+    };
+    match tag {
+        TAG_DELTA => decode_delta(body, len, max_count),
+        TAG_BITMAP => decode_sorted_bitmap(body, len, max_count),
+        _ => Err(malformed(WHAT_SORTED, format!("unknown tag {tag:#04x}"))),
+    }
+}
+
+fn decode_delta(body: &[u8], len: usize, max_count: usize) -> Result<(Vec<u32>, usize)> {
+    let Some((header, payload)) = body.split_first_chunk::<{ DELTA_HEADER - 1 }>() else {
+        return Err(malformed(
+            WHAT_SORTED,
+            format!(
+                "truncated: {} header bytes after the tag, need {}",
+                body.len(),
+                DELTA_HEADER - 1
+            ),
+        ));
+    };
+    let count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let width = u32::from(header[4]);
+    let first = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+    if count as usize > max_count {
+        return Err(malformed(WHAT_SORTED, format!("count {count} exceeds the limit {max_count}")));
+    }
+    if count as usize > len {
+        return Err(malformed(WHAT_SORTED, format!("count {count} exceeds the length {len}")));
+    }
+    if width > 32 {
+        return Err(malformed(WHAT_SORTED, format!("width {width} exceeds 32 bits")));
+    }
+    if count == 0 && (width != 0 || first != 0) {
+        return Err(malformed(WHAT_SORTED, "empty list with non-zero width or first index"));
+    }
+    let size = delta_size(u64::from(count), width);
+    if size > bitmap_size(len) {
+        return Err(malformed(WHAT_SORTED, "delta form where the bitmap is smaller"));
+    }
+    if count == 0 {
+        return Ok((Vec::new(), DELTA_HEADER));
+    }
+    // Every gap adds at least one, so this is the smallest possible last index.
+    let min_last = u64::from(first) + u64::from(count - 1);
+    if min_last >= len as u64 {
+        return Err(KernelError::IndexOutOfRange {
+            what: WHAT_SORTED,
+            index: min_last,
+            len: len as u64,
+        });
+    }
+    // `size ≤ bitmap_size(len)`, which fits in usize.
+    let payload_len = size as usize - DELTA_HEADER;
+    let Some(payload) = payload.get(..payload_len) else {
+        return Err(malformed(
+            WHAT_SORTED,
+            format!("truncated: need {payload_len} payload bytes, have {}", payload.len()),
+        ));
+    };
+    check_padding(WHAT_SORTED, payload, u64::from(count - 1) * u64::from(width))?;
+    let mut out = Vec::with_capacity(count as usize);
+    if width == 0 {
+        // `first + count − 1 < len ≤ u32::MAX` was checked above.
+        out.extend(first..=first + (count - 1));
+        return Ok((out, size as usize));
+    }
+    let mut r = BitReader::new(payload);
+    let mut prev = first;
+    let mut max_gap = 0u32;
+    out.push(first);
+    for _ in 1..count {
+        let gap = r.read(width);
+        max_gap = max_gap.max(gap);
+        let next = u64::from(prev) + u64::from(gap) + 1;
+        if next >= len as u64 {
+            return Err(KernelError::IndexOutOfRange {
+                what: WHAT_SORTED,
+                index: next,
+                len: len as u64,
+            });
+        }
+        prev = next as u32;
+        out.push(prev);
+    }
+    if bit_len(u64::from(max_gap)) != width {
+        return Err(malformed(WHAT_SORTED, format!("width {width} is not minimal for the gaps")));
+    }
+    Ok((out, size as usize))
+}
+
+fn decode_sorted_bitmap(body: &[u8], len: usize, max_count: usize) -> Result<(Vec<u32>, usize)> {
+    let n = bitmap_bytes(len);
+    let Some(body) = body.get(..n) else {
+        return Err(malformed(
+            WHAT_SORTED,
+            format!("truncated: need {n} bitmap bytes, have {}", body.len()),
+        ));
+    };
+    let count = bitmap_count(WHAT_SORTED, body, len)?;
+    if count > max_count {
+        return Err(malformed(WHAT_SORTED, format!("count {count} exceeds the limit {max_count}")));
+    }
+    let out = bitmap_extract(body, count);
+    let max_gap = out.windows(2).map(|p| p[1] - p[0] - 1).max().unwrap_or(0);
+    if delta_size(count as u64, bit_len(u64::from(max_gap))) <= bitmap_size(len) {
+        return Err(malformed(WHAT_SORTED, "bitmap form where the delta form is no larger"));
+    }
+    Ok((out, 1 + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+    use proptest::prelude::*;
+
+    /// Records the largest single allocation made by the current thread, so that tests can
+    /// show a hostile header is rejected before the decoder allocates for it.
+    mod alloc_probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub struct Probe;
+
+        fn note(size: usize) {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+
+        // SAFETY: every call is forwarded unchanged to the system allocator.
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller's contract is passed through.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: as above.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: as above.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                // SAFETY: as above.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        pub fn reset() {
+            LARGEST.with(|l| l.set(0));
+        }
+
+        pub fn largest() -> usize {
+            LARGEST.with(Cell::get)
+        }
+    }
+
+    #[global_allocator]
+    static PROBE: alloc_probe::Probe = alloc_probe::Probe;
+
+    /// A per-chunk selection for `spec`: `k_for` distinct offsets per chunk, drawn by a
+    /// partial Fisher–Yates shuffle.
+    fn random_chunked(spec: &ChunkSpec, seed: u64) -> Vec<u32> {
+        let mut rng = SplitMix64::new(seed);
+        let mut out = Vec::with_capacity(spec.total_k());
+        let mut perm: Vec<u32> = Vec::new();
+        for c in 0..spec.num_chunks() {
+            let r = spec.chunk_range(c);
+            let kc = spec.k_for(r.len());
+            perm.clear();
+            perm.extend(r.start as u32..r.end as u32);
+            for j in 0..kc {
+                let pick = j + (rng.next_u64() % (perm.len() - j) as u64) as usize;
+                perm.swap(j, pick);
+            }
+            let mut sel = perm[..kc].to_vec();
+            sel.sort_unstable();
+            out.extend(sel);
+        }
+        out
+    }
+
+    /// Each position of `0..len` kept with probability `p`.
+    fn random_sorted(len: usize, p: f32, seed: u64) -> Vec<u32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..len as u32).filter(|_| rng.next_unit_f32() < p).collect()
+    }
+
+    fn expected_chunked_len(spec: &ChunkSpec) -> (u8, usize) {
+        let span = spec.chunk_len.min(spec.len);
+        let mut w = 1;
+        while (1usize << w) < span {
+            w += 1;
+        }
+        let fixed = 1 + (spec.total_k() * w).div_ceil(8);
+        let bitmap = 1 + spec.len.div_ceil(8);
+        if fixed <= bitmap {
+            (TAG_FIXED, fixed)
+        } else {
+            (TAG_BITMAP, bitmap)
+        }
+    }
+
+    fn spec_strategy() -> impl Strategy<Value = ChunkSpec> {
+        (1usize..=300, 1usize..=2500, any::<u64>()).prop_map(|(chunk_len, len, r)| {
+            // Densities from one per chunk to the whole chunk, skewed to both ends.
+            let k = match r % 4 {
+                0 => 1,
+                1 => chunk_len,
+                _ => 1 + (r >> 8) as usize % chunk_len,
+            };
+            ChunkSpec::new(len, chunk_len, k).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn chunked_round_trip(spec in spec_strategy(), seed in any::<u64>(), junk in any::<u8>()) {
+            let idx = random_chunked(&spec, seed);
+            let mut buf = vec![junk];
+            encode_chunked(&idx, &spec, &mut buf).unwrap();
+            let bytes = &buf[1..];
+            let (tag, want_len) = expected_chunked_len(&spec);
+            prop_assert_eq!(bytes[0], tag);
+            prop_assert_eq!(bytes.len(), want_len);
+            prop_assert_eq!(encoded_len_chunked(&spec), bytes.len());
+            // Trailing bytes are not consumed.
+            let mut with_tail = bytes.to_vec();
+            with_tail.extend_from_slice(&[0xAB, 0xCD]);
+            let (back, used) = decode_chunked(&with_tail, &spec).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(back, idx);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_chunked(&bytes[..cut], &spec).is_err());
+            }
+        }
+
+        #[test]
+        fn sorted_round_trip(len in 0usize..3000, p in 0.0f32..1.0, seed in any::<u64>()) {
+            let p = if seed % 5 == 0 { 1.0 } else { p }; // full selection: one long run
+            let idx = random_sorted(len, p, seed);
+            let mut buf = Vec::new();
+            encode_sorted(&idx, len, &mut buf).unwrap();
+            prop_assert_eq!(encoded_len_sorted(&idx, len).unwrap(), buf.len());
+            let (back, used) = decode_sorted(&buf, len, idx.len()).unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(&back, &idx);
+            if !idx.is_empty() {
+                prop_assert!(decode_sorted(&buf, len, idx.len() - 1).is_err());
+            }
+            for cut in 0..buf.len() {
+                prop_assert!(decode_sorted(&buf[..cut], len, usize::MAX).is_err());
+            }
+        }
+
+        /// Arbitrary bytes never panic, and whatever does decode is the canonical encoding
+        /// of what it decodes to.
+        #[test]
+        fn random_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            spec in spec_strategy(),
+            len in 0usize..600,
+            max_count in 0usize..700,
+        ) {
+            for tag in [None, Some(TAG_FIXED), Some(TAG_BITMAP), Some(TAG_DELTA)] {
+                let mut b = bytes.clone();
+                if let (Some(t), Some(first)) = (tag, b.first_mut()) {
+                    *first = t;
+                }
+                if let Ok((idx, used)) = decode_chunked(&b, &spec) {
+                    let mut again = Vec::new();
+                    encode_chunked(&idx, &spec, &mut again).unwrap();
+                    prop_assert_eq!(&again[..], &b[..used]);
+                }
+                if let Ok((idx, used)) = decode_sorted(&b, len, max_count) {
+                    let mut again = Vec::new();
+                    encode_sorted(&idx, len, &mut again).unwrap();
+                    prop_assert_eq!(&again[..], &b[..used]);
+                }
+            }
+        }
+
+        /// Single-bit corruptions of valid encodings either fail or decode to a list whose
+        /// canonical encoding is exactly the corrupted bytes.
+        #[test]
+        fn bit_flips_are_caught_or_canonical(
+            spec in spec_strategy(),
+            seed in any::<u64>(),
+            flip in any::<u64>(),
+        ) {
+            let idx = random_chunked(&spec, seed);
+            let mut buf = Vec::new();
+            encode_chunked(&idx, &spec, &mut buf).unwrap();
+            let bit = (flip % (buf.len() as u64 * 8)) as usize;
+            buf[bit / 8] ^= 1 << (bit % 8);
+            if let Ok((back, used)) = decode_chunked(&buf, &spec) {
+                let mut again = Vec::new();
+                encode_chunked(&back, &spec, &mut again).unwrap();
+                prop_assert_eq!(&again[..], &buf[..used]);
+            }
+
+            let idx = random_sorted(spec.len, (seed % 100) as f32 / 100.0, seed);
+            let mut buf = Vec::new();
+            encode_sorted(&idx, spec.len, &mut buf).unwrap();
+            let bit = (flip % (buf.len() as u64 * 8)) as usize;
+            buf[bit / 8] ^= 1 << (bit % 8);
+            if let Ok((back, used)) = decode_sorted(&buf, spec.len, spec.len) {
+                let mut again = Vec::new();
+                encode_sorted(&back, spec.len, &mut again).unwrap();
+                prop_assert_eq!(&again[..], &buf[..used]);
+            }
+        }
+
+        #[test]
+        fn bit_io_round_trip(vals in prop::collection::vec((any::<u32>(), 0u32..=32), 0..200)) {
+            let mut buf = vec![0x5A];
+            let mut w = BitWriter::new(&mut buf);
+            for &(v, width) in &vals {
+                w.push(v, width);
+            }
+            w.finish();
+            let bits: u32 = vals.iter().map(|&(_, w)| w).sum();
+            prop_assert_eq!(buf.len(), 1 + bits.div_ceil(8) as usize);
+            let mut r = BitReader::new(&buf[1..]);
+            for &(v, width) in &vals {
+                prop_assert_eq!(u64::from(r.read(width)), u64::from(v) & low_mask(width));
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_4096_k64_uses_12_bits_per_index() {
+        let spec = ChunkSpec::new(4096 * 16, 4096, 64).unwrap();
+        let idx = random_chunked(&spec, 1);
+        let mut buf = Vec::new();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_FIXED);
+        assert_eq!(buf.len(), 1 + 1024 * 12 / 8);
+        assert_eq!(encoded_len_chunked(&spec), buf.len());
+        // Offsets are exactly 12 bits apart: the second index of chunk 0 starts at bit 12.
+        assert_eq!(u32::from(buf[1]) | (u32::from(buf[2] & 0x0F) << 8), idx[0]);
+        assert_eq!(u32::from(buf[2] >> 4) | (u32::from(buf[3]) << 4), idx[1]);
+
+        // Ragged tail: 64 + 64 + k_for(100) = 2 indices → 130 × 12 bits = 195 bytes.
+        let spec = ChunkSpec::new(4096 * 2 + 100, 4096, 64).unwrap();
+        let idx = random_chunked(&spec, 2);
+        let mut buf = Vec::new();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        assert_eq!(buf.len(), 1 + 195);
+        assert_eq!(decode_chunked(&buf, &spec).unwrap(), (idx, 196));
+    }
+
+    #[test]
+    fn form_choice_at_extremes() {
+        // Sparse: fixed. Full chunks: every position selected → bitmap.
+        let sparse = ChunkSpec::new(1000, 100, 1).unwrap();
+        let full = ChunkSpec::new(1000, 100, 100).unwrap();
+        let mut buf = Vec::new();
+        encode_chunked(&random_chunked(&sparse, 3), &sparse, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_FIXED);
+        buf.clear();
+        encode_chunked(&random_chunked(&full, 3), &full, &mut buf).unwrap();
+        assert_eq!((buf[0], buf.len()), (TAG_BITMAP, 1 + 125));
+        // 2-element chunks fully kept: 1 bit each either way; the tie goes to fixed.
+        let tie = ChunkSpec::new(64, 2, 2).unwrap();
+        buf.clear();
+        encode_chunked(&random_chunked(&tie, 3), &tie, &mut buf).unwrap();
+        assert_eq!((buf[0], buf.len()), (TAG_FIXED, 9));
+
+        // Sorted: few indices → delta; half of them at random → bitmap; all of them, a
+        // single run of width 0 → delta header only.
+        let len = 4000;
+        for (p, tag) in [(0.001, TAG_DELTA), (0.5, TAG_BITMAP), (1.0, TAG_DELTA)] {
+            let idx = random_sorted(len, p, 4);
+            buf.clear();
+            encode_sorted(&idx, len, &mut buf).unwrap();
+            assert_eq!(buf[0], tag, "p = {p}");
+        }
+        assert_eq!(buf.len(), DELTA_HEADER);
+        assert_eq!(buf[5], 0);
+        // Nothing selected in a short buffer: the bitmap is smaller than the header.
+        buf.clear();
+        encode_sorted(&[], 16, &mut buf).unwrap();
+        assert_eq!(buf, [TAG_BITMAP, 0, 0]);
+    }
+
+    #[test]
+    fn delta_layout_is_as_documented() {
+        let mut buf = Vec::new();
+        // Gaps − 1: 0, 4, 1 → width 3, packed as 000 | 100 | 001 from bit 0.
+        encode_sorted(&[7, 8, 13, 15], 1 << 20, &mut buf).unwrap();
+        assert_eq!(buf, [TAG_DELTA, 4, 0, 0, 0, 3, 7, 0, 0, 0, 0b0110_0000, 0b0000_0000]);
+        assert_eq!(decode_sorted(&buf, 1 << 20, 4).unwrap(), (vec![7, 8, 13, 15], 12));
+
+        // Bitmap: bit i of byte i / 8.
+        buf.clear();
+        let spec = ChunkSpec::new(16, 8, 3).unwrap();
+        encode_chunked(&[0, 3, 7, 9, 10, 14], &spec, &mut buf).unwrap();
+        assert_eq!(buf, [TAG_BITMAP, 0b1000_1001, 0b0100_0110]);
+    }
+
+    #[test]
+    fn corrupted_local_offset_errors() {
+        // chunk_len 10 → 4-bit offsets, which can express 10..=15.
+        let spec = ChunkSpec::new(100, 10, 1).unwrap();
+        let idx: Vec<u32> = (0..10).map(|c| c * 10 + 3).collect();
+        let mut buf = Vec::new();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_FIXED);
+        assert_eq!(buf[1] & 0x0F, 3);
+        buf[1] = (buf[1] & 0xF0) | 12;
+        let err = decode_chunked(&buf, &spec).unwrap_err();
+        assert!(matches!(err, KernelError::Malformed { .. }), "{err}");
+
+        // Ragged tail of 100 elements inside a 12-bit offset field.
+        let spec = ChunkSpec::new(4096 + 100, 4096, 1).unwrap();
+        let idx = [5u32, 4096 + 99];
+        buf.clear();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        assert_eq!(buf.len(), 1 + 3);
+        assert_eq!(decode_chunked(&buf, &spec).unwrap().0, idx);
+        // Second offset 99 → 100 (the tail's length).
+        let off = (u32::from(buf[2]) >> 4) | (u32::from(buf[3]) << 4);
+        assert_eq!(off, 99);
+        buf[2] = (buf[2] & 0x0F) | ((100 & 0x0F) << 4);
+        buf[3] = (100 >> 4) as u8;
+        assert!(decode_chunked(&buf, &spec).is_err());
+    }
+
+    #[test]
+    fn unsorted_within_chunk_decode_errors() {
+        let spec = ChunkSpec::new(32, 16, 2).unwrap();
+        let mut buf = Vec::new();
+        encode_chunked(&[1, 2, 16, 17], &spec, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_FIXED);
+        // Offsets (4 bits each) 1, 2 → 2, 2 (duplicate) and → 2, 1 (descending).
+        let mut dup = buf.clone();
+        dup[1] = 0x22;
+        assert!(decode_chunked(&dup, &spec).is_err());
+        let mut desc = buf.clone();
+        desc[1] = 0x12;
+        assert!(decode_chunked(&desc, &spec).is_err());
+    }
+
+    #[test]
+    fn bitmap_with_wrong_chunk_counts_errors() {
+        let spec = ChunkSpec::new(64, 8, 6).unwrap();
+        let idx = random_chunked(&spec, 9);
+        let mut buf = Vec::new();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_BITMAP);
+        assert!(decode_chunked(&buf, &spec).is_ok());
+        // Move a set bit from chunk 0 into chunk 1: same total, wrong split.
+        let mut moved = buf.clone();
+        let from = moved[1].trailing_zeros();
+        let to = (!moved[2]).trailing_zeros();
+        moved[1] &= !(1 << from);
+        moved[2] |= 1 << to;
+        assert!(decode_chunked(&moved, &spec).is_err());
+        // One bit more in total.
+        let mut extra = buf.clone();
+        extra[1] |= 1 << (!extra[1]).trailing_zeros();
+        assert!(decode_chunked(&extra, &spec).is_err());
+    }
+
+    #[test]
+    fn nonzero_padding_errors() {
+        // 3 indices × 4 bits = 12 bits: the high nibble of the second byte is padding.
+        let spec = ChunkSpec::new(48, 16, 1).unwrap();
+        let mut buf = Vec::new();
+        encode_chunked(&[1, 17, 33], &spec, &mut buf).unwrap();
+        assert_eq!(buf.len(), 3);
+        buf[2] |= 0x80;
+        assert!(decode_chunked(&buf, &spec).is_err());
+
+        // Bitmap over 10 bits: bits 10..16 of the second byte are padding.
+        let mut buf = Vec::new();
+        let idx: Vec<u32> = (0..10).step_by(2).collect();
+        encode_sorted(&idx, 10, &mut buf).unwrap();
+        assert_eq!(buf[0], TAG_BITMAP);
+        buf[2] |= 0x40;
+        assert!(decode_sorted(&buf, 10, 10).is_err());
+    }
+
+    #[test]
+    fn bad_encoder_input_errors_and_leaves_buf_alone() {
+        let spec = ChunkSpec::new(40, 10, 2).unwrap();
+        let good = [1u32, 2, 11, 15, 20, 29, 30, 31];
+        let mut buf = vec![9u8];
+        encode_chunked(&good, &spec, &mut buf).unwrap();
+        let cases: [&[u32]; 7] = [
+            &[1, 1, 11, 15, 20, 29, 30, 31],     // duplicate
+            &[2, 1, 11, 15, 20, 29, 30, 31],     // unsorted
+            &[1, 2, 11, 15, 20, 29, 30, 40],     // out of range
+            &[1, 2, 3, 15, 20, 29, 30, 31],      // 3 in chunk 0, 1 in chunk 1
+            &[1, 2, 11, 15, 20, 29, 30],         // too few
+            &[1, 2, 11, 15, 20, 29, 30, 31, 32], // too many
+            &[],
+        ];
+        for bad in cases {
+            let mut buf = vec![9u8];
+            assert!(encode_chunked(bad, &spec, &mut buf).is_err(), "{bad:?}");
+            assert_eq!(buf, [9]);
+        }
+        let err = encode_chunked(&[1, 2, 11, 15, 20, 29, 30, 40], &spec, &mut Vec::new());
+        assert!(matches!(err, Err(KernelError::IndexOutOfRange { index: 40, .. })));
+
+        for bad in [&[3u32, 3][..], &[4, 3], &[1, 100]] {
+            let mut buf = vec![9u8];
+            assert!(encode_sorted(bad, 100, &mut buf).is_err(), "{bad:?}");
+            assert!(encoded_len_sorted(bad, 100).is_err());
+            assert_eq!(buf, [9]);
+        }
+        assert!(encode_sorted(&[], u32::MAX as usize + 1, &mut Vec::new()).is_err());
+
+        // A hand-built spec that `ChunkSpec::new` would reject.
+        let bogus = ChunkSpec { len: 10, chunk_len: 0, k: 1 };
+        assert_eq!(encoded_len_chunked(&bogus), 0);
+        assert!(encode_chunked(&[1], &bogus, &mut Vec::new()).is_err());
+        assert!(decode_chunked(&[TAG_FIXED, 0], &bogus).is_err());
+        let huge = ChunkSpec { len: 10, chunk_len: usize::MAX, k: usize::MAX };
+        assert!(encode_chunked(&[1], &huge, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn count_over_limit_errors_before_allocating() {
+        let len = u32::MAX as usize;
+        let mut hostile = vec![TAG_DELTA];
+        hostile.extend_from_slice(&u32::MAX.to_le_bytes());
+        hostile.push(0);
+        hostile.extend_from_slice(&0u32.to_le_bytes());
+
+        alloc_probe::reset();
+        let err = decode_sorted(&hostile, len, 1000).unwrap_err();
+        assert!(alloc_probe::largest() < 4096, "allocated {} bytes", alloc_probe::largest());
+        assert!(matches!(err, KernelError::Malformed { .. }), "{err}");
+
+        // A count within the limit but past the buffer is refused the same way.
+        alloc_probe::reset();
+        assert!(decode_sorted(&hostile, 1000, usize::MAX).is_err());
+        assert!(alloc_probe::largest() < 4096);
+
+        // Bitmap: population count over the limit.
+        let mut bm = vec![TAG_BITMAP];
+        bm.extend(std::iter::repeat_n(0x0Fu8, 64));
+        assert!(decode_sorted(&bm, 512, 255).is_err());
+        assert_eq!(decode_sorted(&bm, 512, 256).unwrap().0.len(), 256);
+    }
+
+    #[test]
+    fn delta_header_checks() {
+        let header = |count: u32, width: u8, first: u32| {
+            let mut b = vec![TAG_DELTA];
+            b.extend_from_slice(&count.to_le_bytes());
+            b.push(width);
+            b.extend_from_slice(&first.to_le_bytes());
+            b
+        };
+        let len = 1 << 16;
+        assert_eq!(decode_sorted(&header(0, 0, 0), len, 10).unwrap(), (vec![], 10));
+        assert_eq!(decode_sorted(&header(3, 0, 5), len, 10).unwrap(), (vec![5, 6, 7], 10));
+        assert!(decode_sorted(&header(0, 1, 0), len, 10).is_err()); // empty with width
+        assert!(decode_sorted(&header(0, 0, 4), len, 10).is_err()); // empty with first
+        assert!(decode_sorted(&header(3, 0, len as u32 - 2), len, 10).is_err()); // runs past len
+        assert!(decode_sorted(&header(1, 0, len as u32), len, 10).is_err()); // first ≥ len
+        assert!(decode_sorted(&header(2, 33, 0), len, 10).is_err()); // width > 32
+                                                                     // Width 2 for gaps that fit in 1 bit is not minimal.
+        let mut b = header(3, 2, 0);
+        b.push(0b0001);
+        assert!(decode_sorted(&b, len, 10).is_err());
+        let mut b = header(3, 1, 0);
+        b.push(0b01);
+        assert_eq!(decode_sorted(&b, len, 10).unwrap().0, [0, 2, 3]);
+        // A gap that would carry the index past u32::MAX is out of range, not a wrap.
+        let mut b = header(2, 32, u32::MAX - 2);
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_sorted(&b, u32::MAX as usize, 10).is_err());
+        // Unknown tags and empty input.
+        assert!(decode_sorted(&[], len, 10).is_err());
+        assert!(decode_sorted(&[0x7F, 0, 0], len, 10).is_err());
+        assert!(decode_sorted(&[TAG_FIXED, 0, 0], len, 10).is_err());
+        assert!(decode_chunked(&[TAG_DELTA, 0, 0], &ChunkSpec::new(8, 8, 1).unwrap()).is_err());
+    }
+
+    #[test]
+    fn non_canonical_forms_are_rejected() {
+        // Delta where the bitmap is smaller: count 2, width 3 over len 8 (11 bytes vs 2).
+        let mut b = vec![TAG_DELTA, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0b100];
+        assert!(decode_sorted(&b, 8, 8).is_err());
+        b.truncate(0);
+        // Bitmap holding a single index in a long buffer: delta would be far smaller.
+        let mut bm = vec![TAG_BITMAP];
+        bm.extend(std::iter::repeat_n(0u8, 200));
+        bm[5] = 1;
+        assert!(decode_sorted(&bm, 1600, 1600).is_err());
+        // Chunked: bitmap tag where the spec selects fixed.
+        let spec = ChunkSpec::new(80, 8, 1).unwrap();
+        let mut bm = vec![TAG_BITMAP];
+        bm.extend(std::iter::repeat_n(1u8, 10));
+        assert!(decode_chunked(&bm, &spec).is_err());
+    }
+
+    /// Timing probe for 1M indices; run with `--ignored --nocapture` (release for numbers).
+    #[test]
+    #[ignore]
+    fn timing_one_million() {
+        use std::time::Instant;
+        let spec = ChunkSpec::new(4096 * 15625, 4096, 64).unwrap();
+        let idx = random_chunked(&spec, 11);
+        assert_eq!(idx.len(), 1_000_000);
+        let mut buf = Vec::new();
+        let t = Instant::now();
+        encode_chunked(&idx, &spec, &mut buf).unwrap();
+        let enc = t.elapsed();
+        let t = Instant::now();
+        let back = decode_chunked(&buf, &spec).unwrap().0;
+        let dec = t.elapsed();
+        assert_eq!(back, idx);
+        println!("chunked 1M: encode {enc:?}, decode {dec:?}, {} bytes", buf.len());
+
+        let len = 64_000_000;
+        let idx = random_sorted(len, 1.0 / 64.0, 12);
+        buf.clear();
+        let t = Instant::now();
+        encode_sorted(&idx, len, &mut buf).unwrap();
+        let enc = t.elapsed();
+        let t = Instant::now();
+        let back = decode_sorted(&buf, len, idx.len()).unwrap().0;
+        let dec = t.elapsed();
+        assert_eq!(back, idx);
+        println!("sorted {}: encode {enc:?}, decode {dec:?}, {} bytes", idx.len(), buf.len());
+    }
+}

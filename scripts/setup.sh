@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything `make demo` and `make test` need, installed idempotently: a quick no-op when
+# already there. Needs only a Rust toolchain (with rustfmt and clippy) and Python 3.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' not found: $2" >&2; exit 1; }; }
+need cargo "install a Rust toolchain (rustup) first"
+need python3 "install Python 3 (with venv and pip) first"
+cargo fmt --version >/dev/null 2>&1 || { echo "setup: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
+cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup component add clippy" >&2; exit 1; }
+# A C++ compiler builds torch-sys's wrapper around LibTorch.
+if ! command -v c++ >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+  else
+    echo "setup: a C++ compiler (g++) is needed: apt-get install g++" >&2; exit 1
+  fi
+fi
+python3 -c 'import venv, ensurepip' 2>/dev/null || {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "setup: Python's venv module is needed: apt-get install python3-venv" >&2; exit 1
+  fi
+}
+
+bash "$root/scripts/setup-torch.sh"

@@ -1,0 +1,9 @@
+//! The Meridian application: wraps a LibTorch training step, drives it with an outer
+//! optimizer, and provides the `meridian` command-line tool.
+//!
+//! This is the top of the workspace and the only crate that knows about all the others:
+//! models and data, checkpoints, the CLI (`meridian compress`, and the training, simulation
+//! and multi-process commands as they land). Library crates below it stay free of
+//! application concerns.
+
+pub mod compress_demo;
