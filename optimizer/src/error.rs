@@ -12,6 +12,20 @@ pub enum OptimizerError {
     /// LibTorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A configuration or argument is outside what the algorithm accepts.
+    #[error("{0}")]
+    Config(String),
+    /// A payload failed validation; it is not applied.
+    #[error("payload from worker {worker}: {reason}")]
+    InvalidPayload {
+        /// The sender the payload claims.
+        worker: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Optimizer state (from a checkpoint) does not fit this optimizer.
+    #[error("optimizer state: {0}")]
+    State(String),
     /// A tensor is not in the form a kernel can borrow (dtype, device, layout).
     #[error("tensor {name}: {reason}")]
     UnsupportedTensor {

@@ -1,14 +1,31 @@
 //! Outer optimizers and their compression pipeline, on tch tensors.
 //!
-//! `meridian-optimizer` turns a worker's parameters into a payload to send and a set of
-//! received payloads into a parameter update (DiLoCo, DeMo, SparseLoCo, Streaming DiLoCo,
-//! and plain data-parallel as the yardstick). LibTorch owns the memory; the numeric work is
-//! done by `meridian-kernels`, which borrows it through [`view`].
+//! `meridian-optimizer` turns a worker's parameters into a [`payload::Payload`] to send,
+//! and a set of received payloads into a parameter update: DiLoCo, DeMo, SparseLoCo,
+//! Streaming DiLoCo, and plain data-parallel as the yardstick. LibTorch owns the memory;
+//! the numeric work is done by `meridian-kernels`, which borrows it through [`view`].
 //!
-//! It knows nothing of the network: payloads go in and out as values, and the caller
-//! (the in-process harness, or the comm layer) decides who receives them.
+//! It knows nothing of the network: payloads go in and out as values, and the caller (the
+//! in-process [`harness`], or the comm layer) decides who receives them.
+//!
+//! - [`outer::OuterOptimizer`]: the interface and its call order.
+//! - [`params::ParamSet`]: a model's parameters in canonical order, with a bit-exact hash.
+//! - [`payload`]: the versioned, validated message format.
+//! - [`harness::Harness`]: N workers in one process.
+//! - [`toy`]: a small MLP task for tests and examples.
 
+pub mod algorithm;
 pub mod error;
+pub mod harness;
+pub mod outer;
+pub mod params;
+pub mod payload;
+pub mod toy;
+pub mod train_step;
 pub mod view;
 
+#[cfg(test)]
+mod testing;
+
+pub use algorithm::Algorithm;
 pub use error::{OptimizerError, Result};

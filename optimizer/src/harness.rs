@@ -1,0 +1,190 @@
+//! N workers in one process, exchanging payloads through a function call.
+//!
+//! Each worker has its own model, inner optimizer, data shard and outer optimizer. At an
+//! exchange every worker prepares its payload, the payload is encoded to bytes (counted:
+//! these are the bytes a network would carry), and every worker decodes and applies all of
+//! them. Arrival order can be shuffled per receiver to show it does not matter.
+
+use meridian_kernels::rng::SplitMix64;
+
+use crate::error::{OptimizerError, Result};
+use crate::outer::{OuterOptimizer, Phase};
+use crate::params::ParamSet;
+use crate::payload::Payload;
+use crate::train_step::TrainStep;
+
+/// One worker of the harness.
+pub struct HarnessWorker<S> {
+    /// Member id (position in the harness).
+    pub id: u32,
+    /// The wrapped training.
+    pub train: S,
+    /// Its parameters (sharing storage with `train`'s model).
+    pub params: ParamSet,
+    /// Its outer optimizer.
+    pub outer: Box<dyn OuterOptimizer>,
+}
+
+/// What one exchange did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeReport {
+    /// Round number (counts exchanges from 0).
+    pub round: u64,
+    /// Inner step after which it happened.
+    pub step: u64,
+    /// Encoded payload bytes sent by each worker.
+    pub bytes_per_worker: Vec<usize>,
+    /// Parameter hash of each worker after applying.
+    pub hashes: Vec<u64>,
+    /// Rejections reported by worker 0's apply (member, reason).
+    pub rejected: Vec<(u32, String)>,
+}
+
+impl ExchangeReport {
+    /// Whether every worker ended the round with bit-identical parameters.
+    pub fn replicas_identical(&self) -> bool {
+        self.hashes.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+/// What one inner step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Inner step index (from 0).
+    pub step: u64,
+    /// Mean training loss over workers.
+    pub mean_loss: f64,
+    /// Exchanges during this step (at most two: after backward and after the inner step).
+    pub exchanges: Vec<ExchangeReport>,
+}
+
+/// The in-process harness.
+pub struct Harness<S> {
+    workers: Vec<HarnessWorker<S>>,
+    step: u64,
+    round: u64,
+    shuffle: Option<SplitMix64>,
+}
+
+impl<S: TrainStep> Harness<S> {
+    /// Builds the harness from `(training, outer optimizer factory)` per worker. Checks that
+    /// every worker starts from bit-identical parameters.
+    pub fn new(
+        trains: Vec<S>,
+        mut make_outer: impl FnMut(u32, &ParamSet) -> Result<Box<dyn OuterOptimizer>>,
+    ) -> Result<Self> {
+        if trains.is_empty() {
+            return Err(OptimizerError::Config("the harness needs at least one worker".into()));
+        }
+        let mut workers = Vec::with_capacity(trains.len());
+        for (id, train) in trains.into_iter().enumerate() {
+            let id = id as u32;
+            let params = ParamSet::new(train.parameters())?;
+            let outer = make_outer(id, &params)?;
+            workers.push(HarnessWorker { id, train, params, outer });
+        }
+        let first = workers[0].params.hash()?;
+        for w in &workers[1..] {
+            if w.params.hash()? != first {
+                return Err(OptimizerError::Config(format!(
+                    "worker {} starts from different parameters than worker 0",
+                    w.id
+                )));
+            }
+        }
+        Ok(Self { workers, step: 0, round: 0, shuffle: None })
+    }
+
+    /// Delivers payloads to each receiver in a seeded random order.
+    pub fn shuffle_arrivals(&mut self, seed: u64) {
+        self.shuffle = Some(SplitMix64::new(seed));
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[HarnessWorker<S>] {
+        &self.workers
+    }
+
+    /// The workers, mutably (to evaluate, or to tamper in tests).
+    pub fn workers_mut(&mut self) -> &mut [HarnessWorker<S>] {
+        &mut self.workers
+    }
+
+    /// Inner steps done so far.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// Runs one inner step on every worker, with the exchanges that fall due.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let step = self.step;
+        let mut loss = 0.0;
+        for w in &mut self.workers {
+            loss += w.train.forward_backward()?;
+        }
+        let mut exchanges = Vec::new();
+        if self.workers[0].outer.exchange_due(Phase::AfterBackward, step) {
+            exchanges.push(self.exchange()?);
+        }
+        for w in &mut self.workers {
+            if w.outer.runs_inner_optimizer() {
+                w.train.inner_step()?;
+            }
+            w.outer.after_inner_step(&w.params, step)?;
+        }
+        if self.workers[0].outer.exchange_due(Phase::AfterInnerStep, step) {
+            exchanges.push(self.exchange()?);
+        }
+        self.step += 1;
+        Ok(StepReport { step, mean_loss: loss / self.workers.len() as f64, exchanges })
+    }
+
+    /// Runs `steps` inner steps; returns every step's report.
+    pub fn run(&mut self, steps: u64) -> Result<Vec<StepReport>> {
+        (0..steps).map(|_| self.step()).collect()
+    }
+
+    /// Mean held-out loss over workers.
+    pub fn eval_loss(&mut self) -> Result<f64> {
+        let mut total = 0.0;
+        for w in &mut self.workers {
+            total += w.train.eval_loss()?;
+        }
+        Ok(total / self.workers.len() as f64)
+    }
+
+    fn exchange(&mut self) -> Result<ExchangeReport> {
+        let round = self.round;
+        let mut wire = Vec::with_capacity(self.workers.len());
+        for w in &mut self.workers {
+            let payload = w.outer.prepare(&w.params, round, w.id)?;
+            wire.push(payload.encode());
+        }
+        let bytes_per_worker = wire.iter().map(Vec::len).collect();
+        let mut hashes = Vec::with_capacity(self.workers.len());
+        let mut rejected = Vec::new();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let mut order: Vec<usize> = (0..wire.len()).collect();
+            if let Some(rng) = &mut self.shuffle {
+                for j in (1..order.len()).rev() {
+                    order.swap(j, (rng.next_u64() % (j as u64 + 1)) as usize);
+                }
+            }
+            let mut received = Vec::with_capacity(wire.len());
+            for &j in &order {
+                match Payload::decode(&wire[j], w.params.shapes()) {
+                    Ok(p) => received.push(p),
+                    Err(e) if i == 0 => rejected.push((j as u32, e.to_string())),
+                    Err(_) => {}
+                }
+            }
+            let report = w.outer.apply(&w.params, round, &received)?;
+            if i == 0 {
+                rejected.extend(report.rejected);
+            }
+            hashes.push(w.params.hash()?);
+        }
+        self.round += 1;
+        Ok(ExchangeReport { round, step: self.step, bytes_per_worker, hashes, rejected })
+    }
+}

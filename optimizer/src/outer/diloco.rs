@@ -1,0 +1,429 @@
+//! DiLoCo (Douillard et al. 2023): H inner steps, then an outer Nesterov step on the mean
+//! pseudo-gradient Δ = θ_global − θ_local. Transport in f32, bf16, or INTELLECT-1-style
+//! int8 (an 8-bit codebook over ±3σ; the mean is taken in f32 from every member's
+//! dequantized values, so all replicas end bit-identical).
+
+use meridian_kernels::aggregate::dense_mean;
+use meridian_kernels::quant::{quantize, Bits, QuantConfig, Quantized, Rounding, Scheme};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::{admit, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use crate::algorithm::Algorithm;
+use crate::error::{OptimizerError, Result};
+use crate::params::ParamSet;
+use crate::payload::{Encoding, Payload, Segment};
+use crate::view::with_f32;
+
+/// How pseudo-gradients travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// 32 bits per value (the DiLoCo paper).
+    #[default]
+    F32,
+    /// 16 bits per value (OpenDiLoCo also ran fp16).
+    Bf16,
+    /// 8-bit codebook values (INTELLECT-1).
+    Int8,
+}
+
+/// DiLoCo's settings. Defaults are the paper's (Douillard et al. 2023, §3): H = 500, outer
+/// SGD with Nesterov momentum 0.9 and learning rate 0.7.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DilocoConfig {
+    /// Inner steps per outer round (H).
+    pub inner_steps: u64,
+    /// Outer learning rate.
+    pub outer_lr: f64,
+    /// Outer momentum.
+    pub momentum: f64,
+    /// Nesterov momentum (as in the paper) or plain heavy-ball.
+    pub nesterov: bool,
+    /// Value encoding on the wire.
+    pub transport: Transport,
+}
+
+impl Default for DilocoConfig {
+    fn default() -> Self {
+        Self {
+            inner_steps: 500,
+            outer_lr: 0.7,
+            momentum: 0.9,
+            nesterov: true,
+            transport: Transport::F32,
+        }
+    }
+}
+
+impl DilocoConfig {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        if self.inner_steps == 0 {
+            return Err(OptimizerError::Config(
+                "diloco: inner_steps (H) must be at least 1".into(),
+            ));
+        }
+        if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
+            return Err(OptimizerError::Config(format!(
+                "diloco: outer_lr {} must be > 0",
+                self.outer_lr
+            )));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(OptimizerError::Config(format!(
+                "diloco: momentum {} must be in [0, 1)",
+                self.momentum
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// INTELLECT-1's int8 exchange: 256 bins over ±3σ with bucket means, large blocks so the
+/// 1 KiB codebook per block stays below 0.1 % of the bytes.
+pub fn int8_codebook() -> QuantConfig {
+    QuantConfig {
+        bits: Bits::B8,
+        scheme: Scheme::Codebook { clip_sigmas: 3.0 },
+        block: 1 << 20,
+        rounding: Rounding::Nearest,
+    }
+}
+
+/// Below this many elements an int8 tensor travels as f32: the 1 KiB codebook would
+/// outweigh the values (biases and norm gains; a negligible share of a real model).
+pub const INT8_MIN_ELEMENTS: usize = 4096;
+
+/// Encodes dense values as a segment in the given transport.
+pub fn dense_segment(
+    tensor: u32,
+    shape: &[usize],
+    values: &[f32],
+    transport: Transport,
+) -> Result<Segment> {
+    Ok(match transport {
+        Transport::F32 => Segment::dense(tensor, shape, values, false),
+        Transport::Int8 if values.len() < INT8_MIN_ELEMENTS => {
+            Segment::dense(tensor, shape, values, false)
+        }
+        Transport::Bf16 => Segment::dense(tensor, shape, values, true),
+        Transport::Int8 => {
+            let q = quantize(values, &int8_codebook())?;
+            let mut body = Vec::with_capacity(q.encoded_len());
+            q.encode_into(&mut body);
+            Segment {
+                tensor,
+                encoding: Encoding::Quantized,
+                shape: shape.iter().map(|&d| d as u32).collect(),
+                body,
+            }
+        }
+    })
+}
+
+/// Decodes a dense or quantized segment to `numel` finite values.
+pub fn segment_values(s: &Segment) -> Result<Vec<f32>> {
+    match s.encoding {
+        Encoding::F32 | Encoding::Bf16 => s.dense_values(),
+        Encoding::Quantized => {
+            let (q, used) = Quantized::decode(&s.body, s.numel())?;
+            if used != s.body.len() || q.len != s.numel() {
+                return Err(OptimizerError::Config(format!(
+                    "quantized segment for tensor {} holds {} values in {used} of {} bytes",
+                    s.tensor,
+                    q.len,
+                    s.body.len()
+                )));
+            }
+            Ok(q.dequantize()?)
+        }
+        other => Err(OptimizerError::Config(format!("unexpected {other:?} segment"))),
+    }
+}
+
+/// Decodes one payload that must carry every tensor densely; `None` reason on success.
+pub fn dense_payload_values(
+    p: &Payload,
+    params: &ParamSet,
+) -> std::result::Result<Vec<Vec<f32>>, String> {
+    if p.segments.len() != params.len() {
+        return Err(format!(
+            "{} segments, the model has {} tensors",
+            p.segments.len(),
+            params.len()
+        ));
+    }
+    p.segments.iter().map(|s| segment_values(s).map_err(|e| e.to_string())).collect()
+}
+
+/// Canonical-order mean of every member's dense values, tensor by tensor.
+pub fn mean_per_tensor(members: &[(u32, Vec<Vec<f32>>)], params: &ParamSet) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(params.len());
+    for (i, shape) in params.shapes().iter().enumerate() {
+        let contribs: Vec<(u32, &[f32])> =
+            members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
+        let mut mean = vec![0.0f32; shape.iter().product()];
+        dense_mean(&contribs, &mut mean)?;
+        out.push(tensor_from(&mean, shape));
+    }
+    Ok(out)
+}
+
+/// One worker's DiLoCo state.
+#[derive(Debug)]
+pub struct Diloco {
+    config: DilocoConfig,
+    global: Vec<Tensor>,
+    momentum: Vec<Tensor>,
+}
+
+impl Diloco {
+    /// Starts from the worker's current parameters as the global snapshot.
+    pub fn new(config: DilocoConfig, params: &ParamSet) -> Result<Self> {
+        config.validate()?;
+        let global = params.snapshot();
+        let momentum = global.iter().map(Tensor::zeros_like).collect();
+        Ok(Self { config, global, momentum })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DilocoConfig {
+        &self.config
+    }
+
+    /// The global snapshot θ_global (what every replica agrees on).
+    pub fn global(&self) -> &[Tensor] {
+        &self.global
+    }
+}
+
+/// Outer SGD with (Nesterov) momentum, as `torch.optim.SGD` does it with dampening 0:
+/// m ← μ·m + g; step = g + μ·m (Nesterov) or m; θ ← θ − lr·step.
+pub fn sgd_momentum_step(
+    theta: &mut Tensor,
+    m: &mut Tensor,
+    g: &Tensor,
+    lr: f64,
+    mu: f64,
+    nesterov: bool,
+) -> Result<()> {
+    let _ = m.f_mul_scalar_(mu)?.f_add_(g)?;
+    let step = if nesterov { g.f_add(&m.f_mul_scalar(mu)?)? } else { m.shallow_clone() };
+    let _ = theta.f_sub_(&step.f_mul_scalar(lr)?)?;
+    Ok(())
+}
+
+impl OuterOptimizer for Diloco {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Diloco
+    }
+
+    fn exchange_due(&self, phase: Phase, step: u64) -> bool {
+        phase == Phase::AfterInnerStep && (step + 1) % self.config.inner_steps == 0
+    }
+
+    fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload> {
+        let mut segments = Vec::with_capacity(params.len());
+        for (i, (g, p)) in self.global.iter().zip(params.tensors()).enumerate() {
+            // Δ = θ_global − θ_local: the sign torchft once shipped reversed.
+            let delta = g.f_sub(p)?.contiguous();
+            let shape = &params.shapes()[i];
+            let seg = with_f32(&params.names()[i], &delta, |d| {
+                dense_segment(i as u32, shape, d, self.config.transport)
+            })??;
+            segments.push(seg);
+        }
+        Ok(Payload { algorithm: Algorithm::Diloco, round, worker, segments })
+    }
+
+    fn apply(
+        &mut self,
+        params: &ParamSet,
+        round: u64,
+        payloads: &[Payload],
+    ) -> Result<ApplyReport> {
+        let (ok, mut rejected) = admit(Algorithm::Diloco, round, payloads);
+        let mut members = Vec::with_capacity(ok.len());
+        for p in ok {
+            match dense_payload_values(p, params) {
+                Ok(v) => members.push((p.worker, v)),
+                Err(reason) => rejected.push((p.worker, reason)),
+            }
+        }
+        rejected.sort_by_key(|r| r.0);
+        if !members.is_empty() {
+            let mean = mean_per_tensor(&members, params)?;
+            for ((theta, m), g) in self.global.iter_mut().zip(&mut self.momentum).zip(&mean) {
+                sgd_momentum_step(
+                    theta,
+                    m,
+                    g,
+                    self.config.outer_lr,
+                    self.config.momentum,
+                    self.config.nesterov,
+                )?;
+            }
+        }
+        // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
+        // same point.
+        params.assign(&self.global)?;
+        Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+    }
+
+    fn state(&self) -> Result<OptimizerState> {
+        let mut s = OptimizerState::new(Algorithm::Diloco);
+        for (i, (g, m)) in self.global.iter().zip(&self.momentum).enumerate() {
+            s.put(format!("global.{i}"), g);
+            s.put(format!("momentum.{i}"), m);
+        }
+        Ok(s)
+    }
+
+    fn load_state(&mut self, params: &ParamSet, state: &OptimizerState) -> Result<()> {
+        state.expect_algorithm(Algorithm::Diloco)?;
+        let global: Vec<Tensor> = (0..params.len())
+            .map(|i| state.get(&format!("global.{i}")).map(|t| t.copy()))
+            .collect::<Result<_>>()?;
+        let momentum: Vec<Tensor> = (0..params.len())
+            .map(|i| state.get(&format!("momentum.{i}")).map(|t| t.copy()))
+            .collect::<Result<_>>()?;
+        params.check_matches(&global).map_err(|e| OptimizerError::State(e.to_string()))?;
+        params.check_matches(&momentum).map_err(|e| OptimizerError::State(e.to_string()))?;
+        self.global = global;
+        self.momentum = momentum;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{run_checked, toy_harness};
+    use crate::toy::ToyConfig;
+
+    fn harness(config: DilocoConfig) -> crate::harness::Harness<crate::toy::ToyMlp> {
+        toy_harness(4, ToyConfig::default(), |_, p| Ok(Box::new(Diloco::new(config, p)?)))
+    }
+
+    #[test]
+    fn trains_with_identical_replicas_in_every_transport() {
+        let mut f32_bytes = 0;
+        for transport in [Transport::F32, Transport::Bf16, Transport::Int8] {
+            let config = DilocoConfig { inner_steps: 10, transport, ..Default::default() };
+            let toy = ToyConfig { hidden: 128, ..ToyConfig::default() };
+            let mut h = toy_harness(4, toy, |_, p| Ok(Box::new(Diloco::new(config, p)?)));
+            let (exchanges, before, after) = run_checked(&mut h, 200);
+            assert_eq!(exchanges.len(), 20);
+            assert!(after < 0.25 * before, "{transport:?}: loss {before} -> {after}");
+            let numel = h.workers()[0].params.numel();
+            let bytes = exchanges[0].bytes_per_worker[0];
+            match transport {
+                Transport::F32 => {
+                    f32_bytes = bytes;
+                    assert!(bytes >= numel * 4 && bytes < numel * 4 + 512, "{bytes} for {numel}");
+                }
+                Transport::Bf16 => assert!(bytes >= numel * 2 && bytes < numel * 2 + 512),
+                // The 128×128 matrix goes as 8-bit codes, the small tensors as f32.
+                Transport::Int8 => assert!(bytes * 100 < f32_bytes * 45, "{bytes} vs {f32_bytes}"),
+            }
+        }
+    }
+
+    #[test]
+    fn pseudo_gradient_points_from_local_to_global() {
+        let mut h = harness(DilocoConfig { inner_steps: 5, ..Default::default() });
+        h.run(4).unwrap();
+        let w = &mut h.workers_mut()[0];
+        let p = w.outer.prepare(&w.params, 0, 0).unwrap();
+        let delta = segment_values(&p.segments[0]).unwrap();
+        let global =
+            Vec::<f32>::try_from(w.outer.state().unwrap().get("global.0").unwrap().flatten(0, -1))
+                .unwrap();
+        let local = Vec::<f32>::try_from(w.params.tensors()[0].flatten(0, -1)).unwrap();
+        for ((d, g), l) in delta.iter().zip(&global).zip(&local) {
+            assert_eq!(*d, g - l);
+        }
+    }
+
+    #[test]
+    fn outer_step_matches_torch_sgd_nesterov_by_hand() {
+        // One member, Δ known: θ' = θ − lr·(Δ + μ·(μ·0 + Δ)).
+        let params = ParamSet::new(vec![("w".into(), Tensor::from_slice(&[1.0f32, 2.0]))]).unwrap();
+        let mut d =
+            Diloco::new(DilocoConfig { inner_steps: 1, ..Default::default() }, &params).unwrap();
+        params.assign(&[Tensor::from_slice(&[0.5f32, 2.5])]).unwrap();
+        let p = d.prepare(&params, 0, 0).unwrap();
+        d.apply(&params, 0, &[p]).unwrap();
+        let got = Vec::<f32>::try_from(&params.tensors()[0]).unwrap();
+        let (lr, mu) = (0.7f32, 0.9f32);
+        let expect: Vec<f32> = [(1.0f32, 0.5f32), (2.0, 2.5)]
+            .iter()
+            .map(|&(g, l)| {
+                let delta = g - l;
+                g - lr * (delta + mu * delta)
+            })
+            .collect();
+        for (a, b) in got.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-6, "{got:?} vs {expect:?}");
+        }
+    }
+
+    #[test]
+    fn bad_payloads_are_rejected_and_the_round_goes_on() {
+        let params = ParamSet::new(vec![("w".into(), Tensor::from_slice(&[1.0f32, 2.0]))]).unwrap();
+        let mut d =
+            Diloco::new(DilocoConfig { inner_steps: 1, ..Default::default() }, &params).unwrap();
+        let good = d.prepare(&params, 3, 1).unwrap();
+        let mut nan = good.clone();
+        nan.worker = 2;
+        nan.segments[0].body[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let mut stale = good.clone();
+        stale.worker = 4;
+        stale.round = 2;
+        let mut empty = good.clone();
+        empty.worker = 5;
+        empty.segments.clear();
+        let report = d.apply(&params, 3, &[stale, nan, good, empty]).unwrap();
+        assert_eq!(report.applied, vec![1]);
+        assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 5]);
+    }
+
+    #[test]
+    fn state_survives_save_and_load() {
+        let mut h = harness(DilocoConfig { inner_steps: 5, ..Default::default() });
+        h.run(10).unwrap();
+        let dir = std::env::temp_dir().join(format!("meridian-diloco-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("outer.safetensors");
+        let w = &h.workers()[0];
+        w.outer.state().unwrap().save(&path).unwrap();
+        let loaded = OptimizerState::load(&path).unwrap();
+        let mut fresh =
+            Diloco::new(DilocoConfig { inner_steps: 5, ..Default::default() }, &w.params).unwrap();
+        fresh.load_state(&w.params, &loaded).unwrap();
+        let names: Vec<String> = (0..w.params.len()).map(|i| format!("x{i}")).collect();
+        for key in ["global", "momentum"] {
+            let a: Vec<Tensor> = (0..w.params.len())
+                .map(|i| w.outer.state().unwrap().get(&format!("{key}.{i}")).unwrap().copy())
+                .collect();
+            let b: Vec<Tensor> = (0..w.params.len())
+                .map(|i| fresh.state().unwrap().get(&format!("{key}.{i}")).unwrap().copy())
+                .collect();
+            assert_eq!(
+                crate::params::hash_tensors(&names, &a).unwrap(),
+                crate::params::hash_tensors(&names, &b).unwrap()
+            );
+        }
+        // Momentum is non-zero after two rounds, so the check above is not vacuous.
+        assert!(
+            f64::try_from(loaded.get("momentum.0").unwrap().abs().sum(tch::Kind::Float)).unwrap()
+                > 0.0
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut other = OptimizerState::new(Algorithm::Demo);
+        other.put_scalar("x", 1.0);
+        assert!(fresh.load_state(&w.params, &other).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! The outer-optimizer interface and what every algorithm shares.
+//!
+//! An [`OuterOptimizer`] wraps a worker's inner training loop. Per inner step the driver
+//! (the in-process [`crate::harness`], or the network runtime) does:
+//! 1. zero grads, forward + backward on the worker's batch;
+//! 2. if [`OuterOptimizer::exchange_due`] at [`Phase::AfterBackward`]: exchange (below);
+//! 3. if [`OuterOptimizer::runs_inner_optimizer`]: the inner optimizer step (AdamW);
+//! 4. [`OuterOptimizer::after_inner_step`];
+//! 5. if `exchange_due` at [`Phase::AfterInnerStep`]: exchange.
+//!
+//! An exchange is [`OuterOptimizer::prepare`] on every worker, delivery of the payloads,
+//! and [`OuterOptimizer::apply`] on every worker with the committed set. `apply` takes the
+//! payloads in any order and uses them in member-id order, so all replicas compute the
+//! same bits.
+
+pub mod diloco;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::algorithm::Algorithm;
+use crate::error::{OptimizerError, Result};
+use crate::params::ParamSet;
+use crate::payload::Payload;
+
+/// Where in an inner step an exchange happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Gradients are computed and the inner optimizer has not stepped (DDP, DeMo).
+    AfterBackward,
+    /// The inner optimizer has stepped (DiLoCo family).
+    AfterInnerStep,
+}
+
+/// What [`OuterOptimizer::apply`] did with the payloads it was given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyReport {
+    /// Members whose payloads were applied, ascending.
+    pub applied: Vec<u32>,
+    /// Members whose payloads were rejected, with the reason, ascending by member.
+    pub rejected: Vec<(u32, String)>,
+}
+
+/// An outer algorithm driving one worker; see the module doc for the call order.
+pub trait OuterOptimizer {
+    /// Which algorithm this is (payloads carry it).
+    fn algorithm(&self) -> Algorithm;
+
+    /// Whether the wrapped inner optimizer steps after backward. DeMo's outer step
+    /// replaces it.
+    fn runs_inner_optimizer(&self) -> bool {
+        true
+    }
+
+    /// Whether an exchange happens at `phase` of inner step `step` (counted from 0).
+    fn exchange_due(&self, phase: Phase, step: u64) -> bool;
+
+    /// This worker's payload for `round`.
+    fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload>;
+
+    /// Applies the committed members' payloads for `round`, in member-id order whatever
+    /// the order given. Payloads that fail validation (another algorithm or round, a
+    /// duplicate member, bad contents) are rejected and reported; the rest are applied.
+    fn apply(&mut self, params: &ParamSet, round: u64, payloads: &[Payload])
+        -> Result<ApplyReport>;
+
+    /// Hook after every inner step (Streaming DiLoCo merges delayed fragments here).
+    fn after_inner_step(&mut self, _params: &ParamSet, _step: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// The optimizer's state, to checkpoint.
+    fn state(&self) -> Result<OptimizerState>;
+
+    /// Restores state produced by [`OuterOptimizer::state`] of the same algorithm and model.
+    fn load_state(&mut self, params: &ParamSet, state: &OptimizerState) -> Result<()>;
+}
+
+/// Named tensors plus the algorithm they belong to: everything an outer optimizer needs to
+/// resume. Stored as safetensors; scalars are 0-d f64 tensors.
+#[derive(Debug)]
+pub struct OptimizerState {
+    /// The algorithm that wrote it.
+    pub algorithm: Algorithm,
+    /// State tensors by name.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+const ALGORITHM_KEY: &str = "__algorithm";
+
+impl OptimizerState {
+    /// An empty state for `algorithm`.
+    pub fn new(algorithm: Algorithm) -> Self {
+        Self { algorithm, tensors: BTreeMap::new() }
+    }
+
+    /// Adds a detached copy of `t` under `name`.
+    pub fn put(&mut self, name: impl Into<String>, t: &Tensor) {
+        self.tensors.insert(name.into(), t.detach().copy());
+    }
+
+    /// Adds a scalar under `name`.
+    pub fn put_scalar(&mut self, name: impl Into<String>, v: f64) {
+        self.tensors.insert(name.into(), Tensor::from(v));
+    }
+
+    /// The tensor stored under `name`, or an error naming it.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| OptimizerError::State(format!("missing {name}")))
+    }
+
+    /// The scalar stored under `name`.
+    pub fn get_scalar(&self, name: &str) -> Result<f64> {
+        Ok(self.get(name)?.f_double_value(&[])?)
+    }
+
+    /// Checks the state was written by `algorithm`.
+    pub fn expect_algorithm(&self, algorithm: Algorithm) -> Result<()> {
+        if self.algorithm == algorithm {
+            Ok(())
+        } else {
+            Err(OptimizerError::State(format!(
+                "written by {}, cannot resume {algorithm}",
+                self.algorithm
+            )))
+        }
+    }
+
+    /// Writes the state as a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> =
+            self.tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        named.push((ALGORITHM_KEY.into(), Tensor::from(f64::from(self.algorithm.tag()))));
+        Tensor::write_safetensors(&named, path)?;
+        Ok(())
+    }
+
+    /// Reads a state written by [`OptimizerState::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut tensors: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let tag = tensors
+            .remove(ALGORITHM_KEY)
+            .ok_or_else(|| {
+                OptimizerError::State(format!("{} has no algorithm tag", path.display()))
+            })?
+            .f_double_value(&[])?;
+        let algorithm = u8::try_from(tag as i64)
+            .ok()
+            .and_then(Algorithm::from_tag)
+            .ok_or_else(|| OptimizerError::State(format!("unknown algorithm tag {tag}")))?;
+        Ok(Self { algorithm, tensors })
+    }
+}
+
+/// Splits `payloads` into those fit to apply, sorted by member id, and rejections: another
+/// algorithm, another round, or a member id that appears more than once (all copies are
+/// rejected, so the outcome does not depend on arrival order).
+pub fn admit(
+    algorithm: Algorithm,
+    round: u64,
+    payloads: &[Payload],
+) -> (Vec<&Payload>, Vec<(u32, String)>) {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for p in payloads {
+        *counts.entry(p.worker).or_default() += 1;
+    }
+    let mut ok = Vec::new();
+    let mut rejected = Vec::new();
+    for p in payloads {
+        if counts[&p.worker] > 1 {
+            rejected.push((p.worker, "more than one payload from this member".to_string()));
+        } else if p.algorithm != algorithm {
+            rejected.push((p.worker, format!("{} payload offered to {algorithm}", p.algorithm)));
+        } else if p.round != round {
+            rejected
+                .push((p.worker, format!("payload for round {}, applying round {round}", p.round)));
+        } else {
+            ok.push(p);
+        }
+    }
+    ok.sort_by_key(|p| p.worker);
+    rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    rejected.dedup();
+    (ok, rejected)
+}
+
+/// Builds a tensor of `shape` from `values` (f32, CPU).
+pub fn tensor_from(values: &[f32], shape: &[usize]) -> Tensor {
+    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(values).reshape(dims.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Segment;
+
+    fn p(worker: u32, round: u64, algorithm: Algorithm) -> Payload {
+        Payload { algorithm, round, worker, segments: vec![Segment::dense(0, &[1], &[1.0], false)] }
+    }
+
+    #[test]
+    fn admit_sorts_and_rejects_deterministically() {
+        let given = vec![
+            p(3, 5, Algorithm::Diloco),
+            p(1, 5, Algorithm::Diloco),
+            p(2, 4, Algorithm::Diloco),
+            p(4, 5, Algorithm::Demo),
+            p(7, 5, Algorithm::Diloco),
+            p(7, 5, Algorithm::Diloco),
+        ];
+        let (ok, rejected) = admit(Algorithm::Diloco, 5, &given);
+        assert_eq!(ok.iter().map(|p| p.worker).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 7]);
+        let mut reversed = given.clone();
+        reversed.reverse();
+        let (ok2, rejected2) = admit(Algorithm::Diloco, 5, &reversed);
+        assert_eq!(ok, ok2);
+        assert_eq!(rejected, rejected2);
+    }
+
+    #[test]
+    fn state_round_trips_through_a_file() {
+        let dir = std::env::temp_dir().join(format!("meridian-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.safetensors");
+        let mut s = OptimizerState::new(Algorithm::Sparseloco);
+        s.put("m.0", &Tensor::from_slice(&[1.0f32, -2.0]));
+        s.put_scalar("round", 12.0);
+        s.save(&path).unwrap();
+        let back = OptimizerState::load(&path).unwrap();
+        assert_eq!(back.algorithm, Algorithm::Sparseloco);
+        assert_eq!(back.get_scalar("round").unwrap(), 12.0);
+        assert_eq!(Vec::<f32>::try_from(back.get("m.0").unwrap()).unwrap(), vec![1.0, -2.0]);
+        assert!(back.expect_algorithm(Algorithm::Diloco).is_err());
+        assert!(back.get("missing").is_err());
+        std::fs::write(&path, b"not safetensors").unwrap();
+        assert!(OptimizerState::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,211 @@
+//! The parameters an outer optimizer works on: named tch tensors in a canonical order.
+
+use tch::{Kind, Tensor};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::{OptimizerError, Result};
+use crate::view::{with_f32, with_f32_mut};
+
+/// A model's trainable parameters, sorted by name so that every worker enumerates them in
+/// the same order (payload segments refer to tensors by position in this order).
+///
+/// The tensors share storage with the model: writing through a `ParamSet` changes the
+/// model. All must be contiguous f32 tensors on one device.
+#[derive(Debug)]
+pub struct ParamSet {
+    names: Vec<String>,
+    tensors: Vec<Tensor>,
+    shapes: Vec<Vec<usize>>,
+}
+
+impl ParamSet {
+    /// Builds the set from `(name, tensor)` pairs in any order. Errors on duplicate names,
+    /// an empty list, or tensors a kernel cannot borrow (see [`crate::view`]).
+    pub fn new(mut params: Vec<(String, Tensor)>) -> Result<Self> {
+        if params.is_empty() {
+            return Err(OptimizerError::Config("a model needs at least one parameter".into()));
+        }
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(OptimizerError::Config(format!("duplicate parameter name {}", w[0].0)));
+        }
+        let mut names = Vec::with_capacity(params.len());
+        let mut tensors = Vec::with_capacity(params.len());
+        let mut shapes = Vec::with_capacity(params.len());
+        for (name, t) in params {
+            with_f32(&name, &t, |_| ())?;
+            shapes.push(t.size().iter().map(|&d| d as usize).collect());
+            names.push(name);
+            tensors.push(t);
+        }
+        Ok(Self { names, tensors, shapes })
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Always false: a set holds at least one tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Tensor names in canonical order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Tensor shapes in canonical order.
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    /// The tensors in canonical order (sharing storage with the model).
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// Detached copies of every tensor (a snapshot that later training does not touch).
+    pub fn snapshot(&self) -> Vec<Tensor> {
+        self.tensors.iter().map(|t| t.detach().copy()).collect()
+    }
+
+    /// Overwrites every parameter with `values` (same order and shapes), outside autograd.
+    pub fn assign(&self, values: &[Tensor]) -> Result<()> {
+        self.check_matches(values)?;
+        tch::no_grad(|| {
+            for (p, v) in self.tensors.iter().zip(values) {
+                p.shallow_clone().f_copy_(v)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Overwrites parameter `i` with `value`, outside autograd.
+    pub fn assign_one(&self, i: usize, value: &Tensor) -> Result<()> {
+        let p = self
+            .tensors
+            .get(i)
+            .ok_or_else(|| OptimizerError::Config(format!("parameter index {i} out of range")))?;
+        tch::no_grad(|| Ok(p.shallow_clone().f_copy_(value)?))
+    }
+
+    /// The gradient of each parameter (zeros where none has been computed yet).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.tensors
+            .iter()
+            .map(|t| {
+                let g = t.grad();
+                if g.defined() {
+                    g
+                } else {
+                    t.zeros_like()
+                }
+            })
+            .collect()
+    }
+
+    /// Checks that `values` has one tensor per parameter with the parameter's shape.
+    pub fn check_matches(&self, values: &[Tensor]) -> Result<()> {
+        if values.len() != self.len() {
+            return Err(OptimizerError::Config(format!(
+                "{} tensors given for {} parameters",
+                values.len(),
+                self.len()
+            )));
+        }
+        for ((name, shape), v) in self.names.iter().zip(&self.shapes).zip(values) {
+            let got: Vec<usize> = v.size().iter().map(|&d| d as usize).collect();
+            if &got != shape || v.kind() != Kind::Float {
+                return Err(OptimizerError::Config(format!(
+                    "{name}: expected f32 {shape:?}, got {:?} {got:?}",
+                    v.kind()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A 64-bit hash of names, shapes and the exact bits of every value: equal hashes on
+    /// two workers mean bit-identical replicas.
+    pub fn hash(&self) -> Result<u64> {
+        hash_tensors(&self.names, &self.tensors)
+    }
+}
+
+/// Hash of named tensors' names, shapes and bits (see [`ParamSet::hash`]).
+pub fn hash_tensors(names: &[String], tensors: &[Tensor]) -> Result<u64> {
+    let mut h = Xxh3::new();
+    for (name, t) in names.iter().zip(tensors) {
+        h.update(name.as_bytes());
+        for d in t.size() {
+            h.update(&d.to_le_bytes());
+        }
+        let t = t.contiguous();
+        with_f32(name, &t, |s| h.update(bytemuck::cast_slice(s)))?;
+    }
+    Ok(h.digest())
+}
+
+/// Runs `f` over parameter `t`'s elements, mutably, outside autograd.
+pub fn with_param_mut<R>(name: &str, t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    let mut handle = t.shallow_clone();
+    with_f32_mut(name, &mut handle, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> ParamSet {
+        ParamSet::new(vec![
+            ("b".into(), Tensor::from_slice(&[1.0f32, 2.0])),
+            ("a".into(), Tensor::from_slice(&[3.0f32, 4.0, 5.0, 6.0]).reshape([2, 2])),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn canonical_order_and_shapes() {
+        let p = set();
+        assert_eq!(p.names(), ["a", "b"]);
+        assert_eq!(p.shapes(), [vec![2, 2], vec![2]]);
+        assert_eq!(p.numel(), 6);
+    }
+
+    #[test]
+    fn hash_sees_every_bit() {
+        let p = set();
+        let h = p.hash().unwrap();
+        assert_eq!(h, set().hash().unwrap());
+        let snap = p.snapshot();
+        with_param_mut("a", &p.tensors()[0], |s| s[3] = f32::from_bits(s[3].to_bits() ^ 1))
+            .unwrap();
+        assert_ne!(p.hash().unwrap(), h);
+        p.assign(&snap).unwrap();
+        assert_eq!(p.hash().unwrap(), h);
+    }
+
+    #[test]
+    fn bad_sets_and_assignments_are_errors() {
+        assert!(ParamSet::new(vec![]).is_err());
+        let dup = vec![
+            ("a".into(), Tensor::from_slice(&[1.0f32])),
+            ("a".into(), Tensor::from_slice(&[1.0f32])),
+        ];
+        assert!(ParamSet::new(dup).is_err());
+        let p = set();
+        assert!(p.assign(&[Tensor::from_slice(&[1.0f32])]).is_err());
+        let wrong_shape = vec![
+            Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
+            Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
+        ];
+        assert!(p.assign(&wrong_shape).is_err());
+    }
+}
