@@ -18,15 +18,18 @@ setup:
 build: setup
 	cargo build --release --workspace
 
-## demo: the most complete run Meridian has today (see README).
+## demo: the most complete run Meridian has today (see README): every outer algorithm
+## trained side by side in one process, then what each compression pipeline sends.
 demo: setup
-	cargo run --release -p meridian-trainer --bin meridian -- compress
+	cargo build --release -p meridian-trainer --bin meridian
+	target/release/meridian train
+	target/release/meridian compress
 
 ## test: formatting, lints (warnings denied) and every test in the workspace.
 test: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	cargo test --workspace
+	bash scripts/run-tests.sh
 
 fmt:
 	cargo fmt --all

@@ -34,7 +34,7 @@ pub struct ExchangeReport {
     pub step: u64,
     /// Encoded payload bytes sent by each worker.
     pub bytes_per_worker: Vec<usize>,
-    /// Parameter hash of each worker after applying.
+    /// Each worker's [`OuterOptimizer::consensus_hash`] after applying.
     pub hashes: Vec<u64>,
     /// Rejections reported by worker 0's apply (member, reason).
     pub rejected: Vec<(u32, String)>,
@@ -182,7 +182,7 @@ impl<S: TrainStep> Harness<S> {
             if i == 0 {
                 rejected.extend(report.rejected);
             }
-            hashes.push(w.params.hash()?);
+            hashes.push(w.outer.consensus_hash(&w.params)?);
         }
         self.round += 1;
         Ok(ExchangeReport { round, step: self.step, bytes_per_worker, hashes, rejected })

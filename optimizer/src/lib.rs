@@ -15,11 +15,13 @@
 //! - [`toy`]: a small MLP task for tests and examples.
 
 pub mod algorithm;
+pub mod config;
 pub mod error;
 pub mod harness;
 pub mod outer;
 pub mod params;
 pub mod payload;
+pub mod reference;
 pub mod toy;
 pub mod train_step;
 pub mod view;

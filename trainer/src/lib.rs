@@ -7,3 +7,4 @@
 //! application concerns.
 
 pub mod compress_demo;
+pub mod train;

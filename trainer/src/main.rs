@@ -17,6 +17,9 @@ enum Command {
     /// Compress one outer round's pseudo-gradient of a small model with each pipeline and
     /// report bytes on the wire, reconstruction error and speed.
     Compress(meridian_trainer::compress_demo::CompressArgs),
+    /// Train N workers in one process with one or more outer algorithms (DDP, DiLoCo, DeMo,
+    /// SparseLoCo, Streaming DiLoCo) and compare their loss and bytes on the wire.
+    Train(meridian_trainer::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compress(args) => meridian_trainer::compress_demo::run(&args),
+        Command::Train(args) => meridian_trainer::train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,11 @@
 //! payloads in any order and uses them in member-id order, so all replicas compute the
 //! same bits.
 
+pub mod ddp;
+pub mod demo;
 pub mod diloco;
+pub mod sparseloco;
+pub mod streaming;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +73,13 @@ pub trait OuterOptimizer {
     /// Hook after every inner step (Streaming DiLoCo merges delayed fragments here).
     fn after_inner_step(&mut self, _params: &ParamSet, _step: u64) -> Result<()> {
         Ok(())
+    }
+
+    /// Hash of what every replica must agree on after an exchange. By default the
+    /// parameters themselves; an algorithm that keeps part of them local between syncs
+    /// (Streaming DiLoCo) hashes its global copy instead.
+    fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
+        params.hash()
     }
 
     /// The optimizer's state, to checkpoint.

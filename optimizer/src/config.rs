@@ -1,0 +1,225 @@
+//! Selecting and configuring an outer algorithm by name, from TOML and from `key=value`
+//! overrides (the CLI's `--set`), all mapping onto the algorithms' own config structs.
+//!
+//! A TOML file names the algorithm and sets any of its fields; omitted fields keep the
+//! published defaults, unknown fields are an error that names them:
+//! ```toml
+//! algo = "sparseloco"
+//! inner_steps = 30
+//! topk = 64
+//! ```
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::algorithm::Algorithm;
+use crate::error::{OptimizerError, Result};
+use crate::outer::ddp::{Ddp, DdpConfig};
+use crate::outer::demo::{Demo, DemoConfig};
+use crate::outer::diloco::{Diloco, DilocoConfig};
+use crate::outer::sparseloco::{Sparseloco, SparselocoConfig};
+use crate::outer::streaming::{Streaming, StreamingConfig};
+use crate::outer::OuterOptimizer;
+use crate::params::ParamSet;
+
+/// One algorithm with its settings.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AlgoConfig {
+    /// Data-parallel baseline.
+    Ddp(DdpConfig),
+    /// DiLoCo.
+    Diloco(DilocoConfig),
+    /// DeMo / DisTrO.
+    Demo(DemoConfig),
+    /// SparseLoCo.
+    Sparseloco(SparselocoConfig),
+    /// Streaming DiLoCo.
+    Streaming(StreamingConfig),
+}
+
+fn parse_fields<T: DeserializeOwned + Serialize + Default>(
+    algorithm: Algorithm,
+    base: toml::Table,
+    overrides: &[(String, String)],
+) -> Result<T> {
+    // Start from the defaults so that overrides of nested values merge, then layer the
+    // file's fields, then the command line's.
+    let mut table = toml::Table::try_from(T::default())
+        .map_err(|e| OptimizerError::Config(format!("{algorithm}: {e}")))?;
+    for (k, v) in base {
+        table.insert(k, v);
+    }
+    for (key, raw) in overrides {
+        if !table.contains_key(key) {
+            let known: Vec<&str> = table.keys().map(String::as_str).collect();
+            return Err(OptimizerError::Config(format!(
+                "{algorithm} has no setting {key:?}; its settings are {}",
+                known.join(", ")
+            )));
+        }
+        // A bare word (a transport name) is a string; anything else is a TOML value.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        table.insert(key.clone(), value);
+    }
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| OptimizerError::Config(format!("{algorithm} settings: {e}")))
+}
+
+impl AlgoConfig {
+    /// The published defaults of `algorithm`.
+    pub fn default_for(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Ddp => AlgoConfig::Ddp(DdpConfig::default()),
+            Algorithm::Diloco => AlgoConfig::Diloco(DilocoConfig::default()),
+            Algorithm::Demo => AlgoConfig::Demo(DemoConfig::default()),
+            Algorithm::Sparseloco => AlgoConfig::Sparseloco(SparselocoConfig::default()),
+            Algorithm::Streaming => AlgoConfig::Streaming(StreamingConfig::default()),
+        }
+    }
+
+    /// Which algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            AlgoConfig::Ddp(_) => Algorithm::Ddp,
+            AlgoConfig::Diloco(_) => Algorithm::Diloco,
+            AlgoConfig::Demo(_) => Algorithm::Demo,
+            AlgoConfig::Sparseloco(_) => Algorithm::Sparseloco,
+            AlgoConfig::Streaming(_) => Algorithm::Streaming,
+        }
+    }
+
+    /// `algorithm`'s settings from `toml` fields (without the `algo` key) and `key=value`
+    /// overrides, validated.
+    pub fn from_parts(
+        algorithm: Algorithm,
+        fields: toml::Table,
+        overrides: &[(String, String)],
+    ) -> Result<Self> {
+        let c = match algorithm {
+            Algorithm::Ddp => AlgoConfig::Ddp(parse_fields(algorithm, fields, overrides)?),
+            Algorithm::Diloco => AlgoConfig::Diloco(parse_fields(algorithm, fields, overrides)?),
+            Algorithm::Demo => AlgoConfig::Demo(parse_fields(algorithm, fields, overrides)?),
+            Algorithm::Sparseloco => {
+                AlgoConfig::Sparseloco(parse_fields(algorithm, fields, overrides)?)
+            }
+            Algorithm::Streaming => {
+                AlgoConfig::Streaming(parse_fields(algorithm, fields, overrides)?)
+            }
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses a TOML document whose `algo` key names the algorithm (see the module doc).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let mut table: toml::Table =
+            text.parse().map_err(|e| OptimizerError::Config(format!("config: {e}")))?;
+        let name = match table.remove("algo") {
+            Some(toml::Value::String(s)) => s,
+            Some(other) => {
+                return Err(OptimizerError::Config(format!(
+                    "config: algo must be a string, got {other}"
+                )))
+            }
+            None => return Err(OptimizerError::Config("config: missing `algo = \"...\"`".into())),
+        };
+        let algorithm: Algorithm = name.parse().map_err(OptimizerError::Config)?;
+        Self::from_parts(algorithm, table, &[])
+    }
+
+    /// Checks every setting is in range.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            AlgoConfig::Ddp(c) => c.validate(),
+            AlgoConfig::Diloco(c) => c.validate(),
+            AlgoConfig::Demo(c) => c.validate(),
+            AlgoConfig::Sparseloco(c) => c.validate(),
+            AlgoConfig::Streaming(c) => c.validate(),
+        }
+    }
+
+    /// The settings as TOML (for run summaries), `algo` first.
+    pub fn to_toml(&self) -> String {
+        let fields = match self {
+            AlgoConfig::Ddp(c) => toml::Table::try_from(c),
+            AlgoConfig::Diloco(c) => toml::Table::try_from(c),
+            AlgoConfig::Demo(c) => toml::Table::try_from(c),
+            AlgoConfig::Sparseloco(c) => toml::Table::try_from(c),
+            AlgoConfig::Streaming(c) => toml::Table::try_from(c),
+        };
+        let body = fields.map(|t| t.to_string()).unwrap_or_default();
+        format!("algo = \"{}\"\n{body}", self.algorithm())
+    }
+
+    /// Builds the optimizer for one worker whose parameters are `params`.
+    pub fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
+        Ok(match self {
+            AlgoConfig::Ddp(c) => Box::new(Ddp::new(*c, params)?),
+            AlgoConfig::Diloco(c) => Box::new(Diloco::new(*c, params)?),
+            AlgoConfig::Demo(c) => Box::new(Demo::new(*c, params)?),
+            AlgoConfig::Sparseloco(c) => Box::new(Sparseloco::new(*c, params)?),
+            AlgoConfig::Streaming(c) => Box::new(Streaming::new(*c, params)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_published_ones() {
+        let AlgoConfig::Diloco(d) = AlgoConfig::default_for(Algorithm::Diloco) else { panic!() };
+        assert_eq!((d.inner_steps, d.outer_lr, d.momentum, d.nesterov), (500, 0.7, 0.9, true));
+        for a in Algorithm::ALL {
+            let c = AlgoConfig::default_for(a);
+            assert_eq!(c.algorithm(), a);
+            c.validate().unwrap();
+            // The TOML form parses back to the same settings.
+            assert_eq!(AlgoConfig::from_toml(&c.to_toml()).unwrap(), c, "{a}");
+        }
+    }
+
+    #[test]
+    fn toml_and_overrides_map_onto_the_structs() {
+        let c = AlgoConfig::from_toml("algo = \"diloco\"\ninner_steps = 100\ntransport = \"int8\"")
+            .unwrap();
+        let AlgoConfig::Diloco(d) = c else { panic!() };
+        assert_eq!(d.inner_steps, 100);
+        assert_eq!(d.transport, crate::outer::diloco::Transport::Int8);
+        assert_eq!(d.outer_lr, 0.7);
+        let o =
+            vec![("outer_lr".to_string(), "0.5".to_string()), ("transport".into(), "bf16".into())];
+        let AlgoConfig::Diloco(d) =
+            AlgoConfig::from_parts(Algorithm::Diloco, toml::Table::new(), &o).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((d.outer_lr, d.transport), (0.5, crate::outer::diloco::Transport::Bf16));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e =
+            AlgoConfig::from_toml("algo = \"diloco\"\ninner_step = 100").unwrap_err().to_string();
+        assert!(e.contains("inner_step"), "{e}");
+        let e =
+            AlgoConfig::from_toml("algo = \"diloco\"\ninner_steps = 0").unwrap_err().to_string();
+        assert!(e.contains("inner_steps"), "{e}");
+        let e = AlgoConfig::from_toml("algo = \"adam\"").unwrap_err().to_string();
+        assert!(e.contains("adam"), "{e}");
+        assert!(AlgoConfig::from_toml("inner_steps = 3").unwrap_err().to_string().contains("algo"));
+        let o = vec![("momentun".to_string(), "0.5".to_string())];
+        let e = AlgoConfig::from_parts(Algorithm::Diloco, toml::Table::new(), &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("momentun") && e.contains("momentum"), "{e}");
+        let o = vec![("outer_lr".to_string(), "fast".to_string())];
+        assert!(AlgoConfig::from_parts(Algorithm::Diloco, toml::Table::new(), &o).is_err());
+    }
+}
