@@ -22,7 +22,7 @@ build: setup
 ## trained side by side in one process, then what each compression pipeline sends.
 demo: setup
 	cargo build --release -p meridian-trainer --bin meridian
-	target/release/meridian train
+	target/release/meridian train --steps 600 --inner-steps 30
 	target/release/meridian compress
 
 ## test: formatting, lints (warnings denied) and every test in the workspace.

@@ -126,6 +126,13 @@ pub fn run_one(args: &TrainArgs, config: AlgoConfig) -> Result<AlgoOutcome> {
         }
     }
     let final_loss = h.eval_loss()?;
+    if rounds == 0 {
+        tracing::warn!(
+            algo = %config.algorithm(),
+            steps = args.steps,
+            "no outer round completed: its inner steps per round exceed --steps; lower --inner-steps"
+        );
+    }
     Ok(AlgoOutcome {
         config,
         initial_loss,
@@ -160,6 +167,26 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             "config: [{unknown}] is not an algorithm; use one table per algorithm, e.g. [diloco]"
         );
     }
+    // A KEY=VALUE meant for "every algorithm that has it" must fit at least one, or a typo
+    // would pass silently.
+    for s in &args.set {
+        let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
+        if key.contains('.') {
+            continue;
+        }
+        let mut known = std::collections::BTreeSet::new();
+        for &a in &args.algo {
+            let defaults: toml::Table = AlgoConfig::default_for(a).to_toml().parse()?;
+            known.extend(defaults.keys().filter(|k| *k != "algo").cloned());
+        }
+        if !known.contains(key) {
+            let known: Vec<String> = known.into_iter().collect();
+            bail!(
+                "--set {key}: no selected algorithm has this setting; they have {}",
+                known.join(", ")
+            );
+        }
+    }
     // Validate every configuration before training anything.
     let configs =
         args.algo.iter().map(|&a| algo_config(args, a, &file)).collect::<Result<Vec<_>>>()?;
@@ -179,11 +206,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .map(|o| o.bytes_per_worker);
     println!(
         "{:<11} {:>9} {:>9} {:>7} {:>14} {:>9} {:>9} {:>6}",
-        "algorithm", "loss@0", "loss", "rounds", "bytes/worker", "vs ddp", "replicas", "secs"
+        "algorithm", "loss@0", "loss", "rounds", "bytes/worker", "ddp/this", "replicas", "secs"
     );
     for o in &outcomes {
         let vs_ddp = match ddp_bytes {
-            Some(d) if o.bytes_per_worker > 0.0 => format!("{:.0}x less", d / o.bytes_per_worker),
+            Some(d) if o.bytes_per_worker > 0.0 => format!("{:.0}x", d / o.bytes_per_worker),
             _ => "-".into(),
         };
         println!(
@@ -200,9 +227,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     println!(
         "\nloss = held-out MSE (mean over workers); bytes are the exact encoded payloads each\n\
-         worker sent; replicas = whether every worker held bit-identical parameters after\n\
-         every exchange (for Streaming DiLoCo, which keeps fragments local between syncs,\n\
-         the global copy)."
+         worker sent (ddp/this: how many times fewer than DDP's); replicas = whether every\n\
+         worker held bit-identical parameters after every exchange (for Streaming DiLoCo,\n\
+         which keeps fragments local between syncs, its global copy)."
     );
     if outcomes.iter().any(|o| !o.replicas_identical) {
         bail!("replicas diverged");
