@@ -3,11 +3,14 @@
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let out = match Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
-        .expect("the meridian binary runs");
+    {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run meridian: {e}"),
+    };
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
