@@ -90,6 +90,11 @@ impl Segment {
         }
     }
 
+    /// A segment carrying `body`, an encoding of tensor `tensor` of `shape`.
+    pub fn encoded(tensor: u32, shape: &[usize], encoding: Encoding, body: Vec<u8>) -> Self {
+        Self { tensor, encoding, shape: shape.iter().map(|&d| d as u32).collect(), body }
+    }
+
     /// Number of elements of the tensor.
     pub fn numel(&self) -> usize {
         self.shape.iter().map(|&d| d as usize).product()

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::diloco::{dense_segment, Transport};
-use super::{admit, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{
+    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+};
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
@@ -137,15 +139,8 @@ impl OuterOptimizer for Ddp {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, mut rejected) = admit(Algorithm::Ddp, round, payloads);
-        let mut members = Vec::with_capacity(ok.len());
-        for p in ok {
-            match dense_gradients(p, params) {
-                Ok(v) => members.push((p.worker, v)),
-                Err(reason) => rejected.push((p.worker, reason)),
-            }
-        }
-        rejected.sort_by_key(|r| r.0);
+        let (ok, rejected) = admit(Algorithm::Ddp, round, payloads);
+        let (members, rejected) = decode_admitted(ok, rejected, |p| dense_gradients(p, params));
         for (i, shape) in params.shapes().iter().enumerate() {
             // With nobody applied every replica writes zeros: the inner step then moves
             // every replica the same way (momentum only) instead of by its own gradient.

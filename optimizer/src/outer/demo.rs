@@ -23,7 +23,7 @@ use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{admit, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
@@ -226,12 +226,12 @@ impl OuterOptimizer for Demo {
             let comp = &mut self.compressors[i];
             let out = with_f32(name, delta, |d| comp.compress(d))??;
             with_f32_mut(name, delta, |d| comp.subtract_sent(d, &out.sent))??;
-            segments.push(Segment {
-                tensor: i as u32,
-                encoding: Encoding::Compressed,
-                shape: params.shapes()[i].iter().map(|&d| d as u32).collect(),
-                body: out.bytes,
-            });
+            segments.push(Segment::encoded(
+                i as u32,
+                &params.shapes()[i],
+                Encoding::Compressed,
+                out.bytes,
+            ));
         }
         Ok(Payload { algorithm: Algorithm::Demo, round, worker, segments })
     }
@@ -242,17 +242,10 @@ impl OuterOptimizer for Demo {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, mut rejected) = admit(Algorithm::Demo, round, payloads);
+        let (ok, rejected) = admit(Algorithm::Demo, round, payloads);
         // The admitted set is the same on every replica, so is this bound.
         let limit = f32::MAX / ok.len().max(1) as f32;
-        let mut members = Vec::with_capacity(ok.len());
-        for p in ok {
-            match self.decode(p, limit) {
-                Ok(s) => members.push((p.worker, s)),
-                Err(reason) => rejected.push((p.worker, reason)),
-            }
-        }
-        rejected.sort_by_key(|r| r.0);
+        let (members, rejected) = decode_admitted(ok, rejected, |p| self.decode(p, limit));
 
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;

@@ -8,7 +8,9 @@ use meridian_kernels::quant::{quantize, Bits, QuantConfig, Quantized, Rounding, 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{admit, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{
+    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+};
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
@@ -109,18 +111,21 @@ pub fn dense_segment(
             Segment::dense(tensor, shape, values, false)
         }
         Transport::Bf16 => Segment::dense(tensor, shape, values, true),
-        Transport::Int8 => {
-            let q = quantize(values, &int8_codebook())?;
-            let mut body = Vec::with_capacity(q.encoded_len());
-            q.encode_into(&mut body);
-            Segment {
-                tensor,
-                encoding: Encoding::Quantized,
-                shape: shape.iter().map(|&d| d as u32).collect(),
-                body,
-            }
-        }
+        Transport::Int8 => quantized_segment(tensor, shape, values, &int8_codebook())?,
     })
+}
+
+/// Encodes `values` quantized with `config` as a [`Encoding::Quantized`] segment.
+pub fn quantized_segment(
+    tensor: u32,
+    shape: &[usize],
+    values: &[f32],
+    config: &QuantConfig,
+) -> Result<Segment> {
+    let q = quantize(values, config)?;
+    let mut body = Vec::with_capacity(q.encoded_len());
+    q.encode_into(&mut body);
+    Ok(Segment::encoded(tensor, shape, Encoding::Quantized, body))
 }
 
 /// Decodes a dense or quantized segment to `numel` finite values.
@@ -244,15 +249,9 @@ impl OuterOptimizer for Diloco {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, mut rejected) = admit(Algorithm::Diloco, round, payloads);
-        let mut members = Vec::with_capacity(ok.len());
-        for p in ok {
-            match dense_payload_values(p, params) {
-                Ok(v) => members.push((p.worker, v)),
-                Err(reason) => rejected.push((p.worker, reason)),
-            }
-        }
-        rejected.sort_by_key(|r| r.0);
+        let (ok, rejected) = admit(Algorithm::Diloco, round, payloads);
+        let (members, rejected) =
+            decode_admitted(ok, rejected, |p| dense_payload_values(p, params));
         if !members.is_empty() {
             let mean = mean_per_tensor(&members, params)?;
             for ((theta, m), g) in self.global.iter_mut().zip(&mut self.momentum).zip(&mean) {

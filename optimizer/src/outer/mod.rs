@@ -198,6 +198,28 @@ pub fn admit(
     (ok, rejected)
 }
 
+/// Rejected payloads: the member and why.
+pub type Rejections = Vec<(u32, String)>;
+
+/// Decodes each admitted payload with `decode`; a payload it refuses joins `rejected` with
+/// the reason. Returns the decoded members in member-id order and every rejection sorted
+/// by member, so the outcome is the same on every replica.
+pub fn decode_admitted<T>(
+    admitted: Vec<&Payload>,
+    mut rejected: Rejections,
+    mut decode: impl FnMut(&Payload) -> std::result::Result<T, String>,
+) -> (Vec<(u32, T)>, Rejections) {
+    let mut members = Vec::with_capacity(admitted.len());
+    for p in admitted {
+        match decode(p) {
+            Ok(v) => members.push((p.worker, v)),
+            Err(reason) => rejected.push((p.worker, reason)),
+        }
+    }
+    rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    (members, rejected)
+}
+
 /// Builds a tensor of `shape` from `values` (f32, CPU).
 pub fn tensor_from(values: &[f32], shape: &[usize]) -> Tensor {
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();

@@ -17,7 +17,9 @@ use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{admit, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{
+    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+};
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
@@ -246,12 +248,12 @@ impl OuterOptimizer for Sparseloco {
             } else {
                 e.fill(0.0);
             }
-            segments.push(Segment {
-                tensor: i as u32,
-                encoding: Encoding::Compressed,
-                shape: params.shapes()[i].iter().map(|&d| d as u32).collect(),
-                body: sent.bytes,
-            });
+            segments.push(Segment::encoded(
+                i as u32,
+                &params.shapes()[i],
+                Encoding::Compressed,
+                sent.bytes,
+            ));
         }
         Ok(Payload { algorithm: Algorithm::Sparseloco, round, worker, segments })
     }
@@ -262,15 +264,9 @@ impl OuterOptimizer for Sparseloco {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, mut rejected) = admit(Algorithm::Sparseloco, round, payloads);
-        let mut members: Vec<(u32, Vec<Sparse>)> = Vec::with_capacity(ok.len());
-        for p in ok {
-            match self.decode_payload(p, params) {
-                Ok(v) => members.push((p.worker, v)),
-                Err(reason) => rejected.push((p.worker, reason)),
-            }
-        }
-        rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let (ok, rejected) = admit(Algorithm::Sparseloco, round, payloads);
+        let (members, rejected): (Vec<(u32, Vec<Sparse>)>, _) =
+            decode_admitted(ok, rejected, |p| self.decode_payload(p, params));
         if !members.is_empty() {
             for (i, theta) in self.global.iter_mut().enumerate() {
                 let contribs: Vec<Contribution<'_>> = members

@@ -38,16 +38,20 @@
 //! part of that local state. [`Streaming::global`] exposes the agreed state for checks.
 
 use meridian_kernels::aggregate::dense_mean;
-use meridian_kernels::quant::{quantize, QuantConfig};
+use meridian_kernels::quant::QuantConfig;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::diloco::{dense_segment, segment_values, sgd_momentum_step, Transport};
-use super::{admit, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::diloco::{
+    dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport,
+};
+use super::{
+    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+};
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::{hash_tensors, ParamSet};
-use crate::payload::{Encoding, Payload, Segment};
+use crate::payload::{Payload, Segment};
 use crate::view::with_f32;
 
 /// Streaming DiLoCo's settings.
@@ -258,15 +262,7 @@ impl Streaming {
         if self.config.value_bits == 8 {
             return dense_segment(tensor as u32, shape, values, Transport::Int8);
         }
-        let q = quantize(values, &QuantConfig::int4())?;
-        let mut body = Vec::with_capacity(q.encoded_len());
-        q.encode_into(&mut body);
-        Ok(Segment {
-            tensor: tensor as u32,
-            encoding: Encoding::Quantized,
-            shape: shape.iter().map(|&d| d as u32).collect(),
-            body,
-        })
+        quantized_segment(tensor as u32, shape, values, &QuantConfig::int4())
     }
 
     /// Decodes a payload that must carry exactly fragment `p`'s tensors, in order, with the
@@ -328,15 +324,9 @@ impl OuterOptimizer for Streaming {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let (step, p) = self.due_fragment()?;
-        let (ok, mut rejected) = admit(Algorithm::Streaming, round, payloads);
-        let mut members = Vec::with_capacity(ok.len());
-        for payload in ok {
-            match self.fragment_values(payload, params, p) {
-                Ok(v) => members.push((payload.worker, v)),
-                Err(reason) => rejected.push((payload.worker, reason)),
-            }
-        }
-        rejected.sort_by_key(|r| r.0);
+        let (ok, rejected) = admit(Algorithm::Streaming, round, payloads);
+        let (members, rejected) =
+            decode_admitted(ok, rejected, |payload| self.fragment_values(payload, params, p));
         if !members.is_empty() {
             let (lr, mu) = (self.config.outer_lr, self.config.momentum);
             for (k, &i) in self.fragments[p].iter().enumerate() {
@@ -448,6 +438,7 @@ impl OuterOptimizer for Streaming {
 mod tests {
     use super::*;
     use crate::harness::Harness;
+    use crate::payload::Encoding;
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::{ToyConfig, ToyMlp};
 
