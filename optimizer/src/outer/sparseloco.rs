@@ -22,7 +22,7 @@ use super::{
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
-use crate::params::ParamSet;
+use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
 use crate::view::with_f32;
 
@@ -139,7 +139,7 @@ pub struct Sparseloco {
     config: SparselocoConfig,
     global: Vec<Tensor>,
     /// Error-feedback buffer per tensor, flat, in canonical order.
-    error: Vec<Vec<f32>>,
+    error: Vec<Tensor>,
     /// One compressor per tensor (its scratch is reused every round).
     compressors: Vec<Compressor>,
 }
@@ -155,7 +155,8 @@ impl Sparseloco {
             .iter()
             .map(|shape| Compressor::new(cc, shape))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let error = params.shapes().iter().map(|s| vec![0.0; s.iter().product()]).collect();
+        // On the parameters' device, like every piece of optimizer state.
+        let error = params.tensors().iter().map(|p| p.detach().zeros_like()).collect();
         Ok(Self { config, global: params.snapshot(), error, compressors })
     }
 
@@ -169,8 +170,8 @@ impl Sparseloco {
         &self.global
     }
 
-    /// The error-feedback buffers, one flat buffer per tensor.
-    pub fn error(&self) -> &[Vec<f32>] {
+    /// The error-feedback buffers, one tensor per parameter.
+    pub fn error(&self) -> &[Tensor] {
         &self.error
     }
 
@@ -232,21 +233,19 @@ impl OuterOptimizer for Sparseloco {
         {
             // Δ = θ_global − θ_local, the direction a descent step subtracts.
             let delta = g.f_sub(p)?.contiguous();
-            with_f32(&params.names()[i], &delta, |d| {
-                if self.config.error_feedback {
-                    feedback::accumulate(e, decay, d)
-                } else {
-                    // Ablation: no memory, so only this round's Δ competes for the top-k.
-                    feedback::accumulate(e, 0.0, d)
-                }
-            })??;
-            let sent = c.compress(e)?;
+            let name = &params.names()[i];
+            // Ablation: no memory, so only this round's Δ competes for the top-k.
+            let decay = if self.config.error_feedback { decay } else { 0.0 };
+            with_f32(name, &delta, |d| {
+                with_param_mut(name, e, |e| feedback::accumulate(e, decay, d))
+            })???;
+            let sent = with_f32(name, e, |e| c.compress(e))??;
             if self.config.error_feedback {
                 // Subtract exactly what receivers decode (dequantized values), so the
                 // quantization error stays in the buffer and is sent later.
-                c.subtract_sent(e, &sent.sent)?;
+                with_param_mut(name, e, |e| c.subtract_sent(e, &sent.sent))??;
             } else {
-                e.fill(0.0);
+                let _ = e.f_zero_()?;
             }
             segments.push(Segment::encoded(
                 i as u32,
@@ -291,9 +290,8 @@ impl OuterOptimizer for Sparseloco {
     fn state(&self) -> Result<OptimizerState> {
         let mut s = OptimizerState::new(Algorithm::Sparseloco);
         for (i, (g, e)) in self.global.iter().zip(&self.error).enumerate() {
-            let shape: Vec<usize> = g.size().iter().map(|&d| d as usize).collect();
             s.put(format!("global.{i}"), g);
-            s.put(format!("error.{i}"), &tensor_from(e, &shape));
+            s.put(format!("error.{i}"), e);
         }
         Ok(s)
     }
@@ -308,11 +306,10 @@ impl OuterOptimizer for Sparseloco {
         params.check_matches(&global).map_err(|e| OptimizerError::State(e.to_string()))?;
         params.check_matches(&error_t).map_err(|e| OptimizerError::State(e.to_string()))?;
         let mut error = Vec::with_capacity(params.len());
-        for (name, t) in params.names().iter().zip(&error_t) {
+        for (name, t) in params.names().iter().zip(error_t) {
             let t = t.contiguous();
-            let v = with_f32(name, &t, |s| s.to_vec())?;
-            meridian_kernels::error::check_finite("error buffer", &v)?;
-            error.push(v);
+            with_f32(name, &t, |s| meridian_kernels::error::check_finite("error buffer", s))??;
+            error.push(t);
         }
         self.global = global;
         self.error = error;
@@ -463,7 +460,7 @@ mod tests {
         params.assign(&[moved(&start, &wiggle(n, 0.0))]).unwrap();
         let p0 = s.prepare(&params, 0, 0).unwrap();
         s.apply(&params, 0, &[p0]).unwrap();
-        let e_old = s.error()[0].clone();
+        let e_old = flat(&s.error()[0]);
         assert!(e_old.iter().filter(|v| **v != 0.0).count() > n / 2);
 
         // Round 1: Δ computed here exactly as f32 subtraction, as the optimizer does it.
@@ -479,7 +476,7 @@ mod tests {
         for (&i, &v) in sent.indices.iter().zip(&sent.values) {
             sent_dense[i as usize] = f64::from(v);
         }
-        let e_new = &s.error()[0];
+        let e_new = flat(&s.error()[0]);
         let mut residual_at_sent = 0;
         for j in 0..n {
             let acc = 0.95 * f64::from(e_old[j]) + f64::from(delta[j]);
@@ -499,9 +496,9 @@ mod tests {
         // The ablation keeps nothing and sends the top-k of this round's Δ alone.
         let ablation = SparselocoConfig { error_feedback: false, ..config };
         let mut a = Sparseloco::new(ablation, &single(&g, &[8, 32])).unwrap();
-        a.error[0].copy_from_slice(&e_old);
+        a.error[0] = tensor_from(&e_old, &[8, 32]);
         let pa = a.prepare(&params, 1, 0).unwrap();
-        assert!(a.error()[0].iter().all(|&v| v == 0.0));
+        assert!(flat(&a.error()[0]).iter().all(|&v| v == 0.0));
         let mut fresh = Compressor::new(config.compressor_config().unwrap(), &[8, 32]).unwrap();
         assert_eq!(pa.segments[0].body, fresh.compress(&delta).unwrap().bytes);
     }
