@@ -40,10 +40,12 @@ pub struct Contribution<'a> {
 /// Reusable buffers for [`scatter_mean_with`], so a hot loop does not allocate.
 #[derive(Debug, Clone, Default)]
 pub struct ScatterScratch {
-    /// Contributors per coordinate (used by [`MeanOver::Contributors`]).
+    /// Contributors per coordinate of the current block (used by [`MeanOver::Contributors`]).
     counts: Vec<u32>,
     /// Positions in the caller's slice, sorted by worker id.
     order: Vec<usize>,
+    /// Per contribution (in canonical order), the next entry not yet added.
+    cursors: Vec<usize>,
 }
 
 impl ScatterScratch {
@@ -107,43 +109,69 @@ pub fn scatter_mean_with(
         c.sparse.validate(out.len())?;
     }
 
-    out.fill(0.0);
-    match mode {
-        MeanOver::Contributors => {
-            let counts = &mut scratch.counts;
-            counts.clear();
-            counts.resize(out.len(), 0);
-            for &ci in &scratch.order {
-                let s = contribs[ci].sparse;
-                for (&i, &v) in s.indices.iter().zip(&s.values) {
-                    out[i as usize] += v;
-                    counts[i as usize] += 1;
+    // One pass over `out` in cache-sized blocks: zero the block, add every contribution's
+    // entries that fall in it (each contribution is sorted, so a cursor per contribution
+    // walks forward), divide, check. Memory sees `out` written once, and the counts never
+    // leave the cache. Each coordinate still sums its contributions in canonical order.
+    let count_contributors = matches!(mode, MeanOver::Contributors);
+    scratch.cursors.clear();
+    scratch.cursors.resize(scratch.order.len(), 0);
+    scratch.counts.clear();
+    scratch.counts.resize(if count_contributors { SCATTER_BLOCK.min(out.len()) } else { 0 }, 0);
+    for (b, block) in out.chunks_mut(SCATTER_BLOCK).enumerate() {
+        let start = b * SCATTER_BLOCK;
+        let end = start + block.len();
+        block.fill(0.0);
+        let counts = &mut scratch.counts[..if count_contributors { block.len() } else { 0 }];
+        counts.fill(0);
+        for (&ci, cursor) in scratch.order.iter().zip(scratch.cursors.iter_mut()) {
+            let s = contribs[ci].sparse;
+            let mut c = *cursor;
+            while let Some(&i) = s.indices.get(c) {
+                let i = i as usize;
+                if i >= end {
+                    break;
+                }
+                block[i - start] += s.values[c];
+                if count_contributors {
+                    counts[i - start] += 1;
+                }
+                c += 1;
+            }
+            *cursor = c;
+        }
+        match mode {
+            MeanOver::Contributors => {
+                for (o, &n) in block.iter_mut().zip(counts.iter()) {
+                    // x / 1 is x, and unsent coordinates are already +0.0.
+                    if n > 1 {
+                        *o /= n as f32;
+                    }
                 }
             }
-            for (o, &n) in out.iter_mut().zip(counts.iter()) {
-                // x / 1 is x, and unsent coordinates are already +0.0.
+            MeanOver::AllWorkers(n) => {
                 if n > 1 {
-                    *o /= n as f32;
+                    let d = n as f32;
+                    for o in block.iter_mut() {
+                        *o /= d;
+                    }
                 }
             }
         }
-        MeanOver::AllWorkers(n) => {
-            for &ci in &scratch.order {
-                let s = contribs[ci].sparse;
-                for (&i, &v) in s.indices.iter().zip(&s.values) {
-                    out[i as usize] += v;
-                }
-            }
-            if n > 1 {
-                let d = n as f32;
-                for o in out.iter_mut() {
-                    *o /= d;
-                }
-            }
+        if let Some(j) = block.iter().position(|v| !v.is_finite()) {
+            return Err(KernelError::NonFinite {
+                what: "aggregated mean",
+                index: start + j,
+                value: block[j],
+            });
         }
     }
-    check_finite("aggregated mean", out)
+    Ok(())
 }
+
+/// Coordinates per block of [`scatter_mean_with`]: the block of `out` and its counts
+/// (128 KiB each) stay in L2 while every contribution adds to them.
+const SCATTER_BLOCK: usize = 1 << 15;
 
 /// Coordinates per block of [`dense_mean`]: the block of `out` stays in L1 while every
 /// contribution is added to it, so `out` is written to memory once instead of once per
@@ -193,6 +221,59 @@ mod tests {
         Sparse {
             indices: pairs.iter().map(|p| p.0).collect(),
             values: pairs.iter().map(|p| p.1).collect(),
+        }
+    }
+
+    /// The definition, one whole-buffer pass per contribution in worker order: what the
+    /// blocked implementation must equal bit for bit.
+    fn scatter_mean_plain(ws: &[(u32, Sparse)], mode: MeanOver, len: usize) -> Vec<f32> {
+        let mut sorted: Vec<&(u32, Sparse)> = ws.iter().collect();
+        sorted.sort_by_key(|w| w.0);
+        let mut out = vec![0.0f32; len];
+        let mut counts = vec![0u32; len];
+        for (_, s) in sorted {
+            for (&i, &v) in s.indices.iter().zip(&s.values) {
+                out[i as usize] += v;
+                counts[i as usize] += 1;
+            }
+        }
+        for (o, &n) in out.iter_mut().zip(&counts) {
+            let d = match mode {
+                MeanOver::Contributors => n,
+                MeanOver::AllWorkers(w) => w,
+            };
+            if d > 1 {
+                *o /= d as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_equal_the_plain_definition_across_block_edges() {
+        let len = 3 * SCATTER_BLOCK + 17;
+        let mut rng = SplitMix64::new(42);
+        let ws: Vec<(u32, Sparse)> = [7u32, 2, 11, 5, 3]
+            .iter()
+            .map(|&w| {
+                // Dense near the block edges, sparse elsewhere.
+                let mut s = Sparse::default();
+                for i in 0..len {
+                    let near_edge =
+                        (i % SCATTER_BLOCK) < 3 || (i % SCATTER_BLOCK) > SCATTER_BLOCK - 3;
+                    if near_edge || rng.next_u64() % 50 == 0 {
+                        s.indices.push(i as u32);
+                        s.values.push(rng.next_unit_f32() * 8.0 - 4.0);
+                    }
+                }
+                (w, s)
+            })
+            .collect();
+        for mode in [MeanOver::Contributors, MeanOver::AllWorkers(9)] {
+            let mut out = vec![f32::NAN; len];
+            scatter_mean(&contribs(&ws), mode, &mut out).unwrap();
+            let want = scatter_mean_plain(&ws, mode, len);
+            assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{mode:?}");
         }
     }
 

@@ -343,9 +343,21 @@ impl DctPlan {
     /// [`input_len`]: DctPlan::input_len
     /// [`coeff_len`]: DctPlan::coeff_len
     pub fn forward(&self, input: &[f32], coeffs: &mut [f32]) -> Result<()> {
+        check_all_finite("input", input)?;
+        self.forward_unvalidated_values(input, coeffs)
+    }
+
+    /// [`DctPlan::forward`] without the up-front finiteness pass over `input`, for callers
+    /// that check every coefficient anyway (the compress pipeline's top-k does): a NaN or
+    /// infinity in a tile's input makes coefficients of that tile non-finite, so it is still
+    /// caught, one pass over memory sooner. Lengths are checked.
+    pub(crate) fn forward_unvalidated_values(
+        &self,
+        input: &[f32],
+        coeffs: &mut [f32],
+    ) -> Result<()> {
         check_len("input", self.input_len(), input.len())?;
         check_len("coeffs", self.coeff_len(), coeffs.len())?;
-        check_all_finite("input", input)?;
         match self.line() {
             Some((dim, DimTransform::Matrix(basis))) => line_apply(dim, &basis.ct, input, coeffs),
             Some((dim, DimTransform::Fast(fast))) => fast.line_forward(dim, input, coeffs),

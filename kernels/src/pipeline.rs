@@ -226,7 +226,9 @@ impl Compressor {
         check_len("tensor", self.len, x.len())?;
         let domain: &[f32] = match &self.dct {
             Some(plan) => {
-                plan.forward(x, &mut self.transformed)?;
+                // The top-k below rejects any non-finite coefficient, and a NaN or infinity
+                // in the input always yields one, so the transform skips its own check.
+                plan.forward_unvalidated_values(x, &mut self.transformed)?;
                 &self.transformed
             }
             None => x,
@@ -562,6 +564,31 @@ mod tests {
         let mut x = vec![0.0f32; 4096];
         x[17] = f32::NAN;
         assert!(matches!(c.compress(&x), Err(crate::KernelError::NonFinite { .. })));
+    }
+
+    #[test]
+    fn any_non_finite_input_is_refused_through_the_dct() {
+        // The DCT path relies on top-k to see non-finite coefficients: every bad input
+        // value, in any tile, of either transform path, must surface as an error.
+        for shape in [vec![128, 192], vec![70, 130], vec![4096], vec![100], vec![3, 5]] {
+            let n: usize = shape.iter().product();
+            let mut c = Compressor::new(CompressorConfig::demo(), &shape).unwrap();
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, n / 3, n / 2 + 1, n - 1] {
+                    let mut x = signal(n, 9);
+                    x[at] = bad;
+                    let r = c.compress(&x);
+                    assert!(
+                        matches!(r, Err(crate::KernelError::NonFinite { .. })),
+                        "{shape:?} {bad} at {at}: {r:?}"
+                    );
+                }
+            }
+            // Finite but so large that the transform overflows: refused, not sent as inf.
+            let mut x = signal(n, 9);
+            x.iter_mut().take(64).for_each(|v| *v = f32::MAX);
+            assert!(c.compress(&x).is_err(), "{shape:?}: overflow");
+        }
     }
 
     proptest! {
