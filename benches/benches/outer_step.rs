@@ -101,7 +101,6 @@ fn kernels_step(
     feedback: bool,
     out: &mut Compressed,
     scratch: &mut ScatterScratch,
-    coeffs: &mut Vec<f32>,
     update: &mut Vec<f32>,
     residual: &mut Vec<f32>,
 ) -> BenchResult<()> {
@@ -118,12 +117,9 @@ fn kernels_step(
     }
     let contribs: Vec<Contribution<'_>> =
         decoded.iter().zip(0..).map(|(s, w)| Contribution { worker: w, sparse: s }).collect();
-    coeffs.clear();
-    coeffs.resize(case.comp.transform_len(), 0.0);
-    scatter_mean_with(scratch, &contribs, MeanOver::Contributors, coeffs)?;
     update.clear();
     update.resize(case.comp.len(), 0.0);
-    case.comp.inverse_transform(coeffs, update)?;
+    case.comp.aggregate(scratch, &contribs, MeanOver::Contributors, update)?;
     Ok(())
 }
 
@@ -201,6 +197,19 @@ fn breakdown(cases: &mut [TensorCase]) -> BenchResult<()> {
             for (case, co) in cases.iter().zip(&coeffs) {
                 let mut dense = vec![0.0; case.comp.len()];
                 case.comp.inverse_transform(co, &mut dense)?;
+                black_box(&dense);
+            }
+            Ok(())
+        })?,
+    ));
+    phases.push((
+        "kernels  aggregate (scatter_mean + inverse DCT, fused per tile)",
+        time_phase(|| {
+            for (case, d) in cases.iter().zip(&decoded) {
+                let contribs: Vec<Contribution<'_>> =
+                    d.iter().zip(0..).map(|(s, w)| Contribution { worker: w, sparse: s }).collect();
+                let mut dense = vec![0.0; case.comp.len()];
+                case.comp.aggregate(&mut scratch, &contribs, MeanOver::Contributors, &mut dense)?;
                 black_box(&dense);
             }
             Ok(())
@@ -286,22 +295,14 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
 
     let mut out = Compressed::default();
     let mut scratch = ScatterScratch::new();
-    let (mut coeffs, mut update, mut residual) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut update, mut residual) = (Vec::new(), Vec::new());
 
     // Both paths must do the same job: compare their aggregated updates once. This also
     // runs every fallible step on these inputs, so the timed loops below cannot fail.
     let mut worst = 0.0f64;
     for case in &mut cases {
         for feedback in [false, true] {
-            kernels_step(
-                case,
-                feedback,
-                &mut out,
-                &mut scratch,
-                &mut coeffs,
-                &mut update,
-                &mut residual,
-            )?;
+            kernels_step(case, feedback, &mut out, &mut scratch, &mut update, &mut residual)?;
         }
         let _ = reference_step(case, true)?;
         let want = Vec::<f32>::try_from(reference_step(case, false)?.f_flatten(0, -1)?)?;
@@ -333,7 +334,6 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
                                     feedback,
                                     &mut out,
                                     &mut scratch,
-                                    &mut coeffs,
                                     &mut update,
                                     &mut residual,
                                 );

@@ -89,43 +89,82 @@ pub fn scatter_mean_with(
     mode: MeanOver,
     out: &mut [f32],
 ) -> Result<()> {
-    // Per-coordinate counts are u32.
-    if u32::try_from(contribs.len()).is_err() {
-        return Err(invalid("contribs", format!("{} contributions exceed u32", contribs.len())));
+    // One pass over `out` in cache-sized blocks: memory sees `out` written once, and the
+    // counts never leave the cache.
+    let mut blocks = BlockMean::new(scratch, contribs, mode, out.len())?;
+    for (b, block) in out.chunks_mut(SCATTER_BLOCK).enumerate() {
+        blocks.next_block(b * SCATTER_BLOCK, block)?;
     }
-    if let MeanOver::AllWorkers(n) = mode {
-        if n == 0 {
-            return Err(invalid("mode", "AllWorkers(0): the worker count must be positive"));
-        }
-        if (n as usize) < contribs.len() {
+    Ok(())
+}
+
+/// The canonical mean produced block by block, in increasing order of position, so a
+/// caller can consume each block while it is in cache (the compress pipeline runs the
+/// inverse DCT tile by tile on it). Each coordinate sums its contributions in ascending
+/// worker id from `+0.0` and divides once: the same bits as [`scatter_mean`].
+#[derive(Debug)]
+pub struct BlockMean<'a> {
+    scratch: &'a mut ScatterScratch,
+    contribs: &'a [Contribution<'a>],
+    mode: MeanOver,
+    next: usize,
+    len: usize,
+}
+
+impl<'a> BlockMean<'a> {
+    /// Validates the contributions against a dense buffer of `len` elements (the errors of
+    /// [`scatter_mean`]) and puts them in canonical order.
+    pub fn new(
+        scratch: &'a mut ScatterScratch,
+        contribs: &'a [Contribution<'a>],
+        mode: MeanOver,
+        len: usize,
+    ) -> Result<Self> {
+        // Per-coordinate counts are u32.
+        if u32::try_from(contribs.len()).is_err() {
             return Err(invalid(
-                "mode",
-                format!("AllWorkers({n}) is fewer than the {} contributions", contribs.len()),
+                "contribs",
+                format!("{} contributions exceed u32", contribs.len()),
             ));
         }
-    }
-    canonical_order(&mut scratch.order, contribs.len(), |i| contribs[i].worker)?;
-    for c in contribs {
-        c.sparse.validate(out.len())?;
+        if let MeanOver::AllWorkers(n) = mode {
+            if n == 0 {
+                return Err(invalid("mode", "AllWorkers(0): the worker count must be positive"));
+            }
+            if (n as usize) < contribs.len() {
+                return Err(invalid(
+                    "mode",
+                    format!("AllWorkers({n}) is fewer than the {} contributions", contribs.len()),
+                ));
+            }
+        }
+        canonical_order(&mut scratch.order, contribs.len(), |i| contribs[i].worker)?;
+        for c in contribs {
+            c.sparse.validate(len)?;
+        }
+        scratch.cursors.clear();
+        scratch.cursors.resize(scratch.order.len(), 0);
+        Ok(Self { scratch, contribs, mode, next: 0, len })
     }
 
-    // One pass over `out` in cache-sized blocks: zero the block, add every contribution's
-    // entries that fall in it (each contribution is sorted, so a cursor per contribution
-    // walks forward), divide, check. Memory sees `out` written once, and the counts never
-    // leave the cache. Each coordinate still sums its contributions in canonical order.
-    let count_contributors = matches!(mode, MeanOver::Contributors);
-    scratch.cursors.clear();
-    scratch.cursors.resize(scratch.order.len(), 0);
-    scratch.counts.clear();
-    scratch.counts.resize(if count_contributors { SCATTER_BLOCK.min(out.len()) } else { 0 }, 0);
-    for (b, block) in out.chunks_mut(SCATTER_BLOCK).enumerate() {
-        let start = b * SCATTER_BLOCK;
+    /// Overwrites `block` with the mean of positions `start..start + block.len()`. Blocks
+    /// must come in order: `start` is where the previous block ended (0 at first).
+    pub fn next_block(&mut self, start: usize, block: &mut [f32]) -> Result<()> {
         let end = start + block.len();
+        if start != self.next || end > self.len {
+            return Err(invalid(
+                "block",
+                format!("{start}..{end} does not continue at {} within {}", self.next, self.len),
+            ));
+        }
+        self.next = end;
+        let count_contributors = matches!(self.mode, MeanOver::Contributors);
+        let counts = &mut self.scratch.counts;
+        counts.clear();
+        counts.resize(if count_contributors { block.len() } else { 0 }, 0);
         block.fill(0.0);
-        let counts = &mut scratch.counts[..if count_contributors { block.len() } else { 0 }];
-        counts.fill(0);
-        for (&ci, cursor) in scratch.order.iter().zip(scratch.cursors.iter_mut()) {
-            let s = contribs[ci].sparse;
+        for (&ci, cursor) in self.scratch.order.iter().zip(self.scratch.cursors.iter_mut()) {
+            let s = self.contribs[ci].sparse;
             let mut c = *cursor;
             while let Some(&i) = s.indices.get(c) {
                 let i = i as usize;
@@ -140,7 +179,7 @@ pub fn scatter_mean_with(
             }
             *cursor = c;
         }
-        match mode {
+        match self.mode {
             MeanOver::Contributors => {
                 for (o, &n) in block.iter_mut().zip(counts.iter()) {
                     // x / 1 is x, and unsent coordinates are already +0.0.
@@ -158,15 +197,15 @@ pub fn scatter_mean_with(
                 }
             }
         }
-        if let Some(j) = block.iter().position(|v| !v.is_finite()) {
-            return Err(KernelError::NonFinite {
+        match block.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(j) => Err(KernelError::NonFinite {
                 what: "aggregated mean",
                 index: start + j,
                 value: block[j],
-            });
+            }),
         }
     }
-    Ok(())
 }
 
 /// Coordinates per block of [`scatter_mean_with`]: the block of `out` and its counts

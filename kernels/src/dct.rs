@@ -446,15 +446,58 @@ impl DctPlan {
     }
 
     fn tiles_inverse(&self, coeffs: &[f32], output: &mut [f32]) {
+        let tile_len = self.tile_len();
+        // The source never fails, so neither does the transform.
+        let _ = self
+            .tiles_inverse_with(output, |t, _| Ok(Some(&coeffs[t * tile_len..(t + 1) * tile_len])));
+    }
+
+    /// Inverse transform whose coefficients arrive one tile at a time, in tile order:
+    /// `tile(t, buf)` either returns tile `t`'s coefficients or writes them into `buf` (one
+    /// tile long) and returns `None`. A producer can so hand over each tile while it is in
+    /// cache; the arithmetic, and so every bit of the output, is that of
+    /// [`DctPlan::inverse`]. Does not check finiteness: that is the producer's job.
+    pub(crate) fn inverse_tilewise<'c>(
+        &self,
+        output: &mut [f32],
+        mut tile: impl FnMut(usize, &mut [f32]) -> Result<Option<&'c [f32]>>,
+    ) -> Result<()> {
+        check_len("output", self.input_len(), output.len())?;
+        if self.line().is_some() {
+            // Line plans transform the whole buffer at once: gather it first.
+            let tile_len = self.tile_len();
+            let mut coeffs = vec![0.0f32; self.coeff_len()];
+            for (t, dst) in coeffs.chunks_exact_mut(tile_len).enumerate() {
+                let mut buf = vec![0.0f32; tile_len];
+                match tile(t, &mut buf)? {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.copy_from_slice(&buf),
+                }
+            }
+            return self.inverse(&coeffs, output);
+        }
+        self.tiles_inverse_with(output, tile)
+    }
+
+    fn tiles_inverse_with<'c>(
+        &self,
+        output: &mut [f32],
+        mut source: impl FnMut(usize, &mut [f32]) -> Result<Option<&'c [f32]>>,
+    ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
         let (cr, cc) = (rows.chunk, cols.chunk);
         let tile_len = cr * cc;
         let mut half = vec![0.0f32; tile_len];
         let mut scattered = vec![0.0f32; tile_len];
+        let mut filled = vec![0.0f32; tile_len];
         let mut scratch = Scratch::default();
         let mut tile_scratch = Vec::new();
         let tiles_per_row = cols.chunks();
-        for (t, tile) in coeffs.chunks_exact(tile_len).enumerate() {
+        for t in 0..self.num_tiles() {
+            let tile: &[f32] = match source(t, &mut filled)? {
+                Some(s) => s,
+                None => &filled,
+            };
             let (r0, c0) = ((t / tiles_per_row) * cr, (t % tiles_per_row) * cc);
             let (nr, nc) = (cr.min(rows.len - r0), cc.min(cols.len - c0));
             let start = r0 * cols.len + c0;
@@ -509,6 +552,7 @@ impl DctPlan {
                 }
             }
         }
+        Ok(())
     }
 }
 

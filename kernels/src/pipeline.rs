@@ -20,6 +20,7 @@
 //! ..  values: quant::Quantized encoding, or the raw f32 values when unquantized
 //! ```
 
+use crate::aggregate::{scatter_mean_with, BlockMean, Contribution, MeanOver, ScatterScratch};
 use crate::chunks::ChunkSpec;
 use crate::dct::DctPlan;
 use crate::error::{check_len, invalid, malformed, Result};
@@ -355,6 +356,35 @@ impl Compressor {
         }
     }
 
+    /// Receivers' whole aggregation in one call: the canonical mean of the members'
+    /// transform-domain selections (see [`crate::aggregate`]) mapped back to the tensor's
+    /// `len()` elements in `out`. Bit-identical to [`scatter_mean_with`] into a
+    /// `transform_len()` buffer followed by [`Compressor::inverse_transform`], but with the
+    /// DCT each tile's mean is transformed while it is in cache, so the coefficient buffer
+    /// never goes through memory.
+    ///
+    /// [`scatter_mean_with`]: crate::aggregate::scatter_mean_with
+    pub fn aggregate(
+        &self,
+        scratch: &mut ScatterScratch,
+        contribs: &[Contribution<'_>],
+        mode: MeanOver,
+        out: &mut [f32],
+    ) -> Result<()> {
+        check_len("output", self.len, out.len())?;
+        match &self.dct {
+            None => scatter_mean_with(scratch, contribs, mode, out),
+            Some(plan) => {
+                let mut blocks = BlockMean::new(scratch, contribs, mode, plan.coeff_len())?;
+                let tile_len = plan.tile_len();
+                plan.inverse_tilewise(out, |t, buf| {
+                    blocks.next_block(t * tile_len, buf)?;
+                    Ok(None)
+                })
+            }
+        }
+    }
+
     /// Decodes `bytes` all the way back to a dense tensor of `len()` elements.
     pub fn decompress(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let sparse = self.decode_sparse(bytes)?;
@@ -564,6 +594,56 @@ mod tests {
         let mut x = vec![0.0f32; 4096];
         x[17] = f32::NAN;
         assert!(matches!(c.compress(&x), Err(crate::KernelError::NonFinite { .. })));
+    }
+
+    #[test]
+    fn fused_aggregate_equals_scatter_mean_then_inverse_bit_for_bit() {
+        let shapes = [vec![128, 192], vec![70, 130], vec![4096 + 100], vec![64, 64, 3], vec![7]];
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            for cfg in [
+                CompressorConfig::demo(),
+                CompressorConfig::demo_sign(),
+                CompressorConfig::sparseloco(),
+            ] {
+                let mut c = Compressor::new(cfg, &shape).unwrap();
+                let sent: Vec<Sparse> =
+                    (0..4).map(|w| c.compress(&signal(n, 30 + w)).unwrap().sent).collect();
+                let contribs: Vec<Contribution<'_>> = [3u32, 0, 2, 1]
+                    .iter()
+                    .zip(&sent)
+                    .map(|(&w, s)| Contribution { worker: w, sparse: s })
+                    .collect();
+                for mode in [MeanOver::Contributors, MeanOver::AllWorkers(5)] {
+                    let mut scratch = ScatterScratch::new();
+                    let mut coeffs = vec![0.0f32; c.transform_len()];
+                    scatter_mean_with(&mut scratch, &contribs, mode, &mut coeffs).unwrap();
+                    let mut want = vec![0.0f32; n];
+                    c.inverse_transform(&coeffs, &mut want).unwrap();
+                    let mut got = vec![f32::NAN; n];
+                    c.aggregate(&mut scratch, &contribs, mode, &mut got).unwrap();
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{shape:?} {mode:?}"
+                    );
+                }
+                // Bad contributions are refused as by scatter_mean.
+                let bad = Sparse { indices: vec![c.transform_len() as u32], values: vec![1.0] };
+                let one = [Contribution { worker: 9, sparse: &bad }];
+                let mut out = vec![0.0f32; n];
+                assert!(c
+                    .aggregate(&mut ScatterScratch::new(), &one, MeanOver::Contributors, &mut out)
+                    .is_err());
+                assert!(c
+                    .aggregate(
+                        &mut ScatterScratch::new(),
+                        &[],
+                        MeanOver::Contributors,
+                        &mut out[..n - 1]
+                    )
+                    .is_err());
+            }
+        }
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //! apply:    g' ← IDCT(mean over contributors of every member's sent coefficients)
 //!           θ ← θ·(1 − lr·wd) − lr·sign(g')
 //! ```
-//! Aggregation happens in the DCT domain with [`scatter_mean_with`] in member-id order, and
+//! Aggregation happens in the DCT domain with `Compressor::aggregate` in member-id order, and
 //! the inverse DCT and the update are the same f32 operations on every replica, so all of
 //! them end bit-identical. The decoupled weight decay is applied in `apply`, which runs
 //! identically on every worker, exactly once per exchange.
 
-use meridian_kernels::aggregate::{scatter_mean_with, Contribution, MeanOver, ScatterScratch};
+use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::error::check_finite;
 use meridian_kernels::pipeline::{Compressor, CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::QuantConfig;
@@ -128,7 +128,6 @@ pub struct Demo {
     /// The decoupled momentum δ per tensor: what has not been sent yet.
     delta: Vec<Tensor>,
     scratch: ScatterScratch,
-    coeffs: Vec<f32>,
     update: Vec<f32>,
 }
 
@@ -142,14 +141,7 @@ impl Demo {
             .map(|shape| Compressor::new(config.compressor_config(), shape))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let delta = params.tensors().iter().map(|t| t.detach().zeros_like()).collect();
-        Ok(Self {
-            config,
-            compressors,
-            delta,
-            scratch: ScatterScratch::new(),
-            coeffs: Vec::new(),
-            update: Vec::new(),
-        })
+        Ok(Self { config, compressors, delta, scratch: ScatterScratch::new(), update: Vec::new() })
     }
 
     /// The configuration.
@@ -257,15 +249,12 @@ impl OuterOptimizer for Demo {
                     .iter()
                     .map(|(w, s)| Contribution { worker: *w, sparse: &s[i] })
                     .collect();
-                self.coeffs.clear();
-                self.coeffs.resize(comp.transform_len(), 0.0);
-                scatter_mean_with(
+                comp.aggregate(
                     &mut self.scratch,
                     &contribs,
                     MeanOver::Contributors,
-                    &mut self.coeffs,
+                    &mut self.update,
                 )?;
-                comp.inverse_transform(&self.coeffs, &mut self.update)?;
             }
             let update = &self.update;
             with_param_mut(&params.names()[i], &params.tensors()[i], |p| {
