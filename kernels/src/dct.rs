@@ -114,7 +114,8 @@ pub fn plan_dim(len: usize, chunk: usize) -> Result<DimPlan> {
 }
 
 /// Orthonormal DCT-II basis of size `n`, row-major (`[k * n + i]` is basis vector `k` at
-/// point `i`), computed in f64 so that the only error is the final rounding to f32.
+/// point `i`), computed in f64 so that the only error is the final rounding to f32, and
+/// with no libm call so that every machine builds the same bits.
 fn dct_basis(n: usize) -> Vec<f32> {
     let nf = n as f64;
     let s0 = (1.0 / nf).sqrt();
@@ -123,11 +124,11 @@ fn dct_basis(n: usize) -> Vec<f32> {
     for k in 0..n {
         let scale = if k == 0 { s0 } else { sk };
         for i in 0..n {
-            // Reduce the argument's integer numerator modulo the period 4n before scaling,
-            // so large chunks lose no accuracy to a big argument in `cos`.
-            let num = ((2 * i + 1) * k) % (4 * n);
-            let angle = std::f64::consts::PI * num as f64 / (2.0 * nf);
-            out.push((scale * angle.cos()) as f32);
+            // cos(π·(2i+1)·k / 2n) from basic arithmetic only (see `cos_sin_pi`): the
+            // platform's libm could round a last bit differently on another machine, and
+            // every replica must invert with the same basis.
+            let (c, _) = cos_sin_pi((2 * i + 1) * k, 2 * n);
+            out.push((scale * c) as f32);
         }
     }
     out
