@@ -430,7 +430,7 @@ impl DctPlan {
                     Dims { m: cr, q: cc, p: cc },
                 ),
                 DimTransform::Fast(fast) => {
-                    fast.forward_rows(src, lda, cr, &mut half, cc, &mut scratch);
+                    fast.rows(Direction::Forward, src, lda, cr, &mut half, cc, &mut scratch);
                 }
             }
             match &self.row_t {
@@ -441,7 +441,9 @@ impl DctPlan {
                     cc,
                     Dims { m: cr, q: cr, p: cc },
                 ),
-                DimTransform::Fast(fast) => fast.forward_cols(&half, cc, cc, out, cc, &mut scratch),
+                DimTransform::Fast(fast) => {
+                    fast.cols(Direction::Forward, &half, cc, cc, out, cc, &mut scratch)
+                }
             }
         }
     }
@@ -528,7 +530,15 @@ impl DctPlan {
                             Dims { m: cr, q: cc, p: cc },
                         ),
                         DimTransform::Fast(fast) => {
-                            fast.inverse_rows(tile, cc, cr, &mut half, cc, &mut scratch);
+                            fast.rows(
+                                Direction::Inverse,
+                                tile,
+                                cc,
+                                cr,
+                                &mut half,
+                                cc,
+                                &mut scratch,
+                            );
                         }
                     }
                     match row_t {
@@ -540,7 +550,7 @@ impl DctPlan {
                             Dims { m: cr, q: cr, p: cc },
                         ),
                         DimTransform::Fast(fast) => {
-                            fast.inverse_cols(&half, cc, cc, dst, ldo, &mut scratch);
+                            fast.cols(Direction::Inverse, &half, cc, cc, dst, ldo, &mut scratch);
                         }
                     }
                 }
@@ -836,6 +846,13 @@ fn twiddle(p: usize, q: usize) -> [V; 2] {
     [splat(c), splat(-s)]
 }
 
+/// Which way a fast transform runs: DCT-II (forward) or its transpose, DCT-III (inverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Inverse,
+}
+
 /// Reusable buffers of the fast path: three blocks of `n` vectors.
 #[derive(Default)]
 struct Scratch {
@@ -1031,11 +1048,11 @@ impl FastDct {
         let (head_in, tail_in) = input.split_at(full * n);
         let (head_out, tail_out) = out.split_at_mut(full * n);
         let mut scratch = Scratch::default();
-        self.forward_rows(head_in, n, full, head_out, n, &mut scratch);
+        self.rows(Direction::Forward, head_in, n, full, head_out, n, &mut scratch);
         if !tail_in.is_empty() {
             let mut padded = vec![0.0f32; n];
             padded[..tail_in.len()].copy_from_slice(tail_in);
-            self.forward_rows(&padded, n, 1, tail_out, n, &mut scratch);
+            self.rows(Direction::Forward, &padded, n, 1, tail_out, n, &mut scratch);
         }
     }
 
@@ -1047,18 +1064,20 @@ impl FastDct {
         let (head_in, tail_in) = coeffs.split_at(full * n);
         let (head_out, tail_out) = out.split_at_mut(full * n);
         let mut scratch = Scratch::default();
-        self.inverse_rows(head_in, n, full, head_out, n, &mut scratch);
+        self.rows(Direction::Inverse, head_in, n, full, head_out, n, &mut scratch);
         if !tail_out.is_empty() {
             let mut padded = vec![0.0f32; n];
-            self.inverse_rows(tail_in, n, 1, &mut padded, n, &mut scratch);
+            self.rows(Direction::Inverse, tail_in, n, 1, &mut padded, n, &mut scratch);
             tail_out.copy_from_slice(&padded[..tail_out.len()]);
         }
     }
 
     /// Transforms `lines` contiguous lines, line `i` at `src[i·lds ..][.. n]`, into
     /// `dst[i·ldd ..][.. n]`, [`LANES`] lines at a time transposed into vectors and back.
-    fn forward_rows(
+    #[allow(clippy::too_many_arguments)]
+    fn rows(
         &self,
+        dir: Direction,
         src: &[f32],
         lds: usize,
         lines: usize,
@@ -1071,29 +1090,7 @@ impl FastDct {
             for i0 in (0..lines).step_by(LANES) {
                 let count = LANES.min(lines - i0);
                 lines_to_vectors(&src[i0 * lds..], lds, count, vals);
-                self.forward_block(n, vals, work, out);
-                vectors_to_lines(out, &mut dst[i0 * ldd..], ldd, count);
-            }
-        };
-        with_n(self.n, scratch, block);
-    }
-
-    /// Inverse of [`FastDct::forward_rows`].
-    fn inverse_rows(
-        &self,
-        src: &[f32],
-        lds: usize,
-        lines: usize,
-        dst: &mut [f32],
-        ldd: usize,
-        scratch: &mut Scratch,
-    ) {
-        let block = |n: usize, scratch: &mut Scratch| {
-            let (vals, work, out) = scratch.blocks(n);
-            for i0 in (0..lines).step_by(LANES) {
-                let count = LANES.min(lines - i0);
-                lines_to_vectors(&src[i0 * lds..], lds, count, vals);
-                self.inverse_block(n, vals, work, out);
+                self.block(dir, n, vals, work, out);
                 vectors_to_lines(out, &mut dst[i0 * ldd..], ldd, count);
             }
         };
@@ -1102,8 +1099,10 @@ impl FastDct {
 
     /// Transforms the `width` columns of an `n`-row block, column `j` at `src[p·lds + j]`,
     /// into `dst[k·ldd + j]`: [`LANES`] adjacent columns already form a vector.
-    fn forward_cols(
+    #[allow(clippy::too_many_arguments)]
+    fn cols(
         &self,
+        dir: Direction,
         src: &[f32],
         lds: usize,
         width: usize,
@@ -1116,33 +1115,20 @@ impl FastDct {
             for l in (0..width).step_by(LANES) {
                 let count = LANES.min(width - l);
                 columns_to_vectors(&src[l..], lds, count, vals);
-                self.forward_block(n, vals, work, out);
+                self.block(dir, n, vals, work, out);
                 vectors_to_columns(out, &mut dst[l..], ldd, count);
             }
         };
         with_n(self.n, scratch, block);
     }
 
-    /// Inverse of [`FastDct::forward_cols`].
-    fn inverse_cols(
-        &self,
-        src: &[f32],
-        lds: usize,
-        width: usize,
-        dst: &mut [f32],
-        ldd: usize,
-        scratch: &mut Scratch,
-    ) {
-        let block = |n: usize, scratch: &mut Scratch| {
-            let (vals, work, out) = scratch.blocks(n);
-            for l in (0..width).step_by(LANES) {
-                let count = LANES.min(width - l);
-                columns_to_vectors(&src[l..], lds, count, vals);
-                self.inverse_block(n, vals, work, out);
-                vectors_to_columns(out, &mut dst[l..], ldd, count);
-            }
-        };
-        with_n(self.n, scratch, block);
+    /// One [`LANES`]-line block in direction `dir`.
+    #[inline(always)]
+    fn block(&self, dir: Direction, n: usize, src: &[V], work: &mut [V], out: &mut [V]) {
+        match dir {
+            Direction::Forward => self.forward_block(n, src, work, out),
+            Direction::Inverse => self.inverse_block(n, src, work, out),
+        }
     }
 
     /// The forward transform of [`LANES`] lines: points `vals` to coefficients `out`, all of
