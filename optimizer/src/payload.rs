@@ -95,6 +95,12 @@ impl Segment {
         Self { tensor, encoding, shape: shape.iter().map(|&d| d as u32).collect(), body }
     }
 
+    /// Whether the segment's shape is `shape`.
+    pub fn has_shape(&self, shape: &[usize]) -> bool {
+        self.shape.len() == shape.len()
+            && self.shape.iter().zip(shape).all(|(&a, &b)| a as usize == b)
+    }
+
     /// Number of elements of the tensor.
     pub fn numel(&self) -> usize {
         self.shape.iter().map(|&d| d as usize).product()
@@ -159,6 +165,43 @@ pub fn bf16_to_f32(v: u16) -> f32 {
 }
 
 const HEADER_LEN: usize = 4 + 2 + 1 + 8 + 4 + 4;
+
+impl Payload {
+    /// Checks that the payload carries exactly the tensors `expected` (every tensor of the
+    /// model when `None`), in that order, each with the model's shape from `shapes` and an
+    /// encoding in `allowed`. Returns the rejection reason otherwise.
+    pub fn check_segments(
+        &self,
+        expected: Option<&[usize]>,
+        shapes: &[Vec<usize>],
+        allowed: &[Encoding],
+    ) -> std::result::Result<(), String> {
+        let want = expected.map_or(shapes.len(), <[usize]>::len);
+        if self.segments.len() != want {
+            return Err(format!("{} segments, expected {want}", self.segments.len()));
+        }
+        for (k, s) in self.segments.iter().enumerate() {
+            let i = expected.map_or(k, |e| e[k]);
+            if s.tensor as usize != i {
+                return Err(format!("segment {k} is for tensor {}, expected tensor {i}", s.tensor));
+            }
+            if !allowed.contains(&s.encoding) {
+                return Err(format!(
+                    "tensor {i}: {:?} segment, expected one of {allowed:?}",
+                    s.encoding
+                ));
+            }
+            let shape = shapes.get(i).ok_or_else(|| format!("tensor {i} is not in the model"))?;
+            if !s.has_shape(shape) {
+                return Err(format!(
+                    "tensor {i} has shape {:?}, the model's is {shape:?}",
+                    s.shape
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Payload {
     /// Exact length of [`Payload::encode`]'s output: the bytes this payload puts on the wire.
@@ -235,16 +278,15 @@ impl Payload {
             for _ in 0..rank {
                 shape.push(r.u32().map_err(bad)?);
             }
-            if shape.len() != model_shape.len()
-                || shape.iter().zip(model_shape).any(|(&a, &b)| a as usize != b)
-            {
-                return Err(bad(format!(
-                    "tensor {tensor} has shape {shape:?}, the model's is {model_shape:?}"
-                )));
-            }
             let len = r.u32().map_err(bad)? as usize;
             let body = r.take(len).map_err(bad)?.to_vec();
             let segment = Segment { tensor, encoding, shape, body };
+            if !segment.has_shape(model_shape) {
+                return Err(bad(format!(
+                    "tensor {tensor} has shape {:?}, the model's is {model_shape:?}",
+                    segment.shape
+                )));
+            }
             if matches!(encoding, Encoding::F32 | Encoding::Bf16) {
                 segment.dense_values().map_err(|e| bad(e.to_string()))?;
             }

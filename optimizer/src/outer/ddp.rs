@@ -68,28 +68,11 @@ impl Ddp {
 /// Decodes a payload that must carry every tensor densely (f32 or bf16), in canonical order,
 /// with the model's shapes and finite values. `Err` holds the rejection reason.
 fn dense_gradients(p: &Payload, params: &ParamSet) -> std::result::Result<Vec<Vec<f32>>, String> {
-    if p.segments.len() != params.len() {
-        return Err(format!(
-            "{} segments, the model has {} tensors",
-            p.segments.len(),
-            params.len()
-        ));
-    }
-    let mut out = Vec::with_capacity(params.len());
-    for (i, (s, shape)) in p.segments.iter().zip(params.shapes()).enumerate() {
-        if s.tensor as usize != i {
-            return Err(format!("segment {i} is for tensor {}, expected {i}", s.tensor));
-        }
-        if !matches!(s.encoding, Encoding::F32 | Encoding::Bf16) {
-            return Err(format!("tensor {i}: {:?} segment, DDP sends dense gradients", s.encoding));
-        }
-        if s.shape.len() != shape.len() || s.shape.iter().zip(shape).any(|(&a, &b)| a as usize != b)
-        {
-            return Err(format!("tensor {i} has shape {:?}, the model's is {shape:?}", s.shape));
-        }
-        out.push(s.dense_values().map_err(|e| e.to_string())?);
-    }
-    Ok(out)
+    p.check_segments(None, params.shapes(), &[Encoding::F32, Encoding::Bf16])?;
+    p.segments
+        .iter()
+        .map(|s| s.dense_values().map_err(|e| format!("tensor {}: {e}", s.tensor)))
+        .collect()
 }
 
 /// Writes `value` into parameter `i`'s gradient. A parameter without a gradient (unused in

@@ -157,22 +157,15 @@ impl Demo {
     /// Every tensor's sent coefficients from one member's payload, or why it cannot be used.
     /// Values beyond `limit` in magnitude are refused so that the sum of all members' values
     /// cannot overflow f32 (which would fail the whole round, not just this payload).
-    fn decode(&self, p: &Payload, limit: f32) -> std::result::Result<Vec<Sparse>, String> {
-        if p.segments.len() != self.compressors.len() {
-            return Err(format!(
-                "{} segments, the model has {} tensors",
-                p.segments.len(),
-                self.compressors.len()
-            ));
-        }
+    fn decode(
+        &self,
+        p: &Payload,
+        params: &ParamSet,
+        limit: f32,
+    ) -> std::result::Result<Vec<Sparse>, String> {
+        p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(p.segments.len());
         for (i, (s, comp)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            if s.tensor as usize != i {
-                return Err(format!("segment {i} is for tensor {}", s.tensor));
-            }
-            if s.encoding != Encoding::Compressed {
-                return Err(format!("tensor {i}: {:?} segment, expected compressed", s.encoding));
-            }
             let sparse = comp.decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?;
             if let Some(v) = sparse.values.iter().find(|v| v.abs() > limit) {
                 return Err(format!("tensor {i}: value {v} is out of range"));
@@ -237,7 +230,7 @@ impl OuterOptimizer for Demo {
         let (ok, rejected) = admit(Algorithm::Demo, round, payloads);
         // The admitted set is the same on every replica, so is this bound.
         let limit = f32::MAX / ok.len().max(1) as f32;
-        let (members, rejected) = decode_admitted(ok, rejected, |p| self.decode(p, limit));
+        let (members, rejected) = decode_admitted(ok, rejected, |p| self.decode(p, params, limit));
 
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;
@@ -276,15 +269,7 @@ impl OuterOptimizer for Demo {
 
     fn load_state(&mut self, params: &ParamSet, state: &OptimizerState) -> Result<()> {
         state.expect_algorithm(Algorithm::Demo)?;
-        let delta: Vec<Tensor> = (0..params.len())
-            .map(|i| state.get(&format!("delta.{i}")).map(|t| t.contiguous().copy()))
-            .collect::<Result<_>>()?;
-        params.check_matches(&delta).map_err(|e| OptimizerError::State(e.to_string()))?;
-        for (i, d) in delta.iter().enumerate() {
-            with_f32(&params.names()[i], d, |d| check_finite("momentum", d))?
-                .map_err(|e| OptimizerError::State(format!("delta.{i}: {e}")))?;
-        }
-        self.delta = delta;
+        self.delta = state.per_tensor("delta", params)?;
         Ok(())
     }
 }

@@ -148,20 +148,21 @@ pub fn segment_values(s: &Segment) -> Result<Vec<f32>> {
     }
 }
 
-/// Decodes one payload that must carry every tensor densely; `None` reason on success.
+/// Decodes one payload that must carry every tensor densely (f32, bf16 or quantized), in
+/// canonical order with the model's shapes; `Err` holds the rejection reason.
 pub fn dense_payload_values(
     p: &Payload,
     params: &ParamSet,
 ) -> std::result::Result<Vec<Vec<f32>>, String> {
-    if p.segments.len() != params.len() {
-        return Err(format!(
-            "{} segments, the model has {} tensors",
-            p.segments.len(),
-            params.len()
-        ));
-    }
-    p.segments.iter().map(|s| segment_values(s).map_err(|e| e.to_string())).collect()
+    p.check_segments(None, params.shapes(), &DENSE_ENCODINGS)?;
+    p.segments
+        .iter()
+        .map(|s| segment_values(s).map_err(|e| format!("tensor {}: {e}", s.tensor)))
+        .collect()
 }
+
+/// The encodings [`segment_values`] reads.
+pub const DENSE_ENCODINGS: [Encoding; 3] = [Encoding::F32, Encoding::Bf16, Encoding::Quantized];
 
 /// Canonical-order mean of every member's dense values, tensor by tensor.
 pub fn mean_per_tensor(members: &[(u32, Vec<Vec<f32>>)], params: &ParamSet) -> Result<Vec<Tensor>> {
@@ -282,14 +283,8 @@ impl OuterOptimizer for Diloco {
 
     fn load_state(&mut self, params: &ParamSet, state: &OptimizerState) -> Result<()> {
         state.expect_algorithm(Algorithm::Diloco)?;
-        let global: Vec<Tensor> = (0..params.len())
-            .map(|i| state.get(&format!("global.{i}")).map(|t| t.copy()))
-            .collect::<Result<_>>()?;
-        let momentum: Vec<Tensor> = (0..params.len())
-            .map(|i| state.get(&format!("momentum.{i}")).map(|t| t.copy()))
-            .collect::<Result<_>>()?;
-        params.check_matches(&global).map_err(|e| OptimizerError::State(e.to_string()))?;
-        params.check_matches(&momentum).map_err(|e| OptimizerError::State(e.to_string()))?;
+        let global = state.per_tensor("global", params)?;
+        let momentum = state.per_tensor("momentum", params)?;
         self.global = global;
         self.momentum = momentum;
         Ok(())

@@ -127,6 +127,23 @@ impl OptimizerState {
         Ok(self.get(name)?.f_double_value(&[])?)
     }
 
+    /// The per-tensor state saved as `{key}.0` … `{key}.{n−1}` for the model's `n`
+    /// parameters: contiguous copies, each checked for the parameter's shape and for finite
+    /// values, so a corrupt checkpoint is refused before anything is replaced.
+    pub fn per_tensor(&self, key: &str, params: &ParamSet) -> Result<Vec<Tensor>> {
+        let tensors: Vec<Tensor> = (0..params.len())
+            .map(|i| self.get(&format!("{key}.{i}")).map(|t| t.contiguous().copy()))
+            .collect::<Result<_>>()?;
+        params.check_matches(&tensors).map_err(|e| OptimizerError::State(format!("{key}: {e}")))?;
+        for (i, t) in tensors.iter().enumerate() {
+            crate::view::with_f32(&params.names()[i], t, |v| {
+                meridian_kernels::error::check_finite("optimizer state", v)
+            })?
+            .map_err(|e| OptimizerError::State(format!("{key}.{i}: {e}")))?;
+        }
+        Ok(tensors)
+    }
+
     /// Checks the state was written by `algorithm`.
     pub fn expect_algorithm(&self, algorithm: Algorithm) -> Result<()> {
         if self.algorithm == algorithm {

@@ -182,30 +182,9 @@ impl Sparseloco {
         p: &Payload,
         params: &ParamSet,
     ) -> std::result::Result<Vec<Sparse>, String> {
-        if p.segments.len() != params.len() {
-            return Err(format!(
-                "{} segments, the model has {} tensors",
-                p.segments.len(),
-                params.len()
-            ));
-        }
+        p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(params.len());
         for (i, (s, c)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            if s.tensor as usize != i {
-                return Err(format!("segment {i} is for tensor {}", s.tensor));
-            }
-            if s.encoding != Encoding::Compressed {
-                return Err(format!("tensor {i} is {:?}, not compressed", s.encoding));
-            }
-            let shape = &params.shapes()[i];
-            if s.shape.len() != shape.len()
-                || s.shape.iter().zip(shape).any(|(&a, &b)| a as usize != b)
-            {
-                return Err(format!(
-                    "tensor {i} has shape {:?}, the model's is {shape:?}",
-                    s.shape
-                ));
-            }
             out.push(c.decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?);
         }
         Ok(out)
@@ -298,19 +277,8 @@ impl OuterOptimizer for Sparseloco {
 
     fn load_state(&mut self, params: &ParamSet, state: &OptimizerState) -> Result<()> {
         state.expect_algorithm(Algorithm::Sparseloco)?;
-        let fetch = |key: &str| -> Result<Vec<Tensor>> {
-            (0..params.len()).map(|i| state.get(&format!("{key}.{i}")).map(|t| t.copy())).collect()
-        };
-        let global = fetch("global")?;
-        let error_t = fetch("error")?;
-        params.check_matches(&global).map_err(|e| OptimizerError::State(e.to_string()))?;
-        params.check_matches(&error_t).map_err(|e| OptimizerError::State(e.to_string()))?;
-        let mut error = Vec::with_capacity(params.len());
-        for (name, t) in params.names().iter().zip(error_t) {
-            let t = t.contiguous();
-            with_f32(name, &t, |s| meridian_kernels::error::check_finite("error buffer", s))??;
-            error.push(t);
-        }
+        let global = state.per_tensor("global", params)?;
+        let error = state.per_tensor("error", params)?;
         self.global = global;
         self.error = error;
         Ok(())

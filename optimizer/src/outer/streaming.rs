@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::diloco::{
-    dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport,
+    dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport, DENSE_ENCODINGS,
 };
 use super::{
     admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
@@ -274,21 +274,11 @@ impl Streaming {
         p: usize,
     ) -> std::result::Result<Vec<Vec<f32>>, String> {
         let expected = self.fragment(p);
-        let got: Vec<u32> = payload.segments.iter().map(|s| s.tensor).collect();
-        if got.len() != expected.len() || got.iter().zip(expected).any(|(&a, &b)| a as usize != b) {
-            return Err(format!("carries tensors {got:?}; fragment {p} due now is {expected:?}"));
-        }
+        payload
+            .check_segments(Some(expected), params.shapes(), &DENSE_ENCODINGS)
+            .map_err(|e| format!("fragment {p} due now: {e}"))?;
         let mut out = Vec::with_capacity(expected.len());
         for (s, &i) in payload.segments.iter().zip(expected) {
-            let shape = &params.shapes()[i];
-            if s.shape.len() != shape.len()
-                || s.shape.iter().zip(shape).any(|(&a, &b)| a as usize != b)
-            {
-                return Err(format!(
-                    "tensor {i} has shape {:?}, the model's is {shape:?}",
-                    s.shape
-                ));
-            }
             out.push(segment_values(s).map_err(|e| format!("tensor {i}: {e}"))?);
         }
         Ok(out)
@@ -393,14 +383,8 @@ impl OuterOptimizer for Streaming {
                 return Err(bad(format!("saved with {key} = {got}, configured {want}")));
             }
         }
-        let global: Vec<Tensor> = (0..params.len())
-            .map(|i| state.get(&format!("global.{i}")).map(|t| t.copy()))
-            .collect::<Result<_>>()?;
-        let momentum: Vec<Tensor> = (0..params.len())
-            .map(|i| state.get(&format!("momentum.{i}")).map(|t| t.copy()))
-            .collect::<Result<_>>()?;
-        params.check_matches(&global).map_err(|e| bad(e.to_string()))?;
-        params.check_matches(&momentum).map_err(|e| bad(e.to_string()))?;
+        let global = state.per_tensor("global", params)?;
+        let momentum = state.per_tensor("momentum", params)?;
         let whole = |v: f64, what: &str| -> Result<u64> {
             if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53) {
                 Ok(v as u64)
