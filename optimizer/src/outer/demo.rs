@@ -261,9 +261,7 @@ impl OuterOptimizer for Demo {
 
     fn state(&self) -> Result<OptimizerState> {
         let mut s = OptimizerState::new(Algorithm::Demo);
-        for (i, d) in self.delta.iter().enumerate() {
-            s.put(format!("delta.{i}"), d);
-        }
+        s.put_per_tensor("delta", &self.delta);
         Ok(s)
     }
 

@@ -274,10 +274,8 @@ impl OuterOptimizer for Diloco {
 
     fn state(&self) -> Result<OptimizerState> {
         let mut s = OptimizerState::new(Algorithm::Diloco);
-        for (i, (g, m)) in self.global.iter().zip(&self.momentum).enumerate() {
-            s.put(format!("global.{i}"), g);
-            s.put(format!("momentum.{i}"), m);
-        }
+        s.put_per_tensor("global", &self.global);
+        s.put_per_tensor("momentum", &self.momentum);
         Ok(s)
     }
 

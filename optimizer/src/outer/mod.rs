@@ -127,6 +127,14 @@ impl OptimizerState {
         Ok(self.get(name)?.f_double_value(&[])?)
     }
 
+    /// Saves one tensor per parameter as `{key}.0` … `{key}.{n−1}` (read back with
+    /// [`OptimizerState::per_tensor`]).
+    pub fn put_per_tensor(&mut self, key: &str, tensors: &[Tensor]) {
+        for (i, t) in tensors.iter().enumerate() {
+            self.put(format!("{key}.{i}"), t);
+        }
+    }
+
     /// The per-tensor state saved as `{key}.0` … `{key}.{n−1}` for the model's `n`
     /// parameters: contiguous copies, each checked for the parameter's shape and for finite
     /// values, so a corrupt checkpoint is refused before anything is replaced.

@@ -268,10 +268,8 @@ impl OuterOptimizer for Sparseloco {
 
     fn state(&self) -> Result<OptimizerState> {
         let mut s = OptimizerState::new(Algorithm::Sparseloco);
-        for (i, (g, e)) in self.global.iter().zip(&self.error).enumerate() {
-            s.put(format!("global.{i}"), g);
-            s.put(format!("error.{i}"), e);
-        }
+        s.put_per_tensor("global", &self.global);
+        s.put_per_tensor("error", &self.error);
         Ok(s)
     }
 

@@ -357,10 +357,8 @@ impl OuterOptimizer for Streaming {
 
     fn state(&self) -> Result<OptimizerState> {
         let mut s = OptimizerState::new(Algorithm::Streaming);
-        for (i, (g, m)) in self.global.iter().zip(&self.momentum).enumerate() {
-            s.put(format!("global.{i}"), g);
-            s.put(format!("momentum.{i}"), m);
-        }
+        s.put_per_tensor("global", &self.global);
+        s.put_per_tensor("momentum", &self.momentum);
         s.put_scalar("fragments", self.config.fragments as f64);
         s.put_scalar("inner_steps", self.config.inner_steps as f64);
         s.put_scalar("step", self.step.map_or(-1.0, |v| v as f64));
