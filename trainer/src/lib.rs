@@ -7,4 +7,5 @@
 //! application concerns.
 
 pub mod compress_demo;
+pub mod model;
 pub mod train;

@@ -1,0 +1,72 @@
+//! Language models Meridian can train: the built-in byte-level GPT, a small byte-level MLP
+//! for fast tests, and a user's own TorchScript module.
+//!
+//! Every model maps a batch of token windows to the mean next-token cross-entropy, so the
+//! same data pipeline, inner optimizer ([`crate::adamw`]) and checkpoint format serve all
+//! of them.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+/// A model whose loss Meridian's inner loop minimises.
+///
+/// `inputs` and `targets` are `[batch, context]` int64 token tensors on the model's device;
+/// `targets` is `inputs` shifted left by one token.
+pub trait LanguageModel {
+    /// The trainable parameters by name, sharing storage with the model, in a stable order
+    /// (the same on every worker and every run).
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// Mean next-token cross-entropy in nats, a 0-d float tensor with a graph back to the
+    /// parameters when `train` is true (dropout and the like on); without one when false.
+    fn loss(&self, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor>;
+    /// Tokens per training window.
+    fn context(&self) -> i64;
+    /// Size of the vocabulary it predicts over; every token id must be below it.
+    fn vocab(&self) -> i64;
+    /// One line for logs and the checkpoint manifest, e.g. `gpt d256 l4 h4 ctx256`.
+    fn describe(&self) -> String;
+}
+
+/// Which model `--model` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The built-in byte-level GPT.
+    Gpt,
+    /// The small byte-level MLP.
+    Mlp,
+    /// A TorchScript module saved by `torch.jit.save`.
+    TorchScript(PathBuf),
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gpt" => Ok(Self::Gpt),
+            "mlp" => Ok(Self::Mlp),
+            _ => match s.strip_prefix("torchscript:") {
+                Some("") => bail!("--model torchscript:PATH needs the path of a saved module"),
+                Some(path) => Ok(Self::TorchScript(PathBuf::from(path))),
+                None => bail!("unknown model {s:?}; choose gpt, mlp or torchscript:PATH"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gpt => f.write_str("gpt"),
+            Self::Mlp => f.write_str("mlp"),
+            Self::TorchScript(p) => write!(f, "torchscript:{}", p.display()),
+        }
+    }
+}
+
+/// Number of scalar parameters of a model.
+pub fn parameter_count(model: &dyn LanguageModel) -> i64 {
+    model.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+}
