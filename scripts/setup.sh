@@ -26,3 +26,4 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || {
 }
 
 bash "$root/scripts/setup-torch.sh"
+bash "$root/scripts/setup-corpus.sh"
