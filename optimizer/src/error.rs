@@ -12,6 +12,9 @@ pub enum OptimizerError {
     /// LibTorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The wrapped training step (model, data, inner optimizer) failed.
+    #[error("training step: {0}")]
+    TrainStep(String),
     /// A configuration or argument is outside what the algorithm accepts.
     #[error("{0}")]
     Config(String),

@@ -7,5 +7,6 @@
 //! application concerns.
 
 pub mod compress_demo;
+pub mod data;
 pub mod model;
 pub mod train;

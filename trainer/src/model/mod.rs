@@ -5,6 +5,10 @@
 //! same data pipeline, inner optimizer ([`crate::adamw`]) and checkpoint format serve all
 //! of them.
 
+pub mod gpt;
+pub mod init;
+pub mod mlp;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -69,4 +73,31 @@ impl std::fmt::Display for ModelKind {
 /// Number of scalar parameters of a model.
 pub fn parameter_count(model: &dyn LanguageModel) -> i64 {
     model.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+}
+
+/// Checks a batch before it reaches LibTorch (whose shape errors are panics): matching
+/// `[batch, tokens]` int64 shapes, at most `context` tokens, every id below `vocab`.
+pub fn check_tokens(inputs: &Tensor, targets: &Tensor, context: i64, vocab: i64) -> Result<()> {
+    let shape = inputs.size();
+    if shape.len() != 2 || shape != targets.size() {
+        bail!(
+            "batch: inputs {shape:?} and targets {:?} must both be [batch, tokens]",
+            targets.size()
+        );
+    }
+    if shape[1] < 1 || shape[1] > context {
+        bail!("batch: {} tokens per window; the model takes 1 to {context}", shape[1]);
+    }
+    if inputs.kind() != tch::Kind::Int64 || targets.kind() != tch::Kind::Int64 {
+        bail!("batch: token ids must be int64");
+    }
+    for (what, t) in [("inputs", inputs), ("targets", targets)] {
+        if t.numel() > 0 {
+            let (lo, hi) = (t.min().int64_value(&[]), t.max().int64_value(&[]));
+            if lo < 0 || hi >= vocab {
+                bail!("batch: {what} hold token ids in [{lo}, {hi}], outside the vocabulary 0..{vocab}");
+            }
+        }
+    }
+    Ok(())
 }
