@@ -6,7 +6,9 @@
 //! and multi-process commands as they land). Library crates below it stay free of
 //! application concerns.
 
+pub mod adamw;
 pub mod compress_demo;
 pub mod data;
 pub mod model;
 pub mod train;
+pub mod worker;

@@ -245,7 +245,7 @@ mod tests {
         let cfg = GptConfig { d_model: 64, layers: 2, heads: 2, context: 16 };
         let gpt = Gpt::new(cfg, 256, 1).unwrap();
         let x = Tensor::randint(256, [1, 16], (Kind::Int64, Device::Cpu));
-        let mut x2 = x.copy();
+        let x2 = x.copy();
         let _ = x2.get(0).get(15).fill_((x.int64_value(&[0, 15]) + 1) % 256);
         let (a, b) = tch::no_grad(|| (gpt.logits(&x), gpt.logits(&x2)));
         assert!(a.narrow(1, 0, 15).equal(&b.narrow(1, 0, 15)), "earlier positions unchanged");

@@ -1,0 +1,280 @@
+//! The inner optimizer: AdamW (Loshchilov & Hutter) with linear warmup, cosine decay and
+//! global gradient-norm clipping; the `[inner]` table of a run's config.
+//!
+//! Written on tch tensor ops rather than LibTorch's C++ optimizer so that it drives any
+//! parameter list (a VarStore's or a TorchScript module's) and its moments are plain
+//! tensors a checkpoint can save and restore bit for bit.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// Inner-optimizer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InnerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Linear warmup steps; by default 5% of the run's steps.
+    pub warmup_steps: Option<u64>,
+    /// Decoupled weight decay, applied to matrices and embeddings (not biases or norms).
+    pub weight_decay: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator guard.
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    pub clip: f64,
+}
+
+impl Default for InnerConfig {
+    fn default() -> Self {
+        // The DiLoCo paper's inner AdamW (β2 0.95, weight decay 0.1, clip 1.0) with a peak
+        // rate suited to models of a few million parameters.
+        Self {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: None,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            clip: 1.0,
+        }
+    }
+}
+
+impl InnerConfig {
+    /// Checks every value is usable.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.lr.is_finite()
+            && self.lr > 0.0
+            && (0.0..=1.0).contains(&self.min_lr_ratio)
+            && self.weight_decay.is_finite()
+            && self.weight_decay >= 0.0
+            && (0.0..1.0).contains(&self.beta1)
+            && (0.0..1.0).contains(&self.beta2)
+            && self.eps.is_finite()
+            && self.eps > 0.0
+            && self.clip.is_finite()
+            && self.clip >= 0.0;
+        if !ok {
+            bail!(
+                "inner: need lr > 0, 0 ≤ min_lr_ratio ≤ 1, weight_decay ≥ 0, 0 ≤ beta1, beta2 < 1, \
+                 eps > 0, clip ≥ 0; got {self:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The learning rate at inner step `step` (from 0) of a `total`-step run.
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        let warmup = self.warmup_steps.unwrap_or(total / 20);
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let span = total.saturating_sub(warmup).max(1);
+        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+        let floor = self.lr * self.min_lr_ratio;
+        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// AdamW state over one parameter list.
+#[derive(Debug)]
+pub struct AdamW {
+    config: InnerConfig,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+    steps: u64,
+}
+
+impl AdamW {
+    /// Zeroed moments for `params`.
+    pub fn new(config: InnerConfig, params: &[Tensor]) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            m: params.iter().map(Tensor::zeros_like).collect(),
+            v: params.iter().map(Tensor::zeros_like).collect(),
+            decay: params.iter().map(|p| p.dim() >= 2).collect(),
+            steps: 0,
+        })
+    }
+
+    /// Scales the gradients so their global L2 norm is at most `clip`; returns the norm
+    /// before clipping (0 when no gradient is defined).
+    pub fn clip_gradients(&self, params: &[Tensor]) -> f64 {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norm = tch::no_grad(|| {
+            let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(tch::Kind::Double)).collect();
+            Tensor::stack(&sq, 0).sum(tch::Kind::Double).sqrt().double_value(&[])
+        });
+        if self.config.clip > 0.0 && norm > self.config.clip {
+            let scale = self.config.clip / (norm + 1e-6);
+            tch::no_grad(|| {
+                for g in &grads {
+                    let _ = g.shallow_clone().g_mul_scalar_(scale);
+                }
+            });
+        }
+        norm
+    }
+
+    /// One AdamW step at learning rate `lr` on the parameters' current gradients
+    /// (parameters without a gradient are left alone).
+    pub fn step(&mut self, params: &[Tensor], lr: f64) {
+        let c = self.config;
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        tch::no_grad(|| {
+            for (i, p) in params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                if self.decay[i] && c.weight_decay > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = self.m[i].g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
+                let _ = self.v[i].g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
+                let denom = (&self.v[i] / bc2).sqrt() + c.eps;
+                let _ = p.g_sub_(&((&self.m[i] / &denom) * (lr / bc1)));
+            }
+        });
+    }
+
+    /// Steps taken (the bias correction's t).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The moments and step count, for a checkpoint: (m, v, steps).
+    pub fn state(&self) -> (&[Tensor], &[Tensor], u64) {
+        (&self.m, &self.v, self.steps)
+    }
+
+    /// Restores moments and step count saved by [`AdamW::state`]; shapes must match.
+    pub fn restore(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, steps: u64) -> Result<()> {
+        for (what, new) in [("m", &m), ("v", &v)] {
+            if new.len() != self.m.len() {
+                bail!("inner optimizer {what}: {} tensors, expected {}", new.len(), self.m.len());
+            }
+            for (i, (a, b)) in new.iter().zip(&self.m).enumerate() {
+                if a.size() != b.size() || a.kind() != b.kind() {
+                    bail!(
+                        "inner optimizer {what}.{i}: {:?} {:?}, expected {:?} {:?}",
+                        a.size(),
+                        a.kind(),
+                        b.size(),
+                        b.kind()
+                    );
+                }
+            }
+        }
+        self.m = m;
+        self.v = v;
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let c = InnerConfig {
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            warmup_steps: Some(10),
+            ..Default::default()
+        };
+        assert!((c.lr_at(0, 110) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9, 110) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(10, 110) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(60, 110) - 0.55).abs() < 1e-12);
+        assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(500, 110) - 0.1).abs() < 1e-12);
+        let auto = InnerConfig::default();
+        assert!(auto.lr_at(0, 200) < auto.lr_at(9, 200), "5% warmup by default");
+    }
+
+    #[test]
+    fn matches_the_adamw_formula_and_libtorch() {
+        let c = InnerConfig { lr: 0.1, weight_decay: 0.01, clip: 0.0, ..Default::default() };
+        let init = [0.5f32, -1.0, 2.0, 0.25];
+        let ours = Tensor::from_slice(&init).view([2, 2]).set_requires_grad(true);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let mut theirs = vs.root().var_copy("w", &Tensor::from_slice(&init).view([2, 2]));
+        let mut opt = tch::nn::OptimizerConfig::build(
+            tch::nn::AdamW {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                wd: c.weight_decay,
+                eps: c.eps,
+                amsgrad: false,
+            },
+            &vs,
+            c.lr,
+        )
+        .unwrap();
+        let mut adam = AdamW::new(c, &[ours.shallow_clone()]).unwrap();
+        for _ in 0..5 {
+            for p in [&ours, &theirs] {
+                let mut p = p.shallow_clone();
+                p.zero_grad();
+                (p.square() * &p).sum(Kind::Float).backward();
+            }
+            adam.step(&[ours.shallow_clone()], c.lr);
+            opt.step();
+        }
+        let diff = (&ours - &theirs).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        theirs.zero_grad();
+    }
+
+    #[test]
+    fn clipping_bounds_the_global_norm_and_state_restores() {
+        let c = InnerConfig { clip: 1.0, ..Default::default() };
+        let a = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        ((&a * 3.0).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float)).backward();
+        let mut adam = AdamW::new(c, &[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        let norm = adam.clip_gradients(&[a.shallow_clone(), b.shallow_clone()]);
+        assert!((norm - (27.0f64 + 64.0).sqrt()).abs() < 1e-5);
+        let after = (a.grad().square().sum(Kind::Double) + b.grad().square().sum(Kind::Double))
+            .sqrt()
+            .double_value(&[]);
+        assert!((after - 1.0).abs() < 1e-4, "{after}");
+        adam.step(&[a.shallow_clone(), b.shallow_clone()], 0.1);
+        let (m, v, steps) = adam.state();
+        let (m, v): (Vec<Tensor>, Vec<Tensor>) =
+            (m.iter().map(Tensor::copy).collect(), v.iter().map(Tensor::copy).collect());
+        let mut other = AdamW::new(c, &[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        assert!(other
+            .restore(
+                v.iter().rev().map(Tensor::copy).collect(),
+                v.iter().map(Tensor::copy).collect(),
+                1
+            )
+            .is_err());
+        other.restore(m, v, steps).unwrap();
+        assert_eq!(other.steps(), 1);
+        assert!(other.state().0[1].equal(&adam.state().0[1]));
+        assert!(InnerConfig { lr: -1.0, ..c }.validate().is_err());
+        assert!(InnerConfig { beta2: 1.0, ..c }.validate().is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! One worker's wrapped training: a [`LanguageModel`], its [`AdamW`] inner optimizer with
+//! the warmup–cosine schedule, its data [`Shard`] and the shared validation batches. This
+//! is the [`TrainStep`] the outer optimizers drive.
+
+use std::sync::Arc;
+
+use meridian_optimizer::train_step::TrainStep;
+use meridian_optimizer::{OptimizerError, Result};
+use tch::Tensor;
+
+use crate::adamw::{AdamW, InnerConfig};
+use crate::data::Shard;
+use crate::model::LanguageModel;
+
+/// A language model training on one shard.
+pub struct LmWorker {
+    model: Box<dyn LanguageModel>,
+    params: Vec<Tensor>,
+    adam: AdamW,
+    inner: InnerConfig,
+    shard: Shard,
+    validation: Arc<Vec<(Tensor, Tensor)>>,
+    total_steps: u64,
+    last_grad_norm: f64,
+}
+
+impl std::fmt::Debug for LmWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LmWorker")
+            .field("model", &self.model.describe())
+            .field("inner_steps", &self.adam.steps())
+            .finish_non_exhaustive()
+    }
+}
+
+fn step_error(e: impl std::fmt::Display) -> OptimizerError {
+    OptimizerError::TrainStep(e.to_string())
+}
+
+impl LmWorker {
+    /// Wraps `model` with a fresh AdamW; `total_steps` sets the schedule's length.
+    pub fn new(
+        model: Box<dyn LanguageModel>,
+        inner: InnerConfig,
+        shard: Shard,
+        validation: Arc<Vec<(Tensor, Tensor)>>,
+        total_steps: u64,
+    ) -> anyhow::Result<Self> {
+        let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t).collect();
+        let adam = AdamW::new(inner, &params)?;
+        Ok(Self { model, params, adam, inner, shard, validation, total_steps, last_grad_norm: 0.0 })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn LanguageModel {
+        self.model.as_ref()
+    }
+
+    /// The inner optimizer (its state goes into checkpoints).
+    pub fn adam(&self) -> &AdamW {
+        &self.adam
+    }
+
+    /// The inner optimizer, mutably (to restore it).
+    pub fn adam_mut(&mut self) -> &mut AdamW {
+        &mut self.adam
+    }
+
+    /// The data shard (its position goes into checkpoints).
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// The data shard, mutably (to restore it).
+    pub fn shard_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+
+    /// Global gradient norm before clipping at the last inner step.
+    pub fn last_grad_norm(&self) -> f64 {
+        self.last_grad_norm
+    }
+}
+
+impl TrainStep for LmWorker {
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.model.parameters()
+    }
+
+    fn forward_backward(&mut self) -> Result<f64> {
+        for p in &mut self.params {
+            p.zero_grad();
+        }
+        let (x, y) = self.shard.next_batch();
+        let loss = self.model.loss(&x, &y, true).map_err(step_error)?;
+        loss.f_backward()?;
+        let value = loss.f_double_value(&[])?;
+        if !value.is_finite() {
+            return Err(step_error(format!(
+                "training loss is {value} at batch {}; lower the inner learning rate",
+                self.shard.state().batches
+            )));
+        }
+        Ok(value)
+    }
+
+    fn inner_step(&mut self) -> Result<()> {
+        self.last_grad_norm = self.adam.clip_gradients(&self.params);
+        let lr = self.inner.lr_at(self.adam.steps(), self.total_steps);
+        self.adam.step(&self.params, lr);
+        Ok(())
+    }
+
+    fn eval_loss(&mut self) -> Result<f64> {
+        let mut total = 0.0;
+        for (x, y) in self.validation.iter() {
+            total += self.model.loss(x, y, false).map_err(step_error)?.f_double_value(&[])?;
+        }
+        Ok(total / self.validation.len().max(1) as f64)
+    }
+}
