@@ -5,6 +5,8 @@
 //! these are the bytes a network would carry), and every worker decodes and applies all of
 //! them. Arrival order can be shuffled per receiver to show it does not matter.
 
+use std::time::Instant;
+
 use meridian_kernels::rng::SplitMix64;
 
 use crate::error::{OptimizerError, Result};
@@ -38,6 +40,9 @@ pub struct ExchangeReport {
     pub hashes: Vec<u64>,
     /// Rejections reported by worker 0's apply (member, reason).
     pub rejected: Vec<(u32, String)>,
+    /// Wall seconds the exchange took in this process (every worker's prepare, encode,
+    /// decode and apply, one after another).
+    pub seconds: f64,
 }
 
 impl ExchangeReport {
@@ -56,6 +61,10 @@ pub struct StepReport {
     pub mean_loss: f64,
     /// Exchanges during this step (at most two: after backward and after the inner step).
     pub exchanges: Vec<ExchangeReport>,
+    /// Each worker's compute seconds this step (forward, backward, inner step, hooks):
+    /// the workers run one after another here, so these say how long each would take on
+    /// its own, and who straggles.
+    pub compute_seconds: Vec<f64>,
 }
 
 /// The in-process harness.
@@ -115,28 +124,50 @@ impl<S: TrainStep> Harness<S> {
         self.step
     }
 
+    /// Sets the progress counters, for a run resumed from a checkpoint taken after `step`
+    /// inner steps and `round` exchanges (the workers' own state is restored separately).
+    pub fn resume_at(&mut self, step: u64, round: u64) {
+        self.step = step;
+        self.round = round;
+    }
+
+    /// Exchanges done so far.
+    pub fn rounds_done(&self) -> u64 {
+        self.round
+    }
+
     /// Runs one inner step on every worker, with the exchanges that fall due.
     pub fn step(&mut self) -> Result<StepReport> {
         let step = self.step;
         let mut loss = 0.0;
+        let mut compute_seconds = Vec::with_capacity(self.workers.len());
         for w in &mut self.workers {
+            let start = Instant::now();
             loss += w.train.forward_backward()?;
+            compute_seconds.push(start.elapsed().as_secs_f64());
         }
         let mut exchanges = Vec::new();
         if self.workers[0].outer.exchange_due(Phase::AfterBackward, step) {
             exchanges.push(self.exchange()?);
         }
-        for w in &mut self.workers {
+        for (w, seconds) in self.workers.iter_mut().zip(&mut compute_seconds) {
+            let start = Instant::now();
             if w.outer.runs_inner_optimizer() {
                 w.train.inner_step()?;
             }
             w.outer.after_inner_step(&w.params, step)?;
+            *seconds += start.elapsed().as_secs_f64();
         }
         if self.workers[0].outer.exchange_due(Phase::AfterInnerStep, step) {
             exchanges.push(self.exchange()?);
         }
         self.step += 1;
-        Ok(StepReport { step, mean_loss: loss / self.workers.len() as f64, exchanges })
+        Ok(StepReport {
+            step,
+            mean_loss: loss / self.workers.len() as f64,
+            exchanges,
+            compute_seconds,
+        })
     }
 
     /// Runs `steps` inner steps; returns every step's report.
@@ -154,6 +185,7 @@ impl<S: TrainStep> Harness<S> {
     }
 
     fn exchange(&mut self) -> Result<ExchangeReport> {
+        let start = Instant::now();
         let round = self.round;
         let mut wire = Vec::with_capacity(self.workers.len());
         for w in &mut self.workers {
@@ -185,6 +217,13 @@ impl<S: TrainStep> Harness<S> {
             hashes.push(w.outer.consensus_hash(&w.params)?);
         }
         self.round += 1;
-        Ok(ExchangeReport { round, step: self.step, bytes_per_worker, hashes, rejected })
+        Ok(ExchangeReport {
+            round,
+            step: self.step,
+            bytes_per_worker,
+            hashes,
+            rejected,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 }

@@ -7,8 +7,13 @@
 //! application concerns.
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod compress_demo;
 pub mod data;
+pub mod metrics;
 pub mod model;
+pub mod plot;
+pub mod run_config;
+pub mod summary;
 pub mod train;
 pub mod worker;

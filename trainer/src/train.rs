@@ -1,24 +1,51 @@
 //! `meridian train`: N workers in one process through the in-process harness, one or
-//! several outer algorithms on the same model, data and step budget.
-//!
-//! Today's model is the small MLP regression task (`--model mlp`); the byte-level GPT and
-//! TorchScript models arrive with the trainer's model work.
+//! several outer algorithms on the same model, data and token budget; a summary, loss
+//! curves and checkpoints in `--out`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::harness::Harness;
-use meridian_optimizer::toy::{ToyConfig, ToyMlp};
+use meridian_optimizer::params::ParamSet;
+use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, RunIdentity};
+use crate::data::{Corpus, Split, TokenFormat};
+use crate::metrics::{RoundMeter, RoundRecord, RoundTotals};
+use crate::model::gpt::Gpt;
+use crate::model::mlp::Mlp;
+use crate::model::{parameter_count, LanguageModel, ModelKind};
+use crate::plot::{Curve, CurvePoint, XAxis};
+use crate::run_config::{ModelConfig, RunConfig};
+use crate::summary::{AlgoSummary, DataSummary, Summary};
+use crate::worker::LmWorker;
 
 /// Options of `meridian train`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  meridian train --algo diloco,sparseloco --workers 4 --steps 600 --inner-steps 30
+  meridian train --model mlp --steps 200                     # seconds, for a quick look
+  meridian train --model torchscript:model.pt --algo diloco  # your own PyTorch model
+  meridian train --set model.d_model=128 --set inner.lr=3e-3 --set sparseloco.topk=32
+  meridian train --resume ...same flags...                   # continue from --out's checkpoints
+
+Writes OUT/summary.json (per algorithm: losses, bytes, rounds, tokens, time, per-worker round
+metrics), OUT/rounds-ALGO.jsonl (one line per round), OUT/val_loss_vs_{steps,bytes}.{svg,png},
+and OUT/checkpoints/ALGO/. Per-round metrics also go to the log at debug level
+(RUST_LOG=meridian=debug).")]
 pub struct TrainArgs {
     /// Outer algorithms to run, comma separated; each runs on the same model, data and
-    /// steps so their losses and bytes compare: ddp, diloco, demo, sparseloco, streaming.
+    /// token budget so their losses and bytes compare: ddp, diloco, demo, sparseloco,
+    /// streaming.
     #[arg(
         long,
         value_delimiter = ',',
@@ -26,212 +53,430 @@ pub struct TrainArgs {
         env = "MERIDIAN_ALGO"
     )]
     pub algo: Vec<Algorithm>,
-    /// Workers, each with its own data shard.
+    /// Workers, each with its own disjoint data shard.
     #[arg(long, default_value_t = 4, env = "MERIDIAN_WORKERS")]
     pub workers: u32,
-    /// Inner steps per worker.
+    /// Inner steps per worker (also the length of the learning-rate schedule).
     #[arg(long, default_value_t = 300, env = "MERIDIAN_STEPS")]
     pub steps: u64,
     /// Inner steps per outer round (H) for the algorithms that have one; overrides the
     /// config file and the published default.
     #[arg(long, env = "MERIDIAN_INNER_STEPS")]
     pub inner_steps: Option<u64>,
-    /// The model: `mlp` (a small regression MLP).
-    #[arg(long, default_value = "mlp", env = "MERIDIAN_MODEL")]
-    pub model: String,
-    /// A TOML file with one table per algorithm, e.g. `[diloco]` `inner_steps = 100`.
+    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast), or
+    /// `torchscript:PATH` (a module saved with torch.jit.save whose forward(tokens,
+    /// targets) returns the loss; see examples/README.md).
+    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
+    pub model: ModelKind,
+    /// Training text (any file, read as bytes) or pre-tokenized ids (`.u16`/`.u32` files,
+    /// or --data-format). The default is the corpus the set-up installs.
+    #[arg(long, default_value = "data/corpus.txt", env = "MERIDIAN_DATA")]
+    pub data: PathBuf,
+    /// How --data stores tokens: text, u16 or u32 (little-endian); by default from the
+    /// file's extension.
+    #[arg(long, env = "MERIDIAN_DATA_FORMAT")]
+    pub data_format: Option<TokenFormat>,
+    /// Vocabulary size of pre-tokenized data (every id must be below it).
+    #[arg(long, env = "MERIDIAN_VOCAB")]
+    pub vocab: Option<u32>,
+    /// A TOML file with [model], [inner], [data] and one table per algorithm.
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Override one setting: `KEY=VALUE` for every selected algorithm that has KEY, or
-    /// `ALGO.KEY=VALUE` for one. Repeatable.
+    /// `SCOPE.KEY=VALUE` for one table (model, inner, data or an algorithm). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Seed of the model's initial parameters (the data shards derive from it).
+    /// Seed of the initial parameters and of the data shards.
     #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
-    pub seed: i64,
+    pub seed: u64,
+    /// Directory for the summary, plots, round logs and checkpoints.
+    #[arg(long, default_value = "out/train", env = "MERIDIAN_OUT")]
+    pub out: PathBuf,
+    /// Evaluate validation loss every this many inner steps (and at the end); by
+    /// default 20 times per run.
+    #[arg(long, env = "MERIDIAN_EVAL_EVERY")]
+    pub eval_every: Option<u64>,
+    /// Checkpoint every this many inner steps (0: only at the end).
+    #[arg(long, default_value_t = 500, env = "MERIDIAN_CHECKPOINT_EVERY")]
+    pub checkpoint_every: u64,
+    /// Stop after this many inner steps, leaving a checkpoint, as if interrupted (the
+    /// schedule still spans --steps); continue later with --resume.
+    #[arg(long, env = "MERIDIAN_STOP_AFTER")]
+    pub stop_after: Option<u64>,
+    /// Continue each algorithm from its checkpoint in --out (refused if the checkpoint
+    /// is from another model, config, seed or data).
+    #[arg(long)]
+    pub resume: bool,
+    /// LibTorch intra-op threads (by default the machine's cores).
+    #[arg(long, env = "MERIDIAN_THREADS")]
+    pub threads: Option<usize>,
 }
 
-/// The settings of one algorithm after the config file, `--inner-steps` and `--set`.
-pub fn algo_config(
-    args: &TrainArgs,
-    algorithm: Algorithm,
-    file: &toml::Table,
-) -> Result<AlgoConfig> {
-    let fields = match file.get(algorithm.name()) {
-        Some(toml::Value::Table(t)) => t.clone(),
-        Some(_) => bail!("config: [{algorithm}] must be a table"),
-        None => toml::Table::new(),
+/// Builds one worker's model.
+pub fn build_model(config: &ModelConfig, vocab: u32, seed: u64) -> Result<Box<dyn LanguageModel>> {
+    Ok(match config {
+        ModelConfig::Gpt(c) => Box::new(Gpt::new(*c, i64::from(vocab), seed)?),
+        ModelConfig::Mlp(c) => Box::new(Mlp::new(*c, i64::from(vocab), seed)?),
+        ModelConfig::TorchScript(path, c) => {
+            let m = crate::model::torchscript::TorchScriptModel::load(
+                path,
+                c.context,
+                Some(i64::from(vocab)),
+            )?;
+            if m.vocab() < i64::from(vocab) {
+                bail!(
+                    "{}: the module predicts {} tokens but the data has a vocabulary of {vocab}",
+                    path.display(),
+                    m.vocab()
+                );
+            }
+            Box::new(m)
+        }
+    })
+}
+
+/// What is saved beside a checkpoint so a resumed run's summary covers the whole run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    curve: Vec<CurvePoint>,
+    recent_train: Vec<f64>,
+    initial_val_loss: f64,
+    seconds: f64,
+    bytes_sent: u64,
+    identical: bool,
+    totals: Option<RoundTotals>,
+}
+
+const PROGRESS: &str = "progress.json";
+
+/// The shared inputs of every algorithm's run.
+struct Setup<'a> {
+    args: &'a TrainArgs,
+    config: &'a RunConfig,
+    corpus: Arc<Corpus>,
+    eval_every: u64,
+}
+
+fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
+    let args = s.args;
+    let name = algo.algorithm().name();
+    let vocab = s.corpus.vocab();
+    let models = (0..args.workers)
+        .map(|_| build_model(&s.config.model, vocab, args.seed))
+        .collect::<Result<Vec<_>>>()?;
+    let context = models[0].context();
+    let model_name = models[0].describe();
+    let split = Split::new(s.corpus.clone(), context as usize)?;
+    let batch = s.config.data.batch as usize;
+    let validation = std::rc::Rc::new(split.validation(batch, s.config.data.eval_batches as usize));
+    let workers = models
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let shard = split.shard(i as u32, args.workers, args.seed, batch)?;
+            LmWorker::new(m, s.config.inner, shard, validation.clone(), args.steps)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut h = Harness::new(workers, |_, p: &ParamSet| algo.build(p))?;
+    let identity = RunIdentity {
+        model: model_name,
+        params: h.workers()[0]
+            .params
+            .names()
+            .iter()
+            .cloned()
+            .zip(
+                h.workers()[0]
+                    .params
+                    .shapes()
+                    .iter()
+                    .map(|s| s.iter().map(|&d| d as i64).collect()),
+            )
+            .collect(),
+        algorithm: algo.to_toml(),
+        inner: s.config.inner_toml(),
+        schedule_steps: args.steps,
+        batch: batch as u64,
+        seed: args.seed,
+        workers: args.workers,
+        data: s.corpus.fingerprint(),
     };
-    let defaults: toml::Table = AlgoConfig::default_for(algorithm).to_toml().parse()?;
-    let mut overrides = Vec::new();
-    if let Some(h) = args.inner_steps {
-        if defaults.contains_key("inner_steps") {
-            overrides.push(("inner_steps".to_string(), h.to_string()));
+    let ckpt = checkpoint::dir_for(&args.out, name);
+    let rounds_path = args.out.join(format!("rounds-{name}.jsonl"));
+    let mut progress = Progress { identical: true, ..Progress::default() };
+    let mut meter = RoundMeter::new(args.workers as usize);
+    let mut resumed_from = None;
+    if args.resume && ckpt.join("manifest.json").exists() {
+        let manifest = checkpoint::load(&ckpt, &mut h, &identity)
+            .with_context(|| format!("resuming {name} from {}", ckpt.display()))?;
+        let bytes = std::fs::read(ckpt.join(PROGRESS))
+            .with_context(|| format!("checkpoint: {} has no {PROGRESS}", ckpt.display()))?;
+        progress = serde_json::from_slice(&bytes).context("checkpoint: progress.json")?;
+        if let Some(t) = &progress.totals {
+            meter = RoundMeter::resume(t.clone());
         }
+        resumed_from = Some(manifest.step);
+        tracing::info!(algo = name, step = manifest.step, "resumed from {}", ckpt.display());
+    } else if args.resume {
+        tracing::info!(algo = name, "no checkpoint in {}: starting afresh", ckpt.display());
     }
-    for s in &args.set {
-        let (key, value) =
-            s.split_once('=').with_context(|| format!("--set {s:?}: expected KEY=VALUE"))?;
-        let (scope, key) = match key.split_once('.') {
-            Some((a, k)) => (Some(a.parse::<Algorithm>().map_err(anyhow::Error::msg)?), k),
-            None => (None, key),
-        };
-        match scope {
-            Some(a) if a != algorithm => {}
-            Some(_) => overrides.push((key.trim().to_string(), value.trim().to_string())),
-            None if defaults.contains_key(key.trim()) => {
-                overrides.push((key.trim().to_string(), value.trim().to_string()))
-            }
-            None => {}
-        }
+    // A resumed run keeps the rounds its checkpoint covers and drops any logged after it
+    // (by a run that went on past its last checkpoint and then died).
+    let kept: Vec<String> = match resumed_from {
+        Some(_) => std::fs::read_to_string(&rounds_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<RoundRecord>(l).is_ok_and(|r| r.round < h.rounds_done())
+            })
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut rounds_log = std::fs::File::create(&rounds_path)
+        .with_context(|| format!("creating {}", rounds_path.display()))?;
+    for line in kept {
+        writeln!(rounds_log, "{line}")?;
     }
-    Ok(AlgoConfig::from_parts(algorithm, fields, &overrides)?)
-}
-
-/// Result of one algorithm's run.
-#[derive(Debug, Clone)]
-pub struct AlgoOutcome {
-    /// The algorithm and its settings.
-    pub config: AlgoConfig,
-    /// Held-out loss before training.
-    pub initial_loss: f64,
-    /// Held-out loss after training (mean over workers).
-    pub final_loss: f64,
-    /// Outer rounds (exchanges).
-    pub rounds: u64,
-    /// Payload bytes each worker sent over the run (mean over workers).
-    pub bytes_per_worker: f64,
-    /// Whether the replicas' parameters hashed identically after every exchange.
-    pub replicas_identical: bool,
-    /// Wall-clock seconds.
-    pub seconds: f64,
-}
-
-/// Runs one algorithm on the toy task.
-pub fn run_one(args: &TrainArgs, config: AlgoConfig) -> Result<AlgoOutcome> {
-    let toy = ToyConfig { model_seed: args.seed, ..ToyConfig::default() };
-    let trains = (0..args.workers).map(|w| ToyMlp::new(toy, w)).collect::<Result<Vec<_>, _>>()?;
-    let mut h = Harness::new(trains, |_, p| config.build(p))?;
+    let tokens_per_step = (batch as u64) * context as u64;
+    if resumed_from.is_none() {
+        let loss = h.workers_mut()[0].train.eval_loss()?;
+        progress.initial_val_loss = loss;
+        progress.curve.push(CurvePoint {
+            step: 0,
+            tokens: 0,
+            bytes_per_worker: 0.0,
+            seconds: 0.0,
+            val_loss: loss,
+        });
+    }
+    let bar = ProgressBar::new(args.steps).with_prefix(format!("{name:<10}"));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_position(h.steps_done());
+    let keep = (args.steps / 20).max(1) as usize;
     let start = Instant::now();
-    let initial_loss = h.eval_loss()?;
-    let (mut rounds, mut bytes, mut identical) = (0u64, 0usize, true);
-    for _ in 0..args.steps {
-        for x in h.step()?.exchanges {
-            rounds += 1;
-            bytes += x.bytes_per_worker.iter().sum::<usize>();
-            identical &= x.replicas_identical();
+    let base_seconds = progress.seconds;
+    let stop = args.stop_after.unwrap_or(args.steps).min(args.steps);
+    while h.steps_done() < stop {
+        let report = h.step()?;
+        let step = report.step + 1;
+        meter.add_compute(&report.compute_seconds);
+        for x in &report.exchanges {
+            let r = meter.close(x.round, x.step, &x.bytes_per_worker, x.seconds);
+            tracing::debug!(
+                algo = name,
+                round = r.round,
+                step = r.step,
+                sent = ?r.sent,
+                received = ?r.received,
+                compute_s = ?r.compute_seconds,
+                latency_s = r.latency_seconds,
+                straggler = r.straggler,
+                "round"
+            );
+            serde_json::to_writer(&mut rounds_log, &r)?;
+            rounds_log.write_all(b"\n")?;
+            progress.bytes_sent += x.bytes_per_worker.iter().map(|&b| b as u64).sum::<u64>();
+            progress.identical &= x.replicas_identical();
             for (worker, reason) in &x.rejected {
-                tracing::warn!(round = x.round, worker, %reason, "payload rejected");
+                bar.suspend(
+                    || tracing::warn!(round = x.round, worker, %reason, "payload rejected"),
+                );
             }
         }
+        progress.recent_train.push(report.mean_loss);
+        if progress.recent_train.len() > keep {
+            progress.recent_train.remove(0);
+        }
+        if step % s.eval_every == 0 || step == stop {
+            let loss = h.workers_mut()[0].train.eval_loss()?;
+            progress.curve.push(CurvePoint {
+                step,
+                tokens: step * tokens_per_step,
+                bytes_per_worker: progress.bytes_sent as f64 / f64::from(args.workers),
+                seconds: base_seconds + start.elapsed().as_secs_f64(),
+                val_loss: loss,
+            });
+            bar.set_message(format!("train {:.3} val {loss:.3}", report.mean_loss));
+        }
+        let due = args.checkpoint_every > 0 && step % args.checkpoint_every == 0;
+        if due || step == stop {
+            progress.seconds = base_seconds + start.elapsed().as_secs_f64();
+            progress.totals = Some(meter.totals().clone());
+            let extra = serde_json::to_vec(&progress)?;
+            checkpoint::save(&ckpt, &h, &identity, &[(PROGRESS, extra)])?;
+            rounds_log.flush()?;
+        }
+        bar.inc(1);
     }
-    let final_loss = h.eval_loss()?;
-    if rounds == 0 {
+    bar.finish_and_clear();
+    let seconds = base_seconds + start.elapsed().as_secs_f64();
+    let totals = meter.totals().clone();
+    let final_val = progress.curve.last().map_or(f64::NAN, |p| p.val_loss);
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
+    if totals.rounds == 0 {
         tracing::warn!(
-            algo = %config.algorithm(),
+            algo = name,
             steps = args.steps,
             "no outer round completed: its inner steps per round exceed --steps; lower --inner-steps"
         );
     }
-    Ok(AlgoOutcome {
-        config,
-        initial_loss,
-        final_loss,
-        rounds,
-        bytes_per_worker: bytes as f64 / f64::from(args.workers),
-        replicas_identical: identical,
-        seconds: start.elapsed().as_secs_f64(),
+    Ok(AlgoSummary {
+        algorithm: name.to_string(),
+        settings: toml::from_str::<serde_json::Value>(&algo.to_toml()).unwrap_or_default(),
+        initial_val_loss: progress.initial_val_loss,
+        final_train_loss: progress.recent_train.iter().sum::<f64>()
+            / progress.recent_train.len().max(1) as f64,
+        final_val_loss: final_val,
+        rounds: totals.rounds,
+        bytes_sent_per_worker: mean(&totals.sent),
+        bytes_received_per_worker: mean(&totals.received),
+        tokens: h.steps_done() * tokens_per_step * u64::from(args.workers),
+        tokens_per_worker: h.steps_done() * tokens_per_step,
+        wall_seconds: seconds,
+        replicas_identical: progress.identical,
+        resumed_from_step: resumed_from,
+        round_totals: totals,
+        curve: progress.curve,
     })
 }
 
-/// Runs `meridian train`.
-pub fn run(args: &TrainArgs) -> Result<()> {
-    if args.model != "mlp" {
-        bail!("--model {:?}: only `mlp` is available in this build", args.model);
-    }
+/// Checks everything that can be checked before any training or writing.
+fn validate(args: &TrainArgs) -> Result<()> {
     if args.workers == 0 || args.steps == 0 {
         bail!("--workers and --steps must be at least 1");
     }
     if args.algo.is_empty() {
         bail!("--algo: name at least one algorithm");
     }
-    let file: toml::Table = match &args.config {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .parse()
-            .with_context(|| format!("parsing {}", path.display()))?,
-        None => toml::Table::new(),
-    };
-    if let Some(unknown) = file.keys().find(|k| k.parse::<Algorithm>().is_err()) {
-        bail!(
-            "config: [{unknown}] is not an algorithm; use one table per algorithm, e.g. [diloco]"
-        );
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = args.algo.iter().find(|a| !seen.insert(**a)) {
+        bail!("--algo: {dup} is named twice");
     }
-    // A KEY=VALUE meant for "every algorithm that has it" must fit at least one, or a typo
-    // would pass silently.
-    for s in &args.set {
-        let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
-        if key.contains('.') {
-            continue;
-        }
-        let mut known = std::collections::BTreeSet::new();
-        for &a in &args.algo {
-            let defaults: toml::Table = AlgoConfig::default_for(a).to_toml().parse()?;
-            known.extend(defaults.keys().filter(|k| *k != "algo").cloned());
-        }
-        if !known.contains(key) {
-            let known: Vec<String> = known.into_iter().collect();
-            bail!(
-                "--set {key}: no selected algorithm has this setting; they have {}",
-                known.join(", ")
-            );
-        }
+    if args.eval_every == Some(0) {
+        bail!("--eval-every must be at least 1");
     }
-    // Validate every configuration before training anything.
-    let configs =
-        args.algo.iter().map(|&a| algo_config(args, a, &file)).collect::<Result<Vec<_>>>()?;
-    tch::set_num_threads(1);
-    println!(
-        "Training a small MLP with {} workers for {} inner steps each, per algorithm.\n",
-        args.workers, args.steps
-    );
-    let mut outcomes = Vec::new();
-    for config in configs {
-        tracing::info!(algo = %config.algorithm(), "training");
-        outcomes.push(run_one(args, config)?);
+    if args.stop_after == Some(0) {
+        bail!("--stop-after must be at least 1");
     }
-    let ddp_bytes = outcomes
-        .iter()
-        .find(|o| o.config.algorithm() == Algorithm::Ddp)
-        .map(|o| o.bytes_per_worker);
-    println!(
-        "{:<11} {:>9} {:>9} {:>7} {:>14} {:>9} {:>9} {:>6}",
-        "algorithm", "loss@0", "loss", "rounds", "bytes/worker", "ddp/this", "replicas", "secs"
-    );
-    for o in &outcomes {
-        let vs_ddp = match ddp_bytes {
-            Some(d) if o.bytes_per_worker > 0.0 => format!("{:.0}x", d / o.bytes_per_worker),
-            _ => "-".into(),
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    Ok(())
+}
+
+/// Loads `--data`, with a hint when the default corpus is missing.
+fn load_corpus(args: &TrainArgs) -> Result<Corpus> {
+    let format = args.data_format.unwrap_or_else(|| TokenFormat::from_extension(&args.data));
+    if format == TokenFormat::Text && args.vocab.is_some() {
+        bail!("--vocab applies to pre-tokenized data (u16/u32); text is byte-level (256)");
+    }
+    if !args.data.exists() {
+        let hint = if args.data == Path::new("data/corpus.txt") {
+            " (the set-up installs it: run `make setup`, or pass --data FILE)"
+        } else {
+            ""
         };
+        bail!("data: {} does not exist{hint}", args.data.display());
+    }
+    Corpus::load(&args.data, format, args.vocab)
+}
+
+/// Runs `meridian train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    validate(args)?;
+    let config = RunConfig::build(
+        &args.model,
+        &args.algo,
+        args.config.as_deref(),
+        args.inner_steps,
+        &args.set,
+    )?;
+    let corpus = Arc::new(load_corpus(args)?);
+    tch::set_num_threads(
+        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            as i32,
+    );
+    // Build one model now: a bad TorchScript file or shape fails before anything is written.
+    let probe = build_model(&config.model, corpus.vocab(), args.seed)?;
+    let split = Split::new(corpus.clone(), probe.context() as usize)?;
+    for w in 0..args.workers {
+        split.shard(w, args.workers, args.seed, config.data.batch as usize)?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let eval_every = args.eval_every.unwrap_or((args.steps / 20).max(1));
+    let (train_tokens, val_tokens) = split.sizes();
+    let params = parameter_count(probe.as_ref());
+    println!(
+        "Training {} ({:.2}M parameters) with {} workers for {} inner steps each, per \
+         algorithm,\non {} ({:.1} MB: {} training, {} validation tokens).\n",
+        probe.describe(),
+        params as f64 / 1e6,
+        args.workers,
+        args.steps,
+        corpus.source(),
+        corpus.len() as f64 / 1e6,
+        train_tokens,
+        val_tokens
+    );
+    let setup = Setup { args, config: &config, corpus: corpus.clone(), eval_every };
+    let mut algos = Vec::new();
+    for algo in &config.algos {
+        tracing::info!(algo = %algo.algorithm(), "training");
+        algos.push(run_one(&setup, algo)?);
+    }
+    let summary = Summary {
+        model: probe.describe(),
+        parameters: params,
+        data: DataSummary {
+            source: corpus.source().to_string(),
+            tokens: corpus.len() as u64,
+            train_tokens: train_tokens as u64,
+            val_tokens: val_tokens as u64,
+            vocab: corpus.vocab(),
+        },
+        workers: args.workers,
+        steps: args.steps,
+        seed: args.seed,
+        batch: config.data.batch,
+        context: probe.context() as u64,
+        inner: config.inner,
+        algorithms: algos,
+    };
+    summary.write(&args.out.join("summary.json"))?;
+    let curves: Vec<Curve> = summary
+        .algorithms
+        .iter()
+        .map(|a| Curve { label: a.algorithm.clone(), points: a.curve.clone() })
+        .collect();
+    let mut plots = crate::plot::write_loss_plot(
+        &args.out,
+        "val_loss_vs_steps",
+        "Validation loss against inner steps",
+        XAxis::Steps,
+        &curves,
+    )?;
+    plots.extend(crate::plot::write_loss_plot(
+        &args.out,
+        "val_loss_vs_bytes",
+        "Validation loss against bytes sent per worker",
+        XAxis::BytesPerWorker,
+        &curves,
+    )?);
+    summary.print_table();
+    if let Some(stop) = args.stop_after.filter(|&s| s < args.steps) {
         println!(
-            "{:<11} {:>9.4} {:>9.4} {:>7} {:>14.0} {:>9} {:>9} {:>6.1}",
-            o.config.algorithm().name(),
-            o.initial_loss,
-            o.final_loss,
-            o.rounds,
-            o.bytes_per_worker,
-            vs_ddp,
-            if o.replicas_identical { "identical" } else { "DIFFER" },
-            o.seconds
+            "\nStopped after step {stop} of {}; continue with the same flags and --resume.",
+            args.steps
         );
     }
-    println!(
-        "\nloss = held-out MSE (mean over workers); bytes are the exact encoded payloads each\n\
-         worker sent (ddp/this: how many times fewer than DDP's); replicas = whether every\n\
-         worker held bit-identical parameters after every exchange (for Streaming DiLoCo,\n\
-         which keeps fragments local between syncs, its global copy)."
-    );
-    if outcomes.iter().any(|o| !o.replicas_identical) {
+    println!("\nWrote summary.json and {} plots in {}.", plots.len(), args.out.display());
+    if summary.algorithms.iter().any(|a| !a.replicas_identical) {
         bail!("replicas diverged");
     }
     Ok(())

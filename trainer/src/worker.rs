@@ -2,7 +2,7 @@
 //! the warmup–cosine schedule, its data [`Shard`] and the shared validation batches. This
 //! is the [`TrainStep`] the outer optimizers drive.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::{OptimizerError, Result};
@@ -19,7 +19,7 @@ pub struct LmWorker {
     adam: AdamW,
     inner: InnerConfig,
     shard: Shard,
-    validation: Arc<Vec<(Tensor, Tensor)>>,
+    validation: Rc<Vec<(Tensor, Tensor)>>,
     total_steps: u64,
     last_grad_norm: f64,
 }
@@ -43,7 +43,7 @@ impl LmWorker {
         model: Box<dyn LanguageModel>,
         inner: InnerConfig,
         shard: Shard,
-        validation: Arc<Vec<(Tensor, Tensor)>>,
+        validation: Rc<Vec<(Tensor, Tensor)>>,
         total_steps: u64,
     ) -> anyhow::Result<Self> {
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t).collect();

@@ -1,5 +1,9 @@
 //! The `meridian` binary as a user runs it.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> (bool, String, String) {
@@ -18,19 +22,52 @@ fn meridian(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The corpus the set-up installs.
+fn corpus() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
+    assert!(std::path::Path::new(path).exists(), "{path} missing: run `make setup` first");
+    path.to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meridian-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `meridian train` with the fast model on the corpus, writing into `out`.
+fn train(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let data = corpus();
+    let mut args = vec!["train", "--threads", "1"];
+    if !extra.contains(&"--model") {
+        args.extend(["--model", "mlp"]);
+    }
+    if !extra.contains(&"--data") {
+        args.extend(["--data", &data]);
+    }
+    let out = out.to_str().unwrap().to_string();
+    args.extend(["--out", &out]);
+    args.extend(extra);
+    meridian(&args)
+}
+
 #[test]
 fn train_compares_algorithms_with_identical_replicas() {
-    let (ok, stdout, stderr) = meridian(&[
-        "train",
-        "--algo",
-        "ddp,diloco,sparseloco",
-        "--workers",
-        "2",
-        "--steps",
-        "40",
-        "--inner-steps",
-        "10",
-    ]);
+    let dir = scratch("compare");
+    let (ok, stdout, stderr) = train(
+        &dir,
+        &[
+            "--algo",
+            "ddp,diloco,sparseloco",
+            "--workers",
+            "2",
+            "--steps",
+            "40",
+            "--inner-steps",
+            "10",
+        ],
+    );
     assert!(ok, "{stderr}");
     for algo in ["ddp", "diloco", "sparseloco"] {
         let line = stdout.lines().find(|l| l.starts_with(algo)).unwrap_or_default();
@@ -38,44 +75,85 @@ fn train_compares_algorithms_with_identical_replicas() {
     }
     // DiLoCo at H = 10 over 40 steps: 4 rounds.
     let diloco = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
-    assert_eq!(diloco.split_whitespace().nth(3), Some("4"), "{diloco}");
+    assert_eq!(diloco.split_whitespace().nth(4), Some("4"), "{diloco}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let algos = summary["algorithms"].as_array().unwrap();
+    assert_eq!(algos.len(), 3);
+    for a in algos {
+        let (v0, v) =
+            (a["initial_val_loss"].as_f64().unwrap(), a["final_val_loss"].as_f64().unwrap());
+        // SparseLoCo moves 1.6% of the coordinates per round: 4 rounds barely start it.
+        let gain = if a["algorithm"] == "sparseloco" { 0.01 } else { 0.5 };
+        assert!(v < v0 - gain, "{}: validation loss {v0} -> {v}", a["algorithm"]);
+        assert_eq!(a["tokens_per_worker"].as_u64(), Some(40 * 8 * 64));
+        let t = &a["round_totals"];
+        assert_eq!(t["sent"].as_array().unwrap().len(), 2);
+        assert!(a["curve"].as_array().unwrap().len() >= 2);
+    }
+    let ddp = algos.iter().find(|a| a["algorithm"] == "ddp").unwrap();
+    let diloco = algos.iter().find(|a| a["algorithm"] == "diloco").unwrap();
+    let ratio = ddp["bytes_sent_per_worker"].as_f64().unwrap()
+        / diloco["bytes_sent_per_worker"].as_f64().unwrap();
+    assert!((ratio - 10.0).abs() < 0.5, "DiLoCo at H = 10 sends a tenth of DDP: {ratio}");
+    let rounds = std::fs::read_to_string(dir.join("rounds-diloco.jsonl")).unwrap();
+    assert_eq!(rounds.lines().count(), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn mistakes_are_named_and_fail() {
-    let (ok, _, stderr) = meridian(&["train", "--algo", "diloco", "--set", "momentun=0.5"]);
-    assert!(!ok && stderr.contains("momentun"), "{stderr}");
-    let (ok, _, stderr) = meridian(&["train", "--algo", "adam"]);
-    assert!(!ok && stderr.contains("adam"), "{stderr}");
-    let (ok, _, stderr) = meridian(&["train", "--algo", "diloco", "--inner-steps", "0"]);
-    assert!(!ok && stderr.contains("inner_steps"), "{stderr}");
-    let (ok, _, stderr) = meridian(&["train", "--config", "/nonexistent/run.toml"]);
-    assert!(!ok && stderr.contains("/nonexistent/run.toml"), "{stderr}");
+    let dir = scratch("mistakes");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--algo", "diloco", "--set", "momentun=0.5"], "momentun"),
+        (&["--algo", "adam"], "adam"),
+        (&["--algo", "diloco", "--inner-steps", "0"], "inner_steps"),
+        (&["--config", "/nonexistent/run.toml"], "/nonexistent/run.toml"),
+        (&["--data", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+        (&["--set", "sparseloco.topk=5000", "--algo", "sparseloco"], "topk"),
+        (&["--set", "inner.lr=0", "--algo", "ddp"], "lr"),
+        (&["--set", "model.hidden=0", "--algo", "ddp"], "hidden"),
+        (&["--model", "torchscript:/nonexistent/m.pt", "--algo", "ddp"], "/nonexistent/m.pt"),
+        (&["--model", "transformer"], "transformer"),
+    ];
+    for (args, needle) in cases {
+        let (ok, _, stderr) = train(&dir, args);
+        assert!(!ok && stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, stderr) = train(&dir, &["--data", empty.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("empty"), "{stderr}");
+    // Nothing was trained, so nothing was written.
+    assert!(!dir.join("summary.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn config_file_tables_configure_each_algorithm() {
-    let dir = std::env::temp_dir().join(format!("meridian-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("config");
     let path = dir.join("run.toml");
-    std::fs::write(&path, "[diloco]\ninner_steps = 5\n").unwrap();
-    let (ok, stdout, stderr) = meridian(&[
-        "train",
-        "--algo",
-        "diloco",
-        "--workers",
-        "2",
-        "--steps",
-        "20",
-        "--config",
-        path.to_str().unwrap(),
-    ]);
+    std::fs::write(&path, "[diloco]\ninner_steps = 5\n[model]\nhidden = 64\n[data]\nbatch = 4\n")
+        .unwrap();
+    let (ok, stdout, stderr) = train(
+        &dir,
+        &[
+            "--algo",
+            "diloco",
+            "--workers",
+            "2",
+            "--steps",
+            "20",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{stderr}");
     let diloco = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
-    assert_eq!(diloco.split_whitespace().nth(3), Some("4"), "{diloco}");
+    assert_eq!(diloco.split_whitespace().nth(4), Some("4"), "{diloco}");
+    assert!(stdout.contains("hidden64"), "{stdout}");
     std::fs::write(&path, "[diloco]\ninner_stepz = 5\n").unwrap();
-    let (ok, _, stderr) =
-        meridian(&["train", "--algo", "diloco", "--config", path.to_str().unwrap()]);
+    let (ok, _, stderr) = train(&dir, &["--algo", "diloco", "--config", path.to_str().unwrap()]);
     assert!(!ok && stderr.contains("inner_stepz"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,6 +8,7 @@
 pub mod gpt;
 pub mod init;
 pub mod mlp;
+pub mod torchscript;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,358 @@
+//! Checkpoints of an in-process run: everything needed to continue it bit for bit.
+//!
+//! A checkpoint is a directory:
+//! - `manifest.json`: format and version, progress (inner step, round), what the run is
+//!   (model, parameter names and shapes, algorithm settings, inner-optimizer settings,
+//!   schedule length, batch, seed, workers, the data's fingerprint), each worker's data
+//!   position and AdamW step count, and a hash of every other file;
+//! - `worker-{i}.safetensors`: worker i's parameters (`param/NAME`) and AdamW moments
+//!   (`adam_m/NAME`, `adam_v/NAME`);
+//! - `worker-{i}.outer.safetensors`: worker i's outer-optimizer state (global snapshot,
+//!   outer momentum, error-feedback buffers, in-flight fragments: whatever the algorithm
+//!   keeps, see `OuterOptimizer::state`).
+//!
+//! It is written to a sibling temporary directory and renamed into place, so a crash while
+//! saving leaves the previous checkpoint intact. Loading checks the manifest against the
+//! run being resumed and names the first thing that differs, checks every file's hash,
+//! shape and finiteness, and only then replaces any state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use meridian_optimizer::harness::Harness;
+use meridian_optimizer::outer::OptimizerState;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::data::ShardState;
+use crate::worker::LmWorker;
+
+const FORMAT: &str = "meridian-checkpoint";
+const VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+/// What a run is: a checkpoint resumes only a run with the same identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    /// The model's one-line description (kind and shape).
+    pub model: String,
+    /// Parameter names and shapes, in canonical order.
+    pub params: Vec<(String, Vec<i64>)>,
+    /// The outer algorithm's settings, as TOML.
+    pub algorithm: String,
+    /// The inner optimizer's settings, as TOML.
+    pub inner: String,
+    /// Length of the learning-rate schedule, in inner steps.
+    pub schedule_steps: u64,
+    /// Windows per batch.
+    pub batch: u64,
+    /// Seed of the parameters and the shards.
+    pub seed: u64,
+    /// Workers.
+    pub workers: u32,
+    /// Fingerprint (xxh3) of the training tokens.
+    pub data: u64,
+}
+
+/// The manifest file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `meridian-checkpoint`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Inner steps done.
+    pub step: u64,
+    /// Exchanges done.
+    pub round: u64,
+    /// The run it belongs to.
+    pub identity: RunIdentity,
+    /// Each worker's data position.
+    pub shards: Vec<ShardState>,
+    /// Each worker's AdamW step count.
+    pub adam_steps: Vec<u64>,
+    /// xxh3 of every other file, by name.
+    pub files: BTreeMap<String, String>,
+}
+
+fn worker_file(i: usize) -> String {
+    format!("worker-{i}.safetensors")
+}
+
+fn outer_file(i: usize) -> String {
+    format!("worker-{i}.outer.safetensors")
+}
+
+fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)))
+}
+
+/// Saves the harness's complete state at its current step into `dir`, with `extras`
+/// (name, bytes) beside it, replacing any checkpoint there only once the new one is
+/// complete.
+pub fn save(
+    dir: &Path,
+    harness: &Harness<LmWorker>,
+    identity: &RunIdentity,
+    extras: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut files = BTreeMap::new();
+    let mut shards = Vec::new();
+    let mut adam_steps = Vec::new();
+    for (i, w) in harness.workers().iter().enumerate() {
+        let names = w.params.names();
+        let (m, v, steps) = w.train.adam().state();
+        let mut named: Vec<(String, Tensor)> = Vec::with_capacity(names.len() * 3);
+        for (j, (pname, t)) in w.train.model().parameters().into_iter().enumerate() {
+            named.push((format!("param/{pname}"), t.detach()));
+            named.push((format!("adam_m/{}", names[j]), m[j].shallow_clone()));
+            named.push((format!("adam_v/{}", names[j]), v[j].shallow_clone()));
+        }
+        let path = tmp.join(worker_file(i));
+        Tensor::write_safetensors(&named, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        files.insert(worker_file(i), file_hash(&path)?);
+        let outer_path = tmp.join(outer_file(i));
+        w.outer.state()?.save(&outer_path)?;
+        files.insert(outer_file(i), file_hash(&outer_path)?);
+        shards.push(w.train.shard().state());
+        adam_steps.push(steps);
+    }
+    for (name, bytes) in extras {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        files.insert((*name).to_string(), file_hash(&path)?);
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        step: harness.steps_done(),
+        round: harness.rounds_done(),
+        identity: identity.clone(),
+        shards,
+        adam_steps,
+        files,
+    };
+    let manifest_path = tmp.join(MANIFEST);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    // Swap in the new checkpoint: the old one is removed only after the rename.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Reads and checks the manifest in `dir`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("checkpoint: cannot read {}", path.display()))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("checkpoint: {} is not a valid manifest", path.display()))?;
+    if m.format != FORMAT {
+        bail!("checkpoint: {} is a {:?}, not a {FORMAT}", path.display(), m.format);
+    }
+    if m.version != VERSION {
+        bail!(
+            "checkpoint: format version {} is not supported (this build reads {VERSION})",
+            m.version
+        );
+    }
+    Ok(m)
+}
+
+/// Names the first difference between the checkpoint's run and this one.
+fn compare(saved: &RunIdentity, now: &RunIdentity) -> Result<()> {
+    let differ = |what: &str, a: &dyn std::fmt::Display, b: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "checkpoint is from another run: {what} differs (checkpoint: {a}; this run: {b})"
+        )
+    };
+    if saved.model != now.model {
+        return Err(differ("the model", &saved.model, &now.model));
+    }
+    if saved.params != now.params {
+        let diff = saved
+            .params
+            .iter()
+            .zip(&now.params)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("{} {:?} vs {} {:?}", a.0, a.1, b.0, b.1))
+            .unwrap_or_else(|| format!("{} vs {} tensors", saved.params.len(), now.params.len()));
+        return Err(differ("the parameters", &diff, &"-"));
+    }
+    let toml_diff = |what: &str, a: &str, b: &str| -> Result<()> {
+        if a == b {
+            return Ok(());
+        }
+        let (ta, tb): (toml::Table, toml::Table) =
+            (a.parse().unwrap_or_default(), b.parse().unwrap_or_default());
+        let key = ta
+            .iter()
+            .find(|(k, v)| tb.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .or_else(|| tb.keys().find(|k| !ta.contains_key(*k)).cloned())
+            .unwrap_or_default();
+        let show = |t: &toml::Table| t.get(&key).map_or("unset".to_string(), |v| v.to_string());
+        Err(differ(&format!("{what} setting {key:?}"), &show(&ta), &show(&tb)))
+    };
+    toml_diff("the outer algorithm's", &saved.algorithm, &now.algorithm)?;
+    toml_diff("the inner optimizer's", &saved.inner, &now.inner)?;
+    if saved.schedule_steps != now.schedule_steps {
+        return Err(differ(
+            "the schedule length (--steps)",
+            &saved.schedule_steps,
+            &now.schedule_steps,
+        ));
+    }
+    if saved.batch != now.batch {
+        return Err(differ("the batch", &saved.batch, &now.batch));
+    }
+    if saved.seed != now.seed {
+        return Err(differ("the seed", &saved.seed, &now.seed));
+    }
+    if saved.workers != now.workers {
+        return Err(differ("the number of workers", &saved.workers, &now.workers));
+    }
+    if saved.data != now.data {
+        return Err(differ(
+            "the data (token fingerprint)",
+            &format!("{:016x}", saved.data),
+            &format!("{:016x}", now.data),
+        ));
+    }
+    Ok(())
+}
+
+/// One worker's state read from disk and checked, not yet applied.
+struct Loaded {
+    params: Vec<Tensor>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    outer: OptimizerState,
+}
+
+fn take(
+    map: &mut BTreeMap<String, Tensor>,
+    key: &str,
+    like: &Tensor,
+    file: &Path,
+) -> Result<Tensor> {
+    let t = map
+        .remove(key)
+        .with_context(|| format!("checkpoint: {} has no tensor {key}", file.display()))?;
+    if t.size() != like.size() || t.kind() != like.kind() {
+        bail!(
+            "checkpoint: {key} in {} is {:?} {:?}, expected {:?} {:?}",
+            file.display(),
+            t.kind(),
+            t.size(),
+            like.kind(),
+            like.size()
+        );
+    }
+    let finite = t.isfinite().all().int64_value(&[]) == 1;
+    if !finite {
+        bail!("checkpoint: {key} in {} holds NaN or infinite values", file.display());
+    }
+    Ok(t)
+}
+
+/// Restores `harness` (built fresh for the run `identity`) from the checkpoint in `dir`
+/// and returns the manifest. The checkpoint is never modified. Every file is read and
+/// checked before the harness is touched, so a mismatched or corrupt checkpoint leaves it
+/// as it was; only a refusal by an outer optimizer's own state check, which comes last,
+/// can leave it part-restored (the caller then discards it).
+pub fn load(
+    dir: &Path,
+    harness: &mut Harness<LmWorker>,
+    identity: &RunIdentity,
+) -> Result<Manifest> {
+    let manifest = read_manifest(dir)?;
+    compare(&manifest.identity, identity)?;
+    let workers = harness.workers().len();
+    if manifest.shards.len() != workers || manifest.adam_steps.len() != workers {
+        bail!(
+            "checkpoint: the manifest describes {} workers, not {workers}",
+            manifest.shards.len()
+        );
+    }
+    for (name, expected) in &manifest.files {
+        let path = dir.join(name);
+        let got = file_hash(&path).with_context(|| "checkpoint: a file is missing".to_string())?;
+        if &got != expected {
+            bail!(
+                "checkpoint: {} is corrupt (hash {got}, manifest says {expected})",
+                path.display()
+            );
+        }
+    }
+    let mut loaded = Vec::with_capacity(workers);
+    for (i, w) in harness.workers().iter().enumerate() {
+        let path = dir.join(worker_file(i));
+        if !manifest.files.contains_key(&worker_file(i)) {
+            bail!("checkpoint: the manifest lists no {}", worker_file(i));
+        }
+        let mut map: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .with_context(|| format!("checkpoint: cannot read {}", path.display()))?
+            .into_iter()
+            .collect();
+        let mut l = Loaded {
+            params: vec![],
+            m: vec![],
+            v: vec![],
+            outer: OptimizerState::new(w.outer.algorithm()),
+        };
+        for (pname, t) in w.train.model().parameters() {
+            l.params.push(take(&mut map, &format!("param/{pname}"), &t, &path)?);
+        }
+        for (j, name) in w.params.names().iter().enumerate() {
+            let like = &w.train.adam().state().0[j];
+            l.m.push(take(&mut map, &format!("adam_m/{name}"), like, &path)?);
+            l.v.push(take(&mut map, &format!("adam_v/{name}"), like, &path)?);
+        }
+        let outer_path = dir.join(outer_file(i));
+        l.outer = OptimizerState::load(&outer_path)
+            .with_context(|| format!("checkpoint: cannot read {}", outer_path.display()))?;
+        l.outer.expect_algorithm(w.outer.algorithm())?;
+        loaded.push(l);
+    }
+    // Everything is read and checked: apply. The outer state goes last because loading it
+    // can still refuse (per-algorithm checks); on refusal, restore nothing else either.
+    for (w, l) in harness.workers_mut().iter_mut().zip(&loaded) {
+        w.outer.load_state(&w.params, &l.outer).context("checkpoint: outer optimizer state")?;
+    }
+    for (i, (w, l)) in harness.workers_mut().iter_mut().zip(loaded).enumerate() {
+        tch::no_grad(|| {
+            for ((_, p), saved) in w.train.model().parameters().into_iter().zip(&l.params) {
+                let mut p = p;
+                p.copy_(saved);
+            }
+        });
+        w.train.adam_mut().restore(l.m, l.v, manifest.adam_steps[i])?;
+        w.train.shard_mut().restore(manifest.shards[i]);
+    }
+    harness.resume_at(manifest.step, manifest.round);
+    Ok(manifest)
+}
+
+/// Where `meridian train` keeps algorithm `algo`'s checkpoint under `out`.
+pub fn dir_for(out: &Path, algo: &str) -> PathBuf {
+    out.join("checkpoints").join(algo)
+}

@@ -1,0 +1,317 @@
+//! A run's settings: the config file (`--config run.toml`), `--set` overrides and flags,
+//! merged and validated before anything trains.
+//!
+//! The file has one table per concern; every key is optional and an unknown key or table
+//! is an error that names it:
+//! ```toml
+//! [model]        # the model's shape (GptConfig for gpt, MlpConfig for mlp)
+//! d_model = 256
+//! [inner]        # the inner AdamW (InnerConfig)
+//! lr = 1e-3
+//! [data]         # batch and evaluation (DataConfig)
+//! batch = 8
+//! [diloco]       # one table per outer algorithm
+//! inner_steps = 100
+//! ```
+//! `--set KEY=VALUE` sets KEY for every selected algorithm that has it; `--set
+//! SCOPE.KEY=VALUE` sets it in one table (`model`, `inner`, `data` or an algorithm).
+
+use anyhow::{bail, Context, Result};
+use meridian_optimizer::config::AlgoConfig;
+use meridian_optimizer::Algorithm;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::adamw::InnerConfig;
+use crate::model::gpt::GptConfig;
+use crate::model::mlp::MlpConfig;
+use crate::model::ModelKind;
+
+/// Batching and evaluation; the `[data]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Windows per inner step per worker.
+    pub batch: u64,
+    /// Validation batches per evaluation (the same windows every time).
+    pub eval_batches: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { batch: 8, eval_batches: 8 }
+    }
+}
+
+/// A TorchScript model's settings (its `[model]` table): fallbacks for what the module
+/// does not export itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TorchScriptConfig {
+    /// Tokens per window, if the module has no `context()` method.
+    pub context: Option<i64>,
+}
+
+/// The model's settings, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// The built-in GPT.
+    Gpt(GptConfig),
+    /// The byte-level MLP.
+    Mlp(MlpConfig),
+    /// A TorchScript file.
+    TorchScript(std::path::PathBuf, TorchScriptConfig),
+}
+
+/// Everything configurable about a run, after the file and the overrides.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The model.
+    pub model: ModelConfig,
+    /// The inner optimizer.
+    pub inner: InnerConfig,
+    /// Batching and evaluation.
+    pub data: DataConfig,
+    /// Each selected algorithm's settings, in the order given.
+    pub algos: Vec<AlgoConfig>,
+}
+
+const SCOPES: [&str; 3] = ["model", "inner", "data"];
+
+/// A bare word is a string; anything else is parsed as a TOML value.
+fn toml_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn section<T: DeserializeOwned + Serialize + Default>(
+    scope: &str,
+    file: &toml::Table,
+    overrides: &[(String, String)],
+) -> Result<T> {
+    let mut table = match file.get(scope) {
+        Some(toml::Value::Table(t)) => t.clone(),
+        Some(_) => bail!("config: [{scope}] must be a table"),
+        None => toml::Table::new(),
+    };
+    for (k, v) in overrides {
+        table.insert(k.clone(), toml_value(v));
+    }
+    let defaults = toml::Table::try_from(T::default()).unwrap_or_default();
+    T::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+        anyhow::anyhow!("[{scope}]: {e}; its settings are {}", known.join(", "))
+    })
+}
+
+/// Splits `--set` values into (scope, key, value); scope `None` means "every selected
+/// algorithm that has the key".
+fn parse_sets(sets: &[String]) -> Result<Vec<(Option<String>, String, String)>> {
+    sets.iter()
+        .map(|s| {
+            let (key, value) =
+                s.split_once('=').with_context(|| format!("--set {s:?}: expected KEY=VALUE"))?;
+            let (scope, key) = match key.trim().split_once('.') {
+                Some((a, k)) => (Some(a.to_string()), k.to_string()),
+                None => (None, key.trim().to_string()),
+            };
+            if let Some(scope) = &scope {
+                if !SCOPES.contains(&scope.as_str()) && scope.parse::<Algorithm>().is_err() {
+                    bail!("--set {s}: {scope:?} is neither model, inner, data nor an algorithm");
+                }
+            }
+            Ok((scope, key, value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The settings of one algorithm after the file, `inner_steps` and the overrides.
+fn algo_config(
+    algorithm: Algorithm,
+    file: &toml::Table,
+    inner_steps: Option<u64>,
+    sets: &[(Option<String>, String, String)],
+) -> Result<AlgoConfig> {
+    let fields = match file.get(algorithm.name()) {
+        Some(toml::Value::Table(t)) => t.clone(),
+        Some(_) => bail!("config: [{algorithm}] must be a table"),
+        None => toml::Table::new(),
+    };
+    let defaults: toml::Table = AlgoConfig::default_for(algorithm).to_toml().parse()?;
+    let mut overrides = Vec::new();
+    if let Some(h) = inner_steps {
+        if defaults.contains_key("inner_steps") {
+            overrides.push(("inner_steps".to_string(), h.to_string()));
+        }
+    }
+    for (scope, key, value) in sets {
+        let applies = match scope {
+            Some(s) => s.parse::<Algorithm>().ok() == Some(algorithm),
+            None => defaults.contains_key(key),
+        };
+        if applies {
+            overrides.push((key.clone(), value.clone()));
+        }
+    }
+    Ok(AlgoConfig::from_parts(algorithm, fields, &overrides)?)
+}
+
+impl RunConfig {
+    /// Merges the file (if any), `--inner-steps` and `--set` for `model` and `algos`.
+    pub fn build(
+        model: &ModelKind,
+        algos: &[Algorithm],
+        file: Option<&std::path::Path>,
+        inner_steps: Option<u64>,
+        sets: &[String],
+    ) -> Result<Self> {
+        let file: toml::Table = match file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("config: cannot read {}", path.display()))?
+                .parse()
+                .with_context(|| format!("config: cannot parse {}", path.display()))?,
+            None => toml::Table::new(),
+        };
+        if let Some(unknown) =
+            file.keys().find(|k| !SCOPES.contains(&k.as_str()) && k.parse::<Algorithm>().is_err())
+        {
+            bail!(
+                "config: [{unknown}] is not a known table; use [model], [inner], [data] or one \
+                 per algorithm, e.g. [diloco]"
+            );
+        }
+        let sets = parse_sets(sets)?;
+        // A KEY=VALUE meant for "every algorithm that has it" must fit at least one, or a
+        // typo would pass silently.
+        for (scope, key, _) in &sets {
+            if scope.is_some() {
+                continue;
+            }
+            let mut known = std::collections::BTreeSet::new();
+            for &a in algos {
+                let defaults: toml::Table = AlgoConfig::default_for(a).to_toml().parse()?;
+                known.extend(defaults.keys().filter(|k| *k != "algo").cloned());
+            }
+            if !known.contains(key) {
+                let known: Vec<String> = known.into_iter().collect();
+                bail!(
+                    "--set {key}: no selected algorithm has this setting; they have {} (use \
+                     model.{key}, inner.{key} or data.{key} for those tables)",
+                    known.join(", ")
+                );
+            }
+        }
+        let scoped = |scope: &str| -> Vec<(String, String)> {
+            sets.iter()
+                .filter(|(s, _, _)| s.as_deref() == Some(scope))
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let model = match model {
+            ModelKind::Gpt => {
+                let c: GptConfig = section("model", &file, &scoped("model"))?;
+                c.validate()?;
+                ModelConfig::Gpt(c)
+            }
+            ModelKind::Mlp => ModelConfig::Mlp(section("model", &file, &scoped("model"))?),
+            ModelKind::TorchScript(path) => {
+                ModelConfig::TorchScript(path.clone(), section("model", &file, &scoped("model"))?)
+            }
+        };
+        let inner: InnerConfig = section("inner", &file, &scoped("inner"))?;
+        inner.validate()?;
+        let data: DataConfig = section("data", &file, &scoped("data"))?;
+        if data.batch == 0 || data.eval_batches == 0 {
+            bail!("[data]: batch and eval_batches must be at least 1");
+        }
+        let algos = algos
+            .iter()
+            .map(|&a| algo_config(a, &file, inner_steps, &sets))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { model, inner, data, algos })
+    }
+
+    /// The inner optimizer's settings as TOML (checkpoints compare it).
+    pub fn inner_toml(&self) -> String {
+        toml::to_string(&self.inner).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempToml {
+        tempfile_path::TempToml::new(text)
+    }
+
+    mod tempfile_path {
+        pub struct TempToml(pub std::path::PathBuf);
+        impl TempToml {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("meridian-run-{}-{n}.toml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for TempToml {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn tables_and_overrides_merge_and_typos_are_named() {
+        let f = write("[model]\nd_model = 128\n[inner]\nlr = 0.002\n[diloco]\ninner_steps = 7\n");
+        let sets = vec!["model.layers=2".to_string(), "data.batch=3".to_string()];
+        let c = RunConfig::build(&ModelKind::Gpt, &[Algorithm::Diloco], Some(&f.0), None, &sets)
+            .unwrap();
+        assert_eq!(
+            c.model,
+            ModelConfig::Gpt(GptConfig { d_model: 128, layers: 2, ..Default::default() })
+        );
+        assert_eq!(c.inner.lr, 0.002);
+        assert_eq!(c.data.batch, 3);
+        assert!(c.algos[0].to_toml().contains("inner_steps = 7"));
+        let bad = write("[model]\nd_modle = 128\n");
+        let e = RunConfig::build(&ModelKind::Gpt, &[Algorithm::Ddp], Some(&bad.0), None, &[]);
+        assert!(e.unwrap_err().to_string().contains("d_modle"));
+        let bad = write("[optim]\nlr = 1\n");
+        let e = RunConfig::build(&ModelKind::Gpt, &[Algorithm::Ddp], Some(&bad.0), None, &[]);
+        assert!(e.unwrap_err().to_string().contains("[optim]"));
+        let e = RunConfig::build(
+            &ModelKind::Mlp,
+            &[Algorithm::Ddp],
+            None,
+            None,
+            &["inner.lr=-1".into()],
+        );
+        assert!(e.unwrap_err().to_string().contains("lr > 0"));
+        let e =
+            RunConfig::build(&ModelKind::Mlp, &[Algorithm::Ddp], None, None, &["modle.x=1".into()]);
+        assert!(e.unwrap_err().to_string().contains("modle"));
+        let e = RunConfig::build(
+            &ModelKind::Gpt,
+            &[Algorithm::Ddp],
+            None,
+            None,
+            &["model.heads=3".into()],
+        );
+        assert!(e.unwrap_err().to_string().contains("multiple of heads"));
+        let e = RunConfig::build(
+            &ModelKind::Mlp,
+            &[Algorithm::Ddp],
+            None,
+            None,
+            &["data.batch=0".into()],
+        );
+        assert!(e.unwrap_err().to_string().contains("batch"));
+    }
+}
