@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use tch::Tensor;
 
+pub mod torchscript;
+
 /// A model whose loss Meridian's inner loop minimises.
 ///
 /// `inputs` and `targets` are `[batch, context]` int64 token tensors on the model's device;
