@@ -157,3 +157,53 @@ fn config_file_tables_configure_each_algorithm() {
     assert!(!ok && stderr.contains("inner_stepz"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_users_torchscript_model_trains_across_workers() {
+    let dir = scratch("torchscript");
+    let model = dir.join("model.pt");
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/export_torchscript.py");
+    let status = Command::new(python).args([script, "--out", model.to_str().unwrap()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "exporting the example model failed");
+    let spec = format!("torchscript:{}", model.display());
+    let (ok, stdout, stderr) = train(
+        &dir,
+        &["--model", &spec, "--algo", "diloco", "--workers", "2", "--steps", "20", "--inner-steps", "10"],
+    );
+    assert!(ok, "{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
+    assert!(line.contains("identical"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["model"].as_str().unwrap().starts_with("torchscript:"), "{summary}");
+    let a = &summary["algorithms"][0];
+    assert!(a["final_val_loss"].as_f64().unwrap() < a["initial_val_loss"].as_f64().unwrap() - 0.5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pre_tokenized_ids_train_with_their_vocabulary() {
+    let dir = scratch("ids");
+    // A repeating sequence over a 1000-token vocabulary, as little-endian u16.
+    let ids: Vec<u8> = (0..60_000u32).flat_map(|i| (((i * 7) % 1000) as u16).to_le_bytes()).collect();
+    let path = dir.join("tokens.u16");
+    std::fs::write(&path, &ids).unwrap();
+    let p = path.to_str().unwrap();
+    let (ok, _, stderr) = train(&dir, &["--data", p, "--algo", "ddp", "--workers", "2", "--steps", "5"]);
+    assert!(!ok && stderr.contains("--vocab"), "{stderr}");
+    let (ok, _, stderr) =
+        train(&dir, &["--data", p, "--vocab", "999", "--algo", "ddp", "--workers", "2", "--steps", "5"]);
+    assert!(!ok && stderr.contains("not below the vocabulary size 999"), "{stderr}");
+    let (ok, stdout, stderr) = train(
+        &dir,
+        &["--data", p, "--vocab", "1000", "--algo", "ddp", "--workers", "2", "--steps", "30"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("vocab1000"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["data"]["vocab"], 1000);
+    assert_eq!(summary["data"]["tokens"], 60_000);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
