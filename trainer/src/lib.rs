@@ -6,6 +6,10 @@
 //! and multi-process commands as they land). Library crates below it stay free of
 //! application concerns.
 
+pub mod atomic_write;
+pub mod codec;
 pub mod compress_demo;
+pub mod compress_file;
 pub mod model;
+pub mod tensor_file;
 pub mod train;
