@@ -11,5 +11,6 @@ pub mod codec;
 pub mod compress_demo;
 pub mod compress_file;
 pub mod model;
+pub mod plot;
 pub mod tensor_file;
 pub mod train;
