@@ -4,52 +4,74 @@
 //! task, takes the DiLoCo pseudo-gradient Δ = θ_start − θ_end of every parameter tensor,
 //! and compresses it with each pipeline through the kernels, borrowing LibTorch's memory.
 //! Reports the exact bytes each pipeline puts on the wire against fp32, how much of Δ the
-//! receiver recovers, and how fast compression ran.
+//! receiver recovers, and how fast compression ran. `--algo` also takes the DiLoCo
+//! transports (see [`crate::codec`]).
+//!
+//! With `--input`, the same command measures a user's own safetensors file instead; that
+//! is [`crate::compress_file`].
 
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use meridian_kernels::pipeline::{Compressor, CompressorConfig};
 use meridian_optimizer::view::with_f32;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::codec::{self, Codec};
+
 /// Options of `meridian compress`.
 #[derive(Debug, Clone, Args)]
 pub struct CompressArgs {
-    /// Hidden width of the MLP (parameters grow as width²).
+    /// A safetensors file to compress instead of the demo's pseudo-gradient: any
+    /// gradients, pseudo-gradients or weights (f16, bf16, f32 or f64; integer, bool and
+    /// empty tensors are skipped). Prints bytes, ratio and relative error per tensor and
+    /// in total.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub input: Option<PathBuf>,
+    /// With --input and one --algo: write the decoded tensors here (same names, shapes and
+    /// dtypes), to compare with other implementations. Never the input file.
+    #[arg(long, value_name = "DECODED.safetensors", requires = "input")]
+    pub out: Option<PathBuf>,
+    /// Algorithms to run, comma separated: the kernel pipelines sparseloco, demo,
+    /// demo-2bit, demo-sign and the DiLoCo transports diloco-f32, diloco-bf16, diloco-int8.
+    /// Default: all of them with --input, the four pipelines without.
+    #[arg(long, value_delimiter = ',', env = "MERIDIAN_COMPRESS_ALGO")]
+    pub algo: Option<Vec<String>>,
+    /// Older name of --algo, kept for existing scripts; --algo wins when both are given.
+    #[arg(long, value_delimiter = ',', env = "MERIDIAN_PIPELINES")]
+    pub pipelines: Option<Vec<String>>,
+    /// Demo only: hidden width of the MLP (parameters grow as width²).
     #[arg(long, default_value_t = 1024, env = "MERIDIAN_WIDTH")]
     pub width: i64,
-    /// Hidden layers of the MLP.
+    /// Demo only: hidden layers of the MLP.
     #[arg(long, default_value_t = 3, env = "MERIDIAN_LAYERS")]
     pub layers: i64,
-    /// Inner AdamW steps before the pseudo-gradient is taken (DiLoCo's H).
+    /// Demo only: inner AdamW steps before the pseudo-gradient is taken (DiLoCo's H).
     #[arg(long, default_value_t = 20, env = "MERIDIAN_INNER_STEPS")]
     pub inner_steps: i64,
-    /// Pipelines to run, comma separated: sparseloco, demo, demo-2bit, demo-sign.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "sparseloco,demo,demo-2bit,demo-sign",
-        env = "MERIDIAN_PIPELINES"
-    )]
-    pub pipelines: Vec<String>,
-    /// Seed for the model, the data and everything random.
+    /// Demo only: seed for the model, the data and everything random.
     #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
     pub seed: i64,
 }
 
-fn preset(name: &str) -> Result<CompressorConfig> {
-    Ok(match name {
-        "sparseloco" => CompressorConfig::sparseloco(),
-        "demo" => CompressorConfig::demo(),
-        "demo-2bit" => CompressorConfig::demo_2bit(),
-        "demo-sign" => CompressorConfig::demo_sign(),
-        other => {
-            bail!("unknown pipeline {other:?}; choose from sparseloco, demo, demo-2bit, demo-sign")
-        }
-    })
+impl CompressArgs {
+    /// The algorithms to run: --algo, else --pipelines, else the default for the mode.
+    pub fn algorithms(&self) -> Vec<String> {
+        let default: &[&str] = if self.input.is_some() { &codec::ALL } else { &codec::PIPELINES };
+        self.algo
+            .clone()
+            .or_else(|| self.pipelines.clone())
+            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+
+/// Runs `meridian compress`: on the file given with `--input`, else the demo.
+pub fn run(args: &CompressArgs) -> Result<()> {
+    match &args.input {
+        Some(input) => crate::compress_file::run(input, &args.algorithms(), args.out.as_deref()),
+        None => run_demo(args),
+    }
 }
 
 /// A named parameter tensor's pseudo-gradient, contiguous f32 on the CPU.
@@ -105,10 +127,13 @@ fn pseudo_gradient(args: &CompressArgs) -> Result<Vec<Delta>> {
     Ok(deltas)
 }
 
-/// Runs `meridian compress`.
-pub fn run(args: &CompressArgs) -> Result<()> {
-    let configs: Vec<(String, CompressorConfig)> =
-        args.pipelines.iter().map(|p| Ok((p.clone(), preset(p)?))).collect::<Result<_>>()?;
+/// The demo: one outer round of a small MLP, compressed with each algorithm.
+fn run_demo(args: &CompressArgs) -> Result<()> {
+    let codecs: Vec<(String, Codec)> = args
+        .algorithms()
+        .iter()
+        .map(|p| Ok((p.clone(), Codec::parse(p)?)))
+        .collect::<Result<_>>()?;
     let deltas = pseudo_gradient(args)?;
     let params: usize = deltas.iter().map(|d| d.shape.iter().product::<usize>()).sum();
     println!(
@@ -125,26 +150,25 @@ pub fn run(args: &CompressArgs) -> Result<()> {
         "{:<12} {:>12} {:>9.1}x {:>9.2}% {:>10.4} {:>14}",
         "fp32", fp32_bytes, 1.0, 100.0, 0.0, "-"
     );
-    for (name, config) in &configs {
+    for (name, codec) in &codecs {
         let mut bytes = 0usize;
         let mut kept = 0usize;
         let (mut err2, mut norm2) = (0f64, 0f64);
         let mut seconds = 0f64;
         for d in &deltas {
-            let mut c = Compressor::new(*config, &d.shape)
-                .with_context(|| format!("{name} on {} {:?}", d.name, d.shape))?;
-            let t0 = Instant::now();
-            let sent = with_f32(&d.name, &d.values, |x| c.compress(x))??;
-            seconds += t0.elapsed().as_secs_f64();
-            bytes += sent.bytes.len();
-            kept += sent.sent.len();
-            let received = c.decompress(&sent.bytes)?;
             with_f32(&d.name, &d.values, |x| {
-                for (a, b) in x.iter().zip(&received) {
+                let rt = codec
+                    .round_trip(&d.shape, x)
+                    .with_context(|| format!("{name} on {} {:?}", d.name, d.shape))?;
+                seconds += rt.encode_seconds;
+                bytes += rt.bytes;
+                kept += rt.kept;
+                for (a, b) in x.iter().zip(&rt.decoded) {
                     err2 += f64::from(a - b).powi(2);
                     norm2 += f64::from(*a).powi(2);
                 }
-            })?;
+                anyhow::Ok(())
+            })??;
         }
         let rel = if norm2 > 0.0 { (err2 / norm2).sqrt() } else { 0.0 };
         println!(

@@ -7,13 +7,17 @@
 //! application concerns.
 
 pub mod adamw;
+pub mod atomic_write;
 pub mod checkpoint;
+pub mod codec;
 pub mod compress_demo;
+pub mod compress_file;
 pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod run_config;
 pub mod summary;
+pub mod tensor_file;
 pub mod train;
 pub mod worker;

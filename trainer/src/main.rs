@@ -15,7 +15,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Compress one outer round's pseudo-gradient of a small model with each pipeline and
-    /// report bytes on the wire, reconstruction error and speed.
+    /// report bytes on the wire, reconstruction error and speed; with --input, the tensors
+    /// of your own safetensors file instead.
     Compress(meridian_trainer::compress_demo::CompressArgs),
     /// Train N workers in one process with one or more outer algorithms (DDP, DiLoCo, DeMo,
     /// SparseLoCo, Streaming DiLoCo) and compare their loss and bytes on the wire.

@@ -454,20 +454,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .iter()
         .map(|a| Curve { label: a.algorithm.clone(), points: a.curve.clone() })
         .collect();
-    let mut plots = crate::plot::write_loss_plot(
-        &args.out,
-        "val_loss_vs_steps",
-        "Validation loss against inner steps",
-        XAxis::Steps,
-        &curves,
-    )?;
-    plots.extend(crate::plot::write_loss_plot(
-        &args.out,
-        "val_loss_vs_bytes",
-        "Validation loss against bytes sent per worker",
-        XAxis::BytesPerWorker,
-        &curves,
-    )?);
+    // A plot that cannot be drawn (no round finished yet, so no bytes) is a note, not a
+    // failure: the summary already holds the numbers.
+    let mut plots = Vec::new();
+    for (stem, title, x) in [
+        ("val_loss_vs_steps", "Validation loss against inner steps", XAxis::Steps),
+        (
+            "val_loss_vs_bytes",
+            "Validation loss against bytes sent per worker",
+            XAxis::BytesPerWorker,
+        ),
+    ] {
+        match crate::plot::write_loss_plot(&args.out, stem, title, x, &curves) {
+            Ok(paths) => plots.extend(paths),
+            Err(e) => tracing::warn!("{stem} not plotted: {e:#}"),
+        }
+    }
     summary.print_table();
     if let Some(stop) = args.stop_after.filter(|&s| s < args.steps) {
         println!(

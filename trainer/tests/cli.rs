@@ -96,6 +96,12 @@ fn train_compares_algorithms_with_identical_replicas() {
     let ratio = ddp["bytes_sent_per_worker"].as_f64().unwrap()
         / diloco["bytes_sent_per_worker"].as_f64().unwrap();
     assert!((ratio - 10.0).abs() < 0.5, "DiLoCo at H = 10 sends a tenth of DDP: {ratio}");
+    for plot in ["val_loss_vs_steps", "val_loss_vs_bytes"] {
+        let svg = std::fs::read_to_string(dir.join(format!("{plot}.svg"))).unwrap();
+        assert!(svg.contains("sparseloco") && svg.contains("diloco"), "{plot}: legend");
+        let png = std::fs::read(dir.join(format!("{plot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{plot}.png");
+    }
     let rounds = std::fs::read_to_string(dir.join("rounds-diloco.jsonl")).unwrap();
     assert_eq!(rounds.lines().count(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -169,7 +175,18 @@ fn a_users_torchscript_model_trains_across_workers() {
     let spec = format!("torchscript:{}", model.display());
     let (ok, stdout, stderr) = train(
         &dir,
-        &["--model", &spec, "--algo", "diloco", "--workers", "2", "--steps", "20", "--inner-steps", "10"],
+        &[
+            "--model",
+            &spec,
+            "--algo",
+            "diloco",
+            "--workers",
+            "2",
+            "--steps",
+            "20",
+            "--inner-steps",
+            "10",
+        ],
     );
     assert!(ok, "{stderr}");
     let line = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
@@ -186,14 +203,18 @@ fn a_users_torchscript_model_trains_across_workers() {
 fn pre_tokenized_ids_train_with_their_vocabulary() {
     let dir = scratch("ids");
     // A repeating sequence over a 1000-token vocabulary, as little-endian u16.
-    let ids: Vec<u8> = (0..60_000u32).flat_map(|i| (((i * 7) % 1000) as u16).to_le_bytes()).collect();
+    let ids: Vec<u8> =
+        (0..60_000u32).flat_map(|i| (((i * 7) % 1000) as u16).to_le_bytes()).collect();
     let path = dir.join("tokens.u16");
     std::fs::write(&path, &ids).unwrap();
     let p = path.to_str().unwrap();
-    let (ok, _, stderr) = train(&dir, &["--data", p, "--algo", "ddp", "--workers", "2", "--steps", "5"]);
-    assert!(!ok && stderr.contains("--vocab"), "{stderr}");
     let (ok, _, stderr) =
-        train(&dir, &["--data", p, "--vocab", "999", "--algo", "ddp", "--workers", "2", "--steps", "5"]);
+        train(&dir, &["--data", p, "--algo", "ddp", "--workers", "2", "--steps", "5"]);
+    assert!(!ok && stderr.contains("--vocab"), "{stderr}");
+    let (ok, _, stderr) = train(
+        &dir,
+        &["--data", p, "--vocab", "999", "--algo", "ddp", "--workers", "2", "--steps", "5"],
+    );
     assert!(!ok && stderr.contains("not below the vocabulary size 999"), "{stderr}");
     let (ok, stdout, stderr) = train(
         &dir,

@@ -1,0 +1,261 @@
+//! `meridian compress --input FILE.safetensors`: how much would my model's updates shrink?
+//!
+//! Reads any safetensors file (gradients, pseudo-gradients, weights), runs each selected
+//! algorithm's encoder and decoder on every tensor, and prints per tensor and in total the
+//! bytes before and after, the ratio, and the relative error ‖x − decoded‖ / ‖x‖ of what
+//! a receiver reconstructs. `--out` writes the decoded tensors (same names, shapes and
+//! dtypes as the input) for comparison with other implementations.
+//!
+//! Definitions:
+//! - *bytes* are the tensor's bytes as stored in the input (elements × dtype size), so a
+//!   bf16 file sent as `diloco-f32` shows a ratio of 0.5.
+//! - *sent* is the exact length of the algorithm's encoding of the tensor (for the kernel
+//!   pipelines including their header and packed indices), without the payload framing
+//!   common to all algorithms (see [`crate::codec`]).
+//! - the error is measured in f32 against the tensor converted to f32, the precision the
+//!   algorithms work in; the total error is that of all compressed tensors as one vector.
+//!
+//! Shapes: every tensor is compressed with its own shape, as training would send it. The
+//! DCT pipelines transform 0-d and 1-d tensors as vectors and ≥3-d tensors as a matrix of
+//! [first dimension, product of the rest]; SparseLoCo chunks the flat values.
+//!
+//! Integer, bool and empty tensors are listed as skipped and copied unchanged to `--out`.
+//! A NaN or infinite value is an error naming the tensor (see [`crate::tensor_file::read`]).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use meridian_optimizer::view::with_f32;
+
+use crate::codec::Codec;
+use crate::tensor_file::{self, dtype_name, Content, RawTensor, TensorFile};
+
+/// One tensor's result under one algorithm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorReport {
+    /// Name in the file.
+    pub name: String,
+    /// Dtype in the file, lower case.
+    pub dtype: String,
+    /// Shape in the file.
+    pub shape: Vec<usize>,
+    /// Bytes as stored in the file.
+    pub bytes: usize,
+    /// Exact bytes of the algorithm's encoding.
+    pub sent: usize,
+    /// ‖x − decoded‖².
+    pub err2: f64,
+    /// ‖x‖².
+    pub norm2: f64,
+}
+
+/// ‖x − decoded‖ / ‖x‖, with 0/0 = 0 (a zero tensor decoded to zero).
+pub fn rel_error(err2: f64, norm2: f64) -> f64 {
+    if err2 == 0.0 {
+        0.0
+    } else {
+        (err2 / norm2).sqrt()
+    }
+}
+
+/// Runs `meridian compress --input`: every algorithm of `algos` on every tensor of `input`,
+/// and with `out` (only for one algorithm) the decoded tensors written there.
+pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
+    if algos.is_empty() {
+        bail!("--algo names no algorithm");
+    }
+    let codecs: Vec<(String, Codec)> =
+        algos.iter().map(|a| Ok((a.clone(), Codec::parse(a)?))).collect::<Result<_>>()?;
+    if let Some(out) = out {
+        if codecs.len() != 1 {
+            bail!("--out writes one algorithm's decoded tensors; give exactly one --algo");
+        }
+        refuse_overwriting_input(input, out)?;
+    }
+    let file = tensor_file::read(input)?;
+    print_inventory(input, &file);
+    let mut totals = Vec::new();
+    for (name, codec) in &codecs {
+        let (reports, decoded) = compress_all(&file, codec, out.is_some())
+            .with_context(|| format!("{name} on {}", input.display()))?;
+        print_table(name, codec, &reports);
+        totals.push((name.as_str(), total(&reports)));
+        if let Some(out) = out {
+            tensor_file::write(out, &decoded, &file.metadata)?;
+            println!(
+                "\nwrote {name}'s decoded tensors to {} (skipped tensors copied unchanged)",
+                out.display()
+            );
+        }
+    }
+    if totals.len() > 1 {
+        print_summary(&totals);
+    }
+    println!(
+        "\nbytes: as stored in the input; sent: exact encoded length; \
+         rel.error = ‖x − decoded‖ / ‖x‖ for one exchange"
+    );
+    Ok(())
+}
+
+/// `out` must not be the input (or a link to it): writing it would destroy what was read.
+fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
+    let same = match (input.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same || input == out {
+        bail!("--out {} is the input file; choose another path", out.display());
+    }
+    Ok(())
+}
+
+fn print_inventory(input: &Path, file: &TensorFile) {
+    let float = file.entries.iter().filter(|e| matches!(e.content, Content::Float(_)));
+    let (count, numel, bytes) = float.fold((0usize, 0usize, 0usize), |(c, n, b), e| {
+        (c + 1, n + e.numel(), b + e.stored_bytes())
+    });
+    println!(
+        "{}: {} tensors; {count} compressed ({numel} values, {bytes} bytes as stored)",
+        input.display(),
+        file.entries.len()
+    );
+    for e in &file.entries {
+        if let Content::Skipped { reason, .. } = &e.content {
+            println!("  skipped {} ({} {:?}): {reason}", e.name, dtype_name(e.dtype), e.shape);
+        }
+    }
+}
+
+/// Reports for every compressed tensor and, when `keep` is set, every tensor of the file
+/// as it would be written to `--out`.
+fn compress_all(
+    file: &TensorFile,
+    codec: &Codec,
+    keep: bool,
+) -> Result<(Vec<TensorReport>, Vec<RawTensor>)> {
+    let mut reports = Vec::new();
+    let mut decoded = Vec::new();
+    for e in &file.entries {
+        let values = match &e.content {
+            Content::Float(values) => values,
+            Content::Skipped { raw, .. } => {
+                if keep {
+                    decoded.push(RawTensor {
+                        name: e.name.clone(),
+                        dtype: e.dtype,
+                        shape: e.shape.clone(),
+                        data: raw.clone(),
+                    });
+                }
+                continue;
+            }
+        };
+        let (rt, err2, norm2) = with_f32(&e.name, values, |x| {
+            let rt = codec.round_trip(&e.shape, x)?;
+            let (mut err2, mut norm2) = (0f64, 0f64);
+            for (a, b) in x.iter().zip(&rt.decoded) {
+                err2 += (f64::from(*a) - f64::from(*b)).powi(2);
+                norm2 += f64::from(*a).powi(2);
+            }
+            anyhow::Ok((rt, err2, norm2))
+        })?
+        .with_context(|| format!("tensor {} {:?}", e.name, e.shape))?;
+        if keep {
+            decoded.push(RawTensor::from_f32(&e.name, e.dtype, &e.shape, &rt.decoded)?);
+        }
+        reports.push(TensorReport {
+            name: e.name.clone(),
+            dtype: dtype_name(e.dtype),
+            shape: e.shape.clone(),
+            bytes: e.stored_bytes(),
+            sent: rt.bytes,
+            err2,
+            norm2,
+        });
+    }
+    Ok((reports, decoded))
+}
+
+/// The sum over tensors, as one report named `TOTAL`.
+fn total(reports: &[TensorReport]) -> TensorReport {
+    reports.iter().fold(
+        TensorReport {
+            name: "TOTAL".to_owned(),
+            dtype: String::new(),
+            shape: Vec::new(),
+            bytes: 0,
+            sent: 0,
+            err2: 0.0,
+            norm2: 0.0,
+        },
+        |mut t, r| {
+            t.bytes += r.bytes;
+            t.sent += r.sent;
+            t.err2 += r.err2;
+            t.norm2 += r.norm2;
+            t
+        },
+    )
+}
+
+fn ratio(r: &TensorReport) -> String {
+    if r.sent == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1}x", r.bytes as f64 / r.sent as f64)
+    }
+}
+
+/// Four decimals, or three significant digits for errors below 0.001 (bf16, int8).
+fn fmt_error(e: f64) -> String {
+    if e != 0.0 && e < 1e-3 {
+        format!("{e:.2e}")
+    } else {
+        format!("{e:.4}")
+    }
+}
+
+fn print_table(algo: &str, codec: &Codec, reports: &[TensorReport]) {
+    let name_w = reports.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
+    let shape_w = reports.iter().map(|r| format!("{:?}", r.shape).len()).max().unwrap_or(0).max(5);
+    println!("\n{algo}: {}", codec.describe());
+    println!(
+        "{:<name_w$}  {:<5} {:<shape_w$} {:>12} {:>12} {:>9} {:>10}",
+        "tensor", "dtype", "shape", "bytes", "sent", "ratio", "rel.error"
+    );
+    let row = |r: &TensorReport, shape: String| {
+        println!(
+            "{:<name_w$}  {:<5} {:<shape_w$} {:>12} {:>12} {:>9} {:>10}",
+            r.name,
+            r.dtype,
+            shape,
+            r.bytes,
+            r.sent,
+            ratio(r),
+            fmt_error(rel_error(r.err2, r.norm2))
+        );
+    };
+    for r in reports {
+        row(r, format!("{:?}", r.shape));
+    }
+    row(&total(reports), String::new());
+}
+
+fn print_summary(totals: &[(&str, TensorReport)]) {
+    println!("\nall tensors:");
+    println!(
+        "{:<12} {:>12} {:>12} {:>9} {:>10}",
+        "algorithm", "bytes", "sent", "ratio", "rel.error"
+    );
+    for (name, t) in totals {
+        println!(
+            "{:<12} {:>12} {:>12} {:>9} {:>10}",
+            name,
+            t.bytes,
+            t.sent,
+            ratio(t),
+            fmt_error(rel_error(t.err2, t.norm2))
+        );
+    }
+}
