@@ -19,10 +19,12 @@ build: setup
 	cargo build --release --workspace
 
 ## demo: the most complete run Meridian has today (see README): every outer algorithm
-## trained side by side in one process, then what each compression pipeline sends.
+## training a small byte-level GPT side by side in one process, then what each
+## compression pipeline sends.
 demo: setup
 	cargo build --release -p meridian-trainer --bin meridian
-	target/release/meridian train --steps 600 --inner-steps 30
+	target/release/meridian train --model gpt --set model.d_model=128 --set model.layers=2 \
+	  --set model.heads=2 --set model.context=128 --steps 300 --inner-steps 30 --out out/demo
 	target/release/meridian compress
 
 ## test: formatting, lints (warnings denied) and every test in the workspace.

@@ -13,7 +13,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::init::NormalInit;
-use super::{check_tokens, LanguageModel};
+use super::{check_tokens, graph_if, next_token_loss, sorted_variables, LanguageModel};
 
 /// Shape of the GPT; the `[model]` table of a run's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,24 +170,12 @@ impl Gpt {
 
 impl LanguageModel for Gpt {
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        sorted_variables(&self.vs)
     }
 
     fn loss(&self, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         check_tokens(inputs, targets, self.config.context, self.vocab)?;
-        let run = || {
-            let logits = self.logits(inputs);
-            logits.view([-1, self.vocab]).f_cross_entropy_loss(
-                &targets.reshape([-1]),
-                None::<Tensor>,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            )
-        };
-        Ok(if train { run()? } else { tch::no_grad(run)? })
+        graph_if(train, || next_token_loss(&self.logits(inputs), targets, self.vocab))
     }
 
     fn context(&self) -> i64 {

@@ -11,7 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::init::NormalInit;
-use super::{check_tokens, LanguageModel};
+use super::{check_tokens, graph_if, next_token_loss, sorted_variables, LanguageModel};
 
 /// Shape of the MLP; the `[model]` table of a run's config with `--model mlp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +78,7 @@ impl Mlp {
 
 impl LanguageModel for Mlp {
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        sorted_variables(&self.vs)
     }
 
     fn loss(&self, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
@@ -93,15 +91,9 @@ impl LanguageModel for Mlp {
             let ctx = padded.f_unfold(1, w, 1)?; // [b, t, w]
             let x = self.wte.forward(&ctx).f_reshape([b, t, w * self.config.embed])?;
             let logits = self.head.forward(&self.fc.forward(&x).gelu("none"));
-            logits.f_view([-1, self.vocab])?.f_cross_entropy_loss(
-                &targets.f_reshape([-1])?,
-                None::<Tensor>,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            )
+            next_token_loss(&logits, targets, self.vocab)
         };
-        Ok(if train { run()? } else { tch::no_grad(run)? })
+        graph_if(train, run)
     }
 
     fn context(&self) -> i64 {

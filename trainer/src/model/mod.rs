@@ -102,3 +102,30 @@ pub fn check_tokens(inputs: &Tensor, targets: &Tensor, context: i64, vocab: i64)
     }
     Ok(())
 }
+
+/// Mean cross-entropy of `logits` `[.., vocab]` against `targets` (the same leading shape).
+pub fn next_token_loss(logits: &Tensor, targets: &Tensor, vocab: i64) -> Result<Tensor> {
+    Ok(logits.f_reshape([-1, vocab])?.f_cross_entropy_loss(
+        &targets.f_reshape([-1])?,
+        None::<Tensor>,
+        tch::Reduction::Mean,
+        -100,
+        0.0,
+    )?)
+}
+
+/// Runs `f` recording a graph when `train`, under `no_grad` otherwise.
+pub fn graph_if<T>(train: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if train {
+        f()
+    } else {
+        tch::no_grad(f)
+    }
+}
+
+/// A VarStore's variables sorted by name: the same order on every worker and run.
+pub fn sorted_variables(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
