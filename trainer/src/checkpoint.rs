@@ -55,6 +55,13 @@ pub struct RunIdentity {
     pub data: u64,
 }
 
+impl RunIdentity {
+    /// xxh3 of the identity's JSON form, as 16 hex digits.
+    pub fn hash(&self) -> Result<String> {
+        Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(self)?)))
+    }
+}
+
 /// The manifest file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -68,6 +75,9 @@ pub struct Manifest {
     pub round: u64,
     /// The run it belongs to.
     pub identity: RunIdentity,
+    /// xxh3 of `identity` serialized, for telling runs apart at a glance (the comparison
+    /// on resume uses `identity` itself, to name what differs).
+    pub config_hash: String,
     /// Each worker's data position.
     pub shards: Vec<ShardState>,
     /// Each worker's AdamW step count.
@@ -139,6 +149,7 @@ pub fn save(
         step: harness.steps_done(),
         round: harness.rounds_done(),
         identity: identity.clone(),
+        config_hash: identity.hash()?,
         shards,
         adam_steps,
         files,

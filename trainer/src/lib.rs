@@ -1,10 +1,17 @@
 //! The Meridian application: wraps a LibTorch training step, drives it with an outer
 //! optimizer, and provides the `meridian` command-line tool.
 //!
-//! This is the top of the workspace and the only crate that knows about all the others:
-//! models and data, checkpoints, the CLI (`meridian compress`, and the training, simulation
-//! and multi-process commands as they land). Library crates below it stay free of
-//! application concerns.
+//! This is the top of the workspace and the only crate that knows about all the others.
+//! Library crates below it stay free of application concerns.
+//!
+//! - [`model`]: what Meridian can train ([`model::LanguageModel`]): the built-in byte-level
+//!   GPT, a small MLP, and a user's TorchScript module.
+//! - [`data`]: the corpus, its validation split and one disjoint seeded shard per worker.
+//! - [`adamw`]: the inner optimizer and its schedule; [`worker::LmWorker`] ties model,
+//!   optimizer and shard into the `TrainStep` the outer optimizers drive.
+//! - [`checkpoint`]: complete, atomic, bit-exact checkpoints of a run.
+//! - [`train`], [`run_config`], [`metrics`], [`summary`], [`plot`]: `meridian train`.
+//! - [`compress_demo`], [`compress_file`], [`codec`], [`tensor_file`]: `meridian compress`.
 
 pub mod adamw;
 pub mod atomic_write;

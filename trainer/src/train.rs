@@ -79,7 +79,7 @@ pub struct TrainArgs {
     /// Vocabulary size of pre-tokenized data (every id must be below it).
     #[arg(long, env = "MERIDIAN_VOCAB")]
     pub vocab: Option<u32>,
-    /// A TOML file with [model], [inner], [data] and one table per algorithm.
+    /// A TOML file with `[model]`, `[inner]`, `[data]` and one table per algorithm.
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Override one setting: `KEY=VALUE` for every selected algorithm that has KEY, or
