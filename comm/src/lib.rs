@@ -6,5 +6,5 @@
 //! one driver of that core, tests and the WAN simulator are others.
 //!
 //! It must not know about tensors or training algorithms: a payload is bytes with a length.
-//! The protocol core and transport land with the comm work; this crate is the reserved
-//! place for them in the workspace's layering.
+
+pub mod ids;
