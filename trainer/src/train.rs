@@ -41,7 +41,7 @@ Examples:
 Writes OUT/summary.json (per algorithm: losses, bytes, rounds, tokens, time, per-worker round
 metrics), OUT/rounds-ALGO.jsonl (one line per round), OUT/val_loss_vs_{steps,bytes}.{svg,png},
 and OUT/checkpoints/ALGO/. Per-round metrics also go to the log at debug level
-(RUST_LOG=meridian=debug).")]
+(RUST_LOG=meridian_trainer=debug).")]
 pub struct TrainArgs {
     /// Outer algorithms to run, comma separated; each runs on the same model, data and
     /// token budget so their losses and bytes compare: ddp, diloco, demo, sparseloco,
