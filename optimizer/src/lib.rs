@@ -12,6 +12,7 @@
 //! - [`params::ParamSet`]: a model's parameters in canonical order, with a bit-exact hash.
 //! - [`payload`]: the versioned, validated message format.
 //! - [`harness::Harness`]: N workers in one process.
+//! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
 //! - [`toy`]: a small MLP task for tests and examples.
 
 pub mod algorithm;
@@ -22,6 +23,7 @@ pub mod outer;
 pub mod params;
 pub mod payload;
 pub mod reference;
+pub mod solo;
 pub mod toy;
 pub mod train_step;
 pub mod view;

@@ -1,0 +1,253 @@
+//! One worker on its own, exchanging through the network: the per-process twin of the
+//! in-process [`crate::harness::Harness`].
+//!
+//! The call order is the harness's (see [`crate::outer`]), for one worker. At an exchange
+//! the worker encodes its payload and hands it to an [`Exchange`], which returns the
+//! encoded payloads of the round's committed members (its own among them if it delivered
+//! in time) once the round has closed; the worker decodes and applies exactly those, in
+//! member-id order. A worker whose own payload missed the round applies the others' and
+//! goes on: it is never stalled.
+
+use crate::error::Result;
+use crate::outer::{OuterOptimizer, Phase};
+use crate::params::ParamSet;
+use crate::payload::Payload;
+use crate::train_step::TrainStep;
+
+/// Moves one round's payloads between workers (a network client, or a test double).
+pub trait Exchange {
+    /// Publishes this worker's encoded payload for `round` and returns the encoded
+    /// payloads of the members the round committed, in any order.
+    fn exchange(&mut self, round: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>>;
+}
+
+/// What one exchange did for this worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoloExchange {
+    /// Round number.
+    pub round: u64,
+    /// Bytes this worker sent.
+    pub sent: usize,
+    /// Bytes of the committed payloads it received (its own excluded).
+    pub received: usize,
+    /// Members whose payloads were applied.
+    pub applied: Vec<u32>,
+    /// Members whose payloads were rejected, with the reason.
+    pub rejected: Vec<(u32, String)>,
+    /// [`OuterOptimizer::consensus_hash`] after applying.
+    pub hash: u64,
+}
+
+/// What one inner step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoloStep {
+    /// Inner step index (from 0).
+    pub step: u64,
+    /// Training loss.
+    pub loss: f64,
+    /// Exchanges during this step.
+    pub exchanges: Vec<SoloExchange>,
+}
+
+/// One worker: its training, parameters and outer optimizer.
+pub struct SoloWorker<S> {
+    /// Member id.
+    pub id: u32,
+    /// The wrapped training.
+    pub train: S,
+    /// Its parameters (sharing storage with `train`'s model).
+    pub params: ParamSet,
+    /// Its outer optimizer.
+    pub outer: Box<dyn OuterOptimizer>,
+    step: u64,
+    round: u64,
+}
+
+impl<S: TrainStep> SoloWorker<S> {
+    /// Wraps `train` as member `id` with the outer optimizer `make_outer` builds.
+    pub fn new(
+        id: u32,
+        train: S,
+        make_outer: impl FnOnce(&ParamSet) -> Result<Box<dyn OuterOptimizer>>,
+    ) -> Result<Self> {
+        let params = ParamSet::new(train.parameters())?;
+        let outer = make_outer(&params)?;
+        Ok(Self { id, train, params, outer, step: 0, round: 0 })
+    }
+
+    /// Inner steps done.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// Exchanges done.
+    pub fn rounds_done(&self) -> u64 {
+        self.round
+    }
+
+    /// Sets the progress counters (after restoring state from a checkpoint or a peer).
+    pub fn resume_at(&mut self, step: u64, round: u64) {
+        self.step = step;
+        self.round = round;
+    }
+
+    /// Runs one inner step, exchanging through `net` when an exchange falls due.
+    pub fn step(&mut self, net: &mut dyn Exchange) -> Result<SoloStep> {
+        let step = self.step;
+        let loss = self.train.forward_backward()?;
+        let mut exchanges = Vec::new();
+        if self.outer.exchange_due(Phase::AfterBackward, step) {
+            exchanges.push(self.exchange(net)?);
+        }
+        if self.outer.runs_inner_optimizer() {
+            self.train.inner_step()?;
+        }
+        self.outer.after_inner_step(&self.params, step)?;
+        if self.outer.exchange_due(Phase::AfterInnerStep, step) {
+            exchanges.push(self.exchange(net)?);
+        }
+        self.step += 1;
+        Ok(SoloStep { step, loss, exchanges })
+    }
+
+    fn exchange(&mut self, net: &mut dyn Exchange) -> Result<SoloExchange> {
+        let round = self.round;
+        let mine = self.outer.prepare(&self.params, round, self.id)?.encode();
+        let sent = mine.len();
+        let committed = net.exchange(round, mine)?;
+        let mut received = 0;
+        let mut payloads = Vec::with_capacity(committed.len());
+        let mut rejected = Vec::new();
+        for bytes in &committed {
+            match Payload::decode(bytes, self.params.shapes()) {
+                Ok(p) => {
+                    if p.worker != self.id {
+                        received += bytes.len();
+                    }
+                    payloads.push(p);
+                }
+                // The sender is unknown when the bytes do not even decode; the driver
+                // that knows who sent them logs it.
+                Err(e) => rejected.push((u32::MAX, e.to_string())),
+            }
+        }
+        let report = self.outer.apply(&self.params, round, &payloads)?;
+        rejected.extend(report.rejected);
+        self.round += 1;
+        Ok(SoloExchange {
+            round,
+            sent,
+            received,
+            applied: report.applied,
+            rejected,
+            hash: self.outer.consensus_hash(&self.params)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use super::*;
+    use crate::config::AlgoConfig;
+    use crate::harness::Harness;
+    use crate::toy::{ToyConfig, ToyMlp};
+    use crate::Algorithm;
+
+    /// An in-memory all-gather: every worker deposits its payload, waits for the others,
+    /// and takes them all (optionally leaving one member out, as a missed deadline would).
+    struct Board {
+        slots: Mutex<Vec<Option<Vec<u8>>>>,
+        arrived: Barrier,
+        taken: Barrier,
+        drop_member_in_round: Option<(u32, u64)>,
+    }
+
+    struct Seat {
+        id: u32,
+        board: Arc<Board>,
+    }
+
+    impl Exchange for Seat {
+        fn exchange(&mut self, round: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            let late = self.board.drop_member_in_round == Some((self.id, round));
+            self.board.slots.lock().unwrap()[self.id as usize] = (!late).then_some(payload);
+            self.board.arrived.wait();
+            let all: Vec<Vec<u8>> =
+                self.board.slots.lock().unwrap().iter().flatten().cloned().collect();
+            self.board.taken.wait();
+            Ok(all)
+        }
+    }
+
+    fn run_solo(algo: Algorithm, n: u32, steps: u64, drop: Option<(u32, u64)>) -> Vec<Vec<u64>> {
+        let board = Arc::new(Board {
+            slots: Mutex::new(vec![None; n as usize]),
+            arrived: Barrier::new(n as usize),
+            taken: Barrier::new(n as usize),
+            drop_member_in_round: drop,
+        });
+        let handles: Vec<_> = (0..n)
+            .map(|id| {
+                let board = board.clone();
+                std::thread::spawn(move || {
+                    tch::set_num_threads(1);
+                    let cfg = config(algo);
+                    let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
+                    let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
+                    let mut seat = Seat { id, board };
+                    let mut hashes = Vec::new();
+                    for _ in 0..steps {
+                        for x in w.step(&mut seat).unwrap().exchanges {
+                            assert!(x.rejected.is_empty(), "{:?}", x.rejected);
+                            hashes.push(x.hash);
+                        }
+                    }
+                    hashes
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    fn config(algo: Algorithm) -> AlgoConfig {
+        let mut c = AlgoConfig::default_for(algo);
+        if algo != Algorithm::Ddp && algo != Algorithm::Demo {
+            c = AlgoConfig::from_parts(
+                algo,
+                toml::Table::new(),
+                &[("inner_steps".into(), "4".into())],
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn solo_workers_over_an_exchange_match_the_in_process_harness_bit_for_bit() {
+        for algo in [Algorithm::Ddp, Algorithm::Diloco, Algorithm::Sparseloco, Algorithm::Demo] {
+            let solo = run_solo(algo, 3, 8, None);
+            assert!(solo.windows(2).all(|w| w[0] == w[1]), "{algo}: replicas differ");
+            tch::set_num_threads(1);
+            let trains = (0..3).map(|w| ToyMlp::new(ToyConfig::default(), w).unwrap()).collect();
+            let cfg = config(algo);
+            let mut h = Harness::new(trains, |_, p| cfg.build(p)).unwrap();
+            let harness: Vec<u64> = h
+                .run(8)
+                .unwrap()
+                .into_iter()
+                .flat_map(|r| r.exchanges.into_iter().map(|x| x.hashes[0]))
+                .collect();
+            assert_eq!(solo[0], harness, "{algo}");
+        }
+    }
+
+    #[test]
+    fn a_member_left_out_of_a_round_still_applies_it_and_stays_identical() {
+        let full = run_solo(Algorithm::Diloco, 3, 8, None);
+        let partial = run_solo(Algorithm::Diloco, 3, 8, Some((1, 0)));
+        assert!(partial.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+        assert_ne!(full[0][0], partial[0][0], "round 0 without member 1 is another average");
+    }
+}
