@@ -20,6 +20,7 @@ pub mod codec;
 pub mod compress_demo;
 pub mod compress_file;
 pub mod data;
+pub mod float_env;
 pub mod metrics;
 pub mod model;
 pub mod plot;

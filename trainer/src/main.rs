@@ -24,6 +24,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before LibTorch creates its threads, so that they inherit it.
+    meridian_trainer::float_env::flush_denormals();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
