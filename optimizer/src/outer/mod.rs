@@ -164,6 +164,88 @@ impl OptimizerState {
         }
     }
 
+    /// The state as safetensors bytes (what a worker sends a peer that is catching up).
+    /// Tensors must be f32 or f64 on the CPU.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let tag = Tensor::from(f64::from(self.algorithm.tag()));
+        for (name, t) in
+            self.tensors.iter().chain(std::iter::once((&ALGORITHM_KEY.to_string(), &tag)))
+        {
+            let t = t.contiguous();
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let (dtype, bytes) = match t.kind() {
+                tch::Kind::Float => {
+                    let v = Vec::<f32>::try_from(t.flatten(0, -1))?;
+                    (safetensors::Dtype::F32, bytemuck::cast_slice(&v).to_vec())
+                }
+                tch::Kind::Double => {
+                    let v = Vec::<f64>::try_from(t.flatten(0, -1))?;
+                    (safetensors::Dtype::F64, bytemuck::cast_slice(&v).to_vec())
+                }
+                other => {
+                    return Err(OptimizerError::State(format!(
+                        "{name}: {other:?} is not f32 or f64"
+                    )))
+                }
+            };
+            owned.push((name.clone(), dtype, shape, bytes));
+        }
+        let views = owned
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| OptimizerError::State(format!("{name}: {e:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::tensor::serialize(views, &None)
+            .map_err(|e| OptimizerError::State(format!("serializing: {e:?}")))
+    }
+
+    /// Reads bytes written by [`OptimizerState::to_bytes`]; anything else is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| OptimizerError::State(format!("not a state: {e:?}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let data = view.data();
+            let t = match view.dtype() {
+                // Copy out through `from_le_bytes`: the bytes need not be aligned.
+                safetensors::Dtype::F32 => Tensor::from_slice(
+                    &data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<_>>(),
+                ),
+                safetensors::Dtype::F64 => Tensor::from_slice(
+                    &data
+                        .chunks_exact(8)
+                        .map(|c| {
+                            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                other => {
+                    return Err(OptimizerError::State(format!(
+                        "{name}: unsupported dtype {other:?}"
+                    )))
+                }
+            };
+            tensors.insert(name, t.f_reshape(dims.as_slice())?);
+        }
+        let tag = tensors
+            .remove(ALGORITHM_KEY)
+            .ok_or_else(|| OptimizerError::State("state has no algorithm tag".into()))?
+            .f_double_value(&[])?;
+        let algorithm = u8::try_from(tag as i64)
+            .ok()
+            .and_then(Algorithm::from_tag)
+            .ok_or_else(|| OptimizerError::State(format!("unknown algorithm tag {tag}")))?;
+        Ok(Self { algorithm, tensors })
+    }
+
     /// Writes the state as a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> =
@@ -295,8 +377,31 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(back.get("m.0").unwrap()).unwrap(), vec![1.0, -2.0]);
         assert!(back.expect_algorithm(Algorithm::Diloco).is_err());
         assert!(back.get("missing").is_err());
+        let bytes = s.to_bytes().unwrap();
+        let again = OptimizerState::from_bytes(&bytes).unwrap();
+        assert_eq!(again.algorithm, Algorithm::Sparseloco);
+        assert_eq!(again.get_scalar("round").unwrap(), 12.0);
+        assert!(again.get("m.0").unwrap().equal(s.get("m.0").unwrap()));
+        assert!(OptimizerState::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(OptimizerState::from_bytes(b"garbage").is_err());
         std::fs::write(&path, b"not safetensors").unwrap();
         assert!(OptimizerState::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn state_bytes_never_panic_on_corruption(flips in proptest::collection::vec((0usize..4096, 0u8..8), 1..8), cut in 0usize..4096) {
+            let mut s = OptimizerState::new(Algorithm::Diloco);
+            s.put("m.0", &Tensor::from_slice(&[1.0f32, -2.0, 3.0]));
+            s.put_scalar("round", 3.0);
+            let mut bytes = s.to_bytes().unwrap();
+            let n = bytes.len();
+            for (at, bit) in flips {
+                bytes[at % n] ^= 1 << bit;
+            }
+            let _ = OptimizerState::from_bytes(&bytes);
+            let _ = OptimizerState::from_bytes(&bytes[..cut.min(n)]);
+        }
     }
 }
