@@ -30,6 +30,8 @@ mod header;
 mod reader;
 
 #[cfg(test)]
+mod corpus;
+#[cfg(test)]
 mod tests;
 
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME, PREFIX_LEN, TAG_LEN};
