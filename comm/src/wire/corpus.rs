@@ -5,6 +5,10 @@
 //! `MERIDIAN_WRITE_FRAME_CORPUS=1 cargo test -p meridian-comm write_frame_corpus -- --ignored`.
 //! Files whose names start with `fuzz-` are crashes or oddities found by fuzzing; they are not
 //! generated here and are only replayed by `comm/tests/malformed_frames.rs`.
+//!
+//! The same run also writes `fuzz/seeds/`: valid frames in the input format of the
+//! `frame_decoder` fuzz target, which it could hardly find by itself (a zstd body, in
+//! particular).
 
 use std::path::PathBuf;
 
@@ -142,6 +146,23 @@ fn cases() -> Vec<(&'static str, Vec<u8>, WireError)> {
     ]
 }
 
+/// Valid inputs for the `frame_decoder` fuzz target (see `fuzz/fuzz_targets/frame_decoder.rs`):
+/// a control byte (bit 0: the target adds prefix and tag itself; bits 1..: chunk size - 1),
+/// then the bytes.
+fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let codec = codec();
+    let plain = codec.encode(FrameKind::Control, 1, 2, b"control message", false).unwrap();
+    let packed = codec.encode(FrameKind::Payload, 3, 4, &[7; 600], true).unwrap();
+    let inner = |frame: &[u8]| frame[PREFIX_LEN..frame.len() - TAG_LEN].to_vec();
+    vec![
+        ("raw-plain", [&[0x0e][..], &plain].concat()),
+        ("raw-compressed", [&[0x00][..], &packed].concat()),
+        ("raw-two-frames", [&[0x3e][..], &plain, &packed].concat()),
+        ("auth-plain", [&[0x01][..], &inner(&plain)].concat()),
+        ("auth-compressed", [&[0x01][..], &inner(&packed)].concat()),
+    ]
+}
+
 /// Equal errors, except that message-carrying variants match on the variant alone (their
 /// text comes from postcard or zstd and may change between versions).
 fn same_error(got: &WireError, expected: &WireError) -> bool {
@@ -160,6 +181,20 @@ fn corpus_dir() -> PathBuf {
 fn valid_corpus_frame_decodes() {
     let frame = codec().decode(&valid()).unwrap();
     assert_eq!(frame.body, b"a perfectly good payload");
+}
+
+#[test]
+fn fuzz_seeds_hold_valid_frames() {
+    for (name, input) in fuzz_seeds() {
+        let bytes = if input[0] & 1 == 1 {
+            retag(fix_prefix([&[0; PREFIX_LEN][..], &input[1..], &[0; TAG_LEN]].concat()))
+        } else {
+            input[1..].to_vec()
+        };
+        let mut reader = codec().reader();
+        reader.push(&bytes);
+        assert!(reader.next_frame().unwrap().is_ok(), "{name}");
+    }
 }
 
 #[test]
@@ -190,5 +225,10 @@ fn write_frame_corpus() {
     std::fs::create_dir_all(corpus_dir()).unwrap();
     for (name, bytes, _) in cases() {
         std::fs::write(corpus_dir().join(format!("{name}.bin")), bytes).unwrap();
+    }
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    std::fs::create_dir_all(&seeds).unwrap();
+    for (name, bytes) in fuzz_seeds() {
+        std::fs::write(seeds.join(name), bytes).unwrap();
     }
 }
