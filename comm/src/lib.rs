@@ -6,5 +6,13 @@
 //! one driver of that core, tests and the WAN simulator are others.
 //!
 //! It must not know about tensors or training algorithms: a payload is bytes with a length.
+//!
+//! - [`ids`]: the identifiers every layer shares.
+//! - [`wire`]: the authenticated, length-prefixed frame every transport carries.
+//! - [`error`]: [`CommError`], the crate's error type.
 
+pub mod error;
 pub mod ids;
+pub mod wire;
+
+pub use error::CommError;
