@@ -7,4 +7,8 @@
 //!
 //! It must not know about tensors or training algorithms: a payload is bytes with a length.
 
+pub mod error;
 pub mod ids;
+pub mod quic;
+
+pub use error::{CommError, Result};

@@ -1,0 +1,21 @@
+//! The crate's one error type.
+//!
+//! Each part of the crate keeps its detailed errors in its own module and is wrapped here, so a
+//! caller matches on one enum and still gets the specific cause through `source()`.
+
+use crate::quic::{QuicError, TlsError};
+
+/// Everything that can go wrong in `meridian-comm`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommError {
+    /// The QUIC transport: endpoints, connections, streams, refusals.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    /// Certificates, keys and TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// `Result` with [`CommError`] as its default error.
+pub type Result<T, E = CommError> = std::result::Result<T, E>;
