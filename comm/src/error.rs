@@ -3,7 +3,7 @@
 //! Each part of the crate keeps its detailed errors in its own module and is wrapped here, so a
 //! caller matches on one enum and still gets the specific cause through `source()`.
 
-use crate::quic::{QuicError, TlsError};
+use crate::quic::{JoinError, QuicError, TlsError};
 
 /// Everything that can go wrong in `meridian-comm`.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,9 @@ pub enum CommError {
     /// Certificates, keys and TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A join string that does not parse or whose address does not resolve.
+    #[error("join string: {0}")]
+    Join(#[from] JoinError),
 }
 
 /// `Result` with [`CommError`] as its default error.

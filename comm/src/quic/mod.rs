@@ -22,9 +22,11 @@
 
 mod certs;
 mod error;
+mod join;
 mod tls;
 mod verify;
 
 pub use certs::{fingerprint_of, NodeIdentity, CERT_FILE, KEY_FILE};
 pub use error::{QuicError, TlsError};
+pub use join::{JoinError, JoinString};
 pub use verify::{ClientAuth, PinSet};
