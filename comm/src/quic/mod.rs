@@ -21,12 +21,14 @@
 //! fingerprints and dials peers pinning theirs.
 
 mod certs;
+mod config;
 mod error;
 mod join;
 mod tls;
 mod verify;
 
 pub use certs::{fingerprint_of, NodeIdentity, CERT_FILE, KEY_FILE};
+pub use config::{Congestion, TransportPlan, TransportTuning};
 pub use error::{QuicError, TlsError};
 pub use join::{JoinError, JoinString};
 pub use verify::{ClientAuth, PinSet};
