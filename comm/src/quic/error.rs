@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::ids::CertFingerprint;
+use crate::quic::conn::RefusalCode;
 
 /// What went wrong with an endpoint, a connection or a stream.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,14 @@ pub enum QuicError {
         /// How the connection ended.
         #[source]
         source: quinn::ConnectionError,
+    },
+    /// The peer closed the connection with one of Meridian's refusal codes.
+    #[error("refused by peer: {code}{}", detail(reason))]
+    Refused {
+        /// Why, as a code both sides know.
+        code: RefusalCode,
+        /// The peer's free-text explanation (may be empty).
+        reason: String,
     },
     /// The peer closed the connection with an application code that is not a refusal
     /// (0 is an orderly close).

@@ -22,6 +22,7 @@
 
 mod certs;
 mod config;
+mod conn;
 mod error;
 mod join;
 mod tls;
@@ -29,6 +30,10 @@ mod verify;
 
 pub use certs::{fingerprint_of, NodeIdentity, CERT_FILE, KEY_FILE};
 pub use config::{Congestion, TransportPlan, TransportTuning};
+pub use conn::{
+    close_done, close_refused, peer_fingerprint, recv_frame, send_frame, send_frame_delivered,
+    wait_closed, RefusalCode, CLOSE_DONE, STOP_FRAME_TOO_LARGE,
+};
 pub use error::{QuicError, TlsError};
 pub use join::{JoinError, JoinString};
 pub use verify::{ClientAuth, PinSet};
