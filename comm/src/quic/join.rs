@@ -68,7 +68,10 @@ pub enum JoinError {
     Random,
 }
 
-/// A parsed join string. See the [module docs](self) for the format.
+/// A parsed join string, `meridian://HOST:PORT/?fp=<64 hex>&run=<32 hex>&secret=<64 hex>`:
+/// the coordinator's address, the SHA-256 fingerprint of its certificate (pinned by the
+/// worker), the run id and the join secret. Whoever holds the string can join the run, so it
+/// is passed like a password; `Debug` hides the secret, `Display` (the string) does not.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinString {
     /// The coordinator's host: an IP address or a DNS name (IPv6 without brackets).
