@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod quic;
 pub mod wire;
 
-pub use error::CommError;
+pub use error::{CommError, Result};

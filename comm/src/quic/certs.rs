@@ -1,0 +1,258 @@
+//! This node's TLS identity: a self-signed certificate, its private key, and the SHA-256
+//! fingerprint of the certificate that peers pin.
+//!
+//! There is no certificate authority: trust comes from the fingerprint travelling out of band
+//! (the coordinator's in the join string, the workers' from the coordinator after admission).
+//! The certificate's names and validity dates are therefore never checked; only the key
+//! matters. A coordinator that restarts must keep its identity, or every worker's pin breaks:
+//! [`NodeIdentity::load_or_generate`] keeps it in two PEM files.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+
+use crate::ids::CertFingerprint;
+use crate::quic::error::TlsError;
+use crate::quic::tls::crypto_provider;
+
+/// File name of the certificate inside an identity folder.
+pub const CERT_FILE: &str = "node-cert.pem";
+/// File name of the private key inside an identity folder (written with mode 0600 on Unix).
+pub const KEY_FILE: &str = "node-key.pem";
+
+/// SHA-256 of a DER-encoded certificate: what peers compare against their pin.
+pub fn fingerprint_of(cert_der: &[u8]) -> CertFingerprint {
+    CertFingerprint(Sha256::digest(cert_der).into())
+}
+
+/// A certificate and its private key, with the certificate's fingerprint.
+///
+/// `Debug` never prints the key.
+pub struct NodeIdentity {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+    fingerprint: CertFingerprint,
+}
+
+impl NodeIdentity {
+    /// A fresh ECDSA P-256 key and a self-signed certificate naming `name` (subject CN and
+    /// DNS SAN; informational only). `name` must be ASCII.
+    pub fn generate(name: &str) -> Result<Self, TlsError> {
+        let fail = |source| TlsError::Generate { name: name.to_owned(), source };
+        let key_pair = rcgen::KeyPair::generate().map_err(fail)?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(fail)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key_pair).map_err(fail)?;
+        let key = PrivatePkcs8KeyDer::from(key_pair.serialize_der());
+        Ok(Self {
+            fingerprint: fingerprint_of(cert.der()),
+            cert: cert.der().clone(),
+            key: key.into(),
+            cert_pem: cert.pem(),
+            key_pem: key_pair.serialize_pem(),
+        })
+    }
+
+    /// An identity from PEM text: the first certificate of `cert_pem` and the first private
+    /// key of `key_pem` (PKCS#8, SEC1 or PKCS#1). Fails unless the key belongs to the
+    /// certificate, so a mixed-up pair is caught here rather than as a failed handshake.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| TlsError::Pem { what: "certificate PEM".into(), reason: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| TlsError::Pem { what: "private key PEM".into(), reason: e.to_string() })?;
+        CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), &crypto_provider())
+            .map_err(TlsError::Config)?;
+        Ok(Self {
+            fingerprint: fingerprint_of(&cert),
+            cert,
+            key,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+
+    /// Reads `dir/`[`CERT_FILE`] and `dir/`[`KEY_FILE`].
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let cert_pem = read(&dir.join(CERT_FILE))?;
+        let key_pem = read(&dir.join(KEY_FILE))?;
+        Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Writes the identity into `dir` (created if needed). Each file is written to a
+    /// temporary name and renamed, so a crash never leaves half a key behind; the key file
+    /// is readable by its owner only.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
+        write_atomically(&dir.join(KEY_FILE), &self.key_pem, true)?;
+        write_atomically(&dir.join(CERT_FILE), &self.cert_pem, false)
+    }
+
+    /// The identity stored in `dir`, or a new one (named `name`) saved there when `dir` holds
+    /// none. Refuses to replace a folder that holds only one of the two files.
+    pub fn load_or_generate(dir: &Path, name: &str) -> Result<Self, TlsError> {
+        let cert_path = dir.join(CERT_FILE);
+        let key_path = dir.join(KEY_FILE);
+        let has_cert = cert_path.try_exists().map_err(|e| io_err(&cert_path, e))?;
+        let has_key = key_path.try_exists().map_err(|e| io_err(&key_path, e))?;
+        match (has_cert, has_key) {
+            (true, true) => {
+                let identity = Self::load(dir)?;
+                tracing::info!(dir = %dir.display(), fingerprint = %identity.fingerprint, "loaded node identity");
+                Ok(identity)
+            }
+            (false, false) => {
+                let identity = Self::generate(name)?;
+                identity.save(dir)?;
+                tracing::info!(dir = %dir.display(), fingerprint = %identity.fingerprint, "generated node identity");
+                Ok(identity)
+            }
+            (true, false) => {
+                Err(TlsError::IncompleteIdentity { dir: dir.to_owned(), missing: key_path })
+            }
+            (false, true) => {
+                Err(TlsError::IncompleteIdentity { dir: dir.to_owned(), missing: cert_path })
+            }
+        }
+    }
+
+    /// SHA-256 of the certificate: what peers pin.
+    pub fn fingerprint(&self) -> CertFingerprint {
+        self.fingerprint
+    }
+
+    /// The DER-encoded certificate.
+    pub fn certificate_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The certificate as PEM text.
+    pub fn certificate_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+impl Clone for NodeIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> TlsError {
+    TlsError::Io { path: path.to_owned(), source }
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|e| io_err(path, e))
+}
+
+fn write_atomically(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp).map_err(|e| io_err(&tmp, e))?;
+    file.write_all(contents.as_bytes()).map_err(|e| io_err(&tmp, e))?;
+    file.sync_all().map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("meridian-comm-certs-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_of_the_der() {
+        let id = NodeIdentity::generate("coordinator").unwrap();
+        let expected: [u8; 32] = Sha256::digest(id.certificate_der().as_ref()).into();
+        assert_eq!(id.fingerprint().0, expected);
+        let other = NodeIdentity::generate("coordinator").unwrap();
+        assert_ne!(id.fingerprint(), other.fingerprint(), "each identity has its own key");
+    }
+
+    #[test]
+    fn pem_round_trip_keeps_the_fingerprint() {
+        let id = NodeIdentity::generate("w1").unwrap();
+        let back = NodeIdentity::from_pem(&id.cert_pem, &id.key_pem).unwrap();
+        assert_eq!(back.fingerprint(), id.fingerprint());
+        assert_eq!(back.private_key().secret_der(), id.private_key().secret_der());
+    }
+
+    #[test]
+    fn mismatched_key_and_certificate_are_refused() {
+        let a = NodeIdentity::generate("a").unwrap();
+        let b = NodeIdentity::generate("b").unwrap();
+        let err = NodeIdentity::from_pem(&a.cert_pem, &b.key_pem).unwrap_err();
+        assert!(matches!(err, TlsError::Config(_)), "{err}");
+        let err = NodeIdentity::from_pem("not pem", &a.key_pem).unwrap_err();
+        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+    }
+
+    #[test]
+    fn load_or_generate_keeps_the_identity_across_restarts() {
+        let dir = temp_dir("restart");
+        let first = NodeIdentity::load_or_generate(&dir, "coordinator").unwrap();
+        let second = NodeIdentity::load_or_generate(&dir, "coordinator").unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key file must not be group/world readable");
+        }
+        fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        let err = NodeIdentity::load_or_generate(&dir, "coordinator").unwrap_err();
+        assert!(matches!(err, TlsError::IncompleteIdentity { .. }), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_does_not_print_the_key() {
+        let id = NodeIdentity::generate("w").unwrap();
+        let shown = format!("{id:?}");
+        assert!(!shown.contains("PRIVATE"));
+        assert!(!shown.contains(&id.key_pem[40..80]));
+    }
+}

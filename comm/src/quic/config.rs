@@ -1,0 +1,325 @@
+//! Transport tuning for long fat links.
+//!
+//! quinn's defaults suit roughly 100 ms × 100 Mb/s: a 1.25 MB stream receive window caps a
+//! single stream near 67 Mb/s on a 150 ms path however fast the link is. Meridian sends
+//! payloads of hundreds of megabytes between continents, so the flow-control windows are
+//! sized from the expected bandwidth-delay product instead: a sender can keep the pipe full
+//! only if the receiver grants at least bandwidth × RTT of credit.
+//!
+//! [`TransportTuning`] is the user-facing config (serde, every field defaulted);
+//! [`TransportTuning::plan`] validates it into a [`TransportPlan`] of derived values, which
+//! builds the `quinn::TransportConfig`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use serde::{Deserialize, Serialize};
+
+use crate::quic::error::QuicError;
+
+/// Flow-control windows are rounded up to a multiple of this.
+const WINDOW_GRANULE: u64 = 1 << 20;
+/// Largest stream window accepted: the connection window is twice this and every connection
+/// may buffer that much, so larger values are almost surely a unit mistake.
+const MAX_STREAM_WINDOW: u64 = 1 << 30;
+/// Longest RTT accepted, in ms.
+const MAX_RTT_MS: f64 = 60_000.0;
+
+/// The congestion controller run on every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Congestion {
+    /// Model-based (bottleneck bandwidth and RTT); keeps throughput under random loss, where
+    /// loss-based controllers back off. quinn marks its BBR experimental.
+    Bbr,
+    /// CUBIC, quinn's default and the best-tested choice.
+    #[default]
+    Cubic,
+    /// Classic Reno-style AIMD; mostly useful as a baseline.
+    NewReno,
+}
+
+/// How QUIC connections are tuned. Every field has a default; in TOML, omitted fields keep
+/// it and unknown fields are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportTuning {
+    /// Expected bottleneck bandwidth of a link, bits per second. Default 1e9 (1 Gb/s).
+    pub bandwidth_bps: f64,
+    /// Expected round-trip time of the longest link, milliseconds. Default 250 (Singapore–US
+    /// is up to 260 ms by carrier SLA).
+    pub rtt_ms: f64,
+    /// RTT assumed before the first measurement, milliseconds; it sets the first
+    /// retransmission timeouts. Default: `rtt_ms`.
+    pub initial_rtt_ms: Option<f64>,
+    /// Congestion controller. Default `cubic`.
+    pub congestion: Congestion,
+    /// A connection with no traffic for this long is dead, milliseconds (also bounds the
+    /// handshake). Default 60 000.
+    pub idle_timeout_ms: u64,
+    /// Interval between keep-alive packets on a quiet connection, milliseconds; must be
+    /// below `idle_timeout_ms` so a live peer never times out. Default 10 000 (also keeps NAT
+    /// bindings open).
+    pub keep_alive_ms: u64,
+    /// How many unidirectional streams (one per frame) a peer may have open at once.
+    /// Default 1024.
+    pub max_concurrent_uni_streams: u32,
+    /// Probe for a path MTU above QUIC's 1200-byte minimum. Default on.
+    pub mtu_discovery: bool,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            bandwidth_bps: 1e9,
+            rtt_ms: 250.0,
+            initial_rtt_ms: None,
+            congestion: Congestion::default(),
+            idle_timeout_ms: 60_000,
+            keep_alive_ms: 10_000,
+            max_concurrent_uni_streams: 1024,
+            mtu_discovery: true,
+        }
+    }
+}
+
+/// Values derived from a valid [`TransportTuning`]; it cannot hold impossible ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportPlan {
+    stream_receive_window: u32,
+    connection_receive_window: u32,
+    send_window: u32,
+    initial_rtt: Duration,
+    idle_timeout_ms: u32,
+    keep_alive: Duration,
+    max_concurrent_uni_streams: u32,
+    congestion: Congestion,
+    mtu_discovery: bool,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> QuicError {
+    QuicError::Tuning { field, reason: reason.into() }
+}
+
+fn check_rtt(field: &'static str, ms: f64) -> Result<Duration, QuicError> {
+    if !(ms.is_finite() && ms > 0.0 && ms <= MAX_RTT_MS) {
+        return Err(bad(field, format!("must be in (0, {MAX_RTT_MS}] ms, got {ms}")));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+impl TransportTuning {
+    /// Bandwidth × RTT in bytes: the data in flight on a full pipe.
+    pub fn bdp_bytes(&self) -> f64 {
+        self.bandwidth_bps / 8.0 * self.rtt_ms / 1000.0
+    }
+
+    /// Validates the tuning and derives the windows.
+    ///
+    /// - stream receive window: 2 × BDP rounded up to a whole MiB, so one frame's stream
+    ///   can fill the pipe with room for the receiver's reads to lag;
+    /// - connection receive window and send window: twice the stream window, so a frame
+    ///   whose reader has not started yet cannot take all of the connection's credit from
+    ///   the one being read.
+    pub fn plan(&self) -> Result<TransportPlan, QuicError> {
+        if !(self.bandwidth_bps.is_finite() && self.bandwidth_bps > 0.0) {
+            return Err(bad(
+                "bandwidth_bps",
+                format!("must be a positive number of bits per second, got {}", self.bandwidth_bps),
+            ));
+        }
+        check_rtt("rtt_ms", self.rtt_ms)?;
+        let initial_rtt = check_rtt("initial_rtt_ms", self.initial_rtt_ms.unwrap_or(self.rtt_ms))?;
+        let granules = (2.0 * self.bdp_bytes() / WINDOW_GRANULE as f64).ceil().max(1.0);
+        let stream_window = granules * WINDOW_GRANULE as f64;
+        if stream_window > MAX_STREAM_WINDOW as f64 {
+            return Err(bad(
+                "bandwidth_bps",
+                format!(
+                    "× rtt_ms gives a {:.0} MiB stream window, above the {} MiB limit",
+                    stream_window / WINDOW_GRANULE as f64,
+                    MAX_STREAM_WINDOW / WINDOW_GRANULE
+                ),
+            ));
+        }
+        // At most 2^30 (checked above), so the cast is exact and twice it fits a u32.
+        let stream_receive_window = stream_window as u32;
+        let idle_timeout_ms = u32::try_from(self.idle_timeout_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| bad("idle_timeout_ms", "must be in 1..=4294967295 ms"))?;
+        if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
+            return Err(bad(
+                "keep_alive_ms",
+                format!(
+                    "must be positive and below idle_timeout_ms ({}), got {}",
+                    self.idle_timeout_ms, self.keep_alive_ms
+                ),
+            ));
+        }
+        if self.max_concurrent_uni_streams == 0 {
+            return Err(bad("max_concurrent_uni_streams", "must be at least 1"));
+        }
+        Ok(TransportPlan {
+            stream_receive_window,
+            connection_receive_window: 2 * stream_receive_window,
+            send_window: 2 * stream_receive_window,
+            initial_rtt,
+            idle_timeout_ms,
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+            max_concurrent_uni_streams: self.max_concurrent_uni_streams,
+            congestion: self.congestion,
+            mtu_discovery: self.mtu_discovery,
+        })
+    }
+}
+
+impl TransportPlan {
+    /// Receive credit per stream (per frame), bytes.
+    pub fn stream_receive_window(&self) -> u64 {
+        self.stream_receive_window.into()
+    }
+
+    /// Receive credit per connection, bytes; also what one peer can make us buffer.
+    pub fn connection_receive_window(&self) -> u64 {
+        self.connection_receive_window.into()
+    }
+
+    /// Unacknowledged data we keep buffered per connection, bytes.
+    pub fn send_window(&self) -> u64 {
+        self.send_window.into()
+    }
+
+    /// RTT assumed before the first sample.
+    pub fn initial_rtt(&self) -> Duration {
+        self.initial_rtt
+    }
+
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.into())
+    }
+
+    /// Keep-alive interval (below the idle timeout).
+    pub fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    /// The congestion controller.
+    pub fn congestion(&self) -> Congestion {
+        self.congestion
+    }
+
+    /// The quinn transport config for both ends of a connection.
+    ///
+    /// Bidirectional streams and datagrams are disabled: frames travel one per
+    /// unidirectional stream.
+    pub fn transport_config(&self) -> TransportConfig {
+        let mut config = TransportConfig::default();
+        config
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.connection_receive_window))
+            .send_window(self.send_window.into())
+            .initial_rtt(self.initial_rtt)
+            .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(self.idle_timeout_ms))))
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None)
+            .mtu_discovery_config(self.mtu_discovery.then(MtuDiscoveryConfig::default))
+            .congestion_controller_factory(self.congestion_factory());
+        config
+    }
+
+    fn congestion_factory(&self) -> Arc<dyn ControllerFactory + Send + Sync> {
+        match self.congestion {
+            Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Cubic => Arc::new(CubicConfig::default()),
+            Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn default_windows_cover_twice_the_bdp() {
+        let tuning = TransportTuning::default();
+        // 1 Gb/s × 250 ms = 31.25 MB; twice that is 62.5 MB = 59.6 MiB → 60 MiB.
+        assert_eq!(tuning.bdp_bytes(), 31_250_000.0);
+        let plan = tuning.plan().unwrap();
+        assert_eq!(plan.stream_receive_window(), 60 * MIB);
+        assert_eq!(plan.connection_receive_window(), 120 * MIB);
+        assert_eq!(plan.send_window(), 120 * MIB);
+        assert!(plan.stream_receive_window() as f64 >= 2.0 * tuning.bdp_bytes());
+        assert_eq!(plan.initial_rtt(), Duration::from_millis(250));
+        assert_eq!(plan.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(plan.keep_alive(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn windows_follow_bandwidth_and_rtt() {
+        // A consumer uplink: 20 Mb/s × 150 ms = 375 kB; twice that rounds up to 1 MiB.
+        let slow = TransportTuning { bandwidth_bps: 20e6, rtt_ms: 150.0, ..Default::default() };
+        assert_eq!(slow.plan().unwrap().stream_receive_window(), MIB);
+        // 10 Gb/s × 100 ms = 125 MB; twice that is 238.4 MiB → 239 MiB.
+        let fast = TransportTuning { bandwidth_bps: 10e9, rtt_ms: 100.0, ..Default::default() };
+        assert_eq!(fast.plan().unwrap().stream_receive_window(), 239 * MIB);
+        let explicit = TransportTuning { initial_rtt_ms: Some(80.0), ..Default::default() };
+        assert_eq!(explicit.plan().unwrap().initial_rtt(), Duration::from_millis(80));
+    }
+
+    #[test]
+    fn impossible_tunings_are_refused_naming_the_field() {
+        let field_of = |t: TransportTuning| match t.plan() {
+            Err(QuicError::Tuning { field, .. }) => field,
+            other => panic!("expected a tuning error, got {other:?}"),
+        };
+        let d = TransportTuning::default;
+        assert_eq!(field_of(TransportTuning { keep_alive_ms: 60_000, ..d() }), "keep_alive_ms");
+        assert_eq!(field_of(TransportTuning { keep_alive_ms: 0, ..d() }), "keep_alive_ms");
+        assert_eq!(field_of(TransportTuning { idle_timeout_ms: 0, ..d() }), "idle_timeout_ms");
+        assert_eq!(field_of(TransportTuning { bandwidth_bps: 0.0, ..d() }), "bandwidth_bps");
+        assert_eq!(field_of(TransportTuning { bandwidth_bps: f64::NAN, ..d() }), "bandwidth_bps");
+        assert_eq!(field_of(TransportTuning { rtt_ms: -1.0, ..d() }), "rtt_ms");
+        assert_eq!(
+            field_of(TransportTuning { initial_rtt_ms: Some(0.0), ..d() }),
+            "initial_rtt_ms"
+        );
+        assert_eq!(
+            field_of(TransportTuning { max_concurrent_uni_streams: 0, ..d() }),
+            "max_concurrent_uni_streams"
+        );
+        // 100 Gb/s × 1 s would ask for a 23 GiB window.
+        assert_eq!(
+            field_of(TransportTuning { bandwidth_bps: 100e9, rtt_ms: 1000.0, ..d() }),
+            "bandwidth_bps"
+        );
+    }
+
+    #[test]
+    fn every_congestion_controller_builds() {
+        for congestion in [Congestion::Bbr, Congestion::Cubic, Congestion::NewReno] {
+            let plan = TransportTuning { congestion, ..Default::default() }.plan().unwrap();
+            assert_eq!(plan.congestion(), congestion);
+            let _config: TransportConfig = plan.transport_config();
+        }
+    }
+
+    #[test]
+    fn serde_defaults_fill_missing_fields_and_unknown_fields_fail() {
+        let tuning: TransportTuning =
+            serde_json::from_str(r#"{"rtt_ms": 90, "congestion": "bbr"}"#).unwrap();
+        assert_eq!(tuning.rtt_ms, 90.0);
+        assert_eq!(tuning.congestion, Congestion::Bbr);
+        assert_eq!(tuning.bandwidth_bps, 1e9);
+        assert!(serde_json::from_str::<TransportTuning>(r#"{"rtt": 90}"#).is_err());
+    }
+}

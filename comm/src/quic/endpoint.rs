@@ -1,0 +1,243 @@
+//! QUIC endpoints carrying this node's identity and tuning.
+//!
+//! An endpoint owns one UDP socket. A server endpoint accepts connections (checking client
+//! certificates by a [`ClientAuth`] policy) and can also dial out, which is what a worker in
+//! an all-gather run needs: one socket, inbound links from peers and outbound links to the
+//! coordinator and other peers. A client endpoint only dials.
+//!
+//! The constructors take any [`quinn::AsyncUdpSocket`], so the WAN simulator's virtual
+//! socket plugs in where a real one would; [`bind_server`] and [`bind_client`] bind a real
+//! UDP socket. Every constructor must run inside a Tokio runtime (quinn spawns its driver
+//! there); outside one they return an error instead of panicking.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{AsyncUdpSocket, Connection, EndpointConfig, Incoming, Runtime, TokioRuntime};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::Result;
+use crate::ids::CertFingerprint;
+use crate::quic::certs::NodeIdentity;
+use crate::quic::config::TransportTuning;
+use crate::quic::conn::peer_fingerprint;
+use crate::quic::error::QuicError;
+use crate::quic::tls::{client_crypto, crypto_provider, server_crypto, SERVER_NAME};
+use crate::quic::verify::{ClientAuth, ServerPin};
+
+/// A QUIC endpoint with this node's certificate and transport tuning.
+///
+/// - getters: [`local_addr`](Self::local_addr), [`fingerprint`](Self::fingerprint),
+///   [`quinn`](Self::quinn);
+/// - dialing: [`connect`](Self::connect) pins the peer's certificate fingerprint;
+/// - accepting (server endpoints): [`accept`](Self::accept), or [`incoming`](Self::incoming)
+///   plus [`handshake`] to run handshakes concurrently;
+/// - shutdown: [`close`](Self::close), then [`wait_idle`](Self::wait_idle) so the close
+///   frames actually leave before the process exits.
+#[derive(Debug)]
+pub struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    identity: NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+}
+
+/// An endpoint that accepts connections whose client certificate passes `auth`, and can dial.
+pub fn server_endpoint(
+    identity: &NodeIdentity,
+    auth: ClientAuth,
+    tuning: &TransportTuning,
+    socket: Arc<dyn AsyncUdpSocket>,
+) -> Result<QuicEndpoint> {
+    let transport = Arc::new(tuning.plan()?.transport_config());
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto(identity, auth)?));
+    server.transport_config(transport.clone());
+    build(identity, transport, Some(server), socket)
+}
+
+/// An endpoint that only dials out.
+pub fn client_endpoint(
+    identity: &NodeIdentity,
+    tuning: &TransportTuning,
+    socket: Arc<dyn AsyncUdpSocket>,
+) -> Result<QuicEndpoint> {
+    let transport = Arc::new(tuning.plan()?.transport_config());
+    build(identity, transport, None, socket)
+}
+
+/// [`server_endpoint`] on a real UDP socket bound to `addr` (port 0 picks a free port).
+pub fn bind_server(
+    identity: &NodeIdentity,
+    auth: ClientAuth,
+    tuning: &TransportTuning,
+    addr: SocketAddr,
+) -> Result<QuicEndpoint> {
+    server_endpoint(identity, auth, tuning, bind_udp(addr)?)
+}
+
+/// [`client_endpoint`] on a real UDP socket bound to `addr` (use an unspecified address and
+/// port 0 to let the OS choose).
+pub fn bind_client(
+    identity: &NodeIdentity,
+    tuning: &TransportTuning,
+    addr: SocketAddr,
+) -> Result<QuicEndpoint> {
+    client_endpoint(identity, tuning, bind_udp(addr)?)
+}
+
+fn ensure_runtime() -> Result<(), QuicError> {
+    tokio::runtime::Handle::try_current().map(drop).map_err(|_| {
+        QuicError::Endpoint(std::io::Error::other(
+            "QUIC endpoints must be built inside a Tokio runtime",
+        ))
+    })
+}
+
+/// UDP socket buffers asked of the OS, so bursts at Gb/s rates are not dropped in the
+/// kernel. The OS may grant less (Linux caps them at `net.core.rmem_max`/`wmem_max`), which
+/// only costs throughput; the granted size is logged.
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+fn bind_udp(addr: SocketAddr) -> Result<Arc<dyn AsyncUdpSocket>, QuicError> {
+    ensure_runtime()?;
+    let fail = |source| QuicError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if addr.is_ipv6() {
+        // Dual stack, so a coordinator bound to [::] also serves IPv4 workers; not every OS
+        // allows it, and an IPv6-only socket still works for IPv6 peers.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: failure leaves the OS default, which still works.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into()).map_err(fail)?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < UDP_BUFFER_BYTES {
+        tracing::info!(
+            granted,
+            wanted = UDP_BUFFER_BYTES,
+            "the OS granted a smaller UDP receive buffer; raise net.core.rmem_max for multi-Gb/s links"
+        );
+    }
+    TokioRuntime.wrap_udp_socket(socket.into()).map_err(QuicError::Endpoint)
+}
+
+fn build(
+    identity: &NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+    server: Option<quinn::ServerConfig>,
+    socket: Arc<dyn AsyncUdpSocket>,
+) -> Result<QuicEndpoint> {
+    ensure_runtime()?;
+    // Build one client config now so a bad identity fails here, not at the first dial.
+    client_crypto(
+        Some(identity),
+        Arc::new(ServerPin::new(identity.fingerprint(), crypto_provider())),
+        crypto_provider(),
+    )?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(TokioRuntime),
+    )
+    .map_err(QuicError::Endpoint)?;
+    Ok(QuicEndpoint { endpoint, identity: identity.clone(), transport })
+}
+
+impl QuicEndpoint {
+    /// The socket's local address (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
+        self.endpoint.local_addr().map_err(QuicError::Endpoint)
+    }
+
+    /// This node's certificate fingerprint, what peers must pin.
+    pub fn fingerprint(&self) -> CertFingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// The underlying quinn endpoint (statistics, rebinding).
+    pub fn quinn(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Connects to `addr`, accepting only a server whose certificate fingerprint is `pin`,
+    /// and authenticating with this node's certificate.
+    ///
+    /// Errors: [`QuicError::PinMismatch`] when the server presented another certificate;
+    /// [`QuicError::Refused`] when it refused us during the handshake; otherwise
+    /// [`QuicError::Handshake`]. A server that rejects our *client* certificate does so
+    /// after our side of the handshake is complete, so that shows up on the first stream
+    /// operation (or [`wait_closed`](crate::quic::wait_closed)) as
+    /// [`QuicError::Connection`].
+    pub async fn connect(&self, addr: SocketAddr, pin: CertFingerprint) -> Result<Connection> {
+        let provider = crypto_provider();
+        let verifier = Arc::new(ServerPin::new(pin, provider.clone()));
+        let crypto = client_crypto(Some(&self.identity), verifier.clone(), provider)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|source| QuicError::Connect { addr, source })?;
+        match connecting.await {
+            Ok(conn) => {
+                tracing::debug!(peer = %addr, %pin, "connected");
+                Ok(conn)
+            }
+            Err(source) => {
+                let err = match (verifier.mismatch(), QuicError::from(source.clone())) {
+                    (Some(presented), _) => QuicError::PinMismatch { addr, presented, pinned: pin },
+                    (None, refusal @ (QuicError::Refused { .. } | QuicError::Closed { .. })) => {
+                        refusal
+                    }
+                    (None, _) => QuicError::Handshake { addr, source },
+                };
+                tracing::warn!(peer = %addr, error = %err, "connection failed");
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The next connection attempt with its handshake completed, or `None` once the
+    /// endpoint is closed. Handshakes run one at a time here; a server expecting many
+    /// peers should take [`incoming`](Self::incoming) and spawn [`handshake`] per attempt.
+    pub async fn accept(&self) -> Option<Result<Connection>> {
+        let incoming = self.incoming().await?;
+        Some(handshake(incoming).await.map_err(Into::into))
+    }
+
+    /// The next connection attempt, handshake not yet run; `None` once the endpoint is
+    /// closed. Client endpoints never yield one.
+    pub async fn incoming(&self) -> Option<Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Closes every connection with `code` and `reason` and stops accepting.
+    pub fn close(&self, code: u32, reason: &str) {
+        self.endpoint.close(code.into(), reason.as_bytes());
+    }
+
+    /// Waits until every connection is fully closed, so close frames reach the peers.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Completes the handshake of an incoming connection. Failures (a client with the wrong or
+/// no certificate, a client that rejected our certificate) are logged and returned as
+/// [`QuicError::Handshake`].
+pub async fn handshake(incoming: Incoming) -> Result<Connection, QuicError> {
+    let addr = incoming.remote_address();
+    match incoming.await {
+        Ok(conn) => {
+            let fingerprint = peer_fingerprint(&conn);
+            tracing::info!(peer = %addr, fingerprint = ?fingerprint.map(|f| f.to_string()), "accepted connection");
+            Ok(conn)
+        }
+        Err(source) => {
+            tracing::warn!(peer = %addr, error = %source, "incoming handshake failed");
+            Err(QuicError::Handshake { addr, source })
+        }
+    }
+}
