@@ -6,5 +6,15 @@
 //! one driver of that core, tests and the WAN simulator are others.
 //!
 //! It must not know about tensors or training algorithms: a payload is bytes with a length.
+//!
+//! Modules:
+//! - [`ids`]: identifiers shared by every layer (member, round, run, secret, fingerprint).
+//! - [`protocol`]: the sans-IO round protocol: [`protocol::Coordinator`] and
+//!   [`protocol::WorkerProto`] state machines and the control messages they exchange.
+//! - [`error`]: [`CommError`], the crate's error type.
 
+pub mod error;
 pub mod ids;
+pub mod protocol;
+
+pub use error::{CommError, Result};
