@@ -78,6 +78,10 @@ mod deadline;
 mod error;
 pub mod messages;
 mod types;
+mod worker;
+
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -92,6 +96,7 @@ pub use types::{
     ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,
     Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,
 };
+pub use worker::{Event as WorkerEvent, Transmit as WorkerTransmit, WorkerConfig, WorkerProto};
 
 pub use crate::ids::{MemberId, Round};
 
