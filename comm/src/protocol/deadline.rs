@@ -130,7 +130,7 @@ fn median(mut values: Vec<u64>) -> u64 {
 /// coordinator so a restart keeps its deadline.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadlineStats {
-    /// Up to [`MAX_WINDOW`] durations in milliseconds, oldest first.
+    /// Up to 64 durations in milliseconds, oldest first.
     pub recent_ms: VecDeque<u64>,
 }
 

@@ -121,6 +121,12 @@ pub enum ToWorker {
         /// The round.
         round: Round,
     },
+    /// Relay: upload your payload of the committed `round` again (this coordinator
+    /// restarted and lost it while others still need it).
+    Reupload {
+        /// The round.
+        round: Round,
+    },
     /// Relay: the fetched payload is no longer held.
     Unavailable {
         /// The round.

@@ -56,8 +56,8 @@
 //!
 //! # Catching up
 //! A worker joins with the last round it applied. If it is current it is live at once. If
-//! it is behind and the commits after its round are still remembered (and, in Relay,
-//! their payloads held), they are replayed to it. Otherwise (or for a fresh worker after a
+//! it is behind and the commits after its round are still remembered, they are replayed
+//! to it (it fetches the payloads it lacks). Otherwise (or for a fresh worker after a
 //! commit: initial states are not assumed to agree) it needs a snapshot: the coordinator
 //! asks the lowest-id live member with `SnapshotRequest { round }`; that member's worker
 //! emits [`WorkerEvent::SnapshotRequested`] once it applied the round and its driver uploads

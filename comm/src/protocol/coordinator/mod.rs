@@ -1,21 +1,9 @@
 //! The coordinator's state machine: admission, round opening and closing, commits, relaying
 //! payloads (Relay) and snapshots, and the persisted state it restarts from.
-//!
-//! [`Coordinator`] reads no clock and owns no socket. Its methods come in four groups:
-//! - inputs, `handle_*`: a decoded control message, a payload frame, a state frame, a closed
-//!   connection, a timer that expired;
-//! - commands: [`Coordinator::persisted`];
-//! - outputs, `poll_*`: [`Event`]s for the driver, [`Transmit`]s to send, the next timeout;
-//! - getters.
-//!
-//! After every input the driver drains [`Coordinator::poll_event`] first, then
-//! [`Coordinator::poll_transmit`], then re-arms its timer from [`Coordinator::poll_timeout`].
-//! On [`Event::RoundCommitted`] it saves [`Coordinator::persisted`] before it sends that
-//! round's `Commit`s: a coordinator restored from older state would refuse workers that
-//! applied a round it forgot ([`RefuseReason::AheadOfCoordinator`]).
 
 mod config;
 mod persist;
+mod relay;
 mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -176,7 +164,20 @@ struct Gate {
     expected: Vec<MemberId>,
 }
 
-/// The coordinator of one run (see the [module docs](self) for the call order).
+/// The coordinator of one run.
+///
+/// [`Coordinator`] reads no clock and owns no socket. Its methods come in four groups:
+/// - inputs, `handle_*`: a decoded control message, a payload frame, a state frame, a closed
+///   connection, a timer that expired;
+/// - commands: [`Coordinator::persisted`];
+/// - outputs, `poll_*`: [`Event`]s for the driver, [`Transmit`]s to send, the next timeout;
+/// - getters.
+///
+/// After every input the driver drains [`Coordinator::poll_event`] first, then
+/// [`Coordinator::poll_transmit`], then re-arms its timer from [`Coordinator::poll_timeout`].
+/// On [`Event::RoundCommitted`] it saves [`Coordinator::persisted`] before it sends that
+/// round's `Commit`s: a coordinator restored from older state would refuse workers that
+/// applied a round it forgot ([`RefuseReason::AheadOfCoordinator`]).
 #[derive(Debug)]
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -190,6 +191,8 @@ pub struct Coordinator {
     commits: VecDeque<CommitRecord>,
     /// Relay: the open round's payloads and the committed ones of the last `keep_rounds`.
     payloads: BTreeMap<Round, BTreeMap<MemberId, (Digest, Bytes)>>,
+    /// Relay: fetches waiting for a payload its author was asked to upload again.
+    refetch: BTreeMap<(Round, MemberId), Vec<ConnId>>,
     deadline_stats: DeadlineStats,
     /// Bytes moved since the open round opened.
     traffic: Traffic,
@@ -220,6 +223,7 @@ impl Coordinator {
             open: None,
             commits: VecDeque::new(),
             payloads: BTreeMap::new(),
+            refetch: BTreeMap::new(),
             deadline_stats: DeadlineStats::default(),
             traffic: Traffic::default(),
             snapshot: None,
@@ -315,7 +319,11 @@ impl Coordinator {
             return self.reject(conn, Some(round), RejectReason::Oversized);
         }
         let digest = Digest::of(&bytes);
-        self.on_delivery(now, conn, member, round, digest, Some(bytes));
+        if self.committed.is_some_and(|c| round <= c) {
+            self.on_reupload(conn, member, round, digest, bytes);
+        } else {
+            self.on_delivery(now, conn, member, round, digest, Some(bytes));
+        }
         self.drive(now);
     }
 
@@ -470,7 +478,9 @@ impl Coordinator {
     /// The commits a worker that applied `last_applied` must replay to be current, or `None`
     /// when it cannot catch up by replay and needs a snapshot. A fresh worker (nothing
     /// applied) joining after a commit always needs a snapshot: the protocol does not assume
-    /// that initial states agree.
+    /// that initial states agree. Whether the replayed payloads can still be had is not
+    /// checked here: usually the worker holds them already (it missed a commit, not the
+    /// payloads), and when no holder has one the worker asks for a snapshot itself.
     fn replay_after(&self, last_applied: Option<Round>) -> Option<Vec<CommitRecord>> {
         let Some(committed) = self.committed else { return Some(Vec::new()) };
         let applied = last_applied?;
@@ -481,17 +491,6 @@ impl Coordinator {
             self.commits.iter().filter(|r| r.round > applied).cloned().collect();
         if records.first().map(|r| r.round) != Some(applied + 1) {
             return None;
-        }
-        if self.config.topology == Topology::Relay {
-            // Replayed payloads are fetched from here: all must still be held.
-            let held = records.iter().all(|r| {
-                r.delivered
-                    .iter()
-                    .all(|d| self.payloads.get(&r.round).is_some_and(|p| p.contains_key(&d.member)))
-            });
-            if !held {
-                return None;
-            }
         }
         Some(records)
     }
@@ -576,33 +575,6 @@ impl Coordinator {
         }
     }
 
-    fn on_fetch(&mut self, conn: ConnId, round: Round, author: MemberId, digest: Digest) {
-        if self.config.topology != Topology::Relay {
-            return self.reject(conn, Some(round), RejectReason::WrongTopology);
-        }
-        let committed = self.committed.is_some_and(|c| round <= c);
-        let held = self
-            .payloads
-            .get(&round)
-            .and_then(|p| p.get(&author))
-            .filter(|(d, _)| committed && *d == digest)
-            .map(|(_, b)| b.clone());
-        match held {
-            Some(bytes) => {
-                if let Some(&member) = self.conns.get(&conn) {
-                    self.traffic.sent(Dest::Member(member), bytes.len());
-                }
-                self.transmits.push_back(Transmit::Payload {
-                    to: conn,
-                    round,
-                    from_member: author,
-                    bytes,
-                });
-            }
-            None => self.send(conn, ToWorker::Unavailable { round, member: author }),
-        }
-    }
-
     fn close(&mut self, now: Instant) {
         let Some(open) = self.open.take() else { return };
         let round = open.round;
@@ -629,6 +601,7 @@ impl Coordinator {
         }
         let keep = self.config.keep_rounds;
         self.payloads.retain(|&r, _| r + keep > round);
+        self.refetch.retain(|&(r, _), _| r + keep > round);
         info!(
             round,
             delivered = delivered.len(),

@@ -5,8 +5,9 @@
 //! and join again under their names, get their old ids back, and the round after the last
 //! committed one opens (again) once the last round's members are back or
 //! [`CoordinatorConfig::rejoin_grace`](super::CoordinatorConfig::rejoin_grace) has passed.
-//! In Relay, replay needs payloads the restarted coordinator no longer holds, so workers
-//! that are behind catch up by snapshot.
+//! A worker that missed the last commit (the coordinator saved it and died before sending
+//! it) gets it replayed; it usually holds the payloads already. In Relay a restarted
+//! coordinator holds no payloads, so one that must be fetched leads to a snapshot.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;

@@ -1,19 +1,5 @@
 //! A worker's state machine: joining, publishing its payload, collecting the others',
 //! applying commits in order, fetching what is missing, and snapshots (both ways).
-//!
-//! [`WorkerProto`] reads no clock and owns no socket. Its methods come in four groups:
-//! - inputs, `handle_*`: the coordinator connection opened or closed, a control message
-//!   from the coordinator or from a member, a payload frame, a state frame, a timer;
-//! - commands: [`WorkerProto::publish`] (this round's payload),
-//!   [`WorkerProto::provide_state`] (a snapshot asked for), [`WorkerProto::leave`];
-//! - outputs, `poll_*`: [`Event`]s, [`Transmit`]s, the next timeout;
-//! - getters.
-//!
-//! After every input or command the driver drains [`WorkerProto::poll_event`], then
-//! [`WorkerProto::poll_transmit`], then re-arms its timer from [`WorkerProto::poll_timeout`].
-//! The driver's application applies [`Event::RoundReady`]s in the order they come; a
-//! [`Event::SnapshotRequested`] asks for its state exactly as it is at that point of the
-//! event stream (right after the RoundReady of that round).
 
 mod apply;
 mod config;
@@ -164,7 +150,21 @@ struct OpenRound {
     sent: bool,
 }
 
-/// One worker's protocol state (see the [module docs](self) for the call order).
+/// One worker's protocol state.
+///
+/// [`WorkerProto`] reads no clock and owns no socket. Its methods come in four groups:
+/// - inputs, `handle_*`: the coordinator connection opened or closed, a control message
+///   from the coordinator or from a member, a payload frame, a state frame, a timer;
+/// - commands: [`WorkerProto::publish`] (this round's payload),
+///   [`WorkerProto::provide_state`] (a snapshot asked for), [`WorkerProto::leave`];
+/// - outputs, `poll_*`: [`Event`]s, [`Transmit`]s, the next timeout;
+/// - getters.
+///
+/// After every input or command the driver drains [`WorkerProto::poll_event`], then
+/// [`WorkerProto::poll_transmit`], then re-arms its timer from [`WorkerProto::poll_timeout`].
+/// The driver's application applies [`Event::RoundReady`]s in the order they come; a
+/// [`Event::SnapshotRequested`] asks for its state exactly as it is at that point of the
+/// event stream (right after the RoundReady of that round).
 #[derive(Debug)]
 pub struct WorkerProto {
     config: WorkerConfig,
@@ -307,6 +307,7 @@ impl WorkerProto {
             ToWorker::Unavailable { round, member } => {
                 self.fetch_unavailable(now, Dest::Coordinator, round, member)
             }
+            ToWorker::Reupload { round } => self.reupload(round),
         }
     }
 
@@ -610,6 +611,22 @@ impl WorkerProto {
             }
         }
         debug!(round, "payload sent");
+    }
+
+    /// Relay: uploads this worker's payload of `round` again, if it still has it.
+    fn reupload(&mut self, round: Round) {
+        let (Some(me), Some(held)) = (self.member, self.own.get(&round)) else {
+            return self.reject(Dest::Coordinator, Some(round), RejectReason::Unsolicited);
+        };
+        let bytes = held.bytes.clone();
+        debug!(round, "payload uploaded again");
+        self.traffic.entry(round).or_default().sent(Dest::Coordinator, bytes.len());
+        self.transmits.push_back(Transmit::Payload {
+            to: Dest::Coordinator,
+            round,
+            from_member: me,
+            bytes,
+        });
     }
 
     /// Emits the SnapshotRequested event once the asked-for round is applied.
