@@ -600,8 +600,8 @@ impl Coordinator {
             payloads.retain(|m, _| open.delivered.contains_key(m));
         }
         let keep = self.config.keep_rounds;
-        self.payloads.retain(|&r, _| r + keep > round);
-        self.refetch.retain(|&(r, _), _| r + keep > round);
+        self.payloads.retain(|&r, _| r.saturating_add(keep) > round);
+        self.refetch.retain(|&(r, _), _| r.saturating_add(keep) > round);
         info!(
             round,
             delivered = delivered.len(),

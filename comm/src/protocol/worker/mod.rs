@@ -564,6 +564,11 @@ impl WorkerProto {
         if self.member.is_none_or(|me| members.binary_search(&me).is_err()) {
             return self.reject(from, Some(round), RejectReason::NotMember);
         }
+        if self.open.as_ref().is_some_and(|o| o.round == round && o.members == members) {
+            // A copy of the opening we act on. A reopening after a reconnect finds `open`
+            // cleared, and sends the payload again.
+            return self.reject(from, Some(round), RejectReason::Duplicate);
+        }
         debug!(round, members = members.len(), "round opened");
         self.horizon = self.horizon.max(Some(round));
         if let Some(held) = self.store.get_mut(&round) {
