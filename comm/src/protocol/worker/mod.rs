@@ -3,7 +3,9 @@
 
 mod apply;
 mod config;
+mod events;
 mod payload;
+mod publish;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -12,121 +14,16 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 pub use config::WorkerConfig;
+pub use events::{Event, Transmit};
 
-use super::messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker};
+use super::messages::{PeerMessage, ToCoordinator, ToWorker};
 use super::types::{
-    next_after, strictly_ascending, Delivery, Dest, Digest, MemberInfo, RejectReason, RoundStats,
-    Topology, Traffic,
+    strictly_ascending, Delivery, Dest, Digest, MemberInfo, RejectReason, RoundStats, Topology,
+    Traffic,
 };
 use super::ProtocolError;
 use crate::ids::{MemberId, Round};
 use apply::{Fetch, PendingCommit};
-
-/// Something for the driver to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transmit {
-    /// A control frame to the coordinator.
-    Control {
-        /// The message.
-        msg: ToCoordinator,
-    },
-    /// A control frame to another member.
-    Peer {
-        /// The member.
-        to: MemberId,
-        /// The message.
-        msg: PeerMessage,
-    },
-    /// A payload frame (header: `round`, sender `from_member`, the payload's author).
-    Payload {
-        /// The coordinator (Relay upload, none else) or a member.
-        to: Dest,
-        /// The round.
-        round: Round,
-        /// The payload's author.
-        from_member: MemberId,
-        /// The payload.
-        bytes: Bytes,
-    },
-    /// A state frame to the coordinator: this worker's state right after applying `round`.
-    State {
-        /// The round the state reflects.
-        round: Round,
-        /// The state.
-        bytes: Bytes,
-    },
-}
-
-/// Something the driver acts on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// Admitted by the coordinator.
-    Welcomed {
-        /// This worker's member id.
-        member: MemberId,
-        /// The round open now, or the next to open.
-        next_round: Round,
-        /// A snapshot will come before anything is applied.
-        need_state: bool,
-    },
-    /// The coordinator refused this worker (it sends no more joins).
-    Refused {
-        /// Why.
-        reason: RefuseReason,
-    },
-    /// The connected members changed.
-    Members {
-        /// All of them, ascending by id.
-        members: Vec<MemberInfo>,
-    },
-    /// A round this worker belongs to opened: compute and [`WorkerProto::publish`].
-    RoundOpened {
-        /// The round.
-        round: Round,
-        /// Its members, ascending.
-        members: Vec<MemberId>,
-        /// When the coordinator closes it at the latest, from now.
-        deadline: Duration,
-    },
-    /// A round committed and every committed payload is here: apply them, in this order.
-    RoundReady {
-        /// The round.
-        round: Round,
-        /// The committed payloads, ascending by member (this worker's own included).
-        payloads: Vec<(MemberId, Bytes)>,
-        /// Duration, stragglers, bytes.
-        stats: RoundStats,
-    },
-    /// Upload the state as it is right after the RoundReady of `round` with
-    /// [`WorkerProto::provide_state`].
-    SnapshotRequested {
-        /// The round.
-        round: Round,
-    },
-    /// Replace the application's state with this one (as of right after `round`); the
-    /// RoundReady events that follow continue from it.
-    StateReceived {
-        /// The round it reflects.
-        round: Round,
-        /// The state.
-        bytes: Bytes,
-    },
-    /// This worker could not obtain a committed payload and asked for a snapshot.
-    FellBehind {
-        /// The round it could not apply.
-        round: Round,
-    },
-    /// Input from a peer was rejected; nothing changed.
-    Rejected {
-        /// The link it came on.
-        from: Dest,
-        /// The round it named, if any.
-        round: Option<Round>,
-        /// Why.
-        reason: RejectReason,
-    },
-}
 
 /// A payload and its digest.
 #[derive(Debug, Clone)]
@@ -545,93 +442,6 @@ impl WorkerProto {
         }
         self.members = members.iter().map(|m| (m.id, m.clone())).collect();
         self.events.push_back(Event::Members { members });
-    }
-
-    fn on_round_open(
-        &mut self,
-        now: Instant,
-        round: Round,
-        members: Vec<MemberId>,
-        deadline: Duration,
-    ) {
-        let from = Dest::Coordinator;
-        if !strictly_ascending(members.iter().copied()) {
-            return self.reject(from, Some(round), RejectReason::Malformed);
-        }
-        if round < next_after(self.applied) || self.commits.contains_key(&round) {
-            return self.reject(from, Some(round), RejectReason::Late);
-        }
-        if self.member.is_none_or(|me| members.binary_search(&me).is_err()) {
-            return self.reject(from, Some(round), RejectReason::NotMember);
-        }
-        if self.open.as_ref().is_some_and(|o| o.round == round && o.members == members) {
-            // A copy of the opening we act on. A reopening after a reconnect finds `open`
-            // cleared, and sends the payload again.
-            return self.reject(from, Some(round), RejectReason::Duplicate);
-        }
-        debug!(round, members = members.len(), "round opened");
-        self.horizon = self.horizon.max(Some(round));
-        if let Some(held) = self.store.get_mut(&round) {
-            // Copies from outside the round can never be committed.
-            held.retain(|m, _| members.binary_search(m).is_ok());
-        }
-        self.opened.insert(round, (members.clone(), now));
-        self.open = Some(OpenRound { round, members: members.clone(), sent: false });
-        self.events.push_back(Event::RoundOpened { round, members, deadline });
-        self.send_published();
-    }
-
-    /// Sends this worker's payload for the open round, once per opening.
-    fn send_published(&mut self) {
-        let (Some(me), Some(topology)) = (self.member, self.topology) else { return };
-        let Some(open) = self.open.as_mut().filter(|o| !o.sent) else { return };
-        let Some(held) = self.own.get(&open.round) else { return };
-        open.sent = true;
-        let round = open.round;
-        let traffic = self.traffic.entry(round).or_default();
-        let bytes = held.bytes.clone();
-        match topology {
-            Topology::Relay => {
-                traffic.sent(Dest::Coordinator, bytes.len());
-                self.transmits.push_back(Transmit::Payload {
-                    to: Dest::Coordinator,
-                    round,
-                    from_member: me,
-                    bytes,
-                });
-            }
-            Topology::AllGather => {
-                for &other in open.members.iter().filter(|&&m| m != me) {
-                    traffic.sent(Dest::Member(other), bytes.len());
-                    self.transmits.push_back(Transmit::Payload {
-                        to: Dest::Member(other),
-                        round,
-                        from_member: me,
-                        bytes: bytes.clone(),
-                    });
-                }
-                self.transmits.push_back(Transmit::Control {
-                    msg: ToCoordinator::Delivered { round, digest: held.digest },
-                });
-            }
-        }
-        debug!(round, "payload sent");
-    }
-
-    /// Relay: uploads this worker's payload of `round` again, if it still has it.
-    fn reupload(&mut self, round: Round) {
-        let (Some(me), Some(held)) = (self.member, self.own.get(&round)) else {
-            return self.reject(Dest::Coordinator, Some(round), RejectReason::Unsolicited);
-        };
-        let bytes = held.bytes.clone();
-        debug!(round, "payload uploaded again");
-        self.traffic.entry(round).or_default().sent(Dest::Coordinator, bytes.len());
-        self.transmits.push_back(Transmit::Payload {
-            to: Dest::Coordinator,
-            round,
-            from_member: me,
-            bytes,
-        });
     }
 
     /// Emits the SnapshotRequested event once the asked-for round is applied.
