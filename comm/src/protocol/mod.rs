@@ -44,8 +44,9 @@
 //! digest matches the commit. It fetches a missing or mismatching one after `fetch_grace`
 //! (it may still be on its way): in Relay from the coordinator; in AllGather from the
 //! payload's author first, then from the other committed members in ascending order, since
-//! every member keeps the payloads of its last `keep_rounds` applied rounds. When nobody
-//! has it the worker asks for state (below).
+//! every member keeps the payloads of its last `keep_rounds` applied rounds (and the
+//! coordinator holds none). When nobody has it the worker asks for state (below). A worker
+//! that sees a gap in the commits (one went missing) joins again, which replays them.
 //!
 //! Duplicates: before a commit the first copy of a member's payload for a round wins, at the
 //! coordinator and at each worker; later copies are rejected. The commit's digest decides in
@@ -61,17 +62,77 @@
 //! commit: initial states are not assumed to agree) it needs a snapshot: the coordinator
 //! asks the lowest-id live member with `SnapshotRequest { round }`; that member's worker
 //! emits [`WorkerEvent::SnapshotRequested`] once it applied the round and its driver uploads
-//! its state with [`WorkerProto::provide_state`]. The coordinator caches the latest
-//! snapshot, relays it with the commits after it, and the newcomer joins rounds from the
-//! next boundary. Nobody waits for it: rounds keep committing meanwhile. A worker that gets
+//! its state with [`WorkerProto::provide_state`] (a `State` frame whose header names the
+//! round; there is no separate upload message). The coordinator caches the latest
+//! snapshot, relays it with the commits after it, and the newcomer replays those and
+//! joins rounds from the next boundary. A slow or vanished provider is replaced after
+//! `snapshot_timeout` by the next live member. Nobody waits for it: rounds keep committing meanwhile. A worker that gets
 //! stuck later (commits it cannot obtain payloads for) asks for state with `StateWanted`.
 //!
 //! # Restarts
 //! The coordinator's [`CoordinatorState`] (ids and names, recent commits, deadline
 //! statistics) is saved after each commit. A restored coordinator waits for the workers to
-//! join again, gives them their ids back and opens the round after the last commit; a
-//! worker keeps its own payload until the round commits and sends it again on every
-//! `RoundOpen` for it.
+//! join again, gives them their ids back and opens the round after the last commit (once
+//! the last round's members are back, or after `rejoin_grace`); a worker keeps its own
+//! payload until the round commits and sends it again on every `RoundOpen` for it. A Relay
+//! coordinator that restarted holds no payloads: when one is fetched it asks the author to
+//! upload it again (`Reupload`). The driver saves the state on
+//! [`CoordinatorEvent::RoundCommitted`], before it sends that round's commits; workers that
+//! claim a round the restored coordinator never committed are refused.
+//!
+//! # Limits
+//! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`]; payloads and
+//! state blobs have configured maxima at both ends. Timers accept at most [`MAX_TIMER`].
+//! If every connected member needs state, nobody can provide it and they wait (logged).
+
+//! # Example
+//! One coordinator and one worker wired by hand, every `now` the same (a driver moves these
+//! over QUIC and feeds real time):
+//! ```
+//! use std::time::Instant;
+//!
+//! use bytes::Bytes;
+//! use meridian_comm::ids::RunId;
+//! use meridian_comm::protocol::*;
+//!
+//! let now = Instant::now();
+//! let config = CoordinatorConfig::new(RunId([0; 16]), Topology::Relay);
+//! let mut coordinator = Coordinator::new(config, now)?;
+//! let mut worker = WorkerProto::new(WorkerConfig::new("w0"), None)?;
+//! let conn = ConnId(1); // the driver's name for the worker's connection
+//! worker.handle_connected(now); // sends Join
+//! worker.publish(now, 0, Bytes::from_static(b"round 0 payload"))?; // sent once round 0 opens
+//! let mut ready = None;
+//! for _ in 0..10 {
+//!     while let Some(t) = worker.poll_transmit() {
+//!         match t {
+//!             WorkerTransmit::Control { msg } => coordinator.handle_message(now, conn, msg),
+//!             WorkerTransmit::Payload { round, from_member, bytes, .. } => {
+//!                 coordinator.handle_payload(now, conn, round, from_member, bytes)
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     while let Some(t) = coordinator.poll_transmit() {
+//!         match t {
+//!             CoordinatorTransmit::Control { msg, .. } => worker.handle_coordinator(now, msg),
+//!             CoordinatorTransmit::Payload { round, from_member, bytes, .. } => {
+//!                 worker.handle_payload(now, Dest::Coordinator, round, from_member, bytes)
+//!             }
+//!             CoordinatorTransmit::State { round, bytes, .. } => {
+//!                 worker.handle_state(now, round, bytes)
+//!             }
+//!         }
+//!     }
+//!     while let Some(event) = worker.poll_event() {
+//!         if let WorkerEvent::RoundReady { round, payloads, .. } = event {
+//!             ready = Some((round, payloads));
+//!         }
+//!     }
+//! }
+//! assert_eq!(ready, Some((0, vec![(0, Bytes::from_static(b"round 0 payload"))])));
+//! # Ok::<(), ProtocolError>(())
+//! ```
 
 mod coordinator;
 mod deadline;
