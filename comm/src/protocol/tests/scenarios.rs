@@ -375,3 +375,49 @@ fn coordinator_dying_before_its_commit_goes_out_replays_it_after_restart() {
         }
     }
 }
+
+/// The deadline of every round opening among `events`.
+fn deadlines(events: &[CoordinatorEvent]) -> Vec<(Round, Duration)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            CoordinatorEvent::RoundOpened { round, deadline, .. } => Some((*round, *deadline)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn adaptive_deadline_learns_round_durations_and_survives_a_restart() {
+    let mut config = super::coordinator_config(Topology::Relay, 3);
+    config.deadline =
+        crate::protocol::DeadlinePolicy::Adaptive(crate::protocol::AdaptiveDeadline {
+            initial: Duration::from_secs(10),
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(60),
+            factor: 2.0,
+            window: 8,
+            min_samples: 3,
+        });
+    let mut net = Net::new(config, worker_config(), 3, 9);
+    for node in &mut net.nodes {
+        node.app.compute = Duration::from_millis(100);
+    }
+    net.connect_all();
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(5)));
+    // Rounds take ~110 ms from opening to last delivery (100 ms compute, 10 ms latency).
+    for (round, deadline) in deadlines(&net.coordinator_events) {
+        if round < 3 {
+            assert_eq!(deadline, Duration::from_secs(10), "round {round}: initial");
+        } else {
+            let ms = deadline.as_millis();
+            assert!((200..=260).contains(&ms), "round {round}: 2 × median, got {ms} ms");
+        }
+    }
+    net.crash_coordinator();
+    net.restart_coordinator();
+    let before = net.coordinator_events.len();
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(7)));
+    let (round, deadline) = deadlines(&net.coordinator_events[before..])[0];
+    assert!(deadline < Duration::from_secs(1), "round {round} kept the learned deadline");
+}
