@@ -3,6 +3,7 @@
 //! Each part of the crate keeps its detailed errors in its own module and is wrapped here, so a
 //! caller matches on one enum and still gets the specific cause through `source()`.
 
+use crate::protocol::ProtocolError;
 use crate::quic::{JoinError, QuicError, TlsError};
 use crate::wire::WireError;
 
@@ -19,6 +20,9 @@ pub enum CommError {
     /// Certificates, keys and TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The round protocol refused a call or could not decode a message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
     /// A join string that does not parse or whose address does not resolve.
     #[error("join string: {0}")]
     Join(#[from] JoinError),

@@ -7,12 +7,17 @@
 //!
 //! It must not know about tensors or training algorithms: a payload is bytes with a length.
 //!
-//! - [`ids`]: the identifiers every layer shares.
+//! - [`ids`]: identifiers shared by every layer (member, round, run, secret, fingerprint).
 //! - [`wire`]: the authenticated, length-prefixed frame every transport carries.
+//! - [`protocol`]: the sans-IO round protocol: [`protocol::Coordinator`] and
+//!   [`protocol::WorkerProto`] state machines and the control messages they exchange.
+//! - [`quic`]: the QUIC transport: pinned identities, the join string, tuning for long fat
+//!   links, frames over streams.
 //! - [`error`]: [`CommError`], the crate's error type.
 
 pub mod error;
 pub mod ids;
+pub mod protocol;
 pub mod quic;
 pub mod wire;
 

@@ -1,0 +1,296 @@
+//! The coordinator's state machine: admission, round opening and closing, commits, relaying
+//! payloads (Relay) and snapshots, and the persisted state it restarts from.
+
+mod config;
+mod events;
+mod join;
+mod persist;
+mod relay;
+mod rounds;
+mod snapshot;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+pub use config::CoordinatorConfig;
+pub use events::{Event, Transmit};
+pub use persist::{CommitRecord, CoordinatorState};
+
+use super::messages::{RefuseReason, ToCoordinator, ToWorker};
+use super::types::{ConnId, Digest, PeerInfo, RejectReason, Topology, Traffic, MAX_NAME_LEN};
+use super::ProtocolError;
+use crate::ids::{MemberId, Round};
+use crate::protocol::deadline::DeadlineStats;
+use rounds::open_message;
+use snapshot::SnapshotAsk;
+
+/// Whether a member takes part in rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its state is current (or catching up by replayed commits): it joins the next round.
+    Live,
+    /// It waits for a state snapshot and takes no part in rounds.
+    Syncing,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    peer: PeerInfo,
+    conn: Option<ConnId>,
+    phase: Phase,
+    /// The last round it said it applied (join or state request).
+    last_applied: Option<Round>,
+}
+
+#[derive(Debug)]
+struct OpenRound {
+    round: Round,
+    members: Vec<MemberId>,
+    opened: Instant,
+    deadline: Instant,
+    delivered: BTreeMap<MemberId, (Digest, Instant)>,
+}
+
+/// After a restore: the first round waits until `until` for the last round's members.
+#[derive(Debug)]
+struct Gate {
+    until: Instant,
+    expected: Vec<MemberId>,
+}
+
+/// The coordinator of one run.
+///
+/// [`Coordinator`] reads no clock and owns no socket. Its methods come in four groups:
+/// - inputs, `handle_*`: a decoded control message, a payload frame, a state frame, a closed
+///   connection, a timer that expired;
+/// - commands: [`Coordinator::persisted`];
+/// - outputs, `poll_*`: [`Event`]s for the driver, [`Transmit`]s to send, the next timeout;
+/// - getters.
+///
+/// After every input the driver drains [`Coordinator::poll_event`] first, then
+/// [`Coordinator::poll_transmit`], then re-arms its timer from [`Coordinator::poll_timeout`].
+/// On [`Event::RoundCommitted`] it saves [`Coordinator::persisted`] before it sends that
+/// round's `Commit`s: a coordinator restored from older state would refuse workers that
+/// applied a round it forgot ([`RefuseReason::AheadOfCoordinator`]).
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    members: BTreeMap<MemberId, Member>,
+    names: BTreeMap<String, MemberId>,
+    conns: BTreeMap<ConnId, MemberId>,
+    next_id: MemberId,
+    committed: Option<Round>,
+    open: Option<OpenRound>,
+    /// The last `keep_rounds` commits, ascending and contiguous.
+    commits: VecDeque<CommitRecord>,
+    /// Relay: the open round's payloads and the committed ones of the last `keep_rounds`.
+    payloads: BTreeMap<Round, BTreeMap<MemberId, (Digest, Bytes)>>,
+    /// Relay: fetches waiting for a payload its author was asked to upload again.
+    refetch: BTreeMap<(Round, MemberId), Vec<ConnId>>,
+    deadline_stats: DeadlineStats,
+    /// Bytes moved since the open round opened.
+    traffic: Traffic,
+    /// The latest state snapshot: (round it reflects, bytes).
+    snapshot: Option<(Round, Bytes)>,
+    asking: Option<SnapshotAsk>,
+    gate: Option<Gate>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Coordinator {
+    /// A coordinator for a new run.
+    pub fn new(config: CoordinatorConfig, now: Instant) -> Result<Self, ProtocolError> {
+        config.validate()?;
+        let _ = now;
+        Ok(Self::empty(config))
+    }
+
+    fn empty(config: CoordinatorConfig) -> Self {
+        Coordinator {
+            config,
+            members: BTreeMap::new(),
+            names: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_id: 0,
+            committed: None,
+            open: None,
+            commits: VecDeque::new(),
+            payloads: BTreeMap::new(),
+            refetch: BTreeMap::new(),
+            deadline_stats: DeadlineStats::default(),
+            traffic: Traffic::default(),
+            snapshot: None,
+            asking: None,
+            gate: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The configuration.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// The last committed round.
+    pub fn committed(&self) -> Option<Round> {
+        self.committed
+    }
+
+    /// The open round, if one is open.
+    pub fn open_round(&self) -> Option<Round> {
+        self.open.as_ref().map(|o| o.round)
+    }
+
+    /// The members with an open connection, ascending.
+    pub fn connected(&self) -> Vec<MemberId> {
+        self.members.iter().filter(|(_, m)| m.conn.is_some()).map(|(&id, _)| id).collect()
+    }
+
+    /// The member id that `name` holds, if it ever joined.
+    pub fn member_id(&self, name: &str) -> Option<MemberId> {
+        self.names.get(name).copied()
+    }
+
+    // ---- inputs ----
+
+    /// A control message arrived on `conn`.
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: ToCoordinator) {
+        if let ToCoordinator::Join { name, last_applied, peer } = msg {
+            self.on_join(now, conn, name, last_applied, peer);
+            self.drive(now);
+            return;
+        }
+        let Some(&member) = self.conns.get(&conn) else {
+            self.reject(conn, None, RejectReason::NotJoined);
+            return;
+        };
+        match msg {
+            ToCoordinator::Join { .. } => {}
+            ToCoordinator::Delivered { round, digest } => {
+                if self.config.topology == Topology::AllGather {
+                    self.on_delivery(now, conn, member, round, digest, None);
+                } else {
+                    self.reject(conn, Some(round), RejectReason::WrongTopology);
+                }
+            }
+            ToCoordinator::Fetch { round, member: author, digest } => {
+                self.on_fetch(conn, round, author, digest)
+            }
+            ToCoordinator::StateWanted { last_applied } => {
+                self.on_state_wanted(member, last_applied)
+            }
+            ToCoordinator::Leave => {
+                info!(member, "member leaves");
+                self.drop_conn(conn);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// A payload frame arrived on `conn` (Relay uploads).
+    pub fn handle_payload(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        round: Round,
+        sender: MemberId,
+        bytes: Bytes,
+    ) {
+        let Some(&member) = self.conns.get(&conn) else {
+            return self.reject(conn, Some(round), RejectReason::NotJoined);
+        };
+        if self.config.topology != Topology::Relay {
+            return self.reject(conn, Some(round), RejectReason::WrongTopology);
+        }
+        if sender != member {
+            return self.reject(conn, Some(round), RejectReason::SenderMismatch);
+        }
+        if bytes.len() > self.config.max_payload {
+            return self.reject(conn, Some(round), RejectReason::Oversized);
+        }
+        let digest = Digest::of(&bytes);
+        if self.committed.is_some_and(|c| round <= c) {
+            self.on_reupload(conn, member, round, digest, bytes);
+        } else {
+            self.on_delivery(now, conn, member, round, digest, Some(bytes));
+        }
+        self.drive(now);
+    }
+
+    /// A state frame arrived on `conn`: a snapshot upload after a `SnapshotRequest`.
+    pub fn handle_state(&mut self, now: Instant, conn: ConnId, round: Round, bytes: Bytes) {
+        self.on_state(conn, round, bytes);
+        self.drive(now);
+    }
+
+    /// `conn` closed. Its member stays in the open round (it may reconnect and deliver) and
+    /// is dropped from the next one unless it is back by then.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.drop_conn(conn);
+        self.drive(now);
+    }
+
+    /// The time from [`Coordinator::poll_timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.open.as_ref().is_some_and(|o| o.deadline <= now) {
+            self.close(now);
+        }
+        self.snapshot_timeout(now);
+        self.drive(now);
+    }
+
+    // ---- outputs ----
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = self.open.as_ref().map(|o| o.deadline);
+        let snapshot = self.asking.as_ref().map(|a| a.asked + self.config.snapshot_timeout);
+        let gate = self.gate.as_ref().map(|g| g.until);
+        [deadline, snapshot, gate].into_iter().flatten().min()
+    }
+
+    // ---- internals ----
+
+    fn drive(&mut self, now: Instant) {
+        self.drive_snapshots(now);
+        self.maybe_open(now);
+    }
+
+    fn send(&mut self, to: ConnId, msg: ToWorker) {
+        self.transmits.push_back(Transmit::Control { to, msg });
+    }
+
+    fn reject(&mut self, conn: ConnId, round: Option<Round>, reason: RejectReason) {
+        debug!(?conn, ?round, ?reason, "rejected");
+        self.events.push_back(Event::Rejected { conn, round, reason });
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: RefuseReason) {
+        info!(?conn, ?reason, "join refused");
+        self.send(conn, ToWorker::Refused { reason });
+        self.events.push_back(Event::Refused { conn, reason });
+    }
+}
+
+/// A usable worker name: 1..=64 bytes, no control characters.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}

@@ -1,0 +1,86 @@
+//! Relay: serving fetches of committed payloads from the cache, and refilling the cache from
+//! the payloads' authors after a restart.
+//!
+//! Payloads are forwarded while a round is open and kept for `keep_rounds` committed rounds.
+//! A restarted coordinator holds none: when a member fetches one, the coordinator asks its
+//! author (who keeps its own payloads) to upload it again and answers every waiting fetch
+//! when it arrives. This matters when the coordinator dies between saving a commit and
+//! forwarding its last payloads: without it every worker would need a snapshot and no
+//! member could provide one.
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::{Coordinator, Transmit};
+use crate::ids::{MemberId, Round};
+use crate::protocol::messages::ToWorker;
+use crate::protocol::types::{ConnId, Dest, Digest, RejectReason, Topology};
+
+impl Coordinator {
+    pub(super) fn on_fetch(
+        &mut self,
+        conn: ConnId,
+        round: Round,
+        author: MemberId,
+        digest: Digest,
+    ) {
+        if self.config.topology != Topology::Relay {
+            return self.reject(conn, Some(round), RejectReason::WrongTopology);
+        }
+        let cached = self
+            .payloads
+            .get(&round)
+            .and_then(|p| p.get(&author))
+            .filter(|(d, _)| self.committed_digest(round, author) == Some(*d) && *d == digest)
+            .map(|(_, b)| b.clone());
+        if let Some(bytes) = cached {
+            return self.serve(conn, round, author, bytes);
+        }
+        let author_conn = self.members.get(&author).and_then(|m| m.conn);
+        match author_conn {
+            Some(to) if self.committed_digest(round, author) == Some(digest) => {
+                let waiting = self.refetch.entry((round, author)).or_default();
+                if !waiting.contains(&conn) {
+                    waiting.push(conn);
+                }
+                // Asked again on every fetch: a retried fetch also retries the request.
+                debug!(round, author, "asking the author to upload again");
+                self.send(to, ToWorker::Reupload { round });
+            }
+            _ => self.send(conn, ToWorker::Unavailable { round, member: author }),
+        }
+    }
+
+    /// A payload for a committed round: only an upload the commit names and the cache lacks.
+    pub(super) fn on_reupload(
+        &mut self,
+        conn: ConnId,
+        member: MemberId,
+        round: Round,
+        digest: Digest,
+        bytes: Bytes,
+    ) {
+        let cached = self.payloads.get(&round).is_some_and(|p| p.contains_key(&member));
+        if cached || self.committed_digest(round, member) != Some(digest) {
+            return self.reject(conn, Some(round), RejectReason::Late);
+        }
+        self.traffic.received(Dest::Member(member), bytes.len());
+        self.payloads.entry(round).or_default().insert(member, (digest, bytes.clone()));
+        for waiting in self.refetch.remove(&(round, member)).unwrap_or_default() {
+            self.serve(waiting, round, member, bytes.clone());
+        }
+    }
+
+    /// The digest the commit of `round` holds for `member`, if it is remembered.
+    fn committed_digest(&self, round: Round, member: MemberId) -> Option<Digest> {
+        let record = self.commits.iter().find(|r| r.round == round)?;
+        record.delivered.iter().find(|d| d.member == member).map(|d| d.digest)
+    }
+
+    fn serve(&mut self, conn: ConnId, round: Round, author: MemberId, bytes: Bytes) {
+        if let Some(&member) = self.conns.get(&conn) {
+            self.traffic.sent(Dest::Member(member), bytes.len());
+        }
+        self.transmits.push_back(Transmit::Payload { to: conn, round, from_member: author, bytes });
+    }
+}

@@ -1,0 +1,168 @@
+//! The round lifecycle: deliveries, closing and committing, opening the next round.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::{CommitRecord, Coordinator, Event, OpenRound, Phase, Transmit};
+use crate::ids::{MemberId, Round};
+use crate::protocol::messages::ToWorker;
+use crate::protocol::types::{
+    next_after, ConnId, Delivery, Dest, Digest, RejectReason, RoundStats,
+};
+
+impl Coordinator {
+    pub(super) fn on_delivery(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        member: MemberId,
+        round: Round,
+        digest: Digest,
+        bytes: Option<Bytes>,
+    ) {
+        let next_round = next_after(self.committed);
+        let Some(open) = self.open.as_mut().filter(|o| o.round == round) else {
+            let reason =
+                if round < next_round { RejectReason::Late } else { RejectReason::WrongRound };
+            return self.reject(conn, Some(round), reason);
+        };
+        if open.members.binary_search(&member).is_err() {
+            return self.reject(conn, Some(round), RejectReason::NotMember);
+        }
+        if let Some((first, _)) = open.delivered.get(&member) {
+            // The first delivery wins; a different second one is logged louder.
+            if *first != digest {
+                warn!(member, round, "a second, different payload for the round is ignored");
+            }
+            return self.reject(conn, Some(round), RejectReason::Duplicate);
+        }
+        open.delivered.insert(member, (digest, now));
+        let everyone = open.delivered.len() == open.members.len();
+        let others: Vec<MemberId> = open.members.iter().copied().filter(|&m| m != member).collect();
+        debug!(member, round, "delivered");
+        if let Some(bytes) = bytes {
+            self.traffic.received(Dest::Member(member), bytes.len());
+            for other in others {
+                let Some(to) = self.members.get(&other).and_then(|m| m.conn) else { continue };
+                self.traffic.sent(Dest::Member(other), bytes.len());
+                self.transmits.push_back(Transmit::Payload {
+                    to,
+                    round,
+                    from_member: member,
+                    bytes: bytes.clone(),
+                });
+            }
+            self.payloads.entry(round).or_default().insert(member, (digest, bytes));
+        }
+        if everyone {
+            self.close(now);
+        }
+    }
+
+    pub(super) fn close(&mut self, now: Instant) {
+        let Some(open) = self.open.take() else { return };
+        let round = open.round;
+        let delivered: Vec<Delivery> = open
+            .delivered
+            .iter()
+            .map(|(&member, &(digest, _))| Delivery { member, digest })
+            .collect();
+        let stragglers: Vec<MemberId> =
+            open.members.iter().copied().filter(|m| !open.delivered.contains_key(m)).collect();
+        let last_delivery =
+            open.delivered.values().map(|&(_, at)| at.saturating_duration_since(open.opened)).max();
+        if let Some(d) = last_delivery {
+            self.deadline_stats.observe(d);
+        }
+        let record = CommitRecord { round, delivered: delivered.clone(), stragglers };
+        self.commits.push_back(record.clone());
+        while self.commits.len() as u64 > self.config.keep_rounds {
+            self.commits.pop_front();
+        }
+        self.committed = Some(round);
+        if let Some(payloads) = self.payloads.get_mut(&round) {
+            payloads.retain(|m, _| open.delivered.contains_key(m));
+        }
+        let keep = self.config.keep_rounds;
+        self.payloads.retain(|&r, _| r.saturating_add(keep) > round);
+        self.refetch.retain(|&(r, _), _| r.saturating_add(keep) > round);
+        info!(
+            round,
+            delivered = delivered.len(),
+            stragglers = record.stragglers.len(),
+            "round committed"
+        );
+        let stats = RoundStats {
+            round,
+            members: open.members.clone(),
+            delivered: delivered.iter().map(|d| d.member).collect(),
+            stragglers: record.stragglers.clone(),
+            duration: Some(now.saturating_duration_since(open.opened)),
+            last_delivery,
+            traffic: std::mem::take(&mut self.traffic).report(),
+        };
+        self.events.push_back(Event::RoundCommitted { round, delivered, stats });
+        let msg = record.to_message();
+        let targets: Vec<ConnId> = self
+            .members
+            .values()
+            .filter(|m| m.phase == Phase::Live)
+            .filter_map(|m| m.conn)
+            .collect();
+        for conn in targets {
+            self.send(conn, msg.clone());
+        }
+    }
+
+    pub(super) fn maybe_open(&mut self, now: Instant) {
+        if self.open.is_some() {
+            return;
+        }
+        let live: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.conn.is_some() && m.phase == Phase::Live)
+            .map(|(&id, _)| id)
+            .collect();
+        if live.is_empty() || live.len() < self.config.min_members {
+            return;
+        }
+        if let Some(gate) = &self.gate {
+            let all_back = gate.expected.iter().all(|id| live.binary_search(id).is_ok());
+            if now < gate.until && !all_back {
+                return;
+            }
+        }
+        self.gate = None;
+        let round = next_after(self.committed);
+        let deadline = self.config.deadline.next(&self.deadline_stats);
+        let open = OpenRound {
+            round,
+            members: live.clone(),
+            opened: now,
+            deadline: now + deadline,
+            delivered: BTreeMap::new(),
+        };
+        info!(round, members = live.len(), ?deadline, "round opened");
+        let msg = open_message(&open, now);
+        self.open = Some(open);
+        for id in &live {
+            if let Some(conn) = self.members.get(id).and_then(|m| m.conn) {
+                self.send(conn, msg.clone());
+            }
+        }
+        self.events.push_back(Event::RoundOpened { round, members: live, deadline });
+    }
+}
+
+pub(super) fn open_message(open: &OpenRound, now: Instant) -> ToWorker {
+    let left = open.deadline.saturating_duration_since(now);
+    ToWorker::RoundOpen {
+        round: open.round,
+        members: open.members.clone(),
+        deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+    }
+}

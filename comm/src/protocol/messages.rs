@@ -1,0 +1,190 @@
+//! The control messages of the round protocol.
+//!
+//! They travel postcard-encoded as the body of `Control` frames; the frame header versions
+//! them, so a change here bumps the frame version. Three directions, three enums: a worker
+//! talks to the coordinator with [`ToCoordinator`], the coordinator answers with
+//! [`ToWorker`], and members talk to each other (fetches) with [`PeerMessage`]. The driver
+//! knows which kind of link a frame came on and decodes the matching enum.
+//!
+//! Payload and state bytes are never inside a message: they travel as `Payload` and `State`
+//! frames whose header carries the round and the author (see the transmit types).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Delivery, Digest, MemberInfo, PeerInfo, Topology};
+use super::ProtocolError;
+use crate::ids::{MemberId, Round};
+
+/// A worker to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToCoordinator {
+    /// Asks for admission (first message on a connection), or resynchronises.
+    Join {
+        /// The worker's stable identity (at most [`MAX_NAME_LEN`](super::MAX_NAME_LEN) bytes):
+        /// the same name gets the same member id for the whole run.
+        name: String,
+        /// The last round this worker applied, `None` for a fresh worker.
+        last_applied: Option<Round>,
+        /// How other members reach this worker (AllGather).
+        peer: PeerInfo,
+    },
+    /// AllGather: this member has sent its payload for `round` to every other member.
+    Delivered {
+        /// The round.
+        round: Round,
+        /// The digest of the payload sent.
+        digest: Digest,
+    },
+    /// Relay: please send the committed payload of `member` in `round`.
+    Fetch {
+        /// The round.
+        round: Round,
+        /// The payload's author.
+        member: MemberId,
+        /// The committed digest.
+        digest: Digest,
+    },
+    /// This worker cannot catch up by replaying commits and needs a state snapshot.
+    StateWanted {
+        /// The last round it applied (a snapshot must be newer to help).
+        last_applied: Option<Round>,
+    },
+    /// This worker leaves the run (it may join again under its name).
+    Leave,
+}
+
+/// Why the coordinator refused a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The name is empty, too long or holds control characters, or the peer info is too long.
+    InvalidJoin,
+    /// The run already has its maximum number of members.
+    Full,
+    /// The worker claims to have applied a round this coordinator never committed: its
+    /// history and the coordinator's diverged.
+    AheadOfCoordinator,
+    /// A newer connection joined under the same name; this one is dropped.
+    Superseded,
+}
+
+/// The coordinator to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Admission.
+    Welcome {
+        /// The worker's member id.
+        member: MemberId,
+        /// The connected members, ascending by id.
+        members: Vec<MemberInfo>,
+        /// The round now open, or the next to open.
+        next_round: Round,
+        /// The last committed round.
+        committed: Option<Round>,
+        /// How payloads travel.
+        topology: Topology,
+        /// A state snapshot will follow; until it arrives the worker applies nothing.
+        need_state: bool,
+    },
+    /// Admission refused.
+    Refused {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A round opened; its members should publish their payloads.
+    RoundOpen {
+        /// The round.
+        round: Round,
+        /// Its members, ascending.
+        members: Vec<MemberId>,
+        /// Milliseconds from now until the coordinator closes it.
+        deadline_ms: u64,
+    },
+    /// A round closed: apply exactly these payloads, in this (ascending member) order.
+    Commit {
+        /// The round.
+        round: Round,
+        /// The committed payloads, ascending by member.
+        delivered: Vec<Delivery>,
+        /// Members of the round that did not deliver, ascending.
+        stragglers: Vec<MemberId>,
+    },
+    /// The connected members changed (full list, ascending by id).
+    Members {
+        /// The members.
+        members: Vec<MemberInfo>,
+    },
+    /// Upload your state as of right after applying `round` (or your latest applied round
+    /// if that is later), as a `State` frame.
+    SnapshotRequest {
+        /// The round.
+        round: Round,
+    },
+    /// Relay: upload your payload of the committed `round` again (this coordinator
+    /// restarted and lost it while others still need it).
+    Reupload {
+        /// The round.
+        round: Round,
+    },
+    /// Relay: the fetched payload is no longer held.
+    Unavailable {
+        /// The round.
+        round: Round,
+        /// The payload's author.
+        member: MemberId,
+    },
+}
+
+/// A member to another member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// AllGather: please send the committed payload of `member` in `round`.
+    Fetch {
+        /// The round.
+        round: Round,
+        /// The payload's author.
+        member: MemberId,
+        /// The committed digest.
+        digest: Digest,
+    },
+    /// The fetched payload is not held here.
+    Unavailable {
+        /// The round.
+        round: Round,
+        /// The payload's author.
+        member: MemberId,
+    },
+}
+
+fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    postcard::to_allocvec(msg).map_err(ProtocolError::Encode)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(ProtocolError::Decode)?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+macro_rules! codec {
+    ($t:ty) => {
+        impl $t {
+            /// The postcard encoding: a `Control` frame's body.
+            pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+                encode(self)
+            }
+
+            /// Decodes a `Control` frame's body; trailing bytes are an error.
+            pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
+                decode(body)
+            }
+        }
+    };
+}
+
+codec!(ToCoordinator);
+codec!(ToWorker);
+codec!(PeerMessage);

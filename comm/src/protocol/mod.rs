@@ -1,0 +1,165 @@
+//! The sans-IO round protocol: membership, rounds, commits and catch-up as two state machines,
+//! [`Coordinator`] and [`WorkerProto`], in the style of `quinn-proto`.
+//!
+//! Neither reads a clock, opens a socket or spawns a task. Every input takes `now`; outputs
+//! are polled: `poll_transmit` (what to send), `poll_event` (what happened), `poll_timeout`
+//! (when to call `handle_timeout`). A driver (QUIC, the simulator, the tests) moves frames:
+//! control messages ([`messages`]) in `Control` frames, payloads in `Payload` frames and
+//! state snapshots in `State` frames, whose headers carry the round and the author. Frames
+//! are authenticated by the wire layer, so whatever reaches these machines comes from a
+//! holder of the join secret; everything else about it is checked, and bad input is
+//! rejected with an event, never a panic.
+//!
+//! # Peers
+//! The coordinator sees connections ([`ConnId`], chosen by the driver) and, after
+//! admission, members ([`MemberId`]). A member's id is tied to its name (its stable
+//! identity) for the whole run, across reconnects and coordinator restarts, and never given
+//! to another name. Workers address [`Dest::Coordinator`] or [`Dest::Member`]; how to reach
+//! a member is an opaque [`PeerInfo`] the worker's driver declares at join and the
+//! coordinator relays in `Members` lists.
+//!
+//! # Rounds
+//! Round 0 opens when `min_members` members are live. `RoundOpen { round, members }` goes to
+//! each member of the round, which publishes its payload:
+//! - [`Topology::Relay`]: uploaded once to the coordinator, which forwards it to every other
+//!   member of the round at once and keeps the last `keep_rounds` rounds' payloads to serve
+//!   fetches;
+//! - [`Topology::AllGather`]: sent directly to every other member, plus `Delivered { round,
+//!   digest }` to the coordinator, which never holds payloads.
+//!
+//! The round closes when every member delivered, or at its deadline. The coordinator then
+//! commits the set that delivered, as `(member, digest)` pairs ascending by member, and
+//! immediately opens the next round with the members live at that boundary: newcomers join
+//! here, disconnected members drop out (one that reconnects during a round it belongs to
+//! may still deliver). A round nobody delivered to commits empty and everyone proceeds.
+//! Rounds pause while fewer than `min_members` are live.
+//!
+//! Deadlines ([`DeadlinePolicy`]) are fixed, or by default adaptive:
+//! `clamp(1.5 × median of the last 16 round durations, 5 s, 1 h)`, measured from opening to
+//! last delivery, with 10 minutes until 3 rounds were observed.
+//!
+//! # Applying a commit
+//! A worker applies commits in round order and emits [`WorkerEvent::RoundReady`] with the
+//! committed payloads in member-id order, its own included, once it holds every one whose
+//! digest matches the commit. It fetches a missing or mismatching one after `fetch_grace`
+//! (it may still be on its way): in Relay from the coordinator; in AllGather from the
+//! payload's author first, then from the other committed members in ascending order, since
+//! every member keeps the payloads of its last `keep_rounds` applied rounds (and the
+//! coordinator holds none). When nobody has it the worker asks for state (below). A worker
+//! that sees a gap in the commits (one went missing) joins again, which replays them.
+//!
+//! Duplicates: before a commit the first copy of a member's payload for a round wins, at the
+//! coordinator and at each worker; later copies are rejected. The commit's digest decides in
+//! the end: a held copy that does not match (a member that restarted and published again)
+//! is dropped and the committed bytes fetched, so every worker applies the same bytes.
+//! Payloads for applied rounds, from members outside a round or a commit, from a peer that
+//! is not their author, or over the size limit are rejected without touching the round.
+//!
+//! # Catching up
+//! A worker joins with the last round it applied. If it is current it is live at once. If
+//! it is behind and the commits after its round are still remembered, they are replayed
+//! to it (it fetches the payloads it lacks). Otherwise (or for a fresh worker after a
+//! commit: initial states are not assumed to agree) it needs a snapshot: the coordinator
+//! asks the lowest-id live member with `SnapshotRequest { round }`; that member's worker
+//! emits [`WorkerEvent::SnapshotRequested`] once it applied the round and its driver uploads
+//! its state with [`WorkerProto::provide_state`] (a `State` frame whose header names the
+//! round; there is no separate upload message). The coordinator caches the latest
+//! snapshot, relays it with the commits after it, and the newcomer replays those and
+//! joins rounds from the next boundary. A slow or vanished provider is replaced after
+//! `snapshot_timeout` by the next live member. Nobody waits for it: rounds keep committing meanwhile. A worker that gets
+//! stuck later (commits it cannot obtain payloads for) asks for state with `StateWanted`.
+//!
+//! # Restarts
+//! The coordinator's [`CoordinatorState`] (ids and names, recent commits, deadline
+//! statistics) is saved after each commit. A restored coordinator waits for the workers to
+//! join again, gives them their ids back and opens the round after the last commit (once
+//! the last round's members are back, or after `rejoin_grace`); a worker keeps its own
+//! payload until the round commits and sends it again on every `RoundOpen` for it. A Relay
+//! coordinator that restarted holds no payloads: when one is fetched it asks the author to
+//! upload it again (`Reupload`). The driver saves the state on
+//! [`CoordinatorEvent::RoundCommitted`], before it sends that round's commits; workers that
+//! claim a round the restored coordinator never committed are refused.
+//!
+//! # Limits
+//! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`]; payloads and
+//! state blobs have configured maxima at both ends. Timers accept at most [`MAX_TIMER`].
+//! If every connected member needs state, nobody can provide it and they wait (logged).
+
+//! # Example
+//! One coordinator and one worker wired by hand, every `now` the same (a driver moves these
+//! over QUIC and feeds real time):
+//! ```
+//! use std::time::Instant;
+//!
+//! use bytes::Bytes;
+//! use meridian_comm::ids::RunId;
+//! use meridian_comm::protocol::*;
+//!
+//! let now = Instant::now();
+//! let config = CoordinatorConfig::new(RunId([0; 16]), Topology::Relay);
+//! let mut coordinator = Coordinator::new(config, now)?;
+//! let mut worker = WorkerProto::new(WorkerConfig::new("w0"), None)?;
+//! let conn = ConnId(1); // the driver's name for the worker's connection
+//! worker.handle_connected(now); // sends Join
+//! worker.publish(now, 0, Bytes::from_static(b"round 0 payload"))?; // sent once round 0 opens
+//! let mut ready = None;
+//! for _ in 0..10 {
+//!     while let Some(t) = worker.poll_transmit() {
+//!         match t {
+//!             WorkerTransmit::Control { msg } => coordinator.handle_message(now, conn, msg),
+//!             WorkerTransmit::Payload { round, from_member, bytes, .. } => {
+//!                 coordinator.handle_payload(now, conn, round, from_member, bytes)
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     while let Some(t) = coordinator.poll_transmit() {
+//!         match t {
+//!             CoordinatorTransmit::Control { msg, .. } => worker.handle_coordinator(now, msg),
+//!             CoordinatorTransmit::Payload { round, from_member, bytes, .. } => {
+//!                 worker.handle_payload(now, Dest::Coordinator, round, from_member, bytes)
+//!             }
+//!             CoordinatorTransmit::State { round, bytes, .. } => {
+//!                 worker.handle_state(now, round, bytes)
+//!             }
+//!         }
+//!     }
+//!     while let Some(event) = worker.poll_event() {
+//!         if let WorkerEvent::RoundReady { round, payloads, .. } = event {
+//!             ready = Some((round, payloads));
+//!         }
+//!     }
+//! }
+//! assert_eq!(ready, Some((0, vec![(0, Bytes::from_static(b"round 0 payload"))])));
+//! # Ok::<(), ProtocolError>(())
+//! ```
+
+mod coordinator;
+mod deadline;
+mod error;
+pub mod messages;
+mod types;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use coordinator::{
+    CommitRecord, Coordinator, CoordinatorConfig, CoordinatorState, Event as CoordinatorEvent,
+    Transmit as CoordinatorTransmit,
+};
+pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
+pub use error::ProtocolError;
+pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker};
+pub use types::{
+    ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,
+    Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,
+};
+pub use worker::{Event as WorkerEvent, Transmit as WorkerTransmit, WorkerConfig, WorkerProto};
+
+pub use crate::ids::{MemberId, Round};
+
+/// The longest duration any protocol timer accepts (30 days): keeps `now + duration` finite.
+pub const MAX_TIMER: Duration = Duration::from_secs(30 * 24 * 3600);

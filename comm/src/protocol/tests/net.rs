@@ -1,0 +1,722 @@
+//! A tiny in-memory network for the protocol tests: one coordinator, N workers, a manual
+//! clock, and links that delay, drop, duplicate and reorder frames.
+//!
+//! Each worker has a toy application on top: it publishes a payload derived from its state
+//! after every round, folds every RoundReady into a hash chain, answers snapshot requests
+//! with that hash and loads received state. Replica consistency is then "same hash after
+//! the same round", checked by [`Net::check_consistency`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::ids::{MemberId, Round};
+use crate::protocol::{
+    ConnId, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorState,
+    CoordinatorTransmit, Dest, PeerInfo, PeerMessage, RejectReason, ToCoordinator, ToWorker,
+    WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
+};
+
+/// splitmix64: small, seeded, good enough to schedule faults.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+}
+
+/// One end of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Coordinator,
+    Worker(usize),
+}
+
+/// What travels.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Control(Vec<u8>),
+    Payload { round: Round, sender: MemberId, bytes: Bytes },
+    State { round: Round, bytes: Bytes },
+}
+
+/// A frame in flight.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub from: End,
+    pub to: End,
+    /// The worker side's connection (coordinator links) at send time.
+    pub conn: Option<ConnId>,
+    /// The sending worker's member id (member links).
+    pub from_member: Option<MemberId>,
+    /// The coordinator incarnation at send time (frames of a dead one are lost).
+    pub epoch: u64,
+    pub frame: Frame,
+}
+
+impl Envelope {
+    /// The decoded control message to the coordinator, if it is one.
+    pub fn to_coordinator(&self) -> Option<ToCoordinator> {
+        match (&self.frame, self.to) {
+            (Frame::Control(b), End::Coordinator) => ToCoordinator::decode(b).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// What a link does with a frame.
+pub enum Verdict {
+    Pass,
+    Drop,
+    Delay(Duration),
+}
+
+/// Random faults applied to every frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    pub latency: Duration,
+    /// Extra random delay in `[0, jitter)`: reorders frames.
+    pub jitter: Duration,
+    pub drop: f64,
+    pub dup: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults { latency: Duration::from_millis(10), jitter: Duration::ZERO, drop: 0.0, dup: 0.0 }
+    }
+}
+
+/// The toy application of one worker.
+#[derive(Debug, Clone, Default)]
+pub struct App {
+    pub applied: Option<Round>,
+    /// Hash chain over every applied round.
+    pub state: u64,
+    /// State after each applied round (or received snapshot).
+    pub states: BTreeMap<Round, u64>,
+    /// Every RoundReady: round → payloads.
+    pub ready: BTreeMap<Round, Vec<(MemberId, Bytes)>>,
+    /// Time from a round's readiness to the next publish.
+    pub compute: Duration,
+    /// A publish scheduled: (round, at).
+    pub publish_at: Option<(Round, Instant)>,
+    /// Restarts so far; part of the payload so a restarted worker publishes other bytes.
+    pub incarnation: u64,
+    pub snapshots_served: u32,
+    pub states_received: u32,
+    pub events: Vec<WorkerEvent>,
+}
+
+pub struct Node {
+    pub name: String,
+    pub proto: Option<WorkerProto>,
+    pub app: App,
+    pub conn: ConnId,
+    /// When false the app publishes nothing (a worker that computes forever).
+    pub publishing: bool,
+}
+
+/// The payloads of one RoundReady, in order.
+type Applied = Vec<(MemberId, Bytes)>;
+
+type Rule = Box<dyn FnMut(&Envelope, Instant) -> Verdict>;
+
+pub struct Net {
+    pub now: Instant,
+    pub coordinator: Option<Coordinator>,
+    pub coordinator_config: CoordinatorConfig,
+    pub worker_config: WorkerConfig,
+    pub nodes: Vec<Node>,
+    pub faults: Faults,
+    pub rule: Option<Rule>,
+    pub rng: Rng,
+    /// Events of every coordinator incarnation.
+    pub coordinator_events: Vec<CoordinatorEvent>,
+    /// The last persisted coordinator state (saved on every RoundCommitted).
+    pub persisted: Option<CoordinatorState>,
+    epoch: u64,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    in_flight: BTreeMap<u64, Envelope>,
+    seq: u64,
+    next_conn: u64,
+}
+
+impl Net {
+    /// A network with a coordinator and workers named w0, w1, … (not connected yet).
+    pub fn new(
+        coordinator: CoordinatorConfig,
+        worker: WorkerConfig,
+        workers: usize,
+        seed: u64,
+    ) -> Self {
+        let start = Instant::now();
+        let mut net = Net {
+            now: start,
+            coordinator: Some(Coordinator::new(coordinator.clone(), start).expect("config")),
+            coordinator_config: coordinator,
+            worker_config: worker,
+            nodes: Vec::new(),
+            faults: Faults::default(),
+            rule: None,
+            rng: Rng::new(seed),
+            coordinator_events: Vec::new(),
+            persisted: None,
+            epoch: 0,
+            queue: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            next_conn: 0,
+        };
+        for i in 0..workers {
+            net.add_worker(&format!("w{i}"));
+        }
+        net
+    }
+
+    /// Adds a worker (not connected).
+    pub fn add_worker(&mut self, name: &str) -> usize {
+        let mut config = self.worker_config.clone();
+        config.name = name.to_string();
+        config.peer = PeerInfo(name.as_bytes().to_vec());
+        let conn = self.fresh_conn();
+        self.nodes.push(Node {
+            name: name.to_string(),
+            proto: Some(WorkerProto::new(config, None).expect("config")),
+            app: App::default(),
+            conn,
+            publishing: true,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn fresh_conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId(self.next_conn)
+    }
+
+    pub fn connect(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.handle_connected(now);
+        }
+    }
+
+    pub fn connect_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.connect(i);
+        }
+    }
+
+    /// The worker process dies: its connection closes, its protocol state is gone.
+    pub fn crash_worker(&mut self, i: usize) {
+        self.nodes[i].proto = None;
+        self.nodes[i].app.publish_at = None;
+        let conn = self.nodes[i].conn;
+        let now = self.now;
+        if let Some(c) = self.coordinator.as_mut() {
+            c.handle_disconnect(now, conn);
+        }
+    }
+
+    /// The worker restarts, keeping its application state (`keep_state`) or not.
+    pub fn restart_worker(&mut self, i: usize, keep_state: bool) {
+        let mut config = self.worker_config.clone();
+        config.name = self.nodes[i].name.clone();
+        config.peer = PeerInfo(config.name.as_bytes().to_vec());
+        if !keep_state {
+            let incarnation = self.nodes[i].app.incarnation;
+            let ready = std::mem::take(&mut self.nodes[i].app.ready);
+            let states = std::mem::take(&mut self.nodes[i].app.states);
+            self.nodes[i].app = App { incarnation, ready, states, ..App::default() };
+        }
+        self.nodes[i].app.incarnation += 1;
+        let applied = self.nodes[i].app.applied;
+        self.nodes[i].conn = self.fresh_conn();
+        self.nodes[i].proto = Some(WorkerProto::new(config, applied).expect("config"));
+        self.connect(i);
+        if keep_state || applied.is_none() {
+            self.schedule_publish(i, crate::protocol::types::next_after(applied));
+        }
+    }
+
+    /// The coordinator dies; every worker sees its connection close.
+    pub fn crash_coordinator(&mut self) {
+        self.coordinator = None;
+        self.epoch += 1;
+        let now = self.now;
+        for node in &mut self.nodes {
+            if let Some(p) = node.proto.as_mut() {
+                p.handle_disconnected(now);
+            }
+        }
+    }
+
+    /// The coordinator restarts from its last persisted state; workers reconnect.
+    pub fn restart_coordinator(&mut self) {
+        let state = self.persisted.clone().expect("persisted state");
+        let config = self.coordinator_config.clone();
+        self.coordinator = Some(Coordinator::restore(config, state, self.now).expect("restore"));
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].proto.is_some() {
+                self.nodes[i].conn = self.fresh_conn();
+                self.connect(i);
+            }
+        }
+    }
+
+    fn schedule_publish(&mut self, i: usize, round: Round) {
+        let at = self.now + self.nodes[i].app.compute;
+        self.nodes[i].app.publish_at = Some((round, at));
+    }
+
+    fn payload_bytes(node: &Node, round: Round) -> Bytes {
+        Bytes::from(format!(
+            "{}|round {round}|state {:016x}|incarnation {}",
+            node.name, node.app.state, node.app.incarnation
+        ))
+    }
+
+    fn member_index(&self, member: MemberId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.proto.as_ref().is_some_and(|p| p.member() == Some(member)))
+    }
+
+    fn enqueue(&mut self, env: Envelope) {
+        let verdict = match self.rule.as_mut() {
+            Some(rule) => rule(&env, self.now),
+            None => Verdict::Pass,
+        };
+        let extra = match verdict {
+            Verdict::Drop => return,
+            Verdict::Pass => Duration::ZERO,
+            Verdict::Delay(d) => d,
+        };
+        if self.rng.chance(self.faults.drop) {
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let jitter_ns = self.rng.below(self.faults.jitter.as_nanos() as u64);
+            let at = self.now + self.faults.latency + extra + Duration::from_nanos(jitter_ns);
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq)));
+            self.in_flight.insert(self.seq, env.clone());
+        }
+    }
+
+    /// Moves every pending output into the network and lets the apps react, until quiet.
+    fn drain(&mut self) {
+        loop {
+            let mut busy = false;
+            if let Some(c) = self.coordinator.as_mut() {
+                let mut events = Vec::new();
+                while let Some(e) = c.poll_event() {
+                    events.push(e);
+                }
+                let mut transmits = Vec::new();
+                for e in &events {
+                    if matches!(e, CoordinatorEvent::RoundCommitted { .. }) {
+                        // Persist before the commit goes out, as a driver must.
+                        self.persisted = Some(c.persisted());
+                    }
+                }
+                while let Some(t) = c.poll_transmit() {
+                    transmits.push(t);
+                }
+                busy |= !events.is_empty() || !transmits.is_empty();
+                self.coordinator_events.extend(events);
+                for t in transmits {
+                    self.send_from_coordinator(t);
+                }
+            }
+            for i in 0..self.nodes.len() {
+                let Some(p) = self.nodes[i].proto.as_mut() else { continue };
+                let mut events = Vec::new();
+                while let Some(e) = p.poll_event() {
+                    events.push(e);
+                }
+                let mut transmits = Vec::new();
+                while let Some(t) = p.poll_transmit() {
+                    transmits.push(t);
+                }
+                busy |= !events.is_empty() || !transmits.is_empty();
+                for t in transmits {
+                    self.send_from_worker(i, t);
+                }
+                for e in events {
+                    self.app_event(i, e);
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    fn send_from_coordinator(&mut self, t: CoordinatorTransmit) {
+        let (conn, frame) = match t {
+            CoordinatorTransmit::Control { to, msg } => {
+                (to, Frame::Control(msg.encode().expect("encode")))
+            }
+            CoordinatorTransmit::Payload { to, round, from_member, bytes } => {
+                (to, Frame::Payload { round, sender: from_member, bytes })
+            }
+            CoordinatorTransmit::State { to, round, bytes } => (to, Frame::State { round, bytes }),
+        };
+        let Some(i) = self.nodes.iter().position(|n| n.conn == conn && n.proto.is_some()) else {
+            return;
+        };
+        let env = Envelope {
+            from: End::Coordinator,
+            to: End::Worker(i),
+            conn: Some(conn),
+            from_member: None,
+            epoch: self.epoch,
+            frame,
+        };
+        self.enqueue(env);
+    }
+
+    fn send_from_worker(&mut self, i: usize, t: WorkerTransmit) {
+        let me = self.nodes[i].proto.as_ref().and_then(|p| p.member());
+        let conn = Some(self.nodes[i].conn);
+        let (to, frame) = match t {
+            WorkerTransmit::Control { msg } => {
+                (Dest::Coordinator, Frame::Control(msg.encode().expect("encode")))
+            }
+            WorkerTransmit::Peer { to, msg } => {
+                (Dest::Member(to), Frame::Control(msg.encode().expect("encode")))
+            }
+            WorkerTransmit::Payload { to, round, from_member, bytes } => {
+                (to, Frame::Payload { round, sender: from_member, bytes })
+            }
+            WorkerTransmit::State { round, bytes } => {
+                (Dest::Coordinator, Frame::State { round, bytes })
+            }
+        };
+        let to = match to {
+            Dest::Coordinator => End::Coordinator,
+            Dest::Member(m) => match self.member_index(m) {
+                Some(j) => End::Worker(j),
+                None => return,
+            },
+        };
+        let env =
+            Envelope { from: End::Worker(i), to, conn, from_member: me, epoch: self.epoch, frame };
+        self.enqueue(env);
+    }
+
+    fn app_event(&mut self, i: usize, e: WorkerEvent) {
+        let now = self.now;
+        self.nodes[i].app.events.push(e.clone());
+        match e {
+            WorkerEvent::Welcomed { need_state: false, .. } => {
+                let app = &self.nodes[i].app;
+                if app.publish_at.is_none() {
+                    let round = crate::protocol::types::next_after(app.applied);
+                    self.schedule_publish(i, round);
+                }
+            }
+            WorkerEvent::RoundReady { round, payloads, .. } => {
+                let app = &mut self.nodes[i].app;
+                assert_eq!(
+                    round,
+                    crate::protocol::types::next_after(app.applied),
+                    "{}: RoundReady out of order",
+                    self.nodes[i].name
+                );
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&app.state.to_le_bytes());
+                h.update(&round.to_le_bytes());
+                for (m, b) in &payloads {
+                    h.update(&m.to_le_bytes());
+                    h.update(&(b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+                app.state = h.digest();
+                app.applied = Some(round);
+                app.states.insert(round, app.state);
+                app.ready.insert(round, payloads);
+                self.schedule_publish(i, round + 1);
+            }
+            WorkerEvent::SnapshotRequested { round } => {
+                let app = &mut self.nodes[i].app;
+                assert_eq!(Some(round), app.applied, "snapshot of the round just applied");
+                app.snapshots_served += 1;
+                let mut bytes = round.to_le_bytes().to_vec();
+                bytes.extend_from_slice(&app.state.to_le_bytes());
+                let proto = self.nodes[i].proto.as_mut().expect("alive");
+                proto.provide_state(now, round, Bytes::from(bytes)).expect("provide state");
+            }
+            WorkerEvent::StateReceived { round, bytes } => {
+                assert_eq!(bytes.len(), 16);
+                let r = Round::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+                assert_eq!(r, round);
+                let app = &mut self.nodes[i].app;
+                app.state = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+                app.applied = Some(round);
+                app.states.insert(round, app.state);
+                app.states_received += 1;
+                self.schedule_publish(i, round + 1);
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        let now = self.now;
+        match env.to {
+            End::Coordinator => {
+                if env.epoch != self.epoch {
+                    return;
+                }
+                let Some(c) = self.coordinator.as_mut() else { return };
+                let End::Worker(i) = env.from else { return };
+                let conn = env.conn.expect("conn");
+                if self.nodes[i].conn != conn || self.nodes[i].proto.is_none() {
+                    return; // that connection is closed
+                }
+                match env.frame {
+                    Frame::Control(b) => match ToCoordinator::decode(&b) {
+                        Ok(msg) => c.handle_message(now, conn, msg),
+                        Err(e) => panic!("undecodable: {e}"),
+                    },
+                    Frame::Payload { round, sender, bytes } => {
+                        c.handle_payload(now, conn, round, sender, bytes)
+                    }
+                    Frame::State { round, bytes } => c.handle_state(now, conn, round, bytes),
+                }
+            }
+            End::Worker(j) => {
+                let node = &mut self.nodes[j];
+                let Some(p) = node.proto.as_mut() else { return };
+                match env.from {
+                    End::Coordinator => {
+                        if env.epoch != self.epoch || env.conn != Some(node.conn) {
+                            return;
+                        }
+                        match env.frame {
+                            Frame::Control(b) => {
+                                p.handle_coordinator(now, ToWorker::decode(&b).expect("decode"))
+                            }
+                            Frame::Payload { round, sender, bytes } => {
+                                p.handle_payload(now, Dest::Coordinator, round, sender, bytes)
+                            }
+                            Frame::State { round, bytes } => p.handle_state(now, round, bytes),
+                        }
+                    }
+                    End::Worker(_) => {
+                        let Some(from) = env.from_member else { return };
+                        match env.frame {
+                            Frame::Control(b) => {
+                                p.handle_peer(now, from, PeerMessage::decode(&b).expect("decode"))
+                            }
+                            Frame::Payload { round, sender, bytes } => {
+                                p.handle_payload(now, Dest::Member(from), round, sender, bytes)
+                            }
+                            Frame::State { .. } => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let frames = self.queue.peek().map(|Reverse((at, _))| *at);
+        let coordinator = self.coordinator.as_ref().and_then(Coordinator::poll_timeout);
+        let workers = self
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                let proto = n.proto.as_ref().and_then(WorkerProto::poll_timeout);
+                let publish = n.app.publish_at.filter(|_| n.publishing).map(|(_, at)| at);
+                [proto, publish]
+            })
+            .flatten()
+            .min();
+        [frames, coordinator, workers].into_iter().flatten().min()
+    }
+
+    /// Runs one wake-up; false when nothing is left to do before `limit`.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.drain();
+        let Some(at) = self.next_wakeup() else { return false };
+        if at > limit {
+            return false;
+        }
+        self.now = self.now.max(at);
+        let now = self.now;
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(env) = self.in_flight.remove(&seq) {
+                self.deliver(env);
+                self.drain();
+            }
+        }
+        if let Some(c) = self.coordinator.as_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if let Some(p) = self.nodes[i].proto.as_mut() {
+                if p.poll_timeout().is_some_and(|t| t <= now) {
+                    p.handle_timeout(now);
+                }
+            }
+            let due = self.nodes[i].app.publish_at.filter(|&(_, at)| at <= now);
+            if let (Some((round, _)), true) = (due, self.nodes[i].publishing) {
+                self.nodes[i].app.publish_at = None;
+                let bytes = Self::payload_bytes(&self.nodes[i], round);
+                if let Some(p) = self.nodes[i].proto.as_mut() {
+                    // Late publishes (round applied meanwhile, or waiting for state) are
+                    // refused; the app simply moves on.
+                    let _ = p.publish(now, round, bytes);
+                }
+            }
+        }
+        self.drain();
+        true
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let limit = self.now + d;
+        while self.step(limit) {}
+        self.now = self.now.max(limit);
+        self.drain();
+    }
+
+    /// Runs until `done` holds (checked after every step) or `d` passed; true if it held.
+    pub fn run_until(&mut self, d: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+        let limit = self.now + d;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if !self.step(limit) {
+                self.now = self.now.max(limit);
+                return done(self);
+            }
+        }
+    }
+
+    /// Every live worker applied `round`.
+    pub fn all_applied(&self, round: Round) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.proto.is_some())
+            .all(|n| n.app.applied.is_some_and(|a| a >= round))
+    }
+
+    /// The coordinator's commits: round → committed members (every incarnation).
+    pub fn commits(&self) -> BTreeMap<Round, Vec<MemberId>> {
+        let mut commits = BTreeMap::new();
+        for e in &self.coordinator_events {
+            if let CoordinatorEvent::RoundCommitted { round, delivered, .. } = e {
+                let members: Vec<MemberId> = delivered.iter().map(|d| d.member).collect();
+                let previous = commits.insert(*round, members.clone());
+                assert!(
+                    previous.is_none_or(|p| p == members),
+                    "round {round} committed twice with different sets"
+                );
+            }
+        }
+        commits
+    }
+
+    /// Every two workers that applied a round applied the same payloads, in member-id
+    /// order, matching the coordinator's commit; and hold the same state after it.
+    pub fn check_consistency(&self) {
+        let mut digests: BTreeMap<Round, Vec<crate::protocol::Delivery>> = BTreeMap::new();
+        for e in &self.coordinator_events {
+            if let CoordinatorEvent::RoundCommitted { round, delivered, .. } = e {
+                digests.insert(*round, delivered.clone());
+            }
+        }
+        let mut seen: BTreeMap<Round, (&str, &Applied)> = BTreeMap::new();
+        let mut states: BTreeMap<Round, (&str, u64)> = BTreeMap::new();
+        for node in &self.nodes {
+            for (round, payloads) in &node.app.ready {
+                let ids: Vec<MemberId> = payloads.iter().map(|(m, _)| *m).collect();
+                assert!(crate::protocol::types::strictly_ascending(ids.iter().copied()));
+                if let Some(committed) = digests.get(round) {
+                    let expected: Vec<_> = committed.iter().map(|d| (d.member, d.digest)).collect();
+                    let got: Vec<_> = payloads
+                        .iter()
+                        .map(|(m, b)| (*m, crate::protocol::Digest::of(b)))
+                        .collect();
+                    assert_eq!(got, expected, "{} round {round}: not the commit", node.name);
+                }
+                match seen.get(round) {
+                    Some((other, theirs)) => assert_eq!(
+                        *theirs, payloads,
+                        "{} and {other} applied different payloads in round {round}",
+                        node.name
+                    ),
+                    None => {
+                        seen.insert(*round, (&node.name, payloads));
+                    }
+                }
+            }
+            for (round, state) in &node.app.states {
+                match states.get(round) {
+                    Some((other, theirs)) => assert_eq!(
+                        theirs, state,
+                        "{} and {other} hold different states after round {round}",
+                        node.name
+                    ),
+                    None => {
+                        states.insert(*round, (&node.name, *state));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rejections the workers reported.
+    pub fn worker_rejections(&self, i: usize) -> Vec<RejectReason> {
+        self.nodes[i]
+            .app
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Rejected { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn member(&self, i: usize) -> MemberId {
+        self.nodes[i].proto.as_ref().and_then(WorkerProto::member).expect("welcomed")
+    }
+}
