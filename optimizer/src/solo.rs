@@ -115,10 +115,25 @@ impl<S: TrainStep> SoloWorker<S> {
         let mine = self.outer.prepare(&self.params, round, self.id)?.encode();
         let sent = mine.len();
         let committed = net.exchange(round, mine)?;
+        let mut x = self.apply_committed(round, &committed)?;
+        x.sent = sent;
+        Ok(x)
+    }
+
+    /// Applies round `round`'s committed payloads without having trained for it: how a
+    /// worker that caught up from a snapshot replays the rounds committed after it. The
+    /// round must be the next one this worker expects.
+    pub fn apply_committed(&mut self, round: u64, committed: &[Vec<u8>]) -> Result<SoloExchange> {
+        if round != self.round {
+            return Err(crate::OptimizerError::State(format!(
+                "round {round} committed, but this worker expects round {}",
+                self.round
+            )));
+        }
         let mut received = 0;
         let mut payloads = Vec::with_capacity(committed.len());
         let mut rejected = Vec::new();
-        for bytes in &committed {
+        for bytes in committed {
             match Payload::decode(bytes, self.params.shapes()) {
                 Ok(p) => {
                     if p.worker != self.id {
@@ -136,7 +151,7 @@ impl<S: TrainStep> SoloWorker<S> {
         self.round += 1;
         Ok(SoloExchange {
             round,
-            sent,
+            sent: 0,
             received,
             applied: report.applied,
             rejected,

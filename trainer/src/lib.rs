@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod run_config;
+pub mod snapshot;
 pub mod summary;
 pub mod tensor_file;
 pub mod train;

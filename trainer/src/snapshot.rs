@@ -1,0 +1,136 @@
+//! A worker's state as bytes, for a peer that catches up: its progress counters, its
+//! parameters and its outer optimizer's state (global snapshot, momentum, and whatever else
+//! the algorithm keeps).
+//!
+//! The receiver checks everything (algorithm, names, shapes, finiteness) before replacing
+//! any of its own state. Its inner AdamW moments and data position stay its own: they do
+//! not have to agree between workers, and a restarted worker's own checkpoint holds them.
+//! An algorithm with error feedback hands over the provider's residual too; the receiver
+//! sends that mass again later, a small double count that replicas agree on (every worker
+//! applies only committed payloads).
+
+use anyhow::{Context, Result};
+use meridian_optimizer::outer::OptimizerState;
+use meridian_optimizer::solo::SoloWorker;
+use meridian_optimizer::train_step::TrainStep;
+
+const OUTER: &str = "outer/";
+const PARAM: &str = "param";
+
+/// Encodes `w`'s state.
+pub fn encode<S: TrainStep>(w: &SoloWorker<S>) -> Result<Vec<u8>> {
+    let outer = w.outer.state()?;
+    let mut s = OptimizerState::new(w.outer.algorithm());
+    for (k, t) in &outer.tensors {
+        s.put(format!("{OUTER}{k}"), t);
+    }
+    s.put_per_tensor(PARAM, w.params.tensors());
+    s.put_scalar("step", w.steps_done() as f64);
+    s.put_scalar("round", w.rounds_done() as f64);
+    Ok(s.to_bytes()?)
+}
+
+/// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why.
+pub fn restore<S: TrainStep>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()> {
+    let s = OptimizerState::from_bytes(bytes).context("state from a peer")?;
+    s.expect_algorithm(w.outer.algorithm()).context("state from a peer")?;
+    let params = s.per_tensor(PARAM, &w.params).context("state from a peer")?;
+    let counter = |name: &str| -> Result<u64> {
+        let v = s.get_scalar(name)?;
+        anyhow::ensure!(v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53), "bad {name} {v}");
+        Ok(v as u64)
+    };
+    let (step, round) = (counter("step")?, counter("round")?);
+    let mut outer = OptimizerState::new(s.algorithm);
+    for (k, t) in &s.tensors {
+        if let Some(name) = k.strip_prefix(OUTER) {
+            outer.tensors.insert(name.to_string(), t.shallow_clone());
+        }
+    }
+    // The outer optimizer checks its own state last, then the parameters are replaced.
+    w.outer.load_state(&w.params, &outer).context("state from a peer")?;
+    tch::no_grad(|| {
+        for (p, v) in w.params.tensors().iter().zip(&params) {
+            let mut p = p.shallow_clone();
+            p.copy_(v);
+        }
+    });
+    w.resume_at(step, round);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    use meridian_optimizer::config::AlgoConfig;
+    use meridian_optimizer::solo::Exchange;
+    use meridian_optimizer::Algorithm;
+
+    use super::*;
+    use crate::adamw::InnerConfig;
+    use crate::data::{Corpus, Split, TokenFormat};
+    use crate::model::mlp::{Mlp, MlpConfig};
+    use crate::worker::LmWorker;
+
+    /// One member alone: its own payload is the whole commit.
+    struct Alone;
+    impl Exchange for Alone {
+        fn exchange(&mut self, _: u64, p: Vec<u8>) -> meridian_optimizer::Result<Vec<Vec<u8>>> {
+            Ok(vec![p])
+        }
+    }
+
+    fn worker(id: u32) -> SoloWorker<LmWorker> {
+        let text: Vec<u8> = (0..40_000u32).map(|i| b"abcdefgh ijk."[(i % 13) as usize]).collect();
+        let corpus = Arc::new(Corpus::from_bytes(&text, TokenFormat::Text, None, "t").unwrap());
+        let cfg = MlpConfig { context: 16, hidden: 32, ..Default::default() };
+        let split = Split::new(corpus, 16).unwrap();
+        let model = Box::new(Mlp::new(cfg, 256, 1).unwrap());
+        let shard = split.shard(id, 2, 1, 4).unwrap();
+        let lm = LmWorker::new(model, InnerConfig::default(), shard, Rc::new(vec![]), 100).unwrap();
+        let algo = AlgoConfig::from_parts(
+            Algorithm::Diloco,
+            toml::Table::new(),
+            &[("inner_steps".into(), "3".into())],
+        )
+        .unwrap();
+        SoloWorker::new(id, lm, |p| algo.build(p)).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_worker_takes_a_peers_state_and_then_agrees_with_it() {
+        let mut a = worker(0);
+        for _ in 0..7 {
+            a.step(&mut Alone).unwrap();
+        }
+        let bytes = encode(&a).unwrap();
+        let mut b = worker(1);
+        assert_ne!(
+            b.outer.consensus_hash(&b.params).unwrap(),
+            a.outer.consensus_hash(&a.params).unwrap()
+        );
+        let before = b.outer.consensus_hash(&b.params).unwrap();
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xFF;
+        bad.truncate(bad.len() - 3);
+        assert!(restore(&mut b, &bad).is_err());
+        assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), before, "nothing replaced");
+        restore(&mut b, &bytes).unwrap();
+        assert_eq!((b.steps_done(), b.rounds_done()), (7, 2));
+        assert_eq!(
+            b.outer.consensus_hash(&b.params).unwrap(),
+            a.outer.consensus_hash(&a.params).unwrap()
+        );
+        // Both apply the same commit: still identical.
+        let p = a.outer.prepare(&a.params, 2, 0).unwrap().encode();
+        a.apply_committed(2, std::slice::from_ref(&p)).unwrap();
+        b.apply_committed(2, &[p]).unwrap();
+        assert_eq!(
+            b.outer.consensus_hash(&b.params).unwrap(),
+            a.outer.consensus_hash(&a.params).unwrap()
+        );
+    }
+}
