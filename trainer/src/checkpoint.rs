@@ -82,6 +82,8 @@ pub struct Manifest {
     pub shards: Vec<ShardState>,
     /// Each worker's AdamW step count.
     pub adam_steps: Vec<u64>,
+    /// Each worker's learning-rate schedule position.
+    pub schedule_positions: Vec<u64>,
     /// xxh3 of every other file, by name.
     pub files: BTreeMap<String, String>,
 }
@@ -119,6 +121,7 @@ pub fn save(
     let mut files = BTreeMap::new();
     let mut shards = Vec::new();
     let mut adam_steps = Vec::new();
+    let mut schedule_positions = Vec::new();
     for (i, w) in harness.workers().iter().enumerate() {
         let names = w.params.names();
         let (m, v, steps) = w.train.adam().state();
@@ -137,6 +140,7 @@ pub fn save(
         files.insert(outer_file(i), file_hash(&outer_path)?);
         shards.push(w.train.shard().state());
         adam_steps.push(steps);
+        schedule_positions.push(w.train.schedule_step());
     }
     for (name, bytes) in extras {
         let path = tmp.join(name);
@@ -152,6 +156,7 @@ pub fn save(
         config_hash: identity.hash()?,
         shards,
         adam_steps,
+        schedule_positions,
         files,
     };
     let manifest_path = tmp.join(MANIFEST);
@@ -298,7 +303,10 @@ pub fn load(
     let manifest = read_manifest(dir)?;
     compare(&manifest.identity, identity)?;
     let workers = harness.workers().len();
-    if manifest.shards.len() != workers || manifest.adam_steps.len() != workers {
+    if manifest.shards.len() != workers
+        || manifest.adam_steps.len() != workers
+        || manifest.schedule_positions.len() != workers
+    {
         bail!(
             "checkpoint: the manifest describes {} workers, not {workers}",
             manifest.shards.len()
@@ -357,6 +365,7 @@ pub fn load(
             }
         });
         w.train.adam_mut().restore(l.m, l.v, manifest.adam_steps[i])?;
+        w.train.set_schedule_step(manifest.schedule_positions[i]);
         w.train.shard_mut().restore(manifest.shards[i]);
     }
     harness.resume_at(manifest.step, manifest.round);

@@ -14,6 +14,8 @@ use meridian_optimizer::outer::OptimizerState;
 use meridian_optimizer::solo::SoloWorker;
 use meridian_optimizer::train_step::TrainStep;
 
+use crate::worker::LmWorker;
+
 const OUTER: &str = "outer/";
 const PARAM: &str = "param";
 
@@ -30,8 +32,9 @@ pub fn encode<S: TrainStep>(w: &SoloWorker<S>) -> Result<Vec<u8>> {
     Ok(s.to_bytes()?)
 }
 
-/// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why.
-pub fn restore<S: TrainStep>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()> {
+/// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why. The
+/// learning-rate schedule moves to the provider's step.
+pub fn restore(w: &mut SoloWorker<LmWorker>, bytes: &[u8]) -> Result<()> {
     let s = OptimizerState::from_bytes(bytes).context("state from a peer")?;
     s.expect_algorithm(w.outer.algorithm()).context("state from a peer")?;
     let params = s.per_tensor(PARAM, &w.params).context("state from a peer")?;
@@ -56,6 +59,7 @@ pub fn restore<S: TrainStep>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()> 
         }
     });
     w.resume_at(step, round);
+    w.train.set_schedule_step(step);
     Ok(())
 }
 
@@ -72,7 +76,6 @@ mod tests {
     use crate::adamw::InnerConfig;
     use crate::data::{Corpus, Split, TokenFormat};
     use crate::model::mlp::{Mlp, MlpConfig};
-    use crate::worker::LmWorker;
 
     /// One member alone: its own payload is the whole commit.
     struct Alone;
@@ -120,6 +123,7 @@ mod tests {
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), before, "nothing replaced");
         restore(&mut b, &bytes).unwrap();
         assert_eq!((b.steps_done(), b.rounds_done()), (7, 2));
+        assert_eq!(b.train.schedule_step(), 7, "the schedule follows the run");
         assert_eq!(
             b.outer.consensus_hash(&b.params).unwrap(),
             a.outer.consensus_hash(&a.params).unwrap()

@@ -21,6 +21,10 @@ pub struct LmWorker {
     shard: Shard,
     validation: Rc<Vec<(Tensor, Tensor)>>,
     total_steps: u64,
+    /// Inner steps this worker has been credited with: its own, plus those of the rounds
+    /// it took from a peer's state. Drives the learning-rate schedule, so a worker that
+    /// catches up continues at the run's rate rather than warming up again.
+    schedule_step: u64,
     last_grad_norm: f64,
 }
 
@@ -48,7 +52,17 @@ impl LmWorker {
     ) -> anyhow::Result<Self> {
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t).collect();
         let adam = AdamW::new(inner, &params)?;
-        Ok(Self { model, params, adam, inner, shard, validation, total_steps, last_grad_norm: 0.0 })
+        Ok(Self {
+            model,
+            params,
+            adam,
+            inner,
+            shard,
+            validation,
+            total_steps,
+            schedule_step: 0,
+            last_grad_norm: 0.0,
+        })
     }
 
     /// The model.
@@ -74,6 +88,16 @@ impl LmWorker {
     /// The data shard, mutably (to restore it).
     pub fn shard_mut(&mut self) -> &mut Shard {
         &mut self.shard
+    }
+
+    /// Puts the learning-rate schedule at inner step `step` (a worker that caught up).
+    pub fn set_schedule_step(&mut self, step: u64) {
+        self.schedule_step = step;
+    }
+
+    /// Where the learning-rate schedule stands.
+    pub fn schedule_step(&self) -> u64 {
+        self.schedule_step
     }
 
     /// Global gradient norm before clipping at the last inner step.
@@ -106,8 +130,9 @@ impl TrainStep for LmWorker {
 
     fn inner_step(&mut self) -> Result<()> {
         self.last_grad_norm = self.adam.clip_gradients(&self.params);
-        let lr = self.inner.lr_at(self.adam.steps(), self.total_steps);
+        let lr = self.inner.lr_at(self.schedule_step, self.total_steps);
         self.adam.step(&self.params, lr);
+        self.schedule_step += 1;
         Ok(())
     }
 
