@@ -120,6 +120,23 @@ impl<S: TrainStep> SoloWorker<S> {
         Ok(x)
     }
 
+    /// Replays round `round`, which the others trained for while this worker was away:
+    /// applies its committed payloads and moves the step counter past the step at which
+    /// the round's exchange happens, as if this worker had trained through it.
+    pub fn replay_committed(&mut self, round: u64, committed: &[Vec<u8>]) -> Result<SoloExchange> {
+        let at = (self.step..self.step.saturating_add(1 << 20))
+            .find(|&s| {
+                self.outer.exchange_due(Phase::AfterBackward, s)
+                    || self.outer.exchange_due(Phase::AfterInnerStep, s)
+            })
+            .ok_or_else(|| {
+                crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
+            })?;
+        let x = self.apply_committed(round, committed)?;
+        self.step = at + 1;
+        Ok(x)
+    }
+
     /// Applies round `round`'s committed payloads without having trained for it: how a
     /// worker that caught up from a snapshot replays the rounds committed after it. The
     /// round must be the next one this worker expects.
@@ -264,5 +281,37 @@ mod tests {
         let partial = run_solo(Algorithm::Diloco, 3, 8, Some((1, 0)));
         assert!(partial.windows(2).all(|w| w[0] == w[1]), "replicas differ");
         assert_ne!(full[0][0], partial[0][0], "round 0 without member 1 is another average");
+    }
+
+    /// One member alone: its own payload is the whole commit; keeps a copy.
+    struct Alone(Vec<Vec<u8>>);
+    impl Exchange for Alone {
+        fn exchange(&mut self, _: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            self.0.push(payload.clone());
+            Ok(vec![payload])
+        }
+    }
+
+    #[test]
+    fn replaying_a_round_applies_it_and_skips_its_steps() {
+        tch::set_num_threads(1);
+        let cfg = config(Algorithm::Diloco);
+        let mut a =
+            SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 0).unwrap(), |p| cfg.build(p))
+                .unwrap();
+        let mut net = Alone(Vec::new());
+        for _ in 0..4 {
+            a.step(&mut net).unwrap();
+        }
+        let mut b =
+            SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 1).unwrap(), |p| cfg.build(p))
+                .unwrap();
+        assert!(b.replay_committed(1, &net.0).is_err(), "rounds replay in order");
+        b.replay_committed(0, &net.0).unwrap();
+        assert_eq!((b.steps_done(), b.rounds_done()), (4, 1));
+        assert_eq!(
+            b.outer.consensus_hash(&b.params).unwrap(),
+            a.outer.consensus_hash(&a.params).unwrap()
+        );
     }
 }
