@@ -23,6 +23,7 @@ pub mod data;
 pub mod float_env;
 pub mod metrics;
 pub mod model;
+pub mod net_worker;
 pub mod plot;
 pub mod run_config;
 pub mod snapshot;

@@ -1,0 +1,283 @@
+//! A worker process's training loop against the network: the [`SoloWorker`] steps, and
+//! each exchange goes through a [`RoundLink`] (the comm crate's worker node, or a test
+//! double).
+//!
+//! Besides publishing payloads and applying commits, the loop answers the protocol's two
+//! catch-up requests: it uploads its state when the coordinator asks it to serve a
+//! newcomer (right after applying the round named), and it takes a peer's state when it
+//! is the one catching up, then replays the rounds committed after that state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use meridian_optimizer::solo::{Exchange, SoloExchange, SoloWorker};
+use meridian_optimizer::OptimizerError;
+
+use crate::snapshot;
+use crate::worker::LmWorker;
+
+/// What the network tells a training worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetEvent {
+    /// Round `round` committed: the committed members' payloads, in member-id order.
+    RoundReady {
+        /// The round.
+        round: u64,
+        /// The payloads to apply.
+        payloads: Vec<Vec<u8>>,
+    },
+    /// Upload this worker's state, as it is after applying `round`, for a newcomer.
+    SnapshotRequested {
+        /// The round just applied.
+        round: u64,
+    },
+    /// A peer's state as of the end of `round`, for this worker to continue from.
+    StateReceived {
+        /// The round the state ends.
+        round: u64,
+        /// The state ([`snapshot::encode`]).
+        bytes: Vec<u8>,
+    },
+}
+
+/// The network as a training loop sees it; every call may block.
+pub trait RoundLink {
+    /// Publishes this worker's payload for `round`.
+    fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()>;
+    /// Waits for the next event; an error ends this worker's run (refused, coordinator
+    /// gone for good).
+    fn next_event(&mut self) -> Result<NetEvent>;
+    /// The next event if one has arrived, without waiting.
+    fn poll_event(&mut self) -> Result<Option<NetEvent>>;
+    /// Uploads this worker's state as of the end of `round`.
+    fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()>;
+}
+
+/// Events that arrived while waiting for something else.
+#[derive(Debug, Default)]
+struct Pending {
+    ready: BTreeMap<u64, Vec<Vec<u8>>>,
+    snapshot_requests: BTreeSet<u64>,
+    state: Option<(u64, Vec<u8>)>,
+}
+
+impl Pending {
+    fn take(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::RoundReady { round, payloads } => {
+                self.ready.insert(round, payloads);
+            }
+            NetEvent::SnapshotRequested { round } => {
+                self.snapshot_requests.insert(round);
+            }
+            NetEvent::StateReceived { round, bytes } => self.state = Some((round, bytes)),
+        }
+    }
+}
+
+/// The exchange of one step: publish, then wait for the round's commit.
+struct LinkExchange<'a> {
+    link: &'a mut dyn RoundLink,
+    pending: &'a mut Pending,
+}
+
+const SUPERSEDED: &str = "a peer's state arrived while waiting for a commit";
+
+impl Exchange for LinkExchange<'_> {
+    fn exchange(
+        &mut self,
+        round: u64,
+        payload: Vec<u8>,
+    ) -> meridian_optimizer::Result<Vec<Vec<u8>>> {
+        let failed = |e: anyhow::Error| OptimizerError::TrainStep(format!("{e:#}"));
+        self.link.publish(round, payload).map_err(failed)?;
+        loop {
+            if let Some(payloads) = self.pending.ready.remove(&round) {
+                return Ok(payloads);
+            }
+            if self.pending.state.is_some() {
+                return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
+            }
+            let event = self.link.next_event().map_err(failed)?;
+            self.pending.take(event);
+        }
+    }
+}
+
+/// What [`drive`] reports per applied round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedRound {
+    /// The exchange as the worker saw it.
+    pub exchange: SoloExchange,
+    /// Whether the worker replayed it (caught up) instead of training through it.
+    pub replayed: bool,
+}
+
+/// Trains `w` until it has done `steps` inner steps, exchanging through `link`. With
+/// `need_state` the worker first waits for a peer's state. `on_round` sees every applied
+/// round.
+pub fn drive(
+    w: &mut SoloWorker<LmWorker>,
+    link: &mut dyn RoundLink,
+    steps: u64,
+    need_state: bool,
+    mut on_round: impl FnMut(&AppliedRound),
+) -> Result<()> {
+    let mut pending = Pending::default();
+    if need_state {
+        while pending.state.is_none() {
+            let event = link.next_event().context("waiting for a peer's state")?;
+            pending.take(event);
+        }
+    }
+    loop {
+        if let Some((round, bytes)) = pending.state.take() {
+            snapshot::restore(w, &bytes).context("taking a peer's state")?;
+            tracing::info!(round, step = w.steps_done(), "continuing from a peer's state");
+            pending.ready.retain(|&r, _| r >= w.rounds_done());
+        }
+        // Requests that arrived while training: a snapshot is wanted right after the round
+        // it names, so look before the next step moves the parameters on.
+        while let Some(event) = link.poll_event()? {
+            pending.take(event);
+        }
+        if pending.state.is_some() {
+            continue;
+        }
+        // Rounds committed after that state (or while this worker waited): replay them.
+        while let Some(payloads) = pending.ready.remove(&w.rounds_done()) {
+            let exchange = w.replay_committed(w.rounds_done(), &payloads)?;
+            on_round(&AppliedRound { exchange, replayed: true });
+        }
+        if !pending.snapshot_requests.is_empty() && w.rounds_done() > 0 {
+            // The state right after the last applied round is what a newcomer needs.
+            let round = w.rounds_done() - 1;
+            pending.snapshot_requests.retain(|&r| r > round);
+            link.provide_state(round, snapshot::encode(w)?)?;
+            tracing::debug!(round, "state provided for a newcomer");
+        }
+        if w.steps_done() >= steps {
+            return Ok(());
+        }
+        let mut ex = LinkExchange { link: &mut *link, pending: &mut pending };
+        match w.step(&mut ex) {
+            Ok(report) => {
+                for exchange in report.exchanges {
+                    on_round(&AppliedRound { exchange, replayed: false });
+                }
+            }
+            Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    use meridian_optimizer::config::AlgoConfig;
+    use meridian_optimizer::Algorithm;
+
+    use super::*;
+    use crate::adamw::InnerConfig;
+    use crate::data::{Corpus, Split, TokenFormat};
+    use crate::model::mlp::{Mlp, MlpConfig};
+
+    fn worker(id: u32) -> SoloWorker<LmWorker> {
+        let text: Vec<u8> = (0..40_000u32).map(|i| b"abcdefgh ijk."[(i % 13) as usize]).collect();
+        let corpus = Arc::new(Corpus::from_bytes(&text, TokenFormat::Text, None, "t").unwrap());
+        let cfg = MlpConfig { context: 16, hidden: 32, ..Default::default() };
+        let split = Split::new(corpus, 16).unwrap();
+        let model = Box::new(Mlp::new(cfg, 256, 1).unwrap());
+        let shard = split.shard(id, 2, 1, 4).unwrap();
+        let lm = LmWorker::new(model, InnerConfig::default(), shard, Rc::new(vec![]), 100).unwrap();
+        let algo = AlgoConfig::from_parts(
+            Algorithm::Diloco,
+            toml::Table::new(),
+            &[("inner_steps".into(), "3".into())],
+        )
+        .unwrap();
+        SoloWorker::new(id, lm, |p| algo.build(p)).unwrap()
+    }
+
+    /// A run with one member: every payload commits alone. Scripted extra events are
+    /// delivered after the commit of the round they are keyed by.
+    #[derive(Default)]
+    struct Solo {
+        queue: VecDeque<NetEvent>,
+        after: BTreeMap<u64, Vec<NetEvent>>,
+        published: Vec<(u64, Vec<u8>)>,
+        states: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl RoundLink for Solo {
+        fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
+            self.published.push((round, payload.clone()));
+            self.queue.push_back(NetEvent::RoundReady { round, payloads: vec![payload] });
+            self.queue.extend(self.after.remove(&round).unwrap_or_default());
+            Ok(())
+        }
+        fn next_event(&mut self) -> Result<NetEvent> {
+            self.queue.pop_front().context("no more events")
+        }
+        fn poll_event(&mut self) -> Result<Option<NetEvent>> {
+            Ok(self.queue.pop_front())
+        }
+        fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()> {
+            self.states.push((round, state));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_provider_serves_its_state_and_a_newcomer_continues_from_it_identically() {
+        // The provider trains 4 rounds and is asked for its state after round 1.
+        let mut a = worker(0);
+        let mut link = Solo::default();
+        link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+        let mut hashes = Vec::new();
+        drive(&mut a, &mut link, 12, false, |r| hashes.push(r.exchange.hash)).unwrap();
+        assert_eq!(hashes.len(), 4);
+        assert_eq!(link.states.len(), 1);
+        let (round, state) = link.states[0].clone();
+        assert_eq!(round, 1);
+        // The newcomer takes that state, then the commits of rounds 2 and 3 are replayed.
+        let mut b = worker(1);
+        let mut net = Solo::default();
+        net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+        for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+            net.queue.push_back(NetEvent::RoundReady { round: *r, payloads: vec![p.clone()] });
+        }
+        let mut seen = Vec::new();
+        drive(&mut b, &mut net, 12, true, |r| seen.push((r.exchange.round, r.replayed))).unwrap();
+        assert_eq!(seen, vec![(2, true), (3, true)]);
+        assert_eq!((b.steps_done(), b.rounds_done()), (12, 4));
+        assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
+        assert!(net.published.is_empty(), "nothing left to train");
+    }
+
+    #[test]
+    fn a_link_that_fails_ends_the_run_with_its_reason() {
+        struct Refused;
+        impl RoundLink for Refused {
+            fn publish(&mut self, _: u64, _: Vec<u8>) -> Result<()> {
+                anyhow::bail!("refused by coordinator: wrong join secret")
+            }
+            fn next_event(&mut self) -> Result<NetEvent> {
+                anyhow::bail!("refused by coordinator: wrong join secret")
+            }
+            fn poll_event(&mut self) -> Result<Option<NetEvent>> {
+                Ok(None)
+            }
+            fn provide_state(&mut self, _: u64, _: Vec<u8>) -> Result<()> {
+                Ok(())
+            }
+        }
+        let mut a = worker(0);
+        let e = drive(&mut a, &mut Refused, 6, false, |_| {}).unwrap_err();
+        assert!(format!("{e:#}").contains("wrong join secret"), "{e:#}");
+    }
+}
