@@ -50,6 +50,9 @@ mod link;
 mod state;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 
 pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
