@@ -29,6 +29,10 @@ impl Out {
     }
 }
 
+/// Frames (or bodies) larger than this are encoded or decoded on the blocking pool: hashing
+/// and copying hundreds of megabytes must not stall the runtime's other tasks.
+const BLOCKING_BYTES: usize = 1 << 20;
+
 /// Spawns the task that sends `conn`'s frames, one at a time and in order (so the peer's
 /// single reader sees them in the order they were queued). It ends when the queue's senders
 /// are gone or the connection fails.
@@ -39,15 +43,24 @@ pub(crate) fn spawn_writer(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(out) = queue.recv().await {
-            let frame = match codec.encode(out.kind, out.round, out.sender, &out.body, false) {
+            let Out { kind, round, sender, body, delivered } = out;
+            let encoded = if body.len() > BLOCKING_BYTES {
+                let codec = codec.clone();
+                tokio::task::spawn_blocking(move || codec.encode(kind, round, sender, &body, false))
+                    .await
+                    .unwrap_or_else(|e| Err(WireError::BadBody(e.to_string())))
+            } else {
+                codec.encode(kind, round, sender, &body, false)
+            };
+            let frame = match encoded {
                 Ok(frame) => frame,
                 Err(e) => {
                     // Limits are checked before a frame is queued; this is a bug, not input.
-                    warn!(error = %e, kind = ?out.kind, round = out.round, "cannot encode a frame");
+                    warn!(error = %e, ?kind, round, "cannot encode a frame");
                     continue;
                 }
             };
-            let result = match out.delivered {
+            let result = match delivered {
                 Some(reply) => {
                     let result = send_frame_delivered(&conn, &frame).await;
                     let failed = result.is_err();
@@ -80,7 +93,7 @@ pub(crate) enum Read {
 /// Reads and decodes the next frame of `conn`.
 pub(crate) async fn read_frame(conn: &Connection, codec: &FrameCodec) -> Read {
     match recv_frame(conn, codec.max_frame().saturating_add(PREFIX_LEN)).await {
-        Ok(bytes) => match codec.decode(&bytes) {
+        Ok(bytes) => match decode(codec, bytes).await {
             Ok(frame) => Read::Frame(frame),
             Err(e) => Read::Bad(e.to_string(), Some(e)),
         },
@@ -90,6 +103,16 @@ pub(crate) async fn read_frame(conn: &Connection, codec: &FrameCodec) -> Read {
         Err(QuicError::Stream(e)) => Read::Bad(e, None),
         Err(e) => Read::Lost(e),
     }
+}
+
+async fn decode(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Frame, WireError> {
+    if bytes.len() <= BLOCKING_BYTES {
+        return codec.decode(&bytes);
+    }
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || codec.decode(&bytes))
+        .await
+        .unwrap_or_else(|e| Err(WireError::BadBody(e.to_string())))
 }
 
 /// The protocol's notion of now, from tokio's clock (so a paused clock drives it too).

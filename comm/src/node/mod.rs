@@ -30,7 +30,7 @@
 //! # Authentication and bad input
 //! The first frame on a coordinator connection decides admission: a frame whose tag fails
 //! (the sender lacks the join secret) closes the connection with
-//! [`RefusalCode::WrongSecret`](crate::quic::RefusalCode::WrongSecret), one of another run
+//! [`RefusalCode::WrongSecret`], one of another run
 //! with `RunMismatch`, one of another format version with `VersionMismatch`, anything else
 //! that does not decode (or no frame within `first_frame_timeout`) with `ProtocolViolation`.
 //! On an admitted connection a bad frame (tampered, malformed, oversized, an undecodable

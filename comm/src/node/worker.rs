@@ -219,6 +219,9 @@ impl From<Ended> for CommError {
 
 /// A connected worker (async API). Dropping it closes the connection without a `Leave`
 /// (the coordinator treats that as a lost worker, which may rejoin under its name).
+///
+/// Events queue without bound until read: the application must keep calling
+/// [`WorkerNode::next_event`] (round results are never dropped).
 #[derive(Debug)]
 pub struct WorkerNode {
     commands: mpsc::UnboundedSender<Command>,
@@ -371,15 +374,6 @@ impl WorkerNode {
         match answer.await {
             Ok(result) => result,
             Err(_) => Err(self.stopped()),
-        }
-    }
-}
-
-impl Drop for WorkerNode {
-    fn drop(&mut self) {
-        // The driver sees its command channel close and closes the connection itself.
-        if self.driver.is_finished() {
-            self.endpoint.close(quic::CLOSE_DONE, "worker stopped");
         }
     }
 }

@@ -110,3 +110,83 @@ fn wrong_secret_and_wrong_run_are_refused_and_the_run_goes_on() {
     assert_eq!(refused, [RefusalCode::WrongSecret, RefusalCode::RunMismatch]);
     rt.block_on(node.shutdown()).unwrap();
 }
+
+#[test]
+fn a_worker_reports_a_wrong_fingerprint_and_an_absent_coordinator() {
+    let rt = runtime();
+    let node = {
+        let _guard = rt.enter();
+        CoordinatorNode::start(coordinator_config(1, Duration::from_secs(5))).unwrap()
+    };
+    let mut join = node.join_string();
+    join.fingerprint.0[0] ^= 1;
+    let err = WorkerHandle::spawn(worker_config(&join, "w0"), rt.handle()).unwrap_err();
+    assert!(matches!(err, CommError::Node(NodeError::Unreachable(_))), "{err}");
+    assert!(err.to_string().contains("does not match the pinned"), "{err}");
+    rt.block_on(node.shutdown()).unwrap();
+
+    // Nobody listens there any more: attempts time out until the policy gives up.
+    let mut cfg = worker_config(&join, "w0");
+    cfg.reconnect.connect_timeout = Duration::from_millis(200);
+    cfg.reconnect.give_up_after = Duration::from_millis(500);
+    let start = Instant::now();
+    let err = WorkerHandle::spawn(cfg, rt.handle()).unwrap_err();
+    assert!(matches!(err, CommError::Node(NodeError::Unreachable(_))), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn all_gather_is_refused_by_the_coordinator_node() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let cfg = CoordinatorNodeConfig::new(localhost(), Topology::AllGather);
+    let err = CoordinatorNode::start(cfg).unwrap_err();
+    assert_eq!(err.to_string(), "all-gather topology not yet supported by the QUIC driver");
+}
+
+/// A 3 MiB payload for `member` in `round` (large enough for the blocking-pool path).
+fn big(member: MemberId, round: Round) -> Bytes {
+    let seed = u64::from(member) << 32 | round;
+    (0..3u64 << 20)
+        .map(|i| (xxhash_rust::xxh3::xxh3_64_with_seed(&i.to_le_bytes(), seed) >> 7) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[test]
+fn large_payloads_cross_intact_through_the_async_api() {
+    let rt = runtime();
+    rt.block_on(async {
+        let node = CoordinatorNode::start(coordinator_config(2, Duration::from_secs(10))).unwrap();
+        let join = node.join_string();
+        let (a, b) = tokio::join!(
+            WorkerNode::connect(worker_config(&join, "a")),
+            WorkerNode::connect(worker_config(&join, "b"))
+        );
+        let mut nodes = [a.unwrap(), b.unwrap()];
+        let mut ids: Vec<_> = nodes.iter().map(WorkerNode::member).collect();
+        ids.sort_unstable();
+        for round in 0..3 {
+            for n in &nodes {
+                n.publish(round, big(n.member(), round)).await.unwrap();
+            }
+            for n in &mut nodes {
+                let (ready, payloads) = loop {
+                    let event = tokio::time::timeout(EVENT_WAIT, n.next_event()).await;
+                    if let WorkerNodeEvent::RoundReady { round, payloads, .. } =
+                        event.unwrap().unwrap()
+                    {
+                        break (round, payloads);
+                    }
+                };
+                assert_eq!(ready, round);
+                let expected: Vec<_> = ids.iter().map(|&m| (m, big(m, round))).collect();
+                assert!(payloads == expected, "round {round}: payloads differ");
+            }
+        }
+        for n in nodes {
+            n.leave().await.unwrap();
+        }
+        node.shutdown().await.unwrap();
+    });
+}
