@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::link::{self, Out, Read};
 use super::state::StateDir;
-use super::{NodeError, COORDINATOR_SENDER, FRAME_OVERHEAD};
+use super::{COORDINATOR_SENDER, FRAME_OVERHEAD};
 use crate::error::Result;
 use crate::ids::{JoinSecret, MemberId, Round, RunId};
 use crate::protocol::{
@@ -150,9 +150,6 @@ impl CoordinatorNode {
     /// Binds the endpoint, restores the protocol state from `state_dir` if one was saved
     /// there, and starts serving. Must be called inside a tokio runtime.
     pub fn start(cfg: CoordinatorNodeConfig) -> Result<Self> {
-        if cfg.protocol.topology == Topology::AllGather {
-            return Err(NodeError::AllGatherUnsupported.into());
-        }
         let dir = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
         let (identity, (run, secret), saved) = match &dir {
             Some(dir) => (dir.identity()?, dir.run()?, dir.load_state()?),

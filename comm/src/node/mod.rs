@@ -39,10 +39,11 @@
 //! connections are never affected.
 //!
 //! # Topologies
-//! The driver implements [`Topology::Relay`](crate::protocol::Topology::Relay).
-//! All-gather needs worker-to-worker links and is not implemented yet: a coordinator node
-//! refuses to start with it and a worker welcomed into such a run fails with
-//! [`NodeError::AllGatherUnsupported`].
+//! Both. In [`Topology::Relay`](crate::protocol::Topology::Relay) a worker talks to the
+//! coordinator only. In [`Topology::AllGather`](crate::protocol::Topology::AllGather) each
+//! worker also listens for the other members (accepting exactly the fingerprints the
+//! coordinator announced) and dials them to send its payload and to fetch; see
+//! [`WorkerNode`].
 
 mod coordinator;
 mod handle;
@@ -137,9 +138,6 @@ pub enum NodeError {
     /// The coordinator refused this worker.
     #[error("{0}")]
     Refused(Refusal),
-    /// The run uses a topology this driver does not implement.
-    #[error("all-gather topology not yet supported by the QUIC driver")]
-    AllGatherUnsupported,
     /// The worker could not reach the coordinator for longer than its reconnect policy
     /// allows (or cannot reach it at all: a pinned fingerprint that does not match).
     #[error("cannot reach the coordinator: {0}")]

@@ -6,31 +6,45 @@
 //!   [`ReconnectPolicy::give_up_after`] has passed without a connection;
 //! - the driver task owns the [`WorkerProto`]: it feeds it the link's frames, the
 //!   application's commands and timeouts, queues its frames on the connection's writer and
-//!   hands its events to the application.
+//!   hands its events to the application;
+//! - all-gather links: the worker's endpoint also accepts connections from the members the
+//!   coordinator announced (their fingerprints pinned in a [`PinSet`]), one reader task per
+//!   accepted connection; to send to a member the driver dials it (pinning its
+//!   fingerprint) and keeps that connection, with its writer task, for later frames. Each
+//!   direction of a pair of members thus has its own connection: frames are read on
+//!   accepted connections and written on dialed ones.
+//!
+//! How a member is reached travels as its [`PeerInfo`]: the postcard encoding of an
+//! address and a certificate fingerprint. The address is
+//! [`WorkerNodeConfig::advertise`], or else the local IP the OS routes to the coordinator
+//! with the bound port.
 //!
 //! A refusal ends the worker: a transport refusal (wrong join secret, other run) or a
 //! protocol one (the name was superseded, the worker is ahead of the coordinator).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::Connection;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn, Instrument};
 
 use super::link::{self, Out, Read};
 use super::{NodeError, Refusal, FRAME_OVERHEAD, UNASSIGNED_SENDER};
 use crate::error::{CommError, Result};
-use crate::ids::{MemberId, Round};
+use crate::ids::{CertFingerprint, MemberId, Round};
 use crate::protocol::{
-    Dest, MemberInfo, RejectReason, RoundStats, ToCoordinator, ToWorker, Topology, WorkerConfig,
-    WorkerEvent, WorkerProto, WorkerTransmit,
+    Dest, MemberInfo, PeerInfo, PeerMessage, RejectReason, RoundStats, ToCoordinator, ToWorker,
+    Topology, WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
 };
 use crate::quic::{
-    self, close_done, JoinString, NodeIdentity, QuicEndpoint, QuicError, TransportTuning,
+    self, close_done, close_refused, peer_fingerprint, ClientAuth, JoinString, NodeIdentity,
+    PinSet, QuicEndpoint, QuicError, RefusalCode, TransportTuning,
 };
 use crate::wire::{Frame, FrameCodec, FrameKind, DEFAULT_MAX_FRAME};
 
@@ -76,7 +90,12 @@ pub struct WorkerNodeConfig {
     /// The largest frame accepted or sent, in bytes.
     pub max_frame: usize,
     /// The local UDP address (by default any address of the coordinator's family, port 0).
+    /// Other members connect to it in all-gather runs.
     pub bind: Option<SocketAddr>,
+    /// The address other members dial in all-gather runs (behind NAT: the forwarded public
+    /// address). By default the local IP the OS routes to the coordinator, with the bound
+    /// port.
+    pub advertise: Option<SocketAddr>,
     /// Reconnecting.
     pub reconnect: ReconnectPolicy,
 }
@@ -92,6 +111,7 @@ impl WorkerNodeConfig {
             tuning: TransportTuning::default(),
             max_frame: DEFAULT_MAX_FRAME,
             bind: None,
+            advertise: None,
             reconnect: ReconnectPolicy::default(),
         }
     }
@@ -181,13 +201,41 @@ enum Command {
     Leave { reply: oneshot::Sender<Result<()>> },
 }
 
-/// What the link task tells the driver.
+/// What the link tasks tell the driver.
 enum LinkMsg {
-    Up { conn: Connection, writer: mpsc::UnboundedSender<Out> },
+    Up {
+        conn: Connection,
+        writer: mpsc::UnboundedSender<Out>,
+    },
     Frame(Frame),
     Down(String),
     Refused(Refusal),
     GaveUp(String),
+    /// A member connected to this worker (all-gather).
+    PeerIn(Connection),
+    /// A frame from a member.
+    PeerFrame {
+        from: MemberId,
+        frame: Frame,
+    },
+}
+
+/// What a worker's [`PeerInfo`] holds: how other members reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct PeerAddr {
+    addr: SocketAddr,
+    fingerprint: CertFingerprint,
+}
+
+/// The local IP the OS would use to reach `remote` (no packet is sent).
+fn route_ip(remote: SocketAddr) -> Option<IpAddr> {
+    let any = match remote {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Shared between the driver and the node handle.
@@ -202,7 +250,6 @@ struct Status {
 enum Ended {
     Refused(Refusal),
     Unreachable(String),
-    AllGather,
     Other(String),
 }
 
@@ -211,7 +258,6 @@ impl From<Ended> for CommError {
         match ended {
             Ended::Refused(r) => NodeError::Refused(r).into(),
             Ended::Unreachable(r) => NodeError::Unreachable(r).into(),
-            Ended::AllGather => NodeError::AllGatherUnsupported.into(),
             Ended::Other(r) => NodeError::Stopped(r).into(),
         }
     }
@@ -260,9 +306,22 @@ impl WorkerNode {
             IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         });
-        let endpoint = Arc::new(quic::bind_client(&identity, &cfg.tuning, bind)?);
+        let pins = PinSet::new();
+        let auth = ClientAuth::Pinned(pins.clone());
+        let endpoint = Arc::new(quic::bind_server(&identity, auth, &cfg.tuning, bind)?);
+        let local = endpoint.local_addr()?;
+        let advertise = cfg.advertise.unwrap_or_else(|| {
+            let ip = Some(local.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .or_else(|| route_ip(addr))
+                .unwrap_or(local.ip());
+            SocketAddr::new(ip, local.port())
+        });
         let codec = FrameCodec::new(&cfg.join.secret, cfg.join.run, cfg.max_frame);
         let mut protocol = cfg.protocol.clone();
+        let me = PeerAddr { addr: advertise, fingerprint: identity.fingerprint() };
+        protocol.peer =
+            PeerInfo(postcard::to_allocvec(&me).map_err(crate::protocol::ProtocolError::Encode)?);
         let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
         protocol.max_payload = protocol.max_payload.min(room);
         protocol.max_state = protocol.max_state.min(room);
@@ -273,20 +332,37 @@ impl WorkerNode {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Status::default());
         let span = tracing::info_span!("worker", name = %cfg.protocol.name);
-        let link = tokio::spawn(
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
             link_task(
                 endpoint.clone(),
                 addr,
                 cfg.join.fingerprint,
                 codec.clone(),
-                cfg.reconnect,
-                link_tx,
+                cfg.reconnect.clone(),
+                link_tx.clone(),
             )
             .instrument(span.clone()),
         );
-        let driver =
-            Driver { proto, events: event_tx, status: status_tx, conn: None, leave_ack: None };
-        let driver = tokio::spawn(driver.run(command_rx, link_rx, link).instrument(span));
+        tasks.spawn(accept_peers(endpoint.clone(), link_tx.clone()).instrument(span.clone()));
+        let driver = Driver {
+            proto,
+            events: event_tx,
+            status: status_tx,
+            conn: None,
+            leave_ack: None,
+            peers: Peers {
+                endpoint: endpoint.clone(),
+                codec,
+                pins,
+                link_tx,
+                connect_timeout: cfg.reconnect.connect_timeout,
+                known: BTreeMap::new(),
+                out: HashMap::new(),
+            },
+            tasks,
+        };
+        let driver = tokio::spawn(driver.run(command_rx, link_rx).instrument(span));
         let mut node = WorkerNode {
             commands: command_tx,
             events: event_rx,
@@ -458,6 +534,94 @@ struct Driver {
     conn: Option<(Connection, mpsc::UnboundedSender<Out>)>,
     /// Told when the Leave frame was acknowledged.
     leave_ack: Option<oneshot::Sender<Result<(), QuicError>>>,
+    /// Links to other members (all-gather).
+    peers: Peers,
+    /// The link, accept, peer reader and peer dialer tasks.
+    tasks: JoinSet<()>,
+}
+
+/// The links to other members (all-gather).
+struct Peers {
+    endpoint: Arc<QuicEndpoint>,
+    codec: FrameCodec,
+    /// The members' fingerprints: whom this worker's endpoint accepts.
+    pins: PinSet,
+    link_tx: mpsc::UnboundedSender<LinkMsg>,
+    connect_timeout: Duration,
+    /// How to reach each other member, as last announced.
+    known: BTreeMap<MemberId, PeerAddr>,
+    /// Dialed links, by member: frames queue here until the dial completes.
+    out: HashMap<MemberId, mpsc::UnboundedSender<Out>>,
+}
+
+impl Peers {
+    /// The members changed: pin the new ones, forget the departed and the changed ones.
+    fn update(&mut self, me: Option<MemberId>, members: &[MemberInfo]) {
+        let mut known = BTreeMap::new();
+        for member in members.iter().filter(|m| Some(m.id) != me) {
+            match postcard::from_bytes::<PeerAddr>(&member.peer.0) {
+                Ok(addr) => {
+                    known.insert(member.id, addr);
+                }
+                Err(e) => {
+                    warn!(member = member.id, error = %e, "unusable peer info; member unreachable")
+                }
+            }
+        }
+        for (id, old) in &self.known {
+            if known.get(id) != Some(old) {
+                self.pins.remove(&old.fingerprint);
+                self.out.remove(id);
+            }
+        }
+        for addr in known.values() {
+            self.pins.insert(addr.fingerprint);
+        }
+        self.known = known;
+    }
+
+    /// Queues `out` for member `to`, dialing it first if there is no link.
+    fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) {
+        let out = match self.out.get(&to) {
+            Some(queue) => match queue.send(out) {
+                Ok(()) => return,
+                // The link failed; dial again.
+                Err(mpsc::error::SendError(out)) => out,
+            },
+            None => out,
+        };
+        let Some(&peer) = self.known.get(&to) else {
+            return debug!(to, kind = ?out.kind, "no address for the member; frame dropped");
+        };
+        let (queue, frames) = mpsc::unbounded_channel();
+        let _ = queue.send(out);
+        self.out.insert(to, queue);
+        let (endpoint, codec, timeout) =
+            (self.endpoint.clone(), self.codec.clone(), self.connect_timeout);
+        tasks.spawn(async move {
+            match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint)).await
+            {
+                Ok(Ok(conn)) => {
+                    debug!(to, peer = %peer.addr, "connected to a member");
+                    let _ = link::spawn_writer(conn, codec, frames).await;
+                }
+                Ok(Err(e)) => warn!(to, error = %e, "cannot reach a member"),
+                Err(_) => warn!(to, "cannot reach a member: no handshake in time"),
+            }
+        });
+    }
+}
+
+/// Hands every connection from a member (its handshake passed the pins) to the driver.
+async fn accept_peers(endpoint: Arc<QuicEndpoint>, tx: mpsc::UnboundedSender<LinkMsg>) {
+    while let Some(incoming) = endpoint.incoming().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(conn) = quic::handshake(incoming).await {
+                let _ = tx.send(LinkMsg::PeerIn(conn));
+            }
+        });
+    }
 }
 
 impl Driver {
@@ -465,9 +629,10 @@ impl Driver {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut link_rx: mpsc::UnboundedReceiver<LinkMsg>,
-        link: JoinHandle<()>,
     ) {
         let ended = loop {
+            // Reap finished peer tasks (their results are nothing).
+            while self.tasks.try_join_next().is_some() {}
             let timeout = self.proto.poll_timeout();
             let step = tokio::select! {
                 command = commands.recv() => match command {
@@ -487,7 +652,8 @@ impl Driver {
                 break ended;
             }
         };
-        link.abort();
+        self.tasks.abort_all();
+        self.peers.out.clear();
         if let Some((conn, _)) = self.conn.take() {
             close_done(&conn, "worker stopped");
         }
@@ -559,8 +725,59 @@ impl Driver {
             }
             LinkMsg::Refused(refusal) => return Err(Ended::Refused(refusal)),
             LinkMsg::GaveUp(reason) => return Err(Ended::Unreachable(reason)),
+            LinkMsg::PeerIn(conn) => self.peer_in(conn),
+            LinkMsg::PeerFrame { from, frame } => self.peer_frame(from, frame),
         }
         Ok(())
+    }
+
+    /// A member connected: read its frames, if it is one.
+    fn peer_in(&mut self, conn: Connection) {
+        let fingerprint = peer_fingerprint(&conn);
+        let from = self
+            .peers
+            .known
+            .iter()
+            .find(|(_, p)| Some(p.fingerprint) == fingerprint)
+            .map(|(&member, _)| member);
+        let Some(from) = from else {
+            // Pinned when the handshake began, gone from the members since.
+            return close_refused(&conn, RefusalCode::UnknownPeer, "not a member of the run");
+        };
+        debug!(from, peer = %conn.remote_address(), "member connected");
+        let (codec, tx) = (self.peers.codec.clone(), self.peers.link_tx.clone());
+        self.tasks.spawn(async move {
+            loop {
+                match link::read_frame(&conn, &codec).await {
+                    Read::Frame(frame) => {
+                        if tx.send(LinkMsg::PeerFrame { from, frame }).is_err() {
+                            return;
+                        }
+                    }
+                    Read::Bad(error, _) => warn!(from, error, "rejected a frame from a member"),
+                    Read::Lost(e) => return debug!(from, error = %e, "member link closed"),
+                }
+            }
+        });
+    }
+
+    fn peer_frame(&mut self, from: MemberId, frame: Frame) {
+        let now = link::now();
+        let Frame { header, body } = frame;
+        match header.kind {
+            FrameKind::Control => match PeerMessage::decode(&body) {
+                Ok(msg) => self.proto.handle_peer(now, from, msg),
+                Err(e) => warn!(from, error = %e, "undecodable control message from a member"),
+            },
+            FrameKind::Payload => self.proto.handle_payload(
+                now,
+                Dest::Member(from),
+                header.round,
+                header.sender,
+                body.into(),
+            ),
+            FrameKind::State => warn!(from, "a member sent a state frame; dropped"),
+        }
     }
 
     fn frame(&mut self, frame: Frame) {
@@ -591,16 +808,18 @@ impl Driver {
         while let Some(event) = self.proto.poll_event() {
             let event = match event {
                 WorkerEvent::Welcomed { member, next_round, need_state } => {
-                    if self.proto.topology() == Some(Topology::AllGather) {
-                        return Err(Ended::AllGather);
-                    }
                     self.status.send_modify(|s| s.member = Some(member));
                     WorkerNodeEvent::Welcomed { member, next_round, need_state }
                 }
                 WorkerEvent::Refused { reason } => {
                     return Err(Ended::Refused(Refusal::Protocol(reason)))
                 }
-                WorkerEvent::Members { members } => WorkerNodeEvent::Members { members },
+                WorkerEvent::Members { members } => {
+                    if self.proto.topology() == Some(Topology::AllGather) {
+                        self.peers.update(self.proto.member(), &members);
+                    }
+                    WorkerNodeEvent::Members { members }
+                }
                 WorkerEvent::RoundOpened { round, members, deadline } => {
                     WorkerNodeEvent::RoundOpened { round, members, deadline }
                 }
@@ -654,9 +873,19 @@ impl Driver {
                 WorkerTransmit::State { round, bytes } => {
                     Out::new(FrameKind::State, round, sender, bytes)
                 }
-                other => {
-                    // Member links exist only in all-gather runs, which end at the welcome.
-                    warn!(transmit = ?other, "no link to other members; frame dropped");
+                WorkerTransmit::Payload { to: Dest::Member(to), round, from_member, bytes } => {
+                    let out = Out::new(FrameKind::Payload, round, from_member, bytes);
+                    self.peers.send(&mut self.tasks, to, out);
+                    continue;
+                }
+                WorkerTransmit::Peer { to, msg } => {
+                    match msg.encode() {
+                        Ok(body) => {
+                            let out = Out::new(FrameKind::Control, 0, sender, body.into());
+                            self.peers.send(&mut self.tasks, to, out);
+                        }
+                        Err(e) => warn!(error = %e, "cannot encode a peer message"),
+                    }
                     continue;
                 }
             };

@@ -10,11 +10,12 @@ const COMPUTE: Duration = Duration::from_millis(40);
 /// and comes back under its name once the others applied round 6, with `rejoin` deciding
 /// its app and `last_applied`. Returns the four final apps (the returning one last) and
 /// the app the fourth had when it dropped out.
-fn drop_and_rejoin(rejoin: impl FnOnce(&App) -> App) -> (Vec<App>, App) {
+fn drop_and_rejoin(topology: Topology, rejoin: impl FnOnce(&App) -> App) -> (Vec<App>, App) {
     let rt = runtime();
     let node = {
         let _guard = rt.enter();
-        CoordinatorNode::start(coordinator_config(2, Duration::from_millis(500))).unwrap()
+        let cfg = topology_config(topology, 2, Duration::from_millis(500));
+        CoordinatorNode::start(cfg).unwrap()
     };
     let join = node.join_string();
     // All four are welcomed before round 0 commits, so none starts from a snapshot.
@@ -56,8 +57,17 @@ fn drop_and_rejoin(rejoin: impl FnOnce(&App) -> App) -> (Vec<App>, App) {
 }
 
 #[test]
-fn a_dropped_worker_rejoins_fresh_from_a_snapshot_and_agrees() {
-    let (apps, dropped) = drop_and_rejoin(|_| App::default());
+fn a_dropped_worker_rejoins_fresh_from_a_snapshot_and_agrees_relay() {
+    rejoin_from_a_snapshot(Topology::Relay);
+}
+
+#[test]
+fn a_dropped_worker_rejoins_fresh_from_a_snapshot_and_agrees_all_gather() {
+    rejoin_from_a_snapshot(Topology::AllGather);
+}
+
+fn rejoin_from_a_snapshot(topology: Topology) {
+    let (apps, dropped) = drop_and_rejoin(topology, |_| App::default());
     let back = &apps[3];
     assert_eq!(back.states_received.len(), 1, "one snapshot");
     let snapshot_round = back.states_received[0];
@@ -71,8 +81,18 @@ fn a_dropped_worker_rejoins_fresh_from_a_snapshot_and_agrees() {
 }
 
 #[test]
-fn a_dropped_worker_rejoins_with_its_state_by_replay_and_agrees() {
-    let (apps, _) = drop_and_rejoin(|dropped| dropped.clone());
+fn a_dropped_worker_rejoins_with_its_state_by_replay_and_agrees_relay() {
+    rejoin_by_replay(Topology::Relay);
+}
+
+/// The missed payloads come from the members that keep them (the coordinator holds none).
+#[test]
+fn a_dropped_worker_rejoins_with_its_state_by_replay_and_agrees_all_gather() {
+    rejoin_by_replay(Topology::AllGather);
+}
+
+fn rejoin_by_replay(topology: Topology) {
+    let (apps, _) = drop_and_rejoin(topology, |dropped| dropped.clone());
     let back = &apps[3];
     assert!(back.states_received.is_empty(), "caught up by replayed commits, not a snapshot");
     assert_eq!(back.history.len() as u64, LAST + 1);

@@ -6,7 +6,7 @@ mod churn;
 mod hostile;
 mod rounds;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::*;
 use crate::error::CommError;
 use crate::ids::{MemberId, Round};
-use crate::protocol::{DeadlinePolicy, ProtocolError, Topology};
+use crate::protocol::{DeadlinePolicy, Dest, ProtocolError, Topology};
 use crate::quic::{JoinString, TransportTuning};
 
 /// Longest a test waits for any one event.
@@ -43,7 +43,15 @@ fn localhost() -> SocketAddr {
 
 /// A Relay coordinator config for tests: fixed deadline, `min_members`.
 fn coordinator_config(min_members: usize, deadline: Duration) -> CoordinatorNodeConfig {
-    let mut cfg = CoordinatorNodeConfig::new(localhost(), Topology::Relay);
+    topology_config(Topology::Relay, min_members, deadline)
+}
+
+fn topology_config(
+    topology: Topology,
+    min_members: usize,
+    deadline: Duration,
+) -> CoordinatorNodeConfig {
+    let mut cfg = CoordinatorNodeConfig::new(localhost(), topology);
     cfg.tuning = tuning();
     cfg.protocol.min_members = min_members;
     cfg.protocol.deadline = DeadlinePolicy::Fixed(deadline);
@@ -81,6 +89,8 @@ struct App {
     /// Rounds a snapshot was received for.
     states_received: Vec<Round>,
     snapshots_given: Vec<Round>,
+    /// Peers payload bytes came from, over all rounds (from the round stats).
+    payload_sources: BTreeSet<Dest>,
 }
 
 impl App {
@@ -171,6 +181,8 @@ fn drive(
             }
             WorkerNodeEvent::RoundReady { round, payloads, stats } => {
                 assert_eq!(stats.round, round);
+                app.payload_sources
+                    .extend(stats.traffic.iter().filter(|t| t.received > 0).map(|t| t.peer));
                 app.apply(round, &payloads);
                 progress.store(round + 1, Ordering::SeqCst);
                 std::thread::sleep(compute);

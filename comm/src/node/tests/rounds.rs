@@ -5,11 +5,20 @@ use crate::protocol::CoordinatorEvent;
 use crate::quic::RefusalCode;
 
 #[test]
-fn four_workers_agree_on_twenty_rounds() {
+fn four_workers_agree_on_twenty_rounds_relay() {
+    four_workers_agree_on_twenty_rounds(Topology::Relay);
+}
+
+#[test]
+fn four_workers_agree_on_twenty_rounds_all_gather() {
+    four_workers_agree_on_twenty_rounds(Topology::AllGather);
+}
+
+fn four_workers_agree_on_twenty_rounds(topology: Topology) {
     let rt = runtime();
     let mut node = {
         let _guard = rt.enter();
-        CoordinatorNode::start(coordinator_config(4, Duration::from_secs(5))).unwrap()
+        CoordinatorNode::start(topology_config(topology, 4, Duration::from_secs(5))).unwrap()
     };
     let join = node.join_string();
     assert_eq!(join.host, "127.0.0.1");
@@ -34,6 +43,15 @@ fn four_workers_agree_on_twenty_rounds() {
         assert!(app.payload_counts.values().all(|&n| n == 4), "{:?}", app.payload_counts);
     }
     assert_eq!(assert_agree(&apps), 6 * 20);
+    for app in &apps {
+        let expected: BTreeSet<Dest> = match topology {
+            Topology::Relay => [Dest::Coordinator].into(),
+            Topology::AllGather => {
+                members.iter().filter(|&&m| m != app.member).map(|&m| Dest::Member(m)).collect()
+            }
+        };
+        assert_eq!(app.payload_sources, expected);
+    }
 
     // The coordinator reported each commit with its stats.
     let commits: Vec<_> = drain(&mut node)
@@ -51,11 +69,17 @@ fn four_workers_agree_on_twenty_rounds() {
     for (_, stats) in &commits {
         assert_eq!(stats.delivered.len(), 4);
         assert!(stats.stragglers.is_empty());
-        // Each payload went in once and out to the three others.
         let received: u64 = stats.traffic.iter().map(|t| t.received).sum();
         let sent: u64 = stats.traffic.iter().map(|t| t.sent).sum();
-        assert_eq!(sent, 3 * received);
-        assert!(received > 4 * 3000);
+        match topology {
+            // Each payload went in once and out to the three others.
+            Topology::Relay => {
+                assert_eq!(sent, 3 * received);
+                assert!(received > 4 * 3000);
+            }
+            // The coordinator never holds a payload.
+            Topology::AllGather => assert_eq!((received, sent), (0, 0)),
+        }
     }
     rt.block_on(node.shutdown()).unwrap();
 }
@@ -133,15 +157,6 @@ fn a_worker_reports_a_wrong_fingerprint_and_an_absent_coordinator() {
     let err = WorkerHandle::spawn(cfg, rt.handle()).unwrap_err();
     assert!(matches!(err, CommError::Node(NodeError::Unreachable(_))), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(500));
-}
-
-#[test]
-fn all_gather_is_refused_by_the_coordinator_node() {
-    let rt = runtime();
-    let _guard = rt.enter();
-    let cfg = CoordinatorNodeConfig::new(localhost(), Topology::AllGather);
-    let err = CoordinatorNode::start(cfg).unwrap_err();
-    assert_eq!(err.to_string(), "all-gather topology not yet supported by the QUIC driver");
 }
 
 /// A 3 MiB payload for `member` in `round` (large enough for the blocking-pool path).
