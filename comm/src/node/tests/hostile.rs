@@ -143,3 +143,44 @@ fn a_first_frame_without_the_secret_closes_only_that_connection() {
     )));
     rt.block_on(node.shutdown()).unwrap();
 }
+
+#[test]
+fn a_connection_that_keeps_sending_bad_frames_is_closed_as_a_protocol_violation() {
+    let rt = runtime();
+    let mut cfg = coordinator_config(1, Duration::from_millis(500));
+    cfg.max_bad_frames = 2;
+    let mut node = {
+        let _guard = rt.enter();
+        CoordinatorNode::start(cfg).unwrap()
+    };
+    let join = node.join_string();
+    let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
+    let msg =
+        ToCoordinator::Join { name: "raw".into(), last_applied: None, peer: PeerInfo::default() };
+    let frame =
+        codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
+    let garbage = codec.encode(FrameKind::Control, 0, u32::MAX, b"\xff\xff\xff", false).unwrap();
+    rt.block_on(async {
+        let identity = NodeIdentity::generate("raw").unwrap();
+        let endpoint = quic::bind_client(&identity, &tuning(), localhost()).unwrap();
+        let conn = endpoint.connect(join.socket_addr().unwrap(), join.fingerprint).await.unwrap();
+        quic::send_frame(&conn, &frame).await.unwrap();
+        welcome(&conn, &codec).await;
+        for _ in 0..3 {
+            // The third one may find the connection already closing.
+            let _ = quic::send_frame(&conn, &garbage).await;
+        }
+        match tokio::time::timeout(EVENT_WAIT, quic::wait_closed(&conn)).await.unwrap() {
+            quic::QuicError::Refused { code, .. } => {
+                assert_eq!(code, quic::RefusalCode::ProtocolViolation)
+            }
+            other => panic!("unexpected close: {other}"),
+        }
+    });
+    let rejected = drain(&mut node)
+        .into_iter()
+        .filter(|e| matches!(e, CoordinatorNodeEvent::FrameRejected { .. }))
+        .count();
+    assert_eq!(rejected, 3);
+    rt.block_on(node.shutdown()).unwrap();
+}
