@@ -489,6 +489,9 @@ async fn link_task(
                     }
                 };
                 writer.abort();
+                if let QuicError::Connection(quinn::ConnectionError::LocallyClosed) = lost {
+                    return; // the driver closed it: the worker stops
+                }
                 if let QuicError::Refused { code, reason } = lost {
                     let _ = tx.send(LinkMsg::Refused(Refusal::Transport { code, detail: reason }));
                     return;
