@@ -186,8 +186,8 @@ pub enum WorkerNodeEvent {
     },
     /// The coordinator refused this worker. Nothing follows.
     Refused(Refusal),
-    /// The worker stopped (it gave up reconnecting, or the run's topology is not
-    /// supported). Nothing follows.
+    /// The worker stopped: it gave up reconnecting, or the coordinator presented another
+    /// certificate than the pinned one. Nothing follows.
     Failed {
         /// Why.
         reason: String,
