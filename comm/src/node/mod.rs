@@ -58,6 +58,7 @@ use std::path::PathBuf;
 
 pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
 pub use handle::WorkerHandle;
+pub use state::{RUN_FILE, STATE_FILE};
 pub use worker::{ReconnectPolicy, WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 
 use crate::ids::MemberId;
