@@ -3,6 +3,7 @@
 //! Each part of the crate keeps its detailed errors in its own module and is wrapped here, so a
 //! caller matches on one enum and still gets the specific cause through `source()`.
 
+use crate::node::NodeError;
 use crate::protocol::ProtocolError;
 use crate::quic::{JoinError, QuicError, TlsError};
 use crate::wire::WireError;
@@ -26,6 +27,9 @@ pub enum CommError {
     /// A join string that does not parse or whose address does not resolve.
     #[error("join string: {0}")]
     Join(#[from] JoinError),
+    /// A QUIC driver (coordinator or worker node): state files, refusals, reconnecting.
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 /// `Result` with [`CommError`] as its default error.

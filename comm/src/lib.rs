@@ -13,10 +13,13 @@
 //!   [`protocol::WorkerProto`] state machines and the control messages they exchange.
 //! - [`quic`]: the QUIC transport: pinned identities, the join string, tuning for long fat
 //!   links, frames over streams.
+//! - [`node`]: drivers that run the protocol over QUIC on tokio: [`node::CoordinatorNode`],
+//!   [`node::WorkerNode`] and its blocking facade [`node::WorkerHandle`].
 //! - [`error`]: [`CommError`], the crate's error type.
 
 pub mod error;
 pub mod ids;
+pub mod node;
 pub mod protocol;
 pub mod quic;
 pub mod wire;

@@ -1,0 +1,527 @@
+//! The coordinator node: a QUIC server driving a [`Coordinator`].
+//!
+//! Tasks:
+//! - the acceptor takes incoming connections and spawns a connection task for each;
+//! - a connection task completes the handshake, reads frames one at a time, decides
+//!   admission on the first one (see the [module docs](super)), decodes the rest and sends
+//!   them to the actor; it spawns the connection's writer task on admission;
+//! - the actor owns the [`Coordinator`]: it feeds it inputs and timeouts, saves its state on
+//!   every commit *before* queueing that round's frames, and queues frames on the writers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use super::link::{self, Out, Read};
+use super::state::StateDir;
+use super::{COORDINATOR_SENDER, FRAME_OVERHEAD};
+use crate::error::Result;
+use crate::ids::{JoinSecret, MemberId, Round, RunId};
+use crate::protocol::{
+    ConnId, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorTransmit, ToCoordinator,
+    Topology,
+};
+use crate::quic::{
+    self, close_refused, ClientAuth, JoinString, NodeIdentity, QuicEndpoint, RefusalCode,
+    TransportTuning, CLOSE_DONE,
+};
+use crate::wire::{Frame, FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME};
+
+/// Events queued for [`CoordinatorNode::next_event`] before new ones are dropped (and
+/// logged): a node nobody reads events from must not grow without bound.
+const EVENT_QUEUE: usize = 4096;
+
+/// How to run a coordinator node.
+#[derive(Debug, Clone)]
+pub struct CoordinatorNodeConfig {
+    /// The UDP address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The host put in the join string. By default the listen address, or `127.0.0.1`
+    /// (`::1`) when that is unspecified: set this to the public name or address.
+    pub advertise_host: Option<String>,
+    /// Where the identity, run credentials and protocol state live. `None`: a fresh
+    /// identity and run on every start, nothing saved.
+    pub state_dir: Option<PathBuf>,
+    /// The identity to use when there is no `state_dir` (generated when `None`).
+    pub identity: Option<NodeIdentity>,
+    /// The round protocol's settings. Its `run` is replaced by the node's run id (from the
+    /// state folder, or fresh); `max_payload` and `max_state` are capped to fit `max_frame`.
+    pub protocol: CoordinatorConfig,
+    /// QUIC tuning.
+    pub tuning: TransportTuning,
+    /// The largest frame accepted or sent, in bytes.
+    pub max_frame: usize,
+    /// How long a new connection has to send its first (admission) frame. By default 30 s.
+    pub first_frame_timeout: Duration,
+    /// Bad frames an admitted connection may send before it is closed. By default 16.
+    pub max_bad_frames: u32,
+}
+
+impl CoordinatorNodeConfig {
+    /// Defaults for a coordinator listening on `listen` with `topology`.
+    pub fn new(listen: SocketAddr, topology: Topology) -> Self {
+        CoordinatorNodeConfig {
+            listen,
+            advertise_host: None,
+            state_dir: None,
+            identity: None,
+            protocol: CoordinatorConfig::new(RunId([0; 16]), topology),
+            tuning: TransportTuning::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+            first_frame_timeout: Duration::from_secs(30),
+            max_bad_frames: 16,
+        }
+    }
+}
+
+/// What a coordinator node reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoordinatorNodeEvent {
+    /// The round protocol's event (joins, rounds opened and committed with their stats...).
+    Protocol(CoordinatorEvent),
+    /// A connection was turned away on its first frame.
+    PeerRefused {
+        /// Its address.
+        peer: SocketAddr,
+        /// The refusal sent.
+        code: RefusalCode,
+        /// Why, as sent to the peer.
+        detail: String,
+    },
+    /// A frame from an admitted connection was rejected and dropped.
+    FrameRejected {
+        /// The connection.
+        conn: ConnId,
+        /// Its address.
+        peer: SocketAddr,
+        /// Why.
+        error: String,
+    },
+    /// The node stopped serving (its state could not be saved).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An input for the actor.
+enum Input {
+    Open { conn: ConnId, writer: mpsc::UnboundedSender<Out> },
+    Message { conn: ConnId, msg: ToCoordinator },
+    Payload { conn: ConnId, round: Round, sender: MemberId, bytes: Bytes },
+    State { conn: ConnId, round: Round, bytes: Bytes },
+    Closed { conn: ConnId },
+}
+
+/// What the connection tasks share.
+#[derive(Clone)]
+struct Shared {
+    codec: FrameCodec,
+    inbox: mpsc::UnboundedSender<Input>,
+    events: mpsc::Sender<CoordinatorNodeEvent>,
+    first_frame_timeout: Duration,
+    max_bad_frames: u32,
+}
+
+/// A running coordinator. Dropping it stops its tasks; [`CoordinatorNode::shutdown`]
+/// closes connections cleanly first.
+#[derive(Debug)]
+pub struct CoordinatorNode {
+    endpoint: Arc<QuicEndpoint>,
+    join: JoinString,
+    local_addr: SocketAddr,
+    events: mpsc::Receiver<CoordinatorNodeEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    actor: Option<JoinHandle<Result<()>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl CoordinatorNode {
+    /// Binds the endpoint, restores the protocol state from `state_dir` if one was saved
+    /// there, and starts serving. Must be called inside a tokio runtime.
+    pub fn start(cfg: CoordinatorNodeConfig) -> Result<Self> {
+        let dir = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
+        let (identity, (run, secret), saved) = match &dir {
+            Some(dir) => (dir.identity()?, dir.run()?, dir.load_state()?),
+            None => {
+                let identity = match cfg.identity.clone() {
+                    Some(identity) => identity,
+                    None => NodeIdentity::generate("meridian-coordinator")?,
+                };
+                (identity, JoinString::new_run()?, None)
+            }
+        };
+        let mut protocol = cfg.protocol.clone();
+        protocol.run = run;
+        let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
+        protocol.max_payload = protocol.max_payload.min(room);
+        protocol.max_state = protocol.max_state.min(room);
+        let now = link::now();
+        let coordinator = match saved {
+            Some(state) => {
+                info!(committed = ?state.committed, "restoring the coordinator from its state folder");
+                Coordinator::restore(protocol, state, now)?
+            }
+            None => Coordinator::new(protocol, now)?,
+        };
+
+        let endpoint =
+            Arc::new(quic::bind_server(&identity, ClientAuth::AcceptAny, &cfg.tuning, cfg.listen)?);
+        let local_addr = endpoint.local_addr()?;
+        let host =
+            cfg.advertise_host.clone().unwrap_or_else(|| advertised_ip(local_addr).to_string());
+        let join = JoinString {
+            host,
+            port: local_addr.port(),
+            fingerprint: identity.fingerprint(),
+            run,
+            secret: secret.clone(),
+        };
+        info!(addr = %local_addr, run = %run, fingerprint = %identity.fingerprint(), "coordinator listening");
+
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let shared = Shared {
+            codec: FrameCodec::new(&secret, run, cfg.max_frame),
+            inbox: inbox_tx,
+            events: events_tx.clone(),
+            first_frame_timeout: cfg.first_frame_timeout,
+            max_bad_frames: cfg.max_bad_frames,
+        };
+        let actor = Actor { proto: coordinator, writers: HashMap::new(), events: events_tx, dir };
+        let actor = tokio::spawn(
+            actor.run(inbox_rx, stop_rx).instrument(tracing::info_span!("coordinator")),
+        );
+        let acceptor = tokio::spawn(accept_loop(endpoint.clone(), shared));
+        Ok(CoordinatorNode {
+            endpoint,
+            join,
+            local_addr,
+            events: events_rx,
+            stop: Some(stop_tx),
+            actor: Some(actor),
+            acceptor,
+        })
+    }
+
+    /// The join string workers need: the advertised host, the bound port, the identity's
+    /// fingerprint, the run id and secret.
+    pub fn join_string(&self) -> JoinString {
+        self.join.clone()
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The run id.
+    pub fn run(&self) -> RunId {
+        self.join.run
+    }
+
+    /// The run's join secret.
+    pub fn secret(&self) -> &JoinSecret {
+        &self.join.secret
+    }
+
+    /// The next event; `None` once the node stopped and every event was read. Events are
+    /// queued up to a bound (4096) and dropped beyond it, so a node nobody reads from
+    /// still runs.
+    pub async fn next_event(&mut self) -> Option<CoordinatorNodeEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_next_event(&mut self) -> Option<CoordinatorNodeEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Stops serving: the actor stops, every connection is closed with an orderly close,
+    /// and the endpoint is released (so a restarted node can bind the same port). Returns
+    /// the actor's error if it had failed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = match self.actor.take() {
+            Some(actor) => actor.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        self.endpoint.close(CLOSE_DONE, "coordinator shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.acceptor.abort();
+        let _ = (&mut self.acceptor).await;
+        result
+    }
+}
+
+impl Drop for CoordinatorNode {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        if let Some(actor) = &self.actor {
+            actor.abort();
+        }
+        self.endpoint.close(CLOSE_DONE, "coordinator stopped");
+    }
+}
+
+/// The IP a join string names for a node bound to `addr`.
+fn advertised_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+async fn accept_loop(endpoint: Arc<QuicEndpoint>, shared: Shared) {
+    let next_conn = AtomicU64::new(1);
+    while let Some(incoming) = endpoint.incoming().await {
+        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+        let shared = shared.clone();
+        let span = tracing::info_span!("conn", id = conn.0, peer = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                if let Ok(connection) = quic::handshake(incoming).await {
+                    serve(connection, conn, shared).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The refusal for a connection whose first frame failed to decode.
+fn refusal(error: &WireError) -> (RefusalCode, String) {
+    match error {
+        WireError::BadTag => (
+            RefusalCode::WrongSecret,
+            "frame authentication failed: the join string's secret is not this run's".into(),
+        ),
+        WireError::WrongRun { .. } => (RefusalCode::RunMismatch, error.to_string()),
+        WireError::UnsupportedVersion { .. } | WireError::BadMagic { .. } => {
+            (RefusalCode::VersionMismatch, error.to_string())
+        }
+        other => (RefusalCode::ProtocolViolation, other.to_string()),
+    }
+}
+
+/// One connection: admission on the first frame, then frames to the actor until it closes.
+async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
+    let peer = connection.remote_address();
+    let refuse = |code: RefusalCode, detail: String| {
+        close_refused(&connection, code, &detail);
+        let _ = shared.events.try_send(CoordinatorNodeEvent::PeerRefused { peer, code, detail });
+    };
+    let first = match tokio::time::timeout(
+        shared.first_frame_timeout,
+        link::read_frame(&connection, &shared.codec),
+    )
+    .await
+    {
+        Err(_) => {
+            return refuse(RefusalCode::ProtocolViolation, "no frame before the timeout".into())
+        }
+        Ok(Read::Lost(e)) => return debug!(error = %e, "connection lost before its first frame"),
+        Ok(Read::Bad(detail, wire)) => {
+            let (code, detail) = match wire {
+                Some(e) => refusal(&e),
+                None => (RefusalCode::ProtocolViolation, detail),
+            };
+            warn!(%code, detail, "refusing a connection on its first frame");
+            return refuse(code, detail);
+        }
+        Ok(Read::Frame(frame)) => frame,
+    };
+
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let writer = link::spawn_writer(connection.clone(), shared.codec.clone(), writer_rx);
+    if shared.inbox.send(Input::Open { conn, writer: writer_tx }).is_err() {
+        return;
+    }
+    let mut bad = 0u32;
+    let mut reject = |error: String| {
+        bad += 1;
+        warn!(error, bad, "rejected a frame");
+        let _ = shared.events.try_send(CoordinatorNodeEvent::FrameRejected { conn, peer, error });
+        bad
+    };
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => match link::read_frame(&connection, &shared.codec).await {
+                Read::Frame(frame) => frame,
+                Read::Bad(error, _) => {
+                    if reject(error) > shared.max_bad_frames {
+                        close_refused(
+                            &connection,
+                            RefusalCode::ProtocolViolation,
+                            "too many bad frames",
+                        );
+                        break;
+                    }
+                    continue;
+                }
+                Read::Lost(e) => {
+                    debug!(error = %e, "connection closed");
+                    break;
+                }
+            },
+        };
+        let input = match to_input(conn, frame) {
+            Ok(input) => input,
+            Err(error) => {
+                if reject(error) > shared.max_bad_frames {
+                    close_refused(
+                        &connection,
+                        RefusalCode::ProtocolViolation,
+                        "too many bad frames",
+                    );
+                    break;
+                }
+                continue;
+            }
+        };
+        if shared.inbox.send(input).is_err() {
+            break;
+        }
+    }
+    let _ = shared.inbox.send(Input::Closed { conn });
+    writer.abort();
+}
+
+fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
+    let Frame { header, body } = frame;
+    Ok(match header.kind {
+        FrameKind::Control => {
+            Input::Message { conn, msg: ToCoordinator::decode(&body).map_err(|e| e.to_string())? }
+        }
+        FrameKind::Payload => {
+            Input::Payload { conn, round: header.round, sender: header.sender, bytes: body.into() }
+        }
+        FrameKind::State => Input::State { conn, round: header.round, bytes: body.into() },
+    })
+}
+
+struct Actor {
+    proto: Coordinator,
+    writers: HashMap<ConnId, mpsc::UnboundedSender<Out>>,
+    events: mpsc::Sender<CoordinatorNodeEvent>,
+    dir: Option<StateDir>,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Input>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<()> {
+        loop {
+            let timeout = self.proto.poll_timeout();
+            tokio::select! {
+                _ = &mut stop => break,
+                input = inbox.recv() => {
+                    let Some(input) = input else { break };
+                    self.input(input);
+                }
+                _ = link::sleep_until(timeout) => self.proto.handle_timeout(link::now()),
+            }
+            if let Err(e) = self.flush() {
+                warn!(error = %e, "cannot save the coordinator state; stopping");
+                self.emit(CoordinatorNodeEvent::Failed { reason: e.to_string() });
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = link::now();
+        match input {
+            Input::Open { conn, writer } => {
+                self.writers.insert(conn, writer);
+            }
+            Input::Message { conn, msg } => self.proto.handle_message(now, conn, msg),
+            Input::Payload { conn, round, sender, bytes } => {
+                self.proto.handle_payload(now, conn, round, sender, bytes)
+            }
+            Input::State { conn, round, bytes } => self.proto.handle_state(now, conn, round, bytes),
+            Input::Closed { conn } => {
+                self.writers.remove(&conn);
+                self.proto.handle_disconnect(now, conn);
+            }
+        }
+    }
+
+    /// Events first (saving the state on a commit), then frames.
+    fn flush(&mut self) -> Result<()> {
+        let mut committed = false;
+        while let Some(event) = self.proto.poll_event() {
+            if let CoordinatorEvent::RoundCommitted { round, stats, .. } = &event {
+                committed = true;
+                let traffic: Vec<_> =
+                    stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect();
+                debug!(
+                    round,
+                    delivered = ?stats.delivered,
+                    stragglers = ?stats.stragglers,
+                    duration_ms = stats.duration.map(|d| d.as_millis() as u64),
+                    last_delivery_ms = stats.last_delivery.map(|d| d.as_millis() as u64),
+                    ?traffic,
+                    "round committed"
+                );
+            }
+            self.emit(CoordinatorNodeEvent::Protocol(event));
+        }
+        if committed {
+            if let Some(dir) = &self.dir {
+                dir.save_state(&self.proto.persisted())?;
+            }
+        }
+        while let Some(transmit) = self.proto.poll_transmit() {
+            let (to, out) = match transmit {
+                CoordinatorTransmit::Control { to, msg } => match msg.encode() {
+                    Ok(body) => {
+                        (to, Out::new(FrameKind::Control, 0, COORDINATOR_SENDER, body.into()))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot encode a control message");
+                        continue;
+                    }
+                },
+                CoordinatorTransmit::Payload { to, round, from_member, bytes } => {
+                    (to, Out::new(FrameKind::Payload, round, from_member, bytes))
+                }
+                CoordinatorTransmit::State { to, round, bytes } => {
+                    (to, Out::new(FrameKind::State, round, COORDINATOR_SENDER, bytes))
+                }
+            };
+            match self.writers.get(&to) {
+                Some(writer) => {
+                    let _ = writer.send(out);
+                }
+                None => debug!(conn = to.0, "frame for a closed connection dropped"),
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&self, event: CoordinatorNodeEvent) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            debug!(?event, "event queue full, event dropped");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! What both drivers share: outgoing frames and their writer task, reading frames off a
+//! connection, clocks and timers.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use quinn::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::ids::{MemberId, Round};
+use crate::quic::{recv_frame, send_frame, send_frame_delivered, QuicError};
+use crate::wire::{Frame, FrameCodec, FrameKind, WireError, PREFIX_LEN};
+
+/// A frame for a writer task to encode and send.
+#[derive(Debug)]
+pub(crate) struct Out {
+    pub(crate) kind: FrameKind,
+    pub(crate) round: Round,
+    pub(crate) sender: MemberId,
+    pub(crate) body: Bytes,
+    /// Wait until the peer acknowledged the frame and report here.
+    pub(crate) delivered: Option<oneshot::Sender<Result<(), QuicError>>>,
+}
+
+impl Out {
+    pub(crate) fn new(kind: FrameKind, round: Round, sender: MemberId, body: Bytes) -> Self {
+        Out { kind, round, sender, body, delivered: None }
+    }
+}
+
+/// Frames (or bodies) larger than this are encoded or decoded on the blocking pool: hashing
+/// and copying hundreds of megabytes must not stall the runtime's other tasks.
+const BLOCKING_BYTES: usize = 1 << 20;
+
+/// Spawns the task that sends `conn`'s frames, one at a time and in order (so the peer's
+/// single reader sees them in the order they were queued). It ends when the queue's senders
+/// are gone or the connection fails.
+pub(crate) fn spawn_writer(
+    conn: Connection,
+    codec: FrameCodec,
+    mut queue: mpsc::UnboundedReceiver<Out>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(out) = queue.recv().await {
+            let Out { kind, round, sender, body, delivered } = out;
+            let encoded = if body.len() > BLOCKING_BYTES {
+                let codec = codec.clone();
+                tokio::task::spawn_blocking(move || codec.encode(kind, round, sender, &body, false))
+                    .await
+                    .unwrap_or_else(|e| Err(WireError::BadBody(e.to_string())))
+            } else {
+                codec.encode(kind, round, sender, &body, false)
+            };
+            let frame = match encoded {
+                Ok(frame) => frame,
+                Err(e) => {
+                    // Limits are checked before a frame is queued; this is a bug, not input.
+                    warn!(error = %e, ?kind, round, "cannot encode a frame");
+                    continue;
+                }
+            };
+            let result = match delivered {
+                Some(reply) => {
+                    let result = send_frame_delivered(&conn, &frame).await;
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    if failed {
+                        break;
+                    }
+                    continue;
+                }
+                None => send_frame(&conn, &frame).await,
+            };
+            if let Err(e) = result {
+                debug!(peer = %conn.remote_address(), error = %e, "writer stops");
+                break;
+            }
+        }
+    })
+}
+
+/// What reading the next frame gave.
+pub(crate) enum Read {
+    /// An authenticated frame.
+    Frame(Frame),
+    /// A frame that was rejected; the connection is still usable.
+    Bad(String, Option<WireError>),
+    /// The connection is gone.
+    Lost(QuicError),
+}
+
+/// Reads and decodes the next frame of `conn`.
+pub(crate) async fn read_frame(conn: &Connection, codec: &FrameCodec) -> Read {
+    match recv_frame(conn, codec.max_frame().saturating_add(PREFIX_LEN)).await {
+        Ok(bytes) => match decode(codec, bytes).await {
+            Ok(frame) => Read::Frame(frame),
+            Err(e) => Read::Bad(e.to_string(), Some(e)),
+        },
+        Err(e @ (QuicError::FrameTooLarge { .. } | QuicError::FrameReset { .. })) => {
+            Read::Bad(e.to_string(), None)
+        }
+        Err(QuicError::Stream(e)) => Read::Bad(e, None),
+        Err(e) => Read::Lost(e),
+    }
+}
+
+async fn decode(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Frame, WireError> {
+    if bytes.len() <= BLOCKING_BYTES {
+        return codec.decode(&bytes);
+    }
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || codec.decode(&bytes))
+        .await
+        .unwrap_or_else(|e| Err(WireError::BadBody(e.to_string())))
+}
+
+/// The protocol's notion of now, from tokio's clock (so a paused clock drives it too).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,149 @@
+//! Drivers that run the sans-IO [`protocol`](crate::protocol) machines over QUIC on tokio.
+//!
+//! - [`CoordinatorNode`] (coordinator): a QUIC server whose one actor task owns the
+//!   [`Coordinator`](crate::protocol::Coordinator). One task per connection reads frames,
+//!   checks them with the run's [`FrameCodec`](crate::wire::FrameCodec) and hands decoded
+//!   inputs to the actor; one writer task per connection sends what the actor emits. With a
+//!   `state_dir` it keeps its identity, run id, join secret and protocol state on disk, so a
+//!   restarted coordinator has the same join string and continues the run.
+//! - [`WorkerNode`] (worker): dials the coordinator pinning its fingerprint, runs a
+//!   [`WorkerProto`](crate::protocol::WorkerProto) in a driver task, reconnects with
+//!   backoff, and offers an async API; [`WorkerHandle`] is the blocking facade for a
+//!   training loop on its own OS thread.
+//!
+//! # Frames
+//! Every frame travels on its own QUIC unidirectional stream
+//! ([`send_frame`](crate::quic::send_frame)); each connection has one writer, so frames are
+//! opened (and read back by the single reader on the other side) in the order they were
+//! sent. Header fields:
+//! - `Control`: round 0, the body is a postcard [`ToCoordinator`](crate::protocol::ToCoordinator)
+//!   or [`ToWorker`](crate::protocol::ToWorker);
+//! - `Payload`: the round and the payload's author (also when the coordinator relays it);
+//! - `State`: the round the state reflects.
+//!
+//! The `sender` of frames the coordinator originates (control and state) is
+//! [`COORDINATOR_SENDER`]; a worker that has no member id yet (before its first welcome)
+//! sends with [`UNASSIGNED_SENDER`]. Both are `u32::MAX`, an id the coordinator never
+//! assigns to a member; receivers identify a control frame's sender by its connection, not
+//! by this field.
+//!
+//! # Authentication and bad input
+//! The first frame on a coordinator connection decides admission: a frame whose tag fails
+//! (the sender lacks the join secret) closes the connection with
+//! [`RefusalCode::WrongSecret`], one of another run
+//! with `RunMismatch`, one of another format version with `VersionMismatch`, anything else
+//! that does not decode (or no frame within `first_frame_timeout`) with `ProtocolViolation`.
+//! On an admitted connection a bad frame (tampered, malformed, oversized, an undecodable
+//! message) is logged, reported as [`CoordinatorNodeEvent::FrameRejected`] and dropped; after
+//! `max_bad_frames` of them the connection is closed with `ProtocolViolation`. Other
+//! connections are never affected.
+//!
+//! # Topologies
+//! Both. In [`Topology::Relay`](crate::protocol::Topology::Relay) a worker talks to the
+//! coordinator only. In [`Topology::AllGather`](crate::protocol::Topology::AllGather) each
+//! worker also listens for the other members (accepting exactly the fingerprints the
+//! coordinator announced) and dials them to send its payload and to fetch; see
+//! [`WorkerNode`].
+
+mod coordinator;
+mod handle;
+mod link;
+mod state;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
+pub use handle::WorkerHandle;
+pub use state::{RUN_FILE, STATE_FILE};
+pub use worker::{ReconnectPolicy, WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
+
+use crate::ids::MemberId;
+use crate::protocol::RefuseReason;
+use crate::quic::RefusalCode;
+
+/// The header `sender` of control and state frames the coordinator originates.
+pub const COORDINATOR_SENDER: MemberId = MemberId::MAX;
+
+/// The header `sender` of a worker's frames before its first welcome.
+pub const UNASSIGNED_SENDER: MemberId = MemberId::MAX;
+
+/// Header and tag bytes a frame adds to its body, at most (postcard header of at most 46
+/// bytes, 4-byte prefix, 16-byte tag, rounded up). Payload and state limits are kept this far
+/// below `max_frame` so anything the protocol accepts also fits a frame.
+pub const FRAME_OVERHEAD: usize = 128;
+
+/// Why the coordinator turned a worker away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The coordinator closed the connection with a refusal code (a frame without the run's
+    /// join secret, a frame of another run, ...).
+    Transport {
+        /// The code.
+        code: RefusalCode,
+        /// The coordinator's explanation.
+        detail: String,
+    },
+    /// The round protocol refused the join.
+    Protocol(RefuseReason),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Transport { code, detail } if detail.is_empty() => {
+                write!(f, "refused by coordinator: {code}")
+            }
+            Refusal::Transport { code, detail } => {
+                write!(f, "refused by coordinator: {code} ({detail})")
+            }
+            Refusal::Protocol(reason) => {
+                let text = match reason {
+                    RefuseReason::InvalidJoin => "invalid name or peer info",
+                    RefuseReason::Full => "the run is full",
+                    RefuseReason::AheadOfCoordinator => {
+                        "this worker applied rounds the coordinator never committed"
+                    }
+                    RefuseReason::Superseded => "a newer connection joined under the same name",
+                };
+                write!(f, "refused by coordinator: {text}")
+            }
+        }
+    }
+}
+
+/// What can go wrong in a node driver.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Reading or writing a file of the coordinator's state folder failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the coordinator's state folder holds something unusable.
+    #[error("{}: {reason}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The coordinator refused this worker.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The worker could not reach the coordinator for longer than its reconnect policy
+    /// allows (or cannot reach it at all: a pinned fingerprint that does not match).
+    #[error("cannot reach the coordinator: {0}")]
+    Unreachable(String),
+    /// The node's driver task has stopped (after a leave, a refusal or a failure).
+    #[error("the node has stopped: {0}")]
+    Stopped(String),
+}
