@@ -11,6 +11,8 @@
 //!   optimizer and shard into the `TrainStep` the outer optimizers drive.
 //! - [`checkpoint`]: complete, atomic, bit-exact checkpoints of a run.
 //! - [`train`], [`run_config`], [`metrics`], [`summary`], [`plot`]: `meridian train`.
+//! - [`net_worker`], [`net_cli`], [`snapshot`]: `meridian coordinator` and `meridian worker`,
+//!   one run across processes over QUIC.
 //! - [`compress_demo`], [`compress_file`], [`codec`], [`tensor_file`]: `meridian compress`.
 
 pub mod adamw;
@@ -23,6 +25,7 @@ pub mod data;
 pub mod float_env;
 pub mod metrics;
 pub mod model;
+pub mod net_cli;
 pub mod net_worker;
 pub mod plot;
 pub mod run_config;

@@ -21,6 +21,11 @@ enum Command {
     /// Train N workers in one process with one or more outer algorithms (DDP, DiLoCo, DeMo,
     /// SparseLoCo, Streaming DiLoCo) and compare their loss and bytes on the wire.
     Train(meridian_trainer::train::TrainArgs),
+    /// Coordinate a run across processes or machines: admit workers that hold the join
+    /// secret, close rounds, commit who delivered. Prints the join string.
+    Coordinator(meridian_trainer::net_cli::CoordinatorArgs),
+    /// Train one worker of a multi-process run, syncing through a coordinator over QUIC.
+    Worker(meridian_trainer::net_cli::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Compress(args) => meridian_trainer::compress_demo::run(&args),
         Command::Train(args) => meridian_trainer::train::run(&args),
+        Command::Coordinator(args) => meridian_trainer::net_cli::run_coordinator(&args),
+        Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,428 @@
+//! `meridian coordinator` and `meridian worker`: one run across processes and machines,
+//! over authenticated QUIC.
+//!
+//! The coordinator admits workers that hold the run's join secret, closes rounds and
+//! commits who delivered; it never sees a tensor. Each worker trains its own replica with
+//! the same flags (model, data, algorithm, seed), exchanges payloads through the
+//! coordinator, applies every committed round in member-id order, and so holds the same
+//! parameters as every other worker after each round. A worker that joins late or
+//! restarts takes a live worker's state and replays the rounds it missed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use meridian_comm::node::{
+    CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent, WorkerHandle, WorkerNodeConfig,
+    WorkerNodeEvent,
+};
+use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy, ProtocolError, Topology};
+use meridian_comm::quic::JoinString;
+use meridian_comm::CommError;
+use meridian_optimizer::solo::SoloWorker;
+use meridian_optimizer::train_step::TrainStep;
+use meridian_optimizer::Algorithm;
+use serde::Serialize;
+
+use crate::data::{Corpus, Split, TokenFormat};
+use crate::model::ModelKind;
+use crate::net_worker::{drive, NetEvent, RoundLink};
+use crate::run_config::RunConfig;
+use crate::train::build_model;
+use crate::worker::LmWorker;
+
+/// How payloads travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopologyArg {
+    /// Each worker uploads once to the coordinator, which forwards to the others.
+    Relay,
+    /// Each worker sends directly to every other worker.
+    AllGather,
+}
+
+/// Options of `meridian coordinator`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Prints a join string (meridian://HOST:PORT/?fp=..&run=..&secret=..) that workers pass to
+`meridian worker --join`. Keep it secret: it admits its holder to the run. With --state-dir
+(default out/coordinator) a restarted coordinator keeps its certificate, run and rounds,
+so the same join string keeps working and the workers carry on.")]
+pub struct CoordinatorArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7070", env = "MERIDIAN_LISTEN")]
+    pub listen: SocketAddr,
+    /// Host name or address workers reach this machine at (put in the join string).
+    #[arg(long, env = "MERIDIAN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Folder for the coordinator's certificate, run credentials and round state.
+    #[arg(long, default_value = "out/coordinator", env = "MERIDIAN_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Workers to wait for before round 0 opens.
+    #[arg(long, default_value_t = 1, env = "MERIDIAN_MIN_WORKERS")]
+    pub min_workers: u32,
+    /// How payloads travel.
+    #[arg(long, value_enum, default_value = "relay", env = "MERIDIAN_TOPOLOGY")]
+    pub topology: TopologyArg,
+    /// A fixed round deadline in milliseconds; by default it adapts to observed rounds.
+    #[arg(long, env = "MERIDIAN_DEADLINE_MS")]
+    pub deadline_ms: Option<u64>,
+    /// Also write the join string to this file (for scripts).
+    #[arg(long)]
+    pub join_file: Option<PathBuf>,
+    /// Exit after this many rounds have committed (by default: run until interrupted).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the network runtime")
+}
+
+/// Runs `meridian coordinator`.
+pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
+    let rt = runtime()?;
+    let topology = match args.topology {
+        TopologyArg::Relay => Topology::Relay,
+        TopologyArg::AllGather => Topology::AllGather,
+    };
+    let mut cfg = CoordinatorNodeConfig::new(args.listen, topology);
+    cfg.advertise_host = args.advertise.clone();
+    cfg.state_dir = Some(args.state_dir.clone());
+    cfg.protocol.min_members = args.min_workers.max(1) as usize;
+    if let Some(ms) = args.deadline_ms {
+        cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_millis(ms.max(1)));
+    }
+    rt.block_on(async move {
+        let mut node = CoordinatorNode::start(cfg).context("starting the coordinator")?;
+        let join = node.join_string().to_string();
+        println!("{join}");
+        if let Some(path) = &args.join_file {
+            write_atomically(path, &join)?;
+        }
+        tracing::info!(listen = %node.local_addr(), "coordinator ready; waiting for workers");
+        let mut committed = 0u64;
+        let mut members = std::collections::BTreeSet::new();
+        // After the last round, wait for the workers to take its commit and leave.
+        let mut finishing: Option<tokio::time::Instant> = None;
+        loop {
+            let event = match finishing {
+                None => node.next_event().await,
+                Some(until) => match tokio::time::timeout_at(until, node.next_event()).await {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+            };
+            let Some(event) = event else { break };
+            match event {
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted {
+                    round,
+                    delivered,
+                    stats,
+                    ..
+                }) => {
+                    committed += 1;
+                    tracing::info!(
+                        round,
+                        delivered = delivered.len(),
+                        stragglers = ?stats.stragglers,
+                        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
+                        "round committed"
+                    );
+                    tracing::debug!(round, traffic = ?stats.traffic, "round traffic");
+                    if finishing.is_none() && args.rounds.is_some_and(|n| committed >= n) {
+                        finishing = Some(tokio::time::Instant::now() + Duration::from_secs(30));
+                    }
+                }
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Joined { member, .. }) => {
+                    members.insert(member);
+                    tracing::info!(member, "worker joined");
+                }
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Left { member }) => {
+                    members.remove(&member);
+                    tracing::info!(member, "worker left");
+                    if finishing.is_some() && members.is_empty() {
+                        break;
+                    }
+                }
+                CoordinatorNodeEvent::Protocol(other) => {
+                    tracing::debug!(event = ?other, "protocol")
+                }
+                CoordinatorNodeEvent::PeerRefused { peer, code, detail } => {
+                    tracing::warn!(%peer, %code, %detail, "connection refused")
+                }
+                CoordinatorNodeEvent::FrameRejected { peer, error, .. } => {
+                    tracing::warn!(%peer, %error, "frame rejected")
+                }
+                CoordinatorNodeEvent::Failed { reason } => bail!("coordinator stopped: {reason}"),
+                other => tracing::debug!(event = ?other, "node"),
+            }
+        }
+        node.shutdown().await.context("shutting down")?;
+        Ok(())
+    })
+}
+
+/// Options of `meridian worker`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Every worker of a run must be started with the same model, data, algorithm, settings and
+seed (their parameters are compared by hash at the first round). Writes OUT/worker.json:
+member id, rounds applied, bytes sent and received, final validation loss and the hash
+every worker should agree on.")]
+pub struct WorkerArgs {
+    /// The join string the coordinator printed.
+    #[arg(long, env = "MERIDIAN_JOIN")]
+    pub join: String,
+    /// This worker's stable name: a restarted worker gives the same name to take its place.
+    #[arg(long, env = "MERIDIAN_NAME")]
+    pub name: String,
+    /// The outer algorithm: ddp, diloco, demo or sparseloco.
+    #[arg(long, default_value = "diloco", env = "MERIDIAN_ALGO")]
+    pub algo: Algorithm,
+    /// Data shards: this worker trains shard (member id mod shards).
+    #[arg(long, default_value_t = 1, env = "MERIDIAN_SHARDS")]
+    pub shards: u32,
+    /// Inner steps to train (the learning-rate schedule spans them).
+    #[arg(long, default_value_t = 300, env = "MERIDIAN_STEPS")]
+    pub steps: u64,
+    /// Inner steps per round (H).
+    #[arg(long, env = "MERIDIAN_INNER_STEPS")]
+    pub inner_steps: Option<u64>,
+    /// The model: gpt, mlp or torchscript:PATH.
+    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
+    pub model: ModelKind,
+    /// Training data (text, or .u16/.u32 token ids with --vocab).
+    #[arg(long, default_value = "data/corpus.txt", env = "MERIDIAN_DATA")]
+    pub data: PathBuf,
+    /// How --data stores tokens: text, u16 or u32.
+    #[arg(long, env = "MERIDIAN_DATA_FORMAT")]
+    pub data_format: Option<TokenFormat>,
+    /// Vocabulary size of pre-tokenized data.
+    #[arg(long, env = "MERIDIAN_VOCAB")]
+    pub vocab: Option<u32>,
+    /// A TOML file with [model], [inner], [data] and the algorithm's table.
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one setting (as for `meridian train`). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Seed of the initial parameters and the shards (the same on every worker).
+    #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
+    pub seed: u64,
+    /// Directory for worker.json.
+    #[arg(long, default_value = "out/worker", env = "MERIDIAN_OUT")]
+    pub out: PathBuf,
+    /// LibTorch intra-op threads.
+    #[arg(long, default_value_t = 1, env = "MERIDIAN_THREADS")]
+    pub threads: usize,
+}
+
+/// The comm node seen as a [`RoundLink`], with the bytes it moved.
+struct HandleLink {
+    handle: WorkerHandle,
+    sent: u64,
+    received: u64,
+    waiting: Duration,
+}
+
+impl HandleLink {
+    fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
+        Ok(match event {
+            WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+                let me = self.handle.member();
+                self.received += payloads
+                    .iter()
+                    .filter(|(m, _)| *m != me)
+                    .map(|(_, b)| b.len() as u64)
+                    .sum::<u64>();
+                tracing::debug!(round, ?stats, "round ready");
+                Some(NetEvent::RoundReady {
+                    round,
+                    payloads: payloads.into_iter().map(|(_, b)| b.to_vec()).collect(),
+                })
+            }
+            WorkerNodeEvent::SnapshotRequested { round } => {
+                Some(NetEvent::SnapshotRequested { round })
+            }
+            WorkerNodeEvent::StateReceived { round, bytes } => {
+                Some(NetEvent::StateReceived { round, bytes: bytes.to_vec() })
+            }
+            WorkerNodeEvent::Refused(r) => bail!("{r}"),
+            WorkerNodeEvent::Failed { reason } => bail!("worker stopped: {reason}"),
+            WorkerNodeEvent::Disconnected { reason } => {
+                tracing::warn!(%reason, "lost the coordinator; reconnecting");
+                None
+            }
+            WorkerNodeEvent::FellBehind { round } => {
+                tracing::warn!(round, "fell behind; asking for a peer's state");
+                None
+            }
+            WorkerNodeEvent::Rejected { reason, round, .. } => {
+                tracing::warn!(?round, ?reason, "input rejected");
+                None
+            }
+            other => {
+                tracing::debug!(event = ?other, "network");
+                None
+            }
+        })
+    }
+}
+
+impl RoundLink for HandleLink {
+    fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
+        let len = payload.len() as u64;
+        match self.handle.publish(round, payload) {
+            Ok(()) => self.sent += len,
+            // Races the protocol resolves itself: the round committed without this worker
+            // (its commit is on the way), or a peer's state is coming first.
+            Err(CommError::Protocol(
+                e @ (ProtocolError::RoundApplied { .. }
+                | ProtocolError::AwaitingState
+                | ProtocolError::AlreadyPublished(_)),
+            )) => tracing::debug!(round, error = %e, "payload not published"),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn next_event(&mut self) -> Result<NetEvent> {
+        let start = Instant::now();
+        loop {
+            let event = self.handle.next_event(None)?.context("the network closed")?;
+            if let Some(e) = self.map(event)? {
+                self.waiting += start.elapsed();
+                return Ok(e);
+            }
+        }
+    }
+
+    fn poll_event(&mut self) -> Result<Option<NetEvent>> {
+        while let Some(event) = self.handle.next_event(Some(Duration::ZERO))? {
+            if let Some(e) = self.map(event)? {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+
+    fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()> {
+        Ok(self.handle.provide_state(round, state)?)
+    }
+}
+
+/// `OUT/worker.json`.
+#[derive(Debug, Serialize)]
+struct WorkerSummary {
+    name: String,
+    member: u32,
+    algorithm: String,
+    model: String,
+    steps: u64,
+    rounds: u64,
+    rounds_replayed: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    seconds: f64,
+    waiting_seconds: f64,
+    final_val_loss: f64,
+    /// What every worker of the run must agree on after the last round (hex).
+    consensus_hash: String,
+}
+
+/// Runs `meridian worker`.
+pub fn run_worker(args: &WorkerArgs) -> Result<()> {
+    if args.algo == Algorithm::Streaming {
+        bail!("--algo streaming is not yet supported across processes; use diloco, sparseloco, demo or ddp");
+    }
+    if args.shards == 0 || args.steps == 0 {
+        bail!("--shards and --steps must be at least 1");
+    }
+    let join: JoinString = args.join.parse().context("--join")?;
+    let config = RunConfig::build(
+        &args.model,
+        &[args.algo],
+        args.config.as_deref(),
+        args.inner_steps,
+        &args.set,
+    )?;
+    let format = args.data_format.unwrap_or_else(|| TokenFormat::from_extension(&args.data));
+    let corpus = Arc::new(Corpus::load(&args.data, format, args.vocab)?);
+    tch::set_num_threads(args.threads.max(1) as i32);
+    let model = build_model(&config.model, corpus.vocab(), args.seed)?;
+    let split = Split::new(corpus.clone(), model.context() as usize)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let rt = runtime()?;
+    let handle = WorkerHandle::spawn(WorkerNodeConfig::new(join, args.name.clone()), rt.handle())
+        .context("joining the run")?;
+    let mut link = HandleLink { handle, sent: 0, received: 0, waiting: Duration::ZERO };
+    let member = link.handle.member();
+    // The welcome says whether this worker must first take a peer's state.
+    let mut need_state = false;
+    while let Some(event) = link.handle.next_event(Some(Duration::from_secs(30)))? {
+        if let WorkerNodeEvent::Welcomed { need_state: n, .. } = event {
+            need_state = n;
+            break;
+        }
+    }
+    tracing::info!(member, need_state, "joined the run");
+    let batch = config.data.batch as usize;
+    let shard = split.shard(member % args.shards, args.shards, args.seed, batch)?;
+    let validation = std::rc::Rc::new(split.validation(batch, config.data.eval_batches as usize));
+    let model_name = model.describe();
+    let lm = LmWorker::new(model, config.inner, shard, validation, args.steps)?;
+    let algo = config.algos[0].clone();
+    let mut w = SoloWorker::new(member, lm, |p| algo.build(p))?;
+    let start = Instant::now();
+    let (mut rounds, mut replayed) = (0u64, 0u64);
+    drive(&mut w, &mut link, args.steps, need_state, |r| {
+        rounds += 1;
+        replayed += u64::from(r.replayed);
+        tracing::info!(
+            round = r.exchange.round,
+            replayed = r.replayed,
+            hash = format!("{:016x}", r.exchange.hash),
+            "round applied"
+        );
+    })?;
+    let final_val_loss = w.train.eval_loss()?;
+    let summary = WorkerSummary {
+        name: args.name.clone(),
+        member,
+        algorithm: args.algo.name().to_string(),
+        model: model_name,
+        steps: w.steps_done(),
+        rounds,
+        rounds_replayed: replayed,
+        bytes_sent: link.sent,
+        bytes_received: link.received,
+        seconds: start.elapsed().as_secs_f64(),
+        waiting_seconds: link.waiting.as_secs_f64(),
+        final_val_loss,
+        consensus_hash: format!("{:016x}", w.outer.consensus_hash(&w.params)?),
+    };
+    write_atomically(&args.out.join("worker.json"), &serde_json::to_string_pretty(&summary)?)?;
+    println!(
+        "worker {} (member {member}): {} rounds ({} replayed), val loss {:.4}, sent {} B, received {} B, hash {}",
+        args.name, rounds, replayed, final_val_loss, summary.bytes_sent, summary.bytes_received, summary.consensus_hash
+    );
+    if let Err(e) = link.handle.leave() {
+        tracing::debug!(error = %e, "leaving");
+    }
+    Ok(())
+}
