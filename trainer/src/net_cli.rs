@@ -288,12 +288,18 @@ impl RoundLink for HandleLink {
         match self.handle.publish(round, payload) {
             Ok(()) => self.sent += len,
             // Races the protocol resolves itself: the round committed without this worker
-            // (its commit is on the way), or a peer's state is coming first.
-            Err(CommError::Protocol(
-                e @ (ProtocolError::RoundApplied { .. }
-                | ProtocolError::AwaitingState
-                | ProtocolError::AlreadyPublished(_)),
-            )) => tracing::debug!(round, error = %e, "payload not published"),
+            // (its commit is on the way), or a peer's state is coming first; or a round this
+            // worker, just caught up, is not a member of. Its commit still arrives.
+            Err(CommError::Protocol(e)) => {
+                if !matches!(
+                    e,
+                    ProtocolError::RoundApplied { .. }
+                        | ProtocolError::AwaitingState
+                        | ProtocolError::AlreadyPublished(_)
+                ) {
+                    tracing::warn!(round, error = %e, "payload not published");
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(())

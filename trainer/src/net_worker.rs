@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
+use meridian_optimizer::outer::Phase;
 use meridian_optimizer::solo::{Exchange, SoloExchange, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
@@ -79,6 +80,20 @@ impl Pending {
 struct LinkExchange<'a> {
     link: &'a mut dyn RoundLink,
     pending: &'a mut Pending,
+    /// This worker's state from just before the step, to serve a newcomer while blocked
+    /// here: rounds may not move on until the newcomer has it.
+    state: Option<Vec<u8>>,
+}
+
+/// Serves every pending snapshot request with `state`. A request that cannot be served
+/// is logged, not fatal: the coordinator asks another member after its timeout.
+fn serve(link: &mut dyn RoundLink, requests: &mut BTreeSet<u64>, state: &[u8]) {
+    for round in std::mem::take(requests) {
+        match link.provide_state(round, state.to_vec()) {
+            Ok(()) => tracing::debug!(round, "state provided for a newcomer"),
+            Err(e) => tracing::warn!(round, error = %format!("{e:#}"), "could not provide state"),
+        }
+    }
 }
 
 const SUPERSEDED: &str = "a peer's state arrived while waiting for a commit";
@@ -97,6 +112,9 @@ impl Exchange for LinkExchange<'_> {
             }
             if self.pending.state.is_some() {
                 return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
+            }
+            if let Some(state) = &self.state {
+                serve(self.link, &mut self.pending.snapshot_requests, state);
             }
             let event = self.link.next_event().map_err(failed)?;
             self.pending.take(event);
@@ -149,17 +167,21 @@ pub fn drive(
             let exchange = w.replay_committed(w.rounds_done(), &payloads)?;
             on_round(&AppliedRound { exchange, replayed: true });
         }
-        if !pending.snapshot_requests.is_empty() && w.rounds_done() > 0 {
-            // The state right after the last applied round is what a newcomer needs.
-            let round = w.rounds_done() - 1;
-            pending.snapshot_requests.retain(|&r| r > round);
-            link.provide_state(round, snapshot::encode(w)?)?;
-            tracing::debug!(round, "state provided for a newcomer");
+        // A request names the last round this worker applied when it was made; the state
+        // served may be later (it carries its own round counter, and the newcomer drops
+        // the replays it already holds), never earlier.
+        if !pending.snapshot_requests.is_empty() {
+            serve(link, &mut pending.snapshot_requests, &snapshot::encode(w)?);
         }
         if w.steps_done() >= steps {
             return Ok(());
         }
-        let mut ex = LinkExchange { link: &mut *link, pending: &mut pending };
+        // Exchanges block until the round commits; keep a state at hand to serve from.
+        let exchanges = [Phase::AfterBackward, Phase::AfterInnerStep]
+            .iter()
+            .any(|&phase| w.outer.exchange_due(phase, w.steps_done()));
+        let state = if exchanges { Some(snapshot::encode(w)?) } else { None };
+        let mut ex = LinkExchange { link: &mut *link, pending: &mut pending, state };
         match w.step(&mut ex) {
             Ok(report) => {
                 for exchange in report.exchanges {

@@ -1,0 +1,188 @@
+//! A real multi-process run on 127.0.0.1: a coordinator and worker processes over QUIC.
+
+// Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn corpus() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
+    assert!(Path::new(path).exists(), "{path} missing: run `make setup` first");
+    path.to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meridian-mp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn wait_ok(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process did not finish within {limit:?}");
+    }
+}
+
+fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
+    let join = dir.join("join");
+    let child = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--deadline-ms", "3000"])
+        .args(["--min-workers", &workers.to_string(), "--rounds", &rounds.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join("coordinator"))
+        .arg("--join-file")
+        .arg(&join)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("coordinator.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let start = Instant::now();
+    while !join.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no join string");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, std::fs::read_to_string(&join).unwrap())
+}
+
+fn worker(dir: &Path, join: &str, name: &str, steps: u64, extra: &[&str]) -> Proc {
+    worker_logged(dir, join, name, name, steps, extra)
+}
+
+/// A worker whose log goes to `DIR/{log}.log`.
+fn worker_logged(
+    dir: &Path,
+    join: &str,
+    name: &str,
+    log: &str,
+    steps: u64,
+    extra: &[&str],
+) -> Proc {
+    let out = dir.join(name);
+    let child = Command::new(BIN)
+        .args(["worker", "--join", join, "--name", name, "--model", "mlp", "--algo", "diloco"])
+        .args(["--inner-steps", "5", "--steps", &steps.to_string(), "--shards", "4"])
+        .args(["--data", &corpus()])
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("{log}.log"))).unwrap()))
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn summary(dir: &Path, name: &str) -> serde_json::Value {
+    let path = dir.join(name).join("worker.json");
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn four_worker_processes_finish_twenty_rounds_bit_identical() {
+    let dir = scratch("four");
+    let (mut coord, join) = coordinator(&dir, 4, 20);
+    let mut workers: Vec<Proc> =
+        (0..4).map(|i| worker(&dir, &join, &format!("w{i}"), 100, &[])).collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        assert!(w.wait_ok(Duration::from_secs(240)), "w{i}: {}", log(&dir, &format!("w{i}")));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let all: Vec<serde_json::Value> = (0..4).map(|i| summary(&dir, &format!("w{i}"))).collect();
+    let mut members: Vec<u64> = all.iter().map(|s| s["member"].as_u64().unwrap()).collect();
+    members.sort();
+    assert_eq!(members, vec![0, 1, 2, 3]);
+    for s in &all {
+        assert_eq!(s["rounds"], 20, "{s}");
+        assert_eq!(s["consensus_hash"], all[0]["consensus_hash"], "replicas differ: {s}");
+        assert!(s["bytes_sent"].as_u64().unwrap() > 0);
+        // Relay: each worker receives the other three payloads of every round.
+        assert_eq!(s["bytes_received"].as_u64().unwrap(), 3 * s["bytes_sent"].as_u64().unwrap());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_wrong_secret_is_refused_with_a_clear_error() {
+    let dir = scratch("secret");
+    let (_coord, join) = coordinator(&dir, 1, 1);
+    // Replace the secret's last hex digit.
+    let mut bad = join.trim().to_string();
+    let last = bad.pop().unwrap();
+    bad.push(if last == '0' { '1' } else { '0' });
+    let mut w = worker(&dir, &bad, "intruder", 10, &[]);
+    assert!(!w.wait_ok(Duration::from_secs(60)), "a wrong secret must fail");
+    let text = log(&dir, "intruder");
+    assert!(text.contains("wrong join secret"), "{text}");
+    assert!(!dir.join("intruder").join("worker.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_killed_worker_does_not_stop_the_run_and_catches_up_when_restarted() {
+    let dir = scratch("kill");
+    let (mut coord, join) = coordinator(&dir, 3, 40);
+    // Slow steps (a larger model) so that the run is still going when the worker dies.
+    let slow = ["--set", "model.hidden=1024", "--set", "model.embed=64"];
+    let mut a = worker(&dir, &join, "a", 200, &slow);
+    let mut b = worker(&dir, &join, "b", 200, &slow);
+    let mut c = worker(&dir, &join, "c", 200, &slow);
+    // Wait until c has applied a few rounds, then kill it.
+    let start = Instant::now();
+    while log(&dir, "c").matches("round applied").count() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "c made no progress: {}",
+            log(&dir, "c")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.0.kill().unwrap();
+    let _ = c.0.wait();
+    std::thread::sleep(Duration::from_secs(4));
+    let mut c = worker_logged(&dir, &join, "c", "c-restarted", 200, &slow);
+    for (name, w) in [("a", &mut a), ("b", &mut b), ("c-restarted", &mut c)] {
+        assert!(w.wait_ok(Duration::from_secs(400)), "{name}: {}", log(&dir, name));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let (sa, sb, sc) = (summary(&dir, "a"), summary(&dir, "b"), summary(&dir, "c"));
+    assert_eq!(sa["consensus_hash"], sb["consensus_hash"]);
+    assert_eq!(sa["consensus_hash"], sc["consensus_hash"], "the restarted worker caught up: {sc}");
+    assert!(
+        sc["rounds_replayed"].as_u64().unwrap() > 0 || sc["rounds"].as_u64().unwrap() < 40,
+        "{sc}"
+    );
+    assert_eq!(sc["member"], summary(&dir, "c")["member"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
