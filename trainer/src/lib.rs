@@ -32,5 +32,7 @@ pub mod run_config;
 pub mod snapshot;
 pub mod summary;
 pub mod tensor_file;
+#[cfg(test)]
+mod testing;
 pub mod train;
 pub mod worker;

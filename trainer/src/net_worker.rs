@@ -197,32 +197,11 @@ pub fn drive(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::rc::Rc;
-    use std::sync::Arc;
-
-    use meridian_optimizer::config::AlgoConfig;
-    use meridian_optimizer::Algorithm;
 
     use super::*;
-    use crate::adamw::InnerConfig;
-    use crate::data::{Corpus, Split, TokenFormat};
-    use crate::model::mlp::{Mlp, MlpConfig};
 
     fn worker(id: u32) -> SoloWorker<LmWorker> {
-        let text: Vec<u8> = (0..40_000u32).map(|i| b"abcdefgh ijk."[(i % 13) as usize]).collect();
-        let corpus = Arc::new(Corpus::from_bytes(&text, TokenFormat::Text, None, "t").unwrap());
-        let cfg = MlpConfig { context: 16, hidden: 32, ..Default::default() };
-        let split = Split::new(corpus, 16).unwrap();
-        let model = Box::new(Mlp::new(cfg, 256, 1).unwrap());
-        let shard = split.shard(id, 2, 1, 4).unwrap();
-        let lm = LmWorker::new(model, InnerConfig::default(), shard, Rc::new(vec![]), 100).unwrap();
-        let algo = AlgoConfig::from_parts(
-            Algorithm::Diloco,
-            toml::Table::new(),
-            &[("inner_steps".into(), "3".into())],
-        )
-        .unwrap();
-        SoloWorker::new(id, lm, |p| algo.build(p)).unwrap()
+        crate::testing::tiny_diloco_worker(id)
     }
 
     /// A run with one member: every payload commits alone. Scripted extra events are
