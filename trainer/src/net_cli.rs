@@ -8,8 +8,10 @@
 //! parameters as every other worker after each round. A worker that joins late or
 //! restarts takes a live worker's state and replays the rounds it missed.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,7 +237,8 @@ struct HandleLink {
     handle: WorkerHandle,
     sent: u64,
     received: u64,
-    waiting: Duration,
+    /// Time spent waiting for the network, shared with the per-round accounting.
+    waiting: Rc<Cell<Duration>>,
 }
 
 impl HandleLink {
@@ -310,7 +313,7 @@ impl RoundLink for HandleLink {
         loop {
             let event = self.handle.next_event(None)?.context("the network closed")?;
             if let Some(e) = self.map(event)? {
-                self.waiting += start.elapsed();
+                self.waiting.set(self.waiting.get() + start.elapsed());
                 return Ok(e);
             }
         }
@@ -330,6 +333,20 @@ impl RoundLink for HandleLink {
     }
 }
 
+/// One applied round in `OUT/worker.json`.
+#[derive(Debug, Serialize)]
+struct RoundRecord {
+    round: u64,
+    /// Taken from the commits while catching up, not trained through.
+    replayed: bool,
+    sent: usize,
+    received: usize,
+    /// Training since the previous round.
+    compute_seconds: f64,
+    /// Waiting for the network (publishing to commit) since the previous round.
+    waiting_seconds: f64,
+}
+
 /// `OUT/worker.json`.
 #[derive(Debug, Serialize)]
 struct WorkerSummary {
@@ -347,6 +364,8 @@ struct WorkerSummary {
     final_val_loss: f64,
     /// What every worker of the run must agree on after the last round (hex).
     consensus_hash: String,
+    /// Per round: bytes, compute and waiting.
+    per_round: Vec<RoundRecord>,
 }
 
 /// Runs `meridian worker`.
@@ -376,7 +395,8 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let rt = runtime()?;
     let handle = WorkerHandle::spawn(WorkerNodeConfig::new(join, args.name.clone()), rt.handle())
         .context("joining the run")?;
-    let mut link = HandleLink { handle, sent: 0, received: 0, waiting: Duration::ZERO };
+    let waiting = Rc::new(Cell::new(Duration::ZERO));
+    let mut link = HandleLink { handle, sent: 0, received: 0, waiting: waiting.clone() };
     let member = link.handle.member();
     // The welcome says whether this worker must first take a peer's state.
     let mut need_state = false;
@@ -396,15 +416,32 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let mut w = SoloWorker::new(member, lm, |p| algo.build(p))?;
     let start = Instant::now();
     let (mut rounds, mut replayed) = (0u64, 0u64);
+    let mut per_round = Vec::new();
+    let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
     drive(&mut w, &mut link, args.steps, need_state, |r| {
         rounds += 1;
         replayed += u64::from(r.replayed);
+        let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);
+        (last, last_wait) = (Instant::now(), waiting.get());
+        let record = RoundRecord {
+            round: r.exchange.round,
+            replayed: r.replayed,
+            sent: r.exchange.sent,
+            received: r.exchange.received,
+            compute_seconds: elapsed.saturating_sub(waited).as_secs_f64(),
+            waiting_seconds: waited.as_secs_f64(),
+        };
         tracing::info!(
-            round = r.exchange.round,
-            replayed = r.replayed,
+            round = record.round,
+            replayed = record.replayed,
+            sent = record.sent,
+            received = record.received,
+            compute_s = record.compute_seconds,
+            waiting_s = record.waiting_seconds,
             hash = format!("{:016x}", r.exchange.hash),
             "round applied"
         );
+        per_round.push(record);
     })?;
     let final_val_loss = w.train.eval_loss()?;
     let summary = WorkerSummary {
@@ -418,9 +455,10 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         bytes_sent: link.sent,
         bytes_received: link.received,
         seconds: start.elapsed().as_secs_f64(),
-        waiting_seconds: link.waiting.as_secs_f64(),
+        waiting_seconds: waiting.get().as_secs_f64(),
         final_val_loss,
         consensus_hash: format!("{:016x}", w.outer.consensus_hash(&w.params)?),
+        per_round,
     };
     write_atomically(&args.out.join("worker.json"), &serde_json::to_string_pretty(&summary)?)?;
     println!(

@@ -129,6 +129,13 @@ fn four_worker_processes_finish_twenty_rounds_bit_identical() {
         assert!(s["bytes_sent"].as_u64().unwrap() > 0);
         // Relay: each worker receives the other three payloads of every round.
         assert_eq!(s["bytes_received"].as_u64().unwrap(), 3 * s["bytes_sent"].as_u64().unwrap());
+        let rounds = s["per_round"].as_array().unwrap();
+        assert_eq!(rounds.len(), 20);
+        for (i, r) in rounds.iter().enumerate() {
+            assert_eq!(r["round"], i as u64);
+            assert_eq!(r["received"].as_u64().unwrap(), 3 * r["sent"].as_u64().unwrap(), "{r}");
+            assert!(r["compute_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
