@@ -77,6 +77,13 @@ pub struct CoordinatorArgs {
     /// Exit after this many rounds have committed (by default: run until interrupted).
     #[arg(long)]
     pub rounds: Option<u64>,
+    /// The run's TOML file; the coordinator reads its `[transport]` table (QUIC tuning:
+    /// bandwidth_bps, rtt_ms, congestion = "bbr" | "cubic" | "new_reno", ...).
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override a transport setting: `transport.KEY=VALUE`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
@@ -95,6 +102,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Runs `meridian coordinator`.
 pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
+    let tuning = crate::run_config::transport_only(args.config.as_deref(), &args.set)?;
     let rt = runtime()?;
     let topology = match args.topology {
         TopologyArg::Relay => Topology::Relay,
@@ -103,6 +111,7 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
     let mut cfg = CoordinatorNodeConfig::new(args.listen, topology);
     cfg.advertise_host = args.advertise.clone();
     cfg.state_dir = Some(args.state_dir.clone());
+    cfg.tuning = tuning;
     cfg.protocol.min_members = args.min_workers.max(1) as usize;
     if let Some(ms) = args.deadline_ms {
         cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_millis(ms.max(1)));
@@ -215,7 +224,8 @@ pub struct WorkerArgs {
     /// Vocabulary size of pre-tokenized data.
     #[arg(long, env = "MERIDIAN_VOCAB")]
     pub vocab: Option<u32>,
-    /// A TOML file with [model], [inner], [data] and the algorithm's table.
+    /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and the algorithm's
+    /// table.
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Override one setting (as for `meridian train`). Repeatable.
@@ -393,8 +403,9 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
 
     let rt = runtime()?;
-    let handle = WorkerHandle::spawn(WorkerNodeConfig::new(join, args.name.clone()), rt.handle())
-        .context("joining the run")?;
+    let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
+    node_cfg.tuning = config.transport;
+    let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
     let waiting = Rc::new(Cell::new(Duration::ZERO));
     let mut link = HandleLink { handle, sent: 0, received: 0, waiting: waiting.clone() };
     let member = link.handle.member();

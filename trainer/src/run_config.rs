@@ -22,6 +22,8 @@ use meridian_optimizer::Algorithm;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use meridian_comm::quic::TransportTuning;
+
 use crate::adamw::InnerConfig;
 use crate::model::gpt::GptConfig;
 use crate::model::mlp::MlpConfig;
@@ -74,9 +76,58 @@ pub struct RunConfig {
     pub data: DataConfig,
     /// Each selected algorithm's settings, in the order given.
     pub algos: Vec<AlgoConfig>,
+    /// QUIC tuning for runs across processes (`[transport]`).
+    pub transport: TransportTuning,
 }
 
-const SCOPES: [&str; 3] = ["model", "inner", "data"];
+/// Reads a run's TOML file (or nothing) and checks its tables are known ones.
+fn read_file(path: Option<&std::path::Path>) -> Result<toml::Table> {
+    let file: toml::Table = match path {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("config: cannot read {}", path.display()))?
+            .parse()
+            .with_context(|| format!("config: cannot parse {}", path.display()))?,
+        None => toml::Table::new(),
+    };
+    if let Some(unknown) =
+        file.keys().find(|k| !SCOPES.contains(&k.as_str()) && k.parse::<Algorithm>().is_err())
+    {
+        bail!(
+            "config: [{unknown}] is not a known table; use [model], [inner], [data], \
+             [transport] or one per algorithm, e.g. [diloco]"
+        );
+    }
+    Ok(file)
+}
+
+/// The `[transport]` table with `transport.KEY=VALUE` overrides, checked.
+fn transport_section(
+    file: &toml::Table,
+    sets: &[(Option<String>, String, String)],
+) -> Result<TransportTuning> {
+    let overrides: Vec<(String, String)> = sets
+        .iter()
+        .filter(|(s, _, _)| s.as_deref() == Some("transport"))
+        .map(|(_, k, v)| (k.clone(), v.clone()))
+        .collect();
+    let t: TransportTuning = section("transport", file, &overrides)?;
+    t.plan().map_err(|e| anyhow::anyhow!("[transport]: {e}"))?;
+    Ok(t)
+}
+
+/// Only the QUIC tuning of a run's file and `--set` values (what a coordinator needs);
+/// the file's other tables are checked for names only.
+pub fn transport_only(file: Option<&std::path::Path>, sets: &[String]) -> Result<TransportTuning> {
+    let file = read_file(file)?;
+    let sets = parse_sets(sets)?;
+    if let Some((scope, key, _)) = sets.iter().find(|(s, _, _)| s.as_deref() != Some("transport")) {
+        let shown = scope.as_deref().map_or(key.clone(), |s| format!("{s}.{key}"));
+        bail!("--set {shown}: a coordinator takes only transport.* settings");
+    }
+    transport_section(&file, &sets)
+}
+
+const SCOPES: [&str; 4] = ["model", "inner", "data", "transport"];
 
 /// A bare word is a string; anything else is parsed as a TOML value.
 fn toml_value(raw: &str) -> toml::Value {
@@ -168,21 +219,7 @@ impl RunConfig {
         inner_steps: Option<u64>,
         sets: &[String],
     ) -> Result<Self> {
-        let file: toml::Table = match file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("config: cannot read {}", path.display()))?
-                .parse()
-                .with_context(|| format!("config: cannot parse {}", path.display()))?,
-            None => toml::Table::new(),
-        };
-        if let Some(unknown) =
-            file.keys().find(|k| !SCOPES.contains(&k.as_str()) && k.parse::<Algorithm>().is_err())
-        {
-            bail!(
-                "config: [{unknown}] is not a known table; use [model], [inner], [data] or one \
-                 per algorithm, e.g. [diloco]"
-            );
-        }
+        let file = read_file(file)?;
         let sets = parse_sets(sets)?;
         // A KEY=VALUE meant for "every algorithm that has it" must fit at least one, or a
         // typo would pass silently.
@@ -221,6 +258,7 @@ impl RunConfig {
                 ModelConfig::TorchScript(path.clone(), section("model", &file, &scoped("model"))?)
             }
         };
+        let transport = transport_section(&file, &sets)?;
         let inner: InnerConfig = section("inner", &file, &scoped("inner"))?;
         inner.validate()?;
         let data: DataConfig = section("data", &file, &scoped("data"))?;
@@ -231,7 +269,7 @@ impl RunConfig {
             .iter()
             .map(|&a| algo_config(a, &file, inner_steps, &sets))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { model, inner, data, algos })
+        Ok(Self { model, inner, data, algos, transport })
     }
 
     /// The inner optimizer's settings as TOML (checkpoints compare it).

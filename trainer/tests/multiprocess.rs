@@ -193,3 +193,17 @@ fn a_killed_worker_does_not_stop_the_run_and_catches_up_when_restarted() {
     assert_eq!(sc["member"], summary(&dir, "c")["member"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn coordinator_settings_are_checked_before_it_listens() {
+    for (set, needle) in [("transport.rtt_ms=-1", "rtt"), ("inner.lr=1", "transport")] {
+        let out = Command::new(BIN)
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--set", set])
+            .arg("--state-dir")
+            .arg(std::env::temp_dir().join(format!("meridian-mp-never-{}", std::process::id())))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{set}: {err}");
+    }
+}
