@@ -18,6 +18,7 @@
 //! - [`error`]: [`CommError`], the crate's error type.
 
 pub mod error;
+mod fsutil;
 pub mod ids;
 pub mod node;
 pub mod protocol;

@@ -11,7 +11,6 @@
 //! crash leaves either the old or the new version.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::NodeError;
@@ -118,29 +117,7 @@ fn parse_run(text: &str) -> Result<(RunId, JoinSecret), String> {
 }
 
 fn write_atomically(path: &Path, contents: &[u8], private: bool) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(contents).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    // Make the rename itself durable (best effort: not every platform can open a folder).
-    if let Some(dir) = path.parent() {
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
+    crate::fsutil::write_atomically(path, contents, private).map_err(|(p, e)| io(&p, e))
 }
 
 #[cfg(test)]
