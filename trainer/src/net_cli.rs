@@ -29,7 +29,7 @@ use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
 use serde::Serialize;
 
-use crate::data::{Corpus, Split, TokenFormat};
+use crate::data::{DataArgs, Split};
 use crate::model::ModelKind;
 use crate::net_worker::{drive, NetEvent, RoundLink};
 use crate::run_config::RunConfig;
@@ -215,15 +215,9 @@ pub struct WorkerArgs {
     /// The model: gpt, mlp or torchscript:PATH.
     #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
     pub model: ModelKind,
-    /// Training data (text, or .u16/.u32 token ids with --vocab).
-    #[arg(long, default_value = "data/corpus.txt", env = "MERIDIAN_DATA")]
-    pub data: PathBuf,
-    /// How --data stores tokens: text, u16 or u32.
-    #[arg(long, env = "MERIDIAN_DATA_FORMAT")]
-    pub data_format: Option<TokenFormat>,
-    /// Vocabulary size of pre-tokenized data.
-    #[arg(long, env = "MERIDIAN_VOCAB")]
-    pub vocab: Option<u32>,
+    /// The data.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and the algorithm's
     /// table.
     #[arg(long, env = "MERIDIAN_CONFIG")]
@@ -394,8 +388,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         args.inner_steps,
         &args.set,
     )?;
-    let format = args.data_format.unwrap_or_else(|| TokenFormat::from_extension(&args.data));
-    let corpus = Arc::new(Corpus::load(&args.data, format, args.vocab)?);
+    let corpus = Arc::new(args.data.load()?);
     tch::set_num_threads(args.threads.max(1) as i32);
     let model = build_model(&config.model, corpus.vocab(), args.seed)?;
     let split = Split::new(corpus.clone(), model.context() as usize)?;

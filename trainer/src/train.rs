@@ -3,7 +3,7 @@
 //! curves and checkpoints in `--out`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use meridian_optimizer::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, RunIdentity};
-use crate::data::{Corpus, Split, TokenFormat};
+use crate::data::{Corpus, DataArgs, Split};
 use crate::metrics::{RoundMeter, RoundRecord, RoundTotals};
 use crate::model::gpt::Gpt;
 use crate::model::mlp::Mlp;
@@ -68,17 +68,9 @@ pub struct TrainArgs {
     /// targets) returns the loss; see examples/README.md).
     #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
     pub model: ModelKind,
-    /// Training text (any file, read as bytes) or pre-tokenized ids (`.u16`/`.u32` files,
-    /// or --data-format). The default is the corpus the set-up installs.
-    #[arg(long, default_value = "data/corpus.txt", env = "MERIDIAN_DATA")]
-    pub data: PathBuf,
-    /// How --data stores tokens: text, u16 or u32 (little-endian); by default from the
-    /// file's extension.
-    #[arg(long, env = "MERIDIAN_DATA_FORMAT")]
-    pub data_format: Option<TokenFormat>,
-    /// Vocabulary size of pre-tokenized data (every id must be below it).
-    #[arg(long, env = "MERIDIAN_VOCAB")]
-    pub vocab: Option<u32>,
+    /// The data.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// A TOML file with `[model]`, `[inner]`, `[data]` and one table per algorithm.
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -369,23 +361,6 @@ fn validate(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads `--data`, with a hint when the default corpus is missing.
-fn load_corpus(args: &TrainArgs) -> Result<Corpus> {
-    let format = args.data_format.unwrap_or_else(|| TokenFormat::from_extension(&args.data));
-    if format == TokenFormat::Text && args.vocab.is_some() {
-        bail!("--vocab applies to pre-tokenized data (u16/u32); text is byte-level (256)");
-    }
-    if !args.data.exists() {
-        let hint = if args.data == Path::new("data/corpus.txt") {
-            " (the set-up installs it: run `make setup`, or pass --data FILE)"
-        } else {
-            ""
-        };
-        bail!("data: {} does not exist{hint}", args.data.display());
-    }
-    Corpus::load(&args.data, format, args.vocab)
-}
-
 /// Runs `meridian train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     validate(args)?;
@@ -396,7 +371,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.inner_steps,
         &args.set,
     )?;
-    let corpus = Arc::new(load_corpus(args)?);
+    let corpus = Arc::new(args.data.load()?);
     tch::set_num_threads(
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             as i32,
