@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reruns the small-scale reproduction behind papers/reproduction.md: every outer algorithm
 # on the same GPT, corpus, seed and token budget, plus the ablations the papers report.
-# About 40 minutes on 2 cores. Usage: bash papers/reproduce.sh [OUT_DIR] (default
-# out/reproduce), then python3 papers/reproduce_table.py OUT_DIR > papers/reproduction.md
+# About 40 minutes on 2 cores. Usage: [SEED=N] bash papers/reproduce.sh [OUT_DIR] (default
+# out/reproduce), then python3 papers/reproduce_table.py OUT_DIR [OTHER_SEED_DIRS...].
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/out/reproduce}
