@@ -64,6 +64,9 @@ pub struct CoordinatorNodeConfig {
     pub first_frame_timeout: Duration,
     /// Bad frames an admitted connection may send before it is closed. By default 16.
     pub max_bad_frames: u32,
+    /// A UDP socket to run over instead of binding `listen` (a simulated network, a
+    /// proxy). `None`: a real socket bound to `listen`.
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl CoordinatorNodeConfig {
@@ -79,6 +82,7 @@ impl CoordinatorNodeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             first_frame_timeout: Duration::from_secs(30),
             max_bad_frames: 16,
+            socket: None,
         }
     }
 }
@@ -175,8 +179,15 @@ impl CoordinatorNode {
             None => Coordinator::new(protocol, now)?,
         };
 
-        let endpoint =
-            Arc::new(quic::bind_server(&identity, ClientAuth::AcceptAny, &cfg.tuning, cfg.listen)?);
+        let endpoint = Arc::new(match &cfg.socket {
+            Some(socket) => quic::server_endpoint(
+                &identity,
+                ClientAuth::AcceptAny,
+                &cfg.tuning,
+                socket.clone(),
+            )?,
+            None => quic::bind_server(&identity, ClientAuth::AcceptAny, &cfg.tuning, cfg.listen)?,
+        });
         let local_addr = endpoint.local_addr()?;
         let host =
             cfg.advertise_host.clone().unwrap_or_else(|| advertised_ip(local_addr).to_string());

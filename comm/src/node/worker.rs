@@ -98,6 +98,9 @@ pub struct WorkerNodeConfig {
     pub advertise: Option<SocketAddr>,
     /// Reconnecting.
     pub reconnect: ReconnectPolicy,
+    /// A UDP socket to run over instead of binding `bind` (a simulated network, a proxy).
+    /// `None`: a real socket.
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl WorkerNodeConfig {
@@ -113,6 +116,7 @@ impl WorkerNodeConfig {
             bind: None,
             advertise: None,
             reconnect: ReconnectPolicy::default(),
+            socket: None,
         }
     }
 }
@@ -308,7 +312,10 @@ impl WorkerNode {
         });
         let pins = PinSet::new();
         let auth = ClientAuth::Pinned(pins.clone());
-        let endpoint = Arc::new(quic::bind_server(&identity, auth, &cfg.tuning, bind)?);
+        let endpoint = Arc::new(match &cfg.socket {
+            Some(socket) => quic::server_endpoint(&identity, auth, &cfg.tuning, socket.clone())?,
+            None => quic::bind_server(&identity, auth, &cfg.tuning, bind)?,
+        });
         let local = endpoint.local_addr()?;
         let advertise = cfg.advertise.unwrap_or_else(|| {
             let ip = Some(local.ip())

@@ -5,6 +5,7 @@
 mod churn;
 mod hostile;
 mod rounds;
+mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
