@@ -243,12 +243,15 @@ struct HandleLink {
     received: u64,
     /// Time spent waiting for the network, shared with the per-round accounting.
     waiting: Rc<Cell<Duration>>,
+    /// The round-trip estimate to the coordinator at the last commit.
+    rtt: Rc<Cell<Option<Duration>>>,
 }
 
 impl HandleLink {
     fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
         Ok(match event {
             WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+                self.rtt.set(self.handle.coordinator_rtt());
                 let me = self.handle.member();
                 self.received += payloads
                     .iter()
@@ -349,6 +352,8 @@ struct RoundRecord {
     compute_seconds: f64,
     /// Waiting for the network (publishing to commit) since the previous round.
     waiting_seconds: f64,
+    /// QUIC's round-trip estimate to the coordinator when the round was applied.
+    rtt_ms: Option<f64>,
 }
 
 /// `OUT/worker.json`.
@@ -400,7 +405,9 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     node_cfg.tuning = config.transport;
     let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
     let waiting = Rc::new(Cell::new(Duration::ZERO));
-    let mut link = HandleLink { handle, sent: 0, received: 0, waiting: waiting.clone() };
+    let rtt = Rc::new(Cell::new(None));
+    let mut link =
+        HandleLink { handle, sent: 0, received: 0, waiting: waiting.clone(), rtt: rtt.clone() };
     let member = link.handle.member();
     // The welcome says whether this worker must first take a peer's state.
     let mut need_state = false;
@@ -434,6 +441,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
             received: r.exchange.received,
             compute_seconds: elapsed.saturating_sub(waited).as_secs_f64(),
             waiting_seconds: waited.as_secs_f64(),
+            rtt_ms: rtt.get().map(|d| d.as_secs_f64() * 1e3),
         };
         tracing::info!(
             round = record.round,
@@ -442,6 +450,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
             received = record.received,
             compute_s = record.compute_seconds,
             waiting_s = record.waiting_seconds,
+            rtt_ms = record.rtt_ms,
             hash = format!("{:016x}", r.exchange.hash),
             "round applied"
         );

@@ -135,6 +135,8 @@ fn four_worker_processes_finish_twenty_rounds_bit_identical() {
             assert_eq!(r["round"], i as u64);
             assert_eq!(r["received"].as_u64().unwrap(), 3 * r["sent"].as_u64().unwrap(), "{r}");
             assert!(r["compute_seconds"].as_f64().unwrap() > 0.0, "{r}");
+            let rtt = r["rtt_ms"].as_f64().unwrap();
+            assert!(rtt > 0.0 && rtt < 1000.0, "loopback round trip: {r}");
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

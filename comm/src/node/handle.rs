@@ -56,6 +56,12 @@ impl WorkerHandle {
         self.node.member()
     }
 
+    /// QUIC's current round-trip estimate to the coordinator (see
+    /// [`WorkerNode::coordinator_rtt`]).
+    pub fn coordinator_rtt(&self) -> Option<Duration> {
+        self.node.coordinator_rtt()
+    }
+
     /// Publishes this worker's payload for `round` (see [`WorkerNode::publish`]).
     pub fn publish(&self, round: Round, bytes: impl Into<Bytes>) -> Result<()> {
         self.runtime.block_on(self.node.publish(round, bytes.into()))

@@ -248,6 +248,8 @@ struct Status {
     member: Option<MemberId>,
     /// Why the driver stopped, once it did.
     ended: Option<Ended>,
+    /// The live connection to the coordinator, for its path statistics.
+    coordinator: Option<Connection>,
 }
 
 #[derive(Debug, Clone)]
@@ -393,6 +395,11 @@ impl WorkerNode {
     /// This worker's member id (the latest the coordinator gave it).
     pub fn member(&self) -> MemberId {
         self.status.borrow().member.unwrap_or(UNASSIGNED_SENDER)
+    }
+
+    /// QUIC's current round-trip estimate to the coordinator (`None` while disconnected).
+    pub fn coordinator_rtt(&self) -> Option<Duration> {
+        self.status.borrow().coordinator.as_ref().map(Connection::rtt)
     }
 
     /// The local address of this worker's UDP socket.
@@ -724,12 +731,15 @@ impl Driver {
         match msg {
             LinkMsg::Up { conn, writer } => {
                 info!(coordinator = %conn.remote_address(), "connected");
+                let shared = conn.clone();
+                self.status.send_modify(|s| s.coordinator = Some(shared));
                 self.conn = Some((conn, writer));
                 self.proto.handle_connected(now);
             }
             LinkMsg::Frame(frame) => self.frame(frame),
             LinkMsg::Down(reason) => {
                 self.conn = None;
+                self.status.send_modify(|s| s.coordinator = None);
                 self.proto.handle_disconnected(now);
                 let _ = self.events.send(WorkerNodeEvent::Disconnected { reason });
             }
