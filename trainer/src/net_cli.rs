@@ -138,21 +138,9 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
             };
             let Some(event) = event else { break };
             match event {
-                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted {
-                    round,
-                    delivered,
-                    stats,
-                    ..
-                }) => {
+                // The comm crate logs each commit with its stats; here it only counts.
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted { .. }) => {
                     committed += 1;
-                    tracing::info!(
-                        round,
-                        delivered = delivered.len(),
-                        stragglers = ?stats.stragglers,
-                        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
-                        "round committed"
-                    );
-                    tracing::debug!(round, traffic = ?stats.traffic, "round traffic");
                     if finishing.is_none() && args.rounds.is_some_and(|n| committed >= n) {
                         finishing = Some(tokio::time::Instant::now() + Duration::from_secs(30));
                     }
@@ -250,7 +238,8 @@ struct HandleLink {
 impl HandleLink {
     fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
         Ok(match event {
-            WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+            // The comm crate logs the round's stats at debug.
+            WorkerNodeEvent::RoundReady { round, payloads, .. } => {
                 self.rtt.set(self.handle.coordinator_rtt());
                 let me = self.handle.member();
                 self.received += payloads
@@ -258,7 +247,6 @@ impl HandleLink {
                     .filter(|(m, _)| *m != me)
                     .map(|(_, b)| b.len() as u64)
                     .sum::<u64>();
-                tracing::debug!(round, ?stats, "round ready");
                 Some(NetEvent::RoundReady {
                     round,
                     payloads: payloads.into_iter().map(|(_, b)| b.to_vec()).collect(),

@@ -371,28 +371,19 @@ async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
     };
     let mut next = Some(first);
     loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
+        // A frame that fails to read or to decode counts the same against the connection.
+        let read = match next.take() {
+            Some(frame) => Ok(frame),
             None => match link::read_frame(&connection, &shared.codec).await {
-                Read::Frame(frame) => frame,
-                Read::Bad(error, _) => {
-                    if reject(error) > shared.max_bad_frames {
-                        close_refused(
-                            &connection,
-                            RefusalCode::ProtocolViolation,
-                            "too many bad frames",
-                        );
-                        break;
-                    }
-                    continue;
-                }
+                Read::Frame(frame) => Ok(frame),
+                Read::Bad(error, _) => Err(error),
                 Read::Lost(e) => {
                     debug!(error = %e, "connection closed");
                     break;
                 }
             },
         };
-        let input = match to_input(conn, frame) {
+        let input = match read.and_then(|frame| to_input(conn, frame)) {
             Ok(input) => input,
             Err(error) => {
                 if reject(error) > shared.max_bad_frames {
