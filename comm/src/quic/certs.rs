@@ -39,6 +39,9 @@ pub struct NodeIdentity {
     cert_pem: String,
     key_pem: String,
     fingerprint: CertFingerprint,
+    /// Seed for the endpoint's own randomness (connection ids, greasing), set only by
+    /// [`NodeIdentity::deterministic`].
+    rng_seed: Option<[u8; 32]>,
 }
 
 impl NodeIdentity {
@@ -47,10 +50,41 @@ impl NodeIdentity {
     pub fn generate(name: &str) -> Result<Self, TlsError> {
         let fail = |source| TlsError::Generate { name: name.to_owned(), source };
         let key_pair = rcgen::KeyPair::generate().map_err(fail)?;
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(fail)?;
+        Self::self_signed(name, key_pair).map_err(fail)
+    }
+
+    /// An Ed25519 identity derived from `seed` alone, for simulated runs that must replay
+    /// byte for byte: the same seed gives the same key, certificate and fingerprint (Ed25519
+    /// signatures are deterministic too), and an endpoint built with it seeds QUIC's random
+    /// choices from the seed as well. Anyone who knows the seed holds the key: never use it
+    /// on a real network.
+    pub fn deterministic(name: &str, seed: [u8; 32]) -> Result<Self, TlsError> {
+        let fail = |source| TlsError::Generate { name: name.to_owned(), source };
+        // PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410): a fixed prefix, then the seed.
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        let pkcs8 = PrivatePkcs8KeyDer::from(der);
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+            .map_err(fail)?;
+        let mut identity = Self::self_signed(name, key_pair).map_err(fail)?;
+        let mut rng_seed = seed;
+        // A different stream than the key's, so the two never coincide.
+        for b in &mut rng_seed {
+            *b ^= 0x5a;
+        }
+        identity.rng_seed = Some(rng_seed);
+        Ok(identity)
+    }
+
+    fn self_signed(name: &str, key_pair: rcgen::KeyPair) -> Result<Self, rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key_pair).map_err(fail)?;
+        let cert = params.self_signed(&key_pair)?;
         let key = PrivatePkcs8KeyDer::from(key_pair.serialize_der());
         Ok(Self {
             fingerprint: fingerprint_of(cert.der()),
@@ -58,7 +92,14 @@ impl NodeIdentity {
             key: key.into(),
             cert_pem: cert.pem(),
             key_pem: key_pair.serialize_pem(),
+            rng_seed: None,
         })
+    }
+
+    /// The seed for the endpoint's randomness, for a [`deterministic`](Self::deterministic)
+    /// identity.
+    pub fn rng_seed(&self) -> Option<[u8; 32]> {
+        self.rng_seed
     }
 
     /// An identity from PEM text: the first certificate of `cert_pem` and the first private
@@ -77,6 +118,7 @@ impl NodeIdentity {
             key,
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
+            rng_seed: None,
         })
     }
 
@@ -152,6 +194,7 @@ impl Clone for NodeIdentity {
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key_pem.clone(),
             fingerprint: self.fingerprint,
+            rng_seed: self.rng_seed,
         }
     }
 }
@@ -196,6 +239,21 @@ mod tests {
         assert_eq!(id.fingerprint().0, expected);
         let other = NodeIdentity::generate("coordinator").unwrap();
         assert_ne!(id.fingerprint(), other.fingerprint(), "each identity has its own key");
+    }
+
+    #[test]
+    fn a_deterministic_identity_depends_on_its_seed_only() {
+        let a = NodeIdentity::deterministic("w0", [7; 32]).unwrap();
+        let b = NodeIdentity::deterministic("w0", [7; 32]).unwrap();
+        let c = NodeIdentity::deterministic("w0", [8; 32]).unwrap();
+        assert_eq!(a.certificate_der(), b.certificate_der());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert!(a.rng_seed().is_some() && a.rng_seed() != Some([7; 32]));
+        assert!(NodeIdentity::generate("w0").unwrap().rng_seed().is_none());
+        // It is a usable TLS identity: the key matches the certificate.
+        let back = NodeIdentity::from_pem(a.certificate_pem(), &a.key_pem).unwrap();
+        assert_eq!(back.fingerprint(), a.fingerprint());
     }
 
     #[test]

@@ -135,13 +135,12 @@ fn build(
         Arc::new(ServerPin::new(identity.fingerprint(), crypto_provider())),
         crypto_provider(),
     )?;
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(TokioRuntime),
-    )
-    .map_err(QuicError::Endpoint)?;
+    let mut config = EndpointConfig::default();
+    // A deterministic identity (simulated runs) makes QUIC's own random choices replayable.
+    config.rng_seed(identity.rng_seed());
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(TokioRuntime))
+            .map_err(QuicError::Endpoint)?;
     Ok(QuicEndpoint { endpoint, identity: identity.clone(), transport })
 }
 

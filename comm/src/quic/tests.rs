@@ -270,3 +270,23 @@ async fn bad_tuning_is_refused_before_binding() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn deterministic_ed25519_identities_handshake_and_pin() {
+    let identity = NodeIdentity::deterministic("coordinator", [1; 32]).unwrap();
+    let endpoint = bind_server(&identity, ClientAuth::AcceptAny, &tuning(), any_port()).unwrap();
+    let coordinator = Node { identity, endpoint };
+    let identity = NodeIdentity::deterministic("worker", [2; 32]).unwrap();
+    let endpoint = bind_client(&identity, &tuning(), any_port()).unwrap();
+    let worker = Node { identity, endpoint };
+    let (to_coord, at_coord) =
+        dial(&worker, &coordinator, coordinator.identity.fingerprint()).await;
+    let (to_coord, at_coord) = (to_coord.unwrap(), at_coord.unwrap());
+    assert_eq!(peer_fingerprint(&at_coord), Some(worker.identity.fingerprint()));
+    let (sent, got) = within(async {
+        tokio::join!(send_frame(&to_coord, b"ed25519"), recv_frame(&at_coord, 64))
+    })
+    .await;
+    sent.unwrap();
+    assert_eq!(got.unwrap(), b"ed25519".to_vec());
+}
