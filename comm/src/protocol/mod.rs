@@ -29,7 +29,7 @@
 //! - [`Topology::Ring`]: reduced around the ring of the round's members (ascending id) with
 //!   a [`RingReducer`] the application supplies ([`WorkerProto::with_reducer`]): reduce-scatter
 //!   then all-gather of `Segment` frames to the next member, so each member sends
-//!   `2(n − 1)/n ×` its payload (the [`ring`](RingReducer) docs give the schedule). Every
+//!   `2(n − 1)/n ×` its payload ([`RingReducer`] gives the schedule). Every
 //!   member ends with the same aggregate bytes (the sum over the members) and reports its
 //!   digest as `Delivered`; when all agree the round commits the aggregate
 //!   (`Commit { aggregate: Some(digest), .. }`, `delivered` naming the members) and workers
@@ -156,7 +156,7 @@ mod coordinator;
 mod deadline;
 mod error;
 pub mod messages;
-mod ring;
+pub(crate) mod ring;
 mod types;
 mod worker;
 

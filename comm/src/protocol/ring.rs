@@ -25,6 +25,14 @@ pub struct ReduceError(pub String);
 
 /// How payload bytes are added up, supplied by the caller (comm does not know tensors).
 ///
+/// The schedule: the round's members, ascending by id, form the ring; member `i` sends to
+/// `i + 1` and receives from `i − 1` (mod `n`). In reduce-scatter, slots `0..n−1`, member
+/// `i` sends segment `(i − s) mod n` at slot `s` and the receiver combines it with its own
+/// copy; after it, member `i` holds the finished segment `(i + 1) mod n`. In all-gather,
+/// slots `n−1..2n−2`, finished segments go once more around the ring and are copied.
+/// Segment `k` is summed from member `k` on, in ring order, and every member ends with the
+/// same bytes. Each member sends `2(n − 1)` segments of about `payload / n` bytes.
+///
 /// The segments of one payload and the results of [`RingReducer::combine`] share one
 /// encoding; the aggregate [`RingReducer::join`] returns is the sum over the ring's members
 /// in that encoding. Every method gets bytes that may come from a peer: it checks them and
@@ -114,5 +122,64 @@ mod tests {
         assert_eq!(slots(1), 0);
         assert_eq!(slots(2), 2);
         assert_eq!(slots(4), 6);
+    }
+}
+
+/// A reducer for tests: sums little-endian f32 vectors.
+#[cfg(test)]
+pub(crate) mod testing {
+    use bytes::Bytes;
+
+    use super::{ReduceError, RingReducer};
+
+    /// Sums little-endian f32 vectors, cut into `parts` contiguous ranges.
+    #[derive(Debug)]
+    pub(crate) struct F32Sum;
+
+    pub(crate) fn floats(bytes: &[u8]) -> Result<Vec<f32>, ReduceError> {
+        if bytes.len() % 4 != 0 {
+            return Err(ReduceError(format!("{} bytes is not a whole number of f32", bytes.len())));
+        }
+        let v: Vec<f32> =
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(ReduceError("non-finite value".into()));
+        }
+        Ok(v)
+    }
+
+    pub(crate) fn to_bytes(v: &[f32]) -> Bytes {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()
+    }
+
+    fn same_len(a: &[u8], b: &[u8]) -> Result<(), ReduceError> {
+        if a.len() != b.len() {
+            return Err(ReduceError(format!("segment of {} bytes, expected {}", a.len(), b.len())));
+        }
+        Ok(())
+    }
+
+    impl RingReducer for F32Sum {
+        fn split(&self, payload: &[u8], parts: usize) -> Result<Vec<Bytes>, ReduceError> {
+            let v = floats(payload)?;
+            Ok((0..parts)
+                .map(|k| to_bytes(&v[k * v.len() / parts..(k + 1) * v.len() / parts]))
+                .collect())
+        }
+
+        fn combine(&self, received: &[u8], own: &[u8]) -> Result<Bytes, ReduceError> {
+            same_len(received, own)?;
+            let (a, b) = (floats(received)?, floats(own)?);
+            Ok(to_bytes(&a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<f32>>()))
+        }
+
+        fn check(&self, received: &[u8], own: &[u8]) -> Result<(), ReduceError> {
+            same_len(received, own)?;
+            floats(received).map(|_| ())
+        }
+
+        fn join(&self, segments: &[Bytes]) -> Result<Bytes, ReduceError> {
+            Ok(segments.iter().flat_map(|s| s.iter().copied()).collect::<Vec<u8>>().into())
+        }
     }
 }

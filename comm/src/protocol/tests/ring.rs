@@ -11,61 +11,10 @@ use bytes::Bytes;
 use super::net::{End, Frame, Net, Verdict};
 use super::{coordinator_config, worker_config};
 use crate::ids::{MemberId, Round};
+use crate::protocol::ring::testing::{floats, to_bytes, F32Sum};
 use crate::protocol::{
-    CoordinatorEvent, Delivery, Dest, Digest, ReduceError, RejectReason, RingReducer, ToWorker,
-    Topology, WorkerEvent,
+    CoordinatorEvent, Delivery, Dest, Digest, RejectReason, ToWorker, Topology, WorkerEvent,
 };
-
-/// Sums little-endian f32 vectors, cut into `parts` contiguous ranges.
-#[derive(Debug)]
-struct F32Sum;
-
-fn floats(bytes: &[u8]) -> Result<Vec<f32>, ReduceError> {
-    if bytes.len() % 4 != 0 {
-        return Err(ReduceError(format!("{} bytes is not a whole number of f32", bytes.len())));
-    }
-    let v: Vec<f32> =
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err(ReduceError("non-finite value".into()));
-    }
-    Ok(v)
-}
-
-fn to_bytes(v: &[f32]) -> Bytes {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()
-}
-
-fn same_len(a: &[u8], b: &[u8]) -> Result<(), ReduceError> {
-    if a.len() != b.len() {
-        return Err(ReduceError(format!("segment of {} bytes, expected {}", a.len(), b.len())));
-    }
-    Ok(())
-}
-
-impl RingReducer for F32Sum {
-    fn split(&self, payload: &[u8], parts: usize) -> Result<Vec<Bytes>, ReduceError> {
-        let v = floats(payload)?;
-        Ok((0..parts)
-            .map(|k| to_bytes(&v[k * v.len() / parts..(k + 1) * v.len() / parts]))
-            .collect())
-    }
-
-    fn combine(&self, received: &[u8], own: &[u8]) -> Result<Bytes, ReduceError> {
-        same_len(received, own)?;
-        let (a, b) = (floats(received)?, floats(own)?);
-        Ok(to_bytes(&a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<f32>>()))
-    }
-
-    fn check(&self, received: &[u8], own: &[u8]) -> Result<(), ReduceError> {
-        same_len(received, own)?;
-        floats(received).map(|_| ())
-    }
-
-    fn join(&self, segments: &[Bytes]) -> Result<Bytes, ReduceError> {
-        Ok(segments.iter().flat_map(|s| s.iter().copied()).collect::<Vec<u8>>().into())
-    }
-}
 
 const PAYLOAD: usize = 64; // 16 f32, see Net::payload_bytes
 
