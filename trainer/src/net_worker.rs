@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
-use meridian_optimizer::solo::{Exchange, SoloExchange, SoloWorker};
+use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
 use crate::snapshot;
@@ -26,6 +26,15 @@ pub enum NetEvent {
         round: u64,
         /// The payloads to apply.
         payloads: Vec<Vec<u8>>,
+    },
+    /// Ring round `round` committed its aggregate: the sum of `members`' payloads.
+    AggregateReady {
+        /// The round.
+        round: u64,
+        /// The members it sums, ascending.
+        members: Vec<u32>,
+        /// The aggregate.
+        bytes: Vec<u8>,
     },
     /// Upload this worker's state, as it is after applying `round`, for a newcomer.
     SnapshotRequested {
@@ -57,7 +66,7 @@ pub trait RoundLink {
 /// Events that arrived while waiting for something else.
 #[derive(Debug, Default)]
 struct Pending {
-    ready: BTreeMap<u64, Vec<Vec<u8>>>,
+    ready: BTreeMap<u64, Committed>,
     snapshot_requests: BTreeSet<u64>,
     state: Option<(u64, Vec<u8>)>,
 }
@@ -66,7 +75,10 @@ impl Pending {
     fn take(&mut self, event: NetEvent) {
         match event {
             NetEvent::RoundReady { round, payloads } => {
-                self.ready.insert(round, payloads);
+                self.ready.insert(round, Committed::Payloads(payloads));
+            }
+            NetEvent::AggregateReady { round, members, bytes } => {
+                self.ready.insert(round, Committed::Aggregate { members, bytes });
             }
             NetEvent::SnapshotRequested { round } => {
                 self.snapshot_requests.insert(round);
@@ -104,11 +116,24 @@ impl Exchange for LinkExchange<'_> {
         round: u64,
         payload: Vec<u8>,
     ) -> meridian_optimizer::Result<Vec<Vec<u8>>> {
+        match self.exchange_committed(round, payload)? {
+            Committed::Payloads(payloads) => Ok(payloads),
+            Committed::Aggregate { .. } => Err(OptimizerError::TrainStep(format!(
+                "round {round} committed a ring aggregate where payloads were expected"
+            ))),
+        }
+    }
+
+    fn exchange_committed(
+        &mut self,
+        round: u64,
+        payload: Vec<u8>,
+    ) -> meridian_optimizer::Result<Committed> {
         let failed = |e: anyhow::Error| OptimizerError::TrainStep(format!("{e:#}"));
         self.link.publish(round, payload).map_err(failed)?;
         loop {
-            if let Some(payloads) = self.pending.ready.remove(&round) {
-                return Ok(payloads);
+            if let Some(committed) = self.pending.ready.remove(&round) {
+                return Ok(committed);
             }
             if self.pending.state.is_some() {
                 return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
@@ -163,8 +188,8 @@ pub fn drive(
             continue;
         }
         // Rounds committed after that state (or while this worker waited): replay them.
-        while let Some(payloads) = pending.ready.remove(&w.rounds_done()) {
-            let exchange = w.replay_committed(w.rounds_done(), &payloads)?;
+        while let Some(committed) = pending.ready.remove(&w.rounds_done()) {
+            let exchange = w.replay_round(w.rounds_done(), &committed)?;
             on_round(&AppliedRound { exchange, replayed: true });
         }
         // A request names the last round this worker applied when it was made; the state

@@ -137,6 +137,8 @@ pub enum WorkerNodeEvent {
         next_round: Round,
         /// A snapshot comes before anything is applied.
         need_state: bool,
+        /// How the run's payloads travel.
+        topology: Topology,
     },
     /// The connected members changed.
     Members {
@@ -852,7 +854,8 @@ impl Driver {
             let event = match event {
                 WorkerEvent::Welcomed { member, next_round, need_state } => {
                     self.status.send_modify(|s| s.member = Some(member));
-                    WorkerNodeEvent::Welcomed { member, next_round, need_state }
+                    let topology = self.proto.topology().unwrap_or(Topology::Relay);
+                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology }
                 }
                 WorkerEvent::Refused { reason } => {
                     return Err(Ended::Refused(Refusal::Protocol(reason)))
