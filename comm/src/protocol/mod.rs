@@ -40,7 +40,8 @@
 //! refused or an oversized one; the rejection names that sender), digests that disagree,
 //! or the deadline make the coordinator send `Fallback { round }`. Members then upload their
 //! own payloads (kept until the commit) as in Relay, the coordinator forwards them, and the
-//! round commits per member when every connected member uploaded, or `ring_fallback` later.
+//! round commits per member when every connected member uploaded, or one round deadline
+//! after the fallback.
 //!
 //! The round closes when every member delivered, or at its deadline. The coordinator then
 //! commits the set that delivered, as `(member, digest)` pairs ascending by member, and

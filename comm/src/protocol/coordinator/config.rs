@@ -34,9 +34,6 @@ pub struct CoordinatorConfig {
     /// rejoin (it opens earlier once all are back, and never before `min_members`).
     /// By default 30 s.
     pub rejoin_grace: Duration,
-    /// Ring: how long a round that fell back to Relay waits for the members' uploads
-    /// before it commits what it has. By default 60 s.
-    pub ring_fallback: Duration,
 }
 
 impl CoordinatorConfig {
@@ -53,7 +50,6 @@ impl CoordinatorConfig {
             max_state: 16 << 30,
             snapshot_timeout: Duration::from_secs(300),
             rejoin_grace: Duration::from_secs(30),
-            ring_fallback: Duration::from_secs(60),
         }
     }
 
@@ -64,7 +60,6 @@ impl CoordinatorConfig {
         if self.deadline.longest() > MAX_TIMER
             || self.snapshot_timeout > MAX_TIMER
             || self.rejoin_grace > MAX_TIMER
-            || self.ring_fallback > MAX_TIMER
         {
             return bad("durations must be at most 30 days");
         }
@@ -76,9 +71,6 @@ impl CoordinatorConfig {
         }
         if self.keep_rounds == 0 {
             return bad("keep_rounds must be at least 1");
-        }
-        if self.ring_fallback.is_zero() {
-            return bad("ring_fallback must be positive");
         }
         if self.snapshot_timeout.is_zero() {
             return bad("snapshot_timeout must be positive");

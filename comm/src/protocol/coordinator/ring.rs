@@ -2,7 +2,8 @@
 //! when all agree the round commits that aggregate. A member that drops out before it
 //! finished, a member that reports a failure, disagreeing digests or the deadline make the
 //! round fall back to Relay: every member is told to upload its own payload, the
-//! coordinator forwards them as usual and the round commits per member, without stalling.
+//! coordinator forwards them as usual and the round commits per member, without stalling:
+//! when every connected member uploaded, or one round deadline after the fallback.
 
 use std::time::Instant;
 
@@ -91,9 +92,10 @@ impl Coordinator {
     }
 
     /// Abandons the open round's ring: members upload their own payloads (Relay) and the
-    /// round closes when every connected member did, or `ring_fallback` from now.
+    /// round closes when every connected member did, or after a fresh round deadline (the
+    /// uploads take as long as a Relay round's).
     pub(super) fn fall_back(&mut self, now: Instant, why: &'static str) {
-        let fallback = self.config.ring_fallback;
+        let fallback = self.config.deadline.next(&self.deadline_stats);
         let Some(open) = self.open.as_mut().filter(|o| !o.fallback) else { return };
         open.fallback = true;
         open.deadline = now + fallback;

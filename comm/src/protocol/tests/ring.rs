@@ -13,7 +13,8 @@ use super::{coordinator_config, worker_config};
 use crate::ids::{MemberId, Round};
 use crate::protocol::ring::testing::{floats, to_bytes, F32Sum};
 use crate::protocol::{
-    CoordinatorEvent, Delivery, Dest, Digest, RejectReason, ToWorker, Topology, WorkerEvent,
+    CoordinatorEvent, Delivery, Dest, Digest, RejectReason, ToCoordinator, ToWorker, Topology,
+    WorkerEvent,
 };
 
 const PAYLOAD: usize = 64; // 16 f32, see Net::payload_bytes
@@ -291,4 +292,32 @@ fn a_ring_commit_must_name_its_aggregate_for_every_member() {
     );
     net.run_for(Duration::ZERO);
     assert_eq!(net.worker_rejections(0)[before..], [RejectReason::Malformed]);
+}
+
+#[test]
+fn a_coordinator_restarted_after_the_ring_finished_still_commits_its_aggregate() {
+    let mut net = ring_net(4, 4);
+    for node in &mut net.nodes {
+        node.app.compute = Duration::from_millis(100);
+    }
+    let done = Rc::new(Cell::new(0));
+    let count = done.clone();
+    net.rule = Some(Box::new(move |env, _| {
+        if let Some(ToCoordinator::Delivered { round: 4, .. }) = env.to_coordinator() {
+            count.set(count.get() + 1);
+        }
+        Verdict::Pass
+    }));
+    // Every member finished round 4's ring and reported it; the reports die with it.
+    assert!(net.run_until(Duration::from_secs(30), |_| done.get() == 4));
+    net.crash_coordinator();
+    net.run_for(Duration::from_millis(500));
+    net.restart_coordinator();
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(6)));
+    net.check_consistency();
+    assert!(!fell_back(&net, 4), "the members reported their ring again");
+    let (delivered, aggregate) = commit(&net, 4);
+    assert!(aggregate.is_some());
+    assert_eq!(delivered.len(), 4);
+    same_aggregate_everywhere(&net, 4);
 }

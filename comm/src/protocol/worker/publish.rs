@@ -61,8 +61,9 @@ impl WorkerProto {
             Topology::Ring if !open.fallback => {
                 let members = open.members.clone();
                 if self.ring.as_ref().is_some_and(|r| r.round == round && r.members == members) {
-                    // A reopening (after a reconnect) of a ring already under way here.
-                    return;
+                    // A reopening (after a reconnect or a coordinator restart) of a ring
+                    // already under way here: its outcome may never have arrived.
+                    return self.repeat_ring_outcome(round);
                 }
                 return self.start_ring(round, members);
             }

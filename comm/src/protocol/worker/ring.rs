@@ -223,6 +223,18 @@ impl WorkerProto {
         }
     }
 
+    /// Reports the outcome of this worker's ring of `round` again: the aggregate's digest,
+    /// or the failure (nothing while it still runs).
+    pub(super) fn repeat_ring_outcome(&mut self, round: Round) {
+        let msg = match (self.aggregates.get(&round), self.ring.as_ref()) {
+            (Some(held), _) => ToCoordinator::Delivered { round, digest: held.digest },
+            (None, Some(ring)) if ring.over => ToCoordinator::RingFailed { round, culprit: None },
+            _ => return,
+        };
+        debug!(round, "ring outcome reported again");
+        self.transmits.push_back(Transmit::Control { msg });
+    }
+
     /// The open ring cannot finish here.
     fn ring_failed(&mut self, culprit: Option<MemberId>) {
         let Some(ring) = self.ring.as_mut().filter(|r| !r.over) else { return };
