@@ -732,9 +732,33 @@ impl Net {
     /// order, matching the coordinator's commit; and hold the same state after it.
     pub fn check_consistency(&self) {
         let mut digests: BTreeMap<Round, Vec<crate::protocol::Delivery>> = BTreeMap::new();
+        let mut aggregates = BTreeMap::new();
         for e in &self.coordinator_events {
-            if let CoordinatorEvent::RoundCommitted { round, delivered, .. } = e {
+            if let CoordinatorEvent::RoundCommitted { round, delivered, aggregate, .. } = e {
                 digests.insert(*round, delivered.clone());
+                aggregates.insert(*round, *aggregate);
+            }
+        }
+        let mut seen_aggregates: BTreeMap<Round, (&str, &Bytes)> = BTreeMap::new();
+        for node in &self.nodes {
+            for (round, (members, bytes)) in &node.app.aggregates {
+                assert!(!node.app.ready.contains_key(round), "{} round {round}", node.name);
+                if let Some(committed) = aggregates.get(round) {
+                    let digest = crate::protocol::Digest::of(bytes);
+                    assert_eq!(*committed, Some(digest), "{} round {round}", node.name);
+                    let ids: Vec<MemberId> = digests[round].iter().map(|d| d.member).collect();
+                    assert_eq!(&ids, members, "{} round {round}", node.name);
+                }
+                match seen_aggregates.get(round) {
+                    Some((other, theirs)) => assert_eq!(
+                        *theirs, bytes,
+                        "{} and {other} applied different aggregates in round {round}",
+                        node.name
+                    ),
+                    None => {
+                        seen_aggregates.insert(*round, (&node.name, bytes));
+                    }
+                }
             }
         }
         let mut seen: BTreeMap<Round, (&str, &Applied)> = BTreeMap::new();
