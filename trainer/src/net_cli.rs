@@ -393,8 +393,7 @@ struct RoundRecord {
     sent: usize,
     /// Payload bytes it received from others (in a ring: everything from its predecessor).
     received: usize,
-    /// Bytes per peer (empty for a round replayed from a snapshot's aftermath and not seen
-    /// open).
+    /// Bytes per peer in this round, fetches included.
     links: Vec<LinkRecord>,
     /// Training since the previous round.
     compute_seconds: f64,
@@ -505,7 +504,13 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         replayed += u64::from(r.replayed);
         let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);
         (last, last_wait) = (Instant::now(), waiting.get());
-        let round_links = links.borrow_mut().remove(&r.exchange.round).unwrap_or_default();
+        let round_links = {
+            let mut links = links.borrow_mut();
+            let mine = links.remove(&r.exchange.round).unwrap_or_default();
+            // Rounds a peer's state superseded are never applied here.
+            links.retain(|&round, _| round > r.exchange.round);
+            mine
+        };
         let (sent, received) = if link_ring {
             let sum = |f: fn(&LinkRecord) -> u64| round_links.iter().map(f).sum::<u64>() as usize;
             (sum(|l| l.sent), sum(|l| l.received))

@@ -237,12 +237,22 @@ mod tests {
         after: BTreeMap<u64, Vec<NetEvent>>,
         published: Vec<(u64, Vec<u8>)>,
         states: Vec<(u64, Vec<u8>)>,
+        /// Commit ring aggregates (of this one member) instead of payloads.
+        ring: Option<meridian_optimizer::ring::DenseRing>,
     }
 
     impl RoundLink for Solo {
         fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
             self.published.push((round, payload.clone()));
-            self.queue.push_back(NetEvent::RoundReady { round, payloads: vec![payload] });
+            let event = match &self.ring {
+                Some(ring) => {
+                    let parts = ring.split(&payload, 1)?;
+                    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                    NetEvent::AggregateReady { round, members: vec![0], bytes: ring.join(&refs)? }
+                }
+                None => NetEvent::RoundReady { round, payloads: vec![payload] },
+            };
+            self.queue.push_back(event);
             self.queue.extend(self.after.remove(&round).unwrap_or_default());
             Ok(())
         }
@@ -283,6 +293,43 @@ mod tests {
         assert_eq!((b.steps_done(), b.rounds_done()), (12, 4));
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
         assert!(net.published.is_empty(), "nothing left to train");
+    }
+
+    #[test]
+    fn ring_aggregates_train_and_replay_like_payloads() {
+        // One member: the f32 sum of one payload is the payload, so a ring run must end on
+        // the very bits of a relay run.
+        let mut relay = worker(0);
+        let mut hashes = Vec::new();
+        drive(&mut relay, &mut Solo::default(), 12, false, |r| hashes.push(r.exchange.hash))
+            .unwrap();
+        let mut ringed = worker(0);
+        let ring = ringed.outer.ring(&ringed.params).unwrap();
+        let mut link = Solo { ring: Some(ring.clone()), ..Solo::default() };
+        link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+        let mut ring_hashes = Vec::new();
+        drive(&mut ringed, &mut link, 12, false, |r| {
+            assert_eq!(r.exchange.applied, vec![0]);
+            ring_hashes.push(r.exchange.hash);
+        })
+        .unwrap();
+        assert_eq!(ring_hashes, hashes);
+        // A newcomer takes the state after round 1 and replays rounds 2 and 3 from their
+        // aggregates.
+        let (round, state) = link.states[0].clone();
+        let mut b = worker(1);
+        let mut net = Solo::default();
+        net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+        for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+            let parts = ring.split(p, 1).unwrap();
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let bytes = ring.join(&refs).unwrap();
+            net.queue.push_back(NetEvent::AggregateReady { round: *r, members: vec![0], bytes });
+        }
+        let mut seen = Vec::new();
+        drive(&mut b, &mut net, 12, true, |r| seen.push((r.exchange.round, r.replayed))).unwrap();
+        assert_eq!(seen, vec![(2, true), (3, true)]);
+        assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
     }
 
     #[test]
