@@ -41,7 +41,11 @@
 //! or the deadline make the coordinator send `Fallback { round }`. Members then upload their
 //! own payloads (kept until the commit) as in Relay, the coordinator forwards them, and the
 //! round commits per member when every connected member uploaded, or one round deadline
-//! after the fallback.
+//! after the fallback. Segments are accepted only from the ring predecessor, for the
+//! round's ring, at a slot not seen before and within the size limit; ones that arrive
+//! before their round opened here are buffered (a ring's worth, for the next two rounds).
+//! A reopened round (after a reconnect or a coordinator restart) whose ring already ran
+//! here is not run again: the member reports its outcome again.
 //!
 //! The round closes when every member delivered, or at its deadline. The coordinator then
 //! commits the set that delivered, as `(member, digest)` pairs ascending by member, and
