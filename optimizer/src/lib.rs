@@ -13,6 +13,7 @@
 //! - [`payload`]: the versioned, validated message format.
 //! - [`harness::Harness`]: N workers in one process.
 //! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
+//! - [`ring::DenseRing`]: summing dense payloads in bytes, for a ring all-reduce.
 //! - [`toy`]: a small MLP task for tests and examples.
 
 pub mod algorithm;
@@ -23,6 +24,7 @@ pub mod outer;
 pub mod params;
 pub mod payload;
 pub mod reference;
+pub mod ring;
 pub mod solo;
 pub mod toy;
 pub mod train_step;

@@ -14,11 +14,32 @@ use crate::params::ParamSet;
 use crate::payload::Payload;
 use crate::train_step::TrainStep;
 
+/// What a round committed, as an [`Exchange`] hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The encoded payloads of the committed members, in any order.
+    Payloads(Vec<Vec<u8>>),
+    /// A ring all-reduce's aggregate: the sum of the payloads of `members` (ascending), as
+    /// [`DenseRing::join`](crate::ring::DenseRing::join) packed it.
+    Aggregate {
+        /// The members it sums.
+        members: Vec<u32>,
+        /// The aggregate.
+        bytes: Vec<u8>,
+    },
+}
+
 /// Moves one round's payloads between workers (a network client, or a test double).
 pub trait Exchange {
     /// Publishes this worker's encoded payload for `round` and returns the encoded
     /// payloads of the members the round committed, in any order.
     fn exchange(&mut self, round: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>>;
+
+    /// Like [`Exchange::exchange`], for exchanges that may commit a ring aggregate instead
+    /// of payloads. By default the committed payloads.
+    fn exchange_committed(&mut self, round: u64, payload: Vec<u8>) -> Result<Committed> {
+        self.exchange(round, payload).map(Committed::Payloads)
+    }
 }
 
 /// What one exchange did for this worker.
@@ -114,16 +135,60 @@ impl<S: TrainStep> SoloWorker<S> {
         let round = self.round;
         let mine = self.outer.prepare(&self.params, round, self.id)?.encode();
         let sent = mine.len();
-        let committed = net.exchange(round, mine)?;
-        let mut x = self.apply_committed(round, &committed)?;
+        let committed = net.exchange_committed(round, mine)?;
+        let mut x = self.apply_round(round, &committed)?;
         x.sent = sent;
         Ok(x)
+    }
+
+    /// Applies what round `round` committed: payloads or a ring aggregate.
+    pub fn apply_round(&mut self, round: u64, committed: &Committed) -> Result<SoloExchange> {
+        match committed {
+            Committed::Payloads(payloads) => self.apply_committed(round, payloads),
+            Committed::Aggregate { members, bytes } => self.apply_aggregate(round, members, bytes),
+        }
+    }
+
+    /// Applies round `round` from a ring aggregate of `members`' payloads. The round must be
+    /// the next one this worker expects.
+    pub fn apply_aggregate(
+        &mut self,
+        round: u64,
+        members: &[u32],
+        aggregate: &[u8],
+    ) -> Result<SoloExchange> {
+        self.expect_round(round)?;
+        let report = self.outer.apply_aggregate(&self.params, round, members, aggregate)?;
+        self.round += 1;
+        Ok(SoloExchange {
+            round,
+            sent: 0,
+            received: aggregate.len(),
+            applied: report.applied,
+            rejected: report.rejected,
+            hash: self.outer.consensus_hash(&self.params)?,
+        })
+    }
+
+    fn expect_round(&self, round: u64) -> Result<()> {
+        if round != self.round {
+            return Err(crate::OptimizerError::State(format!(
+                "round {round} committed, but this worker expects round {}",
+                self.round
+            )));
+        }
+        Ok(())
     }
 
     /// Replays round `round`, which the others trained for while this worker was away:
     /// applies its committed payloads and moves the step counter past the step at which
     /// the round's exchange happens, as if this worker had trained through it.
     pub fn replay_committed(&mut self, round: u64, committed: &[Vec<u8>]) -> Result<SoloExchange> {
+        self.replay_round(round, &Committed::Payloads(committed.to_vec()))
+    }
+
+    /// [`SoloWorker::replay_committed`] for payloads or a ring aggregate.
+    pub fn replay_round(&mut self, round: u64, committed: &Committed) -> Result<SoloExchange> {
         let at = (self.step..self.step.saturating_add(1 << 20))
             .find(|&s| {
                 self.outer.exchange_due(Phase::AfterBackward, s)
@@ -132,7 +197,7 @@ impl<S: TrainStep> SoloWorker<S> {
             .ok_or_else(|| {
                 crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
             })?;
-        let x = self.apply_committed(round, committed)?;
+        let x = self.apply_round(round, committed)?;
         self.step = at + 1;
         Ok(x)
     }
@@ -141,12 +206,7 @@ impl<S: TrainStep> SoloWorker<S> {
     /// worker that caught up from a snapshot replays the rounds committed after it. The
     /// round must be the next one this worker expects.
     pub fn apply_committed(&mut self, round: u64, committed: &[Vec<u8>]) -> Result<SoloExchange> {
-        if round != self.round {
-            return Err(crate::OptimizerError::State(format!(
-                "round {round} committed, but this worker expects round {}",
-                self.round
-            )));
-        }
+        self.expect_round(round)?;
         let mut received = 0;
         let mut payloads = Vec::with_capacity(committed.len());
         let mut rejected = Vec::new();
@@ -281,6 +341,100 @@ mod tests {
         let partial = run_solo(Algorithm::Diloco, 3, 8, Some((1, 0)));
         assert!(partial.windows(2).all(|w| w[0] == w[1]), "replicas differ");
         assert_ne!(full[0][0], partial[0][0], "round 0 without member 1 is another average");
+    }
+
+    /// An in-memory ring: every worker deposits its payload, and each takes the aggregate
+    /// the ring schedule computes over all of them.
+    struct RingSeat {
+        id: u32,
+        board: Arc<Board>,
+        ring: crate::ring::DenseRing,
+    }
+
+    impl Exchange for RingSeat {
+        fn exchange(&mut self, _: u64, _: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            unreachable!("ring seats commit aggregates")
+        }
+
+        fn exchange_committed(&mut self, _: u64, payload: Vec<u8>) -> Result<Committed> {
+            self.board.slots.lock().unwrap()[self.id as usize] = Some(payload);
+            self.board.arrived.wait();
+            let all: Vec<Vec<u8>> =
+                self.board.slots.lock().unwrap().iter().flatten().cloned().collect();
+            self.board.taken.wait();
+            let members = (0..all.len() as u32).collect();
+            Ok(Committed::Aggregate { members, bytes: crate::ring::ring_sum(&self.ring, &all)? })
+        }
+    }
+
+    fn run_ring(cfg: AlgoConfig, n: u32, steps: u64) -> Vec<(Vec<u64>, f64, f64)> {
+        let board = Arc::new(Board {
+            slots: Mutex::new(vec![None; n as usize]),
+            arrived: Barrier::new(n as usize),
+            taken: Barrier::new(n as usize),
+            drop_member_in_round: None,
+        });
+        let handles: Vec<_> = (0..n)
+            .map(|id| {
+                let (board, cfg) = (board.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    tch::set_num_threads(1);
+                    let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
+                    let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
+                    let ring = w.outer.ring(&w.params).expect("a dense algorithm");
+                    let mut seat = RingSeat { id, board, ring };
+                    let before = w.train.eval_loss().unwrap();
+                    let mut hashes = Vec::new();
+                    for _ in 0..steps {
+                        for x in w.step(&mut seat).unwrap().exchanges {
+                            assert!(x.rejected.is_empty(), "{:?}", x.rejected);
+                            assert_eq!(x.applied, (0..n).collect::<Vec<_>>());
+                            hashes.push(x.hash);
+                        }
+                    }
+                    (hashes, before, w.train.eval_loss().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn ring_aggregates_keep_ddp_and_diloco_replicas_identical_and_training() {
+        let diloco = |transport: &str| {
+            AlgoConfig::from_parts(
+                Algorithm::Diloco,
+                toml::Table::new(),
+                &[("inner_steps".into(), "4".into()), ("transport".into(), transport.into())],
+            )
+            .unwrap()
+        };
+        let ddp = AlgoConfig::default_for(Algorithm::Ddp);
+        for (name, cfg, steps) in [
+            ("ddp", ddp, 12),
+            ("diloco f32", diloco("f32"), 24),
+            ("diloco int8", diloco("int8"), 24),
+        ] {
+            let runs = run_ring(cfg, 3, steps);
+            assert!(runs.windows(2).all(|w| w[0].0 == w[1].0), "{name}: replicas differ");
+            assert!(!runs[0].0.is_empty());
+            let (_, before, after) = runs[0];
+            assert!(after < before, "{name}: loss {before} -> {after}");
+        }
+    }
+
+    #[test]
+    fn sparse_algorithms_refuse_ring_aggregates() {
+        tch::set_num_threads(1);
+        for algo in [Algorithm::Demo, Algorithm::Sparseloco, Algorithm::Streaming] {
+            let cfg = AlgoConfig::default_for(algo);
+            let mut w =
+                SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 0).unwrap(), |p| cfg.build(p))
+                    .unwrap();
+            assert!(w.outer.ring(&w.params).is_none(), "{algo}");
+            let err = w.apply_aggregate(0, &[0], b"anything").unwrap_err();
+            assert!(err.to_string().contains("cannot be summed by a ring"), "{algo}: {err}");
+        }
     }
 
     /// One member alone: its own payload is the whole commit; keeps a copy.

@@ -11,8 +11,8 @@
 //!   optimizer and shard into the `TrainStep` the outer optimizers drive.
 //! - [`checkpoint`]: complete, atomic, bit-exact checkpoints of a run.
 //! - [`train`], [`run_config`], [`metrics`], [`summary`], [`plot`]: `meridian train`.
-//! - [`net_worker`], [`net_cli`], [`snapshot`]: `meridian coordinator` and `meridian worker`,
-//!   one run across processes over QUIC.
+//! - [`net_worker`], [`net_cli`], [`snapshot`], [`ring_reducer`]: `meridian coordinator` and
+//!   `meridian worker`, one run across processes over QUIC.
 //! - [`compress_demo`], [`compress_file`], [`codec`], [`tensor_file`]: `meridian compress`.
 
 pub mod adamw;
@@ -28,6 +28,7 @@ pub mod model;
 pub mod net_cli;
 pub mod net_worker;
 pub mod plot;
+pub mod ring_reducer;
 pub mod run_config;
 pub mod snapshot;
 pub mod summary;

@@ -8,7 +8,8 @@
 //! parameters as every other worker after each round. A worker that joins late or
 //! restarts takes a live worker's state and replays the rounds it missed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -21,7 +22,9 @@ use meridian_comm::node::{
     CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent, WorkerHandle, WorkerNodeConfig,
     WorkerNodeEvent,
 };
-use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy, ProtocolError, Topology};
+use meridian_comm::protocol::{
+    CoordinatorEvent, DeadlinePolicy, Dest, ProtocolError, RoundStats, Topology,
+};
 use meridian_comm::quic::JoinString;
 use meridian_comm::CommError;
 use meridian_optimizer::solo::SoloWorker;
@@ -32,6 +35,7 @@ use serde::Serialize;
 use crate::data::{DataArgs, Split};
 use crate::model::ModelKind;
 use crate::net_worker::{drive, NetEvent, RoundLink};
+use crate::ring_reducer::RingCell;
 use crate::run_config::RunConfig;
 use crate::train::build_model;
 use crate::worker::LmWorker;
@@ -43,6 +47,11 @@ pub enum TopologyArg {
     Relay,
     /// Each worker sends directly to every other worker.
     AllGather,
+    /// The workers sum their payloads around a ring (reduce-scatter, then all-gather):
+    /// each sends 2(N−1)/N of its payload, to its ring successor. For the dense
+    /// algorithms (ddp, diloco in f32, bf16 or int8); a round whose ring cannot finish
+    /// falls back to relay.
+    Ring,
 }
 
 /// Options of `meridian coordinator`.
@@ -107,6 +116,7 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
     let topology = match args.topology {
         TopologyArg::Relay => Topology::Relay,
         TopologyArg::AllGather => Topology::AllGather,
+        TopologyArg::Ring => Topology::Ring,
     };
     let mut cfg = CoordinatorNodeConfig::new(args.listen, topology);
     cfg.advertise_host = args.advertise.clone();
@@ -231,22 +241,56 @@ struct HandleLink {
     received: u64,
     /// Time spent waiting for the network, shared with the per-round accounting.
     waiting: Rc<Cell<Duration>>,
+    /// The run is a ring: bytes are counted from the protocol's per-link counters (a
+    /// payload is never sent whole).
+    ring: bool,
+    /// Per applied round: bytes per peer, as the protocol counted them.
+    links: Rc<RefCell<BTreeMap<u64, Vec<LinkRecord>>>>,
     /// The round-trip estimate to the coordinator at the last commit.
     rtt: Rc<Cell<Option<Duration>>>,
 }
 
 impl HandleLink {
+    /// Records a round's per-link bytes (and, in a ring, counts them).
+    fn count(&mut self, round: u64, stats: &RoundStats) {
+        let links: Vec<LinkRecord> = stats
+            .traffic
+            .iter()
+            .map(|t| LinkRecord {
+                peer: match t.peer {
+                    Dest::Coordinator => "coordinator".to_string(),
+                    Dest::Member(m) => format!("member {m}"),
+                },
+                sent: t.sent,
+                received: t.received,
+            })
+            .collect();
+        if self.ring {
+            self.sent += links.iter().map(|l| l.sent).sum::<u64>();
+            self.received += links.iter().map(|l| l.received).sum::<u64>();
+        }
+        self.links.borrow_mut().insert(round, links);
+    }
+
     fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
         Ok(match event {
             // The comm crate logs the round's stats at debug.
-            WorkerNodeEvent::RoundReady { round, payloads, .. } => {
+            WorkerNodeEvent::AggregateReady { round, members, aggregate, stats } => {
                 self.rtt.set(self.handle.coordinator_rtt());
+                self.count(round, &stats);
+                Some(NetEvent::AggregateReady { round, members, bytes: aggregate.to_vec() })
+            }
+            WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+                self.rtt.set(self.handle.coordinator_rtt());
+                self.count(round, &stats);
                 let me = self.handle.member();
-                self.received += payloads
-                    .iter()
-                    .filter(|(m, _)| *m != me)
-                    .map(|(_, b)| b.len() as u64)
-                    .sum::<u64>();
+                if !self.ring {
+                    self.received += payloads
+                        .iter()
+                        .filter(|(m, _)| *m != me)
+                        .map(|(_, b)| b.len() as u64)
+                        .sum::<u64>();
+                }
                 Some(NetEvent::RoundReady {
                     round,
                     payloads: payloads.into_iter().map(|(_, b)| b.to_vec()).collect(),
@@ -284,6 +328,7 @@ impl RoundLink for HandleLink {
     fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
         let len = payload.len() as u64;
         match self.handle.publish(round, payload) {
+            Ok(()) if self.ring => {}
             Ok(()) => self.sent += len,
             // Races the protocol resolves itself: the round committed without this worker
             // (its commit is on the way), or a peer's state is coming first; or a round this
@@ -328,14 +373,28 @@ impl RoundLink for HandleLink {
     }
 }
 
+/// Bytes moved with one peer in one round, as the protocol counted them (payload and
+/// segment bodies, before compression and framing).
+#[derive(Debug, Clone, Serialize)]
+struct LinkRecord {
+    /// `coordinator` or `member N`.
+    peer: String,
+    sent: u64,
+    received: u64,
+}
+
 /// One applied round in `OUT/worker.json`.
 #[derive(Debug, Serialize)]
 struct RoundRecord {
     round: u64,
     /// Taken from the commits while catching up, not trained through.
     replayed: bool,
+    /// Payload bytes this worker sent (in a ring: everything it sent to its successor).
     sent: usize,
+    /// Payload bytes it received from others (in a ring: everything from its predecessor).
     received: usize,
+    /// Bytes per peer in this round, fetches included.
+    links: Vec<LinkRecord>,
     /// Training since the previous round.
     compute_seconds: f64,
     /// Waiting for the network (publishing to commit) since the previous round.
@@ -391,17 +450,29 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let rt = runtime()?;
     let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
     node_cfg.tuning = config.transport;
+    let reducer = Arc::new(RingCell::default());
+    node_cfg.reducer = Some(reducer.clone());
     let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
     let waiting = Rc::new(Cell::new(Duration::ZERO));
     let rtt = Rc::new(Cell::new(None));
-    let mut link =
-        HandleLink { handle, sent: 0, received: 0, waiting: waiting.clone(), rtt: rtt.clone() };
+    let links = Rc::new(RefCell::new(BTreeMap::new()));
+    let mut link = HandleLink {
+        handle,
+        sent: 0,
+        received: 0,
+        waiting: waiting.clone(),
+        ring: false,
+        links: links.clone(),
+        rtt: rtt.clone(),
+    };
     let member = link.handle.member();
-    // The welcome says whether this worker must first take a peer's state.
+    // The welcome says whether this worker must first take a peer's state, and how
+    // payloads travel.
     let mut need_state = false;
     while let Some(event) = link.handle.next_event(Some(Duration::from_secs(30)))? {
-        if let WorkerNodeEvent::Welcomed { need_state: n, .. } = event {
+        if let WorkerNodeEvent::Welcomed { need_state: n, topology, .. } = event {
             need_state = n;
+            link.ring = topology == Topology::Ring;
             break;
         }
     }
@@ -413,20 +484,45 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let lm = LmWorker::new(model, config.inner, shard, validation, args.steps)?;
     let algo = config.algos[0].clone();
     let mut w = SoloWorker::new(member, lm, |p| algo.build(p))?;
+    if link.ring {
+        let Some(ring) = w.outer.ring(&w.params) else {
+            bail!(
+                "--algo {} cannot run in a ring: its payloads are sparse and do not add up \
+                 in transit; start the coordinator with --topology relay or all-gather",
+                args.algo.name()
+            );
+        };
+        reducer.set(ring);
+    }
     let start = Instant::now();
     let (mut rounds, mut replayed) = (0u64, 0u64);
     let mut per_round = Vec::new();
     let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
+    let link_ring = link.ring;
     drive(&mut w, &mut link, args.steps, need_state, |r| {
         rounds += 1;
         replayed += u64::from(r.replayed);
         let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);
         (last, last_wait) = (Instant::now(), waiting.get());
+        let round_links = {
+            let mut links = links.borrow_mut();
+            let mine = links.remove(&r.exchange.round).unwrap_or_default();
+            // Rounds a peer's state superseded are never applied here.
+            links.retain(|&round, _| round > r.exchange.round);
+            mine
+        };
+        let (sent, received) = if link_ring {
+            let sum = |f: fn(&LinkRecord) -> u64| round_links.iter().map(f).sum::<u64>() as usize;
+            (sum(|l| l.sent), sum(|l| l.received))
+        } else {
+            (r.exchange.sent, r.exchange.received)
+        };
         let record = RoundRecord {
             round: r.exchange.round,
             replayed: r.replayed,
-            sent: r.exchange.sent,
-            received: r.exchange.received,
+            sent,
+            received,
+            links: round_links,
             compute_seconds: elapsed.saturating_sub(waited).as_secs_f64(),
             waiting_seconds: waited.as_secs_f64(),
             rtt_ms: rtt.get().map(|d| d.as_secs_f64() * 1e3),

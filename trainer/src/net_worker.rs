@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
-use meridian_optimizer::solo::{Exchange, SoloExchange, SoloWorker};
+use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
 use crate::snapshot;
@@ -26,6 +26,15 @@ pub enum NetEvent {
         round: u64,
         /// The payloads to apply.
         payloads: Vec<Vec<u8>>,
+    },
+    /// Ring round `round` committed its aggregate: the sum of `members`' payloads.
+    AggregateReady {
+        /// The round.
+        round: u64,
+        /// The members it sums, ascending.
+        members: Vec<u32>,
+        /// The aggregate.
+        bytes: Vec<u8>,
     },
     /// Upload this worker's state, as it is after applying `round`, for a newcomer.
     SnapshotRequested {
@@ -57,7 +66,7 @@ pub trait RoundLink {
 /// Events that arrived while waiting for something else.
 #[derive(Debug, Default)]
 struct Pending {
-    ready: BTreeMap<u64, Vec<Vec<u8>>>,
+    ready: BTreeMap<u64, Committed>,
     snapshot_requests: BTreeSet<u64>,
     state: Option<(u64, Vec<u8>)>,
 }
@@ -66,7 +75,10 @@ impl Pending {
     fn take(&mut self, event: NetEvent) {
         match event {
             NetEvent::RoundReady { round, payloads } => {
-                self.ready.insert(round, payloads);
+                self.ready.insert(round, Committed::Payloads(payloads));
+            }
+            NetEvent::AggregateReady { round, members, bytes } => {
+                self.ready.insert(round, Committed::Aggregate { members, bytes });
             }
             NetEvent::SnapshotRequested { round } => {
                 self.snapshot_requests.insert(round);
@@ -104,11 +116,24 @@ impl Exchange for LinkExchange<'_> {
         round: u64,
         payload: Vec<u8>,
     ) -> meridian_optimizer::Result<Vec<Vec<u8>>> {
+        match self.exchange_committed(round, payload)? {
+            Committed::Payloads(payloads) => Ok(payloads),
+            Committed::Aggregate { .. } => Err(OptimizerError::TrainStep(format!(
+                "round {round} committed a ring aggregate where payloads were expected"
+            ))),
+        }
+    }
+
+    fn exchange_committed(
+        &mut self,
+        round: u64,
+        payload: Vec<u8>,
+    ) -> meridian_optimizer::Result<Committed> {
         let failed = |e: anyhow::Error| OptimizerError::TrainStep(format!("{e:#}"));
         self.link.publish(round, payload).map_err(failed)?;
         loop {
-            if let Some(payloads) = self.pending.ready.remove(&round) {
-                return Ok(payloads);
+            if let Some(committed) = self.pending.ready.remove(&round) {
+                return Ok(committed);
             }
             if self.pending.state.is_some() {
                 return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
@@ -163,8 +188,8 @@ pub fn drive(
             continue;
         }
         // Rounds committed after that state (or while this worker waited): replay them.
-        while let Some(payloads) = pending.ready.remove(&w.rounds_done()) {
-            let exchange = w.replay_committed(w.rounds_done(), &payloads)?;
+        while let Some(committed) = pending.ready.remove(&w.rounds_done()) {
+            let exchange = w.replay_round(w.rounds_done(), &committed)?;
             on_round(&AppliedRound { exchange, replayed: true });
         }
         // A request names the last round this worker applied when it was made; the state
@@ -212,12 +237,22 @@ mod tests {
         after: BTreeMap<u64, Vec<NetEvent>>,
         published: Vec<(u64, Vec<u8>)>,
         states: Vec<(u64, Vec<u8>)>,
+        /// Commit ring aggregates (of this one member) instead of payloads.
+        ring: Option<meridian_optimizer::ring::DenseRing>,
     }
 
     impl RoundLink for Solo {
         fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
             self.published.push((round, payload.clone()));
-            self.queue.push_back(NetEvent::RoundReady { round, payloads: vec![payload] });
+            let event = match &self.ring {
+                Some(ring) => {
+                    let parts = ring.split(&payload, 1)?;
+                    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                    NetEvent::AggregateReady { round, members: vec![0], bytes: ring.join(&refs)? }
+                }
+                None => NetEvent::RoundReady { round, payloads: vec![payload] },
+            };
+            self.queue.push_back(event);
             self.queue.extend(self.after.remove(&round).unwrap_or_default());
             Ok(())
         }
@@ -258,6 +293,43 @@ mod tests {
         assert_eq!((b.steps_done(), b.rounds_done()), (12, 4));
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
         assert!(net.published.is_empty(), "nothing left to train");
+    }
+
+    #[test]
+    fn ring_aggregates_train_and_replay_like_payloads() {
+        // One member: the f32 sum of one payload is the payload, so a ring run must end on
+        // the very bits of a relay run.
+        let mut relay = worker(0);
+        let mut hashes = Vec::new();
+        drive(&mut relay, &mut Solo::default(), 12, false, |r| hashes.push(r.exchange.hash))
+            .unwrap();
+        let mut ringed = worker(0);
+        let ring = ringed.outer.ring(&ringed.params).unwrap();
+        let mut link = Solo { ring: Some(ring.clone()), ..Solo::default() };
+        link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+        let mut ring_hashes = Vec::new();
+        drive(&mut ringed, &mut link, 12, false, |r| {
+            assert_eq!(r.exchange.applied, vec![0]);
+            ring_hashes.push(r.exchange.hash);
+        })
+        .unwrap();
+        assert_eq!(ring_hashes, hashes);
+        // A newcomer takes the state after round 1 and replays rounds 2 and 3 from their
+        // aggregates.
+        let (round, state) = link.states[0].clone();
+        let mut b = worker(1);
+        let mut net = Solo::default();
+        net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+        for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+            let parts = ring.split(p, 1).unwrap();
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let bytes = ring.join(&refs).unwrap();
+            net.queue.push_back(NetEvent::AggregateReady { round: *r, members: vec![0], bytes });
+        }
+        let mut seen = Vec::new();
+        drive(&mut b, &mut net, 12, true, |r| seen.push((r.exchange.round, r.replayed))).unwrap();
+        assert_eq!(seen, vec![(2, true), (3, true)]);
+        assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
     }
 
     #[test]

@@ -46,9 +46,14 @@ impl Proc {
 }
 
 fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
+    coordinator_with(dir, workers, rounds, &[])
+}
+
+fn coordinator_with(dir: &Path, workers: u32, rounds: u64, extra: &[&str]) -> (Proc, String) {
     let join = dir.join("join");
     let child = Command::new(BIN)
         .args(["coordinator", "--listen", "127.0.0.1:0", "--deadline-ms", "3000"])
+        .args(extra)
         .args(["--min-workers", &workers.to_string(), "--rounds", &rounds.to_string()])
         .arg("--state-dir")
         .arg(dir.join("coordinator"))
@@ -83,7 +88,8 @@ fn worker_logged(
 ) -> Proc {
     let out = dir.join(name);
     let child = Command::new(BIN)
-        .args(["worker", "--join", join, "--name", name, "--model", "mlp", "--algo", "diloco"])
+        .args(["worker", "--join", join, "--name", name, "--model", "mlp"])
+        .args(if extra.contains(&"--algo") { &[][..] } else { &["--algo", "diloco"][..] })
         .args(["--inner-steps", "5", "--steps", &steps.to_string(), "--shards", "4"])
         .args(["--data", &corpus()])
         .arg("--out")
@@ -139,6 +145,57 @@ fn four_worker_processes_finish_twenty_rounds_bit_identical() {
             assert!(rtt > 0.0 && rtt < 1000.0, "loopback round trip: {r}");
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn four_worker_processes_ring_reduce_diloco_int8_bit_identical() {
+    let dir = scratch("ring");
+    let (mut coord, join) = coordinator_with(&dir, 4, 8, &["--topology", "ring"]);
+    let int8 = ["--set", "transport=int8"];
+    let mut workers: Vec<Proc> =
+        (0..4).map(|i| worker(&dir, &join, &format!("w{i}"), 40, &int8)).collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        assert!(w.wait_ok(Duration::from_secs(240)), "w{i}: {}", log(&dir, &format!("w{i}")));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let all: Vec<serde_json::Value> = (0..4).map(|i| summary(&dir, &format!("w{i}"))).collect();
+    let mut rings = 0;
+    for s in &all {
+        assert_eq!(s["rounds"], 8, "{s}");
+        assert_eq!(s["consensus_hash"], all[0]["consensus_hash"], "replicas differ: {s}");
+        let me = s["member"].as_u64().unwrap();
+        let (next, prev) = (format!("member {}", (me + 1) % 4), format!("member {}", (me + 3) % 4));
+        for r in s["per_round"].as_array().unwrap() {
+            let links = r["links"].as_array().unwrap();
+            if links.iter().any(|l| l["peer"] == "coordinator") {
+                continue; // a round that fell back to relay (a slow machine)
+            }
+            rings += 1;
+            // Everything went to the successor and came from the predecessor, the same
+            // amount: 2(N−1) segments of a quarter of the (equal-sized) payloads.
+            let sent: Vec<_> = links.iter().filter(|l| l["sent"].as_u64() > Some(0)).collect();
+            let got: Vec<_> = links.iter().filter(|l| l["received"].as_u64() > Some(0)).collect();
+            assert_eq!(sent.len(), 1, "{r}");
+            assert_eq!(got.len(), 1, "{r}");
+            assert_eq!(sent[0]["peer"], next.as_str(), "{r}");
+            assert_eq!(got[0]["peer"], prev.as_str(), "{r}");
+            assert_eq!(r["sent"], r["received"], "{r}");
+            assert!(r["sent"].as_u64().unwrap() > 0);
+        }
+    }
+    assert!(rings >= 4 * 6, "most rounds went around the ring: {rings} of 32");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sparse_algorithm_refuses_a_ring_run_with_a_clear_error() {
+    let dir = scratch("ring-sparse");
+    let (_coord, join) = coordinator_with(&dir, 1, 1, &["--topology", "ring"]);
+    let mut w = worker(&dir, &join, "sparse", 10, &["--algo", "sparseloco"]);
+    assert!(!w.wait_ok(Duration::from_secs(60)), "sparseloco cannot ring");
+    let text = log(&dir, "sparse");
+    assert!(text.contains("cannot run in a ring"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -415,6 +415,7 @@ fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
             Input::Payload { conn, round: header.round, sender: header.sender, bytes: body.into() }
         }
         FrameKind::State => Input::State { conn, round: header.round, bytes: body.into() },
+        FrameKind::Segment { .. } => return Err("a ring segment sent to the coordinator".into()),
     })
 }
 

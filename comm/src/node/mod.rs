@@ -19,7 +19,8 @@
 //! - `Control`: round 0, the body is a postcard [`ToCoordinator`](crate::protocol::ToCoordinator)
 //!   or [`ToWorker`](crate::protocol::ToWorker);
 //! - `Payload`: the round and the payload's author (also when the coordinator relays it);
-//! - `State`: the round the state reflects.
+//! - `State`: the round the state reflects;
+//! - `Segment { slot }` (ring): the round and the sending member, between ring neighbours.
 //!
 //! The `sender` of frames the coordinator originates (control and state) is
 //! [`COORDINATOR_SENDER`]; a worker that has no member id yet (before its first welcome)
@@ -39,11 +40,24 @@
 //! connections are never affected.
 //!
 //! # Topologies
-//! Both. In [`Topology::Relay`](crate::protocol::Topology::Relay) a worker talks to the
+//! All three. In [`Topology::Relay`](crate::protocol::Topology::Relay) a worker talks to the
 //! coordinator only. In [`Topology::AllGather`](crate::protocol::Topology::AllGather) each
 //! worker also listens for the other members (accepting exactly the fingerprints the
 //! coordinator announced) and dials them to send its payload and to fetch; see
-//! [`WorkerNode`].
+//! [`WorkerNode`]. [`Topology::Ring`](crate::protocol::Topology::Ring) uses the same
+//! member links: segments go to the ring successor and aggregates are fetched from peers;
+//! the application gives the worker its [`RingReducer`](crate::protocol::RingReducer) in
+//! [`WorkerNodeConfig::reducer`] and applies [`WorkerNodeEvent::AggregateReady`]. A round
+//! that falls back uploads through the coordinator as in Relay.
+//!
+//! # Bytes per link
+//! Every round's [`RoundStats::traffic`](crate::protocol::RoundStats::traffic) lists payload
+//! (and segment, state) bytes per peer, sent and received, as the protocol counted them
+//! (frame bodies, before compression and without frame overhead): the worker's in its
+//! `RoundReady`/`AggregateReady`, the coordinator's in `RoundCommitted`. With `n` members a
+//! Relay worker sends its payload once (the coordinator sends `n − 1` copies of each),
+//! an AllGather worker sends `n − 1` copies, a Ring worker `2(n − 1)/n` of it, all to its
+//! successor.
 
 mod coordinator;
 mod handle;
@@ -71,7 +85,7 @@ pub const COORDINATOR_SENDER: MemberId = MemberId::MAX;
 /// The header `sender` of a worker's frames before its first welcome.
 pub const UNASSIGNED_SENDER: MemberId = MemberId::MAX;
 
-/// Header and tag bytes a frame adds to its body, at most (postcard header of at most 46
+/// Header and tag bytes a frame adds to its body, at most (postcard header of at most 51
 /// bytes, 4-byte prefix, 16-byte tag, rounded up). Payload and state limits are kept this far
 /// below `max_frame` so anything the protocol accepts also fits a frame.
 pub const FRAME_OVERHEAD: usize = 128;

@@ -39,8 +39,8 @@ use super::{NodeError, Refusal, FRAME_OVERHEAD, UNASSIGNED_SENDER};
 use crate::error::{CommError, Result};
 use crate::ids::{CertFingerprint, MemberId, Round};
 use crate::protocol::{
-    Dest, MemberInfo, PeerInfo, PeerMessage, RejectReason, RoundStats, ToCoordinator, ToWorker,
-    Topology, WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
+    Dest, MemberInfo, PeerInfo, PeerMessage, RejectReason, RingReducer, RoundStats, ToCoordinator,
+    ToWorker, Topology, WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
 };
 use crate::quic::{
     self, close_done, close_refused, peer_fingerprint, ClientAuth, JoinString, NodeIdentity,
@@ -101,6 +101,9 @@ pub struct WorkerNodeConfig {
     /// A UDP socket to run over instead of binding `bind` (a simulated network, a proxy).
     /// `None`: a real socket.
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    /// How payloads add up in ring runs (see [`RingReducer`]). Without one this worker
+    /// fails every ring it is in, and those rounds fall back to relay.
+    pub reducer: Option<Arc<dyn RingReducer>>,
 }
 
 impl WorkerNodeConfig {
@@ -117,6 +120,7 @@ impl WorkerNodeConfig {
             advertise: None,
             reconnect: ReconnectPolicy::default(),
             socket: None,
+            reducer: None,
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum WorkerNodeEvent {
         next_round: Round,
         /// A snapshot comes before anything is applied.
         need_state: bool,
+        /// How the run's payloads travel.
+        topology: Topology,
     },
     /// The connected members changed.
     Members {
@@ -155,6 +161,18 @@ pub enum WorkerNodeEvent {
         /// The committed payloads, this worker's own included.
         payloads: Vec<(MemberId, Bytes)>,
         /// Duration, stragglers, bytes per peer.
+        stats: RoundStats,
+    },
+    /// A ring round committed: apply the aggregate, the sum over `members`' payloads (the
+    /// same bytes on every member).
+    AggregateReady {
+        /// The round.
+        round: Round,
+        /// The members it sums, ascending.
+        members: Vec<MemberId>,
+        /// The aggregate.
+        aggregate: Bytes,
+        /// Duration, bytes per peer.
         stats: RoundStats,
     },
     /// Upload the state as it is right after the RoundReady of `round` with `provide_state`.
@@ -334,7 +352,10 @@ impl WorkerNode {
         let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
         protocol.max_payload = protocol.max_payload.min(room);
         protocol.max_state = protocol.max_state.min(room);
-        let proto = WorkerProto::new(protocol, cfg.last_applied)?;
+        let mut proto = WorkerProto::new(protocol, cfg.last_applied)?;
+        if let Some(reducer) = cfg.reducer.clone() {
+            proto = proto.with_reducer(reducer);
+        }
 
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (command_tx, command_rx) = mpsc::unbounded_channel();
@@ -797,6 +818,9 @@ impl Driver {
                 body.into(),
             ),
             FrameKind::State => warn!(from, "a member sent a state frame; dropped"),
+            FrameKind::Segment { slot } => {
+                self.proto.handle_segment(from, header.round, slot, body.into())
+            }
         }
     }
 
@@ -816,6 +840,7 @@ impl Driver {
                 body.into(),
             ),
             FrameKind::State => self.proto.handle_state(now, header.round, body.into()),
+            FrameKind::Segment { .. } => warn!("the coordinator sent a ring segment; dropped"),
         }
     }
 
@@ -829,13 +854,14 @@ impl Driver {
             let event = match event {
                 WorkerEvent::Welcomed { member, next_round, need_state } => {
                     self.status.send_modify(|s| s.member = Some(member));
-                    WorkerNodeEvent::Welcomed { member, next_round, need_state }
+                    let topology = self.proto.topology().unwrap_or(Topology::Relay);
+                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology }
                 }
                 WorkerEvent::Refused { reason } => {
                     return Err(Ended::Refused(Refusal::Protocol(reason)))
                 }
                 WorkerEvent::Members { members } => {
-                    if self.proto.topology() == Some(Topology::AllGather) {
+                    if matches!(self.proto.topology(), Some(Topology::AllGather | Topology::Ring)) {
                         self.peers.update(self.proto.member(), &members);
                     }
                     WorkerNodeEvent::Members { members }
@@ -855,6 +881,18 @@ impl Driver {
                         "round ready"
                     );
                     WorkerNodeEvent::RoundReady { round, payloads, stats }
+                }
+                WorkerEvent::AggregateReady { round, members, aggregate, stats } => {
+                    let traffic: Vec<_> =
+                        stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect();
+                    debug!(
+                        round,
+                        members = ?members,
+                        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
+                        ?traffic,
+                        "ring aggregate ready"
+                    );
+                    WorkerNodeEvent::AggregateReady { round, members, aggregate, stats }
                 }
                 WorkerEvent::SnapshotRequested { round } => {
                     WorkerNodeEvent::SnapshotRequested { round }
@@ -895,6 +933,11 @@ impl Driver {
                 }
                 WorkerTransmit::Payload { to: Dest::Member(to), round, from_member, bytes } => {
                     let out = Out::new(FrameKind::Payload, round, from_member, bytes);
+                    self.peers.send(&mut self.tasks, to, out);
+                    continue;
+                }
+                WorkerTransmit::Segment { to, round, slot, bytes } => {
+                    let out = Out::new(FrameKind::Segment { slot }, round, sender, bytes);
                     self.peers.send(&mut self.tasks, to, out);
                     continue;
                 }

@@ -30,11 +30,20 @@ pub enum ToCoordinator {
         peer: PeerInfo,
     },
     /// AllGather: this member has sent its payload for `round` to every other member.
+    /// Ring: this member holds the round's aggregate, whose digest this is.
     Delivered {
         /// The round.
         round: Round,
-        /// The digest of the payload sent.
+        /// The digest of the payload sent (AllGather) or of the aggregate (Ring).
         digest: Digest,
+    },
+    /// Ring: this member cannot finish the ring of `round` (a bad segment from its
+    /// predecessor, no reducer); the round should fall back to Relay.
+    RingFailed {
+        /// The round.
+        round: Round,
+        /// The member whose segment was refused, if that is the cause.
+        culprit: Option<MemberId>,
     },
     /// Relay: please send the committed payload of `member` in `round`.
     Fetch {
@@ -105,10 +114,22 @@ pub enum ToWorker {
     Commit {
         /// The round.
         round: Round,
-        /// The committed payloads, ascending by member.
+        /// The committed payloads, ascending by member. For a ring commit: the ring's
+        /// members, each with the aggregate's digest.
         delivered: Vec<Delivery>,
         /// Members of the round that did not deliver, ascending.
         stragglers: Vec<MemberId>,
+        /// Ring: the digest of the aggregate (the sum over `delivered`) to apply instead of
+        /// per-member payloads; `None` for a per-member commit.
+        aggregate: Option<Digest>,
+    },
+    /// Ring: the ring of `round` cannot finish; upload your own payload to the coordinator,
+    /// which relays it (the round commits per member).
+    Fallback {
+        /// The round.
+        round: Round,
+        /// Milliseconds from now until the coordinator closes the round.
+        deadline_ms: u64,
     },
     /// The connected members changed (full list, ascending by id).
     Members {
@@ -139,7 +160,8 @@ pub enum ToWorker {
 /// A member to another member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    /// AllGather: please send the committed payload of `member` in `round`.
+    /// AllGather and Ring: please send the committed payload of `member` in `round` (for a
+    /// ring commit: the aggregate, `member` being the commit's first member).
     Fetch {
         /// The round.
         round: Round,

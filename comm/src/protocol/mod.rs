@@ -25,7 +25,27 @@
 //!   member of the round at once and keeps the last `keep_rounds` rounds' payloads to serve
 //!   fetches;
 //! - [`Topology::AllGather`]: sent directly to every other member, plus `Delivered { round,
-//!   digest }` to the coordinator, which never holds payloads.
+//!   digest }` to the coordinator, which never holds payloads;
+//! - [`Topology::Ring`]: reduced around the ring of the round's members (ascending id) with
+//!   a [`RingReducer`] the application supplies ([`WorkerProto::with_reducer`]): reduce-scatter
+//!   then all-gather of `Segment` frames to the next member, so each member sends
+//!   `2(n − 1)/n ×` its payload ([`RingReducer`] gives the schedule). Every
+//!   member ends with the same aggregate bytes (the sum over the members) and reports its
+//!   digest as `Delivered`; when all agree the round commits the aggregate
+//!   (`Commit { aggregate: Some(digest), .. }`, `delivered` naming the members) and workers
+//!   get [`WorkerEvent::AggregateReady`] instead of `RoundReady`.
+//!
+//! A ring that cannot finish does not stall the round: a member that disconnects before it
+//! finished, a member that reports `RingFailed` (its predecessor sent a segment the reducer
+//! refused or an oversized one; the rejection names that sender), digests that disagree,
+//! or the deadline make the coordinator send `Fallback { round }`. Members then upload their
+//! own payloads (kept until the commit) as in Relay, the coordinator forwards them, and the
+//! round commits per member when every connected member uploaded, or one round deadline
+//! after the fallback. Segments are accepted only from the ring predecessor, for the
+//! round's ring, at a slot not seen before and within the size limit; ones that arrive
+//! before their round opened here are buffered (a ring's worth, for the next two rounds).
+//! A reopened round (after a reconnect or a coordinator restart) whose ring already ran
+//! here is not run again: the member reports its outcome again.
 //!
 //! The round closes when every member delivered, or at its deadline. The coordinator then
 //! commits the set that delivered, as `(member, digest)` pairs ascending by member, and
@@ -45,7 +65,10 @@
 //! (it may still be on its way): in Relay from the coordinator; in AllGather from the
 //! payload's author first, then from the other committed members in ascending order, since
 //! every member keeps the payloads of its last `keep_rounds` applied rounds (and the
-//! coordinator holds none). When nobody has it the worker asks for state (below). A worker
+//! coordinator holds none). A ring aggregate is fetched from the commit's members in
+//! ascending order (each keeps its last `keep_rounds` aggregates; the coordinator holds
+//! none), named by the commit's first member; a ring round that fell back is fetched from
+//! the coordinator as in Relay. When nobody has it the worker asks for state (below). A worker
 //! that sees a gap in the commits (one went missing) joins again, which replays them.
 //!
 //! Duplicates: before a commit the first copy of a member's payload for a round wins, at the
@@ -138,6 +161,7 @@ mod coordinator;
 mod deadline;
 mod error;
 pub mod messages;
+pub(crate) mod ring;
 mod types;
 mod worker;
 
@@ -153,6 +177,7 @@ pub use coordinator::{
 pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
 pub use error::ProtocolError;
 pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker};
+pub use ring::{ReduceError, RingReducer};
 pub use types::{
     ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,
     Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,

@@ -33,6 +33,12 @@ pub enum Topology {
     /// Each worker sends its payload directly to every other member of the round and tells
     /// the coordinator `Delivered`; the coordinator never holds payloads.
     AllGather,
+    /// The round's members, ascending by id, form a ring: each splits its payload into one
+    /// segment per member, reduce-scatter then all-gather pass segments to the next member
+    /// (a caller-supplied [`RingReducer`](super::RingReducer) adds them), and every member
+    /// ends with the same aggregate bytes, whose digest it reports as `Delivered`. A ring
+    /// that cannot finish falls back to Relay for that round.
+    Ring,
 }
 
 /// How to reach a member, as the driver describes it (e.g. an address and a certificate
@@ -101,6 +107,8 @@ pub enum RejectReason {
     Unsolicited,
     /// Structurally invalid (unsorted member lists, say).
     Malformed,
+    /// A ring segment the reducer refused (wrong size or encoding, non-finite values).
+    BadSegment,
 }
 
 /// Bytes moved with one peer.

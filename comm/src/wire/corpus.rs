@@ -83,9 +83,9 @@ fn cases() -> Vec<(&'static str, Vec<u8>, WireError)> {
         ("trailing_byte", [&valid[..], &[0]].concat(), WireError::TrailingBytes { extra: 1 }),
         ("bad_magic", retag(flip(valid.clone(), 4, 0x20)), WireError::BadMagic { got: *b"mRDN" }),
         (
-            "version_2",
-            codec().seal(&FrameHeader { version: 2, ..header(0, false) }, &[]).unwrap(),
-            WireError::UnsupportedVersion { got: 2 },
+            "next_version",
+            codec().seal(&FrameHeader { version: VERSION + 1, ..header(0, false) }, &[]).unwrap(),
+            WireError::UnsupportedVersion { got: VERSION + 1 },
         ),
         ("cut_header", fix_prefix(valid[..14].to_vec()), bad_header()),
         ("unknown_kind", retag(flip(valid.clone(), 27, 0x07)), bad_header()),

@@ -8,7 +8,7 @@ use crate::ids::{MemberId, Round, RunId};
 pub const MAGIC: [u8; 4] = *b"MRDN";
 
 /// The frame format version this build reads and writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
 /// a discriminant this build does not know is a [`WireError::BadHeader`](super::WireError).
@@ -24,6 +24,12 @@ pub enum FrameKind {
     Payload,
     /// Model state for a member that catches up.
     State,
+    /// A ring all-reduce segment from the ring predecessor, at step `slot` of the round's
+    /// ring (see [`RingReducer`](crate::protocol::RingReducer)).
+    Segment {
+        /// The ring step.
+        slot: u32,
+    },
 }
 
 /// The header of a frame, postcard-encoded right after the length prefix.

@@ -228,15 +228,15 @@ fn flipping_a_magic_bit_is_bad_magic() {
 
 #[test]
 fn flipping_a_version_bit_is_unsupported_version() {
-    let err = codec().decode(&flipped(&small(), VERSION_AT, 0x02)).unwrap_err();
-    assert_eq!(err, WireError::UnsupportedVersion { got: 3 });
+    let err = codec().decode(&flipped(&small(), VERSION_AT, 0x01)).unwrap_err();
+    assert_eq!(err, WireError::UnsupportedVersion { got: VERSION ^ 0x01 });
 }
 
 #[test]
 fn another_version_with_a_valid_tag_is_unsupported_version() {
     let header = FrameHeader {
         magic: MAGIC,
-        version: 2,
+        version: VERSION - 1,
         run: RUN,
         round: 0,
         sender: 0,
@@ -245,7 +245,16 @@ fn another_version_with_a_valid_tag_is_unsupported_version() {
         compressed: false,
     };
     let bytes = codec().seal(&header, &[]).unwrap();
-    assert_eq!(codec().decode(&bytes), Err(WireError::UnsupportedVersion { got: 2 }));
+    assert_eq!(codec().decode(&bytes), Err(WireError::UnsupportedVersion { got: VERSION - 1 }));
+}
+
+#[test]
+fn a_ring_segment_frame_keeps_its_slot() {
+    let bytes = codec().encode(FrameKind::Segment { slot: 300 }, 7, 2, &[9; 40], false).unwrap();
+    let frame = codec().decode(&bytes).unwrap();
+    assert_eq!(frame.header.kind, FrameKind::Segment { slot: 300 });
+    assert_eq!((frame.header.round, frame.header.sender), (7, 2));
+    assert_eq!(&frame.body[..], &[9; 40]);
 }
 
 #[test]

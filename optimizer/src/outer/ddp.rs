@@ -8,7 +8,8 @@
 //! clipping inside the inner step sees the same mean on every worker too.
 //!
 //! Bytes per worker per step: 4 per parameter in f32, 2 in bf16 (plus a small header). A
-//! ring all-reduce moves about twice that per worker; this harness counts the upload.
+//! ring all-reduce ([`OuterOptimizer::ring`]) sends `2(n − 1)/n` of that per worker; this
+//! harness counts the upload.
 
 use meridian_kernels::aggregate::dense_mean;
 use serde::{Deserialize, Serialize};
@@ -16,12 +17,14 @@ use tch::{Kind, Tensor};
 
 use super::diloco::{dense_segment, Transport};
 use super::{
-    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+    admit, aggregate_means, decode_admitted, tensor_from, ApplyReport, OptimizerState,
+    OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload};
+use crate::ring::DenseRing;
 use crate::view::with_f32;
 
 /// DDP's settings. The default is f32 gradients, what PyTorch's `DistributedDataParallel`
@@ -136,6 +139,37 @@ impl OuterOptimizer for Ddp {
             write_grad(params, i, &tensor_from(&mean, shape))?;
         }
         Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+    }
+
+    fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
+        Some(DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport))
+    }
+
+    fn apply_aggregate(
+        &mut self,
+        params: &ParamSet,
+        round: u64,
+        members: &[u32],
+        aggregate: &[u8],
+    ) -> Result<ApplyReport> {
+        let ring = DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport);
+        let (means, report) = match aggregate_means(&ring, round, members, aggregate) {
+            Ok(means) => (Some(means), ApplyReport { applied: members.to_vec(), rejected: vec![] }),
+            Err(rejected) => (None, ApplyReport { applied: Vec::new(), rejected }),
+        };
+        for (i, shape) in params.shapes().iter().enumerate() {
+            // As in `apply`: nothing applied writes zeros on every replica.
+            let zeros;
+            let mean = match &means {
+                Some(means) => &means[i],
+                None => {
+                    zeros = vec![0.0f32; shape.iter().product()];
+                    &zeros
+                }
+            };
+            write_grad(params, i, &tensor_from(mean, shape))?;
+        }
+        Ok(report)
     }
 
     fn state(&self) -> Result<OptimizerState> {

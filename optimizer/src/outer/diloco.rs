@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{
-    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+    admit, aggregate_means, decode_admitted, tensor_from, ApplyReport, OptimizerState,
+    OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
+use crate::ring::DenseRing;
 use crate::view::with_f32;
 
 /// How pseudo-gradients travel.
@@ -205,6 +207,23 @@ impl Diloco {
     }
 }
 
+impl Diloco {
+    /// The outer Nesterov step on the mean pseudo-gradient, per tensor.
+    fn outer_step(&mut self, mean: &[Tensor]) -> Result<()> {
+        for ((theta, m), g) in self.global.iter_mut().zip(&mut self.momentum).zip(mean) {
+            sgd_momentum_step(
+                theta,
+                m,
+                g,
+                self.config.outer_lr,
+                self.config.momentum,
+                self.config.nesterov,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Outer SGD with (Nesterov) momentum, as `torch.optim.SGD` does it with dampening 0:
 /// m ← μ·m + g; step = g + μ·m (Nesterov) or m; θ ← θ − lr·step.
 pub fn sgd_momentum_step(
@@ -255,21 +274,38 @@ impl OuterOptimizer for Diloco {
             decode_admitted(ok, rejected, |p| dense_payload_values(p, params));
         if !members.is_empty() {
             let mean = mean_per_tensor(&members, params)?;
-            for ((theta, m), g) in self.global.iter_mut().zip(&mut self.momentum).zip(&mean) {
-                sgd_momentum_step(
-                    theta,
-                    m,
-                    g,
-                    self.config.outer_lr,
-                    self.config.momentum,
-                    self.config.nesterov,
-                )?;
-            }
+            self.outer_step(&mean)?;
         }
         // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
         // same point.
         params.assign(&self.global)?;
         Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+    }
+
+    fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
+        Some(DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport))
+    }
+
+    fn apply_aggregate(
+        &mut self,
+        params: &ParamSet,
+        round: u64,
+        members: &[u32],
+        aggregate: &[u8],
+    ) -> Result<ApplyReport> {
+        let ring =
+            DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport);
+        let report = match aggregate_means(&ring, round, members, aggregate) {
+            Ok(means) => {
+                let mean: Vec<Tensor> =
+                    means.iter().zip(params.shapes()).map(|(v, s)| tensor_from(v, s)).collect();
+                self.outer_step(&mean)?;
+                ApplyReport { applied: members.to_vec(), rejected: Vec::new() }
+            }
+            Err(rejected) => ApplyReport { applied: Vec::new(), rejected },
+        };
+        params.assign(&self.global)?;
+        Ok(report)
     }
 
     fn state(&self) -> Result<OptimizerState> {

@@ -28,6 +28,7 @@ use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::Payload;
+use crate::ring::DenseRing;
 
 /// Where in an inner step an exchange happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,30 @@ pub trait OuterOptimizer {
     /// duplicate member, bad contents) are rejected and reported; the rest are applied.
     fn apply(&mut self, params: &ParamSet, round: u64, payloads: &[Payload])
         -> Result<ApplyReport>;
+
+    /// How this algorithm's payloads add up in a ring all-reduce, or `None` when they do
+    /// not (the sparse algorithms: top-k payloads are not dense sums), in which case runs
+    /// must use relay or all-gather.
+    fn ring(&self, _params: &ParamSet) -> Option<DenseRing> {
+        None
+    }
+
+    /// Applies round `round` from a ring aggregate: the sum of the payloads of `members`
+    /// (ascending), as [`DenseRing::join`] packed it. Every replica gets the same bytes and
+    /// computes the same bits. An aggregate that does not decode is rejected for every
+    /// member (the round then applies as if nobody delivered), the same on every replica.
+    fn apply_aggregate(
+        &mut self,
+        _params: &ParamSet,
+        _round: u64,
+        _members: &[u32],
+        _aggregate: &[u8],
+    ) -> Result<ApplyReport> {
+        Err(OptimizerError::Config(format!(
+            "{} payloads cannot be summed by a ring; use the relay or all-gather topology",
+            self.algorithm()
+        )))
+    }
 
     /// Hook after every inner step (Streaming DiLoCo merges delayed fragments here).
     fn after_inner_step(&mut self, _params: &ParamSet, _step: u64) -> Result<()> {
@@ -325,6 +350,29 @@ pub fn decode_admitted<T>(
     }
     rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     (members, rejected)
+}
+
+/// The per-tensor means of a ring aggregate for `members`, or every member rejected with
+/// the reason the aggregate does not decode.
+pub fn aggregate_means(
+    ring: &DenseRing,
+    round: u64,
+    members: &[u32],
+    aggregate: &[u8],
+) -> std::result::Result<Vec<Vec<f32>>, Rejections> {
+    if members.is_empty() {
+        return Err(Vec::new());
+    }
+    let count = members.len() as f32;
+    match ring.decode_aggregate(aggregate, round) {
+        Ok(mut sums) => {
+            for v in sums.iter_mut().flatten() {
+                *v /= count;
+            }
+            Ok(sums)
+        }
+        Err(e) => Err(members.iter().map(|&m| (m, e.to_string())).collect()),
+    }
 }
 
 /// Builds a tensor of `shape` from `values` (f32, CPU).

@@ -173,7 +173,7 @@ fn drive(
             Err(e) => panic!("worker {}: {e}", app.member),
         };
         match event {
-            WorkerNodeEvent::Welcomed { member, next_round, need_state } => {
+            WorkerNodeEvent::Welcomed { member, next_round, need_state, .. } => {
                 app.member = member;
                 if !need_state {
                     let next = app.applied.map_or(0, |a| a + 1).max(next_round);

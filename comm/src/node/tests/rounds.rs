@@ -49,6 +49,7 @@ fn four_workers_agree_on_twenty_rounds(topology: Topology) {
             Topology::AllGather => {
                 members.iter().filter(|&&m| m != app.member).map(|&m| Dest::Member(m)).collect()
             }
+            Topology::Ring => unreachable!("ring rounds have their own test"),
         };
         assert_eq!(app.payload_sources, expected);
     }
@@ -79,6 +80,7 @@ fn four_workers_agree_on_twenty_rounds(topology: Topology) {
             }
             // The coordinator never holds a payload.
             Topology::AllGather => assert_eq!((received, sent), (0, 0)),
+            Topology::Ring => unreachable!("ring rounds have their own test"),
         }
     }
     rt.block_on(node.shutdown()).unwrap();
@@ -203,5 +205,86 @@ fn large_payloads_cross_intact_through_the_async_api() {
             n.leave().await.unwrap();
         }
         node.shutdown().await.unwrap();
+    });
+}
+
+/// 4096 f32 (16 KiB) for `member` in `round`, with fractions.
+fn vector(member: MemberId, round: Round) -> Bytes {
+    let seed = u64::from(member) << 32 | round;
+    let values: Vec<f32> = (0..4096u64)
+        .map(|i| {
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(&i.to_le_bytes(), seed);
+            ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 5.0
+        })
+        .collect();
+    crate::protocol::ring::testing::to_bytes(&values)
+}
+
+#[test]
+fn four_workers_ring_reduce_and_each_sends_one_and_a_half_payloads() {
+    use crate::protocol::ring::testing::{floats, F32Sum};
+    const ROUNDS: Round = 4;
+    let rt = runtime();
+    rt.block_on(async {
+        let cfg = topology_config(Topology::Ring, 4, Duration::from_secs(10));
+        let coordinator = CoordinatorNode::start(cfg).unwrap();
+        let join = coordinator.join_string();
+        let reducer: Arc<dyn crate::protocol::RingReducer> = Arc::new(F32Sum);
+        let connect = |name: &str| {
+            let mut cfg = worker_config(&join, name);
+            cfg.reducer = Some(reducer.clone());
+            WorkerNode::connect(cfg)
+        };
+        let (a, b, c, d) = tokio::join!(connect("a"), connect("b"), connect("c"), connect("d"));
+        let mut nodes = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+        let payload_len = vector(0, 0).len() as u64;
+        for round in 0..ROUNDS {
+            for n in &nodes {
+                n.publish(round, vector(n.member(), round)).await.unwrap();
+            }
+            let mut aggregates = Vec::new();
+            for n in &mut nodes {
+                let (members, aggregate, stats) = loop {
+                    let event = tokio::time::timeout(EVENT_WAIT, n.next_event()).await;
+                    match event.unwrap().unwrap() {
+                        WorkerNodeEvent::AggregateReady { round: r, members, aggregate, stats } => {
+                            assert_eq!(r, round);
+                            break (members, aggregate, stats);
+                        }
+                        WorkerNodeEvent::RoundReady { round, .. } => {
+                            panic!("round {round} fell back to relay")
+                        }
+                        _ => {}
+                    }
+                };
+                assert_eq!(members, vec![0, 1, 2, 3]);
+                // The counted bytes: 2(N−1) segments of a quarter payload, all to the
+                // successor and all from the predecessor, none through the coordinator.
+                let me = n.member();
+                let sent: Vec<_> =
+                    stats.traffic.iter().filter(|t| t.sent > 0).map(|t| (t.peer, t.sent)).collect();
+                let received: Vec<_> = stats
+                    .traffic
+                    .iter()
+                    .filter(|t| t.received > 0)
+                    .map(|t| (t.peer, t.received))
+                    .collect();
+                assert_eq!(sent, vec![(Dest::Member((me + 1) % 4), payload_len * 6 / 4)]);
+                assert_eq!(received, vec![(Dest::Member((me + 3) % 4), payload_len * 6 / 4)]);
+                aggregates.push(aggregate);
+            }
+            assert!(aggregates.windows(2).all(|w| w[0] == w[1]), "round {round}: same bytes");
+            let sum = floats(&aggregates[0]).unwrap();
+            let inputs: Vec<Vec<f32>> =
+                (0..4).map(|m| floats(&vector(m, round)).unwrap()).collect();
+            for (j, got) in sum.iter().enumerate() {
+                let expected: f32 = inputs.iter().map(|v| v[j]).sum();
+                assert!((got - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "value {j}");
+            }
+        }
+        for n in nodes {
+            n.leave().await.unwrap();
+        }
+        coordinator.shutdown().await.unwrap();
     });
 }

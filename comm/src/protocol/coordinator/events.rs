@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{RefuseReason, ToWorker};
-use crate::protocol::types::{ConnId, Delivery, RejectReason, RoundStats};
+use crate::protocol::types::{ConnId, Delivery, Digest, RejectReason, RoundStats};
 
 /// Something for the driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +82,17 @@ pub enum Event {
         round: Round,
         /// The committed payloads, ascending by member.
         delivered: Vec<Delivery>,
+        /// Ring: the digest of the committed aggregate (`None`: per-member payloads).
+        aggregate: Option<Digest>,
         /// Durations, stragglers and bytes moved.
         stats: RoundStats,
+    },
+    /// Ring: the open round's ring was abandoned; members upload their payloads instead.
+    RingFellBack {
+        /// The round.
+        round: Round,
+        /// Why.
+        why: &'static str,
     },
     /// A member was asked for a state snapshot.
     SnapshotRequested {

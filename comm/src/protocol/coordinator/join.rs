@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tracing::info;
 
+use super::rounds::fallback_message;
 use super::{open_message, valid_name, CommitRecord, Coordinator, Event, Member, Phase};
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{RefuseReason, ToWorker};
@@ -34,7 +35,7 @@ impl Coordinator {
         // A connection that joined under another name gives that member up.
         if let Some(&previous) = self.conns.get(&conn) {
             if self.members.get(&previous).is_some_and(|m| m.name != name) {
-                self.drop_conn(conn);
+                self.drop_conn(now, conn);
             }
         }
         let id = match self.names.get(&name) {
@@ -92,7 +93,12 @@ impl Coordinator {
             if let Some(open) = self.open.as_ref().filter(|o| o.members.binary_search(&id).is_ok())
             {
                 let msg = open_message(open, now);
+                let fallback = open.fallback.then(|| fallback_message(open, now));
                 self.send(conn, msg);
+                if let Some(msg) = fallback {
+                    // It may have missed the fallback: the ring of this round is over.
+                    self.send(conn, msg);
+                }
             }
         }
         self.events.push_back(Event::Joined { member: id, name, conn, need_state });
@@ -141,12 +147,13 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn drop_conn(&mut self, conn: ConnId) {
+    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
         let Some(id) = self.conns.remove(&conn) else { return };
         if let Some(member) = self.members.get_mut(&id) {
             member.conn = None;
         }
         info!(member = id, "member disconnected");
+        self.ring_member_lost(now, id);
         self.events.push_back(Event::Left { member: id });
         self.broadcast_members(None);
     }

@@ -6,6 +6,7 @@ mod events;
 mod join;
 mod persist;
 mod relay;
+mod ring;
 mod rounds;
 mod snapshot;
 
@@ -53,6 +54,10 @@ struct OpenRound {
     opened: Instant,
     deadline: Instant,
     delivered: BTreeMap<MemberId, (Digest, Instant)>,
+    /// Ring: the aggregate digests members reported, with when.
+    ring: BTreeMap<MemberId, (Digest, Instant)>,
+    /// Ring: the ring was abandoned and members upload their payloads (Relay) instead.
+    fallback: bool,
 }
 
 /// After a restore: the first round waits until `until` for the last round's members.
@@ -174,12 +179,13 @@ impl Coordinator {
         };
         match msg {
             ToCoordinator::Join { .. } => {}
-            ToCoordinator::Delivered { round, digest } => {
-                if self.config.topology == Topology::AllGather {
-                    self.on_delivery(now, conn, member, round, digest, None);
-                } else {
-                    self.reject(conn, Some(round), RejectReason::WrongTopology);
-                }
+            ToCoordinator::Delivered { round, digest } => match self.config.topology {
+                Topology::AllGather => self.on_delivery(now, conn, member, round, digest, None),
+                Topology::Ring => self.on_ring_done(now, conn, member, round, digest),
+                Topology::Relay => self.reject(conn, Some(round), RejectReason::WrongTopology),
+            },
+            ToCoordinator::RingFailed { round, culprit } => {
+                self.on_ring_failed(now, conn, member, round, culprit)
             }
             ToCoordinator::Fetch { round, member: author, digest } => {
                 self.on_fetch(conn, round, author, digest)
@@ -189,7 +195,7 @@ impl Coordinator {
             }
             ToCoordinator::Leave => {
                 info!(member, "member leaves");
-                self.drop_conn(conn);
+                self.drop_conn(now, conn);
             }
         }
         self.drive(now);
@@ -207,7 +213,16 @@ impl Coordinator {
         let Some(&member) = self.conns.get(&conn) else {
             return self.reject(conn, Some(round), RejectReason::NotJoined);
         };
-        if self.config.topology != Topology::Relay {
+        let committed = self.committed.is_some_and(|c| round <= c);
+        let accepts = match self.config.topology {
+            Topology::Relay => true,
+            // Ring rounds take uploads once they fell back (and re-uploads after a commit).
+            Topology::Ring => {
+                committed || self.open.as_ref().is_some_and(|o| o.round == round && o.fallback)
+            }
+            Topology::AllGather => false,
+        };
+        if !accepts {
             return self.reject(conn, Some(round), RejectReason::WrongTopology);
         }
         if sender != member {
@@ -217,7 +232,7 @@ impl Coordinator {
             return self.reject(conn, Some(round), RejectReason::Oversized);
         }
         let digest = Digest::of(&bytes);
-        if self.committed.is_some_and(|c| round <= c) {
+        if committed {
             self.on_reupload(conn, member, round, digest, bytes);
         } else {
             self.on_delivery(now, conn, member, round, digest, Some(bytes));
@@ -234,14 +249,19 @@ impl Coordinator {
     /// `conn` closed. Its member stays in the open round (it may reconnect and deliver) and
     /// is dropped from the next one unless it is back by then.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
-        self.drop_conn(conn);
+        self.drop_conn(now, conn);
         self.drive(now);
     }
 
     /// The time from [`Coordinator::poll_timeout`] has come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.open.as_ref().is_some_and(|o| o.deadline <= now) {
-            self.close(now);
+        if let Some(open) = self.open.as_ref().filter(|o| o.deadline <= now) {
+            if self.config.topology == Topology::Ring && !open.fallback {
+                // The ring did not finish in time: the round commits per member instead.
+                self.fall_back(now, "deadline");
+            } else {
+                self.close(now);
+            }
         }
         self.snapshot_timeout(now);
         self.drive(now);

@@ -19,7 +19,7 @@ use super::{valid_name, Coordinator, CoordinatorConfig, Gate, Member, Phase};
 use crate::ids::{MemberId, Round, RunId};
 use crate::protocol::deadline::DeadlineStats;
 use crate::protocol::messages::ToWorker;
-use crate::protocol::types::{strictly_ascending, Delivery, PeerInfo};
+use crate::protocol::types::{strictly_ascending, Delivery, Digest, PeerInfo};
 use crate::protocol::ProtocolError;
 
 /// One committed round.
@@ -31,6 +31,8 @@ pub struct CommitRecord {
     pub delivered: Vec<Delivery>,
     /// Members of the round that did not deliver, ascending.
     pub stragglers: Vec<MemberId>,
+    /// Ring: the digest of the committed aggregate; `None` for a per-member commit.
+    pub aggregate: Option<Digest>,
 }
 
 impl CommitRecord {
@@ -39,6 +41,7 @@ impl CommitRecord {
             round: self.round,
             delivered: self.delivered.clone(),
             stragglers: self.stragglers.clone(),
+            aggregate: self.aggregate,
         }
     }
 }

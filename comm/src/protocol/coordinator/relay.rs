@@ -24,8 +24,12 @@ impl Coordinator {
         author: MemberId,
         digest: Digest,
     ) {
-        if self.config.topology != Topology::Relay {
+        if self.config.topology == Topology::AllGather {
             return self.reject(conn, Some(round), RejectReason::WrongTopology);
+        }
+        if self.commits.iter().any(|r| r.round == round && r.aggregate.is_some()) {
+            // Ring aggregates are held by the ring's members, never here.
+            return self.send(conn, ToWorker::Unavailable { round, member: author });
         }
         let cached = self
             .payloads

@@ -40,7 +40,15 @@ impl Coordinator {
             return self.reject(conn, Some(round), RejectReason::Duplicate);
         }
         open.delivered.insert(member, (digest, now));
-        let everyone = open.delivered.len() == open.members.len();
+        let everyone = if open.fallback {
+            // A ring's fallback waits for the members still connected, not for the dead.
+            let members = &self.members;
+            open.members.iter().all(|m| {
+                open.delivered.contains_key(m) || members.get(m).is_none_or(|x| x.conn.is_none())
+            })
+        } else {
+            open.delivered.len() == open.members.len()
+        };
         let others: Vec<MemberId> = open.members.iter().copied().filter(|&m| m != member).collect();
         debug!(member, round, "delivered");
         if let Some(bytes) = bytes {
@@ -65,32 +73,44 @@ impl Coordinator {
     pub(super) fn close(&mut self, now: Instant) {
         let Some(open) = self.open.take() else { return };
         let round = open.round;
-        let delivered: Vec<Delivery> = open
-            .delivered
+        let aggregate = ring_agreement(&open);
+        let (delivered, times): (Vec<Delivery>, Vec<Instant>) = match aggregate {
+            Some(digest) => open
+                .members
+                .iter()
+                .map(|&member| (Delivery { member, digest }, open.ring[&member].1))
+                .unzip(),
+            None => open
+                .delivered
+                .iter()
+                .map(|(&member, &(digest, at))| (Delivery { member, digest }, at))
+                .unzip(),
+        };
+        let stragglers: Vec<MemberId> = open
+            .members
             .iter()
-            .map(|(&member, &(digest, _))| Delivery { member, digest })
+            .copied()
+            .filter(|m| delivered.binary_search_by_key(m, |d| d.member).is_err())
             .collect();
-        let stragglers: Vec<MemberId> =
-            open.members.iter().copied().filter(|m| !open.delivered.contains_key(m)).collect();
-        let last_delivery =
-            open.delivered.values().map(|&(_, at)| at.saturating_duration_since(open.opened)).max();
+        let last_delivery = times.iter().map(|&at| at.saturating_duration_since(open.opened)).max();
         if let Some(d) = last_delivery {
             self.deadline_stats.observe(d);
         }
-        let record = CommitRecord { round, delivered: delivered.clone(), stragglers };
+        let record = CommitRecord { round, delivered: delivered.clone(), stragglers, aggregate };
         self.commits.push_back(record.clone());
         while self.commits.len() as u64 > self.config.keep_rounds {
             self.commits.pop_front();
         }
         self.committed = Some(round);
         if let Some(payloads) = self.payloads.get_mut(&round) {
-            payloads.retain(|m, _| open.delivered.contains_key(m));
+            payloads.retain(|m, _| aggregate.is_none() && open.delivered.contains_key(m));
         }
         let keep = self.config.keep_rounds;
         self.payloads.retain(|&r, _| r.saturating_add(keep) > round);
         self.refetch.retain(|&(r, _), _| r.saturating_add(keep) > round);
         info!(
             round,
+            ring = aggregate.is_some(),
             delivered = delivered.len(),
             stragglers = record.stragglers.len(),
             "round committed"
@@ -104,7 +124,7 @@ impl Coordinator {
             last_delivery,
             traffic: std::mem::take(&mut self.traffic).report(),
         };
-        self.events.push_back(Event::RoundCommitted { round, delivered, stats });
+        self.events.push_back(Event::RoundCommitted { round, delivered, aggregate, stats });
         let msg = record.to_message();
         let targets: Vec<ConnId> = self
             .members
@@ -145,6 +165,8 @@ impl Coordinator {
             opened: now,
             deadline: now + deadline,
             delivered: BTreeMap::new(),
+            ring: BTreeMap::new(),
+            fallback: false,
         };
         info!(round, members = live.len(), ?deadline, "round opened");
         let msg = open_message(&open, now);
@@ -155,6 +177,24 @@ impl Coordinator {
             }
         }
         self.events.push_back(Event::RoundOpened { round, members: live, deadline });
+    }
+}
+
+/// The aggregate digest every member of a ring round reported, if they all agree (and the
+/// round did not fall back).
+fn ring_agreement(open: &OpenRound) -> Option<Digest> {
+    if open.fallback || open.ring.len() != open.members.len() {
+        return None;
+    }
+    let first = open.ring.values().next().map(|&(d, _)| d)?;
+    open.ring.values().all(|&(d, _)| d == first).then_some(first)
+}
+
+pub(super) fn fallback_message(open: &OpenRound, now: Instant) -> ToWorker {
+    let left = open.deadline.saturating_duration_since(now);
+    ToWorker::Fallback {
+        round: open.round,
+        deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod net;
 mod prop;
+mod ring;
 mod scenarios;
 mod validation;
 

@@ -8,6 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,8 +16,8 @@ use bytes::Bytes;
 use crate::ids::{MemberId, Round};
 use crate::protocol::{
     ConnId, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorState,
-    CoordinatorTransmit, Dest, PeerInfo, PeerMessage, RejectReason, ToCoordinator, ToWorker,
-    WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
+    CoordinatorTransmit, Dest, PeerInfo, PeerMessage, RejectReason, RingReducer, ToCoordinator,
+    ToWorker, WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
 };
 
 /// splitmix64: small, seeded, good enough to schedule faults.
@@ -63,6 +64,7 @@ pub enum Frame {
     Control(Vec<u8>),
     Payload { round: Round, sender: MemberId, bytes: Bytes },
     State { round: Round, bytes: Bytes },
+    Segment { round: Round, slot: u32, bytes: Bytes },
 }
 
 /// A frame in flight.
@@ -122,6 +124,10 @@ pub struct App {
     pub states: BTreeMap<Round, u64>,
     /// Every RoundReady: round → payloads.
     pub ready: BTreeMap<Round, Vec<(MemberId, Bytes)>>,
+    /// Every AggregateReady: round → (members, aggregate).
+    pub aggregates: BTreeMap<Round, (Vec<MemberId>, Bytes)>,
+    /// What this worker published, by round.
+    pub published: BTreeMap<Round, Bytes>,
     /// Time from a round's readiness to the next publish.
     pub compute: Duration,
     /// A publish scheduled: (round, at).
@@ -160,6 +166,8 @@ pub struct Net {
     pub coordinator_events: Vec<CoordinatorEvent>,
     /// The last persisted coordinator state (saved on every RoundCommitted).
     pub persisted: Option<CoordinatorState>,
+    /// Ring runs: the workers' reducer; their payloads are then little f32 vectors.
+    pub reducer: Option<Arc<dyn RingReducer>>,
     epoch: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: BTreeMap<u64, Envelope>,
@@ -187,6 +195,7 @@ impl Net {
             rng: Rng::new(seed),
             coordinator_events: Vec::new(),
             persisted: None,
+            reducer: None,
             epoch: 0,
             queue: BinaryHeap::new(),
             in_flight: BTreeMap::new(),
@@ -199,6 +208,29 @@ impl Net {
         net
     }
 
+    /// A ring network: workers sum f32 vectors with `reducer`.
+    pub fn ring(
+        coordinator: CoordinatorConfig,
+        worker: WorkerConfig,
+        workers: usize,
+        reducer: Arc<dyn RingReducer>,
+    ) -> Self {
+        let mut net = Net::new(coordinator, worker, 0, 1);
+        net.reducer = Some(reducer);
+        for i in 0..workers {
+            net.add_worker(&format!("w{i}"));
+        }
+        net
+    }
+
+    fn proto(&self, config: WorkerConfig, applied: Option<Round>) -> WorkerProto {
+        let proto = WorkerProto::new(config, applied).expect("config");
+        match &self.reducer {
+            Some(r) => proto.with_reducer(r.clone()),
+            None => proto,
+        }
+    }
+
     /// Adds a worker (not connected).
     pub fn add_worker(&mut self, name: &str) -> usize {
         let mut config = self.worker_config.clone();
@@ -207,7 +239,7 @@ impl Net {
         let conn = self.fresh_conn();
         self.nodes.push(Node {
             name: name.to_string(),
-            proto: Some(WorkerProto::new(config, None).expect("config")),
+            proto: Some(self.proto(config, None)),
             app: App::default(),
             conn,
             publishing: true,
@@ -258,7 +290,7 @@ impl Net {
         self.nodes[i].app.incarnation += 1;
         let applied = self.nodes[i].app.applied;
         self.nodes[i].conn = self.fresh_conn();
-        self.nodes[i].proto = Some(WorkerProto::new(config, applied).expect("config"));
+        self.nodes[i].proto = Some(self.proto(config, applied));
         self.connect(i);
         if keep_state || applied.is_none() {
             self.schedule_publish(i, crate::protocol::types::next_after(applied));
@@ -295,7 +327,24 @@ impl Net {
         self.nodes[i].app.publish_at = Some((round, at));
     }
 
-    fn payload_bytes(node: &Node, round: Round) -> Bytes {
+    fn payload_bytes(&self, node: &Node, round: Round) -> Bytes {
+        if self.reducer.is_some() {
+            // Ring runs: 16 f32 derived from the same inputs, with fractions, so that the
+            // order of summation shows in the low bits.
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(node.name.as_bytes());
+            h.update(&round.to_le_bytes());
+            h.update(&node.app.state.to_le_bytes());
+            h.update(&node.app.incarnation.to_le_bytes());
+            let mut seed = h.digest();
+            let mut out = Vec::with_capacity(64);
+            for _ in 0..16 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let v = ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.7;
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            return Bytes::from(out);
+        }
         Bytes::from(format!(
             "{}|round {round}|state {:016x}|incarnation {}",
             node.name, node.app.state, node.app.incarnation
@@ -418,6 +467,9 @@ impl Net {
             WorkerTransmit::State { round, bytes } => {
                 (Dest::Coordinator, Frame::State { round, bytes })
             }
+            WorkerTransmit::Segment { to, round, slot, bytes } => {
+                (Dest::Member(to), Frame::Segment { round, slot, bytes })
+            }
         };
         let to = match to {
             Dest::Coordinator => End::Coordinator,
@@ -462,6 +514,22 @@ impl Net {
                 app.applied = Some(round);
                 app.states.insert(round, app.state);
                 app.ready.insert(round, payloads);
+                self.schedule_publish(i, round + 1);
+            }
+            WorkerEvent::AggregateReady { round, members, aggregate, .. } => {
+                let app = &mut self.nodes[i].app;
+                assert_eq!(round, crate::protocol::types::next_after(app.applied));
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&app.state.to_le_bytes());
+                h.update(&round.to_le_bytes());
+                for m in &members {
+                    h.update(&m.to_le_bytes());
+                }
+                h.update(&aggregate);
+                app.state = h.digest();
+                app.applied = Some(round);
+                app.states.insert(round, app.state);
+                app.aggregates.insert(round, (members, aggregate));
                 self.schedule_publish(i, round + 1);
             }
             WorkerEvent::SnapshotRequested { round } => {
@@ -510,6 +578,7 @@ impl Net {
                         c.handle_payload(now, conn, round, sender, bytes)
                     }
                     Frame::State { round, bytes } => c.handle_state(now, conn, round, bytes),
+                    Frame::Segment { .. } => {}
                 }
             }
             End::Worker(j) => {
@@ -528,6 +597,7 @@ impl Net {
                                 p.handle_payload(now, Dest::Coordinator, round, sender, bytes)
                             }
                             Frame::State { round, bytes } => p.handle_state(now, round, bytes),
+                            Frame::Segment { .. } => {}
                         }
                     }
                     End::Worker(_) => {
@@ -540,6 +610,9 @@ impl Net {
                                 p.handle_payload(now, Dest::Member(from), round, sender, bytes)
                             }
                             Frame::State { .. } => {}
+                            Frame::Segment { round, slot, bytes } => {
+                                p.handle_segment(from, round, slot, bytes)
+                            }
                         }
                     }
                 }
@@ -596,7 +669,8 @@ impl Net {
             let due = self.nodes[i].app.publish_at.filter(|&(_, at)| at <= now);
             if let (Some((round, _)), true) = (due, self.nodes[i].publishing) {
                 self.nodes[i].app.publish_at = None;
-                let bytes = Self::payload_bytes(&self.nodes[i], round);
+                let bytes = self.payload_bytes(&self.nodes[i], round);
+                self.nodes[i].app.published.entry(round).or_insert_with(|| bytes.clone());
                 if let Some(p) = self.nodes[i].proto.as_mut() {
                     // Late publishes (round applied meanwhile, or waiting for state) are
                     // refused; the app simply moves on.
@@ -658,9 +732,33 @@ impl Net {
     /// order, matching the coordinator's commit; and hold the same state after it.
     pub fn check_consistency(&self) {
         let mut digests: BTreeMap<Round, Vec<crate::protocol::Delivery>> = BTreeMap::new();
+        let mut aggregates = BTreeMap::new();
         for e in &self.coordinator_events {
-            if let CoordinatorEvent::RoundCommitted { round, delivered, .. } = e {
+            if let CoordinatorEvent::RoundCommitted { round, delivered, aggregate, .. } = e {
                 digests.insert(*round, delivered.clone());
+                aggregates.insert(*round, *aggregate);
+            }
+        }
+        let mut seen_aggregates: BTreeMap<Round, (&str, &Bytes)> = BTreeMap::new();
+        for node in &self.nodes {
+            for (round, (members, bytes)) in &node.app.aggregates {
+                assert!(!node.app.ready.contains_key(round), "{} round {round}", node.name);
+                if let Some(committed) = aggregates.get(round) {
+                    let digest = crate::protocol::Digest::of(bytes);
+                    assert_eq!(*committed, Some(digest), "{} round {round}", node.name);
+                    let ids: Vec<MemberId> = digests[round].iter().map(|d| d.member).collect();
+                    assert_eq!(&ids, members, "{} round {round}", node.name);
+                }
+                match seen_aggregates.get(round) {
+                    Some((other, theirs)) => assert_eq!(
+                        *theirs, bytes,
+                        "{} and {other} applied different aggregates in round {round}",
+                        node.name
+                    ),
+                    None => {
+                        seen_aggregates.insert(*round, (&node.name, bytes));
+                    }
+                }
             }
         }
         let mut seen: BTreeMap<Round, (&str, &Applied)> = BTreeMap::new();

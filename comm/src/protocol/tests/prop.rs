@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::net::Net;
+use std::sync::Arc;
+
+use super::net::{Net, Rng};
 use super::{coordinator_config, worker_config};
+use crate::protocol::ring::testing::F32Sum;
 use crate::protocol::{CoordinatorState, PeerMessage, ToCoordinator, ToWorker, Topology};
 
 proptest! {
@@ -72,6 +75,44 @@ proptest! {
         prop_assert!(newest >= 8, "the run progressed: {:?}", applied);
         // Everyone, the restarted worker included, is within a round or two of the newest.
         prop_assert!(applied.iter().all(|&a| a + 2 >= newest), "{:?}", applied);
+    }
+
+    #[test]
+    fn ring_rounds_under_faults_never_split_replicas_and_keep_going(
+        seed in any::<u64>(),
+        workers in 3usize..=4,
+        drop in 0.0f64..0.1,
+        dup in 0.0f64..0.3,
+        jitter_ms in 0u64..300,
+        compute_ms in 0u64..300,
+        crash in proptest::option::of(0usize..3),
+    ) {
+        let mut net = Net::ring(
+            coordinator_config(Topology::Ring, 2),
+            worker_config(),
+            workers,
+            Arc::new(F32Sum),
+        );
+        net.rng = Rng::new(seed);
+        net.faults.drop = drop;
+        net.faults.dup = dup;
+        net.faults.jitter = Duration::from_millis(jitter_ms);
+        for node in &mut net.nodes {
+            node.app.compute = Duration::from_millis(compute_ms);
+        }
+        net.connect_all();
+        net.run_for(Duration::from_secs(6));
+        if let Some(i) = crash {
+            net.crash_worker(i);
+            net.run_for(Duration::from_secs(2));
+            net.restart_worker(i, seed % 2 == 0);
+        }
+        net.run_for(Duration::from_secs(10));
+        net.check_consistency();
+        if drop == 0.0 {
+            let newest = net.nodes.iter().filter_map(|n| n.app.applied).max().unwrap_or(0);
+            prop_assert!(newest >= 6, "the run progressed to {newest}");
+        }
     }
 
     #[test]

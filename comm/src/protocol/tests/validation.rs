@@ -95,15 +95,15 @@ fn bad_frames_at_a_worker_are_rejected_without_changing_its_rounds() {
         let p = net.nodes[0].proto.as_mut().expect("alive");
         while p.poll_event().is_some() {}
         let push_from = match topology {
-            Topology::Relay => Dest::Coordinator,
+            Topology::Relay | Topology::Ring => Dest::Coordinator,
             Topology::AllGather => Dest::Member(1),
         };
         let wrong_link = match topology {
-            Topology::Relay => Dest::Member(1),
+            Topology::Relay | Topology::Ring => Dest::Member(1),
             Topology::AllGather => Dest::Member(2),
         };
         let stranger = match topology {
-            Topology::Relay => Dest::Coordinator,
+            Topology::Relay | Topology::Ring => Dest::Coordinator,
             Topology::AllGather => Dest::Member(9),
         };
         use RejectReason::*;
@@ -131,6 +131,7 @@ fn bad_frames_at_a_worker_are_rejected_without_changing_its_rounds() {
                                 Delivery { member: 1, digest: Digest(0) },
                             ],
                             stragglers: vec![],
+                            aggregate: None,
                         },
                     )
                 }),
@@ -149,7 +150,12 @@ fn bad_frames_at_a_worker_are_rejected_without_changing_its_rounds() {
                 Box::new(move |p| {
                     p.handle_coordinator(
                         now,
-                        ToWorker::Commit { round: 0, delivered: vec![], stragglers: vec![] },
+                        ToWorker::Commit {
+                            round: 0,
+                            delivered: vec![],
+                            stragglers: vec![],
+                            aggregate: None,
+                        },
                     )
                 }),
                 Late,

@@ -28,6 +28,8 @@ const MAX_COMMITS_AHEAD: u64 = 1024;
 pub(super) struct PendingCommit {
     pub(super) delivered: Vec<Delivery>,
     pub(super) stragglers: Vec<MemberId>,
+    /// Ring: the committed aggregate's digest (then `delivered` lists the ring's members).
+    pub(super) aggregate: Option<Digest>,
 }
 
 /// A committed payload being fetched.
@@ -50,6 +52,7 @@ impl WorkerProto {
         round: Round,
         delivered: Vec<Delivery>,
         stragglers: Vec<MemberId>,
+        aggregate: Option<Digest>,
     ) {
         let from = Dest::Coordinator;
         if !strictly_ascending(delivered.iter().map(|d| d.member))
@@ -64,7 +67,12 @@ impl WorkerProto {
         if round - next > MAX_COMMITS_AHEAD {
             return self.reject(from, Some(round), RejectReason::WrongRound);
         }
-        let commit = PendingCommit { delivered, stragglers };
+        if aggregate
+            .is_some_and(|a| delivered.is_empty() || delivered.iter().any(|d| d.digest != a))
+        {
+            return self.reject(from, Some(round), RejectReason::Malformed);
+        }
+        let commit = PendingCommit { delivered, stragglers, aggregate };
         if let Some(existing) = self.commits.get(&round) {
             if *existing != commit {
                 warn!(round, "a conflicting second commit is ignored");
@@ -108,6 +116,20 @@ impl WorkerProto {
     fn apply_next(&mut self, now: Instant) -> bool {
         let round = next_after(self.applied);
         let Some(commit) = self.commits.get(&round) else { return false };
+        if let Some(digest) = commit.aggregate {
+            let Some(aggregate) =
+                self.aggregates.get(&round).filter(|h| h.digest == digest).map(|h| h.bytes.clone())
+            else {
+                return false;
+            };
+            let Some(commit) = self.commits.remove(&round) else { return false };
+            let stats = self.round_stats(round, &commit, now);
+            let members: Vec<MemberId> = commit.delivered.iter().map(|d| d.member).collect();
+            info!(round, members = members.len(), "ring aggregate ready");
+            self.retire(round);
+            self.events.push_back(Event::AggregateReady { round, members, aggregate, stats });
+            return true;
+        }
         let mut payloads = Vec::with_capacity(commit.delivered.len());
         for d in &commit.delivered {
             match self.matching(round, d.member, d.digest) {
@@ -118,17 +140,27 @@ impl WorkerProto {
         let Some(commit) = self.commits.remove(&round) else { return false };
         let stats = self.round_stats(round, &commit, now);
         info!(round, payloads = payloads.len(), "round ready");
+        self.retire(round);
+        self.events.push_back(Event::RoundReady { round, payloads, stats });
+        true
+    }
+
+    /// Marks `round` applied and forgets what only older rounds need.
+    fn retire(&mut self, round: Round) {
         self.applied = Some(round);
         self.fetches.retain(|&(r, _), _| r > round);
-        // Applied payloads stay a while to serve other members' fetches.
+        // Applied payloads and aggregates stay a while to serve other members' fetches.
         let keep = self.config.keep_rounds;
         let recent = |r: &Round| r.saturating_add(keep) > round;
         self.store.retain(|r, _| recent(r));
         self.own.retain(|r, _| recent(r));
+        self.aggregates.retain(|r, _| recent(r));
+        self.early.retain(|r, _| *r > round);
+        if self.ring.as_ref().is_some_and(|r| r.round <= round) {
+            self.ring = None;
+        }
         self.traffic.retain(|r, _| *r > round);
         self.opened.retain(|r, _| *r > round);
-        self.events.push_back(Event::RoundReady { round, payloads, stats });
-        true
     }
 
     /// Creates a fetch for every committed payload not held (unless one runs already).
@@ -136,6 +168,22 @@ impl WorkerProto {
         let Some(me) = self.member else { return };
         let mut wanted = Vec::new();
         for (&round, commit) in &self.commits {
+            if let Some(digest) = commit.aggregate {
+                // Fetched as the payload of the commit's first member, from any member.
+                let held = self.aggregates.get(&round).is_some_and(|h| h.digest == digest);
+                let Some(first) = commit.delivered.first().map(|d| d.member) else { continue };
+                if !held && !self.fetches.contains_key(&(round, first)) {
+                    let holders = commit
+                        .delivered
+                        .iter()
+                        .map(|d| d.member)
+                        .filter(|&m| m != me)
+                        .map(Dest::Member)
+                        .collect();
+                    wanted.push((round, Delivery { member: first, digest }, holders));
+                }
+                continue;
+            }
             for d in &commit.delivered {
                 let missing = self.matching(round, d.member, d.digest).is_none();
                 if missing && !self.fetches.contains_key(&(round, d.member)) {

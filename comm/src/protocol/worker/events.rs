@@ -34,6 +34,17 @@ pub enum Transmit {
         /// The payload.
         bytes: Bytes,
     },
+    /// A ring segment to the next member of the ring (a `Segment` frame).
+    Segment {
+        /// The member.
+        to: MemberId,
+        /// The round.
+        round: Round,
+        /// The step of the ring it belongs to (see [`crate::protocol::RingReducer`]).
+        slot: u32,
+        /// The segment.
+        bytes: Bytes,
+    },
     /// A state frame to the coordinator: this worker's state right after applying `round`.
     State {
         /// The round the state reflects.
@@ -82,6 +93,18 @@ pub enum Event {
         /// The committed payloads, ascending by member (this worker's own included).
         payloads: Vec<(MemberId, Bytes)>,
         /// Duration, stragglers, bytes.
+        stats: RoundStats,
+    },
+    /// A ring round committed its aggregate: apply the sum over `members` (its count is
+    /// `members.len()`), the same bytes on every member.
+    AggregateReady {
+        /// The round.
+        round: Round,
+        /// The members whose payloads it sums, ascending.
+        members: Vec<MemberId>,
+        /// The aggregate, as the [`RingReducer`](crate::protocol::RingReducer) joined it.
+        aggregate: Bytes,
+        /// Duration, bytes.
         stats: RoundStats,
     },
     /// Upload the state as it is right after the RoundReady of `round` with

@@ -6,8 +6,10 @@ mod config;
 mod events;
 mod payload;
 mod publish;
+mod ring;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +23,7 @@ use super::types::{
     strictly_ascending, Delivery, Dest, Digest, MemberInfo, RejectReason, RoundStats, Topology,
     Traffic,
 };
-use super::ProtocolError;
+use super::{ProtocolError, RingReducer};
 use crate::ids::{MemberId, Round};
 use apply::{Fetch, PendingCommit};
 
@@ -43,8 +45,11 @@ impl Held {
 struct OpenRound {
     round: Round,
     members: Vec<MemberId>,
-    /// This worker's payload went out for this opening.
+    /// This worker's payload went out for this opening (Ring: its ring started, or after a
+    /// fallback its upload went out).
     sent: bool,
+    /// Ring: the coordinator abandoned the ring; the payload is uploaded instead.
+    fallback: bool,
 }
 
 /// One worker's protocol state.
@@ -91,6 +96,14 @@ pub struct WorkerProto {
     /// The round of the SnapshotRequested event awaiting `provide_state`.
     snapshot_announced: Option<Round>,
     traffic: BTreeMap<Round, Traffic>,
+    /// Ring: how payloads add up (none: this worker cannot take part in rings).
+    reducer: Option<Arc<dyn RingReducer>>,
+    /// Ring: this worker's ring of the latest ring round.
+    ring: Option<ring::RingRound>,
+    /// Ring: segments that arrived before their round started here.
+    early: ring::Early,
+    /// Ring: aggregates this worker holds (its rings' results, fetched copies), by round.
+    aggregates: BTreeMap<Round, Held>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -119,9 +132,20 @@ impl WorkerProto {
             snapshot_wanted: None,
             snapshot_announced: None,
             traffic: BTreeMap::new(),
+            reducer: None,
+            ring: None,
+            early: BTreeMap::new(),
+            aggregates: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    /// Sets how payloads add up in [`Topology::Ring`] rounds. Without a reducer a worker
+    /// reports every ring it is in as failed, and those rounds fall back to Relay.
+    pub fn with_reducer(mut self, reducer: Arc<dyn RingReducer>) -> Self {
+        self.reducer = Some(reducer);
+        self
     }
 
     // ---- getters ----
@@ -191,8 +215,12 @@ impl WorkerProto {
             ToWorker::RoundOpen { round, members, deadline_ms } => {
                 self.on_round_open(now, round, members, Duration::from_millis(deadline_ms))
             }
-            ToWorker::Commit { round, delivered, stragglers } => {
-                self.on_commit(now, round, delivered, stragglers)
+            ToWorker::Commit { round, delivered, stragglers, aggregate } => {
+                self.on_commit(now, round, delivered, stragglers, aggregate)
+            }
+            ToWorker::Fallback { round, deadline_ms } => {
+                let _ = deadline_ms;
+                self.on_fallback(round)
             }
             ToWorker::Members { members } => self.on_members(members),
             ToWorker::SnapshotRequest { round } => {
@@ -215,7 +243,9 @@ impl WorkerProto {
         }
         match msg {
             PeerMessage::Fetch { round, member, digest } => {
-                match self.matching(round, member, digest).cloned() {
+                let aggregate =
+                    self.aggregates.get(&round).filter(|h| h.digest == digest).map(|h| &h.bytes);
+                match self.matching(round, member, digest).or(aggregate).cloned() {
                     Some(bytes) => {
                         let to = Dest::Member(from);
                         self.traffic.entry(round).or_default().sent(to, bytes.len());
@@ -261,6 +291,8 @@ impl WorkerProto {
         self.fetches.retain(|&(r, _), _| r > round);
         self.opened.retain(|&r, _| r > round);
         self.traffic.retain(|&r, _| r > round);
+        self.aggregates.retain(|&r, _| r > round);
+        self.early.retain(|&r, _| r > round);
         self.events.push_back(Event::StateReceived { round, bytes });
         self.progress(now);
     }

@@ -30,6 +30,25 @@ impl WorkerProto {
         }
         let held = Held::new(bytes);
         let len = held.bytes.len();
+        if let Some(digest) = self.commits.get(&round).and_then(|c| c.aggregate) {
+            // A ring commit: only its aggregate (a fetch reply) is wanted.
+            let first =
+                self.commits.get(&round).and_then(|c| c.delivered.first()).map(|d| d.member);
+            if first != Some(sender) {
+                return self.reject(from, Some(round), RejectReason::Late);
+            }
+            if held.digest != digest {
+                return self.reject(from, Some(round), RejectReason::DigestMismatch);
+            }
+            if self.aggregates.get(&round).is_some_and(|h| h.digest == digest) {
+                return self.reject(from, Some(round), RejectReason::Duplicate);
+            }
+            debug!(round, len, ?from, "aggregate fetched");
+            self.traffic.entry(round).or_default().received(from, len);
+            self.aggregates.insert(round, held);
+            self.fetches.remove(&(round, sender));
+            return self.progress(now);
+        }
         if let Some(commit) = self.commits.get(&round) {
             let committed = commit.delivered.iter().find(|d| d.member == sender);
             match committed {
@@ -48,7 +67,7 @@ impl WorkerProto {
                 return self.reject(from, Some(round), RejectReason::SenderMismatch);
             }
             let pushed_by_author = match self.topology {
-                Some(Topology::Relay) => from == Dest::Coordinator,
+                Some(Topology::Relay | Topology::Ring) => from == Dest::Coordinator,
                 Some(Topology::AllGather) => from == Dest::Member(sender),
                 None => false,
             };

@@ -40,7 +40,11 @@ impl WorkerProto {
             held.retain(|m, _| members.binary_search(m).is_ok());
         }
         self.opened.insert(round, (members.clone(), now));
-        self.open = Some(OpenRound { round, members: members.clone(), sent: false });
+        if self.ring.as_ref().is_some_and(|r| r.round != round) {
+            self.ring = None;
+        }
+        self.open =
+            Some(OpenRound { round, members: members.clone(), sent: false, fallback: false });
         self.events.push_back(Event::RoundOpened { round, members, deadline });
         self.send_published();
     }
@@ -52,10 +56,23 @@ impl WorkerProto {
         let Some(held) = self.own.get(&open.round) else { return };
         open.sent = true;
         let round = open.round;
-        let traffic = self.traffic.entry(round).or_default();
         let bytes = held.bytes.clone();
-        match topology {
-            Topology::Relay => {
+        let upload = match topology {
+            Topology::Ring if !open.fallback => {
+                let members = open.members.clone();
+                if self.ring.as_ref().is_some_and(|r| r.round == round && r.members == members) {
+                    // A reopening (after a reconnect or a coordinator restart) of a ring
+                    // already under way here: its outcome may never have arrived.
+                    return self.repeat_ring_outcome(round);
+                }
+                return self.start_ring(round, members);
+            }
+            Topology::Ring | Topology::Relay => Topology::Relay,
+            Topology::AllGather => Topology::AllGather,
+        };
+        let traffic = self.traffic.entry(round).or_default();
+        match upload {
+            Topology::Relay | Topology::Ring => {
                 traffic.sent(Dest::Coordinator, bytes.len());
                 self.transmits.push_back(Transmit::Payload {
                     to: Dest::Coordinator,
