@@ -69,6 +69,11 @@ pub struct TransportTuning {
     pub max_concurrent_uni_streams: u32,
     /// Probe for a path MTU above QUIC's 1200-byte minimum. Default on.
     pub mtu_discovery: bool,
+    /// Seed for QUIC's own random choices (skipped packet numbers, key-update intervals,
+    /// greasing), mixed with each endpoint's local address so endpoints differ. `None`
+    /// (the default) seeds from the OS. For reproducible simulations only: a known seed
+    /// makes those choices predictable to an on-path attacker.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for TransportTuning {
@@ -82,6 +87,7 @@ impl Default for TransportTuning {
             keep_alive_ms: 10_000,
             max_concurrent_uni_streams: 1024,
             mtu_discovery: true,
+            rng_seed: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::{AsyncUdpSocket, Connection, EndpointConfig, Incoming, Runtime, TokioRuntime};
+use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::Result;
@@ -51,7 +52,7 @@ pub fn server_endpoint(
     let transport = Arc::new(tuning.plan()?.transport_config());
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto(identity, auth)?));
     server.transport_config(transport.clone());
-    build(identity, transport, Some(server), socket)
+    build(identity, transport, Some(server), socket, tuning.rng_seed)
 }
 
 /// An endpoint that only dials out.
@@ -61,7 +62,7 @@ pub fn client_endpoint(
     socket: Arc<dyn AsyncUdpSocket>,
 ) -> Result<QuicEndpoint> {
     let transport = Arc::new(tuning.plan()?.transport_config());
-    build(identity, transport, None, socket)
+    build(identity, transport, None, socket, tuning.rng_seed)
 }
 
 /// [`server_endpoint`] on a real UDP socket bound to `addr` (port 0 picks a free port).
@@ -127,17 +128,27 @@ fn build(
     transport: Arc<quinn::TransportConfig>,
     server: Option<quinn::ServerConfig>,
     socket: Arc<dyn AsyncUdpSocket>,
+    rng_seed: Option<u64>,
 ) -> Result<QuicEndpoint> {
     ensure_runtime()?;
+    let mut config = EndpointConfig::default();
+    // A deterministic identity (simulated runs) makes QUIC's own random choices replayable
+    // too; a transport seed, when given, takes precedence.
+    config.rng_seed(identity.rng_seed());
+    if let Some(seed) = rng_seed {
+        // One stream per endpoint: the run's seed and this socket's address.
+        let addr = socket.local_addr().map_err(QuicError::Endpoint)?;
+        let mut hash = Sha256::new();
+        hash.update(seed.to_le_bytes());
+        hash.update(addr.to_string().as_bytes());
+        config.rng_seed(Some(hash.finalize().into()));
+    }
     // Build one client config now so a bad identity fails here, not at the first dial.
     client_crypto(
         Some(identity),
         Arc::new(ServerPin::new(identity.fingerprint(), crypto_provider())),
         crypto_provider(),
     )?;
-    let mut config = EndpointConfig::default();
-    // A deterministic identity (simulated runs) makes QUIC's own random choices replayable.
-    config.rng_seed(identity.rng_seed());
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(TokioRuntime))
             .map_err(QuicError::Endpoint)?;
