@@ -26,25 +26,36 @@ enum Command {
     Coordinator(meridian_trainer::net_cli::CoordinatorArgs),
     /// Train one worker of a multi-process run, syncing through a coordinator over QUIC.
     Worker(meridian_trainer::net_cli::WorkerArgs),
+    /// What happens if you train across continents: every algorithm trains over the same
+    /// simulated wide-area network (real QUIC, simulated links, virtual time) and is
+    /// compared on loss, bytes, simulated wall-clock and compute utilization.
+    Simulate(meridian_trainer::sim::SimulateArgs),
 }
 
 fn main() -> ExitCode {
     // Before LibTorch creates its threads, so that they inherit it.
     meridian_trainer::float_env::flush_denormals();
+    let cli = Cli::parse();
+    // A simulation runs dozens of nodes in one process: their routine logs would bury the
+    // progress bars, so only warnings show unless RUST_LOG asks for more.
+    let default_filter = match cli.command {
+        Command::Simulate(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Compress(args) => meridian_trainer::compress_demo::run(&args),
         Command::Train(args) => meridian_trainer::train::run(&args),
         Command::Coordinator(args) => meridian_trainer::net_cli::run_coordinator(&args),
         Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
+        Command::Simulate(args) => meridian_trainer::sim::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,11 +22,8 @@ use meridian_comm::node::{
     CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent, WorkerHandle, WorkerNodeConfig,
     WorkerNodeEvent,
 };
-use meridian_comm::protocol::{
-    CoordinatorEvent, DeadlinePolicy, Dest, ProtocolError, RoundStats, Topology,
-};
+use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy, Dest, RoundStats, Topology};
 use meridian_comm::quic::JoinString;
-use meridian_comm::CommError;
 use meridian_optimizer::solo::SoloWorker;
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
@@ -34,7 +31,8 @@ use serde::Serialize;
 
 use crate::data::{DataArgs, Split};
 use crate::model::ModelKind;
-use crate::net_worker::{drive, NetEvent, RoundLink};
+use crate::net_worker::{drive, AppliedRound, NetEvent, RoundLink};
+use crate::node_link::{net_event, published};
 use crate::ring_reducer::RingCell;
 use crate::run_config::RunConfig;
 use crate::train::build_model;
@@ -273,77 +271,28 @@ impl HandleLink {
     }
 
     fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
-        Ok(match event {
-            // The comm crate logs the round's stats at debug.
-            WorkerNodeEvent::AggregateReady { round, members, aggregate, stats } => {
-                self.rtt.set(self.handle.coordinator_rtt());
-                self.count(round, &stats);
-                Some(NetEvent::AggregateReady { round, members, bytes: aggregate.to_vec() })
-            }
-            WorkerNodeEvent::RoundReady { round, payloads, stats } => {
-                self.rtt.set(self.handle.coordinator_rtt());
-                self.count(round, &stats);
-                let me = self.handle.member();
-                if !self.ring {
-                    self.received += payloads
-                        .iter()
-                        .filter(|(m, _)| *m != me)
-                        .map(|(_, b)| b.len() as u64)
-                        .sum::<u64>();
-                }
-                Some(NetEvent::RoundReady {
-                    round,
-                    payloads: payloads.into_iter().map(|(_, b)| b.to_vec()).collect(),
-                })
-            }
-            WorkerNodeEvent::SnapshotRequested { round } => {
-                Some(NetEvent::SnapshotRequested { round })
-            }
-            WorkerNodeEvent::StateReceived { round, bytes } => {
-                Some(NetEvent::StateReceived { round, bytes: bytes.to_vec() })
-            }
-            WorkerNodeEvent::Refused(r) => bail!("{r}"),
-            WorkerNodeEvent::Failed { reason } => bail!("worker stopped: {reason}"),
-            WorkerNodeEvent::Disconnected { reason } => {
-                tracing::warn!(%reason, "lost the coordinator; reconnecting");
-                None
-            }
-            WorkerNodeEvent::FellBehind { round } => {
-                tracing::warn!(round, "fell behind; asking for a peer's state");
-                None
-            }
-            WorkerNodeEvent::Rejected { reason, round, .. } => {
-                tracing::warn!(?round, ?reason, "input rejected");
-                None
-            }
-            other => {
-                tracing::debug!(event = ?other, "network");
-                None
-            }
-        })
+        if matches!(
+            event,
+            WorkerNodeEvent::RoundReady { .. } | WorkerNodeEvent::AggregateReady { .. }
+        ) {
+            self.rtt.set(self.handle.coordinator_rtt());
+        }
+        let Some(mapped) = net_event(event, self.handle.member())? else { return Ok(None) };
+        if let Some((round, stats)) = &mapped.stats {
+            self.count(*round, stats);
+        }
+        if !self.ring {
+            self.received += mapped.received;
+        }
+        Ok(Some(mapped.event))
     }
 }
 
 impl RoundLink for HandleLink {
     fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
         let len = payload.len() as u64;
-        match self.handle.publish(round, payload) {
-            Ok(()) if self.ring => {}
-            Ok(()) => self.sent += len,
-            // Races the protocol resolves itself: the round committed without this worker
-            // (its commit is on the way), or a peer's state is coming first; or a round this
-            // worker, just caught up, is not a member of. Its commit still arrives.
-            Err(CommError::Protocol(e)) => {
-                if !matches!(
-                    e,
-                    ProtocolError::RoundApplied { .. }
-                        | ProtocolError::AwaitingState
-                        | ProtocolError::AlreadyPublished(_)
-                ) {
-                    tracing::warn!(round, error = %e, "payload not published");
-                }
-            }
-            Err(e) => return Err(e.into()),
+        if published(round, self.handle.publish(round, payload))? && !self.ring {
+            self.sent += len;
         }
         Ok(())
     }
@@ -499,7 +448,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let mut per_round = Vec::new();
     let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
     let link_ring = link.ring;
-    drive(&mut w, &mut link, args.steps, need_state, |r| {
+    drive(&mut w, &mut link, args.steps, need_state, |r: &AppliedRound| {
         rounds += 1;
         replayed += u64::from(r.replayed);
         let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);

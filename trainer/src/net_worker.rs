@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
-use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloWorker};
+use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
 use crate::snapshot;
@@ -61,6 +61,11 @@ pub trait RoundLink {
     fn poll_event(&mut self) -> Result<Option<NetEvent>>;
     /// Uploads this worker's state as of the end of `round`.
     fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()>;
+    /// Called before inner step `step` is trained. A simulated network charges the step's
+    /// compute time to its virtual clock here; a real one has nothing to do.
+    fn before_step(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Events that arrived while waiting for something else.
@@ -156,15 +161,32 @@ pub struct AppliedRound {
     pub replayed: bool,
 }
 
+/// What a caller of [`drive`] sees as the worker trains.
+pub trait DriveObserver {
+    /// A round was applied (trained through or replayed).
+    fn round_applied(&mut self, round: &AppliedRound);
+    /// An inner step finished (its exchanges already reported); `w` may be evaluated here.
+    fn step_done(&mut self, _w: &mut SoloWorker<LmWorker>, _step: &SoloStep) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A closure observes applied rounds only.
+impl<F: FnMut(&AppliedRound)> DriveObserver for F {
+    fn round_applied(&mut self, round: &AppliedRound) {
+        self(round)
+    }
+}
+
 /// Trains `w` until it has done `steps` inner steps, exchanging through `link`. With
-/// `need_state` the worker first waits for a peer's state. `on_round` sees every applied
-/// round.
+/// `need_state` the worker first waits for a peer's state. `observer` sees every applied
+/// round and every step.
 pub fn drive(
     w: &mut SoloWorker<LmWorker>,
     link: &mut dyn RoundLink,
     steps: u64,
     need_state: bool,
-    mut on_round: impl FnMut(&AppliedRound),
+    mut observer: impl DriveObserver,
 ) -> Result<()> {
     let mut pending = Pending::default();
     if need_state {
@@ -190,7 +212,7 @@ pub fn drive(
         // Rounds committed after that state (or while this worker waited): replay them.
         while let Some(committed) = pending.ready.remove(&w.rounds_done()) {
             let exchange = w.replay_round(w.rounds_done(), &committed)?;
-            on_round(&AppliedRound { exchange, replayed: true });
+            observer.round_applied(&AppliedRound { exchange, replayed: true });
         }
         // A request names the last round this worker applied when it was made; the state
         // served may be later (it carries its own round counter, and the newcomer drops
@@ -206,12 +228,17 @@ pub fn drive(
             .iter()
             .any(|&phase| w.outer.exchange_due(phase, w.steps_done()));
         let state = if exchanges { Some(snapshot::encode(w)?) } else { None };
+        link.before_step(w.steps_done())?;
         let mut ex = LinkExchange { link: &mut *link, pending: &mut pending, state };
         match w.step(&mut ex) {
             Ok(report) => {
-                for exchange in report.exchanges {
-                    on_round(&AppliedRound { exchange, replayed: false });
+                for exchange in &report.exchanges {
+                    observer.round_applied(&AppliedRound {
+                        exchange: exchange.clone(),
+                        replayed: false,
+                    });
                 }
+                observer.step_done(w, &report)?;
             }
             Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => continue,
             Err(e) => return Err(e.into()),
@@ -275,7 +302,8 @@ mod tests {
         let mut link = Solo::default();
         link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
         let mut hashes = Vec::new();
-        drive(&mut a, &mut link, 12, false, |r| hashes.push(r.exchange.hash)).unwrap();
+        drive(&mut a, &mut link, 12, false, |r: &AppliedRound| hashes.push(r.exchange.hash))
+            .unwrap();
         assert_eq!(hashes.len(), 4);
         assert_eq!(link.states.len(), 1);
         let (round, state) = link.states[0].clone();
@@ -288,7 +316,10 @@ mod tests {
             net.queue.push_back(NetEvent::RoundReady { round: *r, payloads: vec![p.clone()] });
         }
         let mut seen = Vec::new();
-        drive(&mut b, &mut net, 12, true, |r| seen.push((r.exchange.round, r.replayed))).unwrap();
+        drive(&mut b, &mut net, 12, true, |r: &AppliedRound| {
+            seen.push((r.exchange.round, r.replayed))
+        })
+        .unwrap();
         assert_eq!(seen, vec![(2, true), (3, true)]);
         assert_eq!((b.steps_done(), b.rounds_done()), (12, 4));
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
@@ -301,14 +332,16 @@ mod tests {
         // the very bits of a relay run.
         let mut relay = worker(0);
         let mut hashes = Vec::new();
-        drive(&mut relay, &mut Solo::default(), 12, false, |r| hashes.push(r.exchange.hash))
-            .unwrap();
+        drive(&mut relay, &mut Solo::default(), 12, false, |r: &AppliedRound| {
+            hashes.push(r.exchange.hash)
+        })
+        .unwrap();
         let mut ringed = worker(0);
         let ring = ringed.outer.ring(&ringed.params).unwrap();
         let mut link = Solo { ring: Some(ring.clone()), ..Solo::default() };
         link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
         let mut ring_hashes = Vec::new();
-        drive(&mut ringed, &mut link, 12, false, |r| {
+        drive(&mut ringed, &mut link, 12, false, |r: &AppliedRound| {
             assert_eq!(r.exchange.applied, vec![0]);
             ring_hashes.push(r.exchange.hash);
         })
@@ -327,7 +360,10 @@ mod tests {
             net.queue.push_back(NetEvent::AggregateReady { round: *r, members: vec![0], bytes });
         }
         let mut seen = Vec::new();
-        drive(&mut b, &mut net, 12, true, |r| seen.push((r.exchange.round, r.replayed))).unwrap();
+        drive(&mut b, &mut net, 12, true, |r: &AppliedRound| {
+            seen.push((r.exchange.round, r.replayed))
+        })
+        .unwrap();
         assert_eq!(seen, vec![(2, true), (3, true)]);
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
     }
@@ -350,7 +386,7 @@ mod tests {
             }
         }
         let mut a = worker(0);
-        let e = drive(&mut a, &mut Refused, 6, false, |_| {}).unwrap_err();
+        let e = drive(&mut a, &mut Refused, 6, false, |_: &AppliedRound| {}).unwrap_err();
         assert!(format!("{e:#}").contains("wrong join secret"), "{e:#}");
     }
 }

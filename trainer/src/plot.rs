@@ -61,6 +61,8 @@ pub enum XAxis {
     BytesPerWorker,
     /// Wall-clock seconds, linear.
     Seconds,
+    /// Seconds of a simulated run's virtual clock (`CurvePoint::seconds`), linear.
+    SimulatedSeconds,
 }
 
 /// Picture size in pixels (the SVG's view box too).
@@ -93,6 +95,7 @@ impl XAxis {
             XAxis::Steps => "step",
             XAxis::BytesPerWorker => "bytes sent per worker (log scale)",
             XAxis::Seconds => "wall-clock seconds",
+            XAxis::SimulatedSeconds => "simulated seconds",
         }
     }
 
@@ -101,7 +104,7 @@ impl XAxis {
     fn position(self, p: &CurvePoint) -> Option<f64> {
         let x = match self {
             XAxis::Steps => p.step as f64,
-            XAxis::Seconds => p.seconds,
+            XAxis::Seconds | XAxis::SimulatedSeconds => p.seconds,
             XAxis::BytesPerWorker if p.bytes_per_worker > 0.0 => p.bytes_per_worker.log10(),
             XAxis::BytesPerWorker => return None,
         };
@@ -111,7 +114,7 @@ impl XAxis {
     fn tick(self, v: f64) -> String {
         match self {
             XAxis::BytesPerWorker => human_bytes(10f64.powf(v)),
-            XAxis::Steps | XAxis::Seconds => number(v),
+            XAxis::Steps | XAxis::Seconds | XAxis::SimulatedSeconds => number(v),
         }
     }
 }
@@ -314,7 +317,7 @@ impl Plot<'_> {
             // About one label per decade, so that they fall on powers of ten rather than
             // on half decades (3.16 kB).
             XAxis::BytesPerWorker => ((x1 - x0).ceil() as usize + 1).clamp(3, 12),
-            XAxis::Steps | XAxis::Seconds => 8,
+            XAxis::Steps | XAxis::Seconds | XAxis::SimulatedSeconds => 8,
         };
         chart
             .configure_mesh()

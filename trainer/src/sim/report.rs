@@ -1,0 +1,187 @@
+//! What `meridian simulate` writes and prints: `summary.json` (deterministic for a seed
+//! unless compute is measured: no wall-clock figure goes in it), the table, the plots.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_write;
+use crate::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
+
+/// One algorithm over the simulated network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimAlgo {
+    /// Algorithm name.
+    pub algorithm: String,
+    /// Its settings.
+    pub settings: serde_json::Value,
+    /// Validation loss (nats per token) before training.
+    pub initial_val_loss: f64,
+    /// Validation loss of worker 0's parameters after the last step.
+    pub final_val_loss: f64,
+    /// Mean training loss over the last 5% of steps (mean over workers).
+    pub final_train_loss: f64,
+    /// Rounds each worker applied (worker 0).
+    pub rounds: u64,
+    /// Payload bytes each worker put on its links (mean over workers): relay, its upload;
+    /// all-gather, a copy per peer; ring, its segments (2(N-1)/N of a payload per round).
+    pub bytes_sent_per_worker: f64,
+    /// Payload bytes each worker took off its links (mean over workers).
+    pub bytes_received_per_worker: f64,
+    /// Bytes the simulated network carried for this run, all links together (QUIC
+    /// packets with their headers, acknowledgements and retransmissions, relayed copies).
+    pub wire_bytes: u64,
+    /// Simulated seconds until the last worker finished.
+    pub simulated_seconds: f64,
+    /// Compute time over total time, mean over workers (1.0: never waited for the network).
+    pub compute_utilization: f64,
+    /// Simulated seconds until the validation loss first reached the run's target, if it did.
+    pub seconds_to_target: Option<f64>,
+    /// Whether every worker ended with the same consensus hash.
+    pub replicas_identical: bool,
+    /// Per worker: (region, simulated seconds to finish, compute seconds, hash as hex).
+    pub workers: Vec<SimWorker>,
+    /// Validation loss against steps, bytes and simulated seconds.
+    pub curve: Vec<CurvePoint>,
+}
+
+/// One worker's totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimWorker {
+    /// Member id.
+    pub member: u32,
+    /// Region it ran in.
+    pub region: String,
+    /// Simulated seconds until it finished its steps.
+    pub finished_seconds: f64,
+    /// Simulated seconds it spent computing.
+    pub compute_seconds: f64,
+    /// Payload bytes it sent.
+    pub bytes_sent: u64,
+    /// Its consensus hash at the end (hex).
+    pub hash: String,
+}
+
+/// The whole simulated run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimSummary {
+    /// The preset or topology file.
+    pub network: String,
+    /// One line per link of the topology.
+    pub links: Vec<String>,
+    /// Workers.
+    pub workers: u32,
+    /// Inner steps per worker.
+    pub steps: u64,
+    /// Seed of the model, the data and the network.
+    pub seed: u64,
+    /// How compute time was charged.
+    pub compute: String,
+    /// Whether the same seed reproduces this file byte for byte.
+    pub deterministic: bool,
+    /// The model's description.
+    pub model: String,
+    /// Its parameter count.
+    pub parameters: i64,
+    /// How payloads travelled (relay, all-gather).
+    pub route: String,
+    /// The validation loss `seconds_to_target` refers to.
+    pub target_loss: f64,
+    /// One entry per algorithm, in the order run.
+    pub algorithms: Vec<SimAlgo>,
+}
+
+impl SimSummary {
+    /// The target: the lowest loss every algorithm reached.
+    pub fn common_target(algos: &[SimAlgo]) -> f64 {
+        algos
+            .iter()
+            .map(|a| a.curve.iter().map(|p| p.val_loss).fold(f64::INFINITY, f64::min))
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// Fills each algorithm's `seconds_to_target` for `target`.
+    pub fn set_target(&mut self, target: f64) {
+        self.target_loss = target;
+        for a in &mut self.algorithms {
+            a.seconds_to_target = a.curve.iter().find(|p| p.val_loss <= target).map(|p| p.seconds);
+        }
+    }
+
+    /// Writes `summary.json` atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        atomic_write::write(path, text.as_bytes())
+    }
+
+    /// The plots: validation loss against simulated seconds and against bytes.
+    pub fn plot(&self, dir: &Path) -> Vec<PathBuf> {
+        let curves: Vec<Curve> = self
+            .algorithms
+            .iter()
+            .map(|a| Curve { label: a.algorithm.clone(), points: a.curve.clone() })
+            .collect();
+        let mut written = Vec::new();
+        for (stem, title, x) in [
+            ("val_loss_vs_time", "Validation loss against simulated time", XAxis::SimulatedSeconds),
+            (
+                "val_loss_vs_bytes",
+                "Validation loss against bytes sent per worker",
+                XAxis::BytesPerWorker,
+            ),
+        ] {
+            match write_loss_plot(dir, stem, title, x, &curves) {
+                Ok(paths) => written.extend(paths),
+                Err(e) => tracing::warn!("{stem} not plotted: {e:#}"),
+            }
+        }
+        written
+    }
+
+    /// The table.
+    pub fn print_table(&self) {
+        println!(
+            "{:<11} {:>8} {:>12} {:>10} {:>8} {:>11} {:>9}",
+            "algorithm", "val", "MB/worker", "sim time", "compute", "to target", "replicas"
+        );
+        for a in &self.algorithms {
+            let to_target = match a.seconds_to_target {
+                Some(s) => seconds(s),
+                None => "-".into(),
+            };
+            println!(
+                "{:<11} {:>8.4} {:>12.3} {:>10} {:>7.1}% {:>11} {:>9}",
+                a.algorithm,
+                a.final_val_loss,
+                a.bytes_sent_per_worker / 1e6,
+                seconds(a.simulated_seconds),
+                a.compute_utilization * 100.0,
+                to_target,
+                if a.replicas_identical { "identical" } else { "DIFFER" },
+            );
+        }
+        println!(
+            "\nval = validation cross-entropy (nats per token, worker 0's parameters);\n\
+             MB/worker = payload bytes each worker put on its links;\n\
+             sim time = simulated wall-clock until the last worker finished;\n\
+             compute = time computing over total time (mean over workers);\n\
+             to target = simulated time until the validation loss first reached {:.4}\n\
+             (the lowest every algorithm reached, unless --target-loss);\n\
+             replicas = every worker ended with identical parameters.",
+            self.target_loss
+        );
+    }
+}
+
+/// Seconds as a short human string.
+fn seconds(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.2} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}

@@ -1,0 +1,134 @@
+//! `meridian simulate` as a user runs it: real QUIC over the simulated WAN, in virtual time.
+
+// Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn meridian(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run meridian: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn corpus() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
+    assert!(Path::new(path).exists(), "{path} missing: run `make setup` first");
+    path.to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meridian-sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A quick simulation, shortened further for the test suite.
+fn simulate(out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let data = corpus();
+    let out = out.to_str().unwrap().to_string();
+    let mut args = vec!["simulate", "--quick", "--threads", "1", "--data", &data, "--out", &out];
+    if !extra.contains(&"--steps") {
+        args.extend(["--steps", "20"]);
+    }
+    args.extend_from_slice(extra);
+    meridian(&args)
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_a_byte_identical_summary() {
+    let (a, b) = (scratch("det-a"), scratch("det-b"));
+    let algos = ["--algos", "diloco,sparseloco"];
+    let (ok, stdout, stderr) = simulate(&a, &algos);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = simulate(&b, &algos);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (first, second) = (
+        std::fs::read(a.join("summary.json")).unwrap(),
+        std::fs::read(b.join("summary.json")).unwrap(),
+    );
+    assert!(first == second, "two runs with seed 0 wrote different summaries");
+
+    let s = summary(&a);
+    assert_eq!(s["deterministic"], true);
+    for algo in s["algorithms"].as_array().unwrap() {
+        let name = algo["algorithm"].as_str().unwrap();
+        assert_eq!(algo["replicas_identical"], true, "{name}");
+        // It trained: the loss fell from its initial value.
+        let (initial, last) =
+            (algo["initial_val_loss"].as_f64().unwrap(), algo["final_val_loss"].as_f64().unwrap());
+        assert!(last < initial, "{name}: {initial} -> {last}");
+        // 20 steps at 250 ms each: the compute alone takes 5 simulated seconds, and the
+        // network makes it longer, so utilization is below one.
+        let seconds = algo["simulated_seconds"].as_f64().unwrap();
+        let util = algo["compute_utilization"].as_f64().unwrap();
+        assert!(seconds > 5.0, "{name}: {seconds}");
+        assert!(util > 0.0 && util < 1.0, "{name}: {util}");
+        assert!(
+            algo["wire_bytes"].as_u64().unwrap() as f64
+                > algo["bytes_sent_per_worker"].as_f64().unwrap()
+        );
+    }
+    for plot in ["val_loss_vs_time.svg", "val_loss_vs_bytes.svg"] {
+        assert!(a.join(plot).exists(), "{plot} missing");
+    }
+    // Another seed is another run (other data shards and initial weights).
+    let c = scratch("det-c");
+    let (ok, _, stderr) = simulate(&c, &["--algos", "diloco", "--seed", "1"]);
+    assert!(ok, "{stderr}");
+    assert_ne!(
+        summary(&c)["algorithms"][0]["final_val_loss"],
+        s["algorithms"][0]["final_val_loss"]
+    );
+}
+
+#[test]
+fn a_slower_network_costs_simulated_time_not_loss() {
+    // The same training over the LAN and across continents: identical losses and bytes
+    // (the network moves payloads, it does not change them), a longer wall-clock.
+    let (lan, wan) = (scratch("lan"), scratch("wan"));
+    let (ok, _, stderr) = simulate(&lan, &["--algos", "ddp", "--preset", "lan", "--steps", "8"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) =
+        simulate(&wan, &["--algos", "ddp", "--preset", "cross-continent", "--steps", "8"]);
+    assert!(ok, "{stderr}");
+    let (l, w) = (&summary(&lan)["algorithms"][0], &summary(&wan)["algorithms"][0]);
+    assert_eq!(l["final_val_loss"], w["final_val_loss"]);
+    assert_eq!(l["bytes_sent_per_worker"], w["bytes_sent_per_worker"]);
+    let (ls, ws) =
+        (l["simulated_seconds"].as_f64().unwrap(), w["simulated_seconds"].as_f64().unwrap());
+    assert!(ws > ls + 8.0 * 0.1, "8 DDP rounds over >100 ms RTTs: lan {ls} s, wan {ws} s");
+    assert!(
+        w["compute_utilization"].as_f64().unwrap() < l["compute_utilization"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let out = scratch("bad");
+    for (args, expected) in [
+        (vec!["--preset", "mars"], "mars"),
+        (vec!["--workers", "0"], "--workers"),
+        (vec!["--algos", "streaming"], "Streaming"),
+        (vec!["--step-time", "fast"], "fast"),
+        (vec!["--tflops=0"], "--tflops"),
+    ] {
+        let (ok, stdout, stderr) = simulate(&out, &args);
+        assert!(!ok, "{args:?} should fail:\n{stdout}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
