@@ -18,14 +18,13 @@ setup:
 build: setup
 	cargo build --release --workspace
 
-## demo: the most complete run Meridian has today (see README): every outer algorithm
-## training a small byte-level GPT side by side in one process, then what each
-## compression pipeline sends.
+## demo: the main job (see README): what happens if you train across continents? Every
+## outer algorithm trains a small byte-level GPT over the same simulated cross-continent
+## network (real QUIC over simulated links, in virtual time) and is compared on loss,
+## bytes, simulated wall-clock and compute utilization.
 demo: setup
 	cargo build --release -p meridian-trainer --bin meridian
-	target/release/meridian train --model gpt --set model.d_model=128 --set model.layers=2 \
-	  --set model.heads=2 --set model.context=128 --steps 300 --inner-steps 30 --out out/demo
-	target/release/meridian compress
+	target/release/meridian simulate --preset cross-continent --out out/demo
 
 ## test: formatting, lints (warnings denied) and every test in the workspace.
 test: setup

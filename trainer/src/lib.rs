@@ -38,4 +38,5 @@ pub mod tensor_file;
 #[cfg(test)]
 mod testing;
 pub mod train;
+pub mod whatif;
 pub mod worker;

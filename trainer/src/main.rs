@@ -30,6 +30,10 @@ enum Command {
     /// simulated wide-area network (real QUIC, simulated links, virtual time) and is
     /// compared on loss, bytes, simulated wall-clock and compute utilization.
     Simulate(meridian_trainer::sim::SimulateArgs),
+    /// Size a real run without training: bytes per round, communication time and compute
+    /// utilization per algorithm for a model of any size on a preset or custom network, and
+    /// the link rate a target utilization needs.
+    WhatIf(meridian_trainer::whatif::WhatIfArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => meridian_trainer::net_cli::run_coordinator(&args),
         Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
         Command::Simulate(args) => meridian_trainer::sim::run(&args),
+        Command::WhatIf(args) => meridian_trainer::whatif::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

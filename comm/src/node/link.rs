@@ -33,6 +33,15 @@ impl Out {
 /// and copying hundreds of megabytes must not stall the runtime's other tasks.
 const BLOCKING_BYTES: usize = 1 << 20;
 
+/// Whether a codec job of `len` bytes goes to the blocking pool. Never on a current-thread
+/// runtime: that is how the simulator runs nodes, in virtual time, and a pool thread would
+/// finish at a moment of real time, reordering events between runs of the same seed.
+fn offload(len: usize) -> bool {
+    len > BLOCKING_BYTES
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 /// Spawns the task that sends `conn`'s frames, one at a time and in order (so the peer's
 /// single reader sees them in the order they were queued). It ends when the queue's senders
 /// are gone or the connection fails.
@@ -44,7 +53,7 @@ pub(crate) fn spawn_writer(
     tokio::spawn(async move {
         while let Some(out) = queue.recv().await {
             let Out { kind, round, sender, body, delivered } = out;
-            let encoded = if body.len() > BLOCKING_BYTES {
+            let encoded = if offload(body.len()) {
                 let codec = codec.clone();
                 tokio::task::spawn_blocking(move || codec.encode(kind, round, sender, &body, false))
                     .await
@@ -106,7 +115,7 @@ pub(crate) async fn read_frame(conn: &Connection, codec: &FrameCodec) -> Read {
 }
 
 async fn decode(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Frame, WireError> {
-    if bytes.len() <= BLOCKING_BYTES {
+    if !offload(bytes.len()) {
         return codec.decode(&bytes);
     }
     let codec = codec.clone();
