@@ -134,6 +134,13 @@ fn dct_basis(n: usize) -> Vec<f32> {
     out
 }
 
+/// The orthonormal DCT-II basis of size `n` that the dense path uses (row-major, `f32`),
+/// for the CUDA kernels, which compute with the same matrices.
+#[cfg(feature = "cuda")]
+pub(crate) fn basis(n: usize) -> Vec<f32> {
+    dct_basis(n)
+}
+
 /// Transpose of a square row-major `n × n` matrix.
 fn transpose(m: &[f32], n: usize) -> Vec<f32> {
     let mut t = vec![0.0; n * n];
