@@ -260,6 +260,22 @@ impl CudaBackend {
         self.synchronize()
     }
 
+    /// Sets `bytes` bytes at device address `dst` to `value` (stream-ordered, no wait).
+    ///
+    /// # Safety
+    /// `dst` must have room for `bytes` bytes on this device.
+    pub unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
+        // SAFETY: the caller's contract.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(dst, value, bytes, self.stream.cu_stream())
+        }
+        .map_err(drv("memset"))
+    }
+
     fn error_slot(&self) -> Result<DeviceBuffer<u32>> {
         self.upload(&[NO_ERROR])
     }

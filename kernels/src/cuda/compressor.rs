@@ -74,6 +74,25 @@ impl CudaCompressor {
         })
     }
 
+    /// Fills every scratch buffer with set bits, so that a test sees any element a launch
+    /// failed to write.
+    #[cfg(test)]
+    pub(crate) fn poison(&self) -> Result<()> {
+        let b = &self.backend;
+        for (ptr, bytes) in [
+            (self.idx.ptr(), 4 * self.idx.len()),
+            (self.val.ptr(), 4 * self.val.len()),
+            (self.codes.ptr(), self.codes.len()),
+            (self.params.ptr(), 4 * self.params.len()),
+            (self.packed.ptr(), self.packed.len()),
+            (self.deq.ptr(), 4 * self.deq.len()),
+        ] {
+            // SAFETY: each buffer holds `bytes` bytes.
+            unsafe { b.fill_bytes(ptr, 0xff, bytes) }?;
+        }
+        Ok(())
+    }
+
     /// The CPU compressor of the same configuration (decoding, sizes, inverse transform).
     pub fn cpu(&self) -> &Compressor {
         &self.cpu
@@ -96,8 +115,8 @@ impl CudaCompressor {
         let b = &self.backend;
         // SAFETY: the scratch buffers were sized for this configuration in `new`.
         unsafe {
-            b.write_raw(self.bad.ptr(), &[u32::MAX])?;
-            b.write_raw(self.words.ptr(), &vec![0u32; self.index.words()])?;
+            b.fill_bytes(self.bad.ptr(), 0xff, 4)?;
+            b.fill_bytes(self.words.ptr(), 0, 4 * self.index.words())?;
         }
         let spec = &self.spec;
         let (fixed, width) = (u32::from(self.index.fixed), self.index.width);
