@@ -8,22 +8,25 @@
 // coefficient positions. fixed != 0 packs chunk-local offsets at `width` bits, otherwise a
 // bitmap over all coefficients. `bad` is lowered to the first non-finite coefficient.
 // Launch: grid = tiles, block = MERIDIAN_THREADS, words zeroed.
-extern "C" __global__ void compress_dct(const float* __restrict__ x, TileGeometry g,
-                                        const float* __restrict__ cr,
-                                        const float* __restrict__ cct, u32 k, u32 fixed,
-                                        u32 width, u32* __restrict__ out_idx,
-                                        float* __restrict__ out_val, u32* __restrict__ words,
-                                        u32* bad) {
-    __shared__ float tile[MERIDIAN_MAX_TILE];
-    __shared__ float tmp[MERIDIAN_MAX_TILE];
+extern "C" __global__ void compress_dct(const float* __restrict__ x, TileGeometry g, DimDev rd,
+                                        DimDev cd, u32 k, u32 fixed, u32 width,
+                                        u32* __restrict__ out_idx, float* __restrict__ out_val,
+                                        u32* __restrict__ words, u32* bad) {
+    __shared__ float tile[64 * 65];
+    __shared__ float coef[MERIDIAN_MAX_TILE];
     __shared__ SelectShared s;
     const u32 t = blockIdx.x;
     const u32 n = g.rc * g.cc;
-    load_tile(x, g, t, tile);
-    tile_dct_forward(tile, tmp, tile, g.rc, g.cc, cr, cct);
+    const u32 ld = tile_ld(g);
+    load_tile(x, g, t, tile, ld);
+    tile_transform(tile, ld, g, rd, cd, false);
+    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
+        coef[o] = tile[(o / g.cc) * ld + o % g.cc];
+    }
+    __syncthreads();
     u32* my_idx = out_idx + (u64)t * k;
     float* my_val = out_val + (u64)t * k;
-    const u32 first_bad = block_topk(tile, n, k, t * n, my_idx, my_val, &s);
+    const u32 first_bad = block_topk(coef, n, k, t * n, my_idx, my_val, &s);
     if (first_bad < n) {
         if (threadIdx.x == 0) {
             atomicMin(bad, t * n + first_bad);

@@ -66,7 +66,7 @@ struct SelectShared {
 //
 // Returns the local position of the first non-finite value, or n when all are finite (then
 // nothing is written). Every thread of the block must call it and gets the same result.
-__device__ u32 block_topk(const float* x, u32 n, u32 k, u32 base, u32* out_idx,
+__device__ inline u32 block_topk(const float* x, u32 n, u32 k, u32 base, u32* out_idx,
                           float* out_val, SelectShared* s) {
     if (threadIdx.x == 0) {
         s->bad = n;
@@ -161,101 +161,4 @@ __device__ __forceinline__ u32 get_bits(const u8* bytes, u64 nbytes, u64 bit, u3
     }
     const u64 mask = (width >= 32u) ? 0xffffffffull : ((1ull << width) - 1ull);
     return (u32)((acc >> shift) & mask);
-}
-
-// Forward 2-D DCT of one rc x cc tile in shared memory: y = C_r * x * C_c^T. `cr` is C_r
-// (rc x rc) and `cct` is C_c^T (cc x cc), both row-major in global memory. Each output is
-// one fixed sequence of rounded multiplies and adds (j ascending), so every GPU computes the
-// same bits. `y` may alias `x`; `tmp` may not.
-__device__ void tile_dct_forward(float* x, float* tmp, float* y, u32 rc, u32 cc,
-                                 const float* __restrict__ cr, const float* __restrict__ cct) {
-    const u32 n = rc * cc;
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 r = o / cc;
-        const u32 k = o - r * cc;
-        const float* row = x + r * cc;
-        float acc = __fmul_rn(row[0], __ldg(&cct[k]));
-        for (u32 j = 1; j < cc; ++j) {
-            acc = __fadd_rn(acc, __fmul_rn(row[j], __ldg(&cct[j * cc + k])));
-        }
-        tmp[o] = acc;
-    }
-    __syncthreads();
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 k = o / cc;
-        const u32 j = o - k * cc;
-        float acc = __fmul_rn(__ldg(&cr[k * rc]), tmp[j]);
-        for (u32 m = 1; m < rc; ++m) {
-            acc = __fadd_rn(acc, __fmul_rn(__ldg(&cr[k * rc + m]), tmp[m * cc + j]));
-        }
-        y[o] = acc;
-    }
-    __syncthreads();
-}
-
-// Inverse of tile_dct_forward: x = C_r^T * y * C_c, with `crt` = C_r^T (rc x rc) and
-// `ccm` = C_c (cc x cc), row-major. `x` may alias `y`; `tmp` may not.
-__device__ void tile_dct_inverse(float* y, float* tmp, float* x, u32 rc, u32 cc,
-                                 const float* __restrict__ crt, const float* __restrict__ ccm) {
-    const u32 n = rc * cc;
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 k = o / cc;
-        const u32 c = o - k * cc;
-        const float* row = y + k * cc;
-        float acc = __fmul_rn(row[0], __ldg(&ccm[c]));
-        for (u32 j = 1; j < cc; ++j) {
-            acc = __fadd_rn(acc, __fmul_rn(row[j], __ldg(&ccm[j * cc + c])));
-        }
-        tmp[o] = acc;
-    }
-    __syncthreads();
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 m = o / cc;
-        const u32 c = o - m * cc;
-        float acc = __fmul_rn(__ldg(&crt[m * rc]), tmp[c]);
-        for (u32 k = 1; k < rc; ++k) {
-            acc = __fadd_rn(acc, __fmul_rn(__ldg(&crt[m * rc + k]), tmp[k * cc + c]));
-        }
-        x[o] = acc;
-    }
-    __syncthreads();
-}
-
-// Geometry of a chunked 2-D DCT (1-D is rows = chunk = 1): input rows x cols row-major,
-// tiles of rc x cc over the zero-padded grid, coefficients tile-major.
-struct TileGeometry {
-    u32 rows;
-    u32 cols;
-    u32 rc;
-    u32 cc;
-    u32 tiles_per_row;
-};
-
-// Loads tile `t` of the input into shared `tile` (rc x cc), zeros where padded.
-__device__ __forceinline__ void load_tile(const float* __restrict__ x, TileGeometry g, u32 t,
-                                          float* tile) {
-    const u32 ti = t / g.tiles_per_row;
-    const u32 tj = t - ti * g.tiles_per_row;
-    const u32 n = g.rc * g.cc;
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 r = ti * g.rc + o / g.cc;
-        const u32 c = tj * g.cc + o % g.cc;
-        tile[o] = (r < g.rows && c < g.cols) ? x[(u64)r * g.cols + c] : 0.0f;
-    }
-    __syncthreads();
-}
-
-// Stores shared `tile` as tile `t` of the output, dropping padded positions.
-__device__ __forceinline__ void store_tile(float* __restrict__ out, TileGeometry g, u32 t,
-                                           const float* tile) {
-    const u32 ti = t / g.tiles_per_row;
-    const u32 tj = t - ti * g.tiles_per_row;
-    const u32 n = g.rc * g.cc;
-    for (u32 o = threadIdx.x; o < n; o += blockDim.x) {
-        const u32 r = ti * g.rc + o / g.cc;
-        const u32 c = tj * g.cc + o % g.cc;
-        if (r < g.rows && c < g.cols) {
-            out[(u64)r * g.cols + c] = tile[o];
-        }
-    }
 }

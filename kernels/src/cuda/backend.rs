@@ -37,7 +37,7 @@ fn drv(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> KernelErro
     move |e| device_err(format!("{what}: {e:?}"))
 }
 
-/// The geometry of a chunked DCT as the kernels take it (`TileGeometry` in prelude.cuh).
+/// The geometry of a chunked DCT as the kernels take it (`TileGeometry` in dct.cuh).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TileGeometry {
@@ -46,18 +46,22 @@ pub(crate) struct TileGeometry {
     rc: u32,
     cc: u32,
     tiles_per_row: u32,
+    line: u32,
 }
 
 // SAFETY: a plain `#[repr(C)]` struct of u32s, laid out as the C struct it mirrors.
 unsafe impl DeviceRepr for TileGeometry {}
 
+/// Longest line the kernels transform (`MERIDIAN_MAX_LINE` in dct.cuh).
+const MAX_LINE: usize = 64;
+
 impl TileGeometry {
-    /// The geometry of `plan`, or an error when its tiles exceed what a block holds.
+    /// The geometry of `plan`, or an error when a chunk exceeds what the kernels hold.
     pub(crate) fn of(plan: &DctPlan) -> Result<Self> {
         let (r, c) = (plan.rows(), plan.cols());
-        if plan.tile_len() > MAX_TILE {
+        if r.chunk > MAX_LINE || c.chunk > MAX_LINE || plan.tile_len() > MAX_TILE {
             return Err(device_err(format!(
-                "DCT tiles of {} x {} exceed the {MAX_TILE} elements a block holds",
+                "DCT chunks of {} x {} exceed the {MAX_LINE} points per line the kernels hold",
                 r.chunk, c.chunk
             )));
         }
@@ -68,9 +72,33 @@ impl TileGeometry {
             rc: u(r.chunk)?,
             cc: u(c.chunk)?,
             tiles_per_row: u(c.padded / c.chunk)?,
+            // As `DctPlan::line`: a plan with one row (or one column) is a line plan.
+            line: if r.len == 1 {
+                1
+            } else if c.len == 1 {
+                2
+            } else {
+                0
+            },
         })
     }
 }
+
+/// One dimension's transform as the kernels take it (`DimDev` in dct.cuh): device
+/// addresses of its tables and basis.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DimDev {
+    gather: u64,
+    tab: u64,
+    c: u64,
+    n: u32,
+    fast: u32,
+}
+
+// SAFETY: `#[repr(C)]`, three 8-byte addresses then two u32s, as the C struct (which holds
+// three pointers then two u32s) on a 64-bit device.
+unsafe impl DeviceRepr for DimDev {}
 
 /// A buffer in device memory, owned by the backend that allocated it.
 #[derive(Debug)]
@@ -310,12 +338,8 @@ impl CudaBackend {
     /// # Safety
     /// `x` and `coeffs` must be device addresses of that many floats.
     pub unsafe fn dct_forward(&self, bases: &DctBases, x: u64, coeffs: u64) -> Result<()> {
-        let g = bases.geometry;
-        self.launch(
-            "dct_forward_tiles",
-            blocks(bases.tiles)?,
-            &[&x, &g, &bases.cr.ptr(), &bases.cct.ptr(), &coeffs],
-        )
+        let (g, (rd, cd)) = (bases.geometry, bases.dims());
+        self.launch("dct_forward_tiles", blocks(bases.tiles)?, &[&x, &g, &rd, &cd, &coeffs])
     }
 
     /// Inverse of [`CudaBackend::dct_forward`]: `coeffs` back to `out` (`input_len` floats).
@@ -323,12 +347,8 @@ impl CudaBackend {
     /// # Safety
     /// As [`CudaBackend::dct_forward`].
     pub unsafe fn dct_inverse(&self, bases: &DctBases, coeffs: u64, out: u64) -> Result<()> {
-        let g = bases.geometry;
-        self.launch(
-            "dct_inverse_tiles",
-            blocks(bases.tiles)?,
-            &[&coeffs, &g, &bases.crt.ptr(), &bases.ccm.ptr(), &out],
-        )
+        let (g, (rd, cd)) = (bases.geometry, bases.dims());
+        self.launch("dct_inverse_tiles", blocks(bases.tiles)?, &[&coeffs, &g, &rd, &cd, &out])
     }
 
     /// [`crate::topk::topk_per_chunk`] of the `spec.len` floats at `x`, into `out` (host).
@@ -666,44 +686,68 @@ impl<T: DeviceRepr> Arg for T {
     }
 }
 
-/// A DCT plan's basis matrices on the device, in the orientations the kernels read.
+/// One dimension's tables on the device.
+#[derive(Debug)]
+struct DimTables {
+    gather: DeviceBuffer<u32>,
+    tab: DeviceBuffer<f32>,
+    c: DeviceBuffer<f32>,
+    n: u32,
+    fast: bool,
+}
+
+impl DimTables {
+    fn new(backend: &CudaBackend, n: usize) -> Result<Self> {
+        let (gather, tab, fast) = match crate::dct::fast_tables(n) {
+            Some((g, t)) => (g, t, true),
+            None => (Vec::new(), Vec::new(), false),
+        };
+        Ok(Self {
+            gather: backend.upload(&gather)?,
+            tab: backend.upload(&tab)?,
+            c: backend.upload(&crate::dct::basis(n))?,
+            n: u32_of("chunk", n)?,
+            fast,
+        })
+    }
+
+    fn dev(&self) -> DimDev {
+        DimDev {
+            gather: self.gather.ptr(),
+            tab: self.tab.ptr(),
+            c: self.c.ptr(),
+            n: self.n,
+            fast: u32::from(self.fast),
+        }
+    }
+}
+
+/// A DCT plan's tables on the device: for each dimension the fast path's permutation and
+/// constants or the dense basis, the same `f32` values the CPU computes with.
 #[derive(Debug)]
 pub struct DctBases {
     pub(crate) geometry: TileGeometry,
     pub(crate) tiles: usize,
-    pub(crate) cr: DeviceBuffer<f32>,
-    pub(crate) cct: DeviceBuffer<f32>,
-    pub(crate) crt: DeviceBuffer<f32>,
-    pub(crate) ccm: DeviceBuffer<f32>,
+    rows: DimTables,
+    cols: DimTables,
 }
 
 impl DctBases {
-    /// Uploads `plan`'s bases (the same `f32` values the CPU's dense path uses). Errors when
-    /// its tiles exceed 64 × 64 elements.
+    /// Uploads `plan`'s tables. Errors when a chunk exceeds 64 points.
     pub fn new(backend: &CudaBackend, plan: &DctPlan) -> Result<Self> {
         let geometry = TileGeometry::of(plan)?;
-        let (r, c) = (plan.rows().chunk, plan.cols().chunk);
-        let cr = crate::dct::basis(r);
-        let cc = crate::dct::basis(c);
         Ok(Self {
             geometry,
             tiles: plan.num_tiles(),
-            cr: backend.upload(&cr)?,
-            cct: backend.upload(&transpose(&cc, c))?,
-            crt: backend.upload(&transpose(&cr, r))?,
-            ccm: backend.upload(&cc)?,
+            rows: DimTables::new(backend, plan.rows().chunk)?,
+            cols: DimTables::new(backend, plan.cols().chunk)?,
         })
     }
-}
 
-fn transpose(m: &[f32], n: usize) -> Vec<f32> {
-    let mut t = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            t[j * n + i] = m[i * n + j];
-        }
+    /// The row and column dimensions as kernel arguments.
+    pub(crate) fn dims(&self) -> (DimDev, DimDev) {
+        (self.rows.dev(), self.cols.dev())
     }
-    t
 }
 
 /// What quantizing `n` values under a configuration takes and produces.

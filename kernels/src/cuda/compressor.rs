@@ -124,24 +124,12 @@ impl CudaCompressor {
             (self.idx.ptr(), self.val.ptr(), self.words.ptr(), self.bad.ptr());
         match &self.bases {
             Some(bases) => {
-                let g = bases.geometry;
+                let (g, (rd, cd)) = (bases.geometry, bases.dims());
                 let k = spec.k as u32;
                 b.launch(
                     "compress_dct",
                     tiles_cfg(bases.tiles)?,
-                    &[
-                        &x,
-                        &g,
-                        &bases.cr.ptr(),
-                        &bases.cct.ptr(),
-                        &k,
-                        &fixed,
-                        &width,
-                        &idx,
-                        &val,
-                        &words,
-                        &bad,
-                    ],
+                    &[&x, &g, &rd, &cd, &k, &fixed, &width, &idx, &val, &words, &bad],
                 )?;
             }
             None => {
@@ -234,18 +222,39 @@ impl CudaCompressor {
     }
 
     /// Error feedback on the device, as [`Compressor::subtract_sent`]: removes the last
-    /// call's sent selection from the tensor at `x`. Without a transform it subtracts at
-    /// the sent positions; with the DCT it inverts the sent coefficients into `scratch`
-    /// (temporary device buffers) and subtracts that.
+    /// call's sent selection (still on the device) from the tensor at `x`.
     ///
     /// # Safety
-    /// `x` as in [`CudaCompressor::enqueue`], after a successful compress of it.
+    /// `x` as in [`CudaCompressor::enqueue`], after a successful compress.
     pub unsafe fn subtract_last_sent(&self, x: u64) -> Result<()> {
         let (idx, val) = self.sent_device();
-        let count = self.spec.total_k();
+        // SAFETY: the caller's contract; the selection came from a top-k over this
+        // tensor's transform domain.
+        unsafe { self.subtract_selection(x, idx, val, self.spec.total_k()) }
+    }
+
+    /// [`Compressor::subtract_sent`] on the tensor at `x`: validates `sent` against the
+    /// transform domain first and changes nothing on error.
+    ///
+    /// # Safety
+    /// `x` must be the device address of `self.cpu().len()` floats.
+    pub unsafe fn subtract_sent(&self, x: u64, sent: &Sparse) -> Result<()> {
+        sent.validate(self.cpu.transform_len())?;
+        let b = &self.backend;
+        let idx = b.upload(&sent.indices)?;
+        let val = b.upload(&sent.values)?;
+        // SAFETY: the caller's contract; `sent` was validated.
+        unsafe { self.subtract_selection(x, idx.ptr(), val.ptr(), sent.len()) }?;
+        // The uploads are freed when this returns; wait until the kernels are done with them.
+        b.synchronize()
+    }
+
+    /// Without a transform, subtracts at the selected positions; with the DCT, scatters the
+    /// selected coefficients into zeros, inverts them and subtracts the result.
+    unsafe fn subtract_selection(&self, x: u64, idx: u64, val: u64, count: usize) -> Result<()> {
         let b = &self.backend;
         match &self.bases {
-            // SAFETY: the selection came from a top-k over this tensor's domain.
+            // SAFETY: the callers' contracts.
             None => unsafe { b.subtract_sent_device(x, idx, val, count) },
             Some(bases) => {
                 let coeffs = b.zeros::<f32>(self.cpu.transform_len())?;

@@ -33,19 +33,21 @@
 //!   same SplitMix64 stream.
 //! - Index packing, scatter-mean and error feedback: bit-identical (scatter-mean adds the
 //!   contributions one launch per worker, in ascending worker id, with no float atomics).
-//! - DCT: NOT bit-identical to the CPU. The GPU computes each tile by dense products with
-//!   the same basis (each output a fixed chain of rounded multiplies and adds, never
-//!   fused), while the CPU uses an O(n log n) factorization for power-of-two chunks. Both
-//!   are deterministic, so GPU replicas agree among themselves bit for bit and CPU
-//!   replicas among themselves, but a GPU and a CPU differ by rounding (a few 1e-7
-//!   relative). A run whose workers mix CPU and GPU tensors under a DCT configuration
-//!   therefore does not keep bit-identical replicas; the tests bound the difference.
-//!   Tiles are limited to 64 × 64 elements (the default chunk); larger chunks and global
-//!   (non-per-chunk) selection are reported as unsupported so the caller uses the CPU.
+//! - DCT: bit-identical. `dct.cuh` replays the CPU's arithmetic operation for operation:
+//!   the O(n log n) factorization for power-of-two chunks (with the CPU's own twiddle
+//!   tables, uploaded), the dense product (from `+0.0`, in increasing index) otherwise, and
+//!   the two dimensions of a tile in the order the CPU uses for that combination. The CPU
+//!   vectorizes only across independent lines, so its per-line arithmetic is the scalar
+//!   sequence the GPU runs. GPU and CPU replicas can therefore be mixed in one run.
+//!   Chunks are limited to 64 points per dimension (the default chunk is 64); larger chunks
+//!   and global (non-per-chunk) selection are reported as unsupported so the caller uses
+//!   the CPU.
 //!
 //! # What is tested where
 //! - Everywhere (CPU-only CI included): every `.cu` file, and the whole module, compiles
-//!   with NVRTC for `sm_80` and `sm_90` with an empty NVRTC log (any warning fails).
+//!   with NVRTC for `sm_80` and `sm_90` with an empty NVRTC log (any warning fails); and
+//!   `dct.cuh`, compiled as host C++ with one thread per block, gives the CPU DCT's bits on
+//!   shapes that cover every path (fast and dense dimensions, lines, padding).
 //! - With a CUDA device: parity with the CPU backend on fresh random inputs at several
 //!   sizes, including sizes that are not multiples of the chunk; outputs are poisoned
 //!   before each run so unwritten elements show. Without one those tests print

@@ -13,8 +13,13 @@ use cudarc::nvrtc::{result as nvrtc, sys};
 use super::loader::ensure_nvrtc;
 use crate::error::{KernelError, Result};
 
-/// Device helpers compiled in front of every source.
-pub const PRELUDE: &str = include_str!("../../cuda/prelude.cuh");
+/// Device helpers compiled in front of every source: `prelude.cuh` (types, block-wide
+/// selection, bit packing) and `dct.cuh` (the DCT's per-line and per-tile arithmetic).
+pub const PRELUDE: &str =
+    concat!(include_str!("../../cuda/prelude.cuh"), "\n", include_str!("../../cuda/dct.cuh"));
+
+/// `dct.cuh` alone: it also compiles as host C++ (see the tests).
+pub const DCT_HEADER: &str = include_str!("../../cuda/dct.cuh");
 
 /// Each kernel source, by file name.
 pub const SOURCES: &[(&str, &str)] = &[

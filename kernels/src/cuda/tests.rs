@@ -4,16 +4,26 @@ const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
 
 #[test]
 fn every_kernel_source_compiles_for_sm80_and_sm90_without_warnings() {
-    for arch in ARCHES {
-        for (name, src) in SOURCES {
-            let out = compile(name, src, arch).unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
-            assert!(out.log.is_empty(), "{name} for {arch}: NVRTC diagnostics:\n{}", out.log);
-            assert!(!out.image.is_empty(), "{name} for {arch}: empty image");
+    // One thread per architecture: NVRTC compiles take most of this test's time.
+    std::thread::scope(|scope| {
+        for arch in ARCHES {
+            scope.spawn(move || {
+                for (name, src) in SOURCES {
+                    let out =
+                        compile(name, src, arch).unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
+                    assert!(
+                        out.log.is_empty(),
+                        "{name} for {arch}: NVRTC diagnostics:\n{}",
+                        out.log
+                    );
+                    assert!(!out.image.is_empty(), "{name} for {arch}: empty image");
+                }
+                let out = compile("module", &module_source(), arch)
+                    .unwrap_or_else(|e| panic!("module {arch}: {e}"));
+                assert!(out.log.is_empty(), "module for {arch}: NVRTC diagnostics:\n{}", out.log);
+            });
         }
-        let out = compile("module", &module_source(), arch)
-            .unwrap_or_else(|e| panic!("module {arch}: {e}"));
-        assert!(out.log.is_empty(), "module for {arch}: NVRTC diagnostics:\n{}", out.log);
-    }
+    });
 }
 
 #[test]
@@ -38,7 +48,7 @@ use super::{CudaBackend, CudaCompressor, DctBases, DeviceBuffer};
 use crate::aggregate::{scatter_mean, Contribution, MeanOver};
 use crate::chunks::ChunkSpec;
 use crate::dct::DctPlan;
-use crate::pipeline::{Compressor, CompressorConfig, Selection, Transform};
+use crate::pipeline::{Compressor, CompressorConfig, Selection};
 use crate::quant::{quantize, Bits, QuantConfig, Rounding, Scheme};
 use crate::rng::SplitMix64;
 use crate::sparse::Sparse;
@@ -296,17 +306,21 @@ fn gpu_error_feedback_matches_cpu_bits() {
     assert!(bits_eq(&b.download(&dev).unwrap(), &before));
 }
 
-/// Largest |gpu − cpu| relative to the largest |cpu|.
-fn rel_diff(gpu: &[f32], cpu: &[f32]) -> f32 {
-    let scale = cpu.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    gpu.iter().zip(cpu).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
-}
-
-const DCT_SHAPES: [&[usize]; 6] =
-    [&[128, 192], &[70, 130], &[4096 + 100], &[64, 64, 3], &[7], &[200, 33]];
+/// Fast and dense dimensions, lines, padding: every path of the DCT.
+const DCT_SHAPES: [&[usize]; 9] = [
+    &[128, 192],
+    &[70, 130],
+    &[4096 + 100],
+    &[64, 64, 3],
+    &[7],
+    &[200, 33],
+    &[100, 1],
+    &[16, 8],
+    &[4, 32],
+];
 
 #[test]
-fn gpu_dct_agrees_with_cpu_to_rounding_and_is_deterministic() {
+fn gpu_dct_gives_the_cpu_bits_forward_and_inverse() {
     let Some(b) = gpu() else { return };
     let seed = fresh_seed("dct");
     for shape in DCT_SHAPES {
@@ -317,27 +331,16 @@ fn gpu_dct_agrees_with_cpu_to_rounding_and_is_deterministic() {
         plan.forward(&x, &mut want).unwrap();
         let bases = DctBases::new(&b, &plan).unwrap();
         let dev = b.upload(&x).unwrap();
-        let mut first: Option<Vec<f32>> = None;
-        for _ in 0..2 {
-            let coeffs = poisoned(&b, plan.coeff_len());
-            // SAFETY: sizes from the plan.
-            unsafe { b.dct_forward(&bases, dev.ptr(), coeffs.ptr()) }.unwrap();
-            let got = b.download(&coeffs).unwrap();
-            assert!(rel_diff(&got, &want) < 2e-6, "{shape:?}: {}", rel_diff(&got, &want));
-            if let Some(f) = &first {
-                assert!(bits_eq(f, &got), "{shape:?}: not deterministic");
-            }
-            first = Some(got);
-        }
+        let coeffs = poisoned(&b, plan.coeff_len());
+        // SAFETY: sizes from the plan.
+        unsafe { b.dct_forward(&bases, dev.ptr(), coeffs.ptr()) }.unwrap();
+        assert!(bits_eq(&b.download(&coeffs).unwrap(), &want), "{shape:?} forward");
         let back = poisoned(&b, n);
         // SAFETY: as above.
-        unsafe { b.dct_inverse(&bases, dev.ptr(), back.ptr()) }.unwrap();
+        unsafe { b.dct_inverse(&bases, coeffs.ptr(), back.ptr()) }.unwrap();
         let mut cpu_back = vec![0.0f32; n];
-        let mut padded = x.clone();
-        padded.resize(plan.coeff_len(), 0.0);
-        plan.inverse(&padded, &mut cpu_back).unwrap();
-        let got = b.download(&back).unwrap();
-        assert!(rel_diff(&got, &cpu_back) < 2e-6, "{shape:?} inverse");
+        plan.inverse(&want, &mut cpu_back).unwrap();
+        assert!(bits_eq(&b.download(&back).unwrap(), &cpu_back), "{shape:?} inverse");
     }
 }
 
@@ -368,25 +371,10 @@ fn gpu_fused_compress_matches_the_cpu_pipeline() {
             let got = unsafe { gpu.compress(dev.ptr()) }.unwrap();
             // Whatever the path, a receiver decodes exactly what the GPU says it sent.
             assert_eq!(cpu.decode_sparse(&got.bytes).unwrap(), got.sent, "{shape:?} {cfg:?}");
-            match cfg.transform {
-                Transform::None => {
-                    let want = cpu.compress(&x).unwrap();
-                    assert_eq!(got.bytes, want.bytes, "{shape:?} {cfg:?}");
-                    assert!(bits_eq(&got.sent.values, &want.sent.values));
-                }
-                Transform::Dct { .. } => {
-                    // The selection is exactly the CPU top-k of the GPU's coefficients.
-                    let plan = cpu.dct_plan().unwrap();
-                    let bases = DctBases::new(&b, plan).unwrap();
-                    let coeffs = poisoned(&b, plan.coeff_len());
-                    // SAFETY: sizes from the plan.
-                    unsafe { b.dct_forward(&bases, dev.ptr(), coeffs.ptr()) }.unwrap();
-                    let coeffs = b.download(&coeffs).unwrap();
-                    let mut want = Sparse::default();
-                    topk::topk_per_chunk(&coeffs, cpu.chunk_spec().unwrap(), &mut want).unwrap();
-                    assert_eq!(got.sent.indices, want.indices, "{shape:?} {cfg:?}");
-                }
-            }
+            // The same bytes as the CPU pipeline, with or without the DCT.
+            let want = cpu.compress(&x).unwrap();
+            assert_eq!(got.bytes, want.bytes, "{shape:?} {cfg:?}");
+            assert!(bits_eq(&got.sent.values, &want.sent.values), "{shape:?} {cfg:?}");
             // Repeated runs give the same bytes.
             gpu.poison().unwrap();
             // SAFETY: as above.
@@ -435,10 +423,196 @@ fn gpu_error_feedback_after_compress_matches_cpu() {
         gpu.cpu().subtract_sent(&mut want, &sent).unwrap();
         // SAFETY: as above.
         unsafe { gpu.subtract_last_sent(dev.ptr()) }.unwrap();
-        let got = b.download(&dev).unwrap();
-        match cfg.transform {
-            Transform::None => assert!(bits_eq(&got, &want)),
-            Transform::Dct { .. } => assert!(rel_diff(&got, &want) < 2e-6),
-        }
+        assert!(bits_eq(&b.download(&dev).unwrap(), &want), "{cfg:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The DCT port, checked on the CPU: dct.cuh compiled as host C++ (one "thread" per block,
+// so every tile loop runs sequentially) must give the CPU DCT's bits exactly.
+// ---------------------------------------------------------------------------------------
+
+const HOST_SHIMS: &str = r#"
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+typedef uint8_t u8;
+typedef uint32_t u32;
+typedef unsigned long long u64;
+#define __device__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__
+struct Dim3 { u32 x; };
+static Dim3 threadIdx = {0};
+static Dim3 blockDim = {1};
+static inline void __syncthreads() {}
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+template <typename T> static inline T __ldg(const T* p) { return *p; }
+"#;
+
+const HOST_MAIN: &str = r#"
+static u32 rd_u32(FILE* f) { u32 v = 0; if (fread(&v, 4, 1, f) != 1) { v = 0; } return v; }
+template <typename T> static std::vector<T> rd_vec(FILE* f, size_t n) {
+    std::vector<T> v(n + 1);
+    if (n && fread(v.data(), sizeof(T), n, f) != n) { v.assign(n + 1, T()); }
+    return v;
+}
+struct HostDim { std::vector<u32> gather; std::vector<float> tab; std::vector<float> c; DimDev d; };
+static void rd_dim(FILE* f, HostDim& h) {
+    const u32 n = rd_u32(f), fast = rd_u32(f), ng = rd_u32(f), nt = rd_u32(f);
+    h.gather = rd_vec<u32>(f, ng);
+    h.tab = rd_vec<float>(f, nt);
+    h.c = rd_vec<float>(f, (size_t)n * n);
+    h.d.gather = h.gather.data(); h.d.tab = h.tab.data(); h.d.c = h.c.data();
+    h.d.n = n; h.d.fast = fast;
+}
+int main(int argc, char** argv) {
+    if (argc != 3) { return 2; }
+    FILE* in = fopen(argv[1], "rb");
+    if (!in) { return 3; }
+    TileGeometry g;
+    g.rows = rd_u32(in); g.cols = rd_u32(in); g.rc = rd_u32(in); g.cc = rd_u32(in);
+    g.tiles_per_row = rd_u32(in); g.line = rd_u32(in);
+    const u32 tiles = rd_u32(in);
+    HostDim r, c;
+    rd_dim(in, r);
+    rd_dim(in, c);
+    std::vector<float> x = rd_vec<float>(in, (size_t)g.rows * g.cols);
+    fclose(in);
+    const u32 ld = tile_ld(g), n = g.rc * g.cc;
+    std::vector<float> tile(64 * 65), coeffs((size_t)tiles * n), back((size_t)g.rows * g.cols);
+    for (u32 t = 0; t < tiles; ++t) {
+        load_tile(x.data(), g, t, tile.data(), ld);
+        tile_transform(tile.data(), ld, g, r.d, c.d, false);
+        for (u32 o = 0; o < n; ++o) { coeffs[(size_t)t * n + o] = tile[(o / g.cc) * ld + o % g.cc]; }
+    }
+    for (u32 t = 0; t < tiles; ++t) {
+        for (u32 o = 0; o < n; ++o) { tile[(o / g.cc) * ld + o % g.cc] = coeffs[(size_t)t * n + o]; }
+        tile_transform(tile.data(), ld, g, r.d, c.d, true);
+        store_tile(back.data(), g, t, tile.data(), ld);
+    }
+    FILE* out = fopen(argv[2], "wb");
+    if (!out) { return 4; }
+    fwrite(coeffs.data(), 4, coeffs.size(), out);
+    fwrite(back.data(), 4, back.size(), out);
+    fclose(out);
+    return 0;
+}
+"#;
+
+fn host_compiler() -> Option<&'static str> {
+    ["c++", "g++", "clang++"].into_iter().find(|c| {
+        std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
+    })
+}
+
+fn put_u32(buf: &mut Vec<u8>, v: usize) {
+    buf.extend_from_slice(&(v as u32).to_le_bytes());
+}
+
+fn put_f32s(buf: &mut Vec<u8>, v: &[f32]) {
+    for x in v {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+#[test]
+fn the_cuda_dct_source_gives_the_cpu_dct_bits_when_run_on_the_host() {
+    let Some(cxx) = host_compiler() else {
+        println!("skipped: no C++ compiler");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("meridian-dct-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("dct_host.cpp");
+    let exe = dir.join("dct_host");
+    std::fs::write(&src, format!("{HOST_SHIMS}\n{}\n{HOST_MAIN}", super::source::DCT_HEADER))
+        .unwrap();
+    // No contraction and strict IEEE single precision, as the device code is compiled.
+    let status = std::process::Command::new(cxx)
+        .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Werror"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cxx} failed on dct.cuh");
+    // Every branch of the port: fast × fast at 64 and at the small lengths (4, 8, 16, 32),
+    // fast × dense, dense × dense, lines along either dimension, padding everywhere.
+    let shapes: [&[usize]; 13] = [
+        &[128, 192],
+        &[70, 130],
+        &[4096 + 100],
+        &[7],
+        &[64, 64, 3],
+        &[200, 33],
+        &[100, 1],
+        &[1, 100],
+        &[3, 5],
+        &[16, 8],
+        &[4, 32],
+        &[130, 70],
+        &[1, 1],
+    ];
+    for (s, shape) in shapes.iter().enumerate() {
+        let plan = DctPlan::for_shape(shape, 64).unwrap();
+        let (r, c) = (plan.rows(), plan.cols());
+        let x = random(plan.input_len(), 77 + s as u64);
+        let mut input = Vec::new();
+        let line = if r.len == 1 {
+            1
+        } else if c.len == 1 {
+            2
+        } else {
+            0
+        };
+        for v in [r.len, c.len, r.chunk, c.chunk, c.padded / c.chunk, line, plan.num_tiles()] {
+            put_u32(&mut input, v);
+        }
+        for n in [r.chunk, c.chunk] {
+            let (gather, tab) = crate::dct::fast_tables(n).unwrap_or_default();
+            let fast = crate::dct::fast_tables(n).is_some();
+            for v in [n, usize::from(fast), gather.len(), tab.len()] {
+                put_u32(&mut input, v);
+            }
+            for g in &gather {
+                input.extend_from_slice(&g.to_le_bytes());
+            }
+            put_f32s(&mut input, &tab);
+            put_f32s(&mut input, &crate::dct::basis(n));
+        }
+        put_f32s(&mut input, &x);
+        let (inp, outp) = (dir.join("in.bin"), dir.join("out.bin"));
+        std::fs::write(&inp, &input).unwrap();
+        let status = std::process::Command::new(&exe).arg(&inp).arg(&outp).status().unwrap();
+        assert!(status.success(), "{shape:?}: harness failed");
+        let out: Vec<f32> = std::fs::read(&outp)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let (got_coeffs, got_back) = out.split_at(plan.coeff_len());
+        let mut want = vec![0.0f32; plan.coeff_len()];
+        plan.forward(&x, &mut want).unwrap();
+        let first_diff = got_coeffs.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(
+            first_diff,
+            None,
+            "{shape:?} forward: {:?}",
+            first_diff.map(|i| (got_coeffs[i], want[i]))
+        );
+        let mut back = vec![0.0f32; plan.input_len()];
+        plan.inverse(&want, &mut back).unwrap();
+        let first_diff = got_back.iter().zip(&back).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(
+            first_diff,
+            None,
+            "{shape:?} inverse: {:?}",
+            first_diff.map(|i| (got_back[i], back[i]))
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
