@@ -14,9 +14,11 @@
 //! - [`harness::Harness`]: N workers in one process.
 //! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
 //! - [`toy`]: a small MLP task for tests and examples.
+//! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place).
 
 pub mod algorithm;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod harness;
 pub mod outer;
