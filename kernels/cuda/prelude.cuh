@@ -39,7 +39,8 @@ __device__ __forceinline__ u32 block_exclusive_count(bool flag, u32* warp_totals
     __syncthreads();
     u32 before = 0;
     u32 sum = 0;
-    for (u32 w = 0; w < MERIDIAN_WARPS; ++w) {
+    const u32 warps = (blockDim.x + 31u) / 32u;
+    for (u32 w = 0; w < warps; ++w) {
         const u32 c = warp_totals[w];
         before += (w < warp) ? c : 0u;
         sum += c;

@@ -176,29 +176,15 @@ impl CudaCompressor {
             }
             return Err(KernelError::NonFinite { what: "x", index: i as usize, value: v[0] });
         }
-        out.bytes.clear();
-        out.bytes.push(FORMAT_VERSION);
-        out.bytes.push(TAG_PER_CHUNK);
-        out.bytes.extend_from_slice(&(self.cpu.len() as u32).to_le_bytes());
-        out.bytes.extend_from_slice(&(self.spec.total_k() as u32).to_le_bytes());
-        self.index.append(&b.download(&self.words)?, &mut out.bytes);
-        let indices = b.download(&self.idx)?;
-        let values = match &self.quant {
-            Some(q) => {
-                let quantized = q.finish(b.download(&self.packed)?, b.download(&self.params)?)?;
-                quantized.encode_into(&mut out.bytes);
-                b.download(&self.deq)?
-            }
-            None => {
-                let v = b.download(&self.val)?;
-                for x in &v {
-                    out.bytes.extend_from_slice(&x.to_le_bytes());
-                }
-                v
-            }
+        let outputs = DeviceOutputs {
+            words: b.download(&self.words)?,
+            idx: b.download(&self.idx)?,
+            val: if self.quant.is_some() { Vec::new() } else { b.download(&self.val)? },
+            packed: if self.quant.is_some() { b.download(&self.packed)? } else { Vec::new() },
+            params: if self.quant.is_some() { b.download(&self.params)? } else { Vec::new() },
+            deq: if self.quant.is_some() { b.download(&self.deq)? } else { Vec::new() },
         };
-        out.sent = Sparse { indices, values };
-        Ok(())
+        assemble(&self.cpu, &self.index, self.quant.as_ref(), outputs, out)
     }
 
     /// [`Compressor::compress`] of the tensor at device address `x`.
@@ -269,6 +255,52 @@ impl CudaCompressor {
             }
         }
     }
+}
+
+/// What the compress kernels leave on the device, copied to the host.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceOutputs {
+    /// The packed index stream, as u32 words.
+    pub(crate) words: Vec<u32>,
+    /// Kept positions.
+    pub(crate) idx: Vec<u32>,
+    /// Kept values (read when not quantizing).
+    pub(crate) val: Vec<f32>,
+    /// Packed codes, parameters and reconstructions (when quantizing).
+    pub(crate) packed: Vec<u8>,
+    pub(crate) params: Vec<f32>,
+    pub(crate) deq: Vec<f32>,
+}
+
+/// The byte encoding and sent selection of [`Compressor::compress`] from the kernels'
+/// outputs: the header, the index encoding, then the quantized or raw values.
+pub(crate) fn assemble(
+    cpu: &Compressor,
+    index: &IndexPlan,
+    quant: Option<&QuantPlan>,
+    o: DeviceOutputs,
+    out: &mut Compressed,
+) -> Result<()> {
+    out.bytes.clear();
+    out.bytes.push(FORMAT_VERSION);
+    out.bytes.push(TAG_PER_CHUNK);
+    out.bytes.extend_from_slice(&(cpu.len() as u32).to_le_bytes());
+    out.bytes.extend_from_slice(&(index.total_k as u32).to_le_bytes());
+    index.append(&o.words, &mut out.bytes);
+    let values = match quant {
+        Some(q) => {
+            q.finish(o.packed, o.params)?.encode_into(&mut out.bytes);
+            o.deq
+        }
+        None => {
+            for x in &o.val {
+                out.bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            o.val
+        }
+    };
+    out.sent = Sparse { indices: o.idx, values };
+    Ok(())
 }
 
 fn tiles_cfg(n: usize) -> Result<cudarc::driver::LaunchConfig> {

@@ -47,7 +47,11 @@
 //! - Everywhere (CPU-only CI included): every `.cu` file, and the whole module, compiles
 //!   with NVRTC for `sm_80` and `sm_90` with an empty NVRTC log (any warning fails); and
 //!   `dct.cuh`, compiled as host C++ with one thread per block, gives the CPU DCT's bits on
-//!   shapes that cover every path (fast and dense dimensions, lines, padding).
+//!   shapes that cover every path (fast and dense dimensions, lines, padding); and all
+//!   kernel sources, compiled as host C++ with one thread per block (blocks run one after
+//!   another), run the fused compress and the quantizer and give the CPU pipeline's bytes
+//!   for every preset and several quantizers. The host runs check indices, formulas and
+//!   layouts; they cannot show races or missing barriers, which only the GPU tests can.
 //! - With a CUDA device: parity with the CPU backend on fresh random inputs at several
 //!   sizes, including sizes that are not multiples of the chunk; outputs are poisoned
 //!   before each run so unwritten elements show. Without one those tests print
@@ -62,5 +66,7 @@ pub use backend::{CudaBackend, DctBases, DeviceBuffer};
 pub use compressor::CudaCompressor;
 pub use loader::{cuda_available, device_count};
 
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod tests;

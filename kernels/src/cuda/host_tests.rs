@@ -1,0 +1,380 @@
+//! The CUDA sources run on the host: every kernel compiled as C++ with one thread per block
+//! and the blocks of a launch run one after another. That cannot show races or
+//! synchronization bugs, but it checks every index, formula and byte layout of the kernels
+//! against the CPU backend on any machine, GPU or not.
+
+use super::backend::{IndexPlan, QuantPlan};
+use super::compressor::{assemble, DeviceOutputs};
+use super::source::{PRELUDE, SOURCES};
+use crate::chunks::ChunkSpec;
+use crate::pipeline::{Compressed, Compressor, CompressorConfig, Selection, Transform};
+use crate::quant::{Bits, QuantConfig, Rounding, Scheme};
+use crate::rng::SplitMix64;
+
+/// CUDA's built-ins for one thread per block on the host.
+const SHIMS: &str = r#"
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+typedef uint8_t u8;
+typedef uint32_t u32;
+typedef unsigned long long u64;
+#define __device__
+#define __global__
+#define __shared__ static
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__
+struct Dim3 { u32 x; };
+static Dim3 threadIdx = {0};
+static Dim3 blockDim = {1};
+static Dim3 blockIdx = {0};
+static inline void __syncthreads() {}
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+template <typename T> static inline T __ldg(const T* p) { return *p; }
+template <typename T> static inline T min(T a, T b) { return b < a ? b : a; }
+static inline u32 __ballot_sync(u32, bool p) { return p ? 1u : 0u; }
+static inline u32 __popc(u32 v) { return (u32)__builtin_popcount(v); }
+static inline u32 atomicMin(u32* p, u32 v) { u32 o = *p; if (v < o) { *p = v; } return o; }
+static inline u32 atomicMax(u32* p, u32 v) { u32 o = *p; if (v > o) { *p = v; } return o; }
+static inline u32 atomicAdd(u32* p, u32 v) { u32 o = *p; *p = o + v; return o; }
+static inline u32 atomicOr(u32* p, u32 v) { u32 o = *p; *p = o | v; return o; }
+static inline u32 __float_as_uint(float f) { u32 u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(u32 u) { float f; memcpy(&f, &u, 4); return f; }
+"#;
+
+/// Runs the compress kernels as `CudaCompressor::enqueue` launches them.
+const MAIN: &str = r#"
+static FILE* in_f;
+static u32 rd() { u32 v = 0; if (fread(&v, 4, 1, in_f) != 1) { v = 0; } return v; }
+static float rdf() { float v = 0; if (fread(&v, 4, 1, in_f) != 1) { v = 0; } return v; }
+template <typename T> static std::vector<T> rdv(size_t n) {
+    std::vector<T> v(n + 1);
+    if (n && fread(v.data(), sizeof(T), n, in_f) != n) { v.assign(n + 1, T()); }
+    return v;
+}
+struct HostDim { std::vector<u32> gather; std::vector<float> tab; std::vector<float> c; DimDev d; };
+static void rd_dim(HostDim& h) {
+    const u32 n = rd(), fast = rd(), ng = rd(), nt = rd();
+    h.gather = rdv<u32>(ng);
+    h.tab = rdv<float>(nt);
+    h.c = rdv<float>((size_t)n * n);
+    h.d.gather = h.gather.data(); h.d.tab = h.tab.data(); h.d.c = h.c.data();
+    h.d.n = n; h.d.fast = fast;
+}
+template <typename T> static void wr(FILE* f, const std::vector<T>& v, size_t n) {
+    if (n) { fwrite(v.data(), sizeof(T), n, f); }
+}
+int main(int argc, char** argv) {
+    if (argc != 3) { return 2; }
+    in_f = fopen(argv[1], "rb");
+    if (!in_f) { return 3; }
+    const u32 dct = rd();
+    TileGeometry g;
+    g.rows = rd(); g.cols = rd(); g.rc = rd(); g.cc = rd(); g.tiles_per_row = rd(); g.line = rd();
+    const u32 tiles = rd();
+    HostDim r, c;
+    if (dct) { rd_dim(r); rd_dim(c); }
+    const u32 len = rd(), chunk_len = rd(), k = rd(), k_last = rd(), chunks = rd();
+    const u32 fixed = rd(), width = rd(), nwords = rd(), total_k = rd();
+    const u32 has_quant = rd(), qblock = rd(), bits = rd(), scheme = rd();
+    const float clip = rdf();
+    const u32 stochastic = rd(), seed_lo = rd(), seed_hi = rd(), nparams = rd(), npacked = rd();
+    const u32 input_len = rd();
+    std::vector<float> x = rdv<float>(input_len);
+    fclose(in_f);
+    const u64 seed = ((u64)seed_hi << 32) | seed_lo;
+    std::vector<u32> words(nwords + 1, 0), idx(total_k + 1, 0xffffffffu);
+    std::vector<float> val(total_k + 1, NAN), params(nparams + 1, NAN), deq(total_k + 1, NAN);
+    std::vector<u8> codes(total_k + 1, 0xff), packed(npacked + 1, 0xff);
+    u32 bad = 0xffffffffu;
+    if (dct) {
+        for (blockIdx.x = 0; blockIdx.x < tiles; ++blockIdx.x) {
+            compress_dct(x.data(), g, r.d, c.d, k, fixed, width, idx.data(), val.data(), words.data(), &bad);
+        }
+    } else {
+        for (blockIdx.x = 0; blockIdx.x < chunks; ++blockIdx.x) {
+            compress_chunks(x.data(), len, chunk_len, k, k_last, fixed, width, idx.data(), val.data(), words.data(), &bad);
+        }
+    }
+    if (has_quant && bad == 0xffffffffu) {
+        const u32 nblocks = (total_k + qblock - 1) / qblock;
+        for (blockIdx.x = 0; blockIdx.x < nblocks; ++blockIdx.x) {
+            quantize_blocks(val.data(), total_k, qblock, bits, scheme, clip, stochastic, seed,
+                            params.data(), codes.data(), deq.data());
+        }
+        for (blockIdx.x = 0; blockIdx.x < npacked; ++blockIdx.x) {
+            pack_codes(codes.data(), total_k, bits, packed.data());
+        }
+    }
+    FILE* out = fopen(argv[2], "wb");
+    if (!out) { return 4; }
+    fwrite(&bad, 4, 1, out);
+    wr(out, words, nwords);
+    wr(out, idx, total_k);
+    wr(out, val, total_k);
+    wr(out, params, nparams);
+    wr(out, packed, npacked);
+    wr(out, deq, total_k);
+    fclose(out);
+    return 0;
+}
+"#;
+
+fn put(b: &mut Vec<u8>, v: usize) {
+    b.extend_from_slice(&(v as u32).to_le_bytes());
+}
+
+fn compiler() -> Option<&'static str> {
+    ["c++", "g++", "clang++"].into_iter().find(|c| {
+        std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
+    })
+}
+
+struct Harness {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl Harness {
+    fn build() -> Option<Self> {
+        let Some(cxx) = compiler() else {
+            println!("skipped: no C++ compiler");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("meridian-cuda-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sources: Vec<&str> = SOURCES.iter().map(|(_, s)| *s).collect();
+        let src = dir.join("kernels_host.cpp");
+        std::fs::write(&src, format!("{SHIMS}\n{PRELUDE}\n{}\n{MAIN}", sources.join("\n")))
+            .unwrap();
+        let exe = dir.join("kernels_host");
+        let status = std::process::Command::new(cxx)
+            .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-w"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cxx} failed on the CUDA sources");
+        Some(Self { dir, exe })
+    }
+
+    fn compress(&self, cfg: CompressorConfig, shape: &[usize], x: &[f32]) -> (u32, Compressed) {
+        let cpu = Compressor::new(cfg, shape).unwrap();
+        let spec: ChunkSpec = *cpu.chunk_spec().unwrap();
+        let index = IndexPlan::new(&spec).unwrap();
+        let quant = cfg.values.as_ref().map(|q| QuantPlan::new(q, spec.total_k()).unwrap());
+        let mut b = Vec::new();
+        match cpu.dct_plan() {
+            Some(plan) => {
+                let (r, c) = (plan.rows(), plan.cols());
+                let line = if r.len == 1 {
+                    1
+                } else if c.len == 1 {
+                    2
+                } else {
+                    0
+                };
+                for v in
+                    [1, r.len, c.len, r.chunk, c.chunk, c.padded / c.chunk, line, plan.num_tiles()]
+                {
+                    put(&mut b, v);
+                }
+                for n in [r.chunk, c.chunk] {
+                    let (gather, tab) = crate::dct::fast_tables(n).unwrap_or_default();
+                    let fast = crate::dct::fast_tables(n).is_some();
+                    for v in [n, usize::from(fast), gather.len(), tab.len()] {
+                        put(&mut b, v);
+                    }
+                    for g in gather {
+                        put(&mut b, g as usize);
+                    }
+                    for f in tab.into_iter().chain(crate::dct::basis(n)) {
+                        b.extend_from_slice(&f.to_le_bytes());
+                    }
+                }
+            }
+            None => (0..8).for_each(|_| put(&mut b, 0)),
+        }
+        let last = spec.chunk_range(spec.num_chunks() - 1).len();
+        for v in [spec.len, spec.chunk_len, spec.k, spec.k_for(last), spec.num_chunks()] {
+            put(&mut b, v);
+        }
+        for v in [usize::from(index.fixed), index.width as usize, index.words(), spec.total_k()] {
+            put(&mut b, v);
+        }
+        let (block, bits, scheme, clip, stochastic, seed, nparams, npacked) = match &quant {
+            Some(q) => (
+                q.block,
+                q.bits.count() as usize,
+                q.scheme as usize,
+                q.clip,
+                q.stochastic as usize,
+                q.seed,
+                q.params,
+                q.packed,
+            ),
+            None => (1, 8, 0, 0.0f32, 0, 0u64, 0, 0),
+        };
+        for v in [usize::from(quant.is_some()), block, bits, scheme] {
+            put(&mut b, v);
+        }
+        b.extend_from_slice(&clip.to_le_bytes());
+        for v in [
+            stochastic,
+            (seed & 0xffff_ffff) as usize,
+            (seed >> 32) as usize,
+            nparams,
+            npacked,
+            x.len(),
+        ] {
+            put(&mut b, v);
+        }
+        for f in x {
+            b.extend_from_slice(&f.to_le_bytes());
+        }
+        let (inp, outp) = (self.dir.join("in.bin"), self.dir.join("out.bin"));
+        std::fs::write(&inp, &b).unwrap();
+        let status = std::process::Command::new(&self.exe).arg(&inp).arg(&outp).status().unwrap();
+        assert!(status.success());
+        let out = std::fs::read(&outp).unwrap();
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let s = out[at..at + n].to_vec();
+            at += n;
+            s
+        };
+        let words4 = |v: Vec<u8>| -> Vec<u32> {
+            v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let floats = |v: Vec<u8>| -> Vec<f32> {
+            v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let bad = words4(take(4))[0];
+        let total = spec.total_k();
+        let outputs = DeviceOutputs {
+            words: words4(take(4 * index.words())),
+            idx: words4(take(4 * total)),
+            val: floats(take(4 * total)),
+            params: floats(take(4 * nparams)),
+            packed: take(npacked),
+            deq: floats(take(4 * if quant.is_some() { total } else { 0 })),
+        };
+        let mut result = Compressed::default();
+        if bad == u32::MAX {
+            assemble(&cpu, &index, quant.as_ref(), outputs, &mut result)
+                .unwrap_or_else(|e| panic!("{shape:?} {cfg:?}: {e}"));
+        }
+        (bad, result)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = SplitMix64::new(seed);
+    (0..n)
+        .map(|i| {
+            let u = r.next_unit_f32() + r.next_unit_f32() + r.next_unit_f32() - 1.5;
+            // A share of exact ties, to exercise the lower-index rule.
+            if i % 7 == 0 {
+                (u * 8.0).round() / 8.0
+            } else {
+                u
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_cuda_compress_kernels_give_the_cpu_bytes_when_run_on_the_host() {
+    let Some(h) = Harness::build() else { return };
+    let configs = [
+        CompressorConfig::sparseloco(),
+        CompressorConfig { values: Some(QuantConfig::int8()), ..CompressorConfig::sparseloco() },
+        CompressorConfig {
+            values: Some(QuantConfig::int4()),
+            chunk_len: 1000,
+            selection: Selection::PerChunk { k: 9 },
+            ..CompressorConfig::sparseloco()
+        },
+        CompressorConfig {
+            values: None,
+            chunk_len: 16,
+            selection: Selection::PerChunk { k: 12 },
+            ..CompressorConfig::sparseloco()
+        },
+        CompressorConfig::demo(),
+        CompressorConfig::demo_2bit(),
+        CompressorConfig::demo_sign(),
+        CompressorConfig {
+            values: Some(QuantConfig {
+                rounding: Rounding::Stochastic { seed: 0x1234_5678_9abc },
+                ..QuantConfig::int4()
+            }),
+            ..CompressorConfig::demo()
+        },
+        CompressorConfig {
+            values: Some(QuantConfig {
+                rounding: Rounding::Stochastic { seed: 99 },
+                block: 50,
+                ..QuantConfig::sign_1bit()
+            }),
+            ..CompressorConfig::sparseloco()
+        },
+        CompressorConfig {
+            values: Some(QuantConfig {
+                bits: Bits::B8,
+                scheme: Scheme::Codebook { clip_sigmas: 2.0 },
+                block: 300,
+                rounding: Rounding::Nearest,
+            }),
+            ..CompressorConfig::demo()
+        },
+    ];
+    let shapes: [&[usize]; 7] =
+        [&[3 * 4096 + 100], &[128, 192], &[70, 130], &[7], &[100, 1], &[16, 8], &[200, 33]];
+    for (s, shape) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut x = random(n, 11 + s as u64);
+        if n > 300 {
+            x[..40].iter_mut().for_each(|v| *v = 0.0);
+        }
+        for cfg in configs {
+            let mut cpu = Compressor::new(cfg, shape).unwrap();
+            let want = cpu.compress(&x).unwrap();
+            let (bad, got) = h.compress(cfg, shape, &x);
+            assert_eq!(bad, u32::MAX, "{shape:?} {cfg:?}");
+            assert_eq!(got.sent.indices, want.sent.indices, "{shape:?} {cfg:?}");
+            assert!(
+                got.sent
+                    .values
+                    .iter()
+                    .zip(&want.sent.values)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{shape:?} {cfg:?}"
+            );
+            assert_eq!(got.bytes, want.bytes, "{shape:?} {cfg:?}");
+        }
+    }
+    // A non-finite input is reported at its first position, without a transform, and
+    // refused with the DCT.
+    let mut x = random(3 * 4096 + 100, 3);
+    x[9000] = f32::INFINITY;
+    x[10_000] = f32::NAN;
+    let (bad, _) = h.compress(CompressorConfig::sparseloco(), &[x.len()], &x);
+    assert_eq!(bad, 9000);
+    let (bad, _) = h.compress(CompressorConfig::demo(), &[x.len()], &x);
+    assert_ne!(bad, u32::MAX);
+    let _ = Transform::None;
+}
