@@ -6,19 +6,14 @@
 use std::path::{Path, PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=MERIDIAN_NVRTC");
-    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
+    // Not the venv itself: cargo would rescan its whole tree on every build. A venv made
+    // after this ran is still found at run time through VIRTUAL_ENV (see cuda::loader).
+    println!("cargo:rerun-if-changed=build.rs");
+    // Only the project's own venv: reading VIRTUAL_ENV here would rebuild this crate and
+    // everything above it whenever a shell with and one without it alternate.
     let manifest = std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_default();
-    let mut venvs = vec![manifest.join("../.venv")];
-    if let Ok(v) = std::env::var("VIRTUAL_ENV") {
-        venvs.insert(0, PathBuf::from(v));
-    }
-    for venv in venvs {
-        println!("cargo:rerun-if-changed={}", venv.display());
-        if let Some(dir) = nvrtc_dir(&venv) {
-            println!("cargo:rustc-env=MERIDIAN_NVRTC_DIR={}", dir.display());
-            return;
-        }
+    if let Some(dir) = nvrtc_dir(&manifest.join("../.venv")) {
+        println!("cargo:rustc-env=MERIDIAN_NVRTC_DIR={}", dir.display());
     }
 }
 
