@@ -2,8 +2,24 @@ use super::source::{compile, module_source, SOURCES};
 
 const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
 
+/// Whether NVRTC can be loaded. Without it (a checkout whose venv is not installed) the
+/// compile tests print why and pass, except in CI, where they must run.
+fn nvrtc_present() -> bool {
+    match super::loader::ensure_nvrtc() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            println!("skipped: {e}");
+            false
+        }
+        Err(e) => panic!("CI must compile the CUDA kernels: {e}"),
+    }
+}
+
 #[test]
 fn every_kernel_source_compiles_for_sm80_and_sm90_without_warnings() {
+    if !nvrtc_present() {
+        return;
+    }
     // One thread per architecture: NVRTC compiles take most of this test's time.
     std::thread::scope(|scope| {
         for arch in ARCHES {
@@ -28,6 +44,9 @@ fn every_kernel_source_compiles_for_sm80_and_sm90_without_warnings() {
 
 #[test]
 fn a_compile_error_and_a_warning_are_both_caught() {
+    if !nvrtc_present() {
+        return;
+    }
     // The compile test above relies on errors failing and warnings showing in the log.
     let err = compile("broken.cu", "extern \"C\" __global__ void k() { undeclared(); }", "sm_80");
     assert!(err.is_err());
