@@ -70,10 +70,63 @@ static void rd_dim(HostDim& h) {
 template <typename T> static void wr(FILE* f, const std::vector<T>& v, size_t n) {
     if (n) { fwrite(v.data(), sizeof(T), n, f); }
 }
+// Decoding: unpack_fixed on an index body, dequantize on packed codes.
+static int run_decode(FILE* out) {
+    const u32 nbytes = rd(), total_k = rd(), k = rd(), chunk_len = rd(), len = rd(), width = rd();
+    std::vector<u8> body = rdv<u8>(nbytes);
+    const u32 n = rd(), block = rd(), bits = rd(), scheme = rd(), npacked = rd(), nparams = rd();
+    std::vector<u8> packed = rdv<u8>(npacked);
+    std::vector<float> params = rdv<float>(nparams);
+    fclose(in_f);
+    std::vector<u32> idx(total_k + 1, 0xffffffffu);
+    std::vector<float> deq(n + 1, NAN);
+    u32 bad = 0xffffffffu;
+    for (blockIdx.x = 0; blockIdx.x < total_k; ++blockIdx.x) {
+        unpack_fixed(body.data(), nbytes, total_k, k, chunk_len, len, width, idx.data(), &bad);
+    }
+    for (blockIdx.x = 0; blockIdx.x < n; ++blockIdx.x) {
+        dequantize(packed.data(), params.data(), n, block, bits, scheme, deq.data());
+    }
+    fwrite(&bad, 4, 1, out);
+    wr(out, idx, total_k);
+    wr(out, deq, n);
+    return 0;
+}
+
+// Aggregation: scatter_add per contribution in the order given, then mean_finish.
+static int run_aggregate(FILE* out) {
+    const u32 len = rd(), workers = rd(), count_mode = rd(), contribs = rd();
+    std::vector<float> acc(len + 1, 0.0f);
+    std::vector<u32> counts(len + 1, 0);
+    for (u32 c = 0; c < contribs; ++c) {
+        const u32 m = rd();
+        std::vector<u32> idx = rdv<u32>(m);
+        std::vector<float> val = rdv<float>(m);
+        for (blockIdx.x = 0; blockIdx.x < m; ++blockIdx.x) {
+            scatter_add(idx.data(), val.data(), m, acc.data(), count_mode ? counts.data() : 0);
+        }
+    }
+    fclose(in_f);
+    u32 bad = 0xffffffffu;
+    for (blockIdx.x = 0; blockIdx.x < len; ++blockIdx.x) {
+        mean_finish(acc.data(), count_mode ? counts.data() : 0, workers, len, &bad);
+    }
+    fwrite(&bad, 4, 1, out);
+    wr(out, acc, len);
+    return 0;
+}
+
 int main(int argc, char** argv) {
-    if (argc != 3) { return 2; }
+    if (argc != 4) { return 2; }
     in_f = fopen(argv[1], "rb");
     if (!in_f) { return 3; }
+    if (argv[3][0] != 'c') {
+        FILE* out = fopen(argv[2], "wb");
+        if (!out) { return 4; }
+        const int rc = argv[3][0] == 'd' ? run_decode(out) : run_aggregate(out);
+        fclose(out);
+        return rc;
+    }
     const u32 dct = rd();
     TileGeometry g;
     g.rows = rd(); g.cols = rd(); g.rc = rd(); g.cc = rd(); g.tiles_per_row = rd(); g.line = rd();
@@ -147,7 +200,11 @@ impl Harness {
             println!("skipped: no C++ compiler");
             return None;
         };
-        let dir = std::env::temp_dir().join(format!("meridian-cuda-host-{}", std::process::id()));
+        // One folder per harness: tests build theirs concurrently.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("meridian-cuda-host-{}-{id}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sources: Vec<&str> = SOURCES.iter().map(|(_, s)| *s).collect();
         let src = dir.join("kernels_host.cpp");
@@ -239,11 +296,7 @@ impl Harness {
         for f in x {
             b.extend_from_slice(&f.to_le_bytes());
         }
-        let (inp, outp) = (self.dir.join("in.bin"), self.dir.join("out.bin"));
-        std::fs::write(&inp, &b).unwrap();
-        let status = std::process::Command::new(&self.exe).arg(&inp).arg(&outp).status().unwrap();
-        assert!(status.success());
-        let out = std::fs::read(&outp).unwrap();
+        let out = self.run("compress", &b);
         let mut at = 0;
         let mut take = |n: usize| {
             let s = out[at..at + n].to_vec();
@@ -272,6 +325,48 @@ impl Harness {
                 .unwrap_or_else(|e| panic!("{shape:?} {cfg:?}: {e}"));
         }
         (bad, result)
+    }
+}
+
+impl Harness {
+    /// Runs the harness in `mode` on `input`, returning what it wrote.
+    fn run(&self, mode: &str, input: &[u8]) -> Vec<u8> {
+        let (inp, outp) = (self.dir.join("in.bin"), self.dir.join("out.bin"));
+        std::fs::write(&inp, input).unwrap();
+        let status =
+            std::process::Command::new(&self.exe).arg(&inp).arg(&outp).arg(mode).status().unwrap();
+        assert!(status.success(), "harness {mode}");
+        std::fs::read(&outp).unwrap()
+    }
+}
+
+/// `w` bits at bit `at` of an LSB-first stream.
+fn get_bits(b: &[u8], at: usize, w: usize) -> u32 {
+    (0..w).fold(0, |v, j| v | (u32::from(b[(at + j) / 8] >> ((at + j) % 8) & 1) << j))
+}
+
+fn set_bits(b: &mut [u8], at: usize, w: usize, v: u32) {
+    for j in 0..w {
+        let (byte, bit) = ((at + j) / 8, (at + j) % 8);
+        if (v >> j) & 1 == 1 {
+            b[byte] |= 1 << bit;
+        } else {
+            b[byte] &= !(1 << bit);
+        }
+    }
+}
+
+fn u32s(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn put_f32(b: &mut Vec<u8>, v: &[f32]) {
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
     }
 }
 
@@ -377,4 +472,137 @@ fn the_cuda_compress_kernels_give_the_cpu_bytes_when_run_on_the_host() {
     let (bad, _) = h.compress(CompressorConfig::demo(), &[x.len()], &x);
     assert_ne!(bad, u32::MAX);
     let _ = Transform::None;
+}
+
+#[test]
+fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
+    use crate::aggregate::{scatter_mean, Contribution, MeanOver};
+    use crate::pack;
+    use crate::sparse::Sparse;
+    let Some(h) = Harness::build() else { return };
+    // Index unpacking and dequantization of what the CPU encodes.
+    for (n, chunk, k) in [(3 * 4096 + 100, 4096, 64), (70_001, 1000, 9), (5, 4096, 64)] {
+        let spec = ChunkSpec::new(n, chunk, k.min(chunk)).unwrap();
+        let mut sel = Sparse::default();
+        crate::topk::topk_per_chunk(&random(n, n as u64), &spec, &mut sel).unwrap();
+        let mut enc = Vec::new();
+        pack::encode_chunked(&sel.indices, &spec, &mut enc).unwrap();
+        assert_eq!(enc[0], pack::TAG_FIXED);
+        let plan = IndexPlan::new(&spec).unwrap();
+        for q in [
+            QuantConfig::sparseloco_2bit(),
+            QuantConfig::int8(),
+            QuantConfig::int4(),
+            QuantConfig::sign_1bit(),
+        ] {
+            let quantized = crate::quant::quantize(&sel.values, &q).unwrap();
+            let w = plan.width as usize;
+            let last_len = spec.chunk_range(spec.num_chunks() - 1).len();
+            for corrupt in 0..4 {
+                let mut body = enc[1..].to_vec();
+                match corrupt {
+                    // Large offsets, out of order.
+                    1 => body.iter_mut().take(2).for_each(|b| *b = 0xff),
+                    // A repeated offset in the first chunk.
+                    2 if spec.k_for(spec.chunk_range(0).len()) >= 2 => {
+                        let first = get_bits(&body, 0, w);
+                        set_bits(&mut body, w, w, first);
+                    }
+                    // The last entry exactly at its (short) chunk's length.
+                    3 => set_bits(&mut body, (plan.total_k - 1) * w, w, last_len as u32),
+                    _ => {}
+                }
+                let mut b = Vec::new();
+                for v in [
+                    body.len(),
+                    plan.total_k,
+                    spec.k,
+                    spec.chunk_len,
+                    spec.len,
+                    plan.width as usize,
+                ] {
+                    put(&mut b, v);
+                }
+                b.extend_from_slice(&body);
+                let scheme = usize::from(matches!(q.scheme, Scheme::Codebook { .. }));
+                for v in [
+                    quantized.len,
+                    quantized.block,
+                    q.bits.count() as usize,
+                    scheme,
+                    quantized.codes.len(),
+                    quantized.params.len(),
+                ] {
+                    put(&mut b, v);
+                }
+                b.extend_from_slice(&quantized.codes);
+                put_f32(&mut b, &quantized.params);
+                let out = h.run("decode", &b);
+                let bad = u32s(&out[..4])[0];
+                let idx = u32s(&out[4..4 + 4 * plan.total_k]);
+                let deq = f32s(&out[4 + 4 * plan.total_k..]);
+                let mut tagged = vec![pack::TAG_FIXED];
+                tagged.extend_from_slice(&body);
+                match pack::decode_chunked(&tagged, &spec) {
+                    Ok((want, _)) => {
+                        assert_eq!(bad, u32::MAX, "n {n}");
+                        assert_eq!(idx, want, "n {n}");
+                    }
+                    Err(_) => assert_ne!(bad, u32::MAX, "n {n}: the CPU rejects these bytes"),
+                }
+                let want = quantized.dequantize().unwrap();
+                assert!(
+                    deq.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "n {n} {q:?}"
+                );
+                assert_eq!(deq.len(), want.len());
+            }
+        }
+    }
+    // Aggregation: one launch per contribution in ascending worker id gives scatter_mean's bits.
+    let n = 3 * 4096 + 100;
+    let spec = ChunkSpec::new(n, 4096, 64).unwrap();
+    // Workers see similar data, so most coordinates have several contributors and every
+    // divisor from 1 to 5 occurs.
+    let base = random(n, 40);
+    let sent: Vec<Sparse> = (0..5)
+        .map(|w| {
+            let noise = random(n, 50 + w);
+            let x: Vec<f32> = base.iter().zip(&noise).map(|(b, e)| b + 0.3 * e).collect();
+            let mut s = Sparse::default();
+            crate::topk::topk_per_chunk(&x, &spec, &mut s).unwrap();
+            s
+        })
+        .collect();
+    let ids = [4u32, 0, 9, 2, 7];
+    for mode in [MeanOver::Contributors, MeanOver::AllWorkers(8)] {
+        let contribs: Vec<Contribution<'_>> = ids
+            .iter()
+            .zip(&sent)
+            .map(|(&worker, sparse)| Contribution { worker, sparse })
+            .collect();
+        let mut want = vec![0.0f32; n];
+        scatter_mean(&contribs, mode, &mut want).unwrap();
+        let mut order: Vec<&Contribution<'_>> = contribs.iter().collect();
+        order.sort_by_key(|c| c.worker);
+        let (workers, count_mode) = match mode {
+            MeanOver::Contributors => (0, 1),
+            MeanOver::AllWorkers(w) => (w as usize, 0),
+        };
+        let mut b = Vec::new();
+        for v in [n, workers, count_mode, order.len()] {
+            put(&mut b, v);
+        }
+        for c in order {
+            put(&mut b, c.sparse.len());
+            for &i in &c.sparse.indices {
+                put(&mut b, i as usize);
+            }
+            put_f32(&mut b, &c.sparse.values);
+        }
+        let out = h.run("aggregate", &b);
+        assert_eq!(u32s(&out[..4])[0], u32::MAX);
+        let got = f32s(&out[4..]);
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{mode:?}");
+    }
 }
