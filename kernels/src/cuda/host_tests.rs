@@ -28,22 +28,74 @@ typedef unsigned long long u64;
 #define __noinline__
 #define __restrict__
 struct Dim3 { u32 x; };
+#ifndef MERIDIAN_HOST_THREADS
+// One thread per block: blocks run one after another.
+#define MERIDIAN_HOST_THREADS 1
 static Dim3 threadIdx = {0};
-static Dim3 blockDim = {1};
-static Dim3 blockIdx = {0};
 static inline void __syncthreads() {}
+static inline u32 __ballot_sync(u32, bool p) { return p ? 1u : 0u; }
+#else
+// MERIDIAN_HOST_THREADS OS threads per block (a multiple of 32), with barriers for
+// __syncthreads and for each warp's ballot; blocks still run one after another.
+#include <barrier>
+#include <thread>
+static thread_local Dim3 threadIdx = {0};
+static std::barrier<>* block_barrier;
+static std::barrier<>* warp_barriers[32];
+static bool ballot_slots[32][32];
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline u32 __ballot_sync(u32, bool p) {
+    const u32 w = threadIdx.x / 32, l = threadIdx.x % 32;
+    ballot_slots[w][l] = p;
+    warp_barriers[w]->arrive_and_wait();
+    u32 r = 0;
+    for (u32 i = 0; i < 32; ++i) { r |= (ballot_slots[w][i] ? 1u : 0u) << i; }
+    warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+#endif
+static Dim3 blockDim = {MERIDIAN_HOST_THREADS};
+static Dim3 blockIdx = {0};
+template <typename F> static void host_launch(u32 grid, F f) {
+    for (blockIdx.x = 0; blockIdx.x < grid; ++blockIdx.x) {
+#if MERIDIAN_HOST_THREADS == 1
+        f();
+#else
+        std::barrier<> bar(MERIDIAN_HOST_THREADS);
+        std::vector<std::barrier<>*> warps;
+        for (u32 w = 0; w < MERIDIAN_HOST_THREADS / 32; ++w) { warps.push_back(new std::barrier<>(32)); warp_barriers[w] = warps.back(); }
+        block_barrier = &bar;
+        std::vector<std::thread> threads;
+        for (u32 t = 0; t < MERIDIAN_HOST_THREADS; ++t) {
+            threads.emplace_back([t, &f]() { threadIdx.x = t; f(); });
+        }
+        for (auto& t : threads) { t.join(); }
+        for (auto* w : warps) { delete w; }
+#endif
+    }
+}
+// Launches over whole blocks, or over n elements (one thread each).
+#define LAUNCH_BLOCKS(grid, ...) host_launch((grid), [&]() { __VA_ARGS__; })
+#define LAUNCH_ELEMS(n, ...) host_launch(((n) + MERIDIAN_HOST_THREADS - 1) / MERIDIAN_HOST_THREADS, [&]() { __VA_ARGS__; })
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 template <typename T> static inline T __ldg(const T* p) { return *p; }
 template <typename T> static inline T min(T a, T b) { return b < a ? b : a; }
-static inline u32 __ballot_sync(u32, bool p) { return p ? 1u : 0u; }
 static inline u32 __popc(u32 v) { return (u32)__builtin_popcount(v); }
-static inline u32 atomicMin(u32* p, u32 v) { u32 o = *p; if (v < o) { *p = v; } return o; }
-static inline u32 atomicMax(u32* p, u32 v) { u32 o = *p; if (v > o) { *p = v; } return o; }
-static inline u32 atomicAdd(u32* p, u32 v) { u32 o = *p; *p = o + v; return o; }
-static inline u32 atomicOr(u32* p, u32 v) { u32 o = *p; *p = o | v; return o; }
+static inline u32 atomicAdd(u32* p, u32 v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline u32 atomicOr(u32* p, u32 v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+static inline u32 atomicMin(u32* p, u32 v) {
+    u32 o = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (v < o && !__atomic_compare_exchange_n(p, &o, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return o;
+}
+static inline u32 atomicMax(u32* p, u32 v) {
+    u32 o = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (v > o && !__atomic_compare_exchange_n(p, &o, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return o;
+}
 static inline u32 __float_as_uint(float f) { u32 u; memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(u32 u) { float f; memcpy(&f, &u, 4); return f; }
 "#;
@@ -81,12 +133,8 @@ static int run_decode(FILE* out) {
     std::vector<u32> idx(total_k + 1, 0xffffffffu);
     std::vector<float> deq(n + 1, NAN);
     u32 bad = 0xffffffffu;
-    for (blockIdx.x = 0; blockIdx.x < total_k; ++blockIdx.x) {
-        unpack_fixed(body.data(), nbytes, total_k, k, chunk_len, len, width, idx.data(), &bad);
-    }
-    for (blockIdx.x = 0; blockIdx.x < n; ++blockIdx.x) {
-        dequantize(packed.data(), params.data(), n, block, bits, scheme, deq.data());
-    }
+    LAUNCH_ELEMS(total_k, unpack_fixed(body.data(), nbytes, total_k, k, chunk_len, len, width, idx.data(), &bad));
+    LAUNCH_ELEMS(n, dequantize(packed.data(), params.data(), n, block, bits, scheme, deq.data()));
     fwrite(&bad, 4, 1, out);
     wr(out, idx, total_k);
     wr(out, deq, n);
@@ -102,15 +150,11 @@ static int run_aggregate(FILE* out) {
         const u32 m = rd();
         std::vector<u32> idx = rdv<u32>(m);
         std::vector<float> val = rdv<float>(m);
-        for (blockIdx.x = 0; blockIdx.x < m; ++blockIdx.x) {
-            scatter_add(idx.data(), val.data(), m, acc.data(), count_mode ? counts.data() : 0);
-        }
+        LAUNCH_ELEMS(m, scatter_add(idx.data(), val.data(), m, acc.data(), count_mode ? counts.data() : 0));
     }
     fclose(in_f);
     u32 bad = 0xffffffffu;
-    for (blockIdx.x = 0; blockIdx.x < len; ++blockIdx.x) {
-        mean_finish(acc.data(), count_mode ? counts.data() : 0, workers, len, &bad);
-    }
+    LAUNCH_ELEMS(len, mean_finish(acc.data(), count_mode ? counts.data() : 0, workers, len, &bad));
     fwrite(&bad, 4, 1, out);
     wr(out, acc, len);
     return 0;
@@ -147,23 +191,14 @@ int main(int argc, char** argv) {
     std::vector<u8> codes(total_k + 1, 0xff), packed(npacked + 1, 0xff);
     u32 bad = 0xffffffffu;
     if (dct) {
-        for (blockIdx.x = 0; blockIdx.x < tiles; ++blockIdx.x) {
-            compress_dct(x.data(), g, r.d, c.d, k, fixed, width, idx.data(), val.data(), words.data(), &bad);
-        }
+        LAUNCH_BLOCKS(tiles, compress_dct(x.data(), g, r.d, c.d, k, fixed, width, idx.data(), val.data(), words.data(), &bad));
     } else {
-        for (blockIdx.x = 0; blockIdx.x < chunks; ++blockIdx.x) {
-            compress_chunks(x.data(), len, chunk_len, k, k_last, fixed, width, idx.data(), val.data(), words.data(), &bad);
-        }
+        LAUNCH_BLOCKS(chunks, compress_chunks(x.data(), len, chunk_len, k, k_last, fixed, width, idx.data(), val.data(), words.data(), &bad));
     }
     if (has_quant && bad == 0xffffffffu) {
         const u32 nblocks = (total_k + qblock - 1) / qblock;
-        for (blockIdx.x = 0; blockIdx.x < nblocks; ++blockIdx.x) {
-            quantize_blocks(val.data(), total_k, qblock, bits, scheme, clip, stochastic, seed,
-                            params.data(), codes.data(), deq.data());
-        }
-        for (blockIdx.x = 0; blockIdx.x < npacked; ++blockIdx.x) {
-            pack_codes(codes.data(), total_k, bits, packed.data());
-        }
+        LAUNCH_BLOCKS(nblocks, quantize_blocks(val.data(), total_k, qblock, bits, scheme, clip, stochastic, seed, params.data(), codes.data(), deq.data()));
+        LAUNCH_ELEMS(npacked, pack_codes(codes.data(), total_k, bits, packed.data()));
     }
     FILE* out = fopen(argv[2], "wb");
     if (!out) { return 4; }
@@ -195,7 +230,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn build() -> Option<Self> {
+    fn build(threads: u32) -> Option<Self> {
         let Some(cxx) = compiler() else {
             println!("skipped: no C++ compiler");
             return None;
@@ -212,7 +247,8 @@ impl Harness {
             .unwrap();
         let exe = dir.join("kernels_host");
         let status = std::process::Command::new(cxx)
-            .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-w"])
+            .args(["-std=c++20", "-O1", "-ffp-contract=off", "-fno-fast-math", "-w", "-pthread"])
+            .args((threads > 1).then(|| format!("-DMERIDIAN_HOST_THREADS={threads}")))
             .arg(&src)
             .arg("-o")
             .arg(&exe)
@@ -393,7 +429,22 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn the_cuda_compress_kernels_give_the_cpu_bytes_when_run_on_the_host() {
-    let Some(h) = Harness::build() else { return };
+    let Some(h) = Harness::build(1) else { return };
+    compress_matches_cpu(&h, usize::MAX);
+}
+
+#[test]
+fn the_cuda_compress_kernels_give_the_cpu_bytes_with_64_threads_per_block_on_the_host() {
+    // Real threads, barriers and warp ballots: the cross-warp scans and the strided loops
+    // run as on the device (blocks still one after another).
+    let Some(h) = Harness::build(64) else { return };
+    // Threads are slow to start on the host: the first shapes and configurations only.
+    compress_matches_cpu(&h, 3);
+}
+
+/// Compresses every shape with every configuration (the first `limit` of each) on the
+/// host and compares with the CPU pipeline.
+fn compress_matches_cpu(h: &Harness, limit: usize) {
     let configs = [
         CompressorConfig::sparseloco(),
         CompressorConfig { values: Some(QuantConfig::int8()), ..CompressorConfig::sparseloco() },
@@ -439,13 +490,13 @@ fn the_cuda_compress_kernels_give_the_cpu_bytes_when_run_on_the_host() {
     ];
     let shapes: [&[usize]; 7] =
         [&[3 * 4096 + 100], &[128, 192], &[70, 130], &[7], &[100, 1], &[16, 8], &[200, 33]];
-    for (s, shape) in shapes.iter().enumerate() {
+    for (s, shape) in shapes.iter().enumerate().take(limit) {
         let n: usize = shape.iter().product();
         let mut x = random(n, 11 + s as u64);
         if n > 300 {
             x[..40].iter_mut().for_each(|v| *v = 0.0);
         }
-        for cfg in configs {
+        for cfg in configs.into_iter().step_by(if limit < configs.len() { 4 } else { 1 }) {
             let mut cpu = Compressor::new(cfg, shape).unwrap();
             let want = cpu.compress(&x).unwrap();
             let (bad, got) = h.compress(cfg, shape, &x);
@@ -479,7 +530,7 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
     use crate::aggregate::{scatter_mean, Contribution, MeanOver};
     use crate::pack;
     use crate::sparse::Sparse;
-    let Some(h) = Harness::build() else { return };
+    let Some(h) = Harness::build(1) else { return };
     // Index unpacking and dequantization of what the CPU encodes.
     for (n, chunk, k) in [(3 * 4096 + 100, 4096, 64), (70_001, 1000, 9), (5, 4096, 64)] {
         let spec = ChunkSpec::new(n, chunk, k.min(chunk)).unwrap();

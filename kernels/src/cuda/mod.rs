@@ -50,8 +50,12 @@
 //!   shapes that cover every path (fast and dense dimensions, lines, padding); and all
 //!   kernel sources, compiled as host C++ with one thread per block (blocks run one after
 //!   another), run the fused compress and the quantizer and give the CPU pipeline's bytes
-//!   for every preset and several quantizers. The host runs check indices, formulas and
-//!   layouts; they cannot show races or missing barriers, which only the GPU tests can.
+//!   for every preset and several quantizers, once with one thread per block and once with
+//!   64 OS threads per block (barriers for `__syncthreads`, per-warp ballots), which runs
+//!   the cross-warp scans as on a device; index unpacking, dequantization and scatter-mean
+//!   are run the same way. The host runs check indices, formulas, layouts and the
+//!   multi-warp logic; a missing barrier shows there only by chance, and timing, memory
+//!   model and launch configuration only on a device.
 //! - With a CUDA device: parity with the CPU backend on fresh random inputs at several
 //!   sizes, including sizes that are not multiples of the chunk; outputs are poisoned
 //!   before each run so unwritten elements show. Without one those tests print
