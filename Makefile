@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(ROOT)/.venv
 export PATH := $(ROOT)/.venv/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test fmt lint build bench clean-venv
+.PHONY: setup demo test fmt lint build bench bench-cuda clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -38,3 +38,8 @@ fmt:
 ## bench: criterion benchmarks (long; see BENCHMARKS.md).
 bench: setup
 	cargo bench -p meridian-benches
+
+## bench-cuda: the CUDA fused compress against a tch-op reference and the bandwidth floor
+## (needs a GPU; see BENCHMARKS.md).
+bench-cuda: setup
+	cargo run --release -p meridian-benches --bin cuda_compress

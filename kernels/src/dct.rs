@@ -134,6 +134,40 @@ fn dct_basis(n: usize) -> Vec<f32> {
     out
 }
 
+/// The orthonormal DCT-II basis of size `n` that the dense path uses (row-major, `f32`),
+/// for the CUDA kernels, which compute with the same matrices.
+#[cfg(feature = "cuda")]
+pub(crate) fn basis(n: usize) -> Vec<f32> {
+    dct_basis(n)
+}
+
+/// The fast path's tables for lines of `n` points, flattened for the CUDA kernels (which
+/// replay [`FastDct`]'s arithmetic with these exact values): the gather permutation, and
+/// `[s0, mid.re, mid.im, tw4.., tw2.., last_tw.., pairs..]` with each `V` constant taken
+/// from one lane (all lanes hold the same value). `None` when the CPU uses the dense path
+/// for `n`.
+#[cfg(feature = "cuda")]
+pub(crate) fn fast_tables(n: usize) -> Option<(Vec<u32>, Vec<f32>)> {
+    if !FastDct::supports(n) {
+        return None;
+    }
+    let f = FastDct::new(n);
+    let mut tab = vec![f.s0[0], f.mid[0][0], f.mid[1][0]];
+    for t in &f.tw4 {
+        for w in t {
+            tab.extend([w[0][0], w[1][0]]);
+        }
+    }
+    for w in f.tw2.iter().chain(&f.last_tw) {
+        tab.extend([w[0][0], w[1][0]]);
+    }
+    for p in &f.pairs {
+        tab.extend(p.iter().map(|v| v[0]));
+    }
+    let gather = f.gather.iter().map(|&g| g as u32).collect();
+    Some((gather, tab))
+}
+
 /// Transpose of a square row-major `n × n` matrix.
 fn transpose(m: &[f32], n: usize) -> Vec<f32> {
     let mut t = vec![0.0; n * n];

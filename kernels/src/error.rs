@@ -60,6 +60,13 @@ pub enum KernelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The CUDA backend could not run: no driver or device, a compile or launch failure, or
+    /// a configuration it does not implement (callers fall back to the CPU backend).
+    #[error("cuda: {reason}")]
+    Device {
+        /// What failed.
+        reason: String,
+    },
     /// Two inputs claim the same contributor identity where each must be unique.
     #[error("duplicate contributor id {id}")]
     DuplicateContributor {

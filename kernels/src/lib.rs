@@ -15,6 +15,8 @@
 //!   canonical order so the bits do not depend on arrival order.
 //! - [`feedback`]: error feedback from exactly what was sent.
 //! - [`pipeline`]: all of the above as one configured compressor with a byte encoding.
+//! - `cuda` (feature `cuda`, on by default): the same primitives as CUDA kernels compiled
+//!   at run time with NVRTC, with a CPU fallback when no device is present.
 //!
 //! Every input is validated: lengths, ranges, finiteness, and encoded bytes. Nothing here
 //! panics on bad data.
@@ -31,6 +33,8 @@
 
 pub mod aggregate;
 pub mod chunks;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dct;
 pub mod error;
 pub mod feedback;

@@ -265,17 +265,17 @@ fn bitmap_extract(body: &[u8], count: usize) -> Vec<u32> {
 // Chunked encoding
 // ---------------------------------------------------------------------------------------
 
-struct ChunkedPlan {
-    fixed: bool,
-    width: u32,
-    total_k: usize,
+pub(crate) struct ChunkedPlan {
+    pub(crate) fixed: bool,
+    pub(crate) width: u32,
+    pub(crate) total_k: usize,
     /// Bytes after the tag.
-    payload: usize,
+    pub(crate) payload: usize,
 }
 
 /// Validates a spec whose fields may have been set by hand, including that `k_for` on the
 /// short last chunk cannot overflow.
-fn chunked_plan(spec: &ChunkSpec) -> Result<ChunkedPlan> {
+pub(crate) fn chunked_plan(spec: &ChunkSpec) -> Result<ChunkedPlan> {
     ChunkSpec::new(spec.len, spec.chunk_len, spec.k)?;
     let short = spec.len % spec.chunk_len;
     if spec.k.checked_mul(short).is_none() {

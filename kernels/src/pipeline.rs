@@ -28,8 +28,8 @@ use crate::quant::{quantize_into, QuantConfig, Quantized};
 use crate::sparse::Sparse;
 use crate::{feedback, pack, topk};
 
-const FORMAT_VERSION: u8 = 1;
-const TAG_PER_CHUNK: u8 = 0;
+pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const TAG_PER_CHUNK: u8 = 0;
 const TAG_GLOBAL: u8 = 1;
 const HEADER_LEN: usize = 1 + 1 + 4 + 4;
 
@@ -208,6 +208,18 @@ impl Compressor {
             }
             (None, Selection::PerChunk { .. }) => 0,
         }
+    }
+
+    /// The chunking of the transform domain (`None` for global selection).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn chunk_spec(&self) -> Option<&ChunkSpec> {
+        self.chunks.as_ref()
+    }
+
+    /// The DCT plan (`None` without a transform).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn dct_plan(&self) -> Option<&DctPlan> {
+        self.dct.as_ref()
     }
 
     /// Floating-point operations of one forward transform (0 without a transform).

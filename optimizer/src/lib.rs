@@ -15,9 +15,11 @@
 //! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
 //! - [`ring::DenseRing`]: summing dense payloads in bytes, for a ring all-reduce.
 //! - [`toy`]: a small MLP task for tests and examples.
+//! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place).
 
 pub mod algorithm;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod harness;
 pub mod outer;

@@ -17,7 +17,7 @@
 
 use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::error::check_finite;
-use meridian_kernels::pipeline::{Compressor, CompressorConfig, Selection, Transform};
+use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::QuantConfig;
 use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ use tch::Tensor;
 
 use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
+use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
@@ -124,7 +125,7 @@ fn sign(x: f32) -> f32 {
 pub struct Demo {
     config: DemoConfig,
     /// One per tensor, built from the model's shapes; senders and receivers agree on them.
-    compressors: Vec<Compressor>,
+    compressors: Vec<TensorCompressor>,
     /// The decoupled momentum δ per tensor: what has not been sent yet.
     delta: Vec<Tensor>,
     scratch: ScatterScratch,
@@ -138,8 +139,8 @@ impl Demo {
         let compressors = params
             .shapes()
             .iter()
-            .map(|shape| Compressor::new(config.compressor_config(), shape))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|shape| TensorCompressor::new(config.compressor_config(), shape))
+            .collect::<Result<Vec<_>>>()?;
         let delta = params.tensors().iter().map(|t| t.detach().zeros_like()).collect();
         Ok(Self { config, compressors, delta, scratch: ScatterScratch::new(), update: Vec::new() })
     }
@@ -166,7 +167,8 @@ impl Demo {
         p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(p.segments.len());
         for (i, (s, comp)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            let sparse = comp.decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?;
+            let sparse =
+                comp.cpu().decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?;
             if let Some(v) = sparse.values.iter().find(|v| v.abs() > limit) {
                 return Err(format!("tensor {i}: value {v} is out of range"));
             }
@@ -209,8 +211,9 @@ impl OuterOptimizer for Demo {
                 })
             })??;
             let comp = &mut self.compressors[i];
-            let out = with_f32(name, delta, |d| comp.compress(d))??;
-            with_f32_mut(name, delta, |d| comp.subtract_sent(d, &out.sent))??;
+            // On the delta's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
+            let out = comp.compress(name, delta)?;
+            comp.subtract_sent(name, delta, &out.sent)?;
             segments.push(Segment::encoded(
                 i as u32,
                 &params.shapes()[i],
@@ -234,7 +237,7 @@ impl OuterOptimizer for Demo {
 
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;
-        for (i, comp) in self.compressors.iter().enumerate() {
+        for (i, comp) in self.compressors.iter().map(TensorCompressor::cpu).enumerate() {
             self.update.clear();
             self.update.resize(comp.len(), 0.0);
             if !members.is_empty() {
@@ -280,6 +283,7 @@ mod tests {
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::{ToyConfig, ToyMlp};
     use crate::train_step::TrainStep;
+    use meridian_kernels::pipeline::Compressor;
     use meridian_kernels::rng::SplitMix64;
 
     /// Hidden 128: the 128×128 layer is four full 64×64 tiles.

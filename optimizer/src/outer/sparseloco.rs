@@ -11,7 +11,7 @@
 
 use meridian_kernels::aggregate::{scatter_mean, Contribution, MeanOver};
 use meridian_kernels::feedback;
-use meridian_kernels::pipeline::{Compressor, CompressorConfig, Selection, Transform};
+use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::{Bits, QuantConfig, Rounding, Scheme};
 use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use super::{
     admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
+use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
@@ -141,7 +142,7 @@ pub struct Sparseloco {
     /// Error-feedback buffer per tensor, flat, in canonical order.
     error: Vec<Tensor>,
     /// One compressor per tensor (its scratch is reused every round).
-    compressors: Vec<Compressor>,
+    compressors: Vec<TensorCompressor>,
 }
 
 impl Sparseloco {
@@ -153,8 +154,8 @@ impl Sparseloco {
         let compressors = params
             .shapes()
             .iter()
-            .map(|shape| Compressor::new(cc, shape))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|shape| TensorCompressor::new(cc, shape))
+            .collect::<Result<Vec<_>>>()?;
         // On the parameters' device, like every piece of optimizer state.
         let error = params.tensors().iter().map(|p| p.detach().zeros_like()).collect();
         Ok(Self { config, global: params.snapshot(), error, compressors })
@@ -185,7 +186,7 @@ impl Sparseloco {
         p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(params.len());
         for (i, (s, c)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            out.push(c.decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?);
+            out.push(c.cpu().decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?);
         }
         Ok(out)
     }
@@ -218,11 +219,12 @@ impl OuterOptimizer for Sparseloco {
             with_f32(name, &delta, |d| {
                 with_param_mut(name, e, |e| feedback::accumulate(e, decay, d))
             })???;
-            let sent = with_f32(name, e, |e| c.compress(e))??;
+            // On the buffer's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
+            let sent = c.compress(name, e)?;
             if self.config.error_feedback {
                 // Subtract exactly what receivers decode (dequantized values), so the
                 // quantization error stays in the buffer and is sent later.
-                with_param_mut(name, e, |e| c.subtract_sent(e, &sent.sent))??;
+                c.subtract_sent(name, e, &sent.sent)?;
             } else {
                 let _ = e.f_zero_()?;
             }
@@ -253,7 +255,7 @@ impl OuterOptimizer for Sparseloco {
                     .collect();
                 // A coordinate is averaged over the members that sent it: one sender out of
                 // four moves it by its own value, not a quarter of it.
-                let mut mean = vec![0.0f32; self.compressors[i].len()];
+                let mut mean = vec![0.0f32; self.compressors[i].cpu().len()];
                 scatter_mean(&contribs, MeanOver::Contributors, &mut mean)?;
                 let step =
                     tensor_from(&mean, &params.shapes()[i]).f_mul_scalar(self.config.outer_lr)?;
@@ -291,6 +293,7 @@ mod tests {
     use crate::toy::{ToyConfig, ToyMlp};
     use meridian_kernels::chunks::ChunkSpec;
     use meridian_kernels::pack::encoded_len_chunked;
+    use meridian_kernels::pipeline::Compressor;
 
     fn harness(config: SparselocoConfig, toy: ToyConfig) -> Harness<ToyMlp> {
         toy_harness(4, toy, |_, p| Ok(Box::new(Sparseloco::new(config, p)?)))

@@ -1,0 +1,191 @@
+//! Which kernel backend compresses a tensor: the tensor's device decides.
+//!
+//! A CPU tensor is compressed by the CPU kernels through [`crate::view`], as always. A CUDA
+//! tensor is compressed in place by the CUDA kernels (`meridian_kernels::cuda`), which read
+//! and write LibTorch's device memory through its data pointer, on the legacy default
+//! stream that LibTorch also uses (see that module's doc for the ordering argument), with
+//! no host round trip for the tensor itself; only the compressed bytes and the sent
+//! selection come back. When the CUDA backend cannot serve a CUDA tensor (NVRTC missing,
+//! a configuration without a CUDA kernel), the tensor is copied to the CPU and compressed
+//! there, and one log line says so.
+
+use std::sync::{Arc, Once};
+
+use meridian_kernels::cuda::{CudaBackend, CudaCompressor};
+use meridian_kernels::pipeline::{Compressed, Compressor, CompressorConfig};
+use meridian_kernels::Sparse;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{OptimizerError, Result};
+use crate::view::{with_f32, with_f32_mut};
+
+/// The kernels a tensor's compression runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The CPU kernels, on host memory.
+    Cpu,
+    /// The CUDA kernels of the tensor's device.
+    Cuda(Arc<CudaBackend>),
+}
+
+static FALLBACK_LOGGED: Once = Once::new();
+
+/// The backend for `t`: the CPU for a CPU tensor; for a CUDA tensor its device's CUDA
+/// backend, or the CPU (logged once per process) when that backend is unavailable.
+pub fn backend_for(t: &Tensor) -> Backend {
+    match t.device() {
+        Device::Cuda(ordinal) => match CudaBackend::get(ordinal) {
+            Ok(b) => Backend::Cuda(b),
+            Err(e) => {
+                FALLBACK_LOGGED.call_once(|| {
+                    tracing::warn!(error = %e, "CUDA kernels unavailable; compressing on the CPU");
+                });
+                Backend::Cpu
+            }
+        },
+        _ => Backend::Cpu,
+    }
+}
+
+/// A tensor's compressor on whichever backend its device selects: the CPU [`Compressor`]
+/// always (receivers decode with it), plus a [`CudaCompressor`] built on first use with a
+/// CUDA tensor.
+#[derive(Debug)]
+pub struct TensorCompressor {
+    cpu: Compressor,
+    shape: Vec<usize>,
+    cuda: Option<CudaCompressor>,
+    /// Set once the CUDA path refused this configuration, so it is not retried.
+    cuda_refused: bool,
+}
+
+impl TensorCompressor {
+    /// A compressor for tensors of `shape`.
+    pub fn new(config: CompressorConfig, shape: &[usize]) -> Result<Self> {
+        Ok(Self {
+            cpu: Compressor::new(config, shape)?,
+            shape: shape.to_vec(),
+            cuda: None,
+            cuda_refused: false,
+        })
+    }
+
+    /// The CPU compressor (decoding, sizes, aggregation).
+    pub fn cpu(&self) -> &Compressor {
+        &self.cpu
+    }
+
+    /// The CUDA compressor for `t`, when `t` is a CUDA tensor and its backend serves this
+    /// configuration.
+    fn cuda_for(&mut self, t: &Tensor) -> Option<&mut CudaCompressor> {
+        if self.cuda_refused {
+            return None;
+        }
+        let Backend::Cuda(backend) = backend_for(t) else { return None };
+        let stale = self.cuda.as_ref().is_some_and(|c| c.backend().ordinal() != backend.ordinal());
+        if self.cuda.is_none() || stale {
+            match CudaCompressor::new(backend, *self.cpu.config(), &self.shape) {
+                Ok(c) => self.cuda = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "this compressor runs on the CPU");
+                    self.cuda_refused = true;
+                    return None;
+                }
+            }
+        }
+        self.cuda.as_mut()
+    }
+
+    /// Compresses `t` (f32, `self.cpu().len()` elements) on the backend its device picks.
+    pub fn compress(&mut self, name: &str, t: &Tensor) -> Result<Compressed> {
+        if let Some(cuda) = self.cuda_for(t) {
+            let t = device_f32(name, t)?;
+            // SAFETY: `t` is a contiguous f32 CUDA tensor of the compressor's element count
+            // (checked by `device_f32` and `CudaCompressor::new`'s shape), alive until
+            // `compress` returns, which waits for the kernels.
+            return Ok(unsafe { cuda.compress(t.data_ptr() as u64) }?);
+        }
+        if t.device() == Device::Cpu {
+            return with_f32(name, t, |x| self.cpu.compress(x))?.map_err(Into::into);
+        }
+        let host = t.f_to_device(Device::Cpu)?;
+        with_f32(name, &host, |x| self.cpu.compress(x))?.map_err(Into::into)
+    }
+
+    /// Error feedback on `t`: removes what `sent` carries, on `t`'s device.
+    pub fn subtract_sent(&mut self, name: &str, t: &mut Tensor, sent: &Sparse) -> Result<()> {
+        if t.device() == Device::Cpu {
+            return with_f32_mut(name, t, |x| self.cpu.subtract_sent(x, sent))?.map_err(Into::into);
+        }
+        if t.is_contiguous() && t.kind() == Kind::Float {
+            if let Some(cuda) = self.cuda_for(t) {
+                // SAFETY: a contiguous f32 CUDA tensor of the compressor's element count; the
+                // call validates `sent` before touching it and waits for its kernels.
+                return Ok(unsafe { cuda.subtract_sent(t.data_ptr() as u64, sent) }?);
+            }
+        }
+        self.subtract_via_host(name, t, sent)
+    }
+
+    fn subtract_via_host(&mut self, name: &str, t: &mut Tensor, sent: &Sparse) -> Result<()> {
+        let mut host = t.f_to_device(Device::Cpu)?;
+        with_f32_mut(name, &mut host, |x| self.cpu.subtract_sent(x, sent))??;
+        t.f_copy_(&host)?;
+        Ok(())
+    }
+}
+
+/// `t` as a contiguous f32 CUDA tensor (a copy only when it is not one already).
+fn device_f32(name: &str, t: &Tensor) -> Result<Tensor> {
+    if t.kind() != Kind::Float {
+        return Err(OptimizerError::UnsupportedTensor {
+            name: name.to_owned(),
+            reason: format!("dtype {:?}, expected f32", t.kind()),
+        });
+    }
+    Ok(t.contiguous())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_kernels::pipeline::CompressorConfig;
+
+    #[test]
+    fn cpu_tensors_use_the_cpu_kernels_with_the_cpu_bytes() {
+        let t = Tensor::randn([64, 96], (Kind::Float, Device::Cpu));
+        assert!(matches!(backend_for(&t), Backend::Cpu));
+        for cfg in [CompressorConfig::sparseloco(), CompressorConfig::demo()] {
+            let mut tc = TensorCompressor::new(cfg, &[64, 96]).unwrap();
+            let got = tc.compress("t", &t).unwrap();
+            // No CUDA compressor was built for a CPU tensor.
+            assert!(tc.cuda.is_none() && !tc.cuda_refused);
+            let mut plain = Compressor::new(cfg, &[64, 96]).unwrap();
+            let want = with_f32("t", &t, |x| plain.compress(x)).unwrap().unwrap();
+            assert_eq!(got, want);
+            let mut a = t.copy();
+            tc.subtract_sent("t", &mut a, &got.sent).unwrap();
+            let mut b = t.copy();
+            with_f32_mut("t", &mut b, |x| plain.subtract_sent(x, &want.sent)).unwrap().unwrap();
+            assert!(a.equal(&b));
+        }
+    }
+
+    #[test]
+    fn cuda_tensors_use_the_cuda_kernels_when_a_device_is_present() {
+        if !tch::Cuda::is_available() {
+            println!("skipped: no CUDA device");
+            return;
+        }
+        let t = Tensor::randn([64, 96], (Kind::Float, Device::Cuda(0)));
+        assert!(matches!(backend_for(&t), Backend::Cuda(_)));
+        let cfg = CompressorConfig::sparseloco();
+        let mut tc = TensorCompressor::new(cfg, &[64, 96]).unwrap();
+        let got = tc.compress("t", &t).unwrap();
+        assert!(tc.cuda.is_some());
+        let host = t.to_device(Device::Cpu);
+        let mut plain = Compressor::new(cfg, &[64, 96]).unwrap();
+        let want = with_f32("t", &host, |x| plain.compress(x)).unwrap().unwrap();
+        assert_eq!(got.bytes, want.bytes);
+    }
+}
