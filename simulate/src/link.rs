@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::rng::Rng;
-use crate::units::{Dur, Prob, QueueLimit, Rate};
+use crate::units::{short, Dur, Prob, QueueLimit, Rate};
 
 /// Bytes of IPv4 + UDP header a datagram carries on the wire besides its payload.
 pub const HEADER_BYTES: u64 = 28;
@@ -278,7 +278,8 @@ impl fmt::Display for LinkSpec {
             write!(f, ", loss {}", self.loss)?;
         }
         if let Some(ge) = self.burst {
-            write!(f, ", bursty loss {}% (mean burst {:.1})", ge.mean_loss() * 100.0, 1.0 / ge.r)?;
+            let (loss, burst) = (short(ge.mean_loss() * 100.0), short(1.0 / ge.r));
+            write!(f, ", bursty loss {loss}% (mean burst {burst})")?;
         }
         if self.reorder.get() > 0.0 {
             write!(f, ", reorder {}", self.reorder)?;
@@ -301,7 +302,7 @@ impl fmt::Display for LinkSpec {
                 write!(f, " loss {loss}")?;
             }
             if let Some(ge) = c.burst {
-                write!(f, " bursty loss {}%", ge.mean_loss() * 100.0)?;
+                write!(f, " bursty loss {}%", short(ge.mean_loss() * 100.0))?;
             }
         }
         Ok(())

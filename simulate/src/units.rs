@@ -184,13 +184,24 @@ impl FromStr for QueueLimit {
     }
 }
 
+/// `v` with at most 4 decimals and no trailing zeros (so float noise does not show).
+pub(crate) fn short(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_secs_f64() * 1e3;
         if ms >= 1000.0 {
-            write!(f, "{}s", ms / 1e3)
+            write!(f, "{}s", short(ms / 1e3))
         } else {
-            write!(f, "{ms}ms")
+            write!(f, "{}ms", short(ms))
         }
     }
 }
@@ -198,17 +209,17 @@ impl fmt::Display for Dur {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            b if b >= 1e9 => write!(f, "{}Gbps", b / 1e9),
-            b if b >= 1e6 => write!(f, "{}Mbps", b / 1e6),
-            b if b >= 1e3 => write!(f, "{}kbps", b / 1e3),
-            b => write!(f, "{b}bps"),
+            b if b >= 1e9 => write!(f, "{}Gbps", short(b / 1e9)),
+            b if b >= 1e6 => write!(f, "{}Mbps", short(b / 1e6)),
+            b if b >= 1e3 => write!(f, "{}kbps", short(b / 1e3)),
+            b => write!(f, "{}bps", short(b)),
         }
     }
 }
 
 impl fmt::Display for Prob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}%", self.0 * 100.0)
+        write!(f, "{}%", short(self.0 * 100.0))
     }
 }
 
@@ -316,6 +327,9 @@ mod tests {
         assert_eq!("20 Mbit/s".parse::<Rate>().unwrap().bits_per_sec(), 20e6);
         assert_eq!("0.5%".parse::<Prob>().unwrap().get(), 0.005);
         assert_eq!("0.02".parse::<Prob>().unwrap().get(), 0.02);
+        assert_eq!(Prob::new(0.03).unwrap().to_string(), "3%");
+        assert_eq!(Dur::from_millis_f64(0.25).to_string(), "0.25ms");
+        assert_eq!(Rate::new(2.5e9).unwrap().to_string(), "2.5Gbps");
         assert_eq!("64KiB".parse::<QueueLimit>().unwrap(), QueueLimit::Bytes(65536));
         assert_eq!(
             "50ms".parse::<QueueLimit>().unwrap(),

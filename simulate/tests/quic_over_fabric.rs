@@ -13,7 +13,7 @@ use meridian_comm::node::{
 };
 use meridian_comm::protocol::{DeadlinePolicy, Topology as Shape};
 use meridian_comm::quic::{JoinString, TransportTuning};
-use meridian_simulate::{Fabric, Topology};
+use meridian_simulate::{Dur, Fabric, Topology, Window};
 use tokio::time::Instant;
 
 const ROUNDS: u64 = 5;
@@ -66,22 +66,28 @@ async fn worker(join: JoinString, fabric: Fabric, region: &'static str) -> Worke
     trace
 }
 
-/// Runs the coordinator and the workers to `ROUNDS` rounds; returns the traces and the
-/// cross-continent topology.
+/// Runs the coordinator and the workers to `ROUNDS` rounds over cross-continent; returns
+/// the traces and the topology.
 fn run(seed: u64) -> (Vec<WorkerTrace>, Topology) {
+    let topology = Topology::preset("cross-continent").unwrap();
+    (run_on(topology.clone(), seed, Duration::from_secs(30)), topology)
+}
+
+/// Runs the coordinator and the workers to `ROUNDS` rounds over `topology` with a fixed
+/// round deadline; returns the traces.
+fn run_on(topology: Topology, seed: u64, deadline: Duration) -> Vec<WorkerTrace> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .unwrap();
     rt.block_on(async {
-        let topology = Topology::preset("cross-continent").unwrap();
         let fabric = Fabric::new(topology.clone(), seed);
         let socket = fabric.bind(topology.coordinator_region()).unwrap();
         let mut cfg = CoordinatorNodeConfig::new(socket.addr(), Shape::Relay);
         cfg.tuning = tuning();
         cfg.protocol.min_members = WORKER_REGIONS.len();
-        cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_secs(30));
+        cfg.protocol.deadline = DeadlinePolicy::Fixed(deadline);
         cfg.socket = Some(socket);
         let node = CoordinatorNode::start(cfg).unwrap();
         let workers: Vec<_> = WORKER_REGIONS
@@ -97,7 +103,7 @@ fn run(seed: u64) -> (Vec<WorkerTrace>, Topology) {
         let to_coordinator = &stats.links[&("ap-southeast".to_string(), "us-east".to_string())];
         assert!(to_coordinator.delivered.bytes > ROUNDS * PAYLOAD as u64);
         node.shutdown().await.unwrap();
-        (traces, topology)
+        traces
     })
 }
 
@@ -126,4 +132,34 @@ fn rounds_over_the_simulated_wan_take_the_time_its_rtts_imply_and_replay_exactly
     // Same seed, same program: the same virtual timings, to the nanosecond.
     assert_eq!(run(7).0, traces);
     assert_ne!(run(8).0, traces, "another seed, other losses, other timings");
+}
+
+#[test]
+fn a_partition_between_continents_stalls_rounds_until_it_heals() {
+    // eu-west loses the coordinator for 30 s from t = 3 s; QUIC's 60 s idle timeout
+    // outlasts it, and the round deadline is long enough to wait for eu-west's payload.
+    let mut topology = Topology::preset("cross-continent").unwrap();
+    let cut = Window { at: Dur(Duration::from_secs(3)), duration: Dur(Duration::from_secs(30)) };
+    topology.add_partition("us-east", "eu-west", cut).unwrap();
+    let traces = run_on(topology, 7, Duration::from_secs(120));
+    let heals = cut.at.0 + cut.duration.0;
+    // eu-west hears nothing during the cut (datagrams already on the wire land within
+    // 0.1 s): it applies round k, the first it had not applied by then, only after the
+    // heal. Round k may close for the others (eu-west's payload for it may have got in
+    // before the cut), but round k + 1 needs a payload eu-west sends only after it applied
+    // round k: nobody applies it before the heal.
+    let eu = traces.iter().find(|t| t.region == "eu-west").unwrap();
+    let k = eu.rounds.iter().filter(|&&r| r < cut.at.0 + Duration::from_millis(100)).count();
+    assert!(k >= 1 && k + 1 < ROUNDS as usize, "the cut falls mid-run: {:?}", eu.rounds);
+    assert!(eu.rounds[k] > heals, "eu-west applied a round during the cut: {:?}", eu.rounds);
+    for t in &traces {
+        assert_eq!(t.rounds.len() as u64, ROUNDS, "{}", t.region);
+        assert!(
+            t.rounds[k + 1] > heals,
+            "{}: round {} during the cut: {:?}",
+            t.region,
+            k + 1,
+            t.rounds
+        );
+    }
 }

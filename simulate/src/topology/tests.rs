@@ -30,6 +30,13 @@ fn cross_continent_has_the_documented_rtts_and_rates() {
     let l = t.link("eu-west", "us-west").unwrap();
     assert_eq!(l.rate.map(Rate::bits_per_sec), Some(1e9));
     assert!((0.001..=0.005).contains(&l.loss.get()));
+    let text = t.describe();
+    assert!(
+        text.contains("us-east -> eu-west: delay 40ms ±0.5ms, 1Gbps, queue 50ms, loss 0.2%\n"),
+        "{text}"
+    );
+    let lossy = Topology::preset("lossy").unwrap().describe();
+    assert!(lossy.contains("bursty loss 3% (mean burst 3)"), "{lossy}");
     // Round-robin over the four regions.
     assert_eq!(t.place_workers(5).unwrap()[4], "us-east");
 }
