@@ -131,4 +131,29 @@ fn bad_input_is_a_clear_error() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // Topology files: a missing link, a negative rate, more workers than the regions hold.
+    let head = "name = \"x\"\nregions = [\"a\", \"b\"]\ncoordinator = \"a\"\n";
+    for (name, body, workers, expected) in [
+        (
+            "one-way.toml",
+            "[links.\"a -> b\"]\ndelay = \"10ms\"\n",
+            "2",
+            "no link from region \"b\"",
+        ),
+        ("negative.toml", "[links.\"a <-> b\"]\nrate = \"-5Mbps\"\n", "2", "rate must be positive"),
+        (
+            "small.toml",
+            "capacity = { a = 1, b = 1 }\n[links.\"a <-> b\"]\ndelay = \"10ms\"\n",
+            "4",
+            "cannot place 4 workers",
+        ),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, format!("{head}{body}")).unwrap();
+        let args = ["--topology", path.to_str().unwrap(), "--workers", workers];
+        let (ok, stdout, stderr) = simulate(&out, &args);
+        assert!(!ok, "{name} should fail:\n{stdout}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
 }
