@@ -374,18 +374,24 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     let mut coordinator = CoordinatorNode::start(ccfg).context("starting the coordinator")?;
     let join = coordinator.join_string();
     // The coordinator's events are only logged, but they must be read: its queue is bounded.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let events = tokio::task::spawn_local(async move {
         let mut committed = 0u64;
-        while let Some(event) = coordinator.next_event().await {
+        loop {
+            let event = tokio::select! {
+                _ = &mut stopped => break,
+                event = coordinator.next_event() => event,
+            };
             match event {
-                CoordinatorNodeEvent::Protocol(
+                Some(CoordinatorNodeEvent::Protocol(
                     meridian_comm::protocol::CoordinatorEvent::RoundCommitted { .. },
-                ) => committed += 1,
-                CoordinatorNodeEvent::Failed { reason } => {
+                )) => committed += 1,
+                Some(CoordinatorNodeEvent::Failed { reason }) => {
                     tracing::error!(%reason, "coordinator stopped");
                     break;
                 }
-                other => tracing::debug!(event = ?other, "coordinator"),
+                Some(other) => tracing::debug!(event = ?other, "coordinator"),
+                None => break,
             }
         }
         (coordinator, committed)
@@ -462,18 +468,11 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         outcomes.push(task.await.context("a simulated worker panicked")??);
     }
     progress.finish_and_clear();
-    let (coordinator, committed) = {
-        // Workers left; the coordinator's event stream ends when it shuts down.
-        events.abort();
-        match events.await {
-            Ok(pair) => (Some(pair.0), pair.1),
-            Err(_) => (None, 0),
-        }
-    };
-    if let Some(c) = coordinator {
-        if let Err(e) = c.shutdown().await {
-            tracing::debug!(error = %e, "coordinator shutdown");
-        }
+    // Every worker left: stop reading events and shut the coordinator down.
+    let _ = stop.send(());
+    let (coordinator, committed) = events.await.context("the coordinator's event task")?;
+    if let Err(e) = coordinator.shutdown().await {
+        tracing::debug!(error = %e, "coordinator shutdown");
     }
     tracing::debug!(committed, "coordinator done");
     let stats = fabric.stats();
@@ -546,8 +545,7 @@ struct Observer<'a, 'y> {
 }
 
 impl DriveObserver for &mut Observer<'_, '_> {
-    fn round_applied(&mut self, round: &AppliedRound) {
-        let _ = round;
+    fn round_applied(&mut self, _round: &AppliedRound) {
         self.rounds += 1;
         self.shared.sent.borrow_mut()[self.index] = self.bytes.sent.get();
     }
