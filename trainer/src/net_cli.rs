@@ -29,12 +29,11 @@ use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
 use serde::Serialize;
 
-use crate::data::{DataArgs, Split};
-use crate::model::ModelKind;
+use crate::data::Split;
 use crate::net_worker::{drive, AppliedRound, NetEvent, RoundLink};
 use crate::node_link::{net_event, published};
 use crate::ring_reducer::RingCell;
-use crate::run_config::RunConfig;
+use crate::run_config::RunSource;
 use crate::train::build_model;
 use crate::worker::LmWorker;
 
@@ -208,19 +207,9 @@ pub struct WorkerArgs {
     /// Inner steps per round (H).
     #[arg(long, env = "MERIDIAN_INNER_STEPS")]
     pub inner_steps: Option<u64>,
-    /// The model: gpt, mlp or torchscript:PATH.
-    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
-    pub model: ModelKind,
-    /// The data.
+    /// The model, data and settings.
     #[command(flatten)]
-    pub data: DataArgs,
-    /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and the algorithm's
-    /// table.
-    #[arg(long, env = "MERIDIAN_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override one setting (as for `meridian train`). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    pub source: RunSource,
     /// Seed of the initial parameters and the shards (the same on every worker).
     #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
     pub seed: u64,
@@ -382,14 +371,8 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         bail!("--shards and --steps must be at least 1");
     }
     let join: JoinString = args.join.parse().context("--join")?;
-    let config = RunConfig::build(
-        &args.model,
-        &[args.algo],
-        args.config.as_deref(),
-        args.inner_steps,
-        &args.set,
-    )?;
-    let corpus = Arc::new(args.data.load()?);
+    let config = args.source.config(&[args.algo], args.inner_steps, &[])?;
+    let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(args.threads.max(1) as i32);
     let model = build_model(&config.model, corpus.vocab(), args.seed)?;
     let split = Split::new(corpus.clone(), model.context() as usize)?;

@@ -65,6 +65,42 @@ pub enum ModelConfig {
     TorchScript(std::path::PathBuf, TorchScriptConfig),
 }
 
+/// The flags `meridian train`, `worker` and `simulate` share: which model, which data, and
+/// the settings file with its overrides.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunSource {
+    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast), or
+    /// `torchscript:PATH` (a module saved with torch.jit.save whose forward(tokens,
+    /// targets) returns the loss; see examples/README.md).
+    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
+    pub model: ModelKind,
+    /// The data.
+    #[command(flatten)]
+    pub data: crate::data::DataArgs,
+    /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and one table per
+    /// algorithm.
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Override one setting: `KEY=VALUE` for every selected algorithm that has KEY, or
+    /// `SCOPE.KEY=VALUE` for one table (model, inner, data, transport or an algorithm).
+    /// Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl RunSource {
+    /// The run's settings for `algos`, with `extra_sets` applied before the user's own.
+    pub fn config(
+        &self,
+        algos: &[Algorithm],
+        inner_steps: Option<u64>,
+        extra_sets: &[String],
+    ) -> Result<RunConfig> {
+        let sets: Vec<String> = extra_sets.iter().chain(&self.set).cloned().collect();
+        RunConfig::build(&self.model, algos, self.config.as_deref(), inner_steps, &sets)
+    }
+}
+
 /// Everything configurable about a run, after the file and the overrides.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

@@ -18,13 +18,13 @@ use meridian_optimizer::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, RunIdentity};
-use crate::data::{Corpus, DataArgs, Split};
+use crate::data::{Corpus, Split};
 use crate::metrics::{RoundMeter, RoundRecord, RoundTotals};
 use crate::model::gpt::Gpt;
 use crate::model::mlp::Mlp;
-use crate::model::{parameter_count, LanguageModel, ModelKind};
+use crate::model::{parameter_count, LanguageModel};
 use crate::plot::{Curve, CurvePoint, XAxis};
-use crate::run_config::{ModelConfig, RunConfig};
+use crate::run_config::{ModelConfig, RunConfig, RunSource};
 use crate::summary::{AlgoSummary, DataSummary, Summary};
 use crate::worker::LmWorker;
 
@@ -63,21 +63,9 @@ pub struct TrainArgs {
     /// config file and the published default.
     #[arg(long, env = "MERIDIAN_INNER_STEPS")]
     pub inner_steps: Option<u64>,
-    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast), or
-    /// `torchscript:PATH` (a module saved with torch.jit.save whose forward(tokens,
-    /// targets) returns the loss; see examples/README.md).
-    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
-    pub model: ModelKind,
-    /// The data.
+    /// The model, data and settings.
     #[command(flatten)]
-    pub data: DataArgs,
-    /// A TOML file with `[model]`, `[inner]`, `[data]` and one table per algorithm.
-    #[arg(long, env = "MERIDIAN_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override one setting: `KEY=VALUE` for every selected algorithm that has KEY, or
-    /// `SCOPE.KEY=VALUE` for one table (model, inner, data or an algorithm). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    pub source: RunSource,
     /// Seed of the initial parameters and of the data shards.
     #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
     pub seed: u64,
@@ -364,14 +352,8 @@ fn validate(args: &TrainArgs) -> Result<()> {
 /// Runs `meridian train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     validate(args)?;
-    let config = RunConfig::build(
-        &args.model,
-        &args.algo,
-        args.config.as_deref(),
-        args.inner_steps,
-        &args.set,
-    )?;
-    let corpus = Arc::new(args.data.load()?);
+    let config = args.source.config(&args.algo, args.inner_steps, &[])?;
+    let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             as i32,

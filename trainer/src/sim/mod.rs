@@ -35,12 +35,12 @@ use meridian_simulate::{Fabric, Topology};
 use quinn::AsyncUdpSocket;
 use tch::Tensor;
 
-use crate::data::{DataArgs, Split};
+use crate::data::Split;
 use crate::model::{parameter_count, ModelKind};
 use crate::net_worker::{drive, AppliedRound, DriveObserver};
 use crate::plot::CurvePoint;
 use crate::ring_reducer::RingCell;
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, RunSource};
 use crate::train::build_model;
 use crate::worker::LmWorker;
 use compute::{parse_duration, ComputeModel};
@@ -130,19 +130,10 @@ pub struct SimulateArgs {
     /// Evaluate validation loss every this many inner steps (default: 20 times per run).
     #[arg(long)]
     pub eval_every: Option<u64>,
-    /// The model: gpt, mlp or torchscript:PATH (gpt defaults to d_model 128, 2 layers,
-    /// 2 heads, context 128; 64/2/2/64 with --quick).
-    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
-    pub model: ModelKind,
-    /// The data.
+    /// The model, data and settings (`--model gpt`, the default, is d_model 128, 2 layers,
+    /// 2 heads, context 128 unless set otherwise; 64/2/2/64 with --quick).
     #[command(flatten)]
-    pub data: DataArgs,
-    /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and algorithm tables.
-    #[arg(long, env = "MERIDIAN_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override one setting (as for `meridian train`). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    pub source: RunSource,
     /// LibTorch intra-op threads. Default 1: the simulation runs every worker on one
     /// thread, and with small models a second intra-op thread mostly spins (measured: the
     /// run takes twice as long with 2 on 2 cores).
@@ -199,14 +190,12 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     }
     let inner_steps = args.inner_steps.or(Some(if args.quick { 10 } else { 30 }));
     let mut sets: Vec<String> = Vec::new();
-    if matches!(args.model, ModelKind::Gpt) {
+    if matches!(args.source.model, ModelKind::Gpt) {
         let defaults = if args.quick { QUICK_GPT } else { DEFAULT_GPT };
         sets.extend(defaults.iter().map(|s| s.to_string()));
     }
-    sets.extend(args.set.iter().cloned());
-    let config =
-        RunConfig::build(&args.model, &args.algos, args.config.as_deref(), inner_steps, &sets)?;
-    let corpus = Arc::new(args.data.load()?);
+    let config = args.source.config(&args.algos, inner_steps, &sets)?;
+    let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(args.threads.max(1) as i32);
     let probe = build_model(&config.model, corpus.vocab(), args.seed)?;
     let parameters = parameter_count(probe.as_ref());
