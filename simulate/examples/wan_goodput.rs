@@ -86,7 +86,8 @@ struct Outcome {
 }
 
 fn run(o: &Options, congestion: Congestion, loss: f64) -> Result<Outcome, Box<dyn Error>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()?;
     let wall = std::time::Instant::now();
     let (total, steady, bytes, datagrams, lost, queue_drops) = rt.block_on(async {
         let link = LinkSpec {
@@ -158,14 +159,12 @@ fn run(o: &Options, congestion: Congestion, loss: f64) -> Result<Outcome, Box<dy
 /// of virtual time, in 1 ms batches, and drained at the receiver. Returns (datagrams
 /// delivered, wall time).
 fn fabric_only(secs: f64) -> Result<(u64, Duration), Box<dyn Error>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()?;
     let wall = std::time::Instant::now();
     let delivered = rt.block_on(async {
-        let link = LinkSpec {
-            delay: Dur(ONE_WAY),
-            rate: Some(Rate::new(RATE)?),
-            ..LinkSpec::default()
-        };
+        let link =
+            LinkSpec { delay: Dur(ONE_WAY), rate: Some(Rate::new(RATE)?), ..LinkSpec::default() };
         let fabric = Fabric::new(Topology::point_to_point(link.clone(), link), 1);
         let (a, b) = (fabric.bind("a")?, fabric.bind("b")?);
         let to = b.addr();

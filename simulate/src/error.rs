@@ -65,6 +65,14 @@ pub enum SimError {
     /// The fabric was used outside a tokio runtime (its driver needs one).
     #[error("the simulated fabric must be used inside a tokio runtime")]
     NoRuntime,
+    /// A real socket operation failed (the proxy).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A region ran out of virtual addresses.
     #[error("region {region:?} has no free virtual address left")]
     AddressesExhausted {
