@@ -46,6 +46,9 @@ pub enum SimError {
         /// Receiving region.
         to: String,
     },
+    /// A link spec given on its own (not in a topology file) does not parse.
+    #[error("link spec {0}")]
+    LinkSpec(String),
     /// A value is out of its range (a negative rate, a loss above 100%, ...).
     #[error("{field}: {reason}")]
     InvalidValue {

@@ -92,7 +92,7 @@ pub fn parse_link_spec(text: &str) -> Result<LinkSpec> {
         Ok(w) => w.link,
         // Multi-line bodies are not inline tables; read them as a document.
         Err(inline) => toml::from_str::<LinkSpec>(trimmed)
-            .map_err(|_| SimError::Parse(format!("link spec {trimmed:?}: {}", inline.message())))?,
+            .map_err(|_| SimError::LinkSpec(format!("{trimmed:?}: {}", inline.message().trim())))?,
     };
     spec.validate().map_err(|(field, reason)| SimError::InvalidValue {
         field: format!("link spec {field}"),

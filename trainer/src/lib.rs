@@ -28,6 +28,7 @@ pub mod model;
 pub mod net_cli;
 pub mod net_worker;
 pub mod plot;
+pub mod proxy_cli;
 pub mod ring_reducer;
 pub mod run_config;
 pub mod snapshot;

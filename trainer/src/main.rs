@@ -26,6 +26,10 @@ enum Command {
     Coordinator(meridian_trainer::net_cli::CoordinatorArgs),
     /// Train one worker of a multi-process run, syncing through a coordinator over QUIC.
     Worker(meridian_trainer::net_cli::WorkerArgs),
+    /// Forward UDP between real processes through WAN link models (delay, rate, loss...):
+    /// put it in front of a coordinator to run a multi-process trial under WAN conditions
+    /// on one machine.
+    Proxy(meridian_trainer::proxy_cli::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Train(args) => meridian_trainer::train::run(&args),
         Command::Coordinator(args) => meridian_trainer::net_cli::run_coordinator(&args),
         Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
+        Command::Proxy(args) => meridian_trainer::proxy_cli::run_proxy(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

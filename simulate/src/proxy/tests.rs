@@ -1,8 +1,6 @@
 //! The proxy over loopback with real sockets and real time. Delays are asserted as lower
 //! bounds that follow from the model; upper bounds only catch gross errors.
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
-
 use super::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -181,8 +179,7 @@ fn topology_links_give_up_and_reverse_down() {
 #[test]
 fn a_bad_link_is_refused_before_binding() {
     rt().block_on(async {
-        let mut bad = LinkSpec::default();
-        bad.max_datagram = 0;
+        let bad = LinkSpec { max_datagram: 0, ..LinkSpec::default() };
         let cfg = ProxyConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:9".parse().unwrap(),
