@@ -55,13 +55,16 @@ pub struct ProxyConfig {
     /// A client mapping with no traffic either way for this long is dropped (with its
     /// upstream socket).
     pub idle_timeout: Duration,
+    /// Most client mappings at once (each holds a socket); datagrams from further new
+    /// clients are refused until some expire.
+    pub max_clients: usize,
     /// How often the counters are logged (`tracing` at info); `None` for never.
     pub report_every: Option<Duration>,
 }
 
 impl ProxyConfig {
-    /// A proxy from `listen` to `to` with these links, seed 0, a 60 s idle timeout and a
-    /// report every 10 s.
+    /// A proxy from `listen` to `to` with these links, seed 0, a 60 s idle timeout, at
+    /// most 1024 clients and a report every 10 s.
     pub fn new(listen: SocketAddr, to: SocketAddr, up: LinkSpec, down: LinkSpec) -> ProxyConfig {
         ProxyConfig {
             listen,
@@ -70,6 +73,7 @@ impl ProxyConfig {
             down,
             seed: 0,
             idle_timeout: Duration::from_secs(60),
+            max_clients: 1024,
             report_every: Some(Duration::from_secs(10)),
         }
     }
@@ -124,6 +128,8 @@ pub struct ProxyStats {
     pub mappings: usize,
     /// Mappings dropped for being idle.
     pub expired: u64,
+    /// Datagrams from new clients refused because `max_clients` were mapped.
+    pub refused: u64,
 }
 
 impl fmt::Display for ProxyStats {
@@ -145,7 +151,11 @@ impl fmt::Display for ProxyStats {
                 s.duplicated.datagrams,
             )?;
         }
-        write!(f, "clients: {} mapped, {} expired", self.mappings, self.expired)
+        write!(
+            f,
+            "clients: {} mapped, {} expired; {} datagrams from new clients refused (too many)",
+            self.mappings, self.expired, self.refused
+        )
     }
 }
 
@@ -328,7 +338,9 @@ struct Shared {
     up: Arc<Direction>,
     down: Arc<Direction>,
     mappings: Mutex<HashMap<SocketAddr, Mapping>>,
+    max_clients: usize,
     expired: Mutex<u64>,
+    refused: Mutex<u64>,
 }
 
 impl Shared {
@@ -342,14 +354,25 @@ impl Shared {
             down: self.down.lock().stats,
             mappings: self.mappings().len(),
             expired: *self.expired.lock().unwrap_or_else(|e| e.into_inner()),
+            refused: *self.refused.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
-    /// The upstream socket of `client`, made on first sight.
-    async fn upstream(self: &Arc<Self>, client: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
-        if let Some(m) = self.mappings().get_mut(&client) {
-            m.last_seen = Instant::now();
-            return Ok(m.socket.clone());
+    /// The upstream socket of `client`, made on first sight; `None` when `max_clients`
+    /// are mapped already.
+    async fn upstream(
+        self: &Arc<Self>,
+        client: SocketAddr,
+    ) -> std::io::Result<Option<Arc<UdpSocket>>> {
+        {
+            let mut mappings = self.mappings();
+            if let Some(m) = mappings.get_mut(&client) {
+                m.last_seen = Instant::now();
+                return Ok(Some(m.socket.clone()));
+            }
+            if mappings.len() >= self.max_clients {
+                return Ok(None);
+            }
         }
         let any = match self.to.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -368,7 +391,7 @@ impl Shared {
                 reader: reader.abort_handle(),
             },
         );
-        Ok(socket)
+        Ok(Some(socket))
     }
 
     /// Client → proxy: map, then offer to the up link.
@@ -385,7 +408,11 @@ impl Shared {
                 }
             };
             match self.upstream(client).await {
-                Ok(socket) => self.up.offer(self.start, &socket, None, &buf[..len]),
+                Ok(Some(socket)) => self.up.offer(self.start, &socket, None, &buf[..len]),
+                Ok(None) => {
+                    tracing::debug!(%client, "too many clients; datagram refused");
+                    *self.refused.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                }
                 Err(e) => tracing::warn!(%client, %e, "cannot open an upstream socket"),
             }
         }
@@ -457,7 +484,9 @@ impl Proxy {
             up: Arc::new(Direction::new(cfg.up, cfg.seed)),
             down: Arc::new(Direction::new(cfg.down, cfg.seed.wrapping_add(1))),
             mappings: Mutex::new(HashMap::new()),
+            max_clients: cfg.max_clients,
             expired: Mutex::new(0),
+            refused: Mutex::new(0),
         });
         let mut tasks = vec![
             tokio::spawn(shared.clone().read_listen()),

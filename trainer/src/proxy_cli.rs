@@ -70,6 +70,9 @@ pub struct ProxyArgs {
     /// Seconds without traffic after which a client's mapping is dropped.
     #[arg(long, default_value_t = 60.0, env = "MERIDIAN_PROXY_IDLE_TIMEOUT_S")]
     pub idle_timeout_s: f64,
+    /// Most clients mapped at once (each holds a socket).
+    #[arg(long, default_value_t = 1024, env = "MERIDIAN_PROXY_MAX_CLIENTS")]
+    pub max_clients: usize,
     /// Seconds between counter reports in the log (0: none).
     #[arg(long, default_value_t = 10.0, env = "MERIDIAN_PROXY_REPORT_EVERY_S")]
     pub report_every_s: f64,
@@ -119,12 +122,16 @@ pub fn run_proxy(args: &ProxyArgs) -> Result<()> {
     if idle.is_zero() {
         bail!("--idle-timeout-s must be positive");
     }
+    if args.max_clients == 0 {
+        bail!("--max-clients must be at least 1");
+    }
     let report = seconds(args.report_every_s, "--report-every-s")?;
     eprintln!("up   ({} -> {}): {up}", args.listen, args.to);
     eprintln!("down ({} -> {}): {down}", args.to, args.listen);
     let mut cfg = ProxyConfig::new(args.listen, args.to, up, down);
     cfg.seed = args.seed;
     cfg.idle_timeout = idle;
+    cfg.max_clients = args.max_clients;
     cfg.report_every = (!report.is_zero()).then_some(report);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

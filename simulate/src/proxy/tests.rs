@@ -147,6 +147,33 @@ fn each_client_gets_its_own_mapping_and_idle_ones_expire() {
 }
 
 #[test]
+fn clients_beyond_the_limit_are_refused() {
+    rt().block_on(async {
+        let server = socket().await;
+        let mut cfg = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            server.local_addr().unwrap(),
+            LinkSpec::default(),
+            LinkSpec::default(),
+        );
+        cfg.report_every = None;
+        cfg.max_clients = 1;
+        let p = Proxy::start(cfg).await.unwrap();
+        let (a, b) = (socket().await, socket().await);
+        a.send_to(b"a", p.local_addr()).await.unwrap();
+        let mut buf = [0u8; 8];
+        let (len, _) = recv(&server, &mut buf).await.unwrap();
+        assert_eq!(&buf[..len], b"a");
+        b.send_to(b"b", p.local_addr()).await.unwrap();
+        a.send_to(b"a2", p.local_addr()).await.unwrap();
+        let (len, _) = recv(&server, &mut buf).await.unwrap();
+        assert_eq!(&buf[..len], b"a2", "the mapped client still passes, the new one does not");
+        let s = p.stats();
+        assert_eq!((s.mappings, s.refused, s.up.offered.datagrams), (1, 1, 2));
+    });
+}
+
+#[test]
 fn link_specs_parse_from_inline_tables_and_bad_ones_are_clear_errors() {
     let s = spec("{ delay = \"20ms\", rate = \"100Mbps\", loss = \"1%\" }");
     assert_eq!(s.delay.0, 20 * MS);
