@@ -46,6 +46,9 @@ pub enum SimError {
         /// Receiving region.
         to: String,
     },
+    /// A link spec given on its own (not in a topology file) does not parse.
+    #[error("link spec {0}")]
+    LinkSpec(String),
     /// A value is out of its range (a negative rate, a loss above 100%, ...).
     #[error("{field}: {reason}")]
     InvalidValue {
@@ -65,6 +68,14 @@ pub enum SimError {
     /// The fabric was used outside a tokio runtime (its driver needs one).
     #[error("the simulated fabric must be used inside a tokio runtime")]
     NoRuntime,
+    /// A real socket operation failed (the proxy).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A region ran out of virtual addresses.
     #[error("region {region:?} has no free virtual address left")]
     AddressesExhausted {

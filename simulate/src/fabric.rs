@@ -47,7 +47,7 @@ pub struct Counter {
 }
 
 impl Counter {
-    fn add(&mut self, len: usize) {
+    pub(crate) fn add(&mut self, len: usize) {
         self.datagrams += 1;
         self.bytes += len as u64;
     }

@@ -19,6 +19,9 @@
 //!   regions' [`LinkSpec`] (flows do not share a bottleneck). Deliveries are ordered by
 //!   (time, sequence); [`Fabric::stats`] counts every datagram's fate per region pair;
 //!   [`Fabric::set_host_down`] and [`Fabric::set_link_down`] are the fault switches.
+//! - [`Proxy`]: the same link models between real processes: a UDP proxy on real sockets
+//!   (real time) that forwards to a server through an up and a down [`LinkModel`], giving
+//!   each client its own upstream socket, like a NAT (`meridian proxy` on the command line).
 //!
 //! # Virtual time
 //! The fabric runs on tokio's clock. In a current-thread runtime built with
@@ -101,6 +104,7 @@ pub mod error;
 pub mod fabric;
 pub mod link;
 mod presets;
+pub mod proxy;
 mod rng;
 pub mod topology;
 pub mod units;
@@ -108,5 +112,6 @@ pub mod units;
 pub use error::{Result, SimError};
 pub use fabric::{Counter, Fabric, FabricStats, LinkStats, SimSocket};
 pub use link::{Change, DropReason, Fate, GilbertElliott, LinkModel, LinkSpec, Window};
+pub use proxy::{Proxy, ProxyConfig, ProxyStats};
 pub use topology::Topology;
 pub use units::{Dur, Prob, QueueLimit, Rate};

@@ -29,6 +29,7 @@ pub mod net_cli;
 pub mod net_worker;
 pub mod node_link;
 pub mod plot;
+pub mod proxy_cli;
 pub mod ring_reducer;
 pub mod run_config;
 pub mod sim;

@@ -34,6 +34,10 @@ enum Command {
     /// utilization per algorithm for a model of any size on a preset or custom network, and
     /// the link rate a target utilization needs.
     WhatIf(meridian_trainer::whatif::WhatIfArgs),
+    /// Forward UDP between real processes through WAN link models (delay, rate, loss...):
+    /// put it in front of a coordinator to run a multi-process trial under WAN conditions
+    /// on one machine.
+    Proxy(meridian_trainer::proxy_cli::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
         Command::Simulate(args) => meridian_trainer::sim::run(&args),
         Command::WhatIf(args) => meridian_trainer::whatif::run(&args),
+        Command::Proxy(args) => meridian_trainer::proxy_cli::run_proxy(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
