@@ -81,7 +81,8 @@ topology with --topology. Compute is charged at --step-time per inner step (or m
 from FLOPs with --tflops), so simulated seconds mean what they would on that hardware.
 
 Writes OUT/summary.json (byte-identical for the same seed unless --measured-compute) and
-OUT/val_loss_vs_{time,bytes}.{svg,png}. --quick finishes in about 2 minutes on 2 cores.")]
+OUT/val_loss_vs_{time,bytes}.{svg,png}. The default run takes about 4 minutes on 2 cores,
+--quick about 15 seconds.")]
 pub struct SimulateArgs {
     /// The network: lan, cross-continent, home or lossy.
     #[arg(long, default_value = "cross-continent", env = "MERIDIAN_PRESET")]
@@ -101,7 +102,7 @@ pub struct SimulateArgs {
     /// Directory for summary.json and the plots.
     #[arg(long, default_value = "out/simulate", env = "MERIDIAN_OUT")]
     pub out: PathBuf,
-    /// A short run: fewer steps on a smaller model (about 2 minutes on 2 cores).
+    /// A short run: 60 steps on a smaller model (about 15 seconds on 2 cores).
     #[arg(long)]
     pub quick: bool,
     /// Inner steps per worker (default 300, or 60 with --quick).
