@@ -62,6 +62,7 @@ fn parse() -> Result<Options, Box<dyn Error>> {
                         "bbr" => Ok(Congestion::Bbr),
                         "cubic" => Ok(Congestion::Cubic),
                         "newreno" => Ok(Congestion::NewReno),
+                        "resilient" => Ok(Congestion::Resilient),
                         other => Err(format!("unknown congestion controller {other:?}")),
                     })
                     .collect::<Result<_, _>>()?;
