@@ -44,10 +44,13 @@ pub enum Congestion {
     Cubic,
     /// Classic Reno-style AIMD; mostly useful as a baseline.
     NewReno,
-    /// CUBIC that shrinks its window only on congestion-like loss (a loss rate above 2% over
-    /// the last round trips, or loss with a standing queue), not on isolated random loss;
-    /// see [`ResilientConfig`](crate::quic::ResilientConfig). Its window is capped at the
-    /// connection receive window.
+    /// CUBIC that shrinks its window only on congestion-like loss (a loss rate significantly
+    /// above 2% over the last round trips, or loss with a standing queue), not on isolated
+    /// random loss; see [`Resilient`](crate::quic::Resilient). Its window is capped at the
+    /// connection receive window. In the same benchmark: 0.96 / 0.75 / 0.61 of capacity at
+    /// 0 / 0.5 / 2% loss (BBR: 0.76 / 0.65 / 0.50), and 0.92 at 0.5% loss with stream
+    /// windows of 3 × BDP instead of the planned 2 × BDP (holes left by lost packets hold
+    /// the receiver's credit for about two round trips).
     Resilient,
 }
 
