@@ -1,10 +1,10 @@
 //! QUIC goodput over a simulated 1 Gb/s, 150 ms-RTT path at 0%, 0.5% and 2% random loss
-//! (both directions), with BBR and Cubic, as a fraction of the link rate; and the
+//! (both directions), with BBR, Cubic and Resilient, as a fraction of the link rate; and the
 //! simulator's speed in simulated seconds per wall-clock second.
 //!
 //! ```text
 //! cargo run --release -p meridian-simulate --example wan_goodput -- [--secs 20] [--warmup 5]
-//!     [--queue 150ms] [--loss 0,0.005,0.02] [--cc bbr,cubic]
+//!     [--queue 150ms] [--loss 0,0.005,0.02] [--cc bbr,cubic,resilient]
 //! ```
 //!
 //! One bulk stream (comm's QUIC endpoints, windows sized by `TransportTuning` for the
@@ -41,7 +41,7 @@ fn parse() -> Result<Options, Box<dyn Error>> {
         warmup: 5.0,
         queue: QueueLimit::Time(Duration::from_millis(150)),
         losses: vec![0.0, 0.005, 0.02],
-        controllers: vec![Congestion::Bbr, Congestion::Cubic],
+        controllers: vec![Congestion::Bbr, Congestion::Cubic, Congestion::Resilient],
         window_rtt_ms: 2.0 * ONE_WAY.as_secs_f64() * 1e3,
     };
     let mut args = std::env::args().skip(1);
@@ -62,6 +62,7 @@ fn parse() -> Result<Options, Box<dyn Error>> {
                         "bbr" => Ok(Congestion::Bbr),
                         "cubic" => Ok(Congestion::Cubic),
                         "newreno" => Ok(Congestion::NewReno),
+                        "resilient" => Ok(Congestion::Resilient),
                         other => Err(format!("unknown congestion controller {other:?}")),
                     })
                     .collect::<Result<_, _>>()?;

@@ -18,6 +18,7 @@ use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use serde::{Deserialize, Serialize};
 
 use crate::quic::error::QuicError;
+use crate::quic::resilient::ResilientConfig;
 
 /// Flow-control windows are rounded up to a multiple of this.
 const WINDOW_GRANULE: u64 = 1 << 20;
@@ -43,6 +44,14 @@ pub enum Congestion {
     Cubic,
     /// Classic Reno-style AIMD; mostly useful as a baseline.
     NewReno,
+    /// CUBIC that shrinks its window only on congestion-like loss (a loss rate significantly
+    /// above 2% over the last round trips, or loss with a standing queue), not on isolated
+    /// random loss; see [`Resilient`](crate::quic::Resilient). Its window is capped at the
+    /// connection receive window. In the same benchmark: 0.96 / 0.75 / 0.61 of capacity at
+    /// 0 / 0.5 / 2% loss (BBR: 0.76 / 0.65 / 0.50), and 0.92 at 0.5% loss with stream
+    /// windows of 3 × BDP instead of the planned 2 × BDP (holes left by lost packets hold
+    /// the receiver's credit for about two round trips).
+    Resilient,
 }
 
 /// How QUIC connections are tuned. Every field has a default; in TOML, omitted fields keep
@@ -248,6 +257,9 @@ impl TransportPlan {
             Congestion::Bbr => Arc::new(BbrConfig::default()),
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+            Congestion::Resilient => {
+                Arc::new(ResilientConfig::new(self.connection_receive_window.into()))
+            }
         }
     }
 }
@@ -315,7 +327,9 @@ mod tests {
 
     #[test]
     fn every_congestion_controller_builds() {
-        for congestion in [Congestion::Bbr, Congestion::Cubic, Congestion::NewReno] {
+        for congestion in
+            [Congestion::Bbr, Congestion::Cubic, Congestion::NewReno, Congestion::Resilient]
+        {
             let plan = TransportTuning { congestion, ..Default::default() }.plan().unwrap();
             assert_eq!(plan.congestion(), congestion);
             let _config: TransportConfig = plan.transport_config();

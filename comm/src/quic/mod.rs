@@ -9,6 +9,8 @@
 //! - [`JoinString`] (join): `meridian://HOST:PORT/?fp=..&run=..&secret=..`, passed out of band.
 //! - [`TransportTuning`] (config): flow-control windows sized to bandwidth × RTT, congestion
 //!   controller, timeouts.
+//! - [`Resilient`] (resilient): a CUBIC congestion controller that ignores isolated random
+//!   loss on long fat links.
 //! - [`QuicEndpoint`] (endpoint): [`bind_server`] / [`bind_client`] on real UDP, or
 //!   [`server_endpoint`] / [`client_endpoint`] on any `quinn::AsyncUdpSocket`.
 //! - [`send_frame`], [`recv_frame`], [`close_refused`], [`peer_fingerprint`] (conn): one
@@ -61,6 +63,7 @@ mod conn;
 mod endpoint;
 mod error;
 mod join;
+mod resilient;
 mod tls;
 mod verify;
 
@@ -78,4 +81,8 @@ pub use endpoint::{
 };
 pub use error::{QuicError, TlsError};
 pub use join::{JoinError, JoinString};
+pub use resilient::{
+    Resilient, ResilientConfig, LOSS_THRESHOLD, MIN_LOST_PACKETS, MIN_QUEUE_DELAY,
+    QUEUE_DELAY_FRACTION,
+};
 pub use verify::{ClientAuth, PinSet};
