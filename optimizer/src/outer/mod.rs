@@ -72,8 +72,9 @@ pub trait OuterOptimizer {
         -> Result<ApplyReport>;
 
     /// How this algorithm's payloads add up in a ring all-reduce, or `None` when they do
-    /// not (the sparse algorithms: top-k payloads are not dense sums), in which case runs
-    /// must use relay or all-gather.
+    /// not (the sparse algorithms: top-k payloads are not dense sums; and any algorithm
+    /// under a robust `aggregation`, which needs every member's update, not their sum), in
+    /// which case runs must use relay or all-gather.
     fn ring(&self, _params: &ParamSet) -> Option<DenseRing> {
         None
     }
@@ -328,6 +329,16 @@ pub fn admit(
     rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     rejected.dedup();
     (ok, rejected)
+}
+
+/// The error for a ring aggregate offered to an algorithm whose robust aggregation needs
+/// every member's own update.
+pub fn ring_refused(algo: &str, robust: &crate::robust::Robust) -> OptimizerError {
+    OptimizerError::Config(format!(
+        "{algo}: aggregation = \"{}\" needs every member's update, which a ring all-reduce does \
+         not deliver; use the relay or all-gather topology, or aggregation = \"mean\"",
+        robust.aggregation
+    ))
 }
 
 /// Rejected payloads: the member and why.
