@@ -230,7 +230,7 @@ mod tests {
             let e = AlgoConfig::from_parts(a, toml::Table::new(), &o).unwrap_err().to_string();
             assert!(e.contains("trimmed_mean") && e.contains("dense"), "{a}: {e}");
         }
-        for a in [Algorithm::Ddp, Algorithm::Diloco, Algorithm::Demo, Algorithm::Sparseloco] {
+        for a in Algorithm::ALL {
             // The default is the plain mean, and a misspelt mode is an error.
             assert!(AlgoConfig::default_for(a).to_toml().contains("aggregation = \"mean\""));
             let o = vec![("aggregation".to_string(), "median".to_string())];

@@ -1,21 +1,24 @@
 //! Byzantine-robust aggregation: what a round does with members whose updates are valid
 //! payloads but bad updates (scaled up, sign-flipped, noise).
 //!
-//! Validation (the payload decoders and [`crate::outer::admit`]) catches what is malformed:
-//! wrong shapes or encodings, out-of-range indices, non-finite values, another round or
-//! algorithm, duplicates. What it cannot catch is a well-formed update that is wrong. Every
-//! algorithm except Streaming DiLoCo takes an `aggregation` setting that picks how the
-//! members' decoded updates are combined:
+//! Validation catches what is malformed: the comm layer refuses oversized frames, frames of
+//! another run and unauthenticated peers; [`crate::outer::admit`] refuses payloads of
+//! another round or algorithm and duplicate members; the algorithms' decoders refuse wrong
+//! shapes or encodings, out-of-range indices and non-finite values. Each refusal is
+//! reported in [`crate::outer::ApplyReport::rejected`] with the sender and the reason, and
+//! the round goes on without it. What validation cannot catch is a well-formed update that
+//! is wrong. Every algorithm takes an `aggregation` setting that picks how the members'
+//! decoded updates are combined:
 //!
-//! | `aggregation`     | what it does                                                   |
-//! |-------------------|----------------------------------------------------------------|
-//! | `mean` (default)  | the published algorithm: the plain mean                        |
-//! | `clip_median`     | scale every update whose L2 norm exceeds the round's median    |
-//! |                   | norm down to that median, then the mean (as Templar does)      |
-//! | `trimmed_mean`    | per coordinate, drop the `⌊trim·n⌋` lowest and highest values  |
-//! |                   | and average the rest (dense algorithms only: DDP, DiLoCo)      |
-//! | `reject_outliers` | reject members whose norm exceeds `outlier_factor` × the       |
-//! |                   | round's median norm (reported in `rejected`), then the mean     |
+//! - `mean` (the default): the published algorithm, the plain mean.
+//! - `clip_median`: every update whose L2 norm exceeds the round's median norm is scaled
+//!   down to that median, then the mean (as Templar does).
+//! - `trimmed_mean`: per coordinate, the `⌊trim·n⌋` lowest and highest of the `n` members'
+//!   values are dropped and the rest averaged. Dense exchanges only (DDP, DiLoCo, Streaming
+//!   DiLoCo): a sparse payload does not carry every coordinate, so DeMo and SparseLoCo
+//!   refuse it as a configuration error.
+//! - `reject_outliers`: members whose norm exceeds `outlier_factor` × the round's median
+//!   norm are rejected (reported with the sender and the norms), then the mean.
 //!
 //! The norm is that of the member's whole update (every tensor; for sparse payloads the
 //! values sent, which for DeMo are DCT coefficients of an orthonormal transform). With
@@ -128,7 +131,7 @@ impl Robust {
         }
         if self.aggregation == Aggregation::TrimmedMean && !dense {
             return bad(
-                "aggregation = \"trimmed_mean\" needs dense payloads (DDP, DiLoCo): a sparse \
+                "aggregation = \"trimmed_mean\" needs dense payloads (DDP, DiLoCo, Streaming): a sparse \
                  payload does not carry every coordinate; use clip_median or reject_outliers"
                     .into(),
             );
