@@ -11,7 +11,9 @@
 //! An exchange is [`OuterOptimizer::prepare`] on every worker, delivery of the payloads,
 //! and [`OuterOptimizer::apply`] on every worker with the committed set. `apply` takes the
 //! payloads in any order and uses them in member-id order, so all replicas compute the
-//! same bits.
+//! same bits. Within `apply`: [`admit`] (round, algorithm, duplicates), the algorithm's
+//! decoder (shapes, encodings, indices, finiteness), then [`crate::robust::Robust::screen`]
+//! (overflow bound, norm clipping or outlier rejection) and the aggregation.
 
 pub mod ddp;
 pub mod demo;
@@ -67,7 +69,9 @@ pub trait OuterOptimizer {
 
     /// Applies the committed members' payloads for `round`, in member-id order whatever
     /// the order given. Payloads that fail validation (another algorithm or round, a
-    /// duplicate member, bad contents) are rejected and reported; the rest are applied.
+    /// duplicate member, bad contents) are rejected and reported; the rest are combined as
+    /// the algorithm's `aggregation` setting says ([`crate::robust`]: the mean, or a robust
+    /// mode that may clip them or reject outliers, also reported) and applied.
     fn apply(&mut self, params: &ParamSet, round: u64, payloads: &[Payload])
         -> Result<ApplyReport>;
 
