@@ -218,13 +218,17 @@ mod tests {
         let o = vec![
             ("aggregation".to_string(), "reject_outliers".to_string()),
             ("outlier_factor".into(), "4".into()),
+            ("min_cosine".into(), "-0.2".into()),
         ];
         let AlgoConfig::Sparseloco(s) =
             AlgoConfig::from_parts(Algorithm::Sparseloco, toml::Table::new(), &o).unwrap()
         else {
             panic!()
         };
-        assert_eq!((s.aggregation, s.outlier_factor), (Aggregation::RejectOutliers, 4.0));
+        assert_eq!(
+            (s.aggregation, s.outlier_factor, s.min_cosine),
+            (Aggregation::RejectOutliers, 4.0, -0.2)
+        );
         for a in [Algorithm::Demo, Algorithm::Sparseloco] {
             let o = vec![("aggregation".to_string(), "trimmed_mean".to_string())];
             let e = AlgoConfig::from_parts(a, toml::Table::new(), &o).unwrap_err().to_string();

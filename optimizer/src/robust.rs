@@ -18,7 +18,9 @@
 //!   DiLoCo): a sparse payload does not carry every coordinate, so DeMo and SparseLoCo
 //!   refuse it as a configuration error.
 //! - `reject_outliers`: members whose norm exceeds `outlier_factor` × the round's median
-//!   norm are rejected (reported with the sender and the norms), then the mean.
+//!   norm are rejected (reported with the sender and the norms); then, with three or more
+//!   left, members whose update has a cosine similarity below `min_cosine` with the sum of
+//!   the others' (a sign flip points against it); then the mean.
 //!
 //! The norm is that of the member's whole update (every tensor; for sparse payloads the
 //! values sent, which for DeMo are DCT coefficients of an orthonormal transform). With
@@ -89,6 +91,13 @@ pub const DEFAULT_TRIM: f64 = 0.125;
 /// norm by well under 3×, scaled attacks are far beyond it.
 pub const DEFAULT_OUTLIER_FACTOR: f64 = 3.0;
 
+/// The default `min_cosine`: an update pointing against the sum of everyone else's
+/// (a sign flip) is rejected. On the toy task honest DiLoCo and SparseLoCo members stay
+/// above 0.18, a sign-flipped one below −0.5. Per-step gradients from small batches (DDP,
+/// DeMo) can be nearly orthogonal, so lower it (−1 turns the test off) if honest members
+/// are rejected there.
+pub const DEFAULT_MIN_COSINE: f64 = 0.0;
+
 /// An algorithm's robust-aggregation settings (its `aggregation`, `trim` and
 /// `outlier_factor` fields).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +110,9 @@ pub struct Robust {
     /// Under [`Aggregation::RejectOutliers`], how many times the median norm a member may
     /// reach; at least 1.
     pub outlier_factor: f64,
+    /// Under [`Aggregation::RejectOutliers`], the lowest cosine similarity a member's update
+    /// may have with the sum of the others' updates, in `[-1, 1]`; −1 turns the test off.
+    pub min_cosine: f64,
 }
 
 impl Default for Robust {
@@ -109,6 +121,7 @@ impl Default for Robust {
             aggregation: Aggregation::Mean,
             trim: DEFAULT_TRIM,
             outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -128,6 +141,9 @@ impl Robust {
         }
         if !(self.outlier_factor.is_finite() && self.outlier_factor >= 1.0) {
             return bad(format!("outlier_factor {} must be ≥ 1", self.outlier_factor));
+        }
+        if !(-1.0..=1.0).contains(&self.min_cosine) {
+            return bad(format!("min_cosine {} must be in [-1, 1]", self.min_cosine));
         }
         if self.aggregation == Aggregation::TrimmedMean && !dense {
             return bad(
@@ -217,8 +233,63 @@ impl Robust {
                 Aggregation::Mean | Aggregation::TrimmedMean => {}
             }
         }
+        if self.aggregation == Aggregation::RejectOutliers {
+            members = self.reject_by_direction(members, rejected);
+        }
         sort(rejected);
         members
+    }
+}
+
+impl Robust {
+    /// Rejects members whose update points against the others': cosine similarity with
+    /// the sum of the other members' updates below `min_cosine`. Needs three members (with
+    /// two, a disagreement does not say who is wrong). The sum is built one tensor at a
+    /// time in f64, in member-id order.
+    fn reject_by_direction<T: MemberUpdate>(
+        &self,
+        members: Vec<(u32, T)>,
+        rejected: &mut Rejections,
+    ) -> Vec<(u32, T)> {
+        if members.len() < 3 || self.min_cosine <= -1.0 {
+            return members;
+        }
+        let tensors = members.iter().map(|(_, u)| u.slices().len()).max().unwrap_or(0);
+        // Per member: ⟨u, T⟩ and ‖u‖², with T the sum of all members; and ‖T‖².
+        let mut dots = vec![0.0f64; members.len()];
+        let mut squares = vec![0.0f64; members.len()];
+        let mut total_sq = 0.0f64;
+        let mut total = Vec::new();
+        for i in 0..tensors {
+            total.clear();
+            for (_, u) in &members {
+                u.add_tensor(i, &mut total);
+            }
+            total_sq += total.iter().map(|v| v * v).sum::<f64>();
+            for (k, (_, u)) in members.iter().enumerate() {
+                let (d, sq) = u.dot_tensor(i, &total);
+                dots[k] += d;
+                squares[k] += sq;
+            }
+        }
+        let mut kept = Vec::with_capacity(members.len());
+        for (k, (w, u)) in members.into_iter().enumerate() {
+            // ⟨u, T − u⟩ / (‖u‖·‖T − u‖), with ‖T − u‖² = ‖T‖² − 2⟨u, T⟩ + ‖u‖².
+            let others = (total_sq - 2.0 * dots[k] + squares[k]).max(0.0).sqrt();
+            let scale = squares[k].sqrt() * others;
+            let cosine = if scale > 0.0 { (dots[k] - squares[k]) / scale } else { 1.0 };
+            if cosine < self.min_cosine {
+                let reason = format!(
+                    "update has cosine {cosine:.3} with the other members' sum, below \
+                     min_cosine {}",
+                    self.min_cosine
+                );
+                reject(rejected, w, reason);
+            } else {
+                kept.push((w, u));
+            }
+        }
+        kept
     }
 }
 
@@ -237,6 +308,10 @@ pub trait MemberUpdate {
     fn slices(&self) -> Vec<&[f32]>;
     /// Multiplies every value by `by`.
     fn scale(&mut self, by: f32);
+    /// Adds tensor `i`'s values into `total` (a dense sum, grown as needed).
+    fn add_tensor(&self, i: usize, total: &mut Vec<f64>);
+    /// Tensor `i`'s dot product with the dense `total`, and its squared norm.
+    fn dot_tensor(&self, i: usize, total: &[f64]) -> (f64, f64);
 }
 
 /// A dense update: every coordinate of every tensor.
@@ -248,6 +323,22 @@ impl MemberUpdate for Vec<Vec<f32>> {
     fn scale(&mut self, by: f32) {
         self.iter_mut().flatten().for_each(|v| *v *= by);
     }
+
+    fn add_tensor(&self, i: usize, total: &mut Vec<f64>) {
+        let Some(v) = self.get(i) else { return };
+        if total.len() < v.len() {
+            total.resize(v.len(), 0.0);
+        }
+        total.iter_mut().zip(v).for_each(|(t, &x)| *t += f64::from(x));
+    }
+
+    fn dot_tensor(&self, i: usize, total: &[f64]) -> (f64, f64) {
+        let Some(v) = self.get(i) else { return (0.0, 0.0) };
+        v.iter().zip(total).fold((0.0, 0.0), |(d, sq), (&x, &t)| {
+            let x = f64::from(x);
+            (d + x * t, sq + x * x)
+        })
+    }
 }
 
 /// A sparse update: the values sent per tensor (indices are untouched by scaling).
@@ -258,6 +349,26 @@ impl MemberUpdate for Vec<Sparse> {
 
     fn scale(&mut self, by: f32) {
         self.iter_mut().flat_map(|s| s.values.iter_mut()).for_each(|v| *v *= by);
+    }
+
+    fn add_tensor(&self, i: usize, total: &mut Vec<f64>) {
+        let Some(s) = self.get(i) else { return };
+        // Decoding validated the indices against the tensor's length.
+        let len = s.indices.iter().map(|&j| j as usize + 1).max().unwrap_or(0);
+        if total.len() < len {
+            total.resize(len, 0.0);
+        }
+        for (&j, &x) in s.indices.iter().zip(&s.values) {
+            total[j as usize] += f64::from(x);
+        }
+    }
+
+    fn dot_tensor(&self, i: usize, total: &[f64]) -> (f64, f64) {
+        let Some(s) = self.get(i) else { return (0.0, 0.0) };
+        s.indices.iter().zip(&s.values).fold((0.0, 0.0), |(d, sq), (&j, &x)| {
+            let x = f64::from(x);
+            (d + x * total.get(j as usize).copied().unwrap_or(0.0), sq + x * x)
+        })
     }
 }
 
@@ -354,9 +465,9 @@ mod tests {
     fn reject_outliers_reports_the_member_and_the_norms() {
         let members = vec![
             (1, dense(&[1.0, 1.0])),
-            (2, dense(&[-1.0, 1.0])),
+            (2, dense(&[1.0, 0.8])),
             (5, dense(&[100.0, 0.0])),
-            (7, dense(&[1.0, -1.0])),
+            (7, dense(&[0.9, 1.0])),
         ];
         let mut rejected = vec![(6, "another reason".to_string())];
         let out = robust(Aggregation::RejectOutliers).screen(members.clone(), &mut rejected);
@@ -369,6 +480,38 @@ mod tests {
         let lax = Robust { outlier_factor: 100.0, ..robust(Aggregation::RejectOutliers) };
         assert_eq!(lax.screen(members, &mut none).len(), 4);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn reject_outliers_rejects_an_update_pointing_against_the_others() {
+        let members = vec![
+            (0, dense(&[1.0, 0.2])),
+            (1, dense(&[0.8, -0.1])),
+            (2, dense(&[-1.0, -0.1])), // same norm, flipped
+            (3, dense(&[1.1, 0.0])),
+        ];
+        let mut rejected = Vec::new();
+        let out = robust(Aggregation::RejectOutliers).screen(members.clone(), &mut rejected);
+        assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 3]);
+        assert_eq!(rejected.len(), 1);
+        assert!(rejected[0].1.contains("cosine"), "{rejected:?}");
+        // −1 turns the test off; two members are never judged by direction.
+        let off = Robust { min_cosine: -1.0, ..robust(Aggregation::RejectOutliers) };
+        assert_eq!(off.screen(members.clone(), &mut rejected).len(), 4);
+        let two = members[1..3].to_vec();
+        assert_eq!(robust(Aggregation::RejectOutliers).screen(two, &mut rejected).len(), 2);
+        // Sparse updates compare on the coordinates they send.
+        let s = |idx: &[u32], v: &[f32]| vec![Sparse { indices: idx.to_vec(), values: v.to_vec() }];
+        let sparse = vec![
+            (0, s(&[0, 5], &[1.0, 1.0])),
+            (1, s(&[5, 9], &[1.0, 0.5])),
+            (2, s(&[0, 5], &[-1.0, -1.0])),
+            (3, s(&[0, 9], &[1.0, 0.5])),
+        ];
+        let mut rejected = Vec::new();
+        let out = robust(Aggregation::RejectOutliers).screen(sparse, &mut rejected);
+        assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 3]);
+        assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
@@ -454,6 +597,8 @@ mod tests {
             Robust { trim: -0.1, ..Robust::default() },
             Robust { outlier_factor: 0.5, ..Robust::default() },
             Robust { outlier_factor: f64::NAN, ..Robust::default() },
+            Robust { min_cosine: 1.5, ..Robust::default() },
+            Robust { min_cosine: f64::NAN, ..Robust::default() },
         ] {
             assert!(bad.validate("x", true).is_err(), "{bad:?}");
         }

@@ -46,6 +46,9 @@ pub struct DdpConfig {
     /// Under `reject_outliers`, how many times the round's median norm a member's gradient
     /// may reach (default 3).
     pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for DdpConfig {
@@ -56,6 +59,7 @@ impl Default for DdpConfig {
             aggregation: r.aggregation,
             trim: r.trim,
             outlier_factor: r.outlier_factor,
+            min_cosine: r.min_cosine,
         }
     }
 }
@@ -80,6 +84,7 @@ impl DdpConfig {
             aggregation: self.aggregation,
             trim: self.trim,
             outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 }

@@ -29,7 +29,9 @@ use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
-use crate::robust::{Aggregation, Robust, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::{with_f32, with_f32_mut};
 
 /// DeMo's settings. Defaults are those of the reference implementation (`demo.py` in
@@ -64,6 +66,9 @@ pub struct DemoConfig {
     /// Under `reject_outliers`, how many times the round's median norm a member's sent
     /// values may reach (default 3).
     pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for DemoConfig {
@@ -78,6 +83,7 @@ impl Default for DemoConfig {
             aggregation: Aggregation::Mean,
             trim: DEFAULT_TRIM,
             outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -116,6 +122,7 @@ impl DemoConfig {
             aggregation: self.aggregation,
             trim: self.trim,
             outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 
@@ -477,10 +484,14 @@ mod tests {
         let config = DemoConfig { aggregation: Aggregation::RejectOutliers, ..Default::default() };
         let mut demo = Demo::new(config, &params).unwrap();
         let mut comp = Compressor::new(config.compressor_config(), &shape).unwrap();
+        // Members agree on a common direction (as honest momenta do), each with its own part.
+        let common = random(n, 7);
         let payloads: Vec<Payload> = (0..4u32)
             .map(|w| {
                 let scale = if w == 2 { 100.0 } else { 1.0 };
-                let x: Vec<f32> = random(n, 7 + u64::from(w)).iter().map(|v| v * scale).collect();
+                let own = random(n, 8 + u64::from(w));
+                let x: Vec<f32> =
+                    common.iter().zip(&own).map(|(c, o)| (c + 0.5 * o) * scale).collect();
                 let body = comp.compress(&x).unwrap().bytes;
                 let segments = vec![Segment::encoded(0, &shape, Encoding::Compressed, body)];
                 Payload { algorithm: Algorithm::Demo, round: 0, worker: w, segments }

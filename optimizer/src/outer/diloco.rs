@@ -16,7 +16,9 @@ use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
 use crate::ring::DenseRing;
-use crate::robust::{Aggregation, Robust, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// How pseudo-gradients travel.
@@ -57,6 +59,9 @@ pub struct DilocoConfig {
     /// Under `reject_outliers`, how many times the round's median norm a member's
     /// pseudo-gradient may reach (default 3).
     pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for DilocoConfig {
@@ -70,6 +75,7 @@ impl Default for DilocoConfig {
             aggregation: Aggregation::Mean,
             trim: DEFAULT_TRIM,
             outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -103,6 +109,7 @@ impl DilocoConfig {
             aggregation: self.aggregation,
             trim: self.trim,
             outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 }

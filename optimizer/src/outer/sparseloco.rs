@@ -25,7 +25,9 @@ use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
-use crate::robust::{Aggregation, Robust, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// The `value_bits` setting that means "send the kept values as raw f32".
@@ -64,6 +66,9 @@ pub struct SparselocoConfig {
     /// Under `reject_outliers`, how many times the round's median norm a member's sent
     /// values may reach (default 3).
     pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for SparselocoConfig {
@@ -79,6 +84,7 @@ impl Default for SparselocoConfig {
             aggregation: Aggregation::Mean,
             trim: DEFAULT_TRIM,
             outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -131,6 +137,7 @@ impl SparselocoConfig {
             aggregation: self.aggregation,
             trim: self.trim,
             outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 

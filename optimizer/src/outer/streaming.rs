@@ -51,7 +51,9 @@ use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::{hash_tensors, ParamSet};
 use crate::payload::{Payload, Segment};
-use crate::robust::{Aggregation, Robust, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// Streaming DiLoCo's settings.
@@ -100,6 +102,9 @@ pub struct StreamingConfig {
     /// Under `reject_outliers`, how many times the round's median norm a member's fragment
     /// update may reach (default 3).
     pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for StreamingConfig {
@@ -115,6 +120,7 @@ impl Default for StreamingConfig {
             aggregation: Aggregation::Mean,
             trim: DEFAULT_TRIM,
             outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -161,6 +167,7 @@ impl StreamingConfig {
             aggregation: self.aggregation,
             trim: self.trim,
             outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 
