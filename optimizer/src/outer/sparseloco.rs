@@ -61,7 +61,8 @@ pub struct SparselocoConfig {
     /// `clip_median` or `reject_outliers` (see [`crate::robust`]; `trimmed_mean` needs
     /// dense payloads and is refused).
     pub aggregation: Aggregation,
-    /// Accepted for a uniform config surface; only `trimmed_mean` reads it (default 0.125).
+    /// Unused here (the trimmed mean needs dense payloads); accepted so that one setting
+    /// file or `--set trim=…` fits every algorithm (default 0.125).
     pub trim: f64,
     /// Under `reject_outliers`, how many times the round's median norm a member's sent
     /// values may reach (default 3).
