@@ -204,6 +204,47 @@ mod tests {
     }
 
     #[test]
+    fn robust_aggregation_is_a_setting_of_every_exchange_algorithm() {
+        use crate::robust::Aggregation;
+        let c =
+            AlgoConfig::from_toml("algo = \"ddp\"\naggregation = \"trimmed_mean\"\ntrim = 0.25")
+                .unwrap();
+        let AlgoConfig::Ddp(d) = c else { panic!() };
+        assert_eq!(
+            (d.aggregation, d.trim, d.outlier_factor),
+            (Aggregation::TrimmedMean, 0.25, 3.0)
+        );
+        assert_eq!(AlgoConfig::from_toml(&c.to_toml()).unwrap(), c);
+        let o = vec![
+            ("aggregation".to_string(), "reject_outliers".to_string()),
+            ("outlier_factor".into(), "4".into()),
+            ("min_cosine".into(), "-0.2".into()),
+        ];
+        let AlgoConfig::Sparseloco(s) =
+            AlgoConfig::from_parts(Algorithm::Sparseloco, toml::Table::new(), &o).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (s.aggregation, s.outlier_factor, s.min_cosine),
+            (Aggregation::RejectOutliers, 4.0, -0.2)
+        );
+        for a in [Algorithm::Demo, Algorithm::Sparseloco] {
+            let o = vec![("aggregation".to_string(), "trimmed_mean".to_string())];
+            let e = AlgoConfig::from_parts(a, toml::Table::new(), &o).unwrap_err().to_string();
+            assert!(e.contains("trimmed_mean") && e.contains("dense"), "{a}: {e}");
+        }
+        for a in Algorithm::ALL {
+            // The default is the plain mean, and a misspelt mode is an error.
+            assert!(AlgoConfig::default_for(a).to_toml().contains("aggregation = \"mean\""));
+            let o = vec![("aggregation".to_string(), "median".to_string())];
+            assert!(AlgoConfig::from_parts(a, toml::Table::new(), &o).is_err(), "{a}");
+        }
+        let o = vec![("trim".to_string(), "0.5".to_string())];
+        assert!(AlgoConfig::from_parts(Algorithm::Diloco, toml::Table::new(), &o).is_err());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e =
             AlgoConfig::from_toml("algo = \"diloco\"\ninner_step = 100").unwrap_err().to_string();

@@ -14,10 +14,13 @@
 //! - [`harness::Harness`]: N workers in one process.
 //! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
 //! - [`ring::DenseRing`]: summing dense payloads in bytes, for a ring all-reduce.
+//! - [`robust`]: Byzantine-robust aggregation (norm clipping, trimmed mean, outliers).
 //! - [`toy`]: a small MLP task for tests and examples.
 //! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place).
 
 pub mod algorithm;
+#[cfg(test)]
+mod attacks;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod params;
 pub mod payload;
 pub mod reference;
 pub mod ring;
+pub mod robust;
 pub mod solo;
 pub mod toy;
 pub mod train_step;

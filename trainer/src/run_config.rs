@@ -15,6 +15,8 @@
 //! ```
 //! `--set KEY=VALUE` sets KEY for every selected algorithm that has it; `--set
 //! SCOPE.KEY=VALUE` sets it in one table (`model`, `inner`, `data` or an algorithm).
+//! For instance `--set aggregation=clip_median` turns on Byzantine-robust aggregation for
+//! every algorithm (see `meridian_optimizer::robust`; the default is the plain mean).
 
 use anyhow::{bail, Context, Result};
 use meridian_optimizer::config::AlgoConfig;
@@ -387,5 +389,21 @@ mod tests {
             &["data.batch=0".into()],
         );
         assert!(e.unwrap_err().to_string().contains("batch"));
+    }
+
+    #[test]
+    fn robust_aggregation_is_set_for_every_selected_algorithm() {
+        let algos = [Algorithm::Diloco, Algorithm::Sparseloco];
+        let sets = vec!["aggregation=clip_median".to_string()];
+        let c = RunConfig::build(&ModelKind::Mlp, &algos, None, None, &sets).unwrap();
+        for a in &c.algos {
+            assert!(a.to_toml().contains("aggregation = \"clip_median\""), "{}", a.to_toml());
+        }
+        let c = RunConfig::build(&ModelKind::Mlp, &algos, None, None, &[]).unwrap();
+        assert!(c.algos.iter().all(|a| a.to_toml().contains("aggregation = \"mean\"")));
+        // The trimmed mean needs dense payloads: SparseLoCo refuses it by name.
+        let sets = vec!["sparseloco.aggregation=trimmed_mean".to_string()];
+        let e = RunConfig::build(&ModelKind::Mlp, &algos, None, None, &sets).unwrap_err();
+        assert!(format!("{e:#}").contains("dense"), "{e:#}");
     }
 }

@@ -11,40 +11,80 @@
 //! ring all-reduce ([`OuterOptimizer::ring`]) sends `2(n − 1)/n` of that per worker; this
 //! harness counts the upload.
 
-use meridian_kernels::aggregate::dense_mean;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::diloco::{dense_segment, Transport};
 use super::{
-    admit, aggregate_means, decode_admitted, tensor_from, ApplyReport, OptimizerState,
-    OuterOptimizer, Phase,
+    admit, aggregate_means, decode_admitted, ring_refused, tensor_from, ApplyReport,
+    OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload};
 use crate::ring::DenseRing;
+use crate::robust::{Aggregation, Robust};
 use crate::view::with_f32;
 
 /// DDP's settings. The default is f32 gradients, what PyTorch's `DistributedDataParallel`
 /// all-reduces for an f32 model unless a compression hook (such as its bf16 hook) is set.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+/// Gradients are combined with the plain mean unless `aggregation` picks a robust mode
+/// ([`crate::robust`]; the robust modes rule out the ring topology).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DdpConfig {
     /// Gradient encoding on the wire: `f32` or `bf16` (`int8` is rejected: quantizing every
     /// step's raw gradient is a different algorithm from the baseline this measures).
     pub transport: Transport,
+    /// How members' gradients are combined: `mean` (default), `clip_median`,
+    /// `trimmed_mean` or `reject_outliers` (see [`crate::robust`]).
+    pub aggregation: Aggregation,
+    /// Under `trimmed_mean`, the fraction of members dropped at each end of every
+    /// coordinate (default 0.125).
+    pub trim: f64,
+    /// Under `reject_outliers`, how many times the round's median norm a member's gradient
+    /// may reach (default 3).
+    pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
+}
+
+impl Default for DdpConfig {
+    fn default() -> Self {
+        let r = Robust::default();
+        Self {
+            transport: Transport::F32,
+            aggregation: r.aggregation,
+            trim: r.trim,
+            outlier_factor: r.outlier_factor,
+            min_cosine: r.min_cosine,
+        }
+    }
 }
 
 impl DdpConfig {
-    /// Checks the transport is dense (f32 or bf16).
+    /// Checks the transport is dense (f32 or bf16) and the aggregation settings.
     pub fn validate(&self) -> Result<()> {
         match self.transport {
-            Transport::F32 | Transport::Bf16 => Ok(()),
-            other => Err(OptimizerError::Config(format!(
-                "ddp: transport {other:?} is not supported; use f32 or bf16"
-            ))),
+            Transport::F32 | Transport::Bf16 => {}
+            other => {
+                return Err(OptimizerError::Config(format!(
+                    "ddp: transport {other:?} is not supported; use f32 or bf16"
+                )))
+            }
+        }
+        self.robust().validate("ddp", true)
+    }
+
+    /// The robust-aggregation settings.
+    pub fn robust(&self) -> Robust {
+        Robust {
+            aggregation: self.aggregation,
+            trim: self.trim,
+            outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
         }
     }
 }
@@ -126,23 +166,26 @@ impl OuterOptimizer for Ddp {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let (ok, rejected) = admit(Algorithm::Ddp, round, payloads);
-        let (members, rejected) = decode_admitted(ok, rejected, |p| dense_gradients(p, params));
+        let (members, mut rejected) = decode_admitted(ok, rejected, |p| dense_gradients(p, params));
+        let robust = self.config.robust();
+        let members = robust.screen(members, &mut rejected);
         for (i, shape) in params.shapes().iter().enumerate() {
             // With nobody applied every replica writes zeros: the inner step then moves
             // every replica the same way (momentum only) instead of by its own gradient.
             let mut mean = vec![0.0f32; shape.iter().product()];
-            if !members.is_empty() {
-                let contribs: Vec<(u32, &[f32])> =
-                    members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
-                dense_mean(&contribs, &mut mean)?;
-            }
+            let contribs: Vec<(u32, &[f32])> =
+                members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
+            robust.combine_dense(&contribs, &mut mean)?;
             write_grad(params, i, &tensor_from(&mean, shape))?;
         }
         Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        Some(DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport))
+        // A ring hands every replica only the sum: robust modes need each member's update.
+        self.config.robust().is_mean().then(|| {
+            DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport)
+        })
     }
 
     fn apply_aggregate(
@@ -152,7 +195,7 @@ impl OuterOptimizer for Ddp {
         members: &[u32],
         aggregate: &[u8],
     ) -> Result<ApplyReport> {
-        let ring = DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport);
+        let ring = self.ring(params).ok_or_else(|| ring_refused("ddp", &self.config.robust()))?;
         let (means, report) = match aggregate_means(&ring, round, members, aggregate) {
             Ok(means) => (Some(means), ApplyReport { applied: members.to_vec(), rejected: vec![] }),
             Err(rejected) => (None, ApplyReport { applied: Vec::new(), rejected }),
@@ -194,7 +237,7 @@ mod tests {
     #[test]
     fn trains_with_identical_replicas_and_sends_every_gradient() {
         for transport in [Transport::F32, Transport::Bf16] {
-            let config = DdpConfig { transport };
+            let config = DdpConfig { transport, ..Default::default() };
             let mut h =
                 toy_harness(4, ToyConfig::default(), |_, p| Ok(Box::new(Ddp::new(config, p)?)));
             let (exchanges, before, after) = run_checked(&mut h, 60);
@@ -215,7 +258,7 @@ mod tests {
 
     #[test]
     fn int8_transport_is_rejected() {
-        assert!(DdpConfig { transport: Transport::Int8 }.validate().is_err());
+        assert!(DdpConfig { transport: Transport::Int8, ..Default::default() }.validate().is_err());
         assert!(DdpConfig::default().validate().is_ok());
         let parsed: DdpConfig = toml::from_str("transport = \"bf16\"").unwrap();
         assert_eq!(parsed.transport, Transport::Bf16);
@@ -347,6 +390,32 @@ mod tests {
         let report = d.apply(&params, 6, &[]).unwrap();
         assert!(report.applied.is_empty());
         assert_eq!(Vec::<f32>::try_from(params.tensors()[0].grad()).unwrap(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn clip_median_shrinks_the_large_gradient_and_refuses_the_ring() {
+        let params = grad_param();
+        let config = DdpConfig { aggregation: Aggregation::ClipMedian, ..Default::default() };
+        let mut d = Ddp::new(config, &params).unwrap();
+        assert!(d.ring(&params).is_none());
+        assert!(d.apply_aggregate(&params, 0, &[0], &[]).is_err());
+        assert!(Ddp::new(DdpConfig::default(), &params).unwrap().ring(&params).is_some());
+        let grads = [[3.0f32, 4.0], [0.0, 5.0], [-5.0, 0.0], [0.0, -500.0]];
+        let payloads: Vec<Payload> = grads
+            .iter()
+            .enumerate()
+            .map(|(w, g)| Payload {
+                algorithm: Algorithm::Ddp,
+                round: 0,
+                worker: w as u32,
+                segments: vec![Segment::dense(0, &[2], g, false)],
+            })
+            .collect();
+        let report = d.apply(&params, 0, &payloads).unwrap();
+        assert_eq!(report.applied, vec![0, 1, 2, 3]);
+        // Norms 5, 5, 5, 500: the median is 5, so member 3 counts as [0, −5].
+        let got = Vec::<f32>::try_from(params.tensors()[0].grad()).unwrap();
+        assert!((got[0] + 0.5).abs() < 1e-6 && (got[1] - 1.0).abs() < 1e-6, "{got:?}");
     }
 
     #[test]

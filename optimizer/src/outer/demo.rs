@@ -29,6 +29,9 @@ use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::{with_f32, with_f32_mut};
 
 /// DeMo's settings. Defaults are those of the reference implementation (`demo.py` in
@@ -54,6 +57,19 @@ pub struct DemoConfig {
     /// Send 1-bit signs with a per-block scale instead of f32 values, as Psyche does
     /// (default false: `demo.py` sends the values as they are).
     pub sign_values: bool,
+    /// How members' updates are combined: `mean` (default, the published algorithm),
+    /// `clip_median` or `reject_outliers` (see [`crate::robust`]; `trimmed_mean` needs
+    /// dense payloads and is refused).
+    pub aggregation: Aggregation,
+    /// Unused here (the trimmed mean needs dense payloads); accepted so that one setting
+    /// file or `--set trim=…` fits every algorithm (default 0.125).
+    pub trim: f64,
+    /// Under `reject_outliers`, how many times the round's median norm a member's sent
+    /// values may reach (default 3).
+    pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for DemoConfig {
@@ -65,6 +81,10 @@ impl Default for DemoConfig {
             chunk: 64,
             topk: 32,
             sign_values: false,
+            aggregation: Aggregation::Mean,
+            trim: DEFAULT_TRIM,
+            outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -94,7 +114,17 @@ impl DemoConfig {
         if self.chunk == 0 {
             return bad("chunk must be at least 1".into());
         }
-        Ok(())
+        self.robust().validate("demo", false)
+    }
+
+    /// The robust-aggregation settings.
+    pub fn robust(&self) -> Robust {
+        Robust {
+            aggregation: self.aggregation,
+            trim: self.trim,
+            outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
+        }
     }
 
     /// The compression pipeline this configuration sends with: chunked DCT, top-k per
@@ -233,7 +263,9 @@ impl OuterOptimizer for Demo {
         let (ok, rejected) = admit(Algorithm::Demo, round, payloads);
         // The admitted set is the same on every replica, so is this bound.
         let limit = f32::MAX / ok.len().max(1) as f32;
-        let (members, rejected) = decode_admitted(ok, rejected, |p| self.decode(p, params, limit));
+        let (members, mut rejected) =
+            decode_admitted(ok, rejected, |p| self.decode(p, params, limit));
+        let members = self.config.robust().screen(members, &mut rejected);
 
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;
@@ -441,6 +473,37 @@ mod tests {
             }
         }
         assert!(checked > n * 99 / 100, "{checked} of {n}");
+    }
+
+    #[test]
+    fn reject_outliers_drops_a_scaled_member_and_trimmed_mean_is_refused() {
+        let shape = [128usize, 64];
+        let n = shape[0] * shape[1];
+        let params =
+            ParamSet::new(vec![("w".into(), Tensor::zeros([128, 64], tch::kind::FLOAT_CPU))])
+                .unwrap();
+        let config = DemoConfig { aggregation: Aggregation::RejectOutliers, ..Default::default() };
+        let mut demo = Demo::new(config, &params).unwrap();
+        let mut comp = Compressor::new(config.compressor_config(), &shape).unwrap();
+        // Members agree on a common direction (as honest momenta do), each with its own part.
+        let common = random(n, 7);
+        let payloads: Vec<Payload> = (0..4u32)
+            .map(|w| {
+                let scale = if w == 2 { 100.0 } else { 1.0 };
+                let own = random(n, 8 + u64::from(w));
+                let x: Vec<f32> =
+                    common.iter().zip(&own).map(|(c, o)| (c + 0.5 * o) * scale).collect();
+                let body = comp.compress(&x).unwrap().bytes;
+                let segments = vec![Segment::encoded(0, &shape, Encoding::Compressed, body)];
+                Payload { algorithm: Algorithm::Demo, round: 0, worker: w, segments }
+            })
+            .collect();
+        let report = demo.apply(&params, 0, &payloads).unwrap();
+        assert_eq!(report.applied, vec![0, 1, 3]);
+        assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
+        assert!(report.rejected[0].1.contains("median"), "{:?}", report.rejected);
+        let trimmed = DemoConfig { aggregation: Aggregation::TrimmedMean, ..Default::default() };
+        assert!(Demo::new(trimmed, &params).is_err());
     }
 
     #[test]

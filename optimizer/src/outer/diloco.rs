@@ -3,20 +3,22 @@
 //! int8 (an 8-bit codebook over ±3σ; the mean is taken in f32 from every member's
 //! dequantized values, so all replicas end bit-identical).
 
-use meridian_kernels::aggregate::dense_mean;
 use meridian_kernels::quant::{quantize, Bits, QuantConfig, Quantized, Rounding, Scheme};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{
-    admit, aggregate_means, decode_admitted, tensor_from, ApplyReport, OptimizerState,
-    OuterOptimizer, Phase,
+    admit, aggregate_means, decode_admitted, ring_refused, tensor_from, ApplyReport,
+    OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
 use crate::ring::DenseRing;
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// How pseudo-gradients travel.
@@ -47,6 +49,19 @@ pub struct DilocoConfig {
     pub nesterov: bool,
     /// Value encoding on the wire.
     pub transport: Transport,
+    /// How members' pseudo-gradients are combined: `mean` (default, the paper),
+    /// `clip_median`, `trimmed_mean` or `reject_outliers` (see [`crate::robust`]; the robust
+    /// modes rule out the ring topology).
+    pub aggregation: Aggregation,
+    /// Under `trimmed_mean`, the fraction of members dropped at each end of every
+    /// coordinate (default 0.125).
+    pub trim: f64,
+    /// Under `reject_outliers`, how many times the round's median norm a member's
+    /// pseudo-gradient may reach (default 3).
+    pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for DilocoConfig {
@@ -57,6 +72,10 @@ impl Default for DilocoConfig {
             momentum: 0.9,
             nesterov: true,
             transport: Transport::F32,
+            aggregation: Aggregation::Mean,
+            trim: DEFAULT_TRIM,
+            outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -81,7 +100,17 @@ impl DilocoConfig {
                 self.momentum
             )));
         }
-        Ok(())
+        self.robust().validate("diloco", true)
+    }
+
+    /// The robust-aggregation settings.
+    pub fn robust(&self) -> Robust {
+        Robust {
+            aggregation: self.aggregation,
+            trim: self.trim,
+            outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
+        }
     }
 }
 
@@ -166,14 +195,19 @@ pub fn dense_payload_values(
 /// The encodings [`segment_values`] reads.
 pub const DENSE_ENCODINGS: [Encoding; 3] = [Encoding::F32, Encoding::Bf16, Encoding::Quantized];
 
-/// Canonical-order mean of every member's dense values, tensor by tensor.
-pub fn mean_per_tensor(members: &[(u32, Vec<Vec<f32>>)], params: &ParamSet) -> Result<Vec<Tensor>> {
+/// Every member's dense values combined tensor by tensor in member-id order: the
+/// canonical-order mean, or the trimmed mean when `robust` says so.
+pub fn mean_per_tensor(
+    members: &[(u32, Vec<Vec<f32>>)],
+    params: &ParamSet,
+    robust: &Robust,
+) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(params.len());
     for (i, shape) in params.shapes().iter().enumerate() {
         let contribs: Vec<(u32, &[f32])> =
             members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
         let mut mean = vec![0.0f32; shape.iter().product()];
-        dense_mean(&contribs, &mut mean)?;
+        robust.combine_dense(&contribs, &mut mean)?;
         out.push(tensor_from(&mean, shape));
     }
     Ok(out)
@@ -270,10 +304,12 @@ impl OuterOptimizer for Diloco {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let (ok, rejected) = admit(Algorithm::Diloco, round, payloads);
-        let (members, rejected) =
+        let (members, mut rejected) =
             decode_admitted(ok, rejected, |p| dense_payload_values(p, params));
+        let robust = self.config.robust();
+        let members = robust.screen(members, &mut rejected);
         if !members.is_empty() {
-            let mean = mean_per_tensor(&members, params)?;
+            let mean = mean_per_tensor(&members, params, &robust)?;
             self.outer_step(&mean)?;
         }
         // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
@@ -283,7 +319,10 @@ impl OuterOptimizer for Diloco {
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        Some(DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport))
+        // A ring hands every replica only the sum: robust modes need each member's update.
+        self.config.robust().is_mean().then(|| {
+            DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport)
+        })
     }
 
     fn apply_aggregate(
@@ -294,7 +333,7 @@ impl OuterOptimizer for Diloco {
         aggregate: &[u8],
     ) -> Result<ApplyReport> {
         let ring =
-            DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport);
+            self.ring(params).ok_or_else(|| ring_refused("diloco", &self.config.robust()))?;
         let report = match aggregate_means(&ring, round, members, aggregate) {
             Ok(means) => {
                 let mean: Vec<Tensor> =
@@ -413,9 +452,46 @@ mod tests {
         let mut empty = good.clone();
         empty.worker = 5;
         empty.segments.clear();
-        let report = d.apply(&params, 3, &[stale, nan, good, empty]).unwrap();
+        // Finite, but with another member's values the f32 sum would overflow: without the
+        // bound the whole round would fail instead of this one payload.
+        let mut huge = good.clone();
+        huge.worker = 6;
+        huge.segments[0] = Segment::dense(0, &[2], &[f32::MAX / 2.0, 1.0], false);
+        let report = d.apply(&params, 3, &[stale, nan, good, empty, huge]).unwrap();
         assert_eq!(report.applied, vec![1]);
-        assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 5]);
+        assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 5, 6]);
+        assert!(report.rejected[3].1.contains("bound"), "{:?}", report.rejected);
+    }
+
+    #[test]
+    fn robust_modes_refuse_the_ring_and_trim_each_coordinate() {
+        let params = ParamSet::new(vec![("w".into(), Tensor::from_slice(&[0.0f32, 0.0]))]).unwrap();
+        let mean = DilocoConfig { inner_steps: 1, ..Default::default() };
+        assert!(Diloco::new(mean, &params).unwrap().ring(&params).is_some());
+        let trimmed = DilocoConfig { aggregation: Aggregation::TrimmedMean, trim: 0.25, ..mean };
+        let mut d = Diloco::new(trimmed, &params).unwrap();
+        assert!(d.ring(&params).is_none());
+        let e = d.apply_aggregate(&params, 0, &[0], &[]).unwrap_err().to_string();
+        assert!(e.contains("trimmed_mean") && e.contains("relay"), "{e}");
+        // Four members; per coordinate the lowest and highest are dropped. Δ is the
+        // negated step, so with lr 0.7 and Nesterov 0.9: θ = −0.7·1.9·mean.
+        let payloads: Vec<Payload> = [[1.0f32, -8.0], [2.0, 4.0], [3.0, 2.0], [100.0, 0.0]]
+            .iter()
+            .enumerate()
+            .map(|(w, v)| Payload {
+                algorithm: Algorithm::Diloco,
+                round: 0,
+                worker: w as u32,
+                segments: vec![Segment::dense(0, &[2], v, false)],
+            })
+            .collect();
+        let report = d.apply(&params, 0, &payloads).unwrap();
+        assert_eq!((report.applied.len(), report.rejected.len()), (4, 0));
+        let got = Vec::<f32>::try_from(&params.tensors()[0]).unwrap();
+        let want = [2.5f32, 1.0].map(|m| -0.7 * 1.9 * m);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! An exchange is [`OuterOptimizer::prepare`] on every worker, delivery of the payloads,
 //! and [`OuterOptimizer::apply`] on every worker with the committed set. `apply` takes the
 //! payloads in any order and uses them in member-id order, so all replicas compute the
-//! same bits.
+//! same bits. Within `apply`: [`admit`] (round, algorithm, duplicates), the algorithm's
+//! decoder (shapes, encodings, indices, finiteness), then [`crate::robust::Robust::screen`]
+//! (overflow bound, norm clipping or outlier rejection) and the aggregation.
 
 pub mod ddp;
 pub mod demo;
@@ -67,13 +69,16 @@ pub trait OuterOptimizer {
 
     /// Applies the committed members' payloads for `round`, in member-id order whatever
     /// the order given. Payloads that fail validation (another algorithm or round, a
-    /// duplicate member, bad contents) are rejected and reported; the rest are applied.
+    /// duplicate member, bad contents) are rejected and reported; the rest are combined as
+    /// the algorithm's `aggregation` setting says ([`crate::robust`]: the mean, or a robust
+    /// mode that may clip them or reject outliers, also reported) and applied.
     fn apply(&mut self, params: &ParamSet, round: u64, payloads: &[Payload])
         -> Result<ApplyReport>;
 
     /// How this algorithm's payloads add up in a ring all-reduce, or `None` when they do
-    /// not (the sparse algorithms: top-k payloads are not dense sums), in which case runs
-    /// must use relay or all-gather.
+    /// not (the sparse algorithms: top-k payloads are not dense sums; and any algorithm
+    /// under a robust `aggregation`, which needs every member's update, not their sum), in
+    /// which case runs must use relay or all-gather.
     fn ring(&self, _params: &ParamSet) -> Option<DenseRing> {
         None
     }
@@ -328,6 +333,16 @@ pub fn admit(
     rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     rejected.dedup();
     (ok, rejected)
+}
+
+/// The error for a ring aggregate offered to an algorithm whose robust aggregation needs
+/// every member's own update.
+pub fn ring_refused(algo: &str, robust: &crate::robust::Robust) -> OptimizerError {
+    OptimizerError::Config(format!(
+        "{algo}: aggregation = \"{}\" needs every member's update, which a ring all-reduce does \
+         not deliver; use the relay or all-gather topology, or aggregation = \"mean\"",
+        robust.aggregation
+    ))
 }
 
 /// Rejected payloads: the member and why.

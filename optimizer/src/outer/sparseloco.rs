@@ -25,6 +25,9 @@ use crate::device::TensorCompressor;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// The `value_bits` setting that means "send the kept values as raw f32".
@@ -54,6 +57,19 @@ pub struct SparselocoConfig {
     /// Keep the unsent remainder for the next round (the algorithm). `false` is the
     /// ablation: `e ← Δ` every round and what was not sent is dropped.
     pub error_feedback: bool,
+    /// How members' updates are combined: `mean` (default, the published algorithm),
+    /// `clip_median` or `reject_outliers` (see [`crate::robust`]; `trimmed_mean` needs
+    /// dense payloads and is refused).
+    pub aggregation: Aggregation,
+    /// Unused here (the trimmed mean needs dense payloads); accepted so that one setting
+    /// file or `--set trim=…` fits every algorithm (default 0.125).
+    pub trim: f64,
+    /// Under `reject_outliers`, how many times the round's median norm a member's sent
+    /// values may reach (default 3).
+    pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for SparselocoConfig {
@@ -66,6 +82,10 @@ impl Default for SparselocoConfig {
             topk: 64,
             value_bits: Some(2),
             error_feedback: true,
+            aggregation: Aggregation::Mean,
+            trim: DEFAULT_TRIM,
+            outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -109,7 +129,17 @@ impl SparselocoConfig {
                 return bad(format!("value_bits {b} must be 2, 4, 8 or {F32_VALUE_BITS} (f32)"));
             }
         }
-        Ok(())
+        self.robust().validate("sparseloco", false)
+    }
+
+    /// The robust-aggregation settings.
+    pub fn robust(&self) -> Robust {
+        Robust {
+            aggregation: self.aggregation,
+            trim: self.trim,
+            outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
+        }
     }
 
     /// The kernels pipeline this configuration stands for: no transform, per-chunk top-k,
@@ -245,8 +275,9 @@ impl OuterOptimizer for Sparseloco {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let (ok, rejected) = admit(Algorithm::Sparseloco, round, payloads);
-        let (members, rejected): (Vec<(u32, Vec<Sparse>)>, _) =
+        let (members, mut rejected): (Vec<(u32, Vec<Sparse>)>, _) =
             decode_admitted(ok, rejected, |p| self.decode_payload(p, params));
+        let members = self.config.robust().screen(members, &mut rejected);
         if !members.is_empty() {
             for (i, theta) in self.global.iter_mut().enumerate() {
                 let contribs: Vec<Contribution<'_>> = members

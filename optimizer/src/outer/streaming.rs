@@ -37,7 +37,6 @@
 //! are not: between syncs each worker trains on its own shard, and with α > 0 the merge keeps
 //! part of that local state. [`Streaming::global`] exposes the agreed state for checks.
 
-use meridian_kernels::aggregate::dense_mean;
 use meridian_kernels::quant::QuantConfig;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -52,6 +51,9 @@ use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
 use crate::params::{hash_tensors, ParamSet};
 use crate::payload::{Payload, Segment};
+use crate::robust::{
+    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
+};
 use crate::view::with_f32;
 
 /// Streaming DiLoCo's settings.
@@ -90,6 +92,19 @@ pub struct StreamingConfig {
     pub momentum: f64,
     /// Bits per value on the wire: 4 (absmax int4) or 8 (INTELLECT-1-style int8 codebook).
     pub value_bits: u32,
+    /// How members' fragment updates are combined: `mean` (default, the paper),
+    /// `clip_median`, `trimmed_mean` or `reject_outliers` (see [`crate::robust`]). Norms
+    /// are those of the fragment exchanged in the round.
+    pub aggregation: Aggregation,
+    /// Under `trimmed_mean`, the fraction of members dropped at each end of every
+    /// coordinate (default 0.125).
+    pub trim: f64,
+    /// Under `reject_outliers`, how many times the round's median norm a member's fragment
+    /// update may reach (default 3).
+    pub outlier_factor: f64,
+    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
+    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    pub min_cosine: f64,
 }
 
 impl Default for StreamingConfig {
@@ -102,6 +117,10 @@ impl Default for StreamingConfig {
             outer_lr: 0.7,
             momentum: 0.9,
             value_bits: 4,
+            aggregation: Aggregation::Mean,
+            trim: DEFAULT_TRIM,
+            outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            min_cosine: DEFAULT_MIN_COSINE,
         }
     }
 }
@@ -139,7 +158,17 @@ impl StreamingConfig {
         if !matches!(self.value_bits, 4 | 8) {
             return bad(format!("value_bits {} must be 4 or 8", self.value_bits));
         }
-        Ok(())
+        self.robust().validate("streaming", true)
+    }
+
+    /// The robust-aggregation settings.
+    pub fn robust(&self) -> Robust {
+        Robust {
+            aggregation: self.aggregation,
+            trim: self.trim,
+            outlier_factor: self.outlier_factor,
+            min_cosine: self.min_cosine,
+        }
     }
 
     /// The fragment tensor `tensor` (canonical index) belongs to: `tensor % F`.
@@ -315,8 +344,10 @@ impl OuterOptimizer for Streaming {
     ) -> Result<ApplyReport> {
         let (step, p) = self.due_fragment()?;
         let (ok, rejected) = admit(Algorithm::Streaming, round, payloads);
-        let (members, rejected) =
+        let (members, mut rejected) =
             decode_admitted(ok, rejected, |payload| self.fragment_values(payload, params, p));
+        let robust = self.config.robust();
+        let members = robust.screen(members, &mut rejected);
         if !members.is_empty() {
             let (lr, mu) = (self.config.outer_lr, self.config.momentum);
             for (k, &i) in self.fragments[p].iter().enumerate() {
@@ -324,7 +355,7 @@ impl OuterOptimizer for Streaming {
                 let contribs: Vec<(u32, &[f32])> =
                     members.iter().map(|(w, v)| (*w, v[k].as_slice())).collect();
                 let mut mean = vec![0.0f32; shape.iter().product()];
-                dense_mean(&contribs, &mut mean)?;
+                robust.combine_dense(&contribs, &mut mean)?;
                 let g = tensor_from(&mean, shape);
                 sgd_momentum_step(&mut self.global[i], &mut self.momentum[i], &g, lr, mu, true)?;
             }
@@ -661,6 +692,31 @@ mod tests {
         assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
         let reason = &report.rejected[0].1;
         assert!(reason.contains("fragment 1"), "{reason}");
+    }
+
+    #[test]
+    fn reject_outliers_judges_the_fragment_exchanged() {
+        let params = equal_params(4, 8);
+        let config = StreamingConfig {
+            inner_steps: 4,
+            fragments: 2,
+            overlap: 0,
+            aggregation: Aggregation::RejectOutliers,
+            ..Default::default()
+        };
+        let mut s = Streaming::new(config, &params).unwrap();
+        fake_inner_step(&params, 0.1);
+        s.after_inner_step(&params, 0).unwrap();
+        s.after_inner_step(&params, 1).unwrap(); // fragment 1 = tensors 1, 3
+        let good = s.prepare(&params, 0, 0).unwrap();
+        let mut payloads: Vec<Payload> =
+            (0..4).map(|w| Payload { worker: w, ..good.clone() }).collect();
+        payloads[2].segments[1] = Segment::dense(3, &[8], &[-100.0; 8], false);
+        let report = s.apply(&params, 0, &payloads).unwrap();
+        assert_eq!(report.applied, vec![0, 1, 3]);
+        assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
+        let trimmed = StreamingConfig { aggregation: Aggregation::TrimmedMean, ..config };
+        assert!(trimmed.validate().is_ok(), "streaming exchanges are dense");
     }
 
     #[test]
