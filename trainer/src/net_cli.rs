@@ -419,8 +419,9 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     if link.ring {
         let Some(ring) = w.outer.ring(&w.params) else {
             bail!(
-                "--algo {} cannot run in a ring: its payloads are sparse and do not add up \
-                 in transit; start the coordinator with --topology relay or all-gather",
+                "--algo {} cannot run in a ring: sparse payloads (demo, sparseloco) do not add \
+                 up in transit, and a robust aggregation mode needs every member's update; \
+                 start the coordinator with --topology relay or all-gather",
                 args.algo.name()
             );
         };

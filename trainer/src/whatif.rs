@@ -13,8 +13,9 @@
 //! - **A transfer** of `b` bytes over a link takes its one-way delay plus
 //!   `b × overhead / (rate × efficiency)`: `overhead` is what QUIC, UDP and IP add to each
 //!   1472-byte datagram (≈ 5%), `efficiency` the share of a link QUIC's congestion
-//!   controller sustains at the link's loss rate (measured over the simulator, BENCHMARKS.md:
-//!   BBR 0.76 clean, 0.65 at 0.5% loss, 0.50 at 2%; interpolated). Flows from the workers of
+//!   controller sustains at the link's loss rate (measured over the simulator with the
+//!   default controller, BBR, and windows, BENCHMARKS.md: 0.79 clean, 0.76 at 0.5% loss,
+//!   0.67 at 2%; interpolated). Flows from the workers of
 //!   one region to another share that region pair's link.
 //! - **A round**, by route: relay = the slowest upload to the coordinator plus the slowest
 //!   forward of the others' payloads to each region; all-gather = the slowest direct
@@ -119,10 +120,11 @@ pub fn parse_count(text: &str) -> Result<f64, String> {
 /// AEAD tag.
 pub const WIRE_OVERHEAD: f64 = (1472.0 + 28.0) / (1472.0 - 36.0);
 
-/// Share of a link's rate QUIC (BBR) sustains at random loss `p`, interpolated from the
-/// simulator's goodput benchmark (BENCHMARKS.md): 0.76 at 0, 0.65 at 0.5%, 0.50 at 2%.
+/// Share of a link's rate QUIC sustains at random loss `p` with the default controller
+/// (BBR) and windows, interpolated from the simulator's goodput benchmark (BENCHMARKS.md):
+/// 0.791 at 0, 0.757 at 0.5%, 0.674 at 2%.
 pub fn efficiency(p: f64) -> f64 {
-    const POINTS: [(f64, f64); 3] = [(0.0, 0.763), (0.005, 0.651), (0.02, 0.501)];
+    const POINTS: [(f64, f64); 3] = [(0.0, 0.791), (0.005, 0.757), (0.02, 0.674)];
     if p <= 0.0 {
         return POINTS[0].1;
     }
@@ -482,9 +484,9 @@ mod tests {
 
     #[test]
     fn efficiency_follows_the_measured_points_and_falls_with_loss() {
-        assert_eq!(efficiency(0.0), 0.763);
-        assert!((efficiency(0.005) - 0.651).abs() < 1e-12);
-        assert!((efficiency(0.02) - 0.501).abs() < 1e-12);
+        assert_eq!(efficiency(0.0), 0.791);
+        assert!((efficiency(0.005) - 0.757).abs() < 1e-12);
+        assert!((efficiency(0.02) - 0.674).abs() < 1e-12);
         assert!(efficiency(0.01) < efficiency(0.005) && efficiency(0.01) > efficiency(0.02));
         assert!(efficiency(0.5) >= 0.05);
     }

@@ -71,7 +71,7 @@ mod verify;
 mod tests;
 
 pub use certs::{fingerprint_of, NodeIdentity, CERT_FILE, KEY_FILE};
-pub use config::{Congestion, TransportPlan, TransportTuning};
+pub use config::{Congestion, TransportPlan, TransportTuning, WINDOW_BDPS};
 pub use conn::{
     close_done, close_refused, peer_fingerprint, recv_frame, send_frame, send_frame_delivered,
     wait_closed, RefusalCode, CLOSE_DONE, STOP_FRAME_TOO_LARGE,

@@ -433,7 +433,11 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         let solo = SoloWorker::new(member, lm, |p| build.build(p))?;
         if route == Route::Ring {
             let ring = solo.outer.ring(&solo.params).with_context(|| {
-                format!("{} cannot run in a ring: use --route relay", algo.algorithm())
+                format!(
+                    "{} cannot run in a ring (sparse payloads, or a robust aggregation mode \
+                     that needs every member's update): use --route relay",
+                    algo.algorithm()
+                )
             })?;
             reducer.set(ring);
         }
