@@ -3,7 +3,10 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+
+use common::corpus;
+
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> (bool, String, String) {
@@ -20,20 +23,6 @@ fn meridian(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The corpus the set-up installs.
-fn corpus() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
-    assert!(std::path::Path::new(path).exists(), "{path} missing: run `make setup` first");
-    path.to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// `meridian train` with the fast model on the corpus, writing into `out`.
@@ -227,4 +216,8 @@ fn pre_tokenized_ids_train_with_their_vocabulary() {
     assert_eq!(summary["data"]["vocab"], 1000);
     assert_eq!(summary["data"]["tokens"], 60_000);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("cli", name)
 }

@@ -3,47 +3,13 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{corpus, Proc, BIN};
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-
-fn corpus() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
-    assert!(Path::new(path).exists(), "{path} missing: run `make setup` first");
-    path.to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-mp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn wait_ok(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not finish within {limit:?}");
-    }
-}
 
 fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
     coordinator_with(dir, workers, rounds, &[])
@@ -265,4 +231,8 @@ fn coordinator_settings_are_checked_before_it_listens() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{set}: {err}");
     }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("mp", name)
 }

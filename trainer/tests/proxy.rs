@@ -4,48 +4,14 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{corpus, Proc, BIN};
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-
-fn corpus() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
-    assert!(Path::new(path).exists(), "{path} missing: run `make setup` first");
-    path.to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-proxy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn wait_ok(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not finish within {limit:?}");
-    }
-}
 
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -148,4 +114,8 @@ fn workers_behind_a_delaying_proxy_see_its_rtt_and_end_bit_identical() {
         .collect();
     eprintln!("round trips through the proxy (ms): {rtts:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("proxy", name)
 }

@@ -3,7 +3,11 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::corpus;
+
+use std::path::Path;
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> (bool, String, String) {
@@ -17,19 +21,6 @@ fn meridian(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn corpus() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
-    assert!(Path::new(path).exists(), "{path} missing: run `make setup` first");
-    path.to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-sim-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A quick simulation, shortened further for the test suite.
@@ -156,4 +147,8 @@ fn bad_input_is_a_clear_error() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("sim", name)
 }
