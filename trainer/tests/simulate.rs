@@ -152,3 +152,24 @@ fn bad_input_is_a_clear_error() {
 fn scratch(name: &str) -> std::path::PathBuf {
     common::scratch("sim", name)
 }
+
+#[test]
+fn a_partition_between_continents_stalls_the_run_until_it_heals_and_loses_nothing() {
+    let (clean, cut) = (scratch("clean"), scratch("partition"));
+    let algos = ["--algos", "diloco", "--steps", "30"];
+    let (ok, _, stderr) = simulate(&clean, &algos);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = simulate(&cut, &[&algos[..], &["--chaos", "partition"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("cut off from each other for 30 s"), "{stdout}");
+    let (c, p) = (&summary(&clean)["algorithms"][0], &summary(&cut)["algorithms"][0]);
+    assert!(summary(&cut)["chaos"].as_str().unwrap().contains("30 s"));
+    // Every round still commits with every worker (the deadline waits out the cut), so the
+    // run trains exactly as the clean one, only later: it ends after the heal at t = 35 s.
+    assert_eq!(p["replicas_identical"], true);
+    assert_eq!(p["rounds"], c["rounds"]);
+    assert_eq!(p["final_val_loss"], c["final_val_loss"]);
+    let (cs, ps) =
+        (c["simulated_seconds"].as_f64().unwrap(), p["simulated_seconds"].as_f64().unwrap());
+    assert!(cs < 35.0 && ps > 35.0, "clean {cs} s, partitioned {ps} s");
+}

@@ -9,6 +9,7 @@
 //! ([`compute::ComputeModel`]). Simulated seconds therefore mean "on this network, with
 //! steps this long", and the same seed replays the same run.
 
+pub mod chaos;
 pub mod colink;
 pub mod compute;
 pub mod report;
@@ -125,6 +126,11 @@ pub struct SimulateArgs {
     /// How payloads travel.
     #[arg(long, value_enum, default_value = "relay")]
     pub route: RouteArg,
+    /// Put the run through a network fault: a 30 s partition between two continents that
+    /// heals, a link whose bandwidth drops 10x mid-run, or sustained 5% bursty loss on one
+    /// link (each between the coordinator's region and worker 1's).
+    #[arg(long, value_enum)]
+    pub chaos: Option<chaos::Chaos>,
     /// The loss "time to target" refers to (default: the lowest every algorithm reached).
     #[arg(long)]
     pub target_loss: Option<f64>,
@@ -174,7 +180,7 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     if args.algos.is_empty() {
         bail!("--algos needs at least one algorithm");
     }
-    let (network, topology) = match &args.topology {
+    let (network, mut topology) = match &args.topology {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--topology: cannot read {}", path.display()))?;
@@ -185,6 +191,10 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
         None => (args.preset.clone(), Topology::preset(&args.preset).context("--preset")?),
     };
     let placement = topology.place_workers(args.workers as usize).context("--workers")?;
+    let chaos = match args.chaos {
+        Some(c) => Some(chaos::apply(c, &mut topology, &placement).context("--chaos")?),
+        None => None,
+    };
     let steps = args.steps.unwrap_or(if args.quick { 60 } else { 300 });
     if steps == 0 {
         bail!("--steps must be at least 1");
@@ -231,6 +241,9 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     for l in &links {
         println!("  {l}");
     }
+    if let Some(c) = &chaos {
+        println!("  chaos: {c}");
+    }
     println!();
     let plan = Plan {
         topology,
@@ -257,6 +270,7 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     let mut summary = SimSummary {
         network,
         links,
+        chaos,
         workers: args.workers,
         steps,
         seed: args.seed,

@@ -70,6 +70,8 @@ pub struct SimSummary {
     pub network: String,
     /// One line per link of the topology.
     pub links: Vec<String>,
+    /// The network fault the run was put through (`--chaos`), if any.
+    pub chaos: Option<String>,
     /// Workers.
     pub workers: u32,
     /// Inner steps per worker.
