@@ -21,7 +21,9 @@ pub use events::{Event, Transmit};
 pub use persist::{CommitRecord, CoordinatorState};
 
 use super::messages::{RefuseReason, ToCoordinator, ToWorker};
-use super::types::{ConnId, Digest, PeerInfo, RejectReason, Topology, Traffic, MAX_NAME_LEN};
+use super::types::{
+    next_after, ConnId, Digest, PeerInfo, RejectReason, Topology, Traffic, MAX_NAME_LEN,
+};
 use super::ProtocolError;
 use crate::ids::{MemberId, Round};
 use crate::protocol::deadline::DeadlineStats;
@@ -296,6 +298,20 @@ impl Coordinator {
 
     fn send(&mut self, to: ConnId, msg: ToWorker) {
         self.transmits.push_back(Transmit::Control { to, msg });
+    }
+
+    /// Why a message from `member` about `round` does not belong to the open round (a round
+    /// already over is late, any other one wrong; a member outside it is not one), or `None`
+    /// when it does.
+    fn misplaced(&self, member: MemberId, round: Round) -> Option<RejectReason> {
+        match self.open.as_ref().filter(|o| o.round == round) {
+            None if round < next_after(self.committed) => Some(RejectReason::Late),
+            None => Some(RejectReason::WrongRound),
+            Some(open) if open.members.binary_search(&member).is_err() => {
+                Some(RejectReason::NotMember)
+            }
+            Some(_) => None,
+        }
     }
 
     fn reject(&mut self, conn: ConnId, round: Option<Round>, reason: RejectReason) {

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::rounds::fallback_message;
 use super::{Coordinator, Event};
 use crate::ids::{MemberId, Round};
-use crate::protocol::types::{next_after, ConnId, Digest, RejectReason, Topology};
+use crate::protocol::types::{ConnId, Digest, RejectReason, Topology};
 
 impl Coordinator {
     pub(super) fn on_ring_done(
@@ -23,15 +23,10 @@ impl Coordinator {
         round: Round,
         digest: Digest,
     ) {
-        let next_round = next_after(self.committed);
-        let Some(open) = self.open.as_mut().filter(|o| o.round == round) else {
-            let reason =
-                if round < next_round { RejectReason::Late } else { RejectReason::WrongRound };
+        if let Some(reason) = self.misplaced(member, round) {
             return self.reject(conn, Some(round), reason);
-        };
-        if open.members.binary_search(&member).is_err() {
-            return self.reject(conn, Some(round), RejectReason::NotMember);
         }
+        let Some(open) = self.open.as_mut() else { return };
         if open.fallback {
             // Too late: the round commits per member now.
             return self.reject(conn, Some(round), RejectReason::Late);

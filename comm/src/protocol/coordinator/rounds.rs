@@ -23,15 +23,10 @@ impl Coordinator {
         digest: Digest,
         bytes: Option<Bytes>,
     ) {
-        let next_round = next_after(self.committed);
-        let Some(open) = self.open.as_mut().filter(|o| o.round == round) else {
-            let reason =
-                if round < next_round { RejectReason::Late } else { RejectReason::WrongRound };
+        if let Some(reason) = self.misplaced(member, round) {
             return self.reject(conn, Some(round), reason);
-        };
-        if open.members.binary_search(&member).is_err() {
-            return self.reject(conn, Some(round), RejectReason::NotMember);
         }
+        let Some(open) = self.open.as_mut() else { return };
         if let Some((first, _)) = open.delivered.get(&member) {
             // The first delivery wins; a different second one is logged louder.
             if *first != digest {
