@@ -25,5 +25,16 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || {
   fi
 }
 
+# A full test build needs a few GB beside the (cached) LibTorch; say so up front rather
+# than let the linker fail half-way with "No space left on device".
+need_gb=8
+target=${CARGO_TARGET_DIR:-$root/target}
+probe=$target; while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
+free_kb=$(df -Pk "$probe" | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+  echo "setup: warning: only $((free_kb / 1024)) MiB free under $probe; building and testing" \
+       "needs about $need_gb GiB (set CARGO_TARGET_DIR to a roomier disk)" >&2
+fi
+
 bash "$root/scripts/setup-torch.sh"
 bash "$root/scripts/setup-corpus.sh"
