@@ -76,6 +76,12 @@ pub enum SimError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// An address the fabric never gave out.
+    #[error("no simulated host has the address {addr}")]
+    UnknownHost {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
     /// A region ran out of virtual addresses.
     #[error("region {region:?} has no free virtual address left")]
     AddressesExhausted {

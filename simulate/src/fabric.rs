@@ -165,6 +165,20 @@ struct Host {
     waker: Option<Waker>,
 }
 
+impl Host {
+    fn new(addr: SocketAddr, region: usize) -> Self {
+        Host {
+            addr,
+            region,
+            down: false,
+            closed: false,
+            inbox: VecDeque::new(),
+            inbox_bytes: 0,
+            waker: None,
+        }
+    }
+}
+
 struct Event {
     at: Duration,
     seq: u64,
@@ -270,17 +284,32 @@ impl Fabric {
         let ip = Ipv4Addr::new(10, r as u8 + 1, (k / 250) as u8, (k % 250) as u8 + 1);
         let addr = SocketAddr::new(IpAddr::V4(ip), SIM_PORT);
         let id = state.hosts.len();
-        state.hosts.push(Host {
-            addr,
-            region: r,
-            down: false,
-            closed: false,
-            inbox: VecDeque::new(),
-            inbox_bytes: 0,
-            waker: None,
-        });
+        state.hosts.push(Host::new(addr, r));
         state.by_addr.insert(addr, id);
         tracing::debug!(%addr, region, "bound a simulated host");
+        Ok(Arc::new(SimSocket { inner: self.inner.clone(), host: id, addr }))
+    }
+
+    /// A fresh socket at `addr`, an address this fabric gave out before: a restarted
+    /// process binding its old port again (a coordinator keeps the address its join string
+    /// names). The old socket, if still open, goes deaf and mute, as its process is gone;
+    /// datagrams in flight to it are lost.
+    pub fn rebind(&self, addr: SocketAddr) -> Result<Arc<SimSocket>> {
+        self.ensure_driver()?;
+        let mut state = self.inner.lock();
+        let Some(&old) = state.by_addr.get(&addr) else {
+            return Err(SimError::UnknownHost { addr });
+        };
+        let region = state.hosts[old].region;
+        let host = &mut state.hosts[old];
+        host.closed = true;
+        host.inbox.clear();
+        host.inbox_bytes = 0;
+        host.waker = None;
+        let id = state.hosts.len();
+        state.hosts.push(Host::new(addr, region));
+        state.by_addr.insert(addr, id);
+        tracing::debug!(%addr, "rebound a simulated host");
         Ok(Arc::new(SimSocket { inner: self.inner.clone(), host: id, addr }))
     }
 

@@ -71,6 +71,11 @@ pub struct CoordinatorArgs {
     /// Workers to wait for before round 0 opens.
     #[arg(long, default_value_t = 1, env = "MERIDIAN_MIN_WORKERS")]
     pub min_workers: u32,
+    /// Live workers a round needs once the run has started. The default, 1, keeps the run
+    /// going when workers die (they catch up when they return); set it to --min-workers to
+    /// pause instead.
+    #[arg(long, default_value_t = 1, env = "MERIDIAN_MIN_LIVE")]
+    pub min_live: u32,
     /// How payloads travel.
     #[arg(long, value_enum, default_value = "relay", env = "MERIDIAN_TOPOLOGY")]
     pub topology: TopologyArg,
@@ -120,6 +125,7 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
     cfg.state_dir = Some(args.state_dir.clone());
     cfg.tuning = tuning;
     cfg.protocol.min_members = args.min_workers.max(1) as usize;
+    cfg.protocol.min_live = Some(args.min_live.max(1) as usize);
     if let Some(ms) = args.deadline_ms {
         cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_millis(ms.max(1)));
     }

@@ -52,7 +52,8 @@
 //! immediately opens the next round with the members live at that boundary: newcomers join
 //! here, disconnected members drop out (one that reconnects during a round it belongs to
 //! may still deliver). A round nobody delivered to commits empty and everyone proceeds.
-//! Rounds pause while fewer than `min_members` are live.
+//! Rounds pause while fewer than `min_members` are live (after the first commit, fewer than
+//! `min_live` where that is set).
 //!
 //! Deadlines ([`DeadlinePolicy`]) are fixed, or by default adaptive:
 //! `clamp(1.5 × median of the last 16 round durations, 5 s, 1 h)`, measured from opening to

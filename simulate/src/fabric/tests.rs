@@ -157,6 +157,31 @@ fn a_host_that_is_down_neither_sends_nor_receives() {
 }
 
 #[test]
+fn a_rebound_address_reaches_the_new_socket_and_the_old_one_goes_silent() {
+    paused(async {
+        let fabric = Fabric::new(one_way(LinkSpec::default()), 1);
+        let (a, b) = (fabric.bind("a").unwrap(), fabric.bind("b").unwrap());
+        let old = b.addr();
+        let b2 = fabric.rebind(old).unwrap();
+        assert_eq!(b2.addr(), old);
+        a.send_to(old, b"to the restarted host");
+        assert_eq!(recv(&b2).await.1, b"to the restarted host");
+        assert!(b.try_recv().is_none(), "the old socket hears nothing");
+        b.send_to(a.addr(), b"from the dead");
+        b2.send_to(a.addr(), b"from the living");
+        assert_eq!(recv(&a).await, (old, b"from the living".to_vec()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(a.try_recv().is_none());
+        // Dropping the old socket late does not close the new one.
+        drop(b);
+        a.send_to(old, b"still there");
+        assert_eq!(recv(&b2).await.1, b"still there");
+        let unknown: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        assert!(matches!(fabric.rebind(unknown), Err(SimError::UnknownHost { .. })));
+    });
+}
+
+#[test]
 fn a_scheduled_outage_counts_from_the_fabric_start() {
     paused(async {
         let spec = LinkSpec {

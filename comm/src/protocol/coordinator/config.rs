@@ -16,6 +16,10 @@ pub struct CoordinatorConfig {
     /// Members needed before a round opens: round 0 waits for them, and rounds pause while
     /// fewer are connected. By default 1.
     pub min_members: usize,
+    /// Live members needed to open a round once a round has committed. `None`: the same as
+    /// `min_members`. `Some(1)`: a run that lost members goes on with whoever is left (and
+    /// takes the others back as they return) instead of pausing.
+    pub min_live: Option<usize>,
     /// The most members (distinct names) the run admits over its lifetime. By default 1024.
     pub max_members: usize,
     /// Round deadlines. By default adaptive (see [`AdaptiveDeadline`](crate::protocol::AdaptiveDeadline)).
@@ -43,6 +47,7 @@ impl CoordinatorConfig {
             run,
             topology,
             min_members: 1,
+            min_live: None,
             max_members: 1024,
             deadline: DeadlinePolicy::default(),
             keep_rounds: 8,
@@ -69,6 +74,9 @@ impl CoordinatorConfig {
         if self.max_members < self.min_members {
             return bad("max_members is below min_members");
         }
+        if self.min_live == Some(0) {
+            return bad("min_live must be at least 1");
+        }
         if self.keep_rounds == 0 {
             return bad("keep_rounds must be at least 1");
         }
@@ -76,5 +84,14 @@ impl CoordinatorConfig {
             return bad("snapshot_timeout must be positive");
         }
         Ok(())
+    }
+
+    /// Live members needed to open the next round: `min_members` before anything
+    /// committed, then `min_live` where set.
+    pub fn quorum(&self, started: bool) -> usize {
+        match (started, self.min_live) {
+            (true, Some(n)) => n,
+            _ => self.min_members,
+        }
     }
 }

@@ -142,7 +142,7 @@ impl Coordinator {
             .filter(|(_, m)| m.conn.is_some() && m.phase == Phase::Live)
             .map(|(&id, _)| id)
             .collect();
-        if live.is_empty() || live.len() < self.config.min_members {
+        if live.is_empty() || live.len() < self.config.quorum(self.committed.is_some()) {
             return;
         }
         if let Some(gate) = &self.gate {

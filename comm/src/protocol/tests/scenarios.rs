@@ -339,6 +339,34 @@ fn duplicated_frames_change_nothing() {
 }
 
 #[test]
+fn with_min_live_a_run_that_loses_a_member_goes_on_and_takes_it_back() {
+    // Without min_live, three members needed at the start are needed all along: a crash
+    // pauses the run. With min_live = 1 the others go on, and the returning member catches
+    // up and is in the rounds again.
+    for min_live in [None, Some(1)] {
+        let mut config = coordinator_config(Topology::Relay, 3);
+        config.min_live = min_live;
+        let mut net = Net::new(config, worker_config(), 3, 1);
+        net.connect_all();
+        assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(1)));
+        net.crash_worker(2);
+        let before = net.commits().len();
+        net.run_for(Duration::from_secs(20));
+        let during = net.commits().len() - before;
+        match min_live {
+            None => assert!(during <= 1, "paused while one of three is gone: {during} commits"),
+            Some(_) => assert!(during >= 5, "went on with two: {during} commits"),
+        }
+        net.restart_worker(2, false);
+        let last = *net.commits().keys().last().unwrap();
+        assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(last + 3)));
+        let commits = net.commits();
+        assert_eq!(commits[&(last + 3)], vec![0, 1, 2], "the returning member is in again");
+        net.check_consistency();
+    }
+}
+
+#[test]
 fn round_zero_waits_for_min_members() {
     let mut net = net(Topology::Relay, 2, 3);
     net.run_for(Duration::from_secs(5));
