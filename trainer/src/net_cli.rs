@@ -162,7 +162,7 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
                     members.insert(member);
                     tracing::info!(member, "worker joined");
                 }
-                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Left { member }) => {
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Left { member, .. }) => {
                     members.remove(&member);
                     tracing::info!(member, "worker left");
                     if finishing.is_some() && members.is_empty() {

@@ -153,23 +153,144 @@ fn scratch(name: &str) -> std::path::PathBuf {
     common::scratch("sim", name)
 }
 
+/// `--chaos scenario` over `--steps 30` of DiLoCo: the clean run's summary, the faulted
+/// run's, and what was printed. Checks what every scenario must keep: it completes, every
+/// worker ends bit-identical, no committed payload applied twice or lost.
+fn chaos(name: &str, scenario: &str) -> (serde_json::Value, serde_json::Value, String) {
+    let (c, r, stdout, _) = chaos_in(name, scenario);
+    (c, r, stdout)
+}
+
+/// [`chaos`], and the output folder.
+fn chaos_in(
+    name: &str,
+    scenario: &str,
+) -> (serde_json::Value, serde_json::Value, String, std::path::PathBuf) {
+    let out = scratch(name);
+    let (ok, stdout, stderr) =
+        simulate(&out, &["--algos", "diloco", "--steps", "30", "--chaos", scenario]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (clean, run) = (summary(&out.join("clean")), summary(&out.join(scenario)));
+    let (c, r) = (clean["algorithms"][0].clone(), run["algorithms"][0].clone());
+    assert!(run["chaos"].as_str().is_some_and(|d| !d.is_empty()), "{run}");
+    assert_eq!(r["replicas_identical"], true, "{scenario}");
+    assert_eq!(r["commit_error"], serde_json::Value::Null, "{scenario}");
+    assert_eq!(r["rounds_committed"], c["rounds_committed"], "{scenario}: every round completes");
+    // The table's row, as chaos.json has it.
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("chaos.json")).unwrap()).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["scenario"], scenario);
+    assert_eq!(row["replicas_identical"], true);
+    assert_eq!(row["commits_consistent"], true);
+    assert_eq!(row["within_margin"], true, "{row}");
+    assert!(stdout.contains(scenario) && stdout.contains("vs clean"), "{stdout}");
+    (c, r, stdout, out)
+}
+
+fn loss(a: &serde_json::Value) -> f64 {
+    a["final_val_loss"].as_f64().unwrap()
+}
+
+fn seconds(a: &serde_json::Value) -> f64 {
+    a["simulated_seconds"].as_f64().unwrap()
+}
+
 #[test]
 fn a_partition_between_continents_stalls_the_run_until_it_heals_and_loses_nothing() {
-    let (clean, cut) = (scratch("clean"), scratch("partition"));
-    let algos = ["--algos", "diloco", "--steps", "30"];
-    let (ok, _, stderr) = simulate(&clean, &algos);
-    assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = simulate(&cut, &[&algos[..], &["--chaos", "partition"]].concat());
-    assert!(ok, "{stderr}");
+    let (c, p, stdout) = chaos("partition", "partition");
     assert!(stdout.contains("cut off from each other for 30 s"), "{stdout}");
-    let (c, p) = (&summary(&clean)["algorithms"][0], &summary(&cut)["algorithms"][0]);
-    assert!(summary(&cut)["chaos"].as_str().unwrap().contains("30 s"));
     // Every round still commits with every worker (the deadline waits out the cut), so the
     // run trains exactly as the clean one, only later: it ends after the heal at t = 35 s.
-    assert_eq!(p["replicas_identical"], true);
     assert_eq!(p["rounds"], c["rounds"]);
-    assert_eq!(p["final_val_loss"], c["final_val_loss"]);
-    let (cs, ps) =
-        (c["simulated_seconds"].as_f64().unwrap(), p["simulated_seconds"].as_f64().unwrap());
+    assert_eq!(loss(&p), loss(&c));
+    let (cs, ps) = (seconds(&c), seconds(&p));
     assert!(cs < 35.0 && ps > 35.0, "clean {cs} s, partitioned {ps} s");
+}
+
+#[test]
+fn bursty_loss_and_a_slower_link_cost_time_not_loss() {
+    for scenario in ["bursty-loss", "slow-link"] {
+        let (c, r, _) = chaos(scenario, scenario);
+        // The network delays payloads; it never changes them.
+        assert_eq!(loss(&r), loss(&c), "{scenario}");
+        assert!(seconds(&r) >= seconds(&c), "{scenario}: {} < {}", seconds(&r), seconds(&c));
+    }
+}
+
+#[test]
+fn a_killed_worker_rejoins_takes_a_peers_state_and_replays_the_same_run() {
+    let (c, r, stdout, out) = chaos_in("worker-restart", "worker-restart");
+    assert!(stdout.contains("worker 3 is killed"), "{stdout}");
+    let faults = &r["faults"];
+    assert_eq!(faults["worker_restarts"], 2, "{faults}");
+    // The coordinator saw both deaths (the restarted process superseded the dead
+    // connection) and both returns.
+    assert_eq!(faults["workers_lost"], 2, "{faults}");
+    assert_eq!(faults["workers_rejoined"], 2, "{faults}");
+    assert!(loss(&r) <= loss(&c) * 1.02, "{} vs clean {}", loss(&r), loss(&c));
+    assert!(seconds(&r) > seconds(&c), "a restart costs time");
+    // The same seed replays the same faults, byte for byte.
+    let again = scratch("worker-restart-again");
+    let args = ["--algos", "diloco", "--steps", "30", "--chaos", "worker-restart"];
+    let (ok, _, stderr) = simulate(&again, &args);
+    assert!(ok, "{stderr}");
+    let first = std::fs::read(out.join("worker-restart/summary.json"));
+    let second = std::fs::read(again.join("worker-restart/summary.json"));
+    assert!(first.unwrap() == second.unwrap(), "two runs with one seed differ");
+}
+
+#[test]
+fn a_restarted_coordinator_resumes_from_its_state_and_the_workers_notice_at_once() {
+    let (c, r, _) = chaos("coordinator-restart", "coordinator-restart");
+    let faults = &r["faults"];
+    assert_eq!(faults["coordinator_restarts"], 1, "{faults}");
+    assert_eq!(faults["workers_rejoined"], 4, "every worker reconnected: {faults}");
+    // Its state folder kept every commit: the run ends exactly as the clean one.
+    assert_eq!(loss(&r), loss(&c));
+    // The restarted coordinator answers the workers' packets with stateless resets, so
+    // they reconnect within round trips instead of after QUIC's 60 s idle timeout.
+    let delay = seconds(&r) - seconds(&c);
+    assert!(delay > 0.0 && delay < 30.0, "the restart cost {delay} s");
+}
+
+#[test]
+fn a_worker_joining_mid_run_catches_up_and_ends_identical() {
+    let (c, r, stdout) = chaos("late-join", "late-join");
+    assert!(stdout.contains("worker 4 joins"), "{stdout}");
+    let workers = r["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 5, "{r}");
+    assert_eq!(workers[4]["member"], 4);
+    assert!(workers.iter().all(|w| w["hash"] == workers[0]["hash"]));
+    // It joined after round 0: it took a peer's state, then trained in the later rounds.
+    assert!(r["rounds_committed"] == c["rounds_committed"]);
+}
+
+#[test]
+fn chaos_all_prints_one_row_per_scenario() {
+    let out = scratch("chaos-all");
+    let (ok, stdout, stderr) =
+        simulate(&out, &["--algos", "diloco", "--steps", "20", "--chaos", "all"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("chaos.json")).unwrap()).unwrap();
+    let names: Vec<&str> =
+        rows.as_array().unwrap().iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    let expected = [
+        "worker-restart",
+        "partition",
+        "bursty-loss",
+        "slow-link",
+        "coordinator-restart",
+        "late-join",
+    ];
+    assert_eq!(names, expected);
+    for name in expected {
+        assert!(stdout.lines().any(|l| l.starts_with(name)), "{name} missing:\n{stdout}");
+        assert!(out.join(name).join("summary.json").exists());
+    }
+    for header in ["rounds", "lost", "rejoined", "rejected", "vs clean", "replicas"] {
+        assert!(stdout.contains(header), "{header}:\n{stdout}");
+    }
 }

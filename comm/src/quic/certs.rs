@@ -102,6 +102,16 @@ impl NodeIdentity {
         self.rng_seed
     }
 
+    /// The key that signs this node's QUIC stateless resets: derived from its private key,
+    /// so a restarted node with the same identity can tell its old peers at once that their
+    /// connections are gone (they would otherwise wait out the idle timeout), and nobody
+    /// without the key can.
+    pub fn stateless_reset_key(&self) -> [u8; 32] {
+        let mut hash = blake3::Hasher::new_derive_key("meridian 2026 QUIC stateless reset key");
+        hash.update(self.key.secret_der());
+        *hash.finalize().as_bytes()
+    }
+
     /// An identity from PEM text: the first certificate of `cert_pem` and the first private
     /// key of `key_pem` (PKCS#8, SEC1 or PKCS#1). Fails unless the key belongs to the
     /// certificate, so a mixed-up pair is caught here rather than as a failed handshake.

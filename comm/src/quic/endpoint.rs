@@ -131,7 +131,17 @@ fn build(
     rng_seed: Option<u64>,
 ) -> Result<QuicEndpoint> {
     ensure_runtime()?;
-    let mut config = EndpointConfig::default();
+    // Reset tokens and connection ids a restarted node with this identity still
+    // recognizes: it answers its old peers' packets with a stateless reset, and they
+    // reconnect at once instead of waiting out the idle timeout.
+    let reset = identity.stateless_reset_key();
+    let mut config = EndpointConfig::new(Arc::new(ResetKey(reset)));
+    let cid_key = u64::from_le_bytes([
+        reset[24], reset[25], reset[26], reset[27], reset[28], reset[29], reset[30], reset[31],
+    ]);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     // A deterministic identity (simulated runs) makes QUIC's own random choices replayable
     // too; a transport seed, when given, takes precedence.
     config.rng_seed(identity.rng_seed());
@@ -248,6 +258,35 @@ pub async fn handshake(incoming: Incoming) -> Result<Connection, QuicError> {
         Err(source) => {
             tracing::warn!(peer = %addr, error = %source, "incoming handshake failed");
             Err(QuicError::Handshake { addr, source })
+        }
+    }
+}
+
+/// Signs stateless reset tokens (keyed BLAKE3), with a key that survives restarts (see
+/// [`NodeIdentity::stateless_reset_key`]).
+struct ResetKey([u8; 32]);
+
+impl quinn_proto::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(32);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(
+        &self,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<(), quinn_proto::crypto::CryptoError> {
+        let mac = blake3::keyed_hash(&self.0, data);
+        if signature.len() == 32 && constant_time_eq::constant_time_eq(mac.as_bytes(), signature) {
+            Ok(())
+        } else {
+            Err(quinn_proto::crypto::CryptoError)
         }
     }
 }

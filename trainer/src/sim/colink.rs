@@ -177,24 +177,67 @@ impl RoundLink for CoLink<'_> {
     }
 }
 
+/// How a worker's coroutine ended.
+#[derive(Debug)]
+pub enum Ended<R> {
+    /// Its body returned.
+    Finished(R),
+    /// It was killed at the scheduled moment (`--chaos worker-restart`); whatever it
+    /// returned after that is discarded.
+    Killed,
+}
+
 /// Runs `body` as a coroutine, serving its requests with `node`, until it returns;
 /// `charger` learns how long the coroutine ran, `bytes` what the committed rounds moved.
+///
+/// At `kill_at`, wherever the worker is (computing, waiting for a commit, uploading), the
+/// request in progress is abandoned and this and every later request fails, so the
+/// training loop unwinds as a killed process would stop: nothing more reaches the network.
 pub async fn run<R: 'static>(
     node: &mut WorkerNode,
     charger: &Charger,
     bytes: &LinkBytes,
+    kill_at: Option<tokio::time::Instant>,
     body: impl FnOnce(&Yielder<Reply, Request>) -> Result<R> + 'static,
-) -> Result<R> {
+) -> Result<Ended<R>> {
     let stack = DefaultStack::new(STACK_BYTES).context("allocating a worker's stack")?;
     let mut co = Coroutine::with_stack(stack, move |y: &Yielder<Reply, Request>, _: Reply| body(y));
     let mut reply = Reply::Done(Ok(()));
+    let mut killed = false;
     loop {
         let resumed = Instant::now();
         let result = co.resume(reply);
         charger.inside.set(charger.inside.get() + resumed.elapsed());
-        match result {
-            CoroutineResult::Return(r) => return r,
-            CoroutineResult::Yield(request) => reply = answer(node, bytes, request).await,
+        let request = match result {
+            CoroutineResult::Return(_) if killed => return Ok(Ended::Killed),
+            CoroutineResult::Return(r) => return r.map(Ended::Finished),
+            CoroutineResult::Yield(request) => request,
+        };
+        let dead = dead_reply(&request);
+        reply = match kill_at {
+            _ if killed => dead,
+            // `biased`: the kill wins a tie, the same way on every run.
+            Some(at) => tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(at) => {
+                    killed = true;
+                    dead
+                }
+                reply = answer(node, bytes, request) => reply,
+            },
+            None => answer(node, bytes, request).await,
+        };
+    }
+}
+
+/// The answer a killed worker gets to `request`: an error of the kind it expects.
+fn dead_reply(request: &Request) -> Reply {
+    let killed = || anyhow!("this worker was killed (simulated fault)");
+    match request {
+        Request::NextEvent => Reply::Event(Err(killed())),
+        Request::PollEvent => Reply::MaybeEvent(Err(killed())),
+        Request::Publish { .. } | Request::ProvideState { .. } | Request::Compute(_) => {
+            Reply::Done(Err(killed()))
         }
     }
 }

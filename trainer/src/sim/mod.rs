@@ -12,7 +12,9 @@
 pub mod chaos;
 pub mod colink;
 pub mod compute;
+pub mod coordinator;
 pub mod report;
+pub mod worker;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -23,27 +25,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use meridian_comm::node::{
-    CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent, WorkerNode, WorkerNodeConfig,
-};
+use meridian_comm::node::CoordinatorNodeConfig;
 use meridian_comm::protocol::Topology as Route;
 use meridian_comm::quic::{NodeIdentity, TransportTuning};
 use meridian_optimizer::config::AlgoConfig;
-use meridian_optimizer::solo::{SoloStep, SoloWorker};
-use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
 use meridian_simulate::{Fabric, Topology};
-use quinn::AsyncUdpSocket;
 use tch::Tensor;
 
 use crate::data::Split;
 use crate::model::{parameter_count, ModelKind};
-use crate::net_worker::{drive, AppliedRound, DriveObserver};
-use crate::plot::CurvePoint;
-use crate::ring_reducer::RingCell;
 use crate::run_config::{RunConfig, RunSource};
 use crate::train::build_model;
-use crate::worker::LmWorker;
 use compute::{parse_duration, ComputeModel};
 use report::{SimAlgo, SimSummary, SimWorker};
 
@@ -126,9 +119,11 @@ pub struct SimulateArgs {
     /// How payloads travel.
     #[arg(long, value_enum, default_value = "relay")]
     pub route: RouteArg,
-    /// Put the run through a network fault: a 30 s partition between two continents that
-    /// heals, a link whose bandwidth drops 10x mid-run, or sustained 5% bursty loss on one
-    /// link (each between the coordinator's region and worker 1's).
+    /// Put the run through a fault, after a clean run to compare with: a 30 s partition
+    /// between two continents that heals, a link whose bandwidth drops 10x, 5% bursty loss
+    /// (each between the coordinator's region and worker 1's), a worker killed and restarted
+    /// twice, the coordinator killed and restarted from its state, a worker joining late;
+    /// or all of them, with a table.
     #[arg(long, value_enum)]
     pub chaos: Option<chaos::Chaos>,
     /// The loss "time to target" refers to (default: the lowest every algorithm reached).
@@ -159,6 +154,12 @@ const QUICK_GPT: [&str; 4] =
 struct Plan {
     topology: Topology,
     placement: Vec<String>,
+    /// Process faults.
+    schedule: chaos::Schedule,
+    /// Where a late joiner runs.
+    late_region: Option<String>,
+    /// Where a coordinator that will be restarted keeps its state.
+    state_dir: PathBuf,
     config: RunConfig,
     corpus: Arc<crate::data::Corpus>,
     compute: ComputeModel,
@@ -169,8 +170,90 @@ struct Plan {
     tokens_per_step: u64,
 }
 
+/// The run's fixed parts, shared by every scenario.
+struct Setup {
+    network: String,
+    topology: Topology,
+    placement: Vec<String>,
+    config: RunConfig,
+    corpus: Arc<crate::data::Corpus>,
+    compute: ComputeModel,
+    steps: u64,
+    parameters: i64,
+    model: String,
+    tokens_per_step: u64,
+    links: Vec<String>,
+}
+
 /// Runs `meridian simulate`.
 pub fn run(args: &SimulateArgs) -> Result<()> {
+    let setup = prepare(args)?;
+    let started = Instant::now();
+    let Some(chaos) = args.chaos else {
+        let summary = run_scenario(args, &setup, None, None, &args.out)?;
+        println!();
+        summary.print_table();
+        println!(
+            "\nWrote summary.json and plots in {} ({:.0} s of wall-clock time).",
+            args.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return check(&[("clean", &summary)]);
+    };
+    // Every scenario is measured against the clean run with the same seed.
+    println!("clean run (no faults):");
+    let clean = run_scenario(args, &setup, None, None, &args.out.join("clean"))?;
+    let mut runs = Vec::new();
+    for scenario in chaos.scenarios() {
+        let summary =
+            run_scenario(args, &setup, Some(scenario), None, &args.out.join(scenario.name()))
+                .with_context(|| format!("--chaos {}", scenario.name()))?;
+        runs.push((scenario, summary));
+    }
+    let mut rows = Vec::new();
+    for (scenario, summary) in &runs {
+        for (run, base) in summary.algorithms.iter().zip(&clean.algorithms) {
+            let description = summary.chaos.clone().unwrap_or_default();
+            rows.push(report::ChaosRow::new(scenario.name(), &description, run, base));
+        }
+    }
+    let mut text = serde_json::to_string_pretty(&rows)?;
+    text.push('\n');
+    crate::atomic_write::write(&args.out.join("chaos.json"), text.as_bytes())?;
+    println!();
+    report::ChaosRow::print_table(&rows);
+    println!(
+        "\nWrote chaos.json and one folder per scenario (summary.json, plots) in {} ({:.0} s of \
+         wall-clock time).",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut all = vec![("clean", &clean)];
+    all.extend(runs.iter().map(|(c, s)| (c.name(), s)));
+    check(&all)
+}
+
+/// Fails when a run broke an invariant: diverged replicas, or commits not applied exactly.
+fn check(runs: &[(&str, &SimSummary)]) -> Result<()> {
+    let mut broken = Vec::new();
+    for (name, summary) in runs {
+        for a in &summary.algorithms {
+            if !a.replicas_identical {
+                broken.push(format!("{name}, {}: replicas diverged", a.algorithm));
+            }
+            if let Some(e) = &a.commit_error {
+                broken.push(format!("{name}, {}: {e}", a.algorithm));
+            }
+        }
+    }
+    if !broken.is_empty() {
+        bail!("{}", broken.join("; "));
+    }
+    Ok(())
+}
+
+/// Checks the arguments and builds what every scenario shares; prints the run's header.
+fn prepare(args: &SimulateArgs) -> Result<Setup> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -180,7 +263,7 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     if args.algos.is_empty() {
         bail!("--algos needs at least one algorithm");
     }
-    let (network, mut topology) = match &args.topology {
+    let (network, topology) = match &args.topology {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--topology: cannot read {}", path.display()))?;
@@ -191,10 +274,6 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
         None => (args.preset.clone(), Topology::preset(&args.preset).context("--preset")?),
     };
     let placement = topology.place_workers(args.workers as usize).context("--workers")?;
-    let chaos = match args.chaos {
-        Some(c) => Some(chaos::apply(c, &mut topology, &placement).context("--chaos")?),
-        None => None,
-    };
     let steps = args.steps.unwrap_or(if args.quick { 60 } else { 300 });
     if steps == 0 {
         bail!("--steps must be at least 1");
@@ -227,7 +306,6 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
             bail!("--route ring: {a} sends sparse payloads, which do not add up in transit; use --route relay");
         }
     }
-    let route = args.route;
     println!(
         "Simulating {} workers on {network} ({}), training {} ({:.2}M parameters) for {steps} \
          inner steps each.\nCompute: {}.\n",
@@ -241,23 +319,75 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     for l in &links {
         println!("  {l}");
     }
-    if let Some(c) = &chaos {
-        println!("  chaos: {c}");
-    }
     println!();
-    let plan = Plan {
+    Ok(Setup {
+        network,
         topology,
         placement,
         config,
         corpus,
         compute,
-        route,
         steps,
-        eval_every: args.eval_every.unwrap_or((steps / 20).max(1)).max(1),
-        seed: args.seed,
+        parameters,
+        model: probe.describe(),
         tokens_per_step,
+        links,
+    })
+}
+
+/// Runs every algorithm under `chaos` (or none), writes `out`/summary.json and the plots.
+fn run_scenario(
+    args: &SimulateArgs,
+    setup: &Setup,
+    chaos: Option<chaos::Chaos>,
+    target: Option<f64>,
+    out: &std::path::Path,
+) -> Result<SimSummary> {
+    let n = setup.placement.len();
+    let mut topology = setup.topology.clone();
+    let mut schedule = chaos::Schedule::default();
+    let description = match chaos {
+        None => None,
+        Some(c) if chaos::is_network_fault(c) => {
+            Some(chaos::apply(c, &mut topology, &setup.placement)?)
+        }
+        Some(c) => {
+            // Fixed step times give the schedule; measured compute, about 250 ms a step.
+            let step = setup.compute.step_time().unwrap_or(Duration::from_millis(250));
+            let (s, line) = chaos::schedule(c, n, step * setup.steps as u32)?;
+            schedule = s;
+            Some(line)
+        }
     };
-    let started = Instant::now();
+    let late_region = match schedule.late_join {
+        Some(_) => Some(
+            topology
+                .place_workers(n + 1)
+                .context("--chaos late-join: no room for one more worker")?[n]
+                .clone(),
+        ),
+        None => None,
+    };
+    if let (Some(c), Some(d)) = (chaos, &description) {
+        println!("chaos {}: {d}", c.name());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let state_dir = out.join("coordinator-state");
+    let plan = Plan {
+        topology,
+        placement: setup.placement.clone(),
+        schedule,
+        late_region,
+        state_dir: state_dir.clone(),
+        config: setup.config.clone(),
+        corpus: setup.corpus.clone(),
+        compute: setup.compute,
+        route: args.route,
+        steps: setup.steps,
+        eval_every: args.eval_every.unwrap_or((setup.steps / 20).max(1)).max(1),
+        seed: args.seed,
+        tokens_per_step: setup.tokens_per_step,
+    };
     let mut algorithms = Vec::new();
     for algo in &plan.config.algos {
         let t = Instant::now();
@@ -266,18 +396,23 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
         tracing::info!(algo = %algo.algorithm(), wall_s = t.elapsed().as_secs_f64(), "simulated");
         algorithms.push(result);
     }
-    let target = args.target_loss.unwrap_or_else(|| SimSummary::common_target(&algorithms));
+    // The state folder only mattered while the run lasted.
+    if state_dir.exists() {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    let target =
+        target.or(args.target_loss).unwrap_or_else(|| SimSummary::common_target(&algorithms));
     let mut summary = SimSummary {
-        network,
-        links,
-        chaos,
+        network: setup.network.clone(),
+        links: setup.links.clone(),
+        chaos: description,
         workers: args.workers,
-        steps,
+        steps: setup.steps,
         seed: args.seed,
         compute: plan.compute.describe(),
         deterministic: plan.compute.deterministic(),
-        model: probe.describe(),
-        parameters,
+        model: setup.model.clone(),
+        parameters: setup.parameters,
         route: match args.route {
             RouteArg::Relay => "relay".into(),
             RouteArg::AllGather => "all-gather".into(),
@@ -287,20 +422,9 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
         algorithms,
     };
     summary.set_target(target);
-    summary.write(&args.out.join("summary.json"))?;
-    let plots = summary.plot(&args.out);
-    println!();
-    summary.print_table();
-    println!(
-        "\nWrote summary.json and {} plots in {} ({:.0} s of wall-clock time).",
-        plots.len(),
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    if summary.algorithms.iter().any(|a| !a.replicas_identical) {
-        bail!("replicas diverged");
-    }
-    Ok(())
+    summary.write(&out.join("summary.json"))?;
+    summary.plot(out);
+    Ok(summary)
 }
 
 /// A seed for node `index`'s deterministic identity in a run seeded `seed`.
@@ -326,80 +450,34 @@ fn simulate_one(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     local.block_on(&rt, simulate_async(plan, algo))
 }
 
-/// What the workers of one run share: the clock's origin, the progress display, bytes so
-/// far (for the curve's x axis) and the curve itself.
-struct Shared {
-    start: tokio::time::Instant,
-    sent: RefCell<Vec<u64>>,
-    curve: RefCell<Vec<CurvePoint>>,
-    progress: ProgressBar,
-    workers: u64,
-    tokens_per_step: u64,
-    eval_every: u64,
-    steps: u64,
-}
-
-impl Shared {
-    fn now(&self) -> f64 {
-        (tokio::time::Instant::now() - self.start).as_secs_f64()
-    }
-}
-
-/// What one worker's coroutine returns.
-struct Outcome {
-    member: u32,
-    rounds: u64,
-    sent: u64,
-    received: u64,
-    compute: Duration,
-    finished: f64,
-    hash: u64,
-    initial_val_loss: Option<f64>,
-    final_val_loss: Option<f64>,
-    tail_losses: Vec<f64>,
-}
-
 async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     let n = plan.placement.len();
+    let start = tokio::time::Instant::now();
     let fabric = Fabric::new(plan.topology.clone(), plan.seed);
     let mut tuning: TransportTuning = plan.config.transport.clone();
     // QUIC's own random choices follow the run's seed, so the run replays exactly. Only
     // ever in a simulation: on a real network they must be unpredictable.
     tuning.rng_seed = Some(plan.seed);
 
-    let socket = fabric.bind(plan.topology.coordinator_region())?;
-    let addr = socket.local_addr().context("the coordinator's virtual address")?;
-    let route = plan.route.route();
-    let mut ccfg = CoordinatorNodeConfig::new(addr, route);
-    ccfg.socket = Some(socket);
-    ccfg.identity = Some(NodeIdentity::deterministic("coordinator", identity_seed(plan.seed, 0))?);
+    let region = plan.topology.coordinator_region();
+    // The virtual address is known before binding: the coordinator is the first host.
+    let mut ccfg = CoordinatorNodeConfig::new("0.0.0.0:0".parse()?, plan.route.route());
     ccfg.tuning = tuning.clone();
+    // Round 0 waits for every starting worker; after that the run goes on with whoever is
+    // live, as `meridian coordinator` does by default.
     ccfg.protocol.min_members = n;
-    let mut coordinator = CoordinatorNode::start(ccfg).context("starting the coordinator")?;
-    let join = coordinator.join_string();
-    // The coordinator's events are only logged, but they must be read: its queue is bounded.
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let events = tokio::task::spawn_local(async move {
-        let mut committed = 0u64;
-        loop {
-            let event = tokio::select! {
-                _ = &mut stopped => break,
-                event = coordinator.next_event() => event,
-            };
-            match event {
-                Some(CoordinatorNodeEvent::Protocol(
-                    meridian_comm::protocol::CoordinatorEvent::RoundCommitted { .. },
-                )) => committed += 1,
-                Some(CoordinatorNodeEvent::Failed { reason }) => {
-                    tracing::error!(%reason, "coordinator stopped");
-                    break;
-                }
-                Some(other) => tracing::debug!(event = ?other, "coordinator"),
-                None => break,
-            }
-        }
-        (coordinator, committed)
-    });
+    ccfg.protocol.min_live = Some(1);
+    let outage = plan.schedule.coordinator_outage.map(|(down, back)| (start + down, start + back));
+    if outage.is_some() && plan.state_dir.exists() {
+        std::fs::remove_dir_all(&plan.state_dir)
+            .with_context(|| format!("clearing {}", plan.state_dir.display()))?;
+    }
+    let launch = coordinator::Launch {
+        config: ccfg,
+        identity: NodeIdentity::deterministic("coordinator", identity_seed(plan.seed, 0))?,
+        state_dir: outage.map(|_| plan.state_dir.join(algo.algorithm().to_string())),
+    };
+    let coordinator = coordinator::SimCoordinator::start(&fabric, region, launch, outage)?;
 
     let progress = ProgressBar::new(plan.steps);
     progress.set_style(
@@ -408,191 +486,86 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
             .progress_chars("=> "),
     );
     progress.set_prefix(algo.algorithm().to_string());
-    let shared = Rc::new(Shared {
-        start: tokio::time::Instant::now(),
-        sent: RefCell::new(vec![0; n]),
-        curve: RefCell::new(Vec::new()),
-        progress: progress.clone(),
-        workers: n as u64,
-        tokens_per_step: plan.tokens_per_step,
-        eval_every: plan.eval_every,
-        steps: plan.steps,
-    });
-
     let probe = build_model(&plan.config.model, plan.corpus.vocab(), plan.seed)?;
     let split = Split::new(plan.corpus.clone(), probe.context() as usize)?;
     let batch = plan.config.data.batch as usize;
     let validation: Rc<Vec<(Tensor, Tensor)>> =
         Rc::new(split.validation(batch, plan.config.data.eval_batches as usize));
     drop(probe);
+    let total = n + usize::from(plan.late_region.is_some());
+    let ctx = Rc::new(worker::Ctx {
+        start,
+        fabric: fabric.clone(),
+        join: coordinator.join_string(),
+        tuning,
+        route: plan.route.route(),
+        config: plan.config.clone(),
+        algo: algo.clone(),
+        corpus: plan.corpus.clone(),
+        split,
+        validation,
+        shards: n as u32,
+        step_time: plan.compute.step_time(),
+        seed: plan.seed,
+        steps: plan.steps,
+        eval_every: plan.eval_every,
+        tokens_per_step: plan.tokens_per_step,
+        progress: progress.clone(),
+        sent: RefCell::new(vec![0; total]),
+        curve: RefCell::new(Vec::new()),
+    });
 
     // Workers join one after another, so member ids follow the placement order.
+    let mut lives: Vec<worker::Life> = plan
+        .placement
+        .iter()
+        .enumerate()
+        .map(|(index, region)| worker::Life {
+            index,
+            region: region.clone(),
+            joins_at: None,
+            outages: plan
+                .schedule
+                .worker_outages
+                .iter()
+                .filter(|o| o.0 == index)
+                .map(|o| (o.1, o.2))
+                .collect(),
+        })
+        .collect();
+    if let (Some(at), Some(region)) = (plan.schedule.late_join, &plan.late_region) {
+        lives.push(worker::Life {
+            index: n,
+            region: region.clone(),
+            joins_at: Some(at),
+            outages: vec![],
+        });
+    }
     let mut tasks = Vec::new();
-    for (index, region) in plan.placement.iter().enumerate() {
-        let mut wcfg = WorkerNodeConfig::new(join.clone(), format!("w{index}"));
-        wcfg.socket = Some(fabric.bind(region)?);
-        wcfg.identity = Some(NodeIdentity::deterministic(
-            &format!("w{index}"),
-            identity_seed(plan.seed, index as u64 + 1),
-        )?);
-        wcfg.tuning = tuning.clone();
-        let reducer = Arc::new(RingCell::default());
-        wcfg.reducer = Some(reducer.clone());
-        let mut node = WorkerNode::connect(wcfg).await.context("a worker joining")?;
-        let member = node.member();
-        let model = build_model(&plan.config.model, plan.corpus.vocab(), plan.seed)?;
-        let shard = split.shard(member % n as u32, n as u32, plan.seed, batch)?;
-        let lm = LmWorker::new(model, plan.config.inner, shard, validation.clone(), plan.steps)?;
-        let build = algo.clone();
-        let solo = SoloWorker::new(member, lm, |p| build.build(p))?;
-        if route == Route::Ring {
-            let ring = solo.outer.ring(&solo.params).with_context(|| {
-                format!(
-                    "{} cannot run in a ring (sparse payloads, or a robust aggregation mode \
-                     that needs every member's update): use --route relay",
-                    algo.algorithm()
-                )
-            })?;
-            reducer.set(ring);
-        }
-        let shared = shared.clone();
-        let charger = colink::Charger::new(plan.compute.step_time());
-        let bytes = Rc::new(colink::LinkBytes::default());
-        let steps = plan.steps;
-        tasks.push(tokio::task::spawn_local(async move {
-            let (c, b) = (charger.clone(), bytes.clone());
-            let outcome = colink::run(&mut node, &charger, &bytes, move |y| {
-                run_worker(y, solo, index, steps, c, b, &shared)
-            })
-            .await;
-            if let Err(e) = node.leave().await {
-                tracing::debug!(error = %e, "leaving");
-            }
-            outcome
-        }));
+    for life in lives {
+        // The starting workers join one after another, so member ids follow the placement.
+        let first = match life.joins_at {
+            None => Some(worker::join(&ctx, &life, 0).await?),
+            Some(_) => None,
+        };
+        tasks.push(tokio::task::spawn_local(worker::live(ctx.clone(), life, first)));
     }
     let mut outcomes = Vec::new();
     for task in tasks {
         outcomes.push(task.await.context("a simulated worker panicked")??);
     }
     progress.finish_and_clear();
-    // Every worker left: stop reading events and shut the coordinator down.
-    let _ = stop.send(());
-    let (coordinator, committed) = events.await.context("the coordinator's event task")?;
-    if let Err(e) = coordinator.shutdown().await {
-        tracing::debug!(error = %e, "coordinator shutdown");
-    }
-    tracing::debug!(committed, "coordinator done");
+    let tally = coordinator.finish().await?;
     let stats = fabric.stats();
     let wire_bytes = stats.links.values().map(|l| l.offered.bytes).sum();
-    Ok(summarize(plan, algo, &shared, &outcomes, wire_bytes))
-}
-
-/// The body of one worker's coroutine: train `steps` steps through the simulated network.
-fn run_worker(
-    y: &corosensei::Yielder<colink::Reply, colink::Request>,
-    mut w: SoloWorker<LmWorker>,
-    index: usize,
-    steps: u64,
-    charger: Rc<colink::Charger>,
-    bytes: Rc<colink::LinkBytes>,
-    shared: &Shared,
-) -> Result<Outcome> {
-    let initial_val_loss = if index == 0 {
-        let loss = w.train.eval_loss()?;
-        shared.curve.borrow_mut().push(CurvePoint {
-            step: 0,
-            tokens: 0,
-            bytes_per_worker: 0.0,
-            seconds: 0.0,
-            val_loss: loss,
-        });
-        Some(loss)
-    } else {
-        None
-    };
-    charger.skip();
-    let mut link = colink::CoLink::new(y, charger.clone());
-    let mut observer = Observer {
-        y,
-        index,
-        shared,
-        rounds: 0,
-        bytes: bytes.clone(),
-        charger: charger.clone(),
-        losses: Vec::new(),
-    };
-    drive(&mut w, &mut link, steps, false, &mut observer)?;
-    let finished = shared.now();
-    let final_val_loss = if index == 0 { Some(w.train.eval_loss()?) } else { None };
-    let tail = ((steps as f64 * 0.05).ceil() as usize).max(1);
-    let skip = observer.losses.len().saturating_sub(tail);
-    Ok(Outcome {
-        member: w.id,
-        rounds: observer.rounds,
-        sent: bytes.sent.get(),
-        received: bytes.received.get(),
-        compute: charger.charged(),
-        finished,
-        hash: w.outer.consensus_hash(&w.params)?,
-        initial_val_loss,
-        final_val_loss,
-        tail_losses: observer.losses[skip..].to_vec(),
-    })
-}
-
-/// Counts a worker's rounds and bytes, charges measured compute, and evaluates worker 0.
-struct Observer<'a, 'y> {
-    y: &'y corosensei::Yielder<colink::Reply, colink::Request>,
-    index: usize,
-    shared: &'a Shared,
-    rounds: u64,
-    bytes: Rc<colink::LinkBytes>,
-    charger: Rc<colink::Charger>,
-    losses: Vec<f64>,
-}
-
-impl DriveObserver for &mut Observer<'_, '_> {
-    fn round_applied(&mut self, _round: &AppliedRound) {
-        self.rounds += 1;
-        self.shared.sent.borrow_mut()[self.index] = self.bytes.sent.get();
-    }
-
-    fn step_done(&mut self, w: &mut SoloWorker<LmWorker>, step: &SoloStep) -> Result<()> {
-        // Measured compute: the rest of the step (after its exchange) is charged now.
-        self.charger.flush(self.y)?;
-        self.losses.push(step.loss);
-        let done = w.steps_done();
-        if self.index == 0 {
-            self.shared.progress.set_position(done);
-            if done % self.shared.eval_every == 0 || done == self.shared.steps {
-                let val_loss = w.train.eval_loss()?;
-                let sent = self.shared.sent.borrow();
-                let point = CurvePoint {
-                    step: done,
-                    tokens: done * self.shared.tokens_per_step * self.shared.workers,
-                    bytes_per_worker: sent.iter().sum::<u64>() as f64 / sent.len() as f64,
-                    seconds: self.shared.now(),
-                    val_loss,
-                };
-                self.shared.progress.set_message(format!(
-                    "simulated {:.1} s, val loss {val_loss:.4}",
-                    point.seconds
-                ));
-                self.shared.curve.borrow_mut().push(point);
-            }
-        }
-        // Evaluating is for the report, not training: it costs no simulated time.
-        self.charger.skip();
-        Ok(())
-    }
+    Ok(summarize(algo, &ctx, &outcomes, &tally, wire_bytes))
 }
 
 fn summarize(
-    plan: &Plan,
     algo: &AlgoConfig,
-    shared: &Shared,
-    outcomes: &[Outcome],
+    ctx: &worker::Ctx,
+    outcomes: &[worker::Outcome],
+    tally: &coordinator::CoordinatorTally,
     wire_bytes: u64,
 ) -> SimAlgo {
     let n = outcomes.len().max(1) as f64;
@@ -605,6 +578,11 @@ fn summarize(
     let tail: Vec<f64> = outcomes.iter().flat_map(|o| o.tail_losses.iter().copied()).collect();
     let final_train_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
     let first = outcomes.first();
+    let mut commit_error =
+        worker::check_commits(&tally.committed, outcomes).err().map(|e| e.to_string());
+    if let Some(round) = tally.conflicting.first() {
+        commit_error = Some(format!("round {round} was committed twice with different members"));
+    }
     SimAlgo {
         algorithm: algo.algorithm().to_string(),
         settings: toml::from_str::<serde_json::Value>(&algo.to_toml()).unwrap_or_default(),
@@ -619,18 +597,26 @@ fn summarize(
         compute_utilization: utilization,
         seconds_to_target: None,
         replicas_identical: outcomes.windows(2).all(|p| p[0].hash == p[1].hash),
+        rounds_committed: outcomes.iter().map(|o| o.rounds_done).max().unwrap_or(0),
+        commit_error,
+        faults: report::FaultTally {
+            workers_lost: tally.lost,
+            workers_rejoined: tally.rejoined,
+            worker_restarts: outcomes.iter().map(|o| o.restarts).sum(),
+            coordinator_restarts: tally.restarts,
+            payloads_rejected: tally.rejected + outcomes.iter().map(|o| o.rejected).sum::<u64>(),
+        },
         workers: outcomes
             .iter()
-            .enumerate()
-            .map(|(i, o)| SimWorker {
+            .map(|o| SimWorker {
                 member: o.member,
-                region: plan.placement.get(i).cloned().unwrap_or_default(),
+                region: o.region.clone(),
                 finished_seconds: o.finished,
                 compute_seconds: o.compute.as_secs_f64(),
                 bytes_sent: o.sent,
                 hash: format!("{:016x}", o.hash),
             })
             .collect(),
-        curve: shared.curve.borrow().clone(),
+        curve: ctx.curve.borrow().clone(),
     }
 }

@@ -40,10 +40,141 @@ pub struct SimAlgo {
     pub seconds_to_target: Option<f64>,
     /// Whether every worker ended with the same consensus hash.
     pub replicas_identical: bool,
+    /// Rounds the coordinator committed.
+    pub rounds_committed: u64,
+    /// `None` when every worker applied exactly the committed rounds, each once, with the
+    /// committed members' payloads; otherwise what went wrong.
+    pub commit_error: Option<String>,
+    /// What failed and recovered during the run.
+    pub faults: FaultTally,
     /// Per worker: (region, simulated seconds to finish, compute seconds, hash as hex).
     pub workers: Vec<SimWorker>,
     /// Validation loss against steps, bytes and simulated seconds.
     pub curve: Vec<CurvePoint>,
+}
+
+/// What failed and recovered during one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaultTally {
+    /// Member connections the coordinator saw close or time out.
+    pub workers_lost: u64,
+    /// Admissions of a worker admitted before (restarted, or reconnecting).
+    pub workers_rejoined: u64,
+    /// Worker processes killed and restarted.
+    pub worker_restarts: u64,
+    /// Coordinator processes killed and restarted.
+    pub coordinator_restarts: u64,
+    /// Frames, connections and payloads refused by the coordinator, plus payloads the
+    /// workers' outer optimizers rejected.
+    pub payloads_rejected: u64,
+}
+
+/// One row of `meridian simulate --chaos`: a scenario against the clean run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChaosRow {
+    /// The scenario.
+    pub scenario: String,
+    /// What it did.
+    pub description: String,
+    /// The algorithm.
+    pub algorithm: String,
+    /// Rounds committed.
+    pub rounds: u64,
+    /// What failed and recovered.
+    pub faults: FaultTally,
+    /// Final validation loss.
+    pub final_val_loss: f64,
+    /// The clean run's.
+    pub clean_final_val_loss: f64,
+    /// (final - clean) / clean.
+    pub loss_vs_clean: f64,
+    /// loss_vs_clean <= [`LOSS_MARGIN`] (a lower loss, say with a worker more, is fine).
+    pub within_margin: bool,
+    /// Every live worker ended with identical parameters.
+    pub replicas_identical: bool,
+    /// No payload applied twice or lost from a committed round.
+    pub commits_consistent: bool,
+    /// Simulated seconds.
+    pub simulated_seconds: f64,
+    /// The clean run's.
+    pub clean_simulated_seconds: f64,
+}
+
+/// How much higher a faulted run's final validation loss may be than the clean run's,
+/// relative: faults cost time and, where a worker misses rounds, a little of its data.
+pub const LOSS_MARGIN: f64 = 0.02;
+
+impl ChaosRow {
+    /// `run` (scenario `scenario`) against `clean`, the same algorithm without faults.
+    pub fn new(scenario: &str, description: &str, run: &SimAlgo, clean: &SimAlgo) -> Self {
+        let rel = (run.final_val_loss - clean.final_val_loss) / clean.final_val_loss;
+        ChaosRow {
+            scenario: scenario.to_string(),
+            description: description.to_string(),
+            algorithm: run.algorithm.clone(),
+            rounds: run.rounds_committed,
+            faults: run.faults.clone(),
+            final_val_loss: run.final_val_loss,
+            clean_final_val_loss: clean.final_val_loss,
+            loss_vs_clean: rel,
+            within_margin: rel <= LOSS_MARGIN,
+            replicas_identical: run.replicas_identical,
+            commits_consistent: run.commit_error.is_none(),
+            simulated_seconds: run.simulated_seconds,
+            clean_simulated_seconds: clean.simulated_seconds,
+        }
+    }
+
+    /// Prints `rows` as a table.
+    pub fn print_table(rows: &[ChaosRow]) {
+        println!(
+            "{:<20} {:<10} {:>6} {:>5} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>8} {:>8}",
+            "scenario",
+            "algorithm",
+            "rounds",
+            "lost",
+            "rejoined",
+            "rejected",
+            "val",
+            "vs clean",
+            "sim time",
+            "delay",
+            "replicas",
+            "commits"
+        );
+        for r in rows {
+            println!(
+                "{:<20} {:<10} {:>6} {:>5} {:>8} {:>8} {:>8.4} {:>+8.2}% {:>10} {:>9} {:>8} {:>8}",
+                r.scenario,
+                r.algorithm,
+                r.rounds,
+                r.faults.workers_lost,
+                r.faults.workers_rejoined,
+                r.faults.payloads_rejected,
+                r.final_val_loss,
+                r.loss_vs_clean * 100.0,
+                seconds(r.simulated_seconds),
+                format!("+{}", seconds((r.simulated_seconds - r.clean_simulated_seconds).max(0.0))),
+                if r.replicas_identical { "same" } else { "DIFFER" },
+                if r.commits_consistent { "exact" } else { "BROKEN" },
+            );
+        }
+        let off: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.within_margin)
+            .map(|r| format!("{} ({})", r.scenario, r.algorithm))
+            .collect();
+        println!(
+            "\nrounds = rounds committed; lost / rejoined = worker connections the coordinator\n\
+             lost and workers it admitted again; rejected = frames, connections and payloads\n\
+             refused; val = final validation loss, vs clean = against the same run without\n\
+             faults (margin: at most {:.0}% higher{}); delay = simulated time the faults cost;\n\
+             replicas = every worker ended with identical parameters; commits = every worker\n\
+             applied each committed round once, with exactly the committed payloads.",
+            LOSS_MARGIN * 100.0,
+            if off.is_empty() { String::new() } else { format!("; outside: {}", off.join(", ")) }
+        );
+    }
 }
 
 /// One worker's totals.

@@ -66,6 +66,9 @@ pub enum Event {
     Left {
         /// The member.
         member: MemberId,
+        /// It said goodbye (`Leave`), rather than its connection closing or being
+        /// superseded by a new one under its name (a restarted process).
+        graceful: bool,
     },
     /// A round opened.
     RoundOpened {

@@ -35,7 +35,7 @@ impl Coordinator {
         // A connection that joined under another name gives that member up.
         if let Some(&previous) = self.conns.get(&conn) {
             if self.members.get(&previous).is_some_and(|m| m.name != name) {
-                self.drop_conn(now, conn);
+                self.drop_conn(now, conn, false);
             }
         }
         let id = match self.names.get(&name) {
@@ -71,6 +71,8 @@ impl Coordinator {
         if let Some(old) = superseded {
             self.conns.remove(&old);
             self.refuse(old, RefuseReason::Superseded);
+            // The old connection's process is gone (or about to be): it was lost.
+            self.events.push_back(Event::Left { member: id, graceful: false });
         }
         self.conns.insert(conn, id);
         info!(member = id, %name, ?last_applied, need_state, "member joined");
@@ -147,14 +149,14 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
+    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId, graceful: bool) {
         let Some(id) = self.conns.remove(&conn) else { return };
         if let Some(member) = self.members.get_mut(&id) {
             member.conn = None;
         }
         info!(member = id, "member disconnected");
         self.ring_member_lost(now, id);
-        self.events.push_back(Event::Left { member: id });
+        self.events.push_back(Event::Left { member: id, graceful });
         self.broadcast_members(None);
     }
 }

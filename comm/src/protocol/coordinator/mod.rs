@@ -197,7 +197,7 @@ impl Coordinator {
             }
             ToCoordinator::Leave => {
                 info!(member, "member leaves");
-                self.drop_conn(now, conn);
+                self.drop_conn(now, conn, true);
             }
         }
         self.drive(now);
@@ -251,7 +251,7 @@ impl Coordinator {
     /// `conn` closed. Its member stays in the open round (it may reconnect and deliver) and
     /// is dropped from the next one unless it is back by then.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
-        self.drop_conn(now, conn);
+        self.drop_conn(now, conn, false);
         self.drive(now);
     }
 

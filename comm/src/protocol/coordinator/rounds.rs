@@ -136,6 +136,11 @@ impl Coordinator {
         if self.open.is_some() {
             return;
         }
+        // A rejoin gate that ran out is over, whoever is back: left in place it would name
+        // a moment already past as the next timeout, over and over.
+        if self.gate.as_ref().is_some_and(|g| now >= g.until) {
+            self.gate = None;
+        }
         let live: Vec<MemberId> = self
             .members
             .iter()

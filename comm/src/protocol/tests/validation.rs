@@ -273,6 +273,28 @@ fn ids_are_never_reused_and_the_run_fills_up() {
 }
 
 #[test]
+fn a_restored_coordinator_nobody_rejoins_does_not_ask_for_a_past_timeout() {
+    // After the rejoin grace runs out with nobody back, the next timeout must not be a
+    // moment already past: a driver sleeping until it would spin.
+    let mut net = Net::new(coordinator_config(Topology::Relay, 3), worker_config(), 3, 5);
+    net.connect_all();
+    assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(2)));
+    let state = net.coordinator.as_ref().expect("coordinator").persisted();
+    let config = coordinator_config(Topology::Relay, 3);
+    let grace = config.rejoin_grace;
+    let start = net.now;
+    let mut c = Coordinator::restore(config, state, start).expect("restore");
+    assert_eq!(c.poll_timeout(), Some(start + grace), "the gate is the next timeout");
+    let later = start + grace + Duration::from_secs(1);
+    c.handle_timeout(later);
+    assert!(
+        c.poll_timeout().is_none_or(|t| t > later),
+        "{:?} is not after {later:?}",
+        c.poll_timeout()
+    );
+}
+
+#[test]
 fn persisted_state_round_trips_and_inconsistent_state_is_refused() {
     let mut net = Net::new(coordinator_config(Topology::AllGather, 3), worker_config(), 3, 5);
     net.connect_all();
