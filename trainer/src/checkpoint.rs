@@ -174,23 +174,78 @@ pub fn save(
     Ok(())
 }
 
-/// Reads and checks the manifest in `dir`.
+/// Reads and checks the manifest in `dir` (see [`parse_manifest`]).
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
     let bytes = std::fs::read(&path)
         .with_context(|| format!("checkpoint: cannot read {}", path.display()))?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .with_context(|| format!("checkpoint: {} is not a valid manifest", path.display()))?;
+    parse_manifest(&bytes).with_context(|| format!("checkpoint: {} is refused", path.display()))
+}
+
+/// Parses the bytes of a `manifest.json` and checks what can be checked without the run
+/// or the other files: the format and version, that the identity's hash is the one
+/// recorded, that there is one shard position, AdamW step count and schedule position per
+/// worker of the identity, and that every file it lists is a plain name inside the
+/// checkpoint directory (a manifest is input: it must not make [`load`] read elsewhere).
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(bytes).context("not a valid manifest")?;
     if m.format != FORMAT {
-        bail!("checkpoint: {} is a {:?}, not a {FORMAT}", path.display(), m.format);
+        bail!("it is a {:?}, not a {FORMAT}", m.format);
     }
     if m.version != VERSION {
+        bail!("format version {} is not supported (this build reads {VERSION})", m.version);
+    }
+    let hash = m.identity.hash()?;
+    if m.config_hash != hash {
         bail!(
-            "checkpoint: format version {} is not supported (this build reads {VERSION})",
-            m.version
+            "its config hash {:?} is not its identity's ({hash}): the manifest was altered",
+            m.config_hash
         );
     }
+    let workers = m.identity.workers as usize;
+    for (what, len) in [
+        ("shard positions", m.shards.len()),
+        ("AdamW step counts", m.adam_steps.len()),
+        ("schedule positions", m.schedule_positions.len()),
+    ] {
+        if len != workers {
+            bail!("it holds {len} {what} for {workers} workers");
+        }
+    }
+    if let Some(name) = m.files.keys().find(|name| !plain_file_name(name)) {
+        bail!("it lists {name:?}, which is not a file name inside the checkpoint");
+    }
     Ok(m)
+}
+
+/// Whether `name` is one normal path component: not empty, not `.` or `..`, no separator
+/// (either platform's) and no NUL.
+fn plain_file_name(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\\', '\0'])
+}
+
+/// Checks a parsed manifest against the run resuming from it: the same identity (naming
+/// the first difference), `workers` workers, and a parameter and an outer-state file
+/// listed for each of them. Needs no tensors: [`load`] calls it before reading any.
+pub fn check_manifest(manifest: &Manifest, identity: &RunIdentity, workers: usize) -> Result<()> {
+    compare(&manifest.identity, identity)?;
+    if manifest.shards.len() != workers
+        || manifest.adam_steps.len() != workers
+        || manifest.schedule_positions.len() != workers
+    {
+        bail!(
+            "checkpoint: the manifest describes {} workers, not {workers}",
+            manifest.shards.len()
+        );
+    }
+    for i in 0..workers {
+        for name in [worker_file(i), outer_file(i)] {
+            if !manifest.files.contains_key(&name) {
+                bail!("checkpoint: the manifest lists no {name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Names the first difference between the checkpoint's run and this one.
@@ -301,17 +356,8 @@ pub fn load(
     identity: &RunIdentity,
 ) -> Result<Manifest> {
     let manifest = read_manifest(dir)?;
-    compare(&manifest.identity, identity)?;
     let workers = harness.workers().len();
-    if manifest.shards.len() != workers
-        || manifest.adam_steps.len() != workers
-        || manifest.schedule_positions.len() != workers
-    {
-        bail!(
-            "checkpoint: the manifest describes {} workers, not {workers}",
-            manifest.shards.len()
-        );
-    }
+    check_manifest(&manifest, identity, workers)?;
     for (name, expected) in &manifest.files {
         let path = dir.join(name);
         let got = file_hash(&path).with_context(|| "checkpoint: a file is missing".to_string())?;
@@ -325,9 +371,6 @@ pub fn load(
     let mut loaded = Vec::with_capacity(workers);
     for (i, w) in harness.workers().iter().enumerate() {
         let path = dir.join(worker_file(i));
-        if !manifest.files.contains_key(&worker_file(i)) {
-            bail!("checkpoint: the manifest lists no {}", worker_file(i));
-        }
         let mut map: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
             .with_context(|| format!("checkpoint: cannot read {}", path.display()))?
             .into_iter()
@@ -375,4 +418,121 @@ pub fn load(
 /// Where `meridian train` keeps algorithm `algo`'s checkpoint under `out`.
 pub fn dir_for(out: &Path, algo: &str) -> PathBuf {
     out.join("checkpoints").join(algo)
+}
+
+#[cfg(test)]
+#[cfg_attr(test, allow(clippy::unwrap_used))]
+mod tests {
+    use super::*;
+
+    fn identity(workers: u32) -> RunIdentity {
+        RunIdentity {
+            model: "mlp-lm embed=16 hidden=64".into(),
+            params: vec![("embed.weight".into(), vec![256, 16]), ("out.bias".into(), vec![256])],
+            algorithm: "algorithm = \"diloco\"\nouter_lr = 0.7\n".into(),
+            inner: "lr = 0.001\n".into(),
+            schedule_steps: 400,
+            batch: 8,
+            seed: 7,
+            workers,
+            data: 0xfeed,
+        }
+    }
+
+    /// A manifest as `save` writes it for `identity`.
+    fn manifest(identity: RunIdentity) -> Manifest {
+        let n = identity.workers as usize;
+        let mut files = BTreeMap::new();
+        for i in 0..n {
+            files.insert(worker_file(i), format!("{:016x}", i + 1));
+            files.insert(outer_file(i), format!("{:016x}", i + 100));
+        }
+        files.insert("progress.json".into(), "0000000000000abc".into());
+        Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            step: 40,
+            round: 2,
+            config_hash: identity.hash().unwrap(),
+            shards: (0..n as u64).map(|i| ShardState { batches: 40, rng: i }).collect(),
+            adam_steps: vec![40; n],
+            schedule_positions: vec![40; n],
+            files,
+            identity,
+        }
+    }
+
+    fn json(m: &Manifest) -> Vec<u8> {
+        serde_json::to_vec_pretty(m).unwrap()
+    }
+
+    #[test]
+    fn a_saved_manifest_parses_and_fits_its_run() {
+        let m = manifest(identity(2));
+        let parsed = parse_manifest(&json(&m)).unwrap();
+        assert_eq!(json(&parsed), json(&m));
+        check_manifest(&parsed, &identity(2), 2).unwrap();
+    }
+
+    #[test]
+    fn malformed_or_altered_manifests_are_refused_by_name() {
+        for (bytes, needle) in [
+            (&b""[..], "not a valid manifest"),
+            (b"{", "not a valid manifest"),
+            (b"null", "not a valid manifest"),
+            (b"{\"format\": \"meridian-checkpoint\"}", "not a valid manifest"),
+        ] {
+            let err = format!("{:#}", parse_manifest(bytes).unwrap_err());
+            assert!(err.contains(needle), "{err}");
+        }
+        let refused = |edit: &dyn Fn(&mut Manifest), needle: &str| {
+            let mut m = manifest(identity(2));
+            edit(&mut m);
+            let err = format!("{:#}", parse_manifest(&json(&m)).unwrap_err());
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        refused(&|m| m.format = "safetensors".into(), "not a meridian-checkpoint");
+        refused(&|m| m.version = 2, "format version 2");
+        refused(&|m| m.identity.seed = 8, "the manifest was altered");
+        refused(&|m| m.config_hash = "0".repeat(16), "the manifest was altered");
+        refused(
+            &|m| {
+                m.shards.pop();
+            },
+            "1 shard positions for 2 workers",
+        );
+        refused(&|m| m.adam_steps.push(1), "3 AdamW step counts");
+        refused(&|m| m.schedule_positions.clear(), "0 schedule positions");
+        // Files outside the checkpoint: `load` hashes every listed file, and reading
+        // `/dev/zero` or another run's files must not be something a manifest can ask for.
+        for name in ["../worker-0.safetensors", "/dev/zero", "a/b", "a\\b", "..", ".", "", "x\0"] {
+            refused(
+                &|m| {
+                    m.files.insert(name.into(), "0".repeat(16));
+                },
+                "not a file name inside the checkpoint",
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_is_checked_against_the_run_without_tensors() {
+        let m = manifest(identity(2));
+        let differs = |now: RunIdentity, workers: usize, needle: &str| {
+            let err = check_manifest(&m, &now, workers).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        differs(RunIdentity { seed: 8, ..identity(2) }, 2, "the seed differs");
+        differs(identity(3), 3, "the number of workers differs");
+        let other = RunIdentity {
+            algorithm: "algorithm = \"diloco\"\nouter_lr = 0.5\n".into(),
+            ..identity(2)
+        };
+        differs(other, 2, "setting \"outer_lr\" differs");
+        differs(identity(2), 3, "describes 2 workers, not 3");
+        let mut missing = m.clone();
+        missing.files.remove(&outer_file(1));
+        let err = check_manifest(&missing, &identity(2), 2).unwrap_err().to_string();
+        assert!(err.contains("lists no worker-1.outer.safetensors"), "{err}");
+    }
 }

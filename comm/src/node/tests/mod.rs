@@ -2,6 +2,7 @@
 //! on their own threads, each with a toy application that folds every RoundReady into a hash
 //! chain (so replica consistency is "same hash after the same round").
 
+mod adversary;
 mod churn;
 mod hostile;
 mod rounds;
