@@ -356,6 +356,12 @@ async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
         }
         Ok(Read::Frame(frame)) => frame,
     };
+    // An authentic frame proves the secret was known once, not that this is a worker: a
+    // frame captured from a run and replayed on a new connection must not keep it open.
+    if !is_join(&first) {
+        warn!("refusing a connection whose first frame is not a join");
+        return refuse(RefusalCode::ProtocolViolation, "the first frame must be a join".into());
+    }
 
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = link::spawn_writer(connection.clone(), shared.codec.clone(), writer_rx);
@@ -403,6 +409,12 @@ async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
     }
     let _ = shared.inbox.send(Input::Closed { conn });
     writer.abort();
+}
+
+/// Whether `frame` is a worker's `Join`.
+fn is_join(frame: &Frame) -> bool {
+    frame.header.kind == FrameKind::Control
+        && matches!(ToCoordinator::decode(&frame.body), Ok(ToCoordinator::Join { .. }))
 }
 
 fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
