@@ -198,6 +198,14 @@ impl<S: TrainStep> SoloWorker<S> {
                 crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
             })?;
         let x = self.apply_round(round, committed)?;
+        // An exchange after the backward pass hands over the gradient: the replica moves
+        // only once the inner optimizer steps with it, as it did on every live worker.
+        if self.outer.exchange_due(Phase::AfterBackward, at) {
+            if self.outer.runs_inner_optimizer() {
+                self.train.inner_step()?;
+            }
+            self.outer.after_inner_step(&self.params, at)?;
+        }
         self.step = at + 1;
         Ok(x)
     }

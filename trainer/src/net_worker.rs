@@ -250,6 +250,8 @@ pub fn drive(
 mod tests {
     use std::collections::VecDeque;
 
+    use meridian_optimizer::Algorithm;
+
     use super::*;
 
     fn worker(id: u32) -> SoloWorker<LmWorker> {
@@ -324,6 +326,30 @@ mod tests {
         assert_eq!((b.steps_done(), b.rounds_done()), (12, 4));
         assert_eq!(b.outer.consensus_hash(&b.params).unwrap(), *hashes.last().unwrap());
         assert!(net.published.is_empty(), "nothing left to train");
+    }
+
+    #[test]
+    fn a_newcomer_replaying_gradient_exchanges_ends_identical() {
+        // DDP and DeMo exchange after the backward pass: a replayed round must also take
+        // the step the live workers took with it.
+        for algorithm in [Algorithm::Ddp, Algorithm::Demo] {
+            let mut a = crate::testing::tiny_worker(0, algorithm, &[]);
+            let mut link = Solo::default();
+            link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+            drive(&mut a, &mut link, 6, false, |_: &AppliedRound| {}).unwrap();
+            let (round, state) = link.states[0].clone();
+            let mut b = crate::testing::tiny_worker(1, algorithm, &[]);
+            let mut net = Solo::default();
+            net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+            for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+                net.queue.push_back(NetEvent::RoundReady { round: *r, payloads: vec![p.clone()] });
+            }
+            drive(&mut b, &mut net, 6, true, |_: &AppliedRound| {}).unwrap();
+            assert_eq!(b.rounds_done(), 6, "{algorithm}");
+            // (A round's own hash is taken before the inner step its gradient feeds.)
+            let (hb, ha) = (b.outer.consensus_hash(&b.params), a.outer.consensus_hash(&a.params));
+            assert_eq!(hb.unwrap(), ha.unwrap(), "{algorithm}: the newcomer diverged");
+        }
     }
 
     #[test]

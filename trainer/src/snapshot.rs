@@ -1,10 +1,11 @@
 //! A worker's state as bytes, for a peer that catches up: its progress counters, its
-//! parameters and its outer optimizer's state (global snapshot, momentum, and whatever else
-//! the algorithm keeps).
+//! parameters, its outer optimizer's state (global snapshot, momentum, and whatever else
+//! the algorithm keeps) and its inner AdamW moments.
 //!
 //! The receiver checks everything (algorithm, names, shapes, finiteness) before replacing
-//! any of its own state. Its inner AdamW moments and data position stay its own: they do
-//! not have to agree between workers, and a restarted worker's own checkpoint holds them.
+//! any of its own state. The AdamW moments must agree where every replica steps AdamW with
+//! the same averaged gradient (DDP); elsewhere they need not, and starting from a trained
+//! peer's beats starting from zero. The data position stays the receiver's own.
 //! An algorithm with error feedback hands over the provider's residual too; the receiver
 //! sends that mass again later, a small double count that replicas agree on (every worker
 //! applies only committed payloads).
@@ -12,21 +13,26 @@
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::OptimizerState;
 use meridian_optimizer::solo::SoloWorker;
-use meridian_optimizer::train_step::TrainStep;
 
 use crate::worker::LmWorker;
 
 const OUTER: &str = "outer/";
 const PARAM: &str = "param";
+const ADAM_M: &str = "inner/m";
+const ADAM_V: &str = "inner/v";
 
 /// Encodes `w`'s state.
-pub fn encode<S: TrainStep>(w: &SoloWorker<S>) -> Result<Vec<u8>> {
+pub fn encode(w: &SoloWorker<LmWorker>) -> Result<Vec<u8>> {
     let outer = w.outer.state()?;
     let mut s = OptimizerState::new(w.outer.algorithm());
     for (k, t) in &outer.tensors {
         s.put(format!("{OUTER}{k}"), t);
     }
     s.put_per_tensor(PARAM, w.params.tensors());
+    let (m, v, adam_steps) = w.train.adam().state();
+    s.put_per_tensor(ADAM_M, m);
+    s.put_per_tensor(ADAM_V, v);
+    s.put_scalar("adam_steps", adam_steps as f64);
     s.put_scalar("step", w.steps_done() as f64);
     s.put_scalar("round", w.rounds_done() as f64);
     Ok(s.to_bytes()?)
@@ -44,6 +50,9 @@ pub fn restore(w: &mut SoloWorker<LmWorker>, bytes: &[u8]) -> Result<()> {
         Ok(v as u64)
     };
     let (step, round) = (counter("step")?, counter("round")?);
+    let m = s.per_tensor(ADAM_M, &w.params).context("AdamW moments from a peer")?;
+    let v = s.per_tensor(ADAM_V, &w.params).context("AdamW moments from a peer")?;
+    let adam_steps = counter("adam_steps")?;
     let mut outer = OptimizerState::new(s.algorithm);
     for (k, t) in &s.tensors {
         if let Some(name) = k.strip_prefix(OUTER) {
@@ -52,6 +61,7 @@ pub fn restore(w: &mut SoloWorker<LmWorker>, bytes: &[u8]) -> Result<()> {
     }
     // The outer optimizer checks its own state last, then the parameters are replaced.
     w.outer.load_state(&w.params, &outer).context("state from a peer")?;
+    w.train.adam_mut().restore(m, v, adam_steps).context("AdamW moments from a peer")?;
     tch::no_grad(|| {
         for (p, v) in w.params.tensors().iter().zip(&params) {
             let mut p = p.shallow_clone();

@@ -15,6 +15,15 @@ use crate::worker::LmWorker;
 
 /// Member `id` of a two-worker DiLoCo run (H = 3) of a tiny MLP on a repeating text.
 pub fn tiny_diloco_worker(id: u32) -> SoloWorker<LmWorker> {
+    tiny_worker(id, Algorithm::Diloco, &[("inner_steps", "3")])
+}
+
+/// Member `id` of a two-worker run of `algorithm` with `settings` on the same tiny MLP.
+pub fn tiny_worker(
+    id: u32,
+    algorithm: Algorithm,
+    settings: &[(&str, &str)],
+) -> SoloWorker<LmWorker> {
     let text: Vec<u8> = (0..40_000u32).map(|i| b"abcdefgh ijk."[(i % 13) as usize]).collect();
     let corpus = Arc::new(Corpus::from_bytes(&text, TokenFormat::Text, None, "t").unwrap());
     let cfg = MlpConfig { context: 16, hidden: 32, ..Default::default() };
@@ -22,11 +31,8 @@ pub fn tiny_diloco_worker(id: u32) -> SoloWorker<LmWorker> {
     let model = Box::new(Mlp::new(cfg, 256, 1).unwrap());
     let shard = split.shard(id, 2, 1, 4).unwrap();
     let lm = LmWorker::new(model, InnerConfig::default(), shard, Rc::new(vec![]), 100).unwrap();
-    let algo = AlgoConfig::from_parts(
-        Algorithm::Diloco,
-        toml::Table::new(),
-        &[("inner_steps".into(), "3".into())],
-    )
-    .unwrap();
+    let settings: Vec<(String, String)> =
+        settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let algo = AlgoConfig::from_parts(algorithm, toml::Table::new(), &settings).unwrap();
     SoloWorker::new(id, lm, |p| algo.build(p)).unwrap()
 }

@@ -157,36 +157,41 @@ fn scratch(name: &str) -> std::path::PathBuf {
 /// run's, and what was printed. Checks what every scenario must keep: it completes, every
 /// worker ends bit-identical, no committed payload applied twice or lost.
 fn chaos(name: &str, scenario: &str) -> (serde_json::Value, serde_json::Value, String) {
-    let (c, r, stdout, _) = chaos_in(name, scenario);
+    let (c, r, stdout, _) = chaos_in(name, scenario, "diloco");
     (c, r, stdout)
 }
 
-/// [`chaos`], and the output folder.
+/// [`chaos`] with `algos` (the summaries returned are the first one's), and the output
+/// folder.
 fn chaos_in(
     name: &str,
     scenario: &str,
+    algos: &str,
 ) -> (serde_json::Value, serde_json::Value, String, std::path::PathBuf) {
     let out = scratch(name);
     let (ok, stdout, stderr) =
-        simulate(&out, &["--algos", "diloco", "--steps", "30", "--chaos", scenario]);
+        simulate(&out, &["--algos", algos, "--steps", "30", "--chaos", scenario]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let (clean, run) = (summary(&out.join("clean")), summary(&out.join(scenario)));
-    let (c, r) = (clean["algorithms"][0].clone(), run["algorithms"][0].clone());
     assert!(run["chaos"].as_str().is_some_and(|d| !d.is_empty()), "{run}");
-    assert_eq!(r["replicas_identical"], true, "{scenario}");
-    assert_eq!(r["commit_error"], serde_json::Value::Null, "{scenario}");
-    assert_eq!(r["rounds_committed"], c["rounds_committed"], "{scenario}: every round completes");
-    // The table's row, as chaos.json has it.
+    // The table's rows, as chaos.json has them.
     let rows: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("chaos.json")).unwrap()).unwrap();
-    let row = &rows[0];
-    assert_eq!(row["scenario"], scenario);
-    assert_eq!(row["replicas_identical"], true);
-    assert_eq!(row["commits_consistent"], true);
-    assert_eq!(row["within_margin"], true, "{row}");
+    for (i, algo) in algos.split(',').enumerate() {
+        let (c, r) = (&clean["algorithms"][i], &run["algorithms"][i]);
+        assert_eq!(r["algorithm"], algo);
+        assert_eq!(r["replicas_identical"], true, "{scenario}, {algo}");
+        assert_eq!(r["commit_error"], serde_json::Value::Null, "{scenario}, {algo}");
+        assert_eq!(r["rounds_committed"], c["rounds_committed"], "{scenario}, {algo}");
+        let row = &rows[i];
+        assert_eq!((&row["scenario"], &row["algorithm"]), (&scenario.into(), &algo.into()));
+        assert_eq!(row["replicas_identical"], true);
+        assert_eq!(row["commits_consistent"], true);
+        assert_eq!(row["within_margin"], true, "{row}");
+    }
     assert!(stdout.contains(scenario) && stdout.contains("vs clean"), "{stdout}");
-    (c, r, stdout, out)
+    (clean["algorithms"][0].clone(), run["algorithms"][0].clone(), stdout, out)
 }
 
 fn loss(a: &serde_json::Value) -> f64 {
@@ -221,7 +226,9 @@ fn bursty_loss_and_a_slower_link_cost_time_not_loss() {
 
 #[test]
 fn a_killed_worker_rejoins_takes_a_peers_state_and_replays_the_same_run() {
-    let (c, r, stdout, out) = chaos_in("worker-restart", "worker-restart");
+    // DDP too: its replicas agree only if the newcomer takes the AdamW moments and steps
+    // with every replayed gradient.
+    let (c, r, stdout, out) = chaos_in("worker-restart", "worker-restart", "diloco,ddp");
     assert!(stdout.contains("worker 3 is killed"), "{stdout}");
     let faults = &r["faults"];
     assert_eq!(faults["worker_restarts"], 2, "{faults}");
@@ -233,7 +240,7 @@ fn a_killed_worker_rejoins_takes_a_peers_state_and_replays_the_same_run() {
     assert!(seconds(&r) > seconds(&c), "a restart costs time");
     // The same seed replays the same faults, byte for byte.
     let again = scratch("worker-restart-again");
-    let args = ["--algos", "diloco", "--steps", "30", "--chaos", "worker-restart"];
+    let args = ["--algos", "diloco,ddp", "--steps", "30", "--chaos", "worker-restart"];
     let (ok, _, stderr) = simulate(&again, &args);
     assert!(ok, "{stderr}");
     let first = std::fs::read(out.join("worker-restart/summary.json"));

@@ -125,14 +125,16 @@ fn write_grad(params: &ParamSet, i: usize, value: &Tensor) -> Result<()> {
     let p = &params.tensors()[i];
     let mut g = p.grad();
     if !g.defined() {
-        let nonzero = value.f_abs()?.f_max()?.f_double_value(&[])? != 0.0;
-        if nonzero {
+        // No backward pass ran on this replica yet (a worker replaying the rounds after a
+        // peer's state): a backward through zero gives the parameter its gradient tensor.
+        if !p.requires_grad() {
             return Err(OptimizerError::Config(format!(
-                "ddp: {} has no gradient to overwrite with a non-zero mean",
+                "ddp: {} does not require a gradient",
                 params.names()[i]
             )));
         }
-        return Ok(());
+        p.f_mul_scalar(0.0)?.f_sum(p.kind())?.f_backward()?;
+        g = p.grad();
     }
     tch::no_grad(|| g.f_copy_(value).map(|_| ()))?;
     Ok(())

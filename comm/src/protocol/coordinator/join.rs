@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::rounds::fallback_message;
-use super::{open_message, valid_name, CommitRecord, Coordinator, Event, Member, Phase};
+use super::{valid_name, CommitRecord, Coordinator, Event, Member, Phase};
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{RefuseReason, ToWorker};
 use crate::protocol::types::{next_after, ConnId, MemberInfo, PeerInfo, MAX_PEER_INFO_LEN};
@@ -92,16 +91,7 @@ impl Coordinator {
         }
         // Back during a round it belongs to: it may still deliver.
         if !need_state {
-            if let Some(open) = self.open.as_ref().filter(|o| o.members.binary_search(&id).is_ok())
-            {
-                let msg = open_message(open, now);
-                let fallback = open.fallback.then(|| fallback_message(open, now));
-                self.send(conn, msg);
-                if let Some(msg) = fallback {
-                    // It may have missed the fallback: the ring of this round is over.
-                    self.send(conn, msg);
-                }
-            }
+            self.tell_open_round(now, conn, id);
         }
         self.events.push_back(Event::Joined { member: id, name, conn, need_state });
         self.broadcast_members(Some(id));

@@ -132,6 +132,21 @@ impl Coordinator {
         }
     }
 
+    /// Tells member `id`, back on `conn`, about the open round if it belongs to it: it may
+    /// still deliver. With the fallback too, which it may have missed (the ring of this
+    /// round is over).
+    pub(super) fn tell_open_round(&mut self, now: Instant, conn: ConnId, id: MemberId) {
+        let Some(open) = self.open.as_ref().filter(|o| o.members.binary_search(&id).is_ok()) else {
+            return;
+        };
+        let msg = open_message(open, now);
+        let fallback = open.fallback.then(|| fallback_message(open, now));
+        self.send(conn, msg);
+        if let Some(msg) = fallback {
+            self.send(conn, msg);
+        }
+    }
+
     pub(super) fn maybe_open(&mut self, now: Instant) {
         if self.open.is_some() {
             return;

@@ -71,7 +71,7 @@ impl Coordinator {
             .collect();
         let mut unserved = false;
         for id in waiting {
-            if !self.relay_cached(id) {
+            if !self.relay_cached(now, id) {
                 unserved = true;
             }
         }
@@ -128,7 +128,7 @@ impl Coordinator {
     }
 
     /// Sends the cached snapshot and the commits after it to `id`, if that makes it current.
-    fn relay_cached(&mut self, id: MemberId) -> bool {
+    fn relay_cached(&mut self, now: Instant, id: MemberId) -> bool {
         let Some((round, bytes)) = self.snapshot.clone() else { return false };
         let Some(member) = self.members.get(&id) else { return false };
         let Some(conn) = member.conn else { return false };
@@ -148,6 +148,9 @@ impl Coordinator {
             m.phase = Phase::Live;
             m.last_applied = Some(round);
         }
+        // A member of the open round (it died during it and came back with nothing) is
+        // current now: it may still deliver, and the round need not wait out its deadline.
+        self.tell_open_round(now, conn, id);
         self.events.push_back(Event::StateRelayed { member: id, round, len });
         true
     }

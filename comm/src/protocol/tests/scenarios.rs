@@ -367,6 +367,35 @@ fn with_min_live_a_run_that_loses_a_member_goes_on_and_takes_it_back() {
 }
 
 #[test]
+fn a_member_that_restarts_within_its_round_catches_up_and_delivers_to_it() {
+    // A member of the open round dies before delivering and is back at once with nothing:
+    // once it has a peer's state it is told the round is open, so the round closes with
+    // it, not at its (long) deadline.
+    for topology in BOTH {
+        let mut config = coordinator_config(topology, 3);
+        config.deadline = crate::protocol::DeadlinePolicy::Fixed(Duration::from_secs(600));
+        let mut net = Net::new(config, worker_config(), 3, 1);
+        net.connect_all();
+        assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(0)));
+        let open = next_after_applied(&net);
+        net.crash_worker(2);
+        net.restart_worker(2, false);
+        assert!(
+            net.run_until(Duration::from_secs(30), |n| n.all_applied(open + 1)),
+            "{topology:?}: round {open} waited for its deadline"
+        );
+        assert_eq!(net.commits()[&open], vec![0, 1, 2], "{topology:?}");
+        assert_eq!(net.nodes[2].app.states_received, 1, "{topology:?}");
+        net.check_consistency();
+    }
+}
+
+/// The round after the last one every live worker applied.
+fn next_after_applied(net: &Net) -> Round {
+    net.commits().keys().last().map_or(0, |r| r + 1)
+}
+
+#[test]
 fn round_zero_waits_for_min_members() {
     let mut net = net(Topology::Relay, 2, 3);
     net.run_for(Duration::from_secs(5));
