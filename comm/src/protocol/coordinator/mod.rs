@@ -27,7 +27,6 @@ use super::types::{
 use super::ProtocolError;
 use crate::ids::{MemberId, Round};
 use crate::protocol::deadline::DeadlineStats;
-use rounds::open_message;
 use snapshot::SnapshotAsk;
 
 /// Whether a member takes part in rounds.
