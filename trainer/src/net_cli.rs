@@ -137,7 +137,6 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
             write_atomically(path, &join)?;
         }
         tracing::info!(listen = %node.local_addr(), "coordinator ready; waiting for workers");
-        let mut committed = 0u64;
         let mut members = std::collections::BTreeSet::new();
         // After the last round, wait for the workers to take its commit and leave.
         let mut finishing: Option<tokio::time::Instant> = None;
@@ -151,9 +150,12 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
             };
             let Some(event) = event else { break };
             match event {
-                // The comm crate logs each commit with its stats; here it only counts.
-                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted { .. }) => {
-                    committed += 1;
+                // The comm crate logs each commit with its stats; here it only counts, from
+                // the run's start (a restarted coordinator goes on where it stopped).
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted {
+                    round, ..
+                }) => {
+                    let committed = round + 1;
                     if finishing.is_none() && args.rounds.is_some_and(|n| committed >= n) {
                         finishing = Some(tokio::time::Instant::now() + Duration::from_secs(30));
                     }

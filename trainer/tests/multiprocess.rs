@@ -18,7 +18,8 @@ fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
 fn coordinator_with(dir: &Path, workers: u32, rounds: u64, extra: &[&str]) -> (Proc, String) {
     let join = dir.join("join");
     let child = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--deadline-ms", "3000"])
+        .args(["coordinator", "--deadline-ms", "3000"])
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(extra)
         .args(["--min-workers", &workers.to_string(), "--rounds", &rounds.to_string()])
         .arg("--state-dir")
@@ -216,6 +217,43 @@ fn a_killed_worker_does_not_stop_the_run_and_catches_up_when_restarted() {
         "{sc}"
     );
     assert_eq!(sc["member"], summary(&dir, "c")["member"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_killed_coordinator_restarted_from_its_state_folder_resets_the_workers_and_the_run_ends_identical(
+) {
+    let dir = scratch("coordinator-kill");
+    let (mut coord, join) = coordinator(&dir, 3, 40);
+    let slow = ["--set", "model.hidden=1024", "--set", "model.embed=64"];
+    let mut workers: Vec<Proc> =
+        ["a", "b", "c"].iter().map(|n| worker(&dir, &join, n, 200, &slow)).collect();
+    let start = Instant::now();
+    while log(&dir, "a").matches("round applied").count() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", log(&dir, "a"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Killed: no goodbye to anyone. Restarted on the same port from the same folder.
+    coord.0.kill().unwrap();
+    let _ = coord.0.wait();
+    let port = join.split(':').nth(2).and_then(|s| s.split('/').next()).unwrap().to_string();
+    std::fs::rename(dir.join("coordinator.log"), dir.join("coordinator-first.log")).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut coord, again) = coordinator_with(&dir, 3, 40, &["--listen", &listen]);
+    assert_eq!(again, join, "the restarted coordinator prints the same join string");
+    for (name, w) in ["a", "b", "c"].iter().zip(&mut workers) {
+        assert!(w.wait_ok(Duration::from_secs(400)), "{name}: {}", log(&dir, name));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let (sa, sb, sc) = (summary(&dir, "a"), summary(&dir, "b"), summary(&dir, "c"));
+    assert_eq!(sa["consensus_hash"], sb["consensus_hash"]);
+    assert_eq!(sa["consensus_hash"], sc["consensus_hash"]);
+    // The restarted coordinator's stateless resets told the workers their connections
+    // were gone, rather than QUIC's 60 s idle timeout.
+    for name in ["a", "b", "c"] {
+        let log = log(&dir, name);
+        assert!(log.contains("reset by peer"), "{name} did not see a reset:\n{log}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
