@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::algorithm::Algorithm;
+use crate::byzantine::{Attack, Byzantine};
 use crate::error::{OptimizerError, Result};
 use crate::outer::ddp::{Ddp, DdpConfig};
 use crate::outer::demo::{Demo, DemoConfig};
@@ -21,6 +22,7 @@ use crate::outer::sparseloco::{Sparseloco, SparselocoConfig};
 use crate::outer::streaming::{Streaming, StreamingConfig};
 use crate::outer::OuterOptimizer;
 use crate::params::ParamSet;
+use meridian_kernels::pipeline::Compressor;
 
 /// One algorithm with its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +167,30 @@ impl AlgoConfig {
             AlgoConfig::Sparseloco(c) => Box::new(Sparseloco::new(*c, params)?),
             AlgoConfig::Streaming(c) => Box::new(Streaming::new(*c, params)?),
         })
+    }
+
+    /// Builds the optimizer of a Byzantine worker that mounts `attack` (see
+    /// [`crate::byzantine`]): for testing defences only.
+    pub fn build_byzantine(
+        &self,
+        params: &ParamSet,
+        attack: Attack,
+        seed: u64,
+    ) -> Result<Box<dyn OuterOptimizer>> {
+        let config = match self {
+            AlgoConfig::Demo(c) => Some(c.compressor_config()),
+            AlgoConfig::Sparseloco(c) => Some(c.compressor_config()?),
+            _ => None,
+        };
+        let compressors = match config {
+            Some(config) => params
+                .shapes()
+                .iter()
+                .map(|shape| Compressor::new(config, shape))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(Box::new(Byzantine::new(self.build(params)?, attack, compressors, seed)))
     }
 }
 

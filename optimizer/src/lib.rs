@@ -21,6 +21,7 @@
 pub mod algorithm;
 #[cfg(test)]
 mod attacks;
+pub mod byzantine;
 pub mod config;
 pub mod device;
 pub mod error;

@@ -168,9 +168,20 @@ fn chaos_in(
     scenario: &str,
     algos: &str,
 ) -> (serde_json::Value, serde_json::Value, String, std::path::PathBuf) {
+    chaos_in_with(name, scenario, algos, &[])
+}
+
+/// [`chaos_in`] with more arguments.
+fn chaos_in_with(
+    name: &str,
+    scenario: &str,
+    algos: &str,
+    extra: &[&str],
+) -> (serde_json::Value, serde_json::Value, String, std::path::PathBuf) {
     let out = scratch(name);
-    let (ok, stdout, stderr) =
-        simulate(&out, &["--algos", algos, "--steps", "30", "--chaos", scenario]);
+    let mut args = vec!["--algos", algos, "--steps", "30", "--chaos", scenario];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = simulate(&out, &args);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let (clean, run) = (summary(&out.join("clean")), summary(&out.join(scenario)));
@@ -275,6 +286,32 @@ fn a_worker_joining_mid_run_catches_up_and_ends_identical() {
 }
 
 #[test]
+fn a_byzantine_worker_wrecks_a_plain_mean_and_is_rejected_by_robust_aggregation() {
+    // Undefended (the default mean): one worker in four scaling its update by 100 ruins
+    // the run, and the table says so.
+    let out = scratch("byzantine-mean");
+    let args = ["--algos", "diloco", "--steps", "30", "--chaos", "byzantine-scaled"];
+    let (ok, stdout, stderr) = simulate(&out, &args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("outside: byzantine-scaled (diloco)"), "{stdout}");
+    let (c, r) = (
+        &summary(&out.join("clean"))["algorithms"][0],
+        &summary(&out.join("byzantine-scaled"))["algorithms"][0],
+    );
+    assert!(loss(r) > 1.5 * loss(c), "{} vs clean {}", loss(r), loss(c));
+    assert_eq!(r["replicas_identical"], true, "wrecked, but wrecked alike");
+    // Defended: every round rejects the attacker's payload, and the run ends near the clean
+    // one (which ran with the same setting).
+    let (_, r, _, _) = chaos_in_with(
+        "byzantine-reject",
+        "byzantine-scaled",
+        "diloco",
+        &["--set", "aggregation=reject_outliers"],
+    );
+    assert_eq!(r["faults"]["payloads_rejected"], r["rounds_committed"], "{r}");
+}
+
+#[test]
 fn chaos_all_prints_one_row_per_scenario() {
     let out = scratch("chaos-all");
     let (ok, stdout, stderr) =
@@ -291,6 +328,9 @@ fn chaos_all_prints_one_row_per_scenario() {
         "slow-link",
         "coordinator-restart",
         "late-join",
+        "byzantine-scaled",
+        "byzantine-sign-flip",
+        "byzantine-noise",
     ];
     assert_eq!(names, expected);
     for name in expected {

@@ -15,10 +15,15 @@
 //! - `coordinator-restart`: the coordinator is killed at 0.3 C and restarted from its state
 //!   folder at 0.45 C, at the same address;
 //! - `late-join`: one more worker, in the next region of the placement, joins at 0.4 C.
+//!
+//! Adversaries (`byzantine-scaled`, `byzantine-sign-flip`, `byzantine-noise`): the last
+//! worker doctors every update it sends (see `meridian_optimizer::byzantine`); whether that
+//! hurts depends on the algorithm's `aggregation` setting (`--set aggregation=...`).
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use meridian_optimizer::byzantine::Attack;
 use meridian_simulate::{Change, Dur, GilbertElliott, Rate, Topology, Window};
 
 /// When the timed faults strike.
@@ -41,6 +46,12 @@ pub enum Chaos {
     CoordinatorRestart,
     /// A new worker joining mid-run.
     LateJoin,
+    /// A worker sending its updates scaled x100.
+    ByzantineScaled,
+    /// A worker sending its updates sign-flipped.
+    ByzantineSignFlip,
+    /// A worker sending noise of 2.5x its honest update's norm.
+    ByzantineNoise,
 }
 
 impl Chaos {
@@ -54,6 +65,9 @@ impl Chaos {
                 Chaos::SlowLink,
                 Chaos::CoordinatorRestart,
                 Chaos::LateJoin,
+                Chaos::ByzantineScaled,
+                Chaos::ByzantineSignFlip,
+                Chaos::ByzantineNoise,
             ],
             one => vec![one],
         }
@@ -69,6 +83,9 @@ impl Chaos {
             Chaos::WorkerRestart => "worker-restart",
             Chaos::CoordinatorRestart => "coordinator-restart",
             Chaos::LateJoin => "late-join",
+            Chaos::ByzantineScaled => "byzantine-scaled",
+            Chaos::ByzantineSignFlip => "byzantine-sign-flip",
+            Chaos::ByzantineNoise => "byzantine-noise",
         }
     }
 }
@@ -82,6 +99,8 @@ pub struct Schedule {
     pub coordinator_outage: Option<(Duration, Duration)>,
     /// A worker joins this long after the start.
     pub late_join: Option<Duration>,
+    /// (worker index, what it does to every update it sends).
+    pub byzantine: Option<(usize, Attack)>,
 }
 
 /// The process faults of `chaos` for a run with `workers` workers whose compute takes
@@ -116,6 +135,22 @@ pub fn schedule(chaos: Chaos, workers: usize, compute: Duration) -> Result<(Sche
         Chaos::LateJoin => {
             s.late_join = Some(at(0.4));
             format!("worker {workers} joins at t = {:.1} s", secs(0.4))
+        }
+        Chaos::ByzantineScaled | Chaos::ByzantineSignFlip | Chaos::ByzantineNoise => {
+            if workers < 2 {
+                bail!("--chaos {} needs at least 2 workers", chaos.name());
+            }
+            let (attack, what) = match chaos {
+                Chaos::ByzantineScaled => (Attack::Scaled, "scaled x100"),
+                Chaos::ByzantineSignFlip => (Attack::SignFlipped, "sign-flipped"),
+                _ => (Attack::Noise, "replaced by noise of 2.5x their norm"),
+            };
+            let attacker = workers - 1;
+            s.byzantine = Some((attacker, attack));
+            format!(
+                "worker {attacker} sends every update {what} (defence: the algorithm's \
+                 aggregation setting)"
+            )
         }
         _ => bail!("{} is not a process fault", chaos.name()),
     };

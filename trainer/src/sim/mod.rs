@@ -531,6 +531,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
                 .filter(|o| o.0 == index)
                 .map(|o| (o.1, o.2))
                 .collect(),
+            attack: plan.schedule.byzantine.filter(|b| b.0 == index).map(|b| b.1),
         })
         .collect();
     if let (Some(at), Some(region)) = (plan.schedule.late_join, &plan.late_region) {
@@ -539,6 +540,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
             region: region.clone(),
             joins_at: Some(at),
             outages: vec![],
+            attack: None,
         });
     }
     let mut tasks = Vec::new();
@@ -604,7 +606,9 @@ fn summarize(
             workers_rejoined: tally.rejoined,
             worker_restarts: outcomes.iter().map(|o| o.restarts).sum(),
             coordinator_restarts: tally.restarts,
-            payloads_rejected: tally.rejected + outcomes.iter().map(|o| o.rejected).sum::<u64>(),
+            // Every replica rejects the same payloads: count them once.
+            payloads_rejected: tally.rejected
+                + outcomes.iter().map(|o| o.rejected).max().unwrap_or(0),
         },
         workers: outcomes
             .iter()

@@ -65,7 +65,7 @@ pub struct FaultTally {
     /// Coordinator processes killed and restarted.
     pub coordinator_restarts: u64,
     /// Frames, connections and payloads refused by the coordinator, plus payloads the
-    /// workers' outer optimizers rejected.
+    /// workers' outer optimizers rejected (every replica rejects the same: counted once).
     pub payloads_rejected: u64,
 }
 

@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use meridian_comm::node::{WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 use meridian_comm::protocol::Topology as Route;
 use meridian_comm::quic::{JoinString, NodeIdentity, TransportTuning};
+use meridian_optimizer::byzantine::Attack;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::solo::{SoloStep, SoloWorker};
 use meridian_optimizer::train_step::TrainStep;
@@ -94,6 +95,8 @@ pub struct Life {
     pub joins_at: Option<Duration>,
     /// (killed at, restarted at), in order.
     pub outages: Vec<(Duration, Duration)>,
+    /// It doctors every update it sends.
+    pub attack: Option<Attack>,
 }
 
 /// What one worker did over its life.
@@ -187,7 +190,7 @@ pub async fn live(ctx: Rc<Ctx>, life: Life, mut first: Option<Joined>) -> Result
             Some(joined) => joined,
             None => join(&ctx, &life, incarnation).await?,
         };
-        let solo = build_worker(&ctx, node.member())?;
+        let solo = build_worker(&ctx, node.member(), life.attack)?;
         if ctx.route == Route::Ring {
             let ring = solo.outer.ring(&solo.params).with_context(|| {
                 format!(
@@ -239,14 +242,17 @@ async fn welcome(node: &mut WorkerNode) -> Result<bool> {
 
 /// A fresh worker process's trainer for `member`: the model from the seed, its data shard
 /// (members beyond the starting ones read a shard again, in another order).
-fn build_worker(ctx: &Ctx, member: u32) -> Result<SoloWorker<LmWorker>> {
+fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWorker<LmWorker>> {
     let model = build_model(&ctx.config.model, ctx.corpus.vocab(), ctx.seed)?;
     let batch = ctx.config.data.batch as usize;
     let order = ctx.seed.wrapping_add(u64::from(member / ctx.shards));
     let shard = ctx.split.shard(member % ctx.shards, ctx.shards, order, batch)?;
     let lm = LmWorker::new(model, ctx.config.inner, shard, ctx.validation.clone(), ctx.steps)?;
-    let algo = ctx.algo.clone();
-    Ok(SoloWorker::new(member, lm, |p| algo.build(p))?)
+    let (algo, seed) = (ctx.algo.clone(), ctx.seed);
+    Ok(match attack {
+        Some(attack) => SoloWorker::new(member, lm, |p| algo.build_byzantine(p, attack, seed))?,
+        None => SoloWorker::new(member, lm, |p| algo.build(p))?,
+    })
 }
 
 /// The body of one worker incarnation's coroutine: train until `ctx.steps` steps are done.
