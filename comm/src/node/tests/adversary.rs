@@ -8,7 +8,7 @@ use crate::protocol::{
 use crate::quic::{self, NodeIdentity, QuicError, RefusalCode};
 use crate::wire::{FrameCodec, FrameKind};
 
-const MAX_FRAME: usize = 64 * 1024;
+const MAX_FRAME: usize = SMALL_FRAME;
 
 /// Reads every frame the coordinator sends on `conn` until the connection ends; returns the
 /// bytes received and why it ended.
@@ -56,24 +56,8 @@ fn sort(events: Vec<CoordinatorNodeEvent>) -> Seen {
 #[test]
 fn without_the_secret_a_connection_can_neither_join_nor_publish_nor_read_payloads() {
     let rt = runtime();
-    let mut cfg = coordinator_config(2, Duration::from_millis(500));
-    cfg.max_frame = MAX_FRAME;
-    let mut node = {
-        let _guard = rt.enter();
-        CoordinatorNode::start(cfg).unwrap()
-    };
-    let join = node.join_string();
-    let progress: Vec<_> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let workers: Vec<_> = progress
-        .iter()
-        .enumerate()
-        .map(|(i, progress)| {
-            let mut cfg = worker_config(&join, &format!("w{i}"));
-            cfg.max_frame = MAX_FRAME;
-            let compute = Duration::from_millis(20);
-            spawn_worker(rt.handle(), cfg, App::default(), 6, compute, progress.clone())
-        })
-        .collect();
+    let (mut node, join, progress, workers) =
+        two_honest_workers(&rt, 2, Duration::from_millis(500), 6);
     // Strike while the run is under way: rounds keep opening after round 0.
     wait_until(EVENT_WAIT, "round 0 applied", || progress[0].load(Ordering::SeqCst) >= 1);
     let next = progress[0].load(Ordering::SeqCst);
@@ -150,22 +134,7 @@ fn a_payload_frame_replayed_after_its_round_committed_is_rejected() {
     let rt = runtime();
     // Three members: two honest workers and a raw client that publishes by hand, so that the
     // test holds the exact bytes of a frame it sent.
-    let mut cfg = coordinator_config(3, Duration::from_secs(5));
-    cfg.max_frame = MAX_FRAME;
-    let mut node = {
-        let _guard = rt.enter();
-        CoordinatorNode::start(cfg).unwrap()
-    };
-    let join = node.join_string();
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let mut cfg = worker_config(&join, &format!("w{i}"));
-            cfg.max_frame = MAX_FRAME;
-            let progress = Arc::new(AtomicU64::new(0));
-            let compute = Duration::from_millis(20);
-            spawn_worker(rt.handle(), cfg, App::default(), UNTIL, compute, progress)
-        })
-        .collect();
+    let (mut node, join, _, workers) = two_honest_workers(&rt, 3, Duration::from_secs(5), UNTIL);
 
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
     let msg =

@@ -5,7 +5,7 @@ use crate::protocol::{PeerInfo, ToCoordinator, ToWorker};
 use crate::quic::{self, NodeIdentity};
 use crate::wire::{FrameCodec, FrameKind};
 
-const MAX_FRAME: usize = 64 * 1024;
+const MAX_FRAME: usize = SMALL_FRAME;
 
 /// Reads frames until a Welcome arrives; returns the member id in it.
 async fn welcome(conn: &quinn::Connection, codec: &FrameCodec) -> MemberId {
@@ -28,21 +28,7 @@ async fn welcome(conn: &quinn::Connection, codec: &FrameCodec) -> MemberId {
 #[test]
 fn tampered_malformed_and_oversized_frames_are_rejected_and_the_connection_serves_on() {
     let rt = runtime();
-    let mut cfg = coordinator_config(2, Duration::from_millis(500));
-    cfg.max_frame = MAX_FRAME;
-    let mut node = {
-        let _guard = rt.enter();
-        CoordinatorNode::start(cfg).unwrap()
-    };
-    let join = node.join_string();
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let mut cfg = worker_config(&join, &format!("w{i}"));
-            cfg.max_frame = MAX_FRAME;
-            let progress = Arc::new(AtomicU64::new(0));
-            spawn_worker(rt.handle(), cfg, App::default(), 7, Duration::from_millis(20), progress)
-        })
-        .collect();
+    let (mut node, join, _, workers) = two_honest_workers(&rt, 2, Duration::from_millis(500), 7);
 
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
     let join_msg =

@@ -211,6 +211,40 @@ fn drive(
 }
 
 /// A worker on its own thread: connects, runs to `until`, leaves. Returns its app.
+/// The largest frame of the hostile-peer tests: small, so oversized frames are cheap.
+const SMALL_FRAME: usize = 64 * 1024;
+
+/// A relay coordinator for `members` members (fixed `deadline`) and two honest workers,
+/// `w0` and `w1`, that train until round `until` with 20 ms steps; frames are capped at
+/// [`SMALL_FRAME`]. Returns the node, its join string, the workers' progress counters and
+/// their threads.
+fn two_honest_workers(
+    rt: &tokio::runtime::Runtime,
+    members: usize,
+    deadline: Duration,
+    until: Round,
+) -> (CoordinatorNode, JoinString, Vec<Arc<AtomicU64>>, Vec<JoinHandle<App>>) {
+    let mut cfg = coordinator_config(members, deadline);
+    cfg.max_frame = SMALL_FRAME;
+    let node = {
+        let _guard = rt.enter();
+        CoordinatorNode::start(cfg).unwrap()
+    };
+    let join = node.join_string();
+    let progress: Vec<_> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let workers = progress
+        .iter()
+        .enumerate()
+        .map(|(i, progress)| {
+            let mut cfg = worker_config(&join, &format!("w{i}"));
+            cfg.max_frame = SMALL_FRAME;
+            let compute = Duration::from_millis(20);
+            spawn_worker(rt.handle(), cfg, App::default(), until, compute, progress.clone())
+        })
+        .collect();
+    (node, join, progress, workers)
+}
+
 fn spawn_worker(
     rt: &tokio::runtime::Handle,
     cfg: WorkerNodeConfig,
