@@ -89,9 +89,11 @@
 //! its state with [`WorkerProto::provide_state`] (a `State` frame whose header names the
 //! round; there is no separate upload message). The coordinator caches the latest
 //! snapshot, relays it with the commits after it, and the newcomer replays those and
-//! joins rounds from the next boundary. A slow or vanished provider is replaced after
-//! `snapshot_timeout` by the next live member. Nobody waits for it: rounds keep committing meanwhile. A worker that gets
-//! stuck later (commits it cannot obtain payloads for) asks for state with `StateWanted`.
+//! joins rounds from the next boundary (a member of the open round, back from a crash
+//! during it, is sent the `RoundOpen` again and may still deliver). A slow or vanished
+//! provider is replaced after `snapshot_timeout` by the next live member. Nobody waits for
+//! it: rounds keep committing meanwhile. A worker that gets stuck later (commits it cannot
+//! obtain payloads for) asks for state with `StateWanted`.
 //!
 //! # Restarts
 //! The coordinator's [`CoordinatorState`] (ids and names, recent commits, deadline
@@ -102,7 +104,10 @@
 //! coordinator that restarted holds no payloads: when one is fetched it asks the author to
 //! upload it again (`Reupload`). The driver saves the state on
 //! [`CoordinatorEvent::RoundCommitted`], before it sends that round's commits; workers that
-//! claim a round the restored coordinator never committed are refused.
+//! claim a round the restored coordinator never committed are refused. (The node layer
+//! derives QUIC's stateless-reset and connection-id keys from the coordinator's identity,
+//! so its workers learn of the restart from their next packet, well within
+//! `rejoin_grace`.)
 //!
 //! # Limits
 //! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`]; payloads and

@@ -6,7 +6,8 @@
 //! a later one). The latest upload is cached, so members that need state later are served
 //! at once as long as the commits after it are still remembered for replay; otherwise a
 //! fresh snapshot is requested. A member that gets state becomes live: it replays the
-//! commits after the snapshot and joins rounds from the next boundary.
+//! commits after the snapshot and joins rounds from the next boundary, or, when it belongs
+//! to the open round (it died during it), is told the round is open and may deliver to it.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
