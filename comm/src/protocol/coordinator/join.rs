@@ -70,8 +70,10 @@ impl Coordinator {
         if let Some(old) = superseded {
             self.conns.remove(&old);
             self.refuse(old, RefuseReason::Superseded);
-            // The old connection's process is gone (or about to be): it was lost.
+            // The old connection's process is gone (or about to be): it was lost, and with
+            // it any part it had in the open round's ring.
             self.events.push_back(Event::Left { member: id, graceful: false });
+            self.ring_member_lost(now, id);
         }
         self.conns.insert(conn, id);
         info!(member = id, %name, ?last_applied, need_state, "member joined");

@@ -276,6 +276,13 @@ impl Net {
         }
     }
 
+    /// The worker process dies silently (its host went dark): the coordinator is not told;
+    /// it finds out when the worker's next process joins under the same name.
+    pub fn vanish_worker(&mut self, i: usize) {
+        self.nodes[i].proto = None;
+        self.nodes[i].app.publish_at = None;
+    }
+
     /// The worker restarts, keeping its application state (`keep_state`) or not.
     pub fn restart_worker(&mut self, i: usize, keep_state: bool) {
         let mut config = self.worker_config.clone();

@@ -271,6 +271,26 @@ fn a_restarted_member_fetches_missed_ring_aggregates_from_its_peers() {
 }
 
 #[test]
+fn a_member_that_dies_silently_and_returns_within_its_ring_round_makes_it_fall_back() {
+    // Its ring state died with it: once its new process joins, the ring cannot finish, so
+    // the round falls back to relay at once; the member, current again after a peer's
+    // state, uploads its payload and the round commits with everyone, long before its
+    // deadline.
+    let mut config = coordinator_config(Topology::Ring, 3);
+    config.deadline = crate::protocol::DeadlinePolicy::Fixed(Duration::from_secs(600));
+    let mut net = Net::ring(config, worker_config(), 3, Arc::new(F32Sum));
+    net.connect_all();
+    assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(0)));
+    net.vanish_worker(2);
+    net.restart_worker(2, false);
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(2)), "waited");
+    assert!(fell_back(&net, 1));
+    let members: Vec<MemberId> = commit(&net, 1).0.iter().map(|d| d.member).collect();
+    assert_eq!(members, vec![0, 1, 2]);
+    net.check_consistency();
+}
+
+#[test]
 fn a_ring_commit_must_name_its_aggregate_for_every_member() {
     let mut net = ring_net(2, 2);
     assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(0)));
