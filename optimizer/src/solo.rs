@@ -180,6 +180,15 @@ impl<S: TrainStep> SoloWorker<S> {
         Ok(())
     }
 
+    /// The step (from the current one on) at which the next exchange happens, if one does
+    /// within 2^20 steps.
+    pub fn next_exchange(&self) -> Option<u64> {
+        (self.step..self.step.saturating_add(1 << 20)).find(|&s| {
+            self.outer.exchange_due(Phase::AfterBackward, s)
+                || self.outer.exchange_due(Phase::AfterInnerStep, s)
+        })
+    }
+
     /// Replays round `round`, which the others trained for while this worker was away:
     /// applies its committed payloads and moves the step counter past the step at which
     /// the round's exchange happens, as if this worker had trained through it.
@@ -189,14 +198,9 @@ impl<S: TrainStep> SoloWorker<S> {
 
     /// [`SoloWorker::replay_committed`] for payloads or a ring aggregate.
     pub fn replay_round(&mut self, round: u64, committed: &Committed) -> Result<SoloExchange> {
-        let at = (self.step..self.step.saturating_add(1 << 20))
-            .find(|&s| {
-                self.outer.exchange_due(Phase::AfterBackward, s)
-                    || self.outer.exchange_due(Phase::AfterInnerStep, s)
-            })
-            .ok_or_else(|| {
-                crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
-            })?;
+        let at = self.next_exchange().ok_or_else(|| {
+            crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
+        })?;
         let x = self.apply_round(round, committed)?;
         // An exchange after the backward pass hands over the gradient: the replica moves
         // only once the inner optimizer steps with it, as it did on every live worker.

@@ -209,8 +209,12 @@ pub fn drive(
         if pending.state.is_some() {
             continue;
         }
-        // Rounds committed after that state (or while this worker waited): replay them.
-        while let Some(committed) = pending.ready.remove(&w.rounds_done()) {
+        // Rounds committed after that state (or while this worker waited): replay them, as
+        // far as this worker's own steps go. A round committed after the last exchange of
+        // the run (empty: nobody had anything left to send) is not this worker's to apply:
+        // for DDP or DeMo it would still move the parameters.
+        while w.next_exchange().is_some_and(|at| at < steps) {
+            let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
             let exchange = w.replay_round(w.rounds_done(), &committed)?;
             observer.round_applied(&AppliedRound { exchange, replayed: true });
         }
@@ -350,6 +354,24 @@ mod tests {
             let (hb, ha) = (b.outer.consensus_hash(&b.params), a.outer.consensus_hash(&a.params));
             assert_eq!(hb.unwrap(), ha.unwrap(), "{algorithm}: the newcomer diverged");
         }
+    }
+
+    #[test]
+    fn a_round_committed_after_the_runs_last_exchange_is_not_applied() {
+        // DDP over 6 steps: rounds 0..=5. An empty round 6 (the coordinator opened it and
+        // nobody delivered) arrives with round 5's commit: applying it would move DDP's
+        // parameters by a momentum step the others never took.
+        let run = |extra: bool| {
+            let mut w = crate::testing::tiny_worker(0, Algorithm::Ddp, &[]);
+            let mut link = Solo::default();
+            if extra {
+                link.after.insert(5, vec![NetEvent::RoundReady { round: 6, payloads: vec![] }]);
+            }
+            drive(&mut w, &mut link, 6, false, |_: &AppliedRound| {}).unwrap();
+            (w.rounds_done(), w.outer.consensus_hash(&w.params).unwrap())
+        };
+        assert_eq!(run(true), run(false));
+        assert_eq!(run(true).0, 6);
     }
 
     #[test]

@@ -110,9 +110,10 @@ pub struct Outcome {
     pub rounds: u64,
     /// Rounds its final state includes (taken from a peer's state or applied).
     pub rounds_done: u64,
-    /// (round, members whose payloads it took: applied or rejected) for every round it
-    /// applied, in order.
-    pub applied: Vec<(u64, Vec<u32>)>,
+    /// (incarnation, round, members whose payloads it took: applied or rejected) for every
+    /// round it applied, in order. A restarted process starts from a peer's state and may
+    /// apply again a round its dead predecessor had applied.
+    pub applied: Vec<(u64, u64, Vec<u32>)>,
     /// Payloads its outer optimizer rejected (failed validation or robust aggregation).
     pub rejected: u64,
     /// Times it was killed and restarted.
@@ -141,7 +142,8 @@ pub struct Outcome {
 struct Tally {
     rounds: u64,
     rejected: u64,
-    applied: Vec<(u64, Vec<u32>)>,
+    incarnation: u64,
+    applied: Vec<(u64, u64, Vec<u32>)>,
     losses: Vec<f64>,
     initial_val_loss: Option<f64>,
 }
@@ -222,6 +224,7 @@ pub async fn live(ctx: Rc<Ctx>, life: Life, mut first: Option<Joined>) -> Result
                 drop(node);
                 tracing::info!(worker = %name, "worker killed (simulated fault)");
                 incarnation += 1;
+                tally.borrow_mut().incarnation = incarnation;
                 if let Some(&(_, back)) = outage {
                     tokio::time::sleep_until(ctx.at(back)).await;
                 }
@@ -325,7 +328,8 @@ impl DriveObserver for &mut Observer<'_, '_> {
         let mut members: Vec<u32> = ex.applied.clone();
         members.extend(ex.rejected.iter().map(|(m, _)| *m));
         members.sort_unstable();
-        tally.applied.push((ex.round, members));
+        let incarnation = tally.incarnation;
+        tally.applied.push((incarnation, ex.round, members));
         if let Some(sent) = self.ctx.sent.borrow_mut().get_mut(self.index) {
             *sent = self.bytes.sent.get();
         }
@@ -381,10 +385,11 @@ pub fn check_commits(
     }
     for o in outcomes {
         let w = o.member;
-        if let Some(p) = o.applied.windows(2).find(|p| p[1].0 <= p[0].0) {
-            bail!("worker {w} applied round {} after round {}", p[1].0, p[0].0);
+        // Within one process, rounds are applied once each, in order.
+        if let Some(p) = o.applied.windows(2).find(|p| p[1].0 == p[0].0 && p[1].1 <= p[0].1) {
+            bail!("worker {w} applied round {} after round {}", p[1].1, p[0].1);
         }
-        for (round, members) in &o.applied {
+        for (_, round, members) in &o.applied {
             match committed.get(round) {
                 Some(c) if c == members => {}
                 Some(c) => bail!(
