@@ -168,6 +168,8 @@ struct Plan {
     eval_every: u64,
     seed: u64,
     tokens_per_step: u64,
+    /// The model's context length (tokens per sequence).
+    context: usize,
 }
 
 /// The run's fixed parts, shared by every scenario.
@@ -182,6 +184,7 @@ struct Setup {
     parameters: i64,
     model: String,
     tokens_per_step: u64,
+    context: usize,
     links: Vec<String>,
 }
 
@@ -331,6 +334,7 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         parameters,
         model: probe.describe(),
         tokens_per_step,
+        context: probe.context() as usize,
         links,
     })
 }
@@ -387,6 +391,7 @@ fn run_scenario(
         eval_every: args.eval_every.unwrap_or((setup.steps / 20).max(1)).max(1),
         seed: args.seed,
         tokens_per_step: setup.tokens_per_step,
+        context: setup.context,
     };
     let mut algorithms = Vec::new();
     for algo in &plan.config.algos {
@@ -486,12 +491,10 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
             .progress_chars("=> "),
     );
     progress.set_prefix(algo.algorithm().to_string());
-    let probe = build_model(&plan.config.model, plan.corpus.vocab(), plan.seed)?;
-    let split = Split::new(plan.corpus.clone(), probe.context() as usize)?;
+    let split = Split::new(plan.corpus.clone(), plan.context)?;
     let batch = plan.config.data.batch as usize;
     let validation: Rc<Vec<(Tensor, Tensor)>> =
         Rc::new(split.validation(batch, plan.config.data.eval_batches as usize));
-    drop(probe);
     let total = n + usize::from(plan.late_region.is_some());
     let ctx = Rc::new(worker::Ctx {
         start,
