@@ -122,8 +122,9 @@ pub struct SimulateArgs {
     /// Put the run through a fault, after a clean run to compare with: a 30 s partition
     /// between two continents that heals, a link whose bandwidth drops 10x, 5% bursty loss
     /// (each between the coordinator's region and worker 1's), a worker killed and restarted
-    /// twice, the coordinator killed and restarted from its state, a worker joining late;
-    /// or all of them, with a table.
+    /// twice, the coordinator killed and restarted from its state, a worker joining late, a
+    /// Byzantine worker (defend with --set aggregation=clip_median, trimmed_mean or
+    /// reject_outliers); or all of them, with a table.
     #[arg(long, value_enum)]
     pub chaos: Option<chaos::Chaos>,
     /// The loss "time to target" refers to (default: the lowest every algorithm reached).
