@@ -48,6 +48,8 @@ pub struct DdpConfig {
     pub outlier_factor: f64,
     /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
     /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
+    /// One step's gradient on a small batch can point away from the others' honestly: on
+    /// noisy gradients this test also rejects honest members now and then.
     pub min_cosine: f64,
 }
 
