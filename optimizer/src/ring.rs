@@ -149,6 +149,18 @@ impl DenseRing {
         Self { algorithm, shapes, transport }
     }
 
+    /// The ring of a dense algorithm whose members' updates combine by `robust`: only the
+    /// plain mean, since a ring hands every replica the sum and robust modes need each
+    /// member's update.
+    pub fn for_mean(
+        algorithm: Algorithm,
+        robust: &crate::robust::Robust,
+        params: &crate::params::ParamSet,
+        transport: Transport,
+    ) -> Option<Self> {
+        robust.is_mean().then(|| Self::new(algorithm, params.shapes().to_vec(), transport))
+    }
+
     fn numel(&self) -> usize {
         self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }

@@ -186,10 +186,7 @@ impl OuterOptimizer for Ddp {
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        // A ring hands every replica only the sum: robust modes need each member's update.
-        self.config.robust().is_mean().then(|| {
-            DenseRing::new(Algorithm::Ddp, params.shapes().to_vec(), self.config.transport)
-        })
+        DenseRing::for_mean(Algorithm::Ddp, &self.config.robust(), params, self.config.transport)
     }
 
     fn apply_aggregate(

@@ -319,10 +319,7 @@ impl OuterOptimizer for Diloco {
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        // A ring hands every replica only the sum: robust modes need each member's update.
-        self.config.robust().is_mean().then(|| {
-            DenseRing::new(Algorithm::Diloco, params.shapes().to_vec(), self.config.transport)
-        })
+        DenseRing::for_mean(Algorithm::Diloco, &self.config.robust(), params, self.config.transport)
     }
 
     fn apply_aggregate(
