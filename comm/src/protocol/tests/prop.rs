@@ -12,6 +12,34 @@ use super::{coordinator_config, worker_config};
 use crate::protocol::ring::testing::F32Sum;
 use crate::protocol::{CoordinatorState, PeerMessage, ToCoordinator, ToWorker, Topology};
 
+/// The schedule the fault tests share: `drop` and `dup` rates, up to `jitter_ms` of jitter
+/// and `compute_ms` per step; 6 s of running, then (with `crash` = (worker, keeps its state))
+/// a crash and a restart 2 s later; 10 s more; then every replica is checked.
+fn shake(
+    net: &mut Net,
+    drop: f64,
+    dup: f64,
+    jitter_ms: u64,
+    compute_ms: u64,
+    crash: Option<(usize, bool)>,
+) {
+    net.faults.drop = drop;
+    net.faults.dup = dup;
+    net.faults.jitter = Duration::from_millis(jitter_ms);
+    for node in &mut net.nodes {
+        node.app.compute = Duration::from_millis(compute_ms);
+    }
+    net.connect_all();
+    net.run_for(Duration::from_secs(6));
+    if let Some((i, keep_state)) = crash {
+        net.crash_worker(i);
+        net.run_for(Duration::from_secs(2));
+        net.restart_worker(i, keep_state);
+    }
+    net.run_for(Duration::from_secs(10));
+    net.check_consistency();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
@@ -28,21 +56,7 @@ proptest! {
     ) {
         let topology = if allgather { Topology::AllGather } else { Topology::Relay };
         let mut net = Net::new(coordinator_config(topology, 2), worker_config(), workers, seed);
-        net.faults.drop = drop;
-        net.faults.dup = dup;
-        net.faults.jitter = Duration::from_millis(jitter_ms);
-        for node in &mut net.nodes {
-            node.app.compute = Duration::from_millis(compute_ms);
-        }
-        net.connect_all();
-        net.run_for(Duration::from_secs(6));
-        if let Some(i) = crash {
-            net.crash_worker(i);
-            net.run_for(Duration::from_secs(2));
-            net.restart_worker(i, seed % 2 == 0);
-        }
-        net.run_for(Duration::from_secs(10));
-        net.check_consistency();
+        shake(&mut net, drop, dup, jitter_ms, compute_ms, crash.map(|i| (i, seed % 2 == 0)));
     }
 
     #[test]
@@ -58,18 +72,7 @@ proptest! {
     ) {
         let topology = if allgather { Topology::AllGather } else { Topology::Relay };
         let mut net = Net::new(coordinator_config(topology, 2), worker_config(), workers, seed);
-        net.faults.dup = dup;
-        net.faults.jitter = Duration::from_millis(jitter_ms);
-        for node in &mut net.nodes {
-            node.app.compute = Duration::from_millis(compute_ms);
-        }
-        net.connect_all();
-        net.run_for(Duration::from_secs(6));
-        net.crash_worker(crash);
-        net.run_for(Duration::from_secs(2));
-        net.restart_worker(crash, keep_state);
-        net.run_for(Duration::from_secs(10));
-        net.check_consistency();
+        shake(&mut net, 0.0, dup, jitter_ms, compute_ms, Some((crash, keep_state)));
         let applied: Vec<u64> = net.nodes.iter().map(|n| n.app.applied.unwrap_or(0)).collect();
         let newest = applied.iter().copied().max().unwrap_or(0);
         prop_assert!(newest >= 8, "the run progressed: {:?}", applied);
@@ -94,21 +97,7 @@ proptest! {
             Arc::new(F32Sum),
         );
         net.rng = Rng::new(seed);
-        net.faults.drop = drop;
-        net.faults.dup = dup;
-        net.faults.jitter = Duration::from_millis(jitter_ms);
-        for node in &mut net.nodes {
-            node.app.compute = Duration::from_millis(compute_ms);
-        }
-        net.connect_all();
-        net.run_for(Duration::from_secs(6));
-        if let Some(i) = crash {
-            net.crash_worker(i);
-            net.run_for(Duration::from_secs(2));
-            net.restart_worker(i, seed % 2 == 0);
-        }
-        net.run_for(Duration::from_secs(10));
-        net.check_consistency();
+        shake(&mut net, drop, dup, jitter_ms, compute_ms, crash.map(|i| (i, seed % 2 == 0)));
         if drop == 0.0 {
             let newest = net.nodes.iter().filter_map(|n| n.app.applied).max().unwrap_or(0);
             prop_assert!(newest >= 6, "the run progressed to {newest}");
