@@ -17,12 +17,17 @@ async fn socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// A proxy from a fresh port to `server`.
-async fn proxy(server: &UdpSocket, up: LinkSpec, down: LinkSpec) -> Proxy {
+/// A quiet proxy's settings, from a fresh port to `server`.
+fn config(server: &UdpSocket, up: LinkSpec, down: LinkSpec) -> ProxyConfig {
     let mut cfg =
         ProxyConfig::new("127.0.0.1:0".parse().unwrap(), server.local_addr().unwrap(), up, down);
     cfg.report_every = None;
-    Proxy::start(cfg).await.unwrap()
+    cfg
+}
+
+/// A proxy from a fresh port to `server`.
+async fn proxy(server: &UdpSocket, up: LinkSpec, down: LinkSpec) -> Proxy {
+    Proxy::start(config(server, up, down)).await.unwrap()
 }
 
 async fn recv(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
@@ -108,13 +113,7 @@ fn a_rate_limit_spreads_a_burst_over_its_serialization_time() {
 fn each_client_gets_its_own_mapping_and_idle_ones_expire() {
     rt().block_on(async {
         let server = socket().await;
-        let mut cfg = ProxyConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            server.local_addr().unwrap(),
-            LinkSpec::default(),
-            LinkSpec::default(),
-        );
-        cfg.report_every = None;
+        let mut cfg = config(&server, LinkSpec::default(), LinkSpec::default());
         cfg.idle_timeout = 100 * MS;
         let p = Proxy::start(cfg).await.unwrap();
         let (a, b) = (socket().await, socket().await);
@@ -150,13 +149,7 @@ fn each_client_gets_its_own_mapping_and_idle_ones_expire() {
 fn clients_beyond_the_limit_are_refused() {
     rt().block_on(async {
         let server = socket().await;
-        let mut cfg = ProxyConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            server.local_addr().unwrap(),
-            LinkSpec::default(),
-            LinkSpec::default(),
-        );
-        cfg.report_every = None;
+        let mut cfg = config(&server, LinkSpec::default(), LinkSpec::default());
         cfg.max_clients = 1;
         let p = Proxy::start(cfg).await.unwrap();
         let (a, b) = (socket().await, socket().await);
