@@ -13,11 +13,11 @@ use std::sync::{Arc, Once};
 
 use meridian_kernels::cuda::{CudaBackend, CudaCompressor};
 use meridian_kernels::pipeline::{Compressed, Compressor, CompressorConfig};
-use meridian_kernels::Sparse;
+use meridian_kernels::{feedback, Sparse};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{OptimizerError, Result};
-use crate::view::{with_f32, with_f32_mut};
+use crate::view::{with_f32, with_f32_mut, with_host_f32, with_host_f32_mut};
 
 /// The kernels a tensor's compression runs on.
 #[derive(Debug, Clone)]
@@ -135,6 +135,58 @@ impl TensorCompressor {
     }
 }
 
+/// Fails on the first non-finite element of `t` (f32, any device) with the CPU check's
+/// error: on the device for a CUDA tensor, in place for a CPU one, through a host copy
+/// otherwise.
+pub fn check_finite(name: &str, what: &'static str, t: &Tensor) -> Result<()> {
+    if let Backend::Cuda(b) = backend_for(t) {
+        let t = device_f32(name, t)?;
+        // SAFETY: a contiguous f32 CUDA tensor of `numel` elements, alive for the call,
+        // which waits for its kernel.
+        return Ok(unsafe { b.check_finite(what, t.data_ptr() as u64, t.numel()) }?);
+    }
+    with_host_f32(name, t, |x| meridian_kernels::error::check_finite(what, x))?.map_err(Into::into)
+}
+
+/// Error feedback's accumulation, `error ← decay·error + update` with one fused
+/// multiply-add per element ([`meridian_kernels::feedback::accumulate`]), on `error`'s
+/// device: the CUDA kernel for a CUDA tensor, the CPU kernel otherwise. Both tensors must
+/// hold the same number of f32 values on one device; nothing changes on error.
+pub fn accumulate(name: &str, error: &mut Tensor, decay: f32, update: &Tensor) -> Result<()> {
+    if error.numel() != update.numel() || error.device() != update.device() {
+        return Err(OptimizerError::UnsupportedTensor {
+            name: name.to_owned(),
+            reason: format!(
+                "update of {} values on {:?} for a buffer of {} on {:?}",
+                update.numel(),
+                update.device(),
+                error.numel(),
+                error.device()
+            ),
+        });
+    }
+    if error.is_contiguous() && error.kind() == Kind::Float {
+        if let Backend::Cuda(b) = backend_for(error) {
+            let update = device_f32(name, update)?;
+            // SAFETY: both are contiguous f32 CUDA tensors of `numel` elements on one device,
+            // alive for the call; the kernel is ordered before any later LibTorch work on
+            // the default stream.
+            return Ok(unsafe {
+                b.accumulate(
+                    error.data_ptr() as u64,
+                    decay,
+                    update.data_ptr() as u64,
+                    error.numel(),
+                )
+            }?);
+        }
+    }
+    with_host_f32(name, update, |u| {
+        with_host_f32_mut(name, error, |e| feedback::accumulate(e, decay, u))
+    })???;
+    Ok(())
+}
+
 /// `t` as a contiguous f32 CUDA tensor (a copy only when it is not one already).
 fn device_f32(name: &str, t: &Tensor) -> Result<Tensor> {
     if t.kind() != Kind::Float {
@@ -169,6 +221,29 @@ mod tests {
             with_f32_mut("t", &mut b, |x| plain.subtract_sent(x, &want.sent)).unwrap().unwrap();
             assert!(a.equal(&b));
         }
+    }
+
+    #[test]
+    fn accumulate_and_check_finite_match_the_kernels_and_refuse_mismatches() {
+        let e0 = Tensor::randn([300], (Kind::Float, Device::Cpu));
+        let u = Tensor::randn([300], (Kind::Float, Device::Cpu));
+        let mut e = e0.copy();
+        accumulate("e", &mut e, 0.95, &u).unwrap();
+        let mut want = Vec::<f32>::try_from(&e0).unwrap();
+        feedback::accumulate(&mut want, 0.95, &Vec::<f32>::try_from(&u).unwrap()).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&e).unwrap(), want);
+        // A poisoned update is refused before the buffer changes.
+        let bad = u.copy();
+        let _ = bad.get(7).fill_(f64::NAN);
+        let before = e.copy();
+        let err = accumulate("e", &mut e, 0.95, &bad).unwrap_err().to_string();
+        assert!(err.contains("index 7"), "{err}");
+        assert!(e.equal(&before));
+        let err = check_finite("g", "gradient", &bad).unwrap_err().to_string();
+        assert!(err.contains("gradient") && err.contains("index 7"), "{err}");
+        check_finite("g", "gradient", &u).unwrap();
+        let short = Tensor::zeros([299], (Kind::Float, Device::Cpu));
+        assert!(accumulate("e", &mut e, 0.95, &short).is_err());
     }
 
     #[test]

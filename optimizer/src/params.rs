@@ -1,26 +1,28 @@
 //! The parameters an outer optimizer works on: named tch tensors in a canonical order.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{OptimizerError, Result};
-use crate::view::{with_f32, with_f32_mut};
+use crate::view::{with_host_f32, with_host_f32_mut};
 
 /// A model's trainable parameters, sorted by name so that every worker enumerates them in
 /// the same order (payload segments refer to tensors by position in this order).
 ///
 /// The tensors share storage with the model: writing through a `ParamSet` changes the
-/// model. All must be contiguous f32 tensors on one device.
+/// model. All must be contiguous f32 tensors on one device, the CPU or a GPU: the outer
+/// optimizers keep their state on that device and pick kernels by it ([`crate::device`]).
 #[derive(Debug)]
 pub struct ParamSet {
     names: Vec<String>,
     tensors: Vec<Tensor>,
     shapes: Vec<Vec<usize>>,
+    device: Device,
 }
 
 impl ParamSet {
     /// Builds the set from `(name, tensor)` pairs in any order. Errors on duplicate names,
-    /// an empty list, or tensors a kernel cannot borrow (see [`crate::view`]).
+    /// an empty list, tensors that are not contiguous f32, or tensors on different devices.
     pub fn new(mut params: Vec<(String, Tensor)>) -> Result<Self> {
         if params.is_empty() {
             return Err(OptimizerError::Config("a model needs at least one parameter".into()));
@@ -32,13 +34,33 @@ impl ParamSet {
         let mut names = Vec::with_capacity(params.len());
         let mut tensors = Vec::with_capacity(params.len());
         let mut shapes = Vec::with_capacity(params.len());
+        let device = params[0].1.device();
         for (name, t) in params {
-            with_f32(&name, &t, |_| ())?;
+            let unsupported =
+                |reason: String| OptimizerError::UnsupportedTensor { name: name.clone(), reason };
+            if t.kind() != Kind::Float {
+                return Err(unsupported(format!("dtype {:?}, expected f32", t.kind())));
+            }
+            if !t.is_contiguous() {
+                return Err(unsupported("not contiguous".to_owned()));
+            }
+            if t.device() != device {
+                return Err(unsupported(format!(
+                    "on {:?} while {} is on {device:?}; a model's parameters share one device",
+                    t.device(),
+                    names.first().map_or("the first", String::as_str),
+                )));
+            }
             shapes.push(t.size().iter().map(|&d| d as usize).collect());
             names.push(name);
             tensors.push(t);
         }
-        Ok(Self { names, tensors, shapes })
+        Ok(Self { names, tensors, shapes, device })
+    }
+
+    /// The device every parameter lives on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Number of tensors.
@@ -148,15 +170,16 @@ pub fn hash_tensors(names: &[String], tensors: &[Tensor]) -> Result<u64> {
             h.update(&d.to_le_bytes());
         }
         let t = t.contiguous();
-        with_f32(name, &t, |s| h.update(bytemuck::cast_slice(s)))?;
+        with_host_f32(name, &t, |s| h.update(bytemuck::cast_slice(s)))?;
     }
     Ok(h.digest())
 }
 
-/// Runs `f` over parameter `t`'s elements, mutably, outside autograd.
+/// Runs `f` over parameter `t`'s elements, mutably, outside autograd (through a host copy
+/// when `t` is not on the CPU).
 pub fn with_param_mut<R>(name: &str, t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
     let mut handle = t.shallow_clone();
-    with_f32_mut(name, &mut handle, f)
+    with_host_f32_mut(name, &mut handle, f)
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub struct ToyConfig {
     pub clip: f64,
     /// Seed of the model's initial parameters and of the teacher (shared by all workers).
     pub model_seed: i64,
+    /// Where the model, its data and so the outer optimizer's state live. The data are
+    /// drawn on the CPU and moved, so every device trains on the same samples.
+    pub device: Device,
 }
 
 impl Default for ToyConfig {
@@ -48,6 +51,7 @@ impl Default for ToyConfig {
             weight_decay: 0.0,
             clip: 1.0,
             model_seed: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -87,7 +91,7 @@ impl ToyMlp {
         tch::manual_seed(cfg.model_seed);
         let w1 = Tensor::randn([cfg.inputs, 32], opts);
         let w2 = Tensor::randn([32, cfg.outputs], opts) * 0.5;
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(cfg.device);
         let root = vs.root();
         let net = nn::seq()
             .add(nn::linear(&root / "l1", cfg.inputs, cfg.hidden, Default::default()))
@@ -96,12 +100,13 @@ impl ToyMlp {
             .add_fn(|x| x.tanh())
             .add(nn::linear(&root / "l3", cfg.hidden, cfg.outputs, Default::default()));
         let eval_x = Tensor::randn([256, cfg.inputs], opts);
-        let eval = (teacher(&eval_x, &w1, &w2), eval_x);
+        let on = |t: Tensor| t.to_device(cfg.device);
+        let eval = (on(teacher(&eval_x, &w1, &w2)), on(eval_x));
         tch::manual_seed(cfg.model_seed.wrapping_add(1 + i64::from(worker)).wrapping_mul(7919));
         let data = (0..cfg.batches)
             .map(|_| {
                 let x = Tensor::randn([cfg.batch, cfg.inputs], opts);
-                (teacher(&x, &w1, &w2), x)
+                (on(teacher(&x, &w1, &w2)), on(x))
             })
             .collect();
         let opt =

@@ -25,7 +25,7 @@ use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload};
 use crate::ring::DenseRing;
 use crate::robust::{Aggregation, Robust};
-use crate::view::with_f32;
+use crate::view::with_host_f32;
 
 /// DDP's settings. The default is f32 gradients, what PyTorch's `DistributedDataParallel`
 /// all-reduces for an f32 model unless a compression hook (such as its bf16 hook) is set.
@@ -155,7 +155,7 @@ impl OuterOptimizer for Ddp {
         let mut segments = Vec::with_capacity(params.len());
         for (i, g) in params.grads().iter().enumerate() {
             let g = g.f_to_kind(Kind::Float)?.contiguous();
-            let seg = with_f32(&params.names()[i], &g, |v| {
+            let seg = with_host_f32(&params.names()[i], &g, |v| {
                 dense_segment(i as u32, &params.shapes()[i], v, self.config.transport)
             })??;
             segments.push(seg);

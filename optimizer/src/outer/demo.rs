@@ -16,16 +16,17 @@
 //! identically on every worker, exactly once per exchange.
 
 use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
-use meridian_kernels::error::check_finite;
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::QuantConfig;
 use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
-use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{
+    admit, decode_admitted, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+};
 use crate::algorithm::Algorithm;
-use crate::device::TensorCompressor;
+use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
@@ -150,6 +151,46 @@ fn sign(x: f32) -> f32 {
     }
 }
 
+/// `δ ← β·δ + lr·g` on host memory.
+fn momentum(delta: &mut [f32], beta: f32, lr: f32, g: &[f32]) {
+    for (d, &g) in delta.iter_mut().zip(g) {
+        *d = beta * *d + lr * g;
+    }
+}
+
+/// [`momentum`] as LibTorch operations on any device (the GPU path): the same three
+/// correctly rounded f32 operations per element, so the same bits as on the host.
+fn momentum_by_ops(delta: &mut Tensor, beta: f32, lr: f32, g: &Tensor) -> Result<()> {
+    let scaled = g.f_mul_scalar(f64::from(lr))?;
+    let _ = delta.f_mul_scalar_(f64::from(beta))?.f_add_(&scaled)?;
+    Ok(())
+}
+
+/// `θ ← θ·decay − lr·sign(u)` on host memory.
+fn sign_step(theta: &mut [f32], decay: f32, lr: f32, update: &[f32]) {
+    for (p, &u) in theta.iter_mut().zip(update) {
+        *p = *p * decay - lr * sign(u);
+    }
+}
+
+/// [`sign_step`] for a parameter on any device: `lr·sign(u)` is formed on the host (with
+/// this module's `sign`, whose zero is +0 where `torch.sign` keeps −0) and uploaded once;
+/// the multiply and subtract are single correctly rounded f32 operations on the device.
+fn sign_step_by_ops(
+    theta: &Tensor,
+    shape: &[usize],
+    decay: f32,
+    lr: f32,
+    update: &[f32],
+) -> Result<()> {
+    let step: Vec<f32> = update.iter().map(|&u| lr * sign(u)).collect();
+    let step = tensor_on(&step, shape, theta.device())?;
+    tch::no_grad(|| -> Result<()> {
+        let _ = theta.shallow_clone().f_mul_scalar_(f64::from(decay))?.f_sub_(&step)?;
+        Ok(())
+    })
+}
+
 /// One worker's DeMo state.
 #[derive(Debug)]
 pub struct Demo {
@@ -226,20 +267,18 @@ impl OuterOptimizer for Demo {
         // Refuse a non-finite gradient before touching any momentum, so a failed prepare
         // leaves the state as it was.
         for (name, g) in params.names().iter().zip(&grads) {
-            with_f32(name, g, |g| check_finite("gradient", g))??;
+            device::check_finite(name, "gradient", g)?;
         }
         let beta = self.config.momentum as f32;
         let lr = self.config.lr as f32;
         let mut segments = Vec::with_capacity(params.len());
         for (i, (name, g)) in params.names().iter().zip(&grads).enumerate() {
             let delta = &mut self.delta[i];
-            with_f32(name, g, |g| {
-                with_f32_mut(name, delta, |d| {
-                    for (d, &g) in d.iter_mut().zip(g) {
-                        *d = beta * *d + lr * g;
-                    }
-                })
-            })??;
+            if delta.device() == Device::Cpu {
+                with_f32(name, g, |g| with_f32_mut(name, delta, |d| momentum(d, beta, lr, g)))??;
+            } else {
+                momentum_by_ops(delta, beta, lr, g)?;
+            }
             let comp = &mut self.compressors[i];
             // On the delta's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
             let out = comp.compress(name, delta)?;
@@ -284,12 +323,12 @@ impl OuterOptimizer for Demo {
                     &mut self.update,
                 )?;
             }
-            let update = &self.update;
-            with_param_mut(&params.names()[i], &params.tensors()[i], |p| {
-                for (p, &g) in p.iter_mut().zip(update) {
-                    *p = *p * decay - lr * sign(g);
-                }
-            })?;
+            let (name, p) = (&params.names()[i], &params.tensors()[i]);
+            if p.device() == Device::Cpu {
+                with_param_mut(name, p, |p| sign_step(p, decay, lr, &self.update))?;
+            } else {
+                sign_step_by_ops(p, &params.shapes()[i], decay, lr, &self.update)?;
+            }
         }
         Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
     }
@@ -317,6 +356,40 @@ mod tests {
     use crate::train_step::TrainStep;
     use meridian_kernels::pipeline::Compressor;
     use meridian_kernels::rng::SplitMix64;
+
+    /// Values with every sign, zeros of both signs, tiny and large magnitudes.
+    fn awkward(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n)
+            .map(|i| match i % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::MIN_POSITIVE * rng.next_unit_f32(),
+                3 => 3.0e30 * (rng.next_unit_f32() - 0.5),
+                _ => rng.next_unit_f32() * 2.0 - 1.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gpu_paths_give_the_host_bits() {
+        // The device path (LibTorch operations) run on CPU tensors must give the host loop's
+        // bits, zeros' signs included; on a GPU the same operations are just as exact.
+        let (d0, g, u) = (awkward(1000, 1), awkward(1000, 2), awkward(1000, 3));
+        let (beta, lr, decay) = (0.999f32, 1e-3f32, 1.0 - 1e-3 * 0.1);
+        let mut want = d0.clone();
+        momentum(&mut want, beta, lr, &g);
+        let mut got = Tensor::from_slice(&d0);
+        momentum_by_ops(&mut got, beta, lr, &Tensor::from_slice(&g)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&Vec::<f32>::try_from(&got).unwrap()), bits(&want));
+        let mut want = d0.clone();
+        sign_step(&mut want, decay, lr, &u);
+        let theta = Tensor::from_slice(&d0).reshape([10, 100]).set_requires_grad(true);
+        sign_step_by_ops(&theta, &[10, 100], decay, lr, &u).unwrap();
+        let got = Vec::<f32>::try_from(&theta.detach().reshape([-1])).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+    }
 
     /// Hidden 128: the 128×128 layer is four full 64×64 tiles.
     fn toy() -> ToyConfig {

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{
-    admit, aggregate_means, decode_admitted, ring_refused, tensor_from, ApplyReport,
-    OptimizerState, OuterOptimizer, Phase,
+    admit, aggregate_means, decode_admitted, ring_refused, tensor_on, ApplyReport, OptimizerState,
+    OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
@@ -19,7 +19,7 @@ use crate::ring::DenseRing;
 use crate::robust::{
     Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
 };
-use crate::view::with_f32;
+use crate::view::with_host_f32;
 
 /// How pseudo-gradients travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -208,7 +208,7 @@ pub fn mean_per_tensor(
             members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
         let mut mean = vec![0.0f32; shape.iter().product()];
         robust.combine_dense(&contribs, &mut mean)?;
-        out.push(tensor_from(&mean, shape));
+        out.push(tensor_on(&mean, shape, params.device())?);
     }
     Ok(out)
 }
@@ -289,7 +289,7 @@ impl OuterOptimizer for Diloco {
             // Δ = θ_global − θ_local: the sign torchft once shipped reversed.
             let delta = g.f_sub(p)?.contiguous();
             let shape = &params.shapes()[i];
-            let seg = with_f32(&params.names()[i], &delta, |d| {
+            let seg = with_host_f32(&params.names()[i], &delta, |d| {
                 dense_segment(i as u32, shape, d, self.config.transport)
             })??;
             segments.push(seg);
@@ -333,8 +333,11 @@ impl OuterOptimizer for Diloco {
             self.ring(params).ok_or_else(|| ring_refused("diloco", &self.config.robust()))?;
         let report = match aggregate_means(&ring, round, members, aggregate) {
             Ok(means) => {
-                let mean: Vec<Tensor> =
-                    means.iter().zip(params.shapes()).map(|(v, s)| tensor_from(v, s)).collect();
+                let mean = means
+                    .iter()
+                    .zip(params.shapes())
+                    .map(|(v, s)| tensor_on(v, s, params.device()))
+                    .collect::<Result<Vec<Tensor>>>()?;
                 self.outer_step(&mean)?;
                 ApplyReport { applied: members.to_vec(), rejected: Vec::new() }
             }

@@ -21,10 +21,12 @@ pub mod diloco;
 pub mod sparseloco;
 pub mod streaming;
 
+mod on_device;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
@@ -137,9 +139,10 @@ impl OptimizerState {
         Self { algorithm, tensors: BTreeMap::new() }
     }
 
-    /// Adds a detached copy of `t` under `name`.
+    /// Adds a detached host copy of `t` under `name` (state is written and sent from the
+    /// host, whatever device the optimizer runs on).
     pub fn put(&mut self, name: impl Into<String>, t: &Tensor) {
-        self.tensors.insert(name.into(), t.detach().copy());
+        self.tensors.insert(name.into(), t.detach().to_device_(Device::Cpu, t.kind(), false, true));
     }
 
     /// Adds a scalar under `name`.
@@ -166,8 +169,9 @@ impl OptimizerState {
     }
 
     /// The per-tensor state saved as `{key}.0` … `{key}.{n−1}` for the model's `n`
-    /// parameters: contiguous copies, each checked for the parameter's shape and for finite
-    /// values, so a corrupt checkpoint is refused before anything is replaced.
+    /// parameters: contiguous copies on the parameters' device, each checked for the
+    /// parameter's shape and for finite values, so a corrupt checkpoint is refused before
+    /// anything is replaced.
     pub fn per_tensor(&self, key: &str, params: &ParamSet) -> Result<Vec<Tensor>> {
         let tensors: Vec<Tensor> = (0..params.len())
             .map(|i| self.get(&format!("{key}.{i}")).map(|t| t.contiguous().copy()))
@@ -179,7 +183,7 @@ impl OptimizerState {
             })?
             .map_err(|e| OptimizerError::State(format!("{key}.{i}: {e}")))?;
         }
-        Ok(tensors)
+        tensors.into_iter().map(|t| Ok(t.f_to_device(params.device())?)).collect()
     }
 
     /// Checks the state was written by `algorithm`.
@@ -394,6 +398,16 @@ pub fn aggregate_means(
 pub fn tensor_from(values: &[f32], shape: &[usize]) -> Tensor {
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
     Tensor::from_slice(values).reshape(dims.as_slice())
+}
+
+/// Builds a tensor of `shape` from host `values` on `device` (one upload when that is a
+/// GPU): how a decoded aggregate reaches the parameters it updates.
+pub fn tensor_on(values: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
+    let t = tensor_from(values, shape);
+    if device == Device::Cpu {
+        return Ok(t);
+    }
+    Ok(t.f_to_device(device)?)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! values, so all replicas compute the same bits whatever order the payloads arrived in.
 
 use meridian_kernels::aggregate::{scatter_mean, Contribution, MeanOver};
-use meridian_kernels::feedback;
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::{Bits, QuantConfig, Rounding, Scheme};
 use meridian_kernels::sparse::Sparse;
@@ -18,17 +17,16 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{
-    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+    admit, decode_admitted, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
-use crate::device::TensorCompressor;
+use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
-use crate::params::{with_param_mut, ParamSet};
+use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
 use crate::robust::{
     Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
 };
-use crate::view::with_f32;
 
 /// The `value_bits` setting that means "send the kept values as raw f32".
 pub const F32_VALUE_BITS: u32 = 32;
@@ -246,9 +244,7 @@ impl OuterOptimizer for Sparseloco {
             let name = &params.names()[i];
             // Ablation: no memory, so only this round's Δ competes for the top-k.
             let decay = if self.config.error_feedback { decay } else { 0.0 };
-            with_f32(name, &delta, |d| {
-                with_param_mut(name, e, |e| feedback::accumulate(e, decay, d))
-            })???;
+            device::accumulate(name, e, decay, &delta)?;
             // On the buffer's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
             let sent = c.compress(name, e)?;
             if self.config.error_feedback {
@@ -288,8 +284,8 @@ impl OuterOptimizer for Sparseloco {
                 // four moves it by its own value, not a quarter of it.
                 let mut mean = vec![0.0f32; self.compressors[i].cpu().len()];
                 scatter_mean(&contribs, MeanOver::Contributors, &mut mean)?;
-                let step =
-                    tensor_from(&mean, &params.shapes()[i]).f_mul_scalar(self.config.outer_lr)?;
+                let step = tensor_on(&mean, &params.shapes()[i], params.device())?
+                    .f_mul_scalar(self.config.outer_lr)?;
                 let _ = theta.f_sub_(&step)?;
             }
         }
@@ -320,6 +316,7 @@ impl OuterOptimizer for Sparseloco {
 mod tests {
     use super::*;
     use crate::harness::Harness;
+    use crate::outer::tensor_from;
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::{ToyConfig, ToyMlp};
     use meridian_kernels::chunks::ChunkSpec;

@@ -45,7 +45,7 @@ use super::diloco::{
     dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport, DENSE_ENCODINGS,
 };
 use super::{
-    admit, decode_admitted, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
+    admit, decode_admitted, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
@@ -54,7 +54,7 @@ use crate::payload::{Payload, Segment};
 use crate::robust::{
     Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
 };
-use crate::view::with_f32;
+use crate::view::with_host_f32;
 
 /// Streaming DiLoCo's settings.
 ///
@@ -329,8 +329,9 @@ impl OuterOptimizer for Streaming {
         for &i in self.fragment(p) {
             // Δ = θ_global − θ_local, DiLoCo's sign.
             let delta = self.global[i].f_sub(&params.tensors()[i])?.contiguous();
-            let seg =
-                with_f32(&params.names()[i], &delta, |d| self.encode(i, &params.shapes()[i], d))??;
+            let seg = with_host_f32(&params.names()[i], &delta, |d| {
+                self.encode(i, &params.shapes()[i], d)
+            })??;
             segments.push(seg);
         }
         Ok(Payload { algorithm: Algorithm::Streaming, round, worker, segments })
@@ -356,7 +357,7 @@ impl OuterOptimizer for Streaming {
                     members.iter().map(|(w, v)| (*w, v[k].as_slice())).collect();
                 let mut mean = vec![0.0f32; shape.iter().product()];
                 robust.combine_dense(&contribs, &mut mean)?;
-                let g = tensor_from(&mean, shape);
+                let g = tensor_on(&mean, shape, params.device())?;
                 sgd_momentum_step(&mut self.global[i], &mut self.momentum[i], &g, lr, mu, true)?;
             }
         }
