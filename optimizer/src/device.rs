@@ -30,6 +30,51 @@ pub enum Backend {
 
 static FALLBACK_LOGGED: Once = Once::new();
 
+/// Whether LibTorch can place tensors on a CUDA device here. Use this rather than
+/// `tch::Cuda::is_available`, which answers false on a GPU machine until LibTorch's CUDA
+/// library is loaded: the linker drops `libtorch_cuda.so` from binaries that name none of
+/// its symbols, and its initialisers are what register CUDA with LibTorch. This loads it
+/// once per process (from the LibTorch the build linked, else by name), only when asked,
+/// so CPU runs do not pay for mapping it.
+pub fn cuda_is_available() -> bool {
+    load_torch_cuda();
+    tch::Cuda::is_available()
+}
+
+/// The CUDA devices LibTorch sees (0 without a driver or a CUDA-enabled LibTorch).
+pub fn cuda_device_count() -> usize {
+    if cuda_is_available() {
+        usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+fn load_torch_cuda() {
+    static LOADED: Once = Once::new();
+    LOADED.call_once(|| {
+        let mut candidates = Vec::new();
+        if let Some(dir) = option_env!("MERIDIAN_LIBTORCH_LIB") {
+            candidates.push(std::path::Path::new(dir).join("libtorch_cuda.so"));
+        }
+        candidates.push("libtorch_cuda.so".into());
+        for path in candidates {
+            use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+            // SAFETY: LibTorch's own CUDA library, built for the LibTorch this process runs;
+            // its initialisers register CUDA support with it. The handle is leaked on
+            // purpose: the library stays loaded for the process.
+            match unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) } {
+                Ok(lib) => {
+                    std::mem::forget(lib);
+                    return;
+                }
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "libtorch_cuda"),
+            }
+        }
+        tracing::debug!("no libtorch_cuda.so: this LibTorch has no CUDA support");
+    });
+}
+
 /// The backend for `t`: the CPU for a CPU tensor; for a CUDA tensor its device's CUDA
 /// backend, or the CPU (logged once per process) when that backend is unavailable.
 pub fn backend_for(t: &Tensor) -> Backend {
@@ -247,8 +292,21 @@ mod tests {
     }
 
     #[test]
+    fn the_cuda_probe_loads_libtorch_cuda_and_never_panics() {
+        let available = cuda_is_available();
+        assert_eq!(cuda_device_count() > 0, available);
+        // The pip LibTorch this project builds against ships CUDA support: once probed, its
+        // CUDA library is mapped (so on a GPU machine LibTorch can see the device).
+        let lib = std::path::Path::new(env!("MERIDIAN_LIBTORCH_LIB"));
+        if lib.join("libtorch_cuda.so").exists() {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            assert!(maps.contains("libtorch_cuda.so"), "libtorch_cuda.so was not loaded");
+        }
+    }
+
+    #[test]
     fn cuda_tensors_use_the_cuda_kernels_when_a_device_is_present() {
-        if !tch::Cuda::is_available() {
+        if !cuda_is_available() {
             println!("skipped: no CUDA device");
             return;
         }

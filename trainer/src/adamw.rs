@@ -182,8 +182,13 @@ impl AdamW {
                 }
             }
         }
-        self.m = m;
-        self.v = v;
+        // Moments read from a checkpoint or a peer arrive on the host; they live beside the
+        // parameters.
+        let beside = |new: Vec<Tensor>, old: &[Tensor]| -> Result<Vec<Tensor>> {
+            new.into_iter().zip(old).map(|(n, o)| Ok(n.f_to_device(o.device())?)).collect()
+        };
+        self.m = beside(m, &self.m)?;
+        self.v = beside(v, &self.v)?;
         self.steps = steps;
         Ok(())
     }

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod compress_demo;
 pub mod compress_file;
 pub mod data;
+pub mod device;
 pub mod float_env;
 pub mod metrics;
 pub mod model;

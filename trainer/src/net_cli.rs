@@ -382,7 +382,8 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     let config = args.source.config(&[args.algo], args.inner_steps, &[])?;
     let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(args.threads.max(1) as i32);
-    let model = build_model(&config.model, corpus.vocab(), args.seed)?;
+    let device = args.source.device.resolve()?;
+    let model = build_model(&config.model, corpus.vocab(), args.seed, device)?;
     let split = Split::new(corpus.clone(), model.context() as usize)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -88,6 +88,13 @@ pub struct RunSource {
     /// Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Where each worker trains: `cpu`, `cuda` (the first GPU), `cuda:N`, or `auto` (the
+    /// first GPU when there is one). On a GPU the outer optimizer's state stays there too
+    /// and its compression runs on the CUDA kernels; only payloads, checkpoints and
+    /// catch-up state cross to the host. Runs on the CPU are bit-reproducible across
+    /// machines; on a GPU, replicas still agree bit for bit within the run.
+    #[arg(long, default_value = "cpu", env = "MERIDIAN_DEVICE")]
+    pub device: crate::device::DeviceChoice,
 }
 
 impl RunSource {

@@ -68,6 +68,9 @@ pub struct Summary {
     pub model: String,
     /// Its parameter count.
     pub parameters: i64,
+    /// Where it trained: `cpu` or `cuda:N`.
+    #[serde(default)]
+    pub device: String,
     /// The data.
     pub data: DataSummary,
     /// Workers.

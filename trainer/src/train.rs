@@ -16,6 +16,7 @@ use meridian_optimizer::params::ParamSet;
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
 use serde::{Deserialize, Serialize};
+use tch::Device;
 
 use crate::checkpoint::{self, RunIdentity};
 use crate::data::{Corpus, Split};
@@ -92,16 +93,31 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
 }
 
-/// Builds one worker's model.
-pub fn build_model(config: &ModelConfig, vocab: u32, seed: u64) -> Result<Box<dyn LanguageModel>> {
+/// Builds one worker's model on `device`. The built-in models draw their parameters on the
+/// host (the same bits on every machine) and then move there.
+pub fn build_model(
+    config: &ModelConfig,
+    vocab: u32,
+    seed: u64,
+    device: Device,
+) -> Result<Box<dyn LanguageModel>> {
     Ok(match config {
-        ModelConfig::Gpt(c) => Box::new(Gpt::new(*c, i64::from(vocab), seed)?),
-        ModelConfig::Mlp(c) => Box::new(Mlp::new(*c, i64::from(vocab), seed)?),
+        ModelConfig::Gpt(c) => {
+            let mut m = Gpt::new(*c, i64::from(vocab), seed)?;
+            m.to_device(device);
+            Box::new(m)
+        }
+        ModelConfig::Mlp(c) => {
+            let mut m = Mlp::new(*c, i64::from(vocab), seed)?;
+            m.to_device(device);
+            Box::new(m)
+        }
         ModelConfig::TorchScript(path, c) => {
             let m = crate::model::torchscript::TorchScriptModel::load(
                 path,
                 c.context,
                 Some(i64::from(vocab)),
+                device,
             )?;
             if m.vocab() < i64::from(vocab) {
                 bail!(
@@ -135,6 +151,7 @@ struct Setup<'a> {
     config: &'a RunConfig,
     corpus: Arc<Corpus>,
     eval_every: u64,
+    device: Device,
 }
 
 fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
@@ -142,7 +159,7 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     let name = algo.algorithm().name();
     let vocab = s.corpus.vocab();
     let models = (0..args.workers)
-        .map(|_| build_model(&s.config.model, vocab, args.seed))
+        .map(|_| build_model(&s.config.model, vocab, args.seed, s.device))
         .collect::<Result<Vec<_>>>()?;
     let context = models[0].context();
     let model_name = models[0].describe();
@@ -358,8 +375,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             as i32,
     );
+    let device = args.source.device.resolve()?;
     // Build one model now: a bad TorchScript file or shape fails before anything is written.
-    let probe = build_model(&config.model, corpus.vocab(), args.seed)?;
+    let probe = build_model(&config.model, corpus.vocab(), args.seed, device)?;
     let split = Split::new(corpus.clone(), probe.context() as usize)?;
     for w in 0..args.workers {
         split.shard(w, args.workers, args.seed, config.data.batch as usize)?;
@@ -370,10 +388,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let (train_tokens, val_tokens) = split.sizes();
     let params = parameter_count(probe.as_ref());
     println!(
-        "Training {} ({:.2}M parameters) with {} workers for {} inner steps each, per \
+        "Training {} ({:.2}M parameters, on {}) with {} workers for {} inner steps each, per \
          algorithm,\non {} ({:.1} MB: {} training, {} validation tokens).\n",
         probe.describe(),
         params as f64 / 1e6,
+        crate::device::name(device),
         args.workers,
         args.steps,
         corpus.source(),
@@ -381,7 +400,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         train_tokens,
         val_tokens
     );
-    let setup = Setup { args, config: &config, corpus: corpus.clone(), eval_every };
+    let setup = Setup { args, config: &config, corpus: corpus.clone(), eval_every, device };
     let mut algos = Vec::new();
     for algo in &config.algos {
         tracing::info!(algo = %algo.algorithm(), "training");
@@ -390,6 +409,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let summary = Summary {
         model: probe.describe(),
         parameters: params,
+        device: crate::device::name(device),
         data: DataSummary {
             source: corpus.source().to_string(),
             tokens: corpus.len() as u64,

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::{OptimizerError, Result};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, InnerConfig};
 use crate::data::Shard;
@@ -26,6 +26,8 @@ pub struct LmWorker {
     /// catches up continues at the run's rate rather than warming up again.
     schedule_step: u64,
     last_grad_norm: f64,
+    /// The model's device: batches, which the data pipeline builds on the host, move here.
+    device: Device,
 }
 
 impl std::fmt::Debug for LmWorker {
@@ -52,6 +54,7 @@ impl LmWorker {
     ) -> anyhow::Result<Self> {
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t).collect();
         let adam = AdamW::new(inner, &params)?;
+        let device = params.first().map_or(Device::Cpu, Tensor::device);
         Ok(Self {
             model,
             params,
@@ -62,6 +65,7 @@ impl LmWorker {
             total_steps,
             schedule_step: 0,
             last_grad_norm: 0.0,
+            device,
         })
     }
 
@@ -116,6 +120,7 @@ impl TrainStep for LmWorker {
             p.zero_grad();
         }
         let (x, y) = self.shard.next_batch();
+        let (x, y) = (x.f_to_device(self.device)?, y.f_to_device(self.device)?);
         let loss = self.model.loss(&x, &y, true).map_err(step_error)?;
         loss.f_backward()?;
         let value = loss.f_double_value(&[])?;
@@ -139,7 +144,8 @@ impl TrainStep for LmWorker {
     fn eval_loss(&mut self) -> Result<f64> {
         let mut total = 0.0;
         for (x, y) in self.validation.iter() {
-            total += self.model.loss(x, y, false).map_err(step_error)?.f_double_value(&[])?;
+            let (x, y) = (x.f_to_device(self.device)?, y.f_to_device(self.device)?);
+            total += self.model.loss(&x, &y, false).map_err(step_error)?.f_double_value(&[])?;
         }
         Ok(total / self.validation.len().max(1) as f64)
     }

@@ -110,6 +110,7 @@ fn mistakes_are_named_and_fail() {
         (&["--set", "model.hidden=0", "--algo", "ddp"], "hidden"),
         (&["--model", "torchscript:/nonexistent/m.pt", "--algo", "ddp"], "/nonexistent/m.pt"),
         (&["--model", "transformer"], "transformer"),
+        (&["--device", "tpu"], "choose cpu, cuda, cuda:N or auto"),
     ];
     for (args, needle) in cases {
         let (ok, _, stderr) = train(&dir, args);
@@ -216,6 +217,45 @@ fn pre_tokenized_ids_train_with_their_vocabulary() {
     assert_eq!(summary["data"]["vocab"], 1000);
     assert_eq!(summary["data"]["tokens"], 60_000);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_algorithm_trains_on_a_gpu_and_resumes_there() {
+    let dir = scratch("cuda");
+    let quick = ["--workers", "2", "--steps", "40", "--inner-steps", "10", "--device", "cuda"];
+    if !meridian_optimizer::device::cuda_is_available() {
+        // Asking for a GPU that is not there is refused up front, with the way out.
+        let (ok, _, stderr) = train(&dir, &[&quick[..], &["--algo", "ddp"]].concat());
+        assert!(!ok && stderr.contains("no CUDA device is usable here"), "{stderr}");
+        assert!(stderr.contains("--device cpu"), "{stderr}");
+        println!("skipped: no CUDA device");
+        std::fs::remove_dir_all(&dir).unwrap();
+        return;
+    }
+    let algos = ["--algo", "ddp,diloco,sparseloco,demo,streaming"];
+    let (ok, stdout, stderr) = train(&dir, &[&quick[..], &algos].concat());
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["device"], "cuda:0");
+    for a in summary["algorithms"].as_array().unwrap() {
+        let name = a["algorithm"].as_str().unwrap();
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        assert!(line.contains("identical"), "{name}: {stdout}");
+        let (v0, v) =
+            (a["initial_val_loss"].as_f64().unwrap(), a["final_val_loss"].as_f64().unwrap());
+        assert!(v < v0, "{name} on the GPU: validation loss {v0} -> {v}");
+    }
+    // A checkpoint written from device memory resumes onto the device.
+    let resumed = scratch("cuda-resumed");
+    let stop = ["--stop-after", "20", "--checkpoint-every", "0"];
+    let (ok, _, stderr) = train(&resumed, &[&quick[..], &algos, &stop].concat());
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = train(&resumed, &[&quick[..], &algos, &["--resume"]].concat());
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("identical")).count(), 5, "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&resumed).unwrap();
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {

@@ -148,12 +148,12 @@ fn run(command: &mut Command) -> String {
 }
 
 fn example() -> TorchScriptModel {
-    ok(TorchScriptModel::load(&fixture().model, None, None), "loading the example")
+    ok(TorchScriptModel::load(&fixture().model, None, None, Device::Cpu), "loading the example")
 }
 
 fn load_error(name: &str, context: Option<i64>, vocab: Option<i64>) -> String {
     let path = fixture().dir.join(name);
-    match TorchScriptModel::load(&path, context, vocab) {
+    match TorchScriptModel::load(&path, context, vocab, Device::Cpu) {
         Ok(_) => panic!("{name} loaded"),
         Err(e) => format!("{e:#}"),
     }
@@ -270,7 +270,8 @@ fn plain_sgd_lowers_the_loss_on_a_fixed_batch() {
 #[test]
 fn loss_switches_the_module_between_train_and_eval_mode() {
     let path = fixture().dir.join("mode.pt");
-    let model = ok(TorchScriptModel::load(&path, Some(8), Some(16)), "loading mode.pt");
+    let model =
+        ok(TorchScriptModel::load(&path, Some(8), Some(16), Device::Cpu), "loading mode.pt");
     let tokens = Tensor::zeros([2, 8], (Kind::Int64, Device::Cpu));
     for train in [true, false, false, true] {
         let loss = value(&model.loss(&tokens, &tokens, train).unwrap());
@@ -287,19 +288,21 @@ fn the_model_can_move_to_a_worker_thread() {
 #[test]
 fn caller_values_take_precedence_and_a_larger_vocab_is_refused() {
     let path = &fixture().model;
-    let model = TorchScriptModel::load(path, Some(32), Some(100)).unwrap();
+    let model = TorchScriptModel::load(path, Some(32), Some(100), Device::Cpu).unwrap();
     assert_eq!((model.context(), model.vocab()), (32, 100));
-    let err = format!("{:#}", TorchScriptModel::load(path, None, Some(257)).err().unwrap());
+    let err =
+        format!("{:#}", TorchScriptModel::load(path, None, Some(257), Device::Cpu).err().unwrap());
     assert!(err.contains("larger than the module's vocab() 256"), "{err}");
     // The positional table has 64 rows: the probe finds a window that does not fit.
-    let err = format!("{:#}", TorchScriptModel::load(path, Some(65), None).err().unwrap());
+    let err =
+        format!("{:#}", TorchScriptModel::load(path, Some(65), None, Device::Cpu).err().unwrap());
     assert!(err.contains("probe forward on a [1, 65] batch"), "{err}");
 }
 
 #[test]
 fn without_declared_shape_the_callers_is_used_and_frozen_parameters_are_left_out() {
     let path = fixture().dir.join("frozen.pt");
-    let model = TorchScriptModel::load(&path, Some(8), Some(16)).unwrap();
+    let model = TorchScriptModel::load(&path, Some(8), Some(16), Device::Cpu).unwrap();
     assert_eq!((model.context(), model.vocab()), (8, 16));
     let names: Vec<_> = model.parameters().into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["head.weight", "head.bias"]);

@@ -75,7 +75,8 @@ fn reference(x: &Tensor, rows: i64, c: &Tensor, dct: bool, k: i64) -> Tensor {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    if device_count().is_err() || !tch::Cuda::is_available() {
+    // LibTorch's CUDA library must be loaded before it sees a device (see the function).
+    if device_count().is_err() || !meridian_optimizer::device::cuda_is_available() {
         println!("skipped: no CUDA device");
         return Ok(());
     }

@@ -52,7 +52,7 @@ fn every_algorithm_trains_on_the_cpu() {
 
 #[test]
 fn every_algorithm_trains_on_a_cuda_device() {
-    if !tch::Cuda::is_available() {
+    if !crate::device::cuda_is_available() {
         println!("skipped: no CUDA device");
         return;
     }

@@ -102,6 +102,12 @@ impl std::fmt::Debug for Gpt {
 }
 
 impl Gpt {
+    /// Moves every parameter to `device` in place: handles taken before (the
+    /// [`LanguageModel::parameters`] list) follow, as the tensors keep their identity.
+    pub fn to_device(&mut self, device: Device) {
+        self.vs.set_device(device);
+    }
+
     /// A GPT over `vocab` tokens with parameters drawn from `seed`.
     pub fn new(config: GptConfig, vocab: i64, seed: u64) -> Result<Self> {
         config.validate()?;

@@ -50,6 +50,12 @@ impl std::fmt::Debug for Mlp {
 }
 
 impl Mlp {
+    /// Moves every parameter to `device` in place: handles taken before (the
+    /// [`LanguageModel::parameters`] list) follow, as the tensors keep their identity.
+    pub fn to_device(&mut self, device: Device) {
+        self.vs.set_device(device);
+    }
+
     /// An MLP over `vocab` tokens with parameters drawn from `seed`.
     pub fn new(config: MlpConfig, vocab: i64, seed: u64) -> Result<Self> {
         let c = config;

@@ -21,8 +21,8 @@
 //!   (BatchNorm) let replicas drift; LayerNorm and constant buffers (masks) are fine.
 //!
 //! Every trained parameter must be a contiguous float32 tensor: the outer optimizers work
-//! on f32 memory in place. Modules are loaded onto the CPU whatever device they were saved
-//! from.
+//! on f32 memory in place. Modules are loaded onto the device the run trains on
+//! (`--device`), whatever device they were saved from.
 //!
 //! Loading checks all of this up front with one probe forward (in eval mode, so it changes
 //! nothing) on a `[1, context]` batch of the largest token id (`vocab - 1`): a module that
@@ -47,6 +47,7 @@ pub struct TorchScriptModel {
     parameters: Vec<(String, Tensor)>,
     context: i64,
     vocab: i64,
+    device: Device,
 }
 
 /// The module with the train/eval mode it was last switched to.
@@ -71,17 +72,22 @@ impl Scripted {
 }
 
 impl TorchScriptModel {
-    /// Loads the module saved at `path` onto the CPU and checks it against the contract.
+    /// Loads the module saved at `path` onto `device` and checks it against the contract.
     ///
     /// `context` and `vocab`, when given (from the command line or config), take precedence
     /// over the module's own `context()` and `vocab()`; a `vocab` above the module's is an
     /// error, as its ids would fall outside the model's embedding.
-    pub fn load(path: &Path, context: Option<i64>, vocab: Option<i64>) -> Result<Self> {
+    pub fn load(
+        path: &Path,
+        context: Option<i64>,
+        vocab: Option<i64>,
+        device: Device,
+    ) -> Result<Self> {
         let shown = path.display();
         // LibTorch's own message for a missing file is a C++ stack; say it plainly.
         std::fs::metadata(path)
             .with_context(|| format!("cannot read TorchScript model {shown}"))?;
-        let module = CModule::load_on_device(path, Device::Cpu).map_err(|e| {
+        let module = CModule::load_on_device(path, device).map_err(|e| {
             anyhow!(
                 "{shown} is not a TorchScript module saved by torch.jit.save: {}",
                 torch_message(&e)
@@ -122,6 +128,7 @@ impl TorchScriptModel {
             parameters,
             context,
             vocab,
+            device,
         };
         model.probe().with_context(|| format!("TorchScript model {shown}"))?;
         Ok(model)
@@ -137,7 +144,7 @@ impl TorchScriptModel {
     /// step relies on: a finite scalar loss with a graph to the parameters. Eval mode, so
     /// loading changes no buffer (BatchNorm statistics) and draws no random numbers.
     fn probe(&self) -> Result<()> {
-        let tokens = Tensor::f_full([1, self.context], self.vocab - 1, (Kind::Int64, Device::Cpu))?;
+        let tokens = Tensor::f_full([1, self.context], self.vocab - 1, (Kind::Int64, self.device))?;
         let loss = tch::with_grad(|| self.forward(&tokens, &tokens, false)).with_context(|| {
             format!(
                 "probe forward on a [1, {}] batch of token {} (vocab {}) failed",

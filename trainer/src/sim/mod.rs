@@ -171,6 +171,8 @@ struct Plan {
     tokens_per_step: u64,
     /// The model's context length (tokens per sequence).
     context: usize,
+    /// Where every worker trains.
+    device: tch::Device,
 }
 
 /// The run's fixed parts, shared by every scenario.
@@ -187,6 +189,7 @@ struct Setup {
     tokens_per_step: u64,
     context: usize,
     links: Vec<String>,
+    device: tch::Device,
 }
 
 /// Runs `meridian simulate`.
@@ -291,7 +294,8 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
     let config = args.source.config(&args.algos, inner_steps, &sets)?;
     let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(args.threads.max(1) as i32);
-    let probe = build_model(&config.model, corpus.vocab(), args.seed)?;
+    let device = args.source.device.resolve()?;
+    let probe = build_model(&config.model, corpus.vocab(), args.seed, device)?;
     let parameters = parameter_count(probe.as_ref());
     let tokens_per_step = config.data.batch * probe.context() as u64;
     let compute = ComputeModel::from_args(
@@ -337,6 +341,7 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         tokens_per_step,
         context: probe.context() as usize,
         links,
+        device,
     })
 }
 
@@ -393,6 +398,7 @@ fn run_scenario(
         seed: args.seed,
         tokens_per_step: setup.tokens_per_step,
         context: setup.context,
+        device: setup.device,
     };
     let mut algorithms = Vec::new();
     for algo in &plan.config.algos {
@@ -508,6 +514,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         corpus: plan.corpus.clone(),
         split,
         validation,
+        device: plan.device,
         shards: n as u32,
         step_time: plan.compute.step_time(),
         seed: plan.seed,

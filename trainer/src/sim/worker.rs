@@ -52,6 +52,8 @@ pub struct Ctx {
     pub split: Split,
     /// Validation batches (worker 0 evaluates).
     pub validation: Rc<Vec<(Tensor, Tensor)>>,
+    /// Where every worker's model trains.
+    pub device: tch::Device,
     /// Workers at the start (data is sharded this many ways).
     pub shards: u32,
     /// Fixed compute per step, or `None` for measured.
@@ -246,7 +248,7 @@ async fn welcome(node: &mut WorkerNode) -> Result<bool> {
 /// A fresh worker process's trainer for `member`: the model from the seed, its data shard
 /// (members beyond the starting ones read a shard again, in another order).
 fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWorker<LmWorker>> {
-    let model = build_model(&ctx.config.model, ctx.corpus.vocab(), ctx.seed)?;
+    let model = build_model(&ctx.config.model, ctx.corpus.vocab(), ctx.seed, ctx.device)?;
     let batch = ctx.config.data.batch as usize;
     let order = ctx.seed.wrapping_add(u64::from(member / ctx.shards));
     let shard = ctx.split.shard(member % ctx.shards, ctx.shards, order, batch)?;
