@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(ROOT)/.venv
 export PATH := $(ROOT)/.venv/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test fmt lint build bench bench-cuda clean-venv
+.PHONY: setup demo test fmt lint build bench bench-cuda gpu-kit gpu-check clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -43,3 +43,13 @@ bench: setup
 ## (needs a GPU; see BENCHMARKS.md).
 bench-cuda: setup
 	cargo run --release -p meridian-benches --bin cuda_compress
+
+## gpu-kit: every GPU check, prebuilt into gpu-kit/ (run gpu-kit/gpu-check.sh on a GPU
+## machine with PyTorch 2.11; it needs no Rust there).
+gpu-kit: setup
+	bash scripts/gpu-kit.sh
+
+## gpu-check: the GPU checks here (needs a GPU): kernel parity, the optimizers and
+## `meridian train --device cuda`, then the benchmark. Logs in out/gpu-check.
+gpu-check: gpu-kit
+	PYTHON=$(ROOT)/.venv/bin/python gpu-kit/gpu-check.sh out/gpu-check

@@ -12,8 +12,8 @@ use crate::sparse::Sparse;
 /// [`Compressor`] on the device: the same configuration, the same byte encoding, the same
 /// `sent` selection. The fused kernel reads each tile (or chunk) once, transforms it in
 /// shared memory, selects its top k and packs the positions; a second kernel quantizes the
-/// kept values. With no transform the bytes are identical to the CPU's; with the DCT the
-/// coefficients differ from the CPU's by rounding (see the module doc).
+/// kept values. The bytes are identical to the CPU's, the DCT's coefficients included (see
+/// the module doc).
 ///
 /// Supports per-chunk selection, with DCT tiles of at most 64 × 64 elements; other
 /// configurations are refused with [`KernelError::Device`] so callers use the CPU.
