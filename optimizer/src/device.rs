@@ -11,12 +11,14 @@
 
 use std::sync::{Arc, Once};
 
+use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::cuda::{CudaBackend, CudaCompressor};
 use meridian_kernels::pipeline::{Compressed, Compressor, CompressorConfig};
 use meridian_kernels::{feedback, Sparse};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{OptimizerError, Result};
+use crate::outer::tensor_on;
 use crate::view::{with_f32, with_f32_mut, with_host_f32, with_host_f32_mut};
 
 /// The kernels a tensor's compression runs on.
@@ -78,7 +80,12 @@ fn load_torch_cuda() {
 /// The backend for `t`: the CPU for a CPU tensor; for a CUDA tensor its device's CUDA
 /// backend, or the CPU (logged once per process) when that backend is unavailable.
 pub fn backend_for(t: &Tensor) -> Backend {
-    match t.device() {
+    backend_on(t.device())
+}
+
+/// The backend for tensors on `device` (see [`backend_for`]).
+pub fn backend_on(device: Device) -> Backend {
+    match device {
         Device::Cuda(ordinal) => match CudaBackend::get(ordinal) {
             Ok(b) => Backend::Cuda(b),
             Err(e) => {
@@ -123,10 +130,16 @@ impl TensorCompressor {
     /// The CUDA compressor for `t`, when `t` is a CUDA tensor and its backend serves this
     /// configuration.
     fn cuda_for(&mut self, t: &Tensor) -> Option<&mut CudaCompressor> {
+        self.cuda_on(t.device())
+    }
+
+    /// The CUDA compressor for tensors on `device`, when it is a CUDA device whose backend
+    /// serves this configuration.
+    fn cuda_on(&mut self, device: Device) -> Option<&mut CudaCompressor> {
         if self.cuda_refused {
             return None;
         }
-        let Backend::Cuda(backend) = backend_for(t) else { return None };
+        let Backend::Cuda(backend) = backend_on(device) else { return None };
         let stale = self.cuda.as_ref().is_some_and(|c| c.backend().ordinal() != backend.ordinal());
         if self.cuda.is_none() || stale {
             match CudaCompressor::new(backend, *self.cpu.config(), &self.shape) {
@@ -170,6 +183,31 @@ impl TensorCompressor {
             }
         }
         self.subtract_via_host(name, t, sent)
+    }
+
+    /// The receivers' aggregate ([`Compressor::aggregate`]: the canonical mean of the
+    /// members' selections, back through the inverse transform) as a tensor of the
+    /// compressor's shape on `device`: computed there by the CUDA kernels for a CUDA device
+    /// (the CPU's bits), on the CPU otherwise (and uploaded once if `device` is not the CPU).
+    pub fn aggregate_on(
+        &mut self,
+        scratch: &mut ScatterScratch,
+        contribs: &[Contribution<'_>],
+        mode: MeanOver,
+        device: Device,
+    ) -> Result<Tensor> {
+        let shape = self.shape.clone();
+        if let Some(cuda) = self.cuda_on(device) {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let out = Tensor::f_empty(dims.as_slice(), (Kind::Float, device))?;
+            // SAFETY: a fresh contiguous f32 tensor of the compressor's shape on the
+            // compressor's device, alive for the call, which waits for its kernels.
+            unsafe { cuda.aggregate(contribs, mode, out.data_ptr() as u64) }?;
+            return Ok(out);
+        }
+        let mut host = vec![0.0f32; self.cpu.len()];
+        self.cpu.aggregate(scratch, contribs, mode, &mut host)?;
+        tensor_on(&host, &shape, device)
     }
 
     fn subtract_via_host(&mut self, name: &str, t: &mut Tensor, sent: &Sparse) -> Result<()> {
@@ -289,6 +327,45 @@ mod tests {
         check_finite("g", "gradient", &u).unwrap();
         let short = Tensor::zeros([299], (Kind::Float, Device::Cpu));
         assert!(accumulate("e", &mut e, 0.95, &short).is_err());
+    }
+
+    #[test]
+    fn aggregates_on_each_device_give_the_cpu_bits() {
+        let mut devices = vec![Device::Cpu];
+        if cuda_is_available() {
+            devices.push(Device::Cuda(0));
+        } else {
+            println!("skipped: no CUDA device (the CPU half ran)");
+        }
+        for cfg in [CompressorConfig::sparseloco(), CompressorConfig::demo()] {
+            let shape = [96, 130];
+            let mut cpu = Compressor::new(cfg, &shape).unwrap();
+            let sent: Vec<Sparse> = (0..3)
+                .map(|_| {
+                    let x = Tensor::randn([96, 130], (Kind::Float, Device::Cpu));
+                    with_f32("x", &x, |x| cpu.compress(x)).unwrap().unwrap().sent
+                })
+                .collect();
+            let contribs: Vec<Contribution<'_>> = [7u32, 2, 4]
+                .iter()
+                .zip(&sent)
+                .map(|(&worker, sparse)| Contribution { worker, sparse })
+                .collect();
+            let mut want = vec![0.0f32; cpu.len()];
+            let mut scratch = ScatterScratch::new();
+            cpu.aggregate(&mut scratch, &contribs, MeanOver::Contributors, &mut want).unwrap();
+            for &device in &devices {
+                let mut tc = TensorCompressor::new(cfg, &shape).unwrap();
+                let got = tc
+                    .aggregate_on(&mut scratch, &contribs, MeanOver::Contributors, device)
+                    .unwrap();
+                assert_eq!(got.device(), device);
+                assert_eq!(got.size(), [96, 130]);
+                let got = Vec::<f32>::try_from(&got.to_device(Device::Cpu).reshape([-1])).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{cfg:?} on {device:?}");
+            }
+        }
     }
 
     #[test]

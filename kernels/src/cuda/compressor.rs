@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::backend::{device_err, CudaBackend, DctBases, DeviceBuffer, IndexPlan, QuantPlan};
+use crate::aggregate::{Contribution, MeanOver};
 use crate::chunks::ChunkSpec;
 use crate::error::{KernelError, Result};
 use crate::pipeline::{Compressed, Compressor, CompressorConfig, FORMAT_VERSION, TAG_PER_CHUNK};
@@ -233,6 +234,38 @@ impl CudaCompressor {
         unsafe { self.subtract_selection(x, idx.ptr(), val.ptr(), sent.len()) }?;
         // The uploads are freed when this returns; wait until the kernels are done with them.
         b.synchronize()
+    }
+
+    /// [`Compressor::aggregate`] into the tensor at `out`: the canonical mean of the members'
+    /// transform-domain selections (one scatter launch per member, in ascending id, no float
+    /// atomics), mapped back through the inverse DCT when there is one. The same bits as
+    /// the CPU; errors as the CPU's (duplicate members, selections out of range, a
+    /// non-finite sum), in which case `out` may be partly written.
+    ///
+    /// # Safety
+    /// `out` must be the device address of `self.cpu().len()` floats.
+    pub unsafe fn aggregate(
+        &self,
+        contribs: &[Contribution<'_>],
+        mode: MeanOver,
+        out: u64,
+    ) -> Result<()> {
+        let b = &self.backend;
+        match &self.bases {
+            // SAFETY: the caller's contract.
+            None => unsafe { b.scatter_mean(contribs, mode, out, self.cpu.len()) },
+            Some(bases) => {
+                let coeffs = b.zeros::<f32>(self.cpu.transform_len())?;
+                // SAFETY: the coefficient buffer has the plan's transform length and `out`
+                // its input length (the caller's contract).
+                unsafe {
+                    b.scatter_mean(contribs, mode, coeffs.ptr(), self.cpu.transform_len())?;
+                    b.dct_inverse(bases, coeffs.ptr(), out)?;
+                }
+                // The coefficients are freed when this returns.
+                b.synchronize()
+            }
+        }
     }
 
     /// Without a transform, subtracts at the selected positions; with the DCT, scatters the

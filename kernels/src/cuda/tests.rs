@@ -64,7 +64,7 @@ fn a_compile_error_and_a_warning_are_both_caught() {
 use std::sync::Arc;
 
 use super::{CudaBackend, CudaCompressor, DctBases, DeviceBuffer};
-use crate::aggregate::{scatter_mean, Contribution, MeanOver};
+use crate::aggregate::{scatter_mean, Contribution, MeanOver, ScatterScratch};
 use crate::chunks::ChunkSpec;
 use crate::dct::DctPlan;
 use crate::pipeline::{Compressor, CompressorConfig, Selection};
@@ -399,6 +399,42 @@ fn gpu_fused_compress_matches_the_cpu_pipeline() {
             // SAFETY: as above.
             let again = unsafe { gpu.compress(dev.ptr()) }.unwrap();
             assert_eq!(again, got, "{shape:?} {cfg:?}: not deterministic");
+        }
+    }
+}
+
+#[test]
+fn gpu_aggregate_gives_the_cpu_bits_in_any_member_order() {
+    let Some(b) = gpu() else { return };
+    let seed = fresh_seed("pipeline-aggregate");
+    for shape in DCT_SHAPES {
+        let n: usize = shape.iter().product();
+        for cfg in configs() {
+            let mut cpu = Compressor::new(cfg, shape).unwrap();
+            let gpu = CudaCompressor::new(b.clone(), cfg, shape).unwrap();
+            // What three members sent, decoded as a receiver does.
+            let sent: Vec<Sparse> = (0..3)
+                .map(|w| {
+                    let bytes = cpu.compress(&random(n, seed + w + n as u64)).unwrap().bytes;
+                    cpu.decode_sparse(&bytes).unwrap()
+                })
+                .collect();
+            let contribs: Vec<Contribution<'_>> = [5u32, 1, 3]
+                .iter()
+                .zip(&sent)
+                .map(|(&worker, sparse)| Contribution { worker, sparse })
+                .collect();
+            let mut want = vec![0.0f32; n];
+            cpu.aggregate(&mut ScatterScratch::new(), &contribs, MeanOver::Contributors, &mut want)
+                .unwrap();
+            let mut reversed = contribs.clone();
+            reversed.reverse();
+            for order in [&contribs, &reversed] {
+                let out = poisoned(&b, n);
+                // SAFETY: `out` holds the tensor's `n` floats.
+                unsafe { gpu.aggregate(order, MeanOver::Contributors, out.ptr()) }.unwrap();
+                assert!(bits_eq(&b.download(&out).unwrap(), &want), "{shape:?} {cfg:?}");
+            }
         }
     }
 }

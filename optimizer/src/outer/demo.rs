@@ -20,11 +20,9 @@ use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::QuantConfig;
 use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::{
-    admit, decode_admitted, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
-};
+use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
@@ -140,7 +138,8 @@ impl DemoConfig {
     }
 }
 
-/// `sign(x)` with `sign(0) = 0`, as `torch.sign` (and NaN, which cannot occur here, to 0).
+/// `sign(x)` with `sign(±0) = +0`, as `torch.sign` but for the zero's sign (and NaN, which
+/// cannot occur here, to 0).
 fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
@@ -173,19 +172,17 @@ fn sign_step(theta: &mut [f32], decay: f32, lr: f32, update: &[f32]) {
     }
 }
 
-/// [`sign_step`] for a parameter on any device: `lr·sign(u)` is formed on the host (with
-/// this module's `sign`, whose zero is +0 where `torch.sign` keeps −0) and uploaded once;
-/// the multiply and subtract are single correctly rounded f32 operations on the device.
-fn sign_step_by_ops(
-    theta: &Tensor,
-    shape: &[usize],
-    decay: f32,
-    lr: f32,
-    update: &[f32],
-) -> Result<()> {
-    let step: Vec<f32> = update.iter().map(|&u| lr * sign(u)).collect();
-    let step = tensor_on(&step, shape, theta.device())?;
+/// [`sign_step`] as LibTorch operations on any device (the GPU path), with `update` on
+/// `theta`'s device. `sign` is built as `(u > 0) − (u < 0)`, which is this module's `sign`
+/// to the bit (`torch.sign` keeps the sign of a −0); the multiply and subtract are single
+/// correctly rounded f32 operations, so the host's bits.
+fn sign_step_by_ops(theta: &Tensor, decay: f32, lr: f32, update: &Tensor) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
+        let sign = update
+            .f_gt(0.0)?
+            .f_to_kind(Kind::Float)?
+            .f_sub(&update.f_lt(0.0)?.f_to_kind(Kind::Float)?)?;
+        let step = sign.f_mul_scalar(f64::from(lr))?;
         let _ = theta.shallow_clone().f_mul_scalar_(f64::from(decay))?.f_sub_(&step)?;
         Ok(())
     })
@@ -308,26 +305,28 @@ impl OuterOptimizer for Demo {
 
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;
-        for (i, comp) in self.compressors.iter().map(TensorCompressor::cpu).enumerate() {
-            self.update.clear();
-            self.update.resize(comp.len(), 0.0);
-            if !members.is_empty() {
-                let contribs: Vec<Contribution<'_>> = members
-                    .iter()
-                    .map(|(w, s)| Contribution { worker: *w, sparse: &s[i] })
-                    .collect();
-                comp.aggregate(
-                    &mut self.scratch,
-                    &contribs,
-                    MeanOver::Contributors,
-                    &mut self.update,
-                )?;
-            }
+        let device = params.device();
+        for (i, comp) in self.compressors.iter_mut().enumerate() {
+            let contribs: Vec<Contribution<'_>> =
+                members.iter().map(|(w, s)| Contribution { worker: *w, sparse: &s[i] }).collect();
             let (name, p) = (&params.names()[i], &params.tensors()[i]);
-            if p.device() == Device::Cpu {
+            if device == Device::Cpu {
+                self.update.clear();
+                self.update.resize(comp.cpu().len(), 0.0);
+                if !contribs.is_empty() {
+                    let mode = MeanOver::Contributors;
+                    comp.cpu().aggregate(&mut self.scratch, &contribs, mode, &mut self.update)?;
+                }
                 with_param_mut(name, p, |p| sign_step(p, decay, lr, &self.update))?;
             } else {
-                sign_step_by_ops(p, &params.shapes()[i], decay, lr, &self.update)?;
+                // On the parameters' device: aggregated and inverted there by the CUDA
+                // kernels, with the CPU's bits.
+                let update = if contribs.is_empty() {
+                    p.f_zeros_like()?
+                } else {
+                    comp.aggregate_on(&mut self.scratch, &contribs, MeanOver::Contributors, device)?
+                };
+                sign_step_by_ops(p, decay, lr, &update)?;
             }
         }
         Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
@@ -386,7 +385,7 @@ mod tests {
         let mut want = d0.clone();
         sign_step(&mut want, decay, lr, &u);
         let theta = Tensor::from_slice(&d0).reshape([10, 100]).set_requires_grad(true);
-        sign_step_by_ops(&theta, &[10, 100], decay, lr, &u).unwrap();
+        sign_step_by_ops(&theta, decay, lr, &Tensor::from_slice(&u).reshape([10, 100])).unwrap();
         let got = Vec::<f32>::try_from(&theta.detach().reshape([-1])).unwrap();
         assert_eq!(bits(&got), bits(&want));
     }

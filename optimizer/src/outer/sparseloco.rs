@@ -6,19 +6,18 @@
 //! included. Receivers average each coordinate over the members that sent it and take a
 //! plain SGD step (no outer momentum: the error buffer plays that role).
 //!
-//! The mean is a canonical-order [`scatter_mean`] of every admitted member's decoded
-//! values, so all replicas compute the same bits whatever order the payloads arrived in.
+//! The mean is a canonical-order scatter-mean (`meridian_kernels::aggregate`) of every
+//! admitted member's decoded values, so all replicas compute the same bits whatever order
+//! the payloads arrived in; on a GPU the CUDA kernels form it with the same bits.
 
-use meridian_kernels::aggregate::{scatter_mean, Contribution, MeanOver};
+use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::{Bits, QuantConfig, Rounding, Scheme};
 use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{
-    admit, decode_admitted, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
-};
+use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
@@ -171,6 +170,7 @@ pub struct Sparseloco {
     error: Vec<Tensor>,
     /// One compressor per tensor (its scratch is reused every round).
     compressors: Vec<TensorCompressor>,
+    scratch: ScatterScratch,
 }
 
 impl Sparseloco {
@@ -186,7 +186,8 @@ impl Sparseloco {
             .collect::<Result<Vec<_>>>()?;
         // On the parameters' device, like every piece of optimizer state.
         let error = params.tensors().iter().map(|p| p.detach().zeros_like()).collect();
-        Ok(Self { config, global: params.snapshot(), error, compressors })
+        let scratch = ScatterScratch::new();
+        Ok(Self { config, global: params.snapshot(), error, compressors, scratch })
     }
 
     /// The configuration.
@@ -281,11 +282,15 @@ impl OuterOptimizer for Sparseloco {
                     .map(|(w, v)| Contribution { worker: *w, sparse: &v[i] })
                     .collect();
                 // A coordinate is averaged over the members that sent it: one sender out of
-                // four moves it by its own value, not a quarter of it.
-                let mut mean = vec![0.0f32; self.compressors[i].cpu().len()];
-                scatter_mean(&contribs, MeanOver::Contributors, &mut mean)?;
-                let step = tensor_on(&mean, &params.shapes()[i], params.device())?
-                    .f_mul_scalar(self.config.outer_lr)?;
+                // four moves it by its own value, not a quarter of it. On a GPU the mean is
+                // formed there by the CUDA kernels.
+                let mean = self.compressors[i].aggregate_on(
+                    &mut self.scratch,
+                    &contribs,
+                    MeanOver::Contributors,
+                    params.device(),
+                )?;
+                let step = mean.f_mul_scalar(self.config.outer_lr)?;
                 let _ = theta.f_sub_(&step)?;
             }
         }
