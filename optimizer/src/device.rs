@@ -170,6 +170,29 @@ impl TensorCompressor {
         with_f32(name, &host, |x| self.cpu.compress(x))?.map_err(Into::into)
     }
 
+    /// Compresses `t` and removes from it what was sent (error feedback: `t` keeps what the
+    /// receivers will not see), on `t`'s device. On a GPU the sent selection stays on the
+    /// device for the subtraction; the result is [`TensorCompressor::compress`] followed by
+    /// [`TensorCompressor::subtract_sent`] with its `sent`.
+    pub fn compress_and_subtract(&mut self, name: &str, t: &mut Tensor) -> Result<Compressed> {
+        if t.is_contiguous() && t.kind() == Kind::Float {
+            if let Some(cuda) = self.cuda_for(t) {
+                let x = t.data_ptr() as u64;
+                // SAFETY: a contiguous f32 CUDA tensor of the compressor's element count,
+                // alive for the calls; `compress` waits for its kernels, and the subtraction
+                // uses the selection that call left on the device.
+                let out = unsafe { cuda.compress(x) }?;
+                unsafe { cuda.subtract_last_sent(x) }?;
+                // Its scratch buffers are freed on return.
+                cuda.backend().synchronize()?;
+                return Ok(out);
+            }
+        }
+        let out = self.compress(name, t)?;
+        self.subtract_sent(name, t, &out.sent)?;
+        Ok(out)
+    }
+
     /// Error feedback on `t`: removes what `sent` carries, on `t`'s device.
     pub fn subtract_sent(&mut self, name: &str, t: &mut Tensor, sent: &Sparse) -> Result<()> {
         if t.device() == Device::Cpu {
@@ -397,5 +420,19 @@ mod tests {
         let mut plain = Compressor::new(cfg, &[64, 96]).unwrap();
         let want = with_f32("t", &host, |x| plain.compress(x)).unwrap().unwrap();
         assert_eq!(got.bytes, want.bytes);
+        // Compress with error feedback, on the device and on the host: the same bytes and
+        // the same residual bits.
+        for cfg in [CompressorConfig::sparseloco(), CompressorConfig::demo()] {
+            let mut on_gpu = t.copy();
+            let mut tc = TensorCompressor::new(cfg, &[64, 96]).unwrap();
+            let got = tc.compress_and_subtract("t", &mut on_gpu).unwrap();
+            let mut on_cpu = host.copy();
+            let mut plain = TensorCompressor::new(cfg, &[64, 96]).unwrap();
+            let want = plain.compress_and_subtract("t", &mut on_cpu).unwrap();
+            assert_eq!(got.bytes, want.bytes, "{cfg:?}");
+            let residual = on_gpu.to_device(Device::Cpu);
+            assert!(residual.equal(&on_cpu), "{cfg:?}: residuals differ");
+            assert!(!residual.equal(&host), "{cfg:?}: nothing was subtracted");
+        }
     }
 }

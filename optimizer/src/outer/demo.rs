@@ -278,8 +278,7 @@ impl OuterOptimizer for Demo {
             }
             let comp = &mut self.compressors[i];
             // On the delta's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
-            let out = comp.compress(name, delta)?;
-            comp.subtract_sent(name, delta, &out.sent)?;
+            let out = comp.compress_and_subtract(name, delta)?;
             segments.push(Segment::encoded(
                 i as u32,
                 &params.shapes()[i],

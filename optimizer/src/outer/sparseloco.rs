@@ -247,14 +247,15 @@ impl OuterOptimizer for Sparseloco {
             let decay = if self.config.error_feedback { decay } else { 0.0 };
             device::accumulate(name, e, decay, &delta)?;
             // On the buffer's device: the CPU kernels for a CPU tensor, CUDA for a CUDA one.
-            let sent = c.compress(name, e)?;
-            if self.config.error_feedback {
+            let sent = if self.config.error_feedback {
                 // Subtract exactly what receivers decode (dequantized values), so the
                 // quantization error stays in the buffer and is sent later.
-                c.subtract_sent(name, e, &sent.sent)?;
+                c.compress_and_subtract(name, e)?
             } else {
+                let sent = c.compress(name, e)?;
                 let _ = e.f_zero_()?;
-            }
+                sent
+            };
             segments.push(Segment::encoded(
                 i as u32,
                 &params.shapes()[i],
