@@ -4,7 +4,7 @@ use tch::{Device, Kind, Tensor};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{OptimizerError, Result};
-use crate::view::{with_host_f32, with_host_f32_mut};
+use crate::view::{with_f32, with_host_f32_mut};
 
 /// A model's trainable parameters, sorted by name so that every worker enumerates them in
 /// the same order (payload segments refer to tensors by position in this order).
@@ -155,7 +155,8 @@ impl ParamSet {
     }
 
     /// A 64-bit hash of names, shapes and the exact bits of every value: equal hashes on
-    /// two workers mean bit-identical replicas.
+    /// two workers mean bit-identical replicas. Values are digested where they live, so a
+    /// GPU model is not copied to the host for it (every exchange is checked this way).
     pub fn hash(&self) -> Result<u64> {
         hash_tensors(&self.names, &self.tensors)
     }
@@ -169,10 +170,73 @@ pub fn hash_tensors(names: &[String], tensors: &[Tensor]) -> Result<u64> {
         for d in t.size() {
             h.update(&d.to_le_bytes());
         }
-        let t = t.contiguous();
-        with_host_f32(name, &t, |s| h.update(bytemuck::cast_slice(s)))?;
+        h.update(&digest(name, t)?.to_le_bytes());
     }
     Ok(h.digest())
+}
+
+/// Elements digested per pass, bounding the int64 temporaries (a few times 8 bytes each).
+const DIGEST_CHUNK: i64 = 1 << 22;
+// SplitMix64's constants: the golden-ratio increment and the finalizer's two multipliers.
+const MIX_INDEX: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
+const MIX_1: i64 = 0xBF58_476D_1CE4_E5B9_u64 as i64;
+const MIX_2: i64 = 0x94D0_49BB_1331_11EB_u64 as i64;
+
+/// A 64-bit digest of an f32 tensor's bits, computed where the tensor lives, so a GPU model
+/// is hashed without copying it to the host. Each element's 32 bits are mixed with its
+/// index (xor with the index times an odd constant, then SplitMix64's
+/// multiply–xorshift–multiply), and the mixed values are summed modulo 2⁶⁴. For a given
+/// index the mix is a bijection, so changing any one element changes the digest; and
+/// integer addition commutes, so the order in which LibTorch reduces does not matter and
+/// the same bits give the same digest on every device.
+///
+/// On the CPU it runs as a plain loop ([`digest_host`]); elsewhere as LibTorch integer
+/// operations on the device ([`digest_by_ops`]). Both compute the same function.
+fn digest(name: &str, t: &Tensor) -> Result<u64> {
+    if t.kind() != Kind::Float {
+        return Err(OptimizerError::UnsupportedTensor {
+            name: name.to_owned(),
+            reason: format!("dtype {:?}, expected f32", t.kind()),
+        });
+    }
+    if t.device() == Device::Cpu {
+        return with_f32(name, &t.contiguous(), digest_host);
+    }
+    digest_by_ops(t)
+}
+
+/// [`digest`] of f32 tensor `t` as LibTorch operations on its device, in chunks.
+fn digest_by_ops(t: &Tensor) -> Result<u64> {
+    let flat = t.f_contiguous()?.f_reshape([-1])?;
+    let n = flat.numel() as i64;
+    let mut total = 0u64;
+    let mut start = 0i64;
+    while start < n {
+        let len = (n - start).min(DIGEST_CHUNK);
+        let bits = flat
+            .f_narrow(0, start, len)?
+            .f_view_dtype(Kind::Int)?
+            .f_to_kind(Kind::Int64)?
+            .f_bitwise_and(0xFFFF_FFFF_i64)?;
+        let index = Tensor::f_arange_start(start, start + len, (Kind::Int64, t.device()))?;
+        let m = bits.f_bitwise_xor_tensor(&index.f_mul_scalar(MIX_INDEX)?)?.f_mul_scalar(MIX_1)?;
+        // A logical right shift by 31: LibTorch's is arithmetic on int64, so mask the sign.
+        let shifted = m.f_bitwise_right_shift_tensor_scalar(31)?.f_bitwise_and((1i64 << 33) - 1)?;
+        let m = m.f_bitwise_xor_tensor(&shifted)?.f_mul_scalar(MIX_2)?;
+        total = total.wrapping_add(m.f_sum(Kind::Int64)?.f_int64_value(&[])? as u64);
+        start += len;
+    }
+    Ok(total)
+}
+
+/// [`digest`] element by element on the host.
+fn digest_host(values: &[f32]) -> u64 {
+    values.iter().enumerate().fold(0u64, |acc, (i, v)| {
+        let m = (u64::from(v.to_bits()) ^ (i as u64).wrapping_mul(MIX_INDEX as u64))
+            .wrapping_mul(MIX_1 as u64);
+        let m = (m ^ (m >> 31)).wrapping_mul(MIX_2 as u64);
+        acc.wrapping_add(m)
+    })
 }
 
 /// Runs `f` over parameter `t`'s elements, mutably, outside autograd (through a host copy
@@ -213,6 +277,34 @@ mod tests {
         assert_ne!(p.hash().unwrap(), h);
         p.assign(&snap).unwrap();
         assert_eq!(p.hash().unwrap(), h);
+    }
+
+    #[test]
+    fn the_digest_is_its_host_definition_and_sees_every_element() {
+        // Several chunks, a ragged last one; negative values exercise the sign bit.
+        let n = (2 * DIGEST_CHUNK + 1000) as usize;
+        let t = Tensor::randn([n as i64], (Kind::Float, tch::Device::Cpu));
+        let values = Vec::<f32>::try_from(&t).unwrap();
+        let d = digest("t", &t).unwrap();
+        // The device form (what a GPU runs), here on the CPU, is the host loop's function.
+        assert_eq!(digest_by_ops(&t).unwrap(), d);
+        assert_eq!(d, digest_host(&values));
+        // Flipping any one bit, or swapping two elements, changes it.
+        for (at, bit) in [(0usize, 0u32), (n / 2, 31), (n - 1, 17)] {
+            let mut v = values.clone();
+            v[at] = f32::from_bits(v[at].to_bits() ^ (1 << bit));
+            assert_ne!(digest("t", &Tensor::from_slice(&v)).unwrap(), d, "{at} {bit}");
+        }
+        let mut v = values.clone();
+        v.swap(3, 4_000_000);
+        assert_ne!(digest("t", &Tensor::from_slice(&v)).unwrap(), d);
+        // A 2-D view hashes as its elements in row-major order.
+        let m = t.narrow(0, 0, 600).reshape([20, 30]);
+        assert_eq!(digest("m", &m).unwrap(), digest_host(&values[..600]));
+        assert_eq!(digest_by_ops(&m.transpose(0, 1)).unwrap(), {
+            let tr = m.transpose(0, 1).contiguous().reshape([-1]);
+            digest_host(&Vec::<f32>::try_from(&tr).unwrap())
+        });
     }
 
     #[test]
