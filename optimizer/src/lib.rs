@@ -3,7 +3,9 @@
 //! `meridian-optimizer` turns a worker's parameters into a [`payload::Payload`] to send,
 //! and a set of received payloads into a parameter update: DiLoCo, DeMo, SparseLoCo,
 //! Streaming DiLoCo, and plain data-parallel as the yardstick. LibTorch owns the memory;
-//! the numeric work is done by `meridian-kernels`, which borrows it through [`view`].
+//! the numeric work is done by `meridian-kernels`, which borrows it through [`view`]. The
+//! parameters may live on the CPU or a GPU: each optimizer keeps its state on their device,
+//! and [`device`] runs the CPU or the CUDA kernels accordingly, with the same bits.
 //!
 //! It knows nothing of the network: payloads go in and out as values, and the caller (the
 //! in-process [`harness`], or the comm layer) decides who receives them.
@@ -16,7 +18,8 @@
 //! - [`ring::DenseRing`]: summing dense payloads in bytes, for a ring all-reduce.
 //! - [`robust`]: Byzantine-robust aggregation (norm clipping, trimmed mean, outliers).
 //! - [`toy`]: a small MLP task for tests and examples.
-//! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place).
+//! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place); whether
+//!   LibTorch can use a GPU here ([`device::cuda_is_available`]).
 
 pub mod algorithm;
 #[cfg(test)]

@@ -105,7 +105,9 @@ impl Gpt {
     /// Moves every parameter to `device` in place: handles taken before (the
     /// [`LanguageModel::parameters`] list) follow, as the tensors keep their identity.
     pub fn to_device(&mut self, device: Device) {
-        self.vs.set_device(device);
+        if device != self.vs.device() {
+            self.vs.set_device(device);
+        }
     }
 
     /// A GPT over `vocab` tokens with parameters drawn from `seed`.

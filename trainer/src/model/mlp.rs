@@ -53,7 +53,9 @@ impl Mlp {
     /// Moves every parameter to `device` in place: handles taken before (the
     /// [`LanguageModel::parameters`] list) follow, as the tensors keep their identity.
     pub fn to_device(&mut self, device: Device) {
-        self.vs.set_device(device);
+        if device != self.vs.device() {
+            self.vs.set_device(device);
+        }
     }
 
     /// An MLP over `vocab` tokens with parameters drawn from `seed`.
