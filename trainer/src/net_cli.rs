@@ -356,6 +356,8 @@ struct WorkerSummary {
     member: u32,
     algorithm: String,
     model: String,
+    /// Where it trained: `cpu` or `cuda:N`.
+    device: String,
     steps: u64,
     rounds: u64,
     rounds_replayed: u64,
@@ -488,6 +490,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
         member,
         algorithm: args.algo.name().to_string(),
         model: model_name,
+        device: crate::device::name(device),
         steps: w.steps_done(),
         rounds,
         rounds_replayed: replayed,

@@ -98,6 +98,7 @@ fn four_worker_processes_finish_twenty_rounds_bit_identical() {
     assert_eq!(members, vec![0, 1, 2, 3]);
     for s in &all {
         assert_eq!(s["rounds"], 20, "{s}");
+        assert_eq!(s["device"], "cpu", "{s}");
         assert_eq!(s["consensus_hash"], all[0]["consensus_hash"], "replicas differ: {s}");
         assert!(s["bytes_sent"].as_u64().unwrap() > 0);
         // Relay: each worker receives the other three payloads of every round.
