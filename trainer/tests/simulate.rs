@@ -55,6 +55,7 @@ fn the_same_seed_gives_a_byte_identical_summary() {
 
     let s = summary(&a);
     assert_eq!(s["deterministic"], true);
+    assert_eq!(s["device"], "cpu");
     for algo in s["algorithms"].as_array().unwrap() {
         let name = algo["algorithm"].as_str().unwrap();
         assert_eq!(algo["replicas_identical"], true, "{name}");

@@ -422,9 +422,11 @@ fn run_scenario(
         steps: setup.steps,
         seed: args.seed,
         compute: plan.compute.describe(),
-        deterministic: plan.compute.deterministic(),
+        // LibTorch's GPU kernels may reduce in a different order from run to run.
+        deterministic: plan.compute.deterministic() && plan.device == tch::Device::Cpu,
         model: setup.model.clone(),
         parameters: setup.parameters,
+        device: crate::device::name(plan.device),
         route: match args.route {
             RouteArg::Relay => "relay".into(),
             RouteArg::AllGather => "all-gather".into(),

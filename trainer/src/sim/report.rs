@@ -217,6 +217,9 @@ pub struct SimSummary {
     pub model: String,
     /// Its parameter count.
     pub parameters: i64,
+    /// Where the workers trained: `cpu` or `cuda:N`.
+    #[serde(default)]
+    pub device: String,
     /// How payloads travelled (relay, all-gather).
     pub route: String,
     /// The validation loss `seconds_to_target` refers to.
