@@ -99,7 +99,7 @@ struct LinkExchange<'a> {
     pending: &'a mut Pending,
     /// This worker's state from just before the step, to serve a newcomer while blocked
     /// here: rounds may not move on until the newcomer has it.
-    state: Option<Vec<u8>>,
+    state: Option<snapshot::Captured>,
 }
 
 /// Serves every pending snapshot request with `state`. A request that cannot be served
@@ -144,7 +144,10 @@ impl Exchange for LinkExchange<'_> {
                 return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
             }
             if let Some(state) = &self.state {
-                serve(self.link, &mut self.pending.snapshot_requests, state);
+                if !self.pending.snapshot_requests.is_empty() {
+                    let bytes = state.encode().map_err(failed)?;
+                    serve(self.link, &mut self.pending.snapshot_requests, &bytes);
+                }
             }
             let event = self.link.next_event().map_err(failed)?;
             self.pending.take(event);
@@ -228,10 +231,11 @@ pub fn drive(
             return Ok(());
         }
         // Exchanges block until the round commits; keep a state at hand to serve from.
-        let exchanges = [Phase::AfterBackward, Phase::AfterInnerStep]
-            .iter()
-            .any(|&phase| w.outer.exchange_due(phase, w.steps_done()));
-        let state = if exchanges { Some(snapshot::encode(w)?) } else { None };
+        let state = [Phase::AfterBackward, Phase::AfterInnerStep]
+            .into_iter()
+            .find(|&phase| w.outer.exchange_due(phase, w.steps_done()))
+            .map(|phase| snapshot::Captured::before_step(w, phase))
+            .transpose()?;
         link.before_step(w.steps_done())?;
         let mut ex = LinkExchange { link: &mut *link, pending: &mut pending, state };
         match w.step(&mut ex) {

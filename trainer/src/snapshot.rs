@@ -11,8 +11,9 @@
 //! applies only committed payloads).
 
 use anyhow::{Context, Result};
-use meridian_optimizer::outer::OptimizerState;
+use meridian_optimizer::outer::{OptimizerState, Phase};
 use meridian_optimizer::solo::SoloWorker;
+use tch::Tensor;
 
 use crate::worker::LmWorker;
 
@@ -23,19 +24,75 @@ const ADAM_V: &str = "inner/v";
 
 /// Encodes `w`'s state.
 pub fn encode(w: &SoloWorker<LmWorker>) -> Result<Vec<u8>> {
-    let outer = w.outer.state()?;
-    let mut s = OptimizerState::new(w.outer.algorithm());
-    for (k, t) in &outer.tensors {
-        s.put(format!("{OUTER}{k}"), t);
+    Captured::referencing(w)?.encode()
+}
+
+/// A worker's state taken before a step that exchanges, to serve a newcomer while the step
+/// waits for its round (the coordinator holds rounds until the newcomer has a state).
+/// Requests are rare, so the bytes are made only when one comes.
+pub struct Captured(Taken);
+
+enum Taken {
+    /// Already encoded: the exchange follows the inner step, which moves the parameters
+    /// and AdamW moments before the wait, so they were copied out (to the host) up front.
+    Encoded(Vec<u8>),
+    /// The exchange follows the backward pass (DDP, DeMo): until the round commits,
+    /// nothing changes the parameters or the moments, so they are referenced as they are
+    /// (handles, with AdamW's step count and the worker's counters); only the outer state,
+    /// which preparing the payload changes (DeMo's momentum), was copied, on its device.
+    Referenced {
+        outer: OptimizerState,
+        params: Vec<Tensor>,
+        m: Vec<Tensor>,
+        v: Vec<Tensor>,
+        adam_steps: u64,
+        step: u64,
+        round: u64,
+    },
+}
+
+impl Captured {
+    /// What [`encode`] would return now, taken before a step that exchanges in `phase`.
+    pub fn before_step(w: &SoloWorker<LmWorker>, phase: Phase) -> Result<Self> {
+        match phase {
+            Phase::AfterBackward => Self::referencing(w),
+            Phase::AfterInnerStep => Ok(Self(Taken::Encoded(encode(w)?))),
+        }
     }
-    s.put_per_tensor(PARAM, w.params.tensors());
-    let (m, v, adam_steps) = w.train.adam().state();
-    s.put_per_tensor(ADAM_M, m);
-    s.put_per_tensor(ADAM_V, v);
-    s.put_scalar("adam_steps", adam_steps as f64);
-    s.put_scalar("step", w.steps_done() as f64);
-    s.put_scalar("round", w.rounds_done() as f64);
-    Ok(s.to_bytes()?)
+
+    fn referencing(w: &SoloWorker<LmWorker>) -> Result<Self> {
+        let (m, v, adam_steps) = w.train.adam().state();
+        Ok(Self(Taken::Referenced {
+            outer: w.outer.state()?,
+            params: w.params.tensors().iter().map(Tensor::shallow_clone).collect(),
+            m: m.iter().map(Tensor::shallow_clone).collect(),
+            v: v.iter().map(Tensor::shallow_clone).collect(),
+            adam_steps,
+            step: w.steps_done(),
+            round: w.rounds_done(),
+        }))
+    }
+
+    /// The state's bytes, as [`restore`] reads them.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        match &self.0 {
+            Taken::Encoded(bytes) => Ok(bytes.clone()),
+            Taken::Referenced { outer, params, m, v, adam_steps, step, round } => {
+                let mut s = OptimizerState::new(outer.algorithm);
+                // Handles, not copies: `to_bytes` copies every tensor to the host once.
+                for (k, t) in &outer.tensors {
+                    s.share(format!("{OUTER}{k}"), t);
+                }
+                s.share_per_tensor(PARAM, params);
+                s.share_per_tensor(ADAM_M, m);
+                s.share_per_tensor(ADAM_V, v);
+                s.put_scalar("adam_steps", *adam_steps as f64);
+                s.put_scalar("step", *step as f64);
+                s.put_scalar("round", *round as f64);
+                Ok(s.to_bytes()?)
+            }
+        }
+    }
 }
 
 /// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why. The
@@ -90,6 +147,48 @@ mod tests {
 
     fn worker(id: u32) -> SoloWorker<LmWorker> {
         crate::testing::tiny_diloco_worker(id)
+    }
+
+    /// Encodes `captured` when the step's exchange happens, as a blocked worker serves it.
+    struct Serving<'a> {
+        captured: &'a Captured,
+        served: Option<Vec<u8>>,
+    }
+    impl Exchange for Serving<'_> {
+        fn exchange(&mut self, _: u64, p: Vec<u8>) -> meridian_optimizer::Result<Vec<Vec<u8>>> {
+            self.served = Some(self.captured.encode().unwrap());
+            Ok(vec![p])
+        }
+    }
+
+    #[test]
+    fn a_state_served_while_waiting_is_the_state_from_before_the_step() {
+        use crate::testing::tiny_worker;
+        use meridian_optimizer::Algorithm;
+        for (algorithm, settings) in [
+            (Algorithm::Demo, &[][..]),
+            (Algorithm::Ddp, &[][..]),
+            (Algorithm::Sparseloco, &[("inner_steps", "2")][..]),
+        ] {
+            let mut w = tiny_worker(0, algorithm, settings);
+            for _ in 0..3 {
+                let before = encode(&w).unwrap();
+                let phase = [Phase::AfterBackward, Phase::AfterInnerStep]
+                    .into_iter()
+                    .find(|&p| w.outer.exchange_due(p, w.steps_done()));
+                let Some(phase) = phase else {
+                    w.step(&mut Alone).unwrap();
+                    continue;
+                };
+                let captured = Captured::before_step(&w, phase).unwrap();
+                let mut serving = Serving { captured: &captured, served: None };
+                w.step(&mut serving).unwrap();
+                // Preparing DeMo's payload changed its momentum, and an inner step ran for
+                // SparseLoCo; what was served is still the state from before the step.
+                assert_eq!(serving.served.unwrap(), before, "{algorithm}");
+                assert_ne!(encode(&w).unwrap(), before, "{algorithm}: the step changed nothing");
+            }
+        }
     }
 
     #[test]

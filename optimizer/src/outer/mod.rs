@@ -139,10 +139,24 @@ impl OptimizerState {
         Self { algorithm, tensors: BTreeMap::new() }
     }
 
-    /// Adds a detached host copy of `t` under `name` (state is written and sent from the
-    /// host, whatever device the optimizer runs on).
+    /// Adds a detached copy of `t` under `name`, on `t`'s device (a GPU optimizer's state
+    /// reaches the host only when it is written or sent: [`OptimizerState::to_bytes`]).
     pub fn put(&mut self, name: impl Into<String>, t: &Tensor) {
-        self.tensors.insert(name.into(), t.detach().to_device_(Device::Cpu, t.kind(), false, true));
+        self.tensors.insert(name.into(), t.detach().copy());
+    }
+
+    /// Adds `t` itself under `name`, not a copy: for state encoded at once, while nothing
+    /// changes `t`.
+    pub fn share(&mut self, name: impl Into<String>, t: &Tensor) {
+        self.tensors.insert(name.into(), t.detach());
+    }
+
+    /// [`OptimizerState::share`] of one tensor per parameter, under the names
+    /// [`OptimizerState::put_per_tensor`] uses.
+    pub fn share_per_tensor(&mut self, key: &str, tensors: &[Tensor]) {
+        for (i, t) in tensors.iter().enumerate() {
+            self.share(format!("{key}.{i}"), t);
+        }
     }
 
     /// Adds a scalar under `name`.
@@ -178,7 +192,7 @@ impl OptimizerState {
             .collect::<Result<_>>()?;
         params.check_matches(&tensors).map_err(|e| OptimizerError::State(format!("{key}: {e}")))?;
         for (i, t) in tensors.iter().enumerate() {
-            crate::view::with_f32(&params.names()[i], t, |v| {
+            crate::view::with_host_f32(&params.names()[i], t, |v| {
                 meridian_kernels::error::check_finite("optimizer state", v)
             })?
             .map_err(|e| OptimizerError::State(format!("{key}.{i}: {e}")))?;
@@ -199,7 +213,7 @@ impl OptimizerState {
     }
 
     /// The state as safetensors bytes (what a worker sends a peer that is catching up).
-    /// Tensors must be f32 or f64 on the CPU.
+    /// Tensors must be f32 or f64, on any device (each is copied to the host once).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let tag = Tensor::from(f64::from(self.algorithm.tag()));
