@@ -155,14 +155,23 @@ const KERNELS: &[&str] = &[
     "compress_chunks",
 ];
 
+/// Most blocks a grid holds along x (`gridDim.x`, 2^31 - 1 on every supported device): a
+/// larger grid would fail at launch, so it is refused here with a typed error.
+pub(crate) const MAX_GRID_X: usize = i32::MAX as usize;
+
+/// One thread per element of `n`.
 fn grid_for(n: usize) -> Result<LaunchConfig> {
-    let blocks = u32::try_from(n.div_ceil(THREADS as usize).max(1))
-        .map_err(|_| invalid("len", format!("{n} elements need too many blocks")))?;
-    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    blocks(n.div_ceil(THREADS as usize))
 }
 
-fn blocks(n: usize) -> Result<LaunchConfig> {
-    let blocks = u32::try_from(n.max(1)).map_err(|_| invalid("len", "too many blocks"))?;
+/// `n` blocks of [`THREADS`] threads (at least one block).
+pub(crate) fn blocks(n: usize) -> Result<LaunchConfig> {
+    let n = n.max(1);
+    if n > MAX_GRID_X {
+        return Err(invalid("len", format!("{n} blocks exceed the {MAX_GRID_X} a grid holds")));
+    }
+    // Exact: `n` is below 2^31.
+    let blocks = n as u32;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
 }
 
@@ -770,6 +779,8 @@ impl QuantPlan {
     pub(crate) fn new(cfg: &QuantConfig, n: usize) -> Result<Self> {
         cfg.validate()?;
         u32_of("values", n)?;
+        // One CUDA block per quantization block.
+        blocks(n.div_ceil(cfg.block))?;
         let (scheme, clip, per_block) = match cfg.scheme {
             Scheme::Absmax => (0, 0.0, 1),
             Scheme::Codebook { clip_sigmas } => (1, clip_sigmas, 1usize << cfg.bits.count()),

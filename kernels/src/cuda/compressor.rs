@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use super::backend::{device_err, CudaBackend, DctBases, DeviceBuffer, IndexPlan, QuantPlan};
+use cudarc::driver::LaunchConfig;
+
+use super::backend::{
+    blocks, device_err, CudaBackend, DctBases, DeviceBuffer, IndexPlan, QuantPlan,
+};
 use crate::aggregate::{Contribution, MeanOver};
 use crate::chunks::ChunkSpec;
 use crate::error::{KernelError, Result};
@@ -26,6 +30,8 @@ pub struct CudaCompressor {
     bases: Option<DctBases>,
     index: IndexPlan,
     quant: Option<QuantPlan>,
+    /// The fused kernel's grid: one block per tile (DCT) or chunk.
+    grid: LaunchConfig,
     idx: DeviceBuffer<u32>,
     val: DeviceBuffer<f32>,
     words: DeviceBuffer<u32>,
@@ -52,6 +58,9 @@ impl CudaCompressor {
             .ok_or_else(|| device_err("global selection has no CUDA kernel; use the CPU"))?;
         let bases = cpu.dct_plan().map(|plan| DctBases::new(&backend, plan)).transpose()?;
         let index = IndexPlan::new(&spec)?;
+        let units = bases.as_ref().map_or(spec.num_chunks(), |b| b.tiles);
+        // A grid larger than the device takes is refused here, so callers use the CPU.
+        let grid = blocks(units).map_err(|e| device_err(format!("fused compress: {e}")))?;
         let total = spec.total_k();
         let quant = config.values.as_ref().map(|q| QuantPlan::new(q, total)).transpose()?;
         let (params, packed) = quant.as_ref().map_or((0, 0), |q| (q.params, q.packed));
@@ -72,6 +81,7 @@ impl CudaCompressor {
             bases,
             index,
             quant,
+            grid,
         })
     }
 
@@ -129,7 +139,7 @@ impl CudaCompressor {
                 let k = spec.k as u32;
                 b.launch(
                     "compress_dct",
-                    tiles_cfg(bases.tiles)?,
+                    self.grid,
                     &[&x, &g, &rd, &cd, &k, &fixed, &width, &idx, &val, &words, &bad],
                 )?;
             }
@@ -139,7 +149,7 @@ impl CudaCompressor {
                 let k_last = spec.k_for(last) as u32;
                 b.launch(
                     "compress_chunks",
-                    tiles_cfg(spec.num_chunks())?,
+                    self.grid,
                     &[&x, &len, &chunk, &k, &k_last, &fixed, &width, &idx, &val, &words, &bad],
                 )?;
             }
@@ -334,13 +344,4 @@ pub(crate) fn assemble(
     };
     out.sent = Sparse { indices: o.idx, values };
     Ok(())
-}
-
-fn tiles_cfg(n: usize) -> Result<cudarc::driver::LaunchConfig> {
-    let blocks = u32::try_from(n.max(1)).map_err(|_| device_err("too many tiles"))?;
-    Ok(cudarc::driver::LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (super::backend::THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
 }

@@ -56,6 +56,20 @@ fn a_compile_error_and_a_warning_are_both_caught() {
     assert!(!warned.log.is_empty(), "expected a warning for an uninitialised read");
 }
 
+#[test]
+fn grids_beyond_the_device_limit_are_refused_before_launch() {
+    use super::backend::{blocks, QuantPlan, MAX_GRID_X};
+    assert_eq!(blocks(0).unwrap().grid_dim, (1, 1, 1));
+    assert_eq!(blocks(MAX_GRID_X).unwrap().grid_dim.0 as usize, MAX_GRID_X);
+    assert!(blocks(MAX_GRID_X + 1).is_err());
+    // One CUDA block per quantization block: blocks of one value over 2^31 values would
+    // need a grid the device refuses at launch.
+    let one = QuantConfig { block: 1, ..QuantConfig::int8() };
+    assert!(QuantPlan::new(&one, MAX_GRID_X).is_ok());
+    assert!(QuantPlan::new(&one, MAX_GRID_X + 1).is_err());
+    assert!(QuantPlan::new(&QuantConfig::int8(), MAX_GRID_X + 1).is_ok());
+}
+
 // ---------------------------------------------------------------------------------------
 // Parity with the CPU backend. These need a CUDA device; without one each prints
 // "skipped: no CUDA device" and returns.
