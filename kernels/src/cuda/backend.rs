@@ -53,7 +53,7 @@ pub(crate) struct TileGeometry {
 unsafe impl DeviceRepr for TileGeometry {}
 
 /// Longest line the kernels transform (`MERIDIAN_MAX_LINE` in dct.cuh).
-const MAX_LINE: usize = 64;
+pub(crate) const MAX_LINE: usize = 64;
 
 impl TileGeometry {
     /// The geometry of `plan`, or an error when a chunk exceeds what the kernels hold.

@@ -56,6 +56,26 @@ fn a_compile_error_and_a_warning_are_both_caught() {
     assert!(!warned.log.is_empty(), "expected a warning for an uninitialised read");
 }
 
+/// The value of `#define name VALUE` in the CUDA sources.
+fn cuda_define(name: &str) -> usize {
+    let all = format!("{}\n{}", super::source::PRELUDE, module_source());
+    let key = format!("#define {name} ");
+    let line = all.lines().find_map(|l| l.strip_prefix(key.as_str()));
+    line.and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no #define {name}"))
+}
+
+#[test]
+fn the_launch_constants_match_the_cuda_sources() {
+    // The block-wide scans keep one slot per warp (MERIDIAN_WARPS of them) and ballot with
+    // a full mask, so every launch must have exactly MERIDIAN_THREADS threads, a whole
+    // number of warps; the host runs use other block sizes and cannot see a mismatch.
+    use super::backend::{MAX_TILE, THREADS};
+    assert_eq!(THREADS as usize, cuda_define("MERIDIAN_THREADS"));
+    assert_eq!(THREADS % 32, 0);
+    assert_eq!(MAX_TILE, cuda_define("MERIDIAN_MAX_TILE"));
+    assert_eq!(super::backend::MAX_LINE, cuda_define("MERIDIAN_MAX_LINE"));
+}
+
 #[test]
 fn grids_beyond_the_device_limit_are_refused_before_launch() {
     use super::backend::{blocks, QuantPlan, MAX_GRID_X};
