@@ -2,7 +2,8 @@
 // with a mean-magnitude scale at 1 bit, and the 2^b-entry codebook. One CUDA block per
 // quantization block. Statistics whose value depends on summation order (sums, means,
 // variances, bin means) are accumulated by one thread in element order in double, exactly
-// as on the CPU; order-free ones (max |x|, min, max) are reduced in parallel. Codes are
+// as on the CPU; order-free ones (max |x|) are reduced in parallel, min and max in element
+// order by the same thread (the first of equal extremes, so a zero's sign, is kept). Codes are
 // computed per element with the CPU's double-precision formulas, so codes and parameters
 // are bit-identical to the CPU's.
 
@@ -19,6 +20,14 @@ __device__ __forceinline__ u64 splitmix_at(u64 seed, u64 i) {
 
 __device__ __forceinline__ double unit_draw(u64 seed, u64 i) {
     return (double)((float)(splitmix_at(seed, i) >> 40) * (1.0f / 16777216.0f));
+}
+
+// `v` raised to `floor`, `v` itself when they compare equal (either zero): the CPU's at_least.
+__device__ __forceinline__ double at_least(double v, double floor) { return v < floor ? floor : v; }
+
+// `v` lowered to `ceiling`, `v` itself when they compare equal: the CPU's at_most.
+__device__ __forceinline__ double at_most(double v, double ceiling) {
+    return v > ceiling ? ceiling : v;
 }
 
 // Quantizes vals[0..n) in blocks of `block`. Writes per block its parameters (1 scale, or
@@ -124,8 +133,10 @@ extern "C" __global__ void quantize_blocks(const float* __restrict__ vals, u32 n
         float mx = x[0];
         for (u32 i = 0; i < len; ++i) {
             sum += (double)x[i];
-            mn = fminf(mn, x[i]);
-            mx = fmaxf(mx, x[i]);
+            // Plain comparisons: fminf/fmaxf may return either zero of min(+0, -0); the
+            // first of equal extremes wins, as on the CPU.
+            if (x[i] < mn) mn = x[i];
+            if (x[i] > mx) mx = x[i];
         }
         const double count = (double)len;
         const double mean = sum / count;
@@ -180,10 +191,11 @@ extern "C" __global__ void quantize_blocks(const float* __restrict__ vals, u32 n
         const double right = lo + (double)(j + 1u) * w;
         double entry;
         if (count > 0) {
-            entry = fmin(fmax(fmin(fmax(sum / (double)count, left), right), (double)mn),
-                         (double)mx);
+            entry = at_most(at_least(at_most(at_least(sum / (double)count, left), right),
+                                     (double)mn),
+                            (double)mx);
         } else {
-            entry = fmin(fmax(lo + ((double)j + 0.5) * w, (double)mn), (double)mx);
+            entry = at_most(at_least(lo + ((double)j + 0.5) * w, (double)mn), (double)mx);
         }
         const float e = (float)entry;
         s_entries[j] = e;

@@ -219,7 +219,11 @@ fn gpu_quantization_gives_the_cpu_bytes() {
     for &n in &SIZES {
         let mut x = random(n, seed ^ n as u64);
         if n > 200 {
-            x[..64].iter_mut().for_each(|v| *v = 0.0); // an all-zero region
+            // An all-zero region, zeros of both signs: tied extremes keep the first's sign.
+            x[..64]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 2 == 0 { -0.0 } else { 0.0 });
             x[150] *= 1000.0; // an outlier
         }
         let dev = b.upload(&x).unwrap();

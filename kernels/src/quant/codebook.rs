@@ -44,8 +44,15 @@ fn stats(block: &[f32]) -> Stats {
     let (mut sum, mut min, mut max) = (0.0f64, f32::INFINITY, f32::NEG_INFINITY);
     for &x in block {
         sum += f64::from(x);
-        min = min.min(x);
-        max = max.max(x);
+        // Plain comparisons, not `f32::min`/`max`, which may return either zero of
+        // `min(+0, −0)`: the first of equal extremes wins, as in the CUDA kernel, so a block
+        // of mixed-sign zeros gets the same bits on every backend.
+        if x < min {
+            min = x;
+        }
+        if x > max {
+            max = x;
+        }
     }
     let mean = sum / n;
     // Two passes rather than E[x²] − μ²: no cancellation when |μ| ≫ σ. A plain product,
@@ -105,13 +112,32 @@ pub(super) fn quantize_block(
             // The outer clamp to [min, max] is a no-op in exact arithmetic (a non-empty
             // bin's clamped mean lies between data values); it keeps rounding from pushing
             // an entry past f32::MAX.
-            (sums[j] / counts[j] as f64).max(left).min(right).max(min).min(max)
+            at_most(at_least(at_most(at_least(sums[j] / counts[j] as f64, left), right), min), max)
         } else {
             // An empty bin's entry is never read back; keeping it inside the data range
             // keeps it finite when μ ± cσ exceeds the f32 range.
-            (lo + (j as f64 + 0.5) * w).max(min).min(max)
+            at_most(at_least(lo + (j as f64 + 0.5) * w, min), max)
         };
         params.push(entry as f32);
+    }
+}
+
+/// `v` raised to `floor`; `v` itself when they compare equal (either zero), as the CUDA
+/// kernel's `at_least`.
+fn at_least(v: f64, floor: f64) -> f64 {
+    if v < floor {
+        floor
+    } else {
+        v
+    }
+}
+
+/// `v` lowered to `ceiling`; `v` itself when they compare equal, as the CUDA `at_most`.
+fn at_most(v: f64, ceiling: f64) -> f64 {
+    if v > ceiling {
+        ceiling
+    } else {
+        v
     }
 }
 
@@ -163,6 +189,19 @@ mod tests {
         let (mut codes, mut params) = (Vec::new(), Vec::new());
         quantize_block(block, bits, c, &mut codes, &mut params);
         (codes, params)
+    }
+
+    #[test]
+    fn a_block_of_mixed_zeros_keeps_the_first_zeros_sign() {
+        for (block, sign) in [([0.0f32, -0.0, 0.0], 0u32), ([-0.0, 0.0, -0.0], 1 << 31)] {
+            let (codes, params) = run(&block, Bits::B2, 2.0);
+            assert_eq!(codes, vec![0; 3]);
+            assert!(params.iter().all(|p| p.to_bits() == sign), "{block:?}: {params:?}");
+        }
+        // Entries clamped to a zero extreme keep the entry's own zero, not the bound's.
+        assert_eq!(at_least(-0.0, 0.0).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(at_most(0.0, -0.0).to_bits(), 0.0f64.to_bits());
+        assert_eq!((at_least(-1.0, 0.5), at_most(2.0, 0.5)), (0.5, 0.5));
     }
 
     #[test]
