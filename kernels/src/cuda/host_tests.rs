@@ -6,10 +6,10 @@
 use super::backend::{IndexPlan, QuantPlan};
 use super::compressor::{assemble, DeviceOutputs};
 use super::source::{PRELUDE, SOURCES};
+use super::test_support::{host_compiler, put_dct_plan, put_f32s, put_u32, random};
 use crate::chunks::ChunkSpec;
 use crate::pipeline::{Compressed, Compressor, CompressorConfig, Selection, Transform};
 use crate::quant::{Bits, QuantConfig, Rounding, Scheme};
-use crate::rng::SplitMix64;
 
 /// CUDA's built-ins for one thread per block on the host.
 const SHIMS: &str = r#"
@@ -214,16 +214,6 @@ int main(int argc, char** argv) {
 }
 "#;
 
-fn put(b: &mut Vec<u8>, v: usize) {
-    b.extend_from_slice(&(v as u32).to_le_bytes());
-}
-
-fn compiler() -> Option<&'static str> {
-    ["c++", "g++", "clang++"].into_iter().find(|c| {
-        std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
-    })
-}
-
 struct Harness {
     dir: std::path::PathBuf,
     exe: std::path::PathBuf,
@@ -231,7 +221,7 @@ struct Harness {
 
 impl Harness {
     fn build(threads: u32) -> Option<Self> {
-        let Some(cxx) = compiler() else {
+        let Some(cxx) = host_compiler() else {
             println!("skipped: no C++ compiler");
             return None;
         };
@@ -266,41 +256,17 @@ impl Harness {
         let mut b = Vec::new();
         match cpu.dct_plan() {
             Some(plan) => {
-                let (r, c) = (plan.rows(), plan.cols());
-                let line = if r.len == 1 {
-                    1
-                } else if c.len == 1 {
-                    2
-                } else {
-                    0
-                };
-                for v in
-                    [1, r.len, c.len, r.chunk, c.chunk, c.padded / c.chunk, line, plan.num_tiles()]
-                {
-                    put(&mut b, v);
-                }
-                for n in [r.chunk, c.chunk] {
-                    let (gather, tab) = crate::dct::fast_tables(n).unwrap_or_default();
-                    let fast = crate::dct::fast_tables(n).is_some();
-                    for v in [n, usize::from(fast), gather.len(), tab.len()] {
-                        put(&mut b, v);
-                    }
-                    for g in gather {
-                        put(&mut b, g as usize);
-                    }
-                    for f in tab.into_iter().chain(crate::dct::basis(n)) {
-                        b.extend_from_slice(&f.to_le_bytes());
-                    }
-                }
+                put_u32(&mut b, 1);
+                put_dct_plan(&mut b, plan);
             }
-            None => (0..8).for_each(|_| put(&mut b, 0)),
+            None => (0..8).for_each(|_| put_u32(&mut b, 0)),
         }
         let last = spec.chunk_range(spec.num_chunks() - 1).len();
         for v in [spec.len, spec.chunk_len, spec.k, spec.k_for(last), spec.num_chunks()] {
-            put(&mut b, v);
+            put_u32(&mut b, v);
         }
         for v in [usize::from(index.fixed), index.width as usize, index.words(), spec.total_k()] {
-            put(&mut b, v);
+            put_u32(&mut b, v);
         }
         let (block, bits, scheme, clip, stochastic, seed, nparams, npacked) = match &quant {
             Some(q) => (
@@ -316,7 +282,7 @@ impl Harness {
             None => (1, 8, 0, 0.0f32, 0, 0u64, 0, 0),
         };
         for v in [usize::from(quant.is_some()), block, bits, scheme] {
-            put(&mut b, v);
+            put_u32(&mut b, v);
         }
         b.extend_from_slice(&clip.to_le_bytes());
         for v in [
@@ -327,7 +293,7 @@ impl Harness {
             npacked,
             x.len(),
         ] {
-            put(&mut b, v);
+            put_u32(&mut b, v);
         }
         for f in x {
             b.extend_from_slice(&f.to_le_bytes());
@@ -400,31 +366,10 @@ fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-fn put_f32(b: &mut Vec<u8>, v: &[f32]) {
-    for x in v {
-        b.extend_from_slice(&x.to_le_bytes());
-    }
-}
-
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = SplitMix64::new(seed);
-    (0..n)
-        .map(|i| {
-            let u = r.next_unit_f32() + r.next_unit_f32() + r.next_unit_f32() - 1.5;
-            // A share of exact ties, to exercise the lower-index rule.
-            if i % 7 == 0 {
-                (u * 8.0).round() / 8.0
-            } else {
-                u
-            }
-        })
-        .collect()
 }
 
 #[test]
@@ -578,7 +523,7 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
                     spec.len,
                     plan.width as usize,
                 ] {
-                    put(&mut b, v);
+                    put_u32(&mut b, v);
                 }
                 b.extend_from_slice(&body);
                 let scheme = usize::from(matches!(q.scheme, Scheme::Codebook { .. }));
@@ -590,10 +535,10 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
                     quantized.codes.len(),
                     quantized.params.len(),
                 ] {
-                    put(&mut b, v);
+                    put_u32(&mut b, v);
                 }
                 b.extend_from_slice(&quantized.codes);
-                put_f32(&mut b, &quantized.params);
+                put_f32s(&mut b, &quantized.params);
                 let out = h.run("decode", &b);
                 let bad = u32s(&out[..4])[0];
                 let idx = u32s(&out[4..4 + 4 * plan.total_k]);
@@ -648,14 +593,14 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
         };
         let mut b = Vec::new();
         for v in [n, workers, count_mode, order.len()] {
-            put(&mut b, v);
+            put_u32(&mut b, v);
         }
         for c in order {
-            put(&mut b, c.sparse.len());
+            put_u32(&mut b, c.sparse.len());
             for &i in &c.sparse.indices {
-                put(&mut b, i as usize);
+                put_u32(&mut b, i as usize);
             }
-            put_f32(&mut b, &c.sparse.values);
+            put_f32s(&mut b, &c.sparse.values);
         }
         let out = h.run("aggregate", &b);
         assert_eq!(u32s(&out[..4])[0], u32::MAX);

@@ -73,4 +73,6 @@ pub use loader::{cuda_available, device_count};
 #[cfg(test)]
 mod host_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

@@ -1,3 +1,7 @@
+//! Tests of the CUDA backend: the sources compile with NVRTC without warnings, the launch
+//! constants match the sources, parity with the CPU backend on a device (skipped without
+//! one), and `dct.cuh` run on the host giving the CPU DCT's bits.
+
 use super::source::{compile, module_source, SOURCES};
 
 const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
@@ -97,13 +101,13 @@ fn grids_beyond_the_device_limit_are_refused_before_launch() {
 
 use std::sync::Arc;
 
+use super::test_support::{host_compiler, put_dct_plan, put_f32s, random};
 use super::{CudaBackend, CudaCompressor, DctBases, DeviceBuffer};
 use crate::aggregate::{scatter_mean, Contribution, MeanOver, ScatterScratch};
 use crate::chunks::ChunkSpec;
 use crate::dct::DctPlan;
 use crate::pipeline::{Compressor, CompressorConfig, Selection};
 use crate::quant::{quantize, Bits, QuantConfig, Rounding, Scheme};
-use crate::rng::SplitMix64;
 use crate::sparse::Sparse;
 use crate::{feedback, pack, topk, KernelError};
 
@@ -124,21 +128,6 @@ fn fresh_seed(test: &str) -> u64 {
         .map_or(1, |d| d.as_nanos() as u64);
     println!("{test}: seed {nanos}");
     nanos
-}
-
-/// Gaussian-ish values with a share of exact ties (values on a coarse grid).
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = SplitMix64::new(seed);
-    (0..n)
-        .map(|i| {
-            let u = r.next_unit_f32() + r.next_unit_f32() + r.next_unit_f32() - 1.5;
-            if i % 7 == 0 {
-                (u * 8.0).round() / 8.0
-            } else {
-                u
-            }
-        })
-        .collect()
 }
 
 /// A device buffer of `n` floats, every bit set (NaN) so that unwritten elements show.
@@ -596,22 +585,6 @@ int main(int argc, char** argv) {
 }
 "#;
 
-fn host_compiler() -> Option<&'static str> {
-    ["c++", "g++", "clang++"].into_iter().find(|c| {
-        std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
-    })
-}
-
-fn put_u32(buf: &mut Vec<u8>, v: usize) {
-    buf.extend_from_slice(&(v as u32).to_le_bytes());
-}
-
-fn put_f32s(buf: &mut Vec<u8>, v: &[f32]) {
-    for x in v {
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-}
-
 #[test]
 fn the_cuda_dct_source_gives_the_cpu_dct_bits_when_run_on_the_host() {
     let Some(cxx) = host_compiler() else {
@@ -652,31 +625,9 @@ fn the_cuda_dct_source_gives_the_cpu_dct_bits_when_run_on_the_host() {
     ];
     for (s, shape) in shapes.iter().enumerate() {
         let plan = DctPlan::for_shape(shape, 64).unwrap();
-        let (r, c) = (plan.rows(), plan.cols());
         let x = random(plan.input_len(), 77 + s as u64);
         let mut input = Vec::new();
-        let line = if r.len == 1 {
-            1
-        } else if c.len == 1 {
-            2
-        } else {
-            0
-        };
-        for v in [r.len, c.len, r.chunk, c.chunk, c.padded / c.chunk, line, plan.num_tiles()] {
-            put_u32(&mut input, v);
-        }
-        for n in [r.chunk, c.chunk] {
-            let (gather, tab) = crate::dct::fast_tables(n).unwrap_or_default();
-            let fast = crate::dct::fast_tables(n).is_some();
-            for v in [n, usize::from(fast), gather.len(), tab.len()] {
-                put_u32(&mut input, v);
-            }
-            for g in &gather {
-                input.extend_from_slice(&g.to_le_bytes());
-            }
-            put_f32s(&mut input, &tab);
-            put_f32s(&mut input, &crate::dct::basis(n));
-        }
+        put_dct_plan(&mut input, &plan);
         put_f32s(&mut input, &x);
         let (inp, outp) = (dir.join("in.bin"), dir.join("out.bin"));
         std::fs::write(&inp, &input).unwrap();

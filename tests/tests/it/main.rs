@@ -1,3 +1,0 @@
-//! Cross-crate integration tests, compiled into one binary.
-
-mod kernels_on_tensors;
