@@ -17,7 +17,7 @@ use crate::outer::diloco::{Diloco, DilocoConfig};
 use crate::outer::sparseloco::{Sparseloco, SparselocoConfig};
 use crate::outer::OuterOptimizer;
 use crate::params::ParamSet;
-use crate::robust::Aggregation;
+use crate::robust::{Aggregation, Robust};
 use crate::testing::toy_harness;
 use crate::toy::{ToyConfig, ToyMlp};
 
@@ -76,11 +76,18 @@ fn run(algo: Algo, attack: Option<Attack>, steps: u64) -> (f64, Vec<u32>) {
 }
 
 fn ddp(aggregation: Aggregation) -> Algo {
-    Algo::Ddp(DdpConfig { aggregation, ..Default::default() })
+    Algo::Ddp(DdpConfig {
+        robust: Robust { aggregation, ..Default::default() },
+        ..Default::default()
+    })
 }
 
 fn diloco(aggregation: Aggregation) -> Algo {
-    Algo::Diloco(DilocoConfig { inner_steps: 10, aggregation, ..Default::default() })
+    Algo::Diloco(DilocoConfig {
+        inner_steps: 10,
+        robust: Robust { aggregation, ..Default::default() },
+        ..Default::default()
+    })
 }
 
 fn sparseloco(aggregation: Aggregation) -> Algo {
@@ -88,7 +95,7 @@ fn sparseloco(aggregation: Aggregation) -> Algo {
         inner_steps: 10,
         chunk: 64,
         topk: 16,
-        aggregation,
+        robust: Robust { aggregation, ..Default::default() },
         ..Default::default()
     })
 }

@@ -13,6 +13,7 @@ use crate::error::{OptimizerError, Result};
 use crate::outer::{OuterOptimizer, Phase};
 use crate::params::ParamSet;
 use crate::payload::Payload;
+use crate::rejection::{Rejection, Rejections};
 use crate::train_step::TrainStep;
 
 /// One worker of the harness.
@@ -39,7 +40,7 @@ pub struct ExchangeReport {
     /// Each worker's [`OuterOptimizer::consensus_hash`] after applying.
     pub hashes: Vec<u64>,
     /// Rejections reported by worker 0's apply (member, reason).
-    pub rejected: Vec<(u32, String)>,
+    pub rejected: Rejections,
     /// Wall seconds the exchange took in this process (every worker's prepare, encode,
     /// decode and apply, one after another).
     pub seconds: f64,
@@ -206,7 +207,9 @@ impl<S: TrainStep> Harness<S> {
             for &j in &order {
                 match Payload::decode(&wire[j], w.params.shapes()) {
                     Ok(p) => received.push(p),
-                    Err(e) if i == 0 => rejected.push((j as u32, e.to_string())),
+                    Err(e) if i == 0 => {
+                        rejected.push((j as u32, Rejection::Malformed(e.to_string())))
+                    }
                     Err(_) => {}
                 }
             }

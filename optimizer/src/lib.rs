@@ -10,13 +10,20 @@
 //! It knows nothing of the network: payloads go in and out as values, and the caller (the
 //! in-process [`harness`], or the comm layer) decides who receives them.
 //!
-//! - [`outer::OuterOptimizer`]: the interface and its call order.
+//! - [`outer::OuterOptimizer`]: the interface and its call order; [`outer::receive`], the
+//!   one receive path every algorithm's `apply` takes (admit, decode, screen);
+//!   [`outer::OptimizerState`], what an optimizer checkpoints.
+//! - [`config::AlgoConfig`]: an algorithm picked by name with its settings, from TOML and
+//!   `--set` overrides; every settings struct implements [`config::AlgoSettings`].
 //! - [`params::ParamSet`]: a model's parameters in canonical order, with a bit-exact hash.
 //! - [`payload`]: the versioned, validated message format.
+//! - [`rejection::Rejection`]: why a member's payload was left out of a round.
 //! - [`harness::Harness`]: N workers in one process.
 //! - [`solo::SoloWorker`]: one worker exchanging through the network ([`solo::Exchange`]).
 //! - [`ring::DenseRing`]: summing dense payloads in bytes, for a ring all-reduce.
-//! - [`robust`]: Byzantine-robust aggregation (norm clipping, trimmed mean, outliers).
+//! - [`robust`]: Byzantine-robust aggregation (norm clipping, trimmed mean, outliers); its
+//!   [`robust::Robust`] settings are part of every algorithm's settings.
+//! - [`byzantine`]: a worker that sends doctored updates, for testing those defences.
 //! - [`toy`]: a small MLP task for tests and examples.
 //! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place); whether
 //!   LibTorch can use a GPU here ([`device::cuda_is_available`]).
@@ -33,6 +40,7 @@ pub mod outer;
 pub mod params;
 pub mod payload;
 pub mod reference;
+pub mod rejection;
 pub mod ring;
 pub mod robust;
 pub mod solo;
@@ -45,3 +53,4 @@ mod testing;
 
 pub use algorithm::Algorithm;
 pub use error::{OptimizerError, Result};
+pub use rejection::Rejection;

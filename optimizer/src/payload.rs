@@ -22,6 +22,7 @@
 
 use crate::algorithm::Algorithm;
 use crate::error::{OptimizerError, Result};
+use crate::rejection::Rejection;
 
 const MAGIC: &[u8; 4] = b"MRDP";
 /// The payload format version this build reads and writes.
@@ -175,28 +176,30 @@ impl Payload {
         expected: Option<&[usize]>,
         shapes: &[Vec<usize>],
         allowed: &[Encoding],
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Rejection> {
         let want = expected.map_or(shapes.len(), <[usize]>::len);
         if self.segments.len() != want {
-            return Err(format!("{} segments, expected {want}", self.segments.len()));
+            return Err(Rejection::SegmentCount { got: self.segments.len(), expected: want });
         }
         for (k, s) in self.segments.iter().enumerate() {
             let i = expected.map_or(k, |e| e[k]);
             if s.tensor as usize != i {
-                return Err(format!("segment {k} is for tensor {}, expected tensor {i}", s.tensor));
+                return Err(Rejection::SegmentTensor { segment: k, tensor: s.tensor, expected: i });
             }
             if !allowed.contains(&s.encoding) {
-                return Err(format!(
-                    "tensor {i}: {:?} segment, expected one of {allowed:?}",
-                    s.encoding
-                ));
+                return Err(Rejection::SegmentEncoding {
+                    tensor: i,
+                    encoding: s.encoding,
+                    allowed: allowed.to_vec(),
+                });
             }
-            let shape = shapes.get(i).ok_or_else(|| format!("tensor {i} is not in the model"))?;
+            let shape = shapes.get(i).ok_or(Rejection::NotInModel { tensor: i })?;
             if !s.has_shape(shape) {
-                return Err(format!(
-                    "tensor {i} has shape {:?}, the model's is {shape:?}",
-                    s.shape
-                ));
+                return Err(Rejection::SegmentShape {
+                    tensor: i,
+                    shape: s.shape.clone(),
+                    model: shape.clone(),
+                });
             }
         }
         Ok(())
@@ -242,27 +245,29 @@ impl Payload {
     pub fn decode(bytes: &[u8], shapes: &[Vec<usize>]) -> Result<Self> {
         let mut r = Reader { bytes, at: 0 };
         let bad = |reason: String| OptimizerError::InvalidPayload { worker: u32::MAX, reason };
-        if r.take(4).map_err(bad)? != MAGIC {
+        let cut = |e: Truncated| bad(e.to_string());
+        if r.take(4).map_err(cut)? != MAGIC {
             return Err(bad("not a Meridian payload (bad magic)".into()));
         }
-        let version = r.u16().map_err(bad)?;
+        let version = r.u16().map_err(cut)?;
         if version != VERSION {
             return Err(bad(format!("payload version {version}, this build reads {VERSION}")));
         }
-        let tag = r.u8().map_err(bad)?;
+        let tag = r.u8().map_err(cut)?;
         let algorithm =
             Algorithm::from_tag(tag).ok_or_else(|| bad(format!("unknown algorithm tag {tag}")))?;
-        let round = r.u64().map_err(bad)?;
-        let worker = r.u32().map_err(bad)?;
+        let round = r.u64().map_err(cut)?;
+        let worker = r.u32().map_err(cut)?;
         let bad = |reason: String| OptimizerError::InvalidPayload { worker, reason };
-        let count = r.u32().map_err(bad)? as usize;
+        let cut = |e: Truncated| bad(e.to_string());
+        let count = r.u32().map_err(cut)? as usize;
         if count > shapes.len() {
             return Err(bad(format!("{count} segments for a model of {} tensors", shapes.len())));
         }
         let mut segments = Vec::with_capacity(count);
         let mut prev: Option<u32> = None;
         for _ in 0..count {
-            let tensor = r.u32().map_err(bad)?;
+            let tensor = r.u32().map_err(cut)?;
             if prev.is_some_and(|p| p >= tensor) {
                 return Err(bad(format!("segment tensor indices not increasing at {tensor}")));
             }
@@ -270,16 +275,16 @@ impl Payload {
             let model_shape = shapes.get(tensor as usize).ok_or_else(|| {
                 bad(format!("tensor index {tensor} out of range ({} tensors)", shapes.len()))
             })?;
-            let etag = r.u8().map_err(bad)?;
+            let etag = r.u8().map_err(cut)?;
             let encoding =
                 Encoding::from_tag(etag).ok_or_else(|| bad(format!("unknown encoding {etag}")))?;
-            let rank = r.u8().map_err(bad)? as usize;
+            let rank = r.u8().map_err(cut)? as usize;
             let mut shape = Vec::with_capacity(rank);
             for _ in 0..rank {
-                shape.push(r.u32().map_err(bad)?);
+                shape.push(r.u32().map_err(cut)?);
             }
-            let len = r.u32().map_err(bad)? as usize;
-            let body = r.take(len).map_err(bad)?.to_vec();
+            let len = r.u32().map_err(cut)? as usize;
+            let body = r.take(len).map_err(cut)?.to_vec();
             let segment = Segment { tensor, encoding, shape, body };
             if !segment.has_shape(model_shape) {
                 return Err(bad(format!(
@@ -304,27 +309,38 @@ struct Reader<'a> {
     at: usize,
 }
 
+/// The input ended before a field it declares: the one way reading a field can fail.
+#[derive(Debug, thiserror::Error)]
+#[error("truncated: needed {needed} bytes at offset {at}, have {have}")]
+struct Truncated {
+    needed: usize,
+    at: usize,
+    have: usize,
+}
+
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("truncated: needed {n} bytes at offset {}, have {}", self.at, self.bytes.len())
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], Truncated> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(Truncated {
+            needed: n,
+            at: self.at,
+            have: self.bytes.len(),
         })?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
-    fn u8(&mut self) -> std::result::Result<u8, String> {
+    fn u8(&mut self) -> std::result::Result<u8, Truncated> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> std::result::Result<u16, String> {
+    fn u16(&mut self) -> std::result::Result<u16, Truncated> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> std::result::Result<u32, String> {
+    fn u32(&mut self) -> std::result::Result<u32, Truncated> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> std::result::Result<u64, String> {
+    fn u64(&mut self) -> std::result::Result<u64, Truncated> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);

@@ -62,7 +62,7 @@ use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OptimizerError, Result};
-use crate::outer::Rejections;
+use crate::rejection::{self, Rejection, Rejections};
 
 /// How a round combines its members' updates; see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -112,20 +112,24 @@ pub const DEFAULT_OUTLIER_FACTOR: f64 = 3.0;
 /// are rejected there.
 pub const DEFAULT_MIN_COSINE: f64 = 0.0;
 
-/// An algorithm's robust-aggregation settings (its `aggregation`, `trim` and
-/// `outlier_factor` fields).
+/// An algorithm's robust-aggregation settings: the `robust` field of every algorithm's
+/// settings struct, whose fields are written as flat keys beside the algorithm's own in a
+/// settings file or `--set` (`aggregation`, `trim`, `outlier_factor`, `min_cosine`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Robust {
-    /// The mode.
+    /// The mode: `mean` (default), `clip_median`, `trimmed_mean` (dense exchanges only) or
+    /// `reject_outliers`.
     pub aggregation: Aggregation,
     /// Under [`Aggregation::TrimmedMean`], the fraction of members dropped at each end of
-    /// every coordinate, in `[0, 0.5)`.
+    /// every coordinate, in `[0, 0.5)` (default [`DEFAULT_TRIM`]). The sparse algorithms
+    /// accept and ignore it, so that one settings file fits every algorithm.
     pub trim: f64,
-    /// Under [`Aggregation::RejectOutliers`], how many times the median norm a member may
-    /// reach; at least 1.
+    /// Under [`Aggregation::RejectOutliers`], how many times the round's median norm a
+    /// member's update may reach; at least 1 (default [`DEFAULT_OUTLIER_FACTOR`]).
     pub outlier_factor: f64,
     /// Under [`Aggregation::RejectOutliers`], the lowest cosine similarity a member's update
-    /// may have with the sum of the others' updates, in `[-1, 1]`; −1 turns the test off.
+    /// may have with the sum of the others' updates, in `[-1, 1]`; −1 turns the test off
+    /// (default [`DEFAULT_MIN_COSINE`]: a sign flip is rejected).
     pub min_cosine: f64,
 }
 
@@ -206,13 +210,13 @@ impl Robust {
         for (w, u) in members {
             let big = u.slices().into_iter().flatten().copied().find(|v| v.abs() > limit);
             match big {
-                Some(v) => reject(rejected, w, format!("value {v:e} exceeds the bound {limit:e}")),
+                Some(value) => reject(rejected, w, Rejection::ExceedsBound { value, limit }),
                 None => kept.push((w, u)),
             }
         }
         let mut members = kept;
         if matches!(self.aggregation, Aggregation::Mean | Aggregation::TrimmedMean) {
-            sort(rejected);
+            rejection::sort(rejected);
             return members;
         }
         let norms: Vec<f64> = members.iter().map(|(_, u)| norm(u)).collect();
@@ -232,11 +236,8 @@ impl Robust {
                     let mut kept = Vec::with_capacity(members.len());
                     for ((w, u), &n) in members.into_iter().zip(&norms) {
                         if n > bound {
-                            let reason = format!(
-                                "update norm {n:.3e} exceeds {} × the round's median norm \
-                                 {median:.3e}",
-                                self.outlier_factor
-                            );
+                            let outlier_factor = self.outlier_factor;
+                            let reason = Rejection::NormOutlier { norm: n, outlier_factor, median };
                             reject(rejected, w, reason);
                         } else {
                             kept.push((w, u));
@@ -250,7 +251,7 @@ impl Robust {
         if self.aggregation == Aggregation::RejectOutliers {
             members = self.reject_by_direction(members, rejected);
         }
-        sort(rejected);
+        rejection::sort(rejected);
         members
     }
 }
@@ -293,11 +294,7 @@ impl Robust {
             let scale = squares[k].sqrt() * others;
             let cosine = if scale > 0.0 { (dots[k] - squares[k]) / scale } else { 1.0 };
             if cosine < self.min_cosine {
-                let reason = format!(
-                    "update has cosine {cosine:.3} with the other members' sum, below \
-                     min_cosine {}",
-                    self.min_cosine
-                );
+                let reason = Rejection::Direction { cosine, min_cosine: self.min_cosine };
                 reject(rejected, w, reason);
             } else {
                 kept.push((w, u));
@@ -307,13 +304,9 @@ impl Robust {
     }
 }
 
-fn reject(rejected: &mut Rejections, member: u32, reason: String) {
+fn reject(rejected: &mut Rejections, member: u32, reason: Rejection) {
     tracing::warn!(member, %reason, "update rejected before aggregation");
     rejected.push((member, reason));
-}
-
-fn sort(rejected: &mut Rejections) {
-    rejected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
 }
 
 /// One member's decoded update, as the screening sees it: its values, tensor by tensor.
@@ -483,11 +476,11 @@ mod tests {
             (5, dense(&[100.0, 0.0])),
             (7, dense(&[0.9, 1.0])),
         ];
-        let mut rejected = vec![(6, "another reason".to_string())];
+        let mut rejected = vec![(6, Rejection::Duplicate)];
         let out = robust(Aggregation::RejectOutliers).screen(members.clone(), &mut rejected);
         assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 7]);
         assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![5, 6]);
-        assert!(rejected[0].1.contains("median"), "{rejected:?}");
+        assert!(rejected[0].1.to_string().contains("median"), "{rejected:?}");
         // The plain mean keeps everyone, and so does a factor above the outlier's ratio.
         let mut none = Vec::new();
         assert_eq!(robust(Aggregation::Mean).screen(members.clone(), &mut none).len(), 4);
@@ -508,7 +501,7 @@ mod tests {
         let out = robust(Aggregation::RejectOutliers).screen(members.clone(), &mut rejected);
         assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 3]);
         assert_eq!(rejected.len(), 1);
-        assert!(rejected[0].1.contains("cosine"), "{rejected:?}");
+        assert!(rejected[0].1.to_string().contains("cosine"), "{rejected:?}");
         // −1 turns the test off; two members are never judged by direction.
         let off = Robust { min_cosine: -1.0, ..robust(Aggregation::RejectOutliers) };
         assert_eq!(off.screen(members.clone(), &mut rejected).len(), 4);
@@ -537,7 +530,7 @@ mod tests {
             let out = robust(mode).screen(members, &mut rejected);
             assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 2], "{mode:?}");
             assert_eq!(rejected.len(), 1);
-            assert!(rejected[0].1.contains("bound"), "{rejected:?}");
+            assert!(rejected[0].1.to_string().contains("bound"), "{rejected:?}");
         }
     }
 

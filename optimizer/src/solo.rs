@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::outer::{OuterOptimizer, Phase};
 use crate::params::ParamSet;
 use crate::payload::Payload;
+use crate::rejection::{Rejection, Rejections};
 use crate::train_step::TrainStep;
 
 /// What a round committed, as an [`Exchange`] hands it back.
@@ -54,7 +55,7 @@ pub struct SoloExchange {
     /// Members whose payloads were applied.
     pub applied: Vec<u32>,
     /// Members whose payloads were rejected, with the reason.
-    pub rejected: Vec<(u32, String)>,
+    pub rejected: Rejections,
     /// [`OuterOptimizer::consensus_hash`] after applying.
     pub hash: u64,
 }
@@ -232,7 +233,7 @@ impl<S: TrainStep> SoloWorker<S> {
                 }
                 // The sender is unknown when the bytes do not even decode; the driver
                 // that knows who sent them logs it.
-                Err(e) => rejected.push((u32::MAX, e.to_string())),
+                Err(e) => rejected.push((u32::MAX, Rejection::Malformed(e.to_string()))),
             }
         }
         let report = self.outer.apply(&self.params, round, &payloads)?;

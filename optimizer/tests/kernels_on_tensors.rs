@@ -1,4 +1,5 @@
-//! The kernels working in place on LibTorch memory, checked against tch's own ops.
+//! The kernels working in place on LibTorch memory (through the optimizer's views), checked
+//! against tch's own ops.
 
 use meridian_kernels::dct::DctPlan;
 use meridian_kernels::pipeline::{Compressor, CompressorConfig};

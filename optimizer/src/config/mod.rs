@@ -8,18 +8,26 @@
 //! inner_steps = 30
 //! topk = 64
 //! ```
+//!
+//! Each algorithm's settings struct (`DilocoConfig`, …) is declared with
+//! `algo_config!` (module `settings`), which embeds the shared robust-aggregation
+//! settings ([`crate::robust::Robust`]) as its `robust` field while files and `--set` keep
+//! writing them as flat keys, and implements [`AlgoSettings`]; [`AlgoConfig::settings`] is
+//! the one place that tells the algorithms apart.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+mod settings;
+
+pub(crate) use settings::algo_config;
+pub use settings::{AlgoSettings, SettingsForm};
 
 use crate::algorithm::Algorithm;
 use crate::byzantine::{Attack, Byzantine};
 use crate::error::{OptimizerError, Result};
-use crate::outer::ddp::{Ddp, DdpConfig};
-use crate::outer::demo::{Demo, DemoConfig};
-use crate::outer::diloco::{Diloco, DilocoConfig};
-use crate::outer::sparseloco::{Sparseloco, SparselocoConfig};
-use crate::outer::streaming::{Streaming, StreamingConfig};
+use crate::outer::ddp::DdpConfig;
+use crate::outer::demo::DemoConfig;
+use crate::outer::diloco::DilocoConfig;
+use crate::outer::sparseloco::SparselocoConfig;
+use crate::outer::streaming::StreamingConfig;
 use crate::outer::OuterOptimizer;
 use crate::params::ParamSet;
 use meridian_kernels::pipeline::Compressor;
@@ -40,15 +48,48 @@ pub enum AlgoConfig {
     Streaming(StreamingConfig),
 }
 
-fn parse_fields<T: DeserializeOwned + Serialize + Default>(
-    algorithm: Algorithm,
+impl From<DdpConfig> for AlgoConfig {
+    fn from(c: DdpConfig) -> Self {
+        AlgoConfig::Ddp(c)
+    }
+}
+
+impl From<DilocoConfig> for AlgoConfig {
+    fn from(c: DilocoConfig) -> Self {
+        AlgoConfig::Diloco(c)
+    }
+}
+
+impl From<DemoConfig> for AlgoConfig {
+    fn from(c: DemoConfig) -> Self {
+        AlgoConfig::Demo(c)
+    }
+}
+
+impl From<SparselocoConfig> for AlgoConfig {
+    fn from(c: SparselocoConfig) -> Self {
+        AlgoConfig::Sparseloco(c)
+    }
+}
+
+impl From<StreamingConfig> for AlgoConfig {
+    fn from(c: StreamingConfig) -> Self {
+        AlgoConfig::Streaming(c)
+    }
+}
+
+/// `defaults`' algorithm's settings from the file's `base` fields and the command line's
+/// `overrides`, not yet validated.
+fn parse_fields(
+    defaults: &dyn AlgoSettings,
     base: toml::Table,
     overrides: &[(String, String)],
-) -> Result<T> {
+) -> Result<AlgoConfig> {
+    let algorithm = defaults.algorithm();
     // Start from the defaults so that overrides of nested values merge, then layer the
     // file's fields, then the command line's.
-    let mut table = toml::Table::try_from(T::default())
-        .map_err(|e| OptimizerError::Config(format!("{algorithm}: {e}")))?;
+    let mut table =
+        defaults.to_table().map_err(|e| OptimizerError::Config(format!("{algorithm}: {e}")))?;
     for (k, v) in base {
         table.insert(k, v);
     }
@@ -68,8 +109,7 @@ fn parse_fields<T: DeserializeOwned + Serialize + Default>(
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
         table.insert(key.clone(), value);
     }
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| OptimizerError::Config(format!("{algorithm} settings: {e}")))
+    defaults.parse(table).map_err(|e| OptimizerError::Config(format!("{algorithm} settings: {e}")))
 }
 
 impl AlgoConfig {
@@ -84,15 +124,20 @@ impl AlgoConfig {
         }
     }
 
+    /// The algorithm's own settings struct: the one place that tells the variants apart.
+    pub fn settings(&self) -> &dyn AlgoSettings {
+        match self {
+            AlgoConfig::Ddp(c) => c,
+            AlgoConfig::Diloco(c) => c,
+            AlgoConfig::Demo(c) => c,
+            AlgoConfig::Sparseloco(c) => c,
+            AlgoConfig::Streaming(c) => c,
+        }
+    }
+
     /// Which algorithm.
     pub fn algorithm(&self) -> Algorithm {
-        match self {
-            AlgoConfig::Ddp(_) => Algorithm::Ddp,
-            AlgoConfig::Diloco(_) => Algorithm::Diloco,
-            AlgoConfig::Demo(_) => Algorithm::Demo,
-            AlgoConfig::Sparseloco(_) => Algorithm::Sparseloco,
-            AlgoConfig::Streaming(_) => Algorithm::Streaming,
-        }
+        self.settings().algorithm()
     }
 
     /// `algorithm`'s settings from `toml` fields (without the `algo` key) and `key=value`
@@ -102,17 +147,7 @@ impl AlgoConfig {
         fields: toml::Table,
         overrides: &[(String, String)],
     ) -> Result<Self> {
-        let c = match algorithm {
-            Algorithm::Ddp => AlgoConfig::Ddp(parse_fields(algorithm, fields, overrides)?),
-            Algorithm::Diloco => AlgoConfig::Diloco(parse_fields(algorithm, fields, overrides)?),
-            Algorithm::Demo => AlgoConfig::Demo(parse_fields(algorithm, fields, overrides)?),
-            Algorithm::Sparseloco => {
-                AlgoConfig::Sparseloco(parse_fields(algorithm, fields, overrides)?)
-            }
-            Algorithm::Streaming => {
-                AlgoConfig::Streaming(parse_fields(algorithm, fields, overrides)?)
-            }
-        };
+        let c = parse_fields(Self::default_for(algorithm).settings(), fields, overrides)?;
         c.validate()?;
         Ok(c)
     }
@@ -136,37 +171,18 @@ impl AlgoConfig {
 
     /// Checks every setting is in range.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            AlgoConfig::Ddp(c) => c.validate(),
-            AlgoConfig::Diloco(c) => c.validate(),
-            AlgoConfig::Demo(c) => c.validate(),
-            AlgoConfig::Sparseloco(c) => c.validate(),
-            AlgoConfig::Streaming(c) => c.validate(),
-        }
+        self.settings().validate()
     }
 
     /// The settings as TOML (for run summaries), `algo` first.
     pub fn to_toml(&self) -> String {
-        let fields = match self {
-            AlgoConfig::Ddp(c) => toml::Table::try_from(c),
-            AlgoConfig::Diloco(c) => toml::Table::try_from(c),
-            AlgoConfig::Demo(c) => toml::Table::try_from(c),
-            AlgoConfig::Sparseloco(c) => toml::Table::try_from(c),
-            AlgoConfig::Streaming(c) => toml::Table::try_from(c),
-        };
-        let body = fields.map(|t| t.to_string()).unwrap_or_default();
+        let body = self.settings().to_table().map(|t| t.to_string()).unwrap_or_default();
         format!("algo = \"{}\"\n{body}", self.algorithm())
     }
 
     /// Builds the optimizer for one worker whose parameters are `params`.
     pub fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
-        Ok(match self {
-            AlgoConfig::Ddp(c) => Box::new(Ddp::new(*c, params)?),
-            AlgoConfig::Diloco(c) => Box::new(Diloco::new(*c, params)?),
-            AlgoConfig::Demo(c) => Box::new(Demo::new(*c, params)?),
-            AlgoConfig::Sparseloco(c) => Box::new(Sparseloco::new(*c, params)?),
-            AlgoConfig::Streaming(c) => Box::new(Streaming::new(*c, params)?),
-        })
+        self.settings().build(params)
     }
 
     /// Builds the optimizer of a Byzantine worker that mounts `attack` (see
@@ -177,12 +193,7 @@ impl AlgoConfig {
         attack: Attack,
         seed: u64,
     ) -> Result<Box<dyn OuterOptimizer>> {
-        let config = match self {
-            AlgoConfig::Demo(c) => Some(c.compressor_config()),
-            AlgoConfig::Sparseloco(c) => Some(c.compressor_config()?),
-            _ => None,
-        };
-        let compressors = match config {
+        let compressors = match self.settings().payload_compressor()? {
             Some(config) => params
                 .shapes()
                 .iter()
@@ -237,7 +248,7 @@ mod tests {
                 .unwrap();
         let AlgoConfig::Ddp(d) = c else { panic!() };
         assert_eq!(
-            (d.aggregation, d.trim, d.outlier_factor),
+            (d.robust.aggregation, d.robust.trim, d.robust.outlier_factor),
             (Aggregation::TrimmedMean, 0.25, 3.0)
         );
         assert_eq!(AlgoConfig::from_toml(&c.to_toml()).unwrap(), c);
@@ -252,7 +263,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (s.aggregation, s.outlier_factor, s.min_cosine),
+            (s.robust.aggregation, s.robust.outlier_factor, s.robust.min_cosine),
             (Aggregation::RejectOutliers, 4.0, -0.2)
         );
         for a in [Algorithm::Demo, Algorithm::Sparseloco] {

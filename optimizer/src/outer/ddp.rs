@@ -11,64 +11,50 @@
 //! ring all-reduce ([`OuterOptimizer::ring`]) sends `2(n − 1)/n` of that per worker; this
 //! harness counts the upload.
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::diloco::{dense_segment, Transport};
 use super::{
-    admit, aggregate_means, decode_admitted, ring_refused, tensor_from, ApplyReport,
-    OptimizerState, OuterOptimizer, Phase,
+    receive, receive_aggregate, tensor_from, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
+use crate::config::{algo_config, AlgoSettings};
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload};
+use crate::rejection::Rejection;
 use crate::ring::DenseRing;
-use crate::robust::{Aggregation, Robust};
+use crate::robust::Robust;
 use crate::view::with_host_f32;
 
-/// DDP's settings. The default is f32 gradients, what PyTorch's `DistributedDataParallel`
-/// all-reduces for an f32 model unless a compression hook (such as its bf16 hook) is set.
-/// Gradients are combined with the plain mean unless `aggregation` picks a robust mode
-/// ([`crate::robust`]; the robust modes rule out the ring topology).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DdpConfig {
-    /// Gradient encoding on the wire: `f32` or `bf16` (`int8` is rejected: quantizing every
-    /// step's raw gradient is a different algorithm from the baseline this measures).
-    pub transport: Transport,
-    /// How members' gradients are combined: `mean` (default), `clip_median`,
-    /// `trimmed_mean` or `reject_outliers` (see [`crate::robust`]).
-    pub aggregation: Aggregation,
-    /// Under `trimmed_mean`, the fraction of members dropped at each end of every
-    /// coordinate (default 0.125).
-    pub trim: f64,
-    /// Under `reject_outliers`, how many times the round's median norm a member's gradient
-    /// may reach (default 3).
-    pub outlier_factor: f64,
-    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
-    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
-    /// One step's gradient on a small batch can point away from the others' honestly: on
-    /// noisy gradients this test also rejects honest members now and then.
-    pub min_cosine: f64,
+algo_config! {
+    /// DDP's settings. The default is f32 gradients, what PyTorch's `DistributedDataParallel`
+    /// all-reduces for an f32 model unless a compression hook (such as its bf16 hook) is set.
+    /// Gradients are combined with the plain mean unless `aggregation` picks a robust mode
+    /// ([`crate::robust`]; the robust modes rule out the ring topology). Under
+    /// `reject_outliers`, `outlier_factor` bounds a member's gradient norm, and `min_cosine`
+    /// its direction: one step's gradient on a small batch can point away from the others'
+    /// honestly, so on noisy gradients that test also rejects honest members now and then.
+    pub struct DdpConfig {
+        /// Gradient encoding on the wire: `f32` or `bf16` (`int8` is rejected: quantizing every
+        /// step's raw gradient is a different algorithm from the baseline this measures).
+        pub transport: Transport,
+    }
 }
 
 impl Default for DdpConfig {
     fn default() -> Self {
-        let r = Robust::default();
-        Self {
-            transport: Transport::F32,
-            aggregation: r.aggregation,
-            trim: r.trim,
-            outlier_factor: r.outlier_factor,
-            min_cosine: r.min_cosine,
-        }
+        Self { transport: Transport::F32, robust: Robust::default() }
     }
 }
 
-impl DdpConfig {
+impl AlgoSettings for DdpConfig {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Ddp
+    }
+
     /// Checks the transport is dense (f32 or bf16) and the aggregation settings.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         match self.transport {
             Transport::F32 | Transport::Bf16 => {}
             other => {
@@ -77,17 +63,11 @@ impl DdpConfig {
                 )))
             }
         }
-        self.robust().validate("ddp", true)
+        self.robust.validate("ddp", true)
     }
 
-    /// The robust-aggregation settings.
-    pub fn robust(&self) -> Robust {
-        Robust {
-            aggregation: self.aggregation,
-            trim: self.trim,
-            outlier_factor: self.outlier_factor,
-            min_cosine: self.min_cosine,
-        }
+    fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
+        Ok(Box::new(Ddp::new(*self, params)?))
     }
 }
 
@@ -112,11 +92,14 @@ impl Ddp {
 
 /// Decodes a payload that must carry every tensor densely (f32 or bf16), in canonical order,
 /// with the model's shapes and finite values. `Err` holds the rejection reason.
-fn dense_gradients(p: &Payload, params: &ParamSet) -> std::result::Result<Vec<Vec<f32>>, String> {
+fn dense_gradients(
+    p: &Payload,
+    params: &ParamSet,
+) -> std::result::Result<Vec<Vec<f32>>, Rejection> {
     p.check_segments(None, params.shapes(), &[Encoding::F32, Encoding::Bf16])?;
     p.segments
         .iter()
-        .map(|s| s.dense_values().map_err(|e| format!("tensor {}: {e}", s.tensor)))
+        .map(|s| s.dense_values().map_err(|e| Rejection::tensor(s.tensor as usize, e)))
         .collect()
 }
 
@@ -169,24 +152,23 @@ impl OuterOptimizer for Ddp {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, rejected) = admit(Algorithm::Ddp, round, payloads);
-        let (members, mut rejected) = decode_admitted(ok, rejected, |p| dense_gradients(p, params));
-        let robust = self.config.robust();
-        let members = robust.screen(members, &mut rejected);
+        let robust = &self.config.robust;
+        let received =
+            receive(Algorithm::Ddp, round, payloads, robust, |p, _| dense_gradients(p, params));
         for (i, shape) in params.shapes().iter().enumerate() {
             // With nobody applied every replica writes zeros: the inner step then moves
             // every replica the same way (momentum only) instead of by its own gradient.
             let mut mean = vec![0.0f32; shape.iter().product()];
             let contribs: Vec<(u32, &[f32])> =
-                members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
+                received.members.iter().map(|(w, v)| (*w, v[i].as_slice())).collect();
             robust.combine_dense(&contribs, &mut mean)?;
             write_grad(params, i, &tensor_from(&mean, shape))?;
         }
-        Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+        Ok(received.report())
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        DenseRing::for_mean(Algorithm::Ddp, &self.config.robust(), params, self.config.transport)
+        DenseRing::for_mean(Algorithm::Ddp, &self.config.robust, params, self.config.transport)
     }
 
     fn apply_aggregate(
@@ -196,11 +178,15 @@ impl OuterOptimizer for Ddp {
         members: &[u32],
         aggregate: &[u8],
     ) -> Result<ApplyReport> {
-        let ring = self.ring(params).ok_or_else(|| ring_refused("ddp", &self.config.robust()))?;
-        let (means, report) = match aggregate_means(&ring, round, members, aggregate) {
-            Ok(means) => (Some(means), ApplyReport { applied: members.to_vec(), rejected: vec![] }),
-            Err(rejected) => (None, ApplyReport { applied: Vec::new(), rejected }),
-        };
+        let ring = self.ring(params);
+        let (means, report) = receive_aggregate(
+            ring,
+            Algorithm::Ddp,
+            &self.config.robust,
+            round,
+            members,
+            aggregate,
+        )?;
         for (i, shape) in params.shapes().iter().enumerate() {
             // As in `apply`: nothing applied writes zeros on every replica.
             let zeros;
@@ -230,6 +216,7 @@ mod tests {
     use super::*;
     use crate::harness::Harness;
     use crate::payload::Segment;
+    use crate::robust::Aggregation;
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::ToyConfig;
     use crate::train_step::TrainStep;
@@ -396,7 +383,8 @@ mod tests {
     #[test]
     fn clip_median_shrinks_the_large_gradient_and_refuses_the_ring() {
         let params = grad_param();
-        let config = DdpConfig { aggregation: Aggregation::ClipMedian, ..Default::default() };
+        let robust = Robust { aggregation: Aggregation::ClipMedian, ..Default::default() };
+        let config = DdpConfig { robust, ..Default::default() };
         let mut d = Ddp::new(config, &params).unwrap();
         assert!(d.ring(&params).is_none());
         assert!(d.apply_aggregate(&params, 0, &[0], &[]).is_err());

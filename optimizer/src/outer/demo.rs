@@ -19,56 +19,46 @@ use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::QuantConfig;
 use meridian_kernels::sparse::Sparse;
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
+use crate::config::{algo_config, AlgoSettings};
 use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
-use crate::robust::{
-    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
-};
+use crate::rejection::Rejection;
+use crate::robust::Robust;
 use crate::view::{with_f32, with_f32_mut};
 
-/// DeMo's settings. Defaults are those of the reference implementation (`demo.py` in
-/// bloc97/DeMo, the code of Peng, Quesnelle, Kingma 2024).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DemoConfig {
-    /// Learning rate: it scales both the gradient added to the momentum and the sign step.
-    /// Default 1e-3: `demo.py` hands `lr` unchanged to `torch.optim.SGD`, whose default it
-    /// is. It does double duty, so sweep it (the toy task wants 1e-3 to 1e-2).
-    pub lr: f64,
-    /// Momentum decay β (`compression_decay` in `demo.py`, default 0.999; Psyche's large
-    /// runs use 0.995).
-    pub momentum: f64,
-    /// Decoupled weight decay: θ ← θ·(1 − lr·wd) every step (`demo.py` default 0.0).
-    pub weight_decay: f64,
-    /// DCT chunk per dimension: 2-D tensors go in `chunk × chunk` tiles
-    /// (`compression_chunk`, default 64).
-    pub chunk: usize,
-    /// Coefficients kept per tile (`compression_topk`, default 32); a tile smaller than
-    /// this is sent whole.
-    pub topk: usize,
-    /// Send 1-bit signs with a per-block scale instead of f32 values, as Psyche does
-    /// (default false: `demo.py` sends the values as they are).
-    pub sign_values: bool,
-    /// How members' updates are combined: `mean` (default, the published algorithm),
-    /// `clip_median` or `reject_outliers` (see [`crate::robust`]; `trimmed_mean` needs
-    /// dense payloads and is refused).
-    pub aggregation: Aggregation,
-    /// Unused here (the trimmed mean needs dense payloads); accepted so that one setting
-    /// file or `--set trim=…` fits every algorithm (default 0.125).
-    pub trim: f64,
-    /// Under `reject_outliers`, how many times the round's median norm a member's sent
-    /// values may reach (default 3).
-    pub outlier_factor: f64,
-    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
-    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
-    pub min_cosine: f64,
+algo_config! {
+    /// DeMo's settings. Defaults are those of the reference implementation (`demo.py` in
+    /// bloc97/DeMo, the code of Peng, Quesnelle, Kingma 2024). Members' updates are combined
+    /// with the plain mean (the published algorithm) unless `aggregation` picks
+    /// `clip_median` or `reject_outliers`, which judge the sent values' norms;
+    /// `trimmed_mean` needs dense payloads and is refused, and `trim` is unused here
+    /// (accepted so that one settings file or `--set trim=…` fits every algorithm).
+    pub struct DemoConfig {
+        /// Learning rate: it scales both the gradient added to the momentum and the sign step.
+        /// Default 1e-3: `demo.py` hands `lr` unchanged to `torch.optim.SGD`, whose default it
+        /// is. It does double duty, so sweep it (the toy task wants 1e-3 to 1e-2).
+        pub lr: f64,
+        /// Momentum decay β (`compression_decay` in `demo.py`, default 0.999; Psyche's large
+        /// runs use 0.995).
+        pub momentum: f64,
+        /// Decoupled weight decay: θ ← θ·(1 − lr·wd) every step (`demo.py` default 0.0).
+        pub weight_decay: f64,
+        /// DCT chunk per dimension: 2-D tensors go in `chunk × chunk` tiles
+        /// (`compression_chunk`, default 64).
+        pub chunk: usize,
+        /// Coefficients kept per tile (`compression_topk`, default 32); a tile smaller than
+        /// this is sent whole.
+        pub topk: usize,
+        /// Send 1-bit signs with a per-block scale instead of f32 values, as Psyche does
+        /// (default false: `demo.py` sends the values as they are).
+        pub sign_values: bool,
+    }
 }
 
 impl Default for DemoConfig {
@@ -80,17 +70,17 @@ impl Default for DemoConfig {
             chunk: 64,
             topk: 32,
             sign_values: false,
-            aggregation: Aggregation::Mean,
-            trim: DEFAULT_TRIM,
-            outlier_factor: DEFAULT_OUTLIER_FACTOR,
-            min_cosine: DEFAULT_MIN_COSINE,
+            robust: Robust::default(),
         }
     }
 }
 
-impl DemoConfig {
-    /// Checks every value is in range.
-    pub fn validate(&self) -> Result<()> {
+impl AlgoSettings for DemoConfig {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Demo
+    }
+
+    fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(OptimizerError::Config(format!("demo: {what}")));
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("lr {} must be > 0", self.lr));
@@ -113,19 +103,19 @@ impl DemoConfig {
         if self.chunk == 0 {
             return bad("chunk must be at least 1".into());
         }
-        self.robust().validate("demo", false)
+        self.robust.validate("demo", false)
     }
 
-    /// The robust-aggregation settings.
-    pub fn robust(&self) -> Robust {
-        Robust {
-            aggregation: self.aggregation,
-            trim: self.trim,
-            outlier_factor: self.outlier_factor,
-            min_cosine: self.min_cosine,
-        }
+    fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
+        Ok(Box::new(Demo::new(*self, params)?))
     }
 
+    fn payload_compressor(&self) -> Result<Option<CompressorConfig>> {
+        Ok(Some(self.compressor_config()))
+    }
+}
+
+impl DemoConfig {
     /// The compression pipeline this configuration sends with: chunked DCT, top-k per
     /// tile, f32 or 1-bit sign values.
     pub fn compressor_config(&self) -> CompressorConfig {
@@ -231,14 +221,13 @@ impl Demo {
         p: &Payload,
         params: &ParamSet,
         limit: f32,
-    ) -> std::result::Result<Vec<Sparse>, String> {
+    ) -> std::result::Result<Vec<Sparse>, Rejection> {
         p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(p.segments.len());
         for (i, (s, comp)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            let sparse =
-                comp.cpu().decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?;
-            if let Some(v) = sparse.values.iter().find(|v| v.abs() > limit) {
-                return Err(format!("tensor {i}: value {v} is out of range"));
+            let sparse = comp.cpu().decode_sparse(&s.body).map_err(|e| Rejection::tensor(i, e))?;
+            if let Some(&value) = sparse.values.iter().find(|v| v.abs() > limit) {
+                return Err(Rejection::OutOfRange { tensor: i, value });
             }
             out.push(sparse);
         }
@@ -295,13 +284,13 @@ impl OuterOptimizer for Demo {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, rejected) = admit(Algorithm::Demo, round, payloads);
-        // The admitted set is the same on every replica, so is this bound.
-        let limit = f32::MAX / ok.len().max(1) as f32;
-        let (members, mut rejected) =
-            decode_admitted(ok, rejected, |p| self.decode(p, params, limit));
-        let members = self.config.robust().screen(members, &mut rejected);
-
+        let received =
+            receive(Algorithm::Demo, round, payloads, &self.config.robust, |p, admitted| {
+                // The admitted set is the same on every replica, so is this bound.
+                let limit = f32::MAX / admitted.max(1) as f32;
+                self.decode(p, params, limit)
+            });
+        let members = &received.members;
         let lr = self.config.lr as f32;
         let decay = (1.0 - self.config.lr * self.config.weight_decay) as f32;
         let device = params.device();
@@ -328,7 +317,7 @@ impl OuterOptimizer for Demo {
                 sign_step_by_ops(p, decay, lr, &update)?;
             }
         }
-        Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+        Ok(received.report())
     }
 
     fn state(&self) -> Result<OptimizerState> {
@@ -349,6 +338,7 @@ mod tests {
     use super::*;
     use crate::harness::Harness;
     use crate::params::hash_tensors;
+    use crate::robust::Aggregation;
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::{ToyConfig, ToyMlp};
     use crate::train_step::TrainStep;
@@ -553,7 +543,8 @@ mod tests {
         let params =
             ParamSet::new(vec![("w".into(), Tensor::zeros([128, 64], tch::kind::FLOAT_CPU))])
                 .unwrap();
-        let config = DemoConfig { aggregation: Aggregation::RejectOutliers, ..Default::default() };
+        let robust = Robust { aggregation: Aggregation::RejectOutliers, ..Default::default() };
+        let config = DemoConfig { robust, ..Default::default() };
         let mut demo = Demo::new(config, &params).unwrap();
         let mut comp = Compressor::new(config.compressor_config(), &shape).unwrap();
         // Members agree on a common direction (as honest momenta do), each with its own part.
@@ -572,8 +563,9 @@ mod tests {
         let report = demo.apply(&params, 0, &payloads).unwrap();
         assert_eq!(report.applied, vec![0, 1, 3]);
         assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
-        assert!(report.rejected[0].1.contains("median"), "{:?}", report.rejected);
-        let trimmed = DemoConfig { aggregation: Aggregation::TrimmedMean, ..Default::default() };
+        assert!(report.rejected[0].1.to_string().contains("median"), "{:?}", report.rejected);
+        let robust = Robust { aggregation: Aggregation::TrimmedMean, ..Default::default() };
+        let trimmed = DemoConfig { robust, ..Default::default() };
         assert!(Demo::new(trimmed, &params).is_err());
     }
 

@@ -8,17 +8,16 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{
-    admit, aggregate_means, decode_admitted, ring_refused, tensor_on, ApplyReport, OptimizerState,
-    OuterOptimizer, Phase,
+    receive, receive_aggregate, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
 use crate::algorithm::Algorithm;
+use crate::config::{algo_config, AlgoSettings};
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
+use crate::rejection::Rejection;
 use crate::ring::DenseRing;
-use crate::robust::{
-    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
-};
+use crate::robust::Robust;
 use crate::view::with_host_f32;
 
 /// How pseudo-gradients travel.
@@ -34,34 +33,22 @@ pub enum Transport {
     Int8,
 }
 
-/// DiLoCo's settings. Defaults are the paper's (Douillard et al. 2023, §3): H = 500, outer
-/// SGD with Nesterov momentum 0.9 and learning rate 0.7.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DilocoConfig {
-    /// Inner steps per outer round (H).
-    pub inner_steps: u64,
-    /// Outer learning rate.
-    pub outer_lr: f64,
-    /// Outer momentum.
-    pub momentum: f64,
-    /// Nesterov momentum (as in the paper) or plain heavy-ball.
-    pub nesterov: bool,
-    /// Value encoding on the wire.
-    pub transport: Transport,
-    /// How members' pseudo-gradients are combined: `mean` (default, the paper),
-    /// `clip_median`, `trimmed_mean` or `reject_outliers` (see [`crate::robust`]; the robust
-    /// modes rule out the ring topology).
-    pub aggregation: Aggregation,
-    /// Under `trimmed_mean`, the fraction of members dropped at each end of every
-    /// coordinate (default 0.125).
-    pub trim: f64,
-    /// Under `reject_outliers`, how many times the round's median norm a member's
-    /// pseudo-gradient may reach (default 3).
-    pub outlier_factor: f64,
-    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
-    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
-    pub min_cosine: f64,
+algo_config! {
+    /// DiLoCo's settings. Defaults are the paper's (Douillard et al. 2023, §3): H = 500, outer
+    /// SGD with Nesterov momentum 0.9 and learning rate 0.7, and the plain mean of the
+    /// members' pseudo-gradients (a robust `aggregation` rules out the ring topology).
+    pub struct DilocoConfig {
+        /// Inner steps per outer round (H).
+        pub inner_steps: u64,
+        /// Outer learning rate.
+        pub outer_lr: f64,
+        /// Outer momentum.
+        pub momentum: f64,
+        /// Nesterov momentum (as in the paper) or plain heavy-ball.
+        pub nesterov: bool,
+        /// Value encoding on the wire.
+        pub transport: Transport,
+    }
 }
 
 impl Default for DilocoConfig {
@@ -72,17 +59,17 @@ impl Default for DilocoConfig {
             momentum: 0.9,
             nesterov: true,
             transport: Transport::F32,
-            aggregation: Aggregation::Mean,
-            trim: DEFAULT_TRIM,
-            outlier_factor: DEFAULT_OUTLIER_FACTOR,
-            min_cosine: DEFAULT_MIN_COSINE,
+            robust: Robust::default(),
         }
     }
 }
 
-impl DilocoConfig {
-    /// Checks every value is in range.
-    pub fn validate(&self) -> Result<()> {
+impl AlgoSettings for DilocoConfig {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Diloco
+    }
+
+    fn validate(&self) -> Result<()> {
         if self.inner_steps == 0 {
             return Err(OptimizerError::Config(
                 "diloco: inner_steps (H) must be at least 1".into(),
@@ -100,17 +87,11 @@ impl DilocoConfig {
                 self.momentum
             )));
         }
-        self.robust().validate("diloco", true)
+        self.robust.validate("diloco", true)
     }
 
-    /// The robust-aggregation settings.
-    pub fn robust(&self) -> Robust {
-        Robust {
-            aggregation: self.aggregation,
-            trim: self.trim,
-            outlier_factor: self.outlier_factor,
-            min_cosine: self.min_cosine,
-        }
+    fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
+        Ok(Box::new(Diloco::new(*self, params)?))
     }
 }
 
@@ -184,11 +165,11 @@ pub fn segment_values(s: &Segment) -> Result<Vec<f32>> {
 pub fn dense_payload_values(
     p: &Payload,
     params: &ParamSet,
-) -> std::result::Result<Vec<Vec<f32>>, String> {
+) -> std::result::Result<Vec<Vec<f32>>, Rejection> {
     p.check_segments(None, params.shapes(), &DENSE_ENCODINGS)?;
     p.segments
         .iter()
-        .map(|s| segment_values(s).map_err(|e| format!("tensor {}: {e}", s.tensor)))
+        .map(|s| segment_values(s).map_err(|e| Rejection::tensor(s.tensor as usize, e)))
         .collect()
 }
 
@@ -303,23 +284,22 @@ impl OuterOptimizer for Diloco {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, rejected) = admit(Algorithm::Diloco, round, payloads);
-        let (members, mut rejected) =
-            decode_admitted(ok, rejected, |p| dense_payload_values(p, params));
-        let robust = self.config.robust();
-        let members = robust.screen(members, &mut rejected);
-        if !members.is_empty() {
-            let mean = mean_per_tensor(&members, params, &robust)?;
+        let robust = &self.config.robust;
+        let received = receive(Algorithm::Diloco, round, payloads, robust, |p, _| {
+            dense_payload_values(p, params)
+        });
+        if !received.members.is_empty() {
+            let mean = mean_per_tensor(&received.members, params, robust)?;
             self.outer_step(&mean)?;
         }
         // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
         // same point.
         params.assign(&self.global)?;
-        Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+        Ok(received.report())
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
-        DenseRing::for_mean(Algorithm::Diloco, &self.config.robust(), params, self.config.transport)
+        DenseRing::for_mean(Algorithm::Diloco, &self.config.robust, params, self.config.transport)
     }
 
     fn apply_aggregate(
@@ -329,20 +309,18 @@ impl OuterOptimizer for Diloco {
         members: &[u32],
         aggregate: &[u8],
     ) -> Result<ApplyReport> {
-        let ring =
-            self.ring(params).ok_or_else(|| ring_refused("diloco", &self.config.robust()))?;
-        let report = match aggregate_means(&ring, round, members, aggregate) {
-            Ok(means) => {
-                let mean = means
-                    .iter()
-                    .zip(params.shapes())
-                    .map(|(v, s)| tensor_on(v, s, params.device()))
-                    .collect::<Result<Vec<Tensor>>>()?;
-                self.outer_step(&mean)?;
-                ApplyReport { applied: members.to_vec(), rejected: Vec::new() }
-            }
-            Err(rejected) => ApplyReport { applied: Vec::new(), rejected },
-        };
+        let ring = self.ring(params);
+        let robust = &self.config.robust;
+        let (means, report) =
+            receive_aggregate(ring, Algorithm::Diloco, robust, round, members, aggregate)?;
+        if let Some(means) = means {
+            let mean = means
+                .iter()
+                .zip(params.shapes())
+                .map(|(v, s)| tensor_on(v, s, params.device()))
+                .collect::<Result<Vec<Tensor>>>()?;
+            self.outer_step(&mean)?;
+        }
         params.assign(&self.global)?;
         Ok(report)
     }
@@ -367,6 +345,7 @@ impl OuterOptimizer for Diloco {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::robust::Aggregation;
     use crate::testing::{run_checked, toy_harness};
     use crate::toy::ToyConfig;
 
@@ -460,7 +439,7 @@ mod tests {
         let report = d.apply(&params, 3, &[stale, nan, good, empty, huge]).unwrap();
         assert_eq!(report.applied, vec![1]);
         assert_eq!(report.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 5, 6]);
-        assert!(report.rejected[3].1.contains("bound"), "{:?}", report.rejected);
+        assert!(report.rejected[3].1.to_string().contains("bound"), "{:?}", report.rejected);
     }
 
     #[test]
@@ -468,7 +447,8 @@ mod tests {
         let params = ParamSet::new(vec![("w".into(), Tensor::from_slice(&[0.0f32, 0.0]))]).unwrap();
         let mean = DilocoConfig { inner_steps: 1, ..Default::default() };
         assert!(Diloco::new(mean, &params).unwrap().ring(&params).is_some());
-        let trimmed = DilocoConfig { aggregation: Aggregation::TrimmedMean, trim: 0.25, ..mean };
+        let robust = Robust { aggregation: Aggregation::TrimmedMean, trim: 0.25, ..mean.robust };
+        let trimmed = DilocoConfig { robust, ..mean };
         let mut d = Diloco::new(trimmed, &params).unwrap();
         assert!(d.ring(&params).is_none());
         let e = d.apply_aggregate(&params, 0, &[0], &[]).unwrap_err().to_string();

@@ -14,59 +14,49 @@ use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::{Bits, QuantConfig, Rounding, Scheme};
 use meridian_kernels::sparse::Sparse;
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{admit, decode_admitted, ApplyReport, OptimizerState, OuterOptimizer, Phase};
+use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
+use crate::config::{algo_config, AlgoSettings};
 use crate::device::{self, TensorCompressor};
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
-use crate::robust::{
-    Aggregation, Robust, DEFAULT_MIN_COSINE, DEFAULT_OUTLIER_FACTOR, DEFAULT_TRIM,
-};
+use crate::rejection::Rejection;
+use crate::robust::Robust;
 
 /// The `value_bits` setting that means "send the kept values as raw f32".
 pub const F32_VALUE_BITS: u32 = 32;
 
-/// SparseLoCo's settings. Defaults are the published ones: chunks of 4096 with k = 64
-/// (1.56 % density), 2-bit codebook values, error decay β = 0.95 and outer SGD with
-/// learning rate 1.0 and no momentum (Sarfi et al. 2025); H = 30 is
-/// the interval Templar runs in production (the paper sweeps H ∈ {15, 30, 50, 100}).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SparselocoConfig {
-    /// Inner steps per outer round (H).
-    pub inner_steps: u64,
-    /// Decay β of the error-feedback buffer: `e ← β·e + Δ`.
-    pub error_decay: f64,
-    /// Outer SGD learning rate.
-    pub outer_lr: f64,
-    /// Consecutive elements per top-k chunk.
-    pub chunk: usize,
-    /// Entries kept per chunk.
-    pub topk: usize,
-    /// Bits per kept value with a codebook quantizer (2, 4 or 8), or `None` for raw f32.
-    /// In config files f32 is written as `value_bits = 32`, since TOML has no null.
-    #[serde(with = "value_bits_serde")]
-    pub value_bits: Option<u32>,
-    /// Keep the unsent remainder for the next round (the algorithm). `false` is the
-    /// ablation: `e ← Δ` every round and what was not sent is dropped.
-    pub error_feedback: bool,
-    /// How members' updates are combined: `mean` (default, the published algorithm),
-    /// `clip_median` or `reject_outliers` (see [`crate::robust`]; `trimmed_mean` needs
-    /// dense payloads and is refused).
-    pub aggregation: Aggregation,
-    /// Unused here (the trimmed mean needs dense payloads); accepted so that one setting
-    /// file or `--set trim=…` fits every algorithm (default 0.125).
-    pub trim: f64,
-    /// Under `reject_outliers`, how many times the round's median norm a member's sent
-    /// values may reach (default 3).
-    pub outlier_factor: f64,
-    /// Under `reject_outliers`, the lowest cosine similarity a member's update may have
-    /// with the sum of the others' (default 0: a sign flip is rejected; −1 turns it off).
-    pub min_cosine: f64,
+algo_config! {
+    /// SparseLoCo's settings. Defaults are the published ones: chunks of 4096 with k = 64
+    /// (1.56 % density), 2-bit codebook values, error decay β = 0.95 and outer SGD with
+    /// learning rate 1.0 and no momentum (Sarfi et al. 2025); H = 30 is
+    /// the interval Templar runs in production (the paper sweeps H ∈ {15, 30, 50, 100}).
+    /// Members' updates are combined with the plain mean (the published algorithm) unless
+    /// `aggregation` picks `clip_median` or `reject_outliers`, which judge the sent values'
+    /// norms; `trimmed_mean` needs dense payloads and is refused, and `trim` is unused here
+    /// (accepted so that one settings file or `--set trim=…` fits every algorithm).
+    pub struct SparselocoConfig {
+        /// Inner steps per outer round (H).
+        pub inner_steps: u64,
+        /// Decay β of the error-feedback buffer: `e ← β·e + Δ`.
+        pub error_decay: f64,
+        /// Outer SGD learning rate.
+        pub outer_lr: f64,
+        /// Consecutive elements per top-k chunk.
+        pub chunk: usize,
+        /// Entries kept per chunk.
+        pub topk: usize,
+        /// Bits per kept value with a codebook quantizer (2, 4 or 8), or `None` for raw f32.
+        /// In config files f32 is written as `value_bits = 32`, since TOML has no null.
+        #[serde(with = "value_bits_serde")]
+        pub value_bits: Option<u32>,
+        /// Keep the unsent remainder for the next round (the algorithm). `false` is the
+        /// ablation: `e ← Δ` every round and what was not sent is dropped.
+        pub error_feedback: bool,
+    }
 }
 
 impl Default for SparselocoConfig {
@@ -79,10 +69,7 @@ impl Default for SparselocoConfig {
             topk: 64,
             value_bits: Some(2),
             error_feedback: true,
-            aggregation: Aggregation::Mean,
-            trim: DEFAULT_TRIM,
-            outlier_factor: DEFAULT_OUTLIER_FACTOR,
-            min_cosine: DEFAULT_MIN_COSINE,
+            robust: Robust::default(),
         }
     }
 }
@@ -102,9 +89,12 @@ mod value_bits_serde {
     }
 }
 
-impl SparselocoConfig {
-    /// Checks every value is in range.
-    pub fn validate(&self) -> Result<()> {
+impl AlgoSettings for SparselocoConfig {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Sparseloco
+    }
+
+    fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(OptimizerError::Config(format!("sparseloco: {msg}")));
         if self.inner_steps == 0 {
             return bad("inner_steps (H) must be at least 1".into());
@@ -126,19 +116,19 @@ impl SparselocoConfig {
                 return bad(format!("value_bits {b} must be 2, 4, 8 or {F32_VALUE_BITS} (f32)"));
             }
         }
-        self.robust().validate("sparseloco", false)
+        self.robust.validate("sparseloco", false)
     }
 
-    /// The robust-aggregation settings.
-    pub fn robust(&self) -> Robust {
-        Robust {
-            aggregation: self.aggregation,
-            trim: self.trim,
-            outlier_factor: self.outlier_factor,
-            min_cosine: self.min_cosine,
-        }
+    fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
+        Ok(Box::new(Sparseloco::new(*self, params)?))
     }
 
+    fn payload_compressor(&self) -> Result<Option<CompressorConfig>> {
+        Ok(Some(self.compressor_config()?))
+    }
+}
+
+impl SparselocoConfig {
     /// The kernels pipeline this configuration stands for: no transform, per-chunk top-k,
     /// values through a codebook over ±3σ in blocks of 4096 (as
     /// [`QuantConfig::sparseloco_2bit`], at the configured width) or raw f32.
@@ -211,11 +201,11 @@ impl Sparseloco {
         &self,
         p: &Payload,
         params: &ParamSet,
-    ) -> std::result::Result<Vec<Sparse>, String> {
+    ) -> std::result::Result<Vec<Sparse>, Rejection> {
         p.check_segments(None, params.shapes(), &[Encoding::Compressed])?;
         let mut out = Vec::with_capacity(params.len());
         for (i, (s, c)) in p.segments.iter().zip(&self.compressors).enumerate() {
-            out.push(c.cpu().decode_sparse(&s.body).map_err(|e| format!("tensor {i}: {e}"))?);
+            out.push(c.cpu().decode_sparse(&s.body).map_err(|e| Rejection::tensor(i, e))?);
         }
         Ok(out)
     }
@@ -272,10 +262,11 @@ impl OuterOptimizer for Sparseloco {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (ok, rejected) = admit(Algorithm::Sparseloco, round, payloads);
-        let (members, mut rejected): (Vec<(u32, Vec<Sparse>)>, _) =
-            decode_admitted(ok, rejected, |p| self.decode_payload(p, params));
-        let members = self.config.robust().screen(members, &mut rejected);
+        let received =
+            receive(Algorithm::Sparseloco, round, payloads, &self.config.robust, |p, _| {
+                self.decode_payload(p, params)
+            });
+        let members = &received.members;
         if !members.is_empty() {
             for (i, theta) in self.global.iter_mut().enumerate() {
                 let contribs: Vec<Contribution<'_>> = members
@@ -298,7 +289,7 @@ impl OuterOptimizer for Sparseloco {
         // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
         // same point.
         params.assign(&self.global)?;
-        Ok(ApplyReport { applied: members.iter().map(|m| m.0).collect(), rejected })
+        Ok(received.report())
     }
 
     fn state(&self) -> Result<OptimizerState> {
@@ -593,9 +584,10 @@ mod tests {
             assert_eq!(report.applied, vec![0, 3]);
             let ids: Vec<u32> = report.rejected.iter().map(|r| r.0).collect();
             assert_eq!(ids, vec![1, 2, 4], "{:?}", report.rejected);
-            assert!(report.rejected[0].1.contains("not below its length"), "{:?}", report.rejected);
-            assert!(report.rejected[1].1.contains("tensor 1"), "{:?}", report.rejected);
-            assert!(report.rejected[2].1.contains("non-finite"), "{:?}", report.rejected);
+            let reason = |k: usize| report.rejected[k].1.to_string();
+            assert!(reason(0).contains("not below its length"), "{:?}", report.rejected);
+            assert!(reason(1).contains("tensor 1"), "{:?}", report.rejected);
+            assert!(reason(2).contains("non-finite"), "{:?}", report.rejected);
             hashes.push(p.hash().unwrap());
         }
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
