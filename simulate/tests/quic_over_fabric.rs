@@ -11,7 +11,7 @@ use bytes::Bytes;
 use meridian_comm::node::{
     CoordinatorNode, CoordinatorNodeConfig, WorkerNode, WorkerNodeConfig, WorkerNodeEvent,
 };
-use meridian_comm::protocol::{DeadlinePolicy, Topology as Shape};
+use meridian_comm::protocol::{DeadlinePolicy, Topology as Shape, WorkerEvent};
 use meridian_comm::quic::{JoinString, TransportTuning};
 use meridian_simulate::{Dur, Fabric, Topology, Window};
 use tokio::time::Instant;
@@ -50,7 +50,7 @@ async fn worker(join: JoinString, fabric: Fabric, region: &'static str) -> Worke
                 trace.welcomed = start.elapsed();
                 node.publish(next_round, payload(next_round)).await.unwrap();
             }
-            WorkerNodeEvent::RoundReady { round, payloads, .. } => {
+            WorkerNodeEvent::Protocol(WorkerEvent::RoundReady { round, payloads, .. }) => {
                 assert_eq!(payloads.len(), WORKER_REGIONS.len(), "round {round}");
                 assert!(payloads.iter().all(|(_, p)| p.len() == PAYLOAD));
                 trace.rounds.push(start.elapsed());

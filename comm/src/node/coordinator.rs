@@ -487,17 +487,7 @@ impl Actor {
         while let Some(event) = self.proto.poll_event() {
             if let CoordinatorEvent::RoundCommitted { round, stats, .. } = &event {
                 committed = true;
-                let traffic: Vec<_> =
-                    stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect();
-                debug!(
-                    round,
-                    delivered = ?stats.delivered,
-                    stragglers = ?stats.stragglers,
-                    duration_ms = stats.duration.map(|d| d.as_millis() as u64),
-                    last_delivery_ms = stats.last_delivery.map(|d| d.as_millis() as u64),
-                    ?traffic,
-                    "round committed"
-                );
+                link::log_round(*round, stats, "round committed");
             }
             self.emit(CoordinatorNodeEvent::Protocol(event));
         }

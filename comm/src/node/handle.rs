@@ -18,6 +18,7 @@ use crate::ids::{MemberId, Round};
 ///
 /// ```no_run
 /// use meridian_comm::node::{WorkerHandle, WorkerNodeConfig, WorkerNodeEvent};
+/// use meridian_comm::protocol::WorkerEvent;
 ///
 /// fn train(join: &str, runtime: &tokio::runtime::Handle) -> meridian_comm::Result<()> {
 ///     let cfg = WorkerNodeConfig::new(join.parse()?, "worker-eu-1");
@@ -27,7 +28,7 @@ use crate::ids::{MemberId, Round};
 ///             WorkerNodeEvent::Welcomed { next_round, .. } => {
 ///                 worker.publish(next_round, b"my payload".to_vec())?;
 ///             }
-///             WorkerNodeEvent::RoundReady { round, payloads, .. } => {
+///             WorkerNodeEvent::Protocol(WorkerEvent::RoundReady { round, payloads, .. }) => {
 ///                 // apply `payloads` in order, train, then:
 ///                 let _ = payloads;
 ///                 worker.publish(round + 1, b"next payload".to_vec())?;
@@ -67,7 +68,8 @@ impl WorkerHandle {
         self.runtime.block_on(self.node.publish(round, bytes.into()))
     }
 
-    /// Uploads the state a [`WorkerNodeEvent::SnapshotRequested`] asked for.
+    /// Uploads the state a [`WorkerEvent::SnapshotRequested`](crate::protocol::WorkerEvent::SnapshotRequested)
+    /// asked for.
     pub fn provide_state(&self, round: Round, bytes: impl Into<Bytes>) -> Result<()> {
         self.runtime.block_on(self.node.provide_state(round, bytes.into()))
     }

@@ -1,5 +1,5 @@
 //! What both drivers share: outgoing frames and their writer task, reading frames off a
-//! connection, clocks and timers.
+//! connection, clocks and timers, the debug line of a finished round.
 
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::ids::{MemberId, Round};
+use crate::protocol::{Dest, RoundStats};
 use crate::quic::{recv_frame, send_frame, send_frame_delivered, QuicError};
 use crate::wire::{Frame, FrameCodec, FrameKind, WireError, PREFIX_LEN};
 
@@ -135,4 +136,23 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
+}
+
+/// A round's bytes per link, as `(peer, received, sent)`, for a log line.
+pub(crate) fn traffic(stats: &RoundStats) -> Vec<(Dest, u64, u64)> {
+    stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect()
+}
+
+/// Logs a finished round at debug with `message`: who delivered, how long it took, bytes per
+/// link. The coordinator's commits and the workers' RoundReady read alike.
+pub(crate) fn log_round(round: Round, stats: &RoundStats, message: &str) {
+    debug!(
+        round,
+        delivered = ?stats.delivered,
+        stragglers = ?stats.stragglers,
+        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
+        last_delivery_ms = stats.last_delivery.map(|d| d.as_millis() as u64),
+        traffic = ?traffic(stats),
+        "{message}"
+    );
 }

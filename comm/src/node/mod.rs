@@ -11,6 +11,14 @@
 //!   backoff, and offers an async API; [`WorkerHandle`] is the blocking facade for a
 //!   training loop on its own OS thread.
 //!
+//! # Layout
+//! - `coordinator`: the coordinator node; `state`: its state folder;
+//! - `worker`: the worker node's API, config and events; beside them, one job a file:
+//!   `worker/dial` (dialing and redialing the coordinator), `worker/peers` (the all-gather
+//!   and ring links to other members), `worker/driver` (the task that owns the protocol);
+//! - `handle`: the worker's blocking facade;
+//! - `link`: what both nodes share (frame writer and reader tasks, clocks, round logging).
+//!
 //! # Frames
 //! Every frame travels on its own QUIC unidirectional stream
 //! ([`send_frame`](crate::quic::send_frame)); each connection has one writer, so frames are
@@ -47,7 +55,9 @@
 //! [`WorkerNode`]. [`Topology::Ring`](crate::protocol::Topology::Ring) uses the same
 //! member links: segments go to the ring successor and aggregates are fetched from peers;
 //! the application gives the worker its [`RingReducer`](crate::protocol::RingReducer) in
-//! [`WorkerNodeConfig::reducer`] and applies [`WorkerNodeEvent::AggregateReady`]. A round
+//! [`WorkerNodeConfig::reducer`] and applies the aggregate of
+//! [`WorkerEvent::AggregateReady`](crate::protocol::WorkerEvent::AggregateReady) (wrapped in
+//! [`WorkerNodeEvent::Protocol`]). A round
 //! that falls back uploads through the coordinator as in Relay.
 //!
 //! # Bytes per link

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::*;
 use crate::error::CommError;
 use crate::ids::{MemberId, Round};
-use crate::protocol::{DeadlinePolicy, Dest, ProtocolError, Topology};
+use crate::protocol::{DeadlinePolicy, Dest, ProtocolError, Topology, WorkerEvent};
 use crate::quic::{JoinString, TransportTuning};
 
 /// Longest a test waits for any one event.
@@ -181,7 +181,7 @@ fn drive(
                     publish(&handle, &app, next);
                 }
             }
-            WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+            WorkerNodeEvent::Protocol(WorkerEvent::RoundReady { round, payloads, stats }) => {
                 assert_eq!(stats.round, round);
                 app.payload_sources
                     .extend(stats.traffic.iter().filter(|t| t.received > 0).map(|t| t.peer));
@@ -192,12 +192,12 @@ fn drive(
                     publish(&handle, &app, round + 1);
                 }
             }
-            WorkerNodeEvent::SnapshotRequested { round } => {
+            WorkerNodeEvent::Protocol(WorkerEvent::SnapshotRequested { round }) => {
                 assert_eq!(app.applied, Some(round));
                 handle.provide_state(round, app.snapshot()).unwrap();
                 app.snapshots_given.push(round);
             }
-            WorkerNodeEvent::StateReceived { round, bytes } => {
+            WorkerNodeEvent::Protocol(WorkerEvent::StateReceived { round, bytes }) => {
                 app.load(round, &bytes);
                 progress.store(round + 1, Ordering::SeqCst);
                 publish(&handle, &app, round + 1);

@@ -190,8 +190,11 @@ fn large_payloads_cross_intact_through_the_async_api() {
             for n in &mut nodes {
                 let (ready, payloads) = loop {
                     let event = tokio::time::timeout(EVENT_WAIT, n.next_event()).await;
-                    if let WorkerNodeEvent::RoundReady { round, payloads, .. } =
-                        event.unwrap().unwrap()
+                    if let WorkerNodeEvent::Protocol(WorkerEvent::RoundReady {
+                        round,
+                        payloads,
+                        ..
+                    }) = event.unwrap().unwrap()
                     {
                         break (round, payloads);
                     }
@@ -247,11 +250,16 @@ fn four_workers_ring_reduce_and_each_sends_one_and_a_half_payloads() {
                 let (members, aggregate, stats) = loop {
                     let event = tokio::time::timeout(EVENT_WAIT, n.next_event()).await;
                     match event.unwrap().unwrap() {
-                        WorkerNodeEvent::AggregateReady { round: r, members, aggregate, stats } => {
+                        WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady {
+                            round: r,
+                            members,
+                            aggregate,
+                            stats,
+                        }) => {
                             assert_eq!(r, round);
                             break (members, aggregate, stats);
                         }
-                        WorkerNodeEvent::RoundReady { round, .. } => {
+                        WorkerNodeEvent::Protocol(WorkerEvent::RoundReady { round, .. }) => {
                             panic!("round {round} fell back to relay")
                         }
                         _ => {}

@@ -1,17 +1,18 @@
 //! The worker node: a [`WorkerProto`] driven over a QUIC connection to the coordinator.
 //!
-//! Tasks:
-//! - the link task dials the coordinator (pinning the join string's fingerprint), reads its
-//!   frames, and when the connection is lost dials again with exponential backoff until
-//!   [`ReconnectPolicy::give_up_after`] has passed without a connection;
-//! - the driver task owns the [`WorkerProto`]: it feeds it the link's frames, the
+//! This module holds the node's API ([`WorkerNode`]), its configuration and the events it
+//! reports; the tasks behind it live in submodules, one job each:
+//! - `dial`: the link task dials the coordinator (pinning the join string's fingerprint),
+//!   reads its frames, and when the connection is lost dials again with exponential backoff
+//!   until [`ReconnectPolicy::give_up_after`] has passed without a connection;
+//! - `driver`: the driver task owns the [`WorkerProto`]: it feeds it the link's frames, the
 //!   application's commands and timeouts, queues its frames on the connection's writer and
 //!   hands its events to the application;
-//! - all-gather links: the worker's endpoint also accepts connections from the members the
-//!   coordinator announced (their fingerprints pinned in a [`PinSet`]), one reader task per
-//!   accepted connection; to send to a member the driver dials it (pinning its
-//!   fingerprint) and keeps that connection, with its writer task, for later frames. Each
-//!   direction of a pair of members thus has its own connection: frames are read on
+//! - `peers`: all-gather links: the worker's endpoint also accepts connections from the
+//!   members the coordinator announced (their fingerprints pinned in a [`PinSet`]), one
+//!   reader task per accepted connection; to send to a member the driver dials it (pinning
+//!   its fingerprint) and keeps that connection, with its writer task, for later frames.
+//!   Each direction of a pair of members thus has its own connection: frames are read on
 //!   accepted connections and written on dialed ones.
 //!
 //! How a member is reached travels as its [`PeerInfo`]: the postcard encoding of an
@@ -22,31 +23,32 @@
 //! A refusal ends the worker: a transport refusal (wrong join secret, other run) or a
 //! protocol one (the name was superseded, the worker is ahead of the coordinator).
 
-use std::collections::{BTreeMap, HashMap};
+mod dial;
+mod driver;
+mod peers;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::Connection;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, info, warn, Instrument};
+use tracing::Instrument;
 
-use super::link::{self, Out, Read};
+use self::dial::{link_task, route_ip};
+use self::driver::Driver;
+use self::peers::{accept_peers, PeerAddr, Peers};
+use super::link::Out;
 use super::{NodeError, Refusal, FRAME_OVERHEAD, UNASSIGNED_SENDER};
 use crate::error::{CommError, Result};
-use crate::ids::{CertFingerprint, MemberId, Round};
-use crate::protocol::{
-    Dest, MemberInfo, PeerInfo, PeerMessage, RejectReason, RingReducer, RoundStats, ToCoordinator,
-    ToWorker, Topology, WorkerConfig, WorkerEvent, WorkerProto, WorkerTransmit,
-};
+use crate::ids::{MemberId, Round};
+use crate::protocol::{PeerInfo, RingReducer, Topology, WorkerConfig, WorkerEvent, WorkerProto};
 use crate::quic::{
-    self, close_done, close_refused, peer_fingerprint, ClientAuth, JoinString, NodeIdentity,
-    PinSet, QuicEndpoint, QuicError, RefusalCode, TransportTuning,
+    self, ClientAuth, JoinString, NodeIdentity, PinSet, QuicEndpoint, TransportTuning,
 };
-use crate::wire::{Frame, FrameCodec, FrameKind, DEFAULT_MAX_FRAME};
+use crate::wire::{Frame, FrameCodec, DEFAULT_MAX_FRAME};
 
 /// How a worker retries a lost connection to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,10 @@ impl WorkerNodeConfig {
 }
 
 /// What a worker node reports to its application, in order.
+///
+/// What the round protocol reports passes through as [`WorkerNodeEvent::Protocol`]; the
+/// other variants are the node's own: the welcome (which adds the run's topology), the
+/// connection's ups and downs, and the end of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WorkerNodeEvent {
@@ -140,67 +146,13 @@ pub enum WorkerNodeEvent {
         /// How the run's payloads travel.
         topology: Topology,
     },
-    /// The connected members changed.
-    Members {
-        /// All of them, ascending by id.
-        members: Vec<MemberInfo>,
-    },
-    /// A round with this worker in it opened; publish for it if not done yet.
-    RoundOpened {
-        /// The round.
-        round: Round,
-        /// Its members, ascending.
-        members: Vec<MemberId>,
-        /// When the coordinator closes it at the latest, from now.
-        deadline: Duration,
-    },
-    /// A round committed: apply these payloads, in this (ascending member) order.
-    RoundReady {
-        /// The round.
-        round: Round,
-        /// The committed payloads, this worker's own included.
-        payloads: Vec<(MemberId, Bytes)>,
-        /// Duration, stragglers, bytes per peer.
-        stats: RoundStats,
-    },
-    /// A ring round committed: apply the aggregate, the sum over `members`' payloads (the
-    /// same bytes on every member).
-    AggregateReady {
-        /// The round.
-        round: Round,
-        /// The members it sums, ascending.
-        members: Vec<MemberId>,
-        /// The aggregate.
-        aggregate: Bytes,
-        /// Duration, bytes per peer.
-        stats: RoundStats,
-    },
-    /// Upload the state as it is right after the RoundReady of `round` with `provide_state`.
-    SnapshotRequested {
-        /// The round.
-        round: Round,
-    },
-    /// Replace the application's state with this one (as of right after `round`).
-    StateReceived {
-        /// The round it reflects.
-        round: Round,
-        /// The state.
-        bytes: Bytes,
-    },
-    /// A committed payload could not be obtained; the worker asked for a snapshot.
-    FellBehind {
-        /// The round it could not apply.
-        round: Round,
-    },
-    /// Input from the coordinator was rejected by the protocol; nothing changed.
-    Rejected {
-        /// The link it came on.
-        from: Dest,
-        /// The round it named, if any.
-        round: Option<Round>,
-        /// Why.
-        reason: RejectReason,
-    },
+    /// An event of the round protocol, as [`WorkerProto`] reported it: the members changed,
+    /// a round opened, a round committed (`RoundReady`, or `AggregateReady` in a ring: apply
+    /// it), a snapshot was asked for or a state arrived, the worker fell behind, input was
+    /// rejected. Never [`WorkerEvent::Welcomed`] (reported as [`WorkerNodeEvent::Welcomed`],
+    /// with the topology) nor [`WorkerEvent::Refused`] (it ends the worker:
+    /// [`WorkerNodeEvent::Refused`]).
+    Protocol(WorkerEvent),
     /// The connection to the coordinator was lost; the worker reconnects.
     Disconnected {
         /// Why it was lost.
@@ -240,24 +192,6 @@ enum LinkMsg {
         from: MemberId,
         frame: Frame,
     },
-}
-
-/// What a worker's [`PeerInfo`] holds: how other members reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct PeerAddr {
-    addr: SocketAddr,
-    fingerprint: CertFingerprint,
-}
-
-/// The local IP the OS would use to reach `remote` (no packet is sent).
-fn route_ip(remote: SocketAddr) -> Option<IpAddr> {
-    let any = match remote {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-    };
-    let socket = std::net::UdpSocket::bind(any).ok()?;
-    socket.connect(remote).ok()?;
-    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Shared between the driver and the node handle.
@@ -375,23 +309,9 @@ impl WorkerNode {
             .instrument(span.clone()),
         );
         tasks.spawn(accept_peers(endpoint.clone(), link_tx.clone()).instrument(span.clone()));
-        let driver = Driver {
-            proto,
-            events: event_tx,
-            status: status_tx,
-            conn: None,
-            leave_ack: None,
-            peers: Peers {
-                endpoint: endpoint.clone(),
-                codec,
-                pins,
-                link_tx,
-                connect_timeout: cfg.reconnect.connect_timeout,
-                known: BTreeMap::new(),
-                out: HashMap::new(),
-            },
-            tasks,
-        };
+        let peers =
+            Peers::new(endpoint.clone(), codec, pins, link_tx, cfg.reconnect.connect_timeout);
+        let driver = Driver::new(proto, event_tx, status_tx, peers, tasks);
         let driver = tokio::spawn(driver.run(command_rx, link_rx).instrument(span));
         let mut node = WorkerNode {
             commands: command_tx,
@@ -436,7 +356,7 @@ impl WorkerNode {
         self.call(|reply| Command::Publish { round, bytes, reply }).await
     }
 
-    /// Uploads the state asked for by [`WorkerNodeEvent::SnapshotRequested`]`{ round }`.
+    /// Uploads the state asked for by [`WorkerEvent::SnapshotRequested`]`{ round }`.
     pub async fn provide_state(&self, round: Round, bytes: Bytes) -> Result<()> {
         self.call(|reply| Command::ProvideState { round, bytes, reply }).await
     }
@@ -486,479 +406,5 @@ impl WorkerNode {
             Ok(result) => result,
             Err(_) => Err(self.stopped()),
         }
-    }
-}
-
-/// Dials the coordinator, reads its frames, and redials when the connection is lost.
-async fn link_task(
-    endpoint: Arc<QuicEndpoint>,
-    addr: SocketAddr,
-    pin: crate::ids::CertFingerprint,
-    codec: FrameCodec,
-    policy: ReconnectPolicy,
-    tx: mpsc::UnboundedSender<LinkMsg>,
-) {
-    let mut since = tokio::time::Instant::now();
-    let mut backoff = policy.initial_backoff;
-    loop {
-        let last = match tokio::time::timeout(policy.connect_timeout, endpoint.connect(addr, pin))
-            .await
-        {
-            Ok(Ok(conn)) => {
-                let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-                let writer = link::spawn_writer(conn.clone(), codec.clone(), writer_rx);
-                if tx.send(LinkMsg::Up { conn: conn.clone(), writer: writer_tx }).is_err() {
-                    return;
-                }
-                let lost = loop {
-                    match link::read_frame(&conn, &codec).await {
-                        Read::Frame(frame) => {
-                            if tx.send(LinkMsg::Frame(frame)).is_err() {
-                                return;
-                            }
-                        }
-                        Read::Bad(error, _) => {
-                            warn!(error, "rejected a frame from the coordinator")
-                        }
-                        Read::Lost(e) => break e,
-                    }
-                };
-                writer.abort();
-                if let QuicError::Connection(quinn::ConnectionError::LocallyClosed) = lost {
-                    return; // the driver closed it: the worker stops
-                }
-                if let QuicError::Refused { code, reason } = lost {
-                    let _ = tx.send(LinkMsg::Refused(Refusal::Transport { code, detail: reason }));
-                    return;
-                }
-                let lost = lost.to_string();
-                info!(error = %lost, "connection to the coordinator lost");
-                if tx.send(LinkMsg::Down(lost)).is_err() {
-                    return;
-                }
-                since = tokio::time::Instant::now();
-                backoff = policy.initial_backoff;
-                continue;
-            }
-            Ok(Err(CommError::Quic(QuicError::Refused { code, reason }))) => {
-                let _ = tx.send(LinkMsg::Refused(Refusal::Transport { code, detail: reason }));
-                return;
-            }
-            Ok(Err(e @ CommError::Quic(QuicError::PinMismatch { .. }))) => {
-                let _ = tx.send(LinkMsg::GaveUp(e.to_string()));
-                return;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no handshake within {:?}", policy.connect_timeout),
-        };
-        if since.elapsed() >= policy.give_up_after {
-            let _ = tx.send(LinkMsg::GaveUp(format!(
-                "no connection for {:?}; last error: {last}",
-                policy.give_up_after
-            )));
-            return;
-        }
-        debug!(error = %last, ?backoff, "connecting again after a pause");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(policy.max_backoff);
-    }
-}
-
-/// The driver task's state.
-struct Driver {
-    proto: WorkerProto,
-    events: mpsc::UnboundedSender<WorkerNodeEvent>,
-    status: watch::Sender<Status>,
-    conn: Option<(Connection, mpsc::UnboundedSender<Out>)>,
-    /// Told when the Leave frame was acknowledged.
-    leave_ack: Option<oneshot::Sender<Result<(), QuicError>>>,
-    /// Links to other members (all-gather).
-    peers: Peers,
-    /// The link, accept, peer reader and peer dialer tasks.
-    tasks: JoinSet<()>,
-}
-
-/// The links to other members (all-gather).
-struct Peers {
-    endpoint: Arc<QuicEndpoint>,
-    codec: FrameCodec,
-    /// The members' fingerprints: whom this worker's endpoint accepts.
-    pins: PinSet,
-    link_tx: mpsc::UnboundedSender<LinkMsg>,
-    connect_timeout: Duration,
-    /// How to reach each other member, as last announced.
-    known: BTreeMap<MemberId, PeerAddr>,
-    /// Dialed links, by member: frames queue here until the dial completes.
-    out: HashMap<MemberId, mpsc::UnboundedSender<Out>>,
-}
-
-impl Peers {
-    /// The members changed: pin the new ones, forget the departed and the changed ones.
-    fn update(&mut self, me: Option<MemberId>, members: &[MemberInfo]) {
-        let mut known = BTreeMap::new();
-        for member in members.iter().filter(|m| Some(m.id) != me) {
-            match postcard::from_bytes::<PeerAddr>(&member.peer.0) {
-                Ok(addr) => {
-                    known.insert(member.id, addr);
-                }
-                Err(e) => {
-                    warn!(member = member.id, error = %e, "unusable peer info; member unreachable")
-                }
-            }
-        }
-        for (id, old) in &self.known {
-            if known.get(id) != Some(old) {
-                self.pins.remove(&old.fingerprint);
-                self.out.remove(id);
-            }
-        }
-        for addr in known.values() {
-            self.pins.insert(addr.fingerprint);
-        }
-        self.known = known;
-    }
-
-    /// Queues `out` for member `to`, dialing it first if there is no link.
-    fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) {
-        let out = match self.out.get(&to) {
-            Some(queue) => match queue.send(out) {
-                Ok(()) => return,
-                // The link failed; dial again.
-                Err(mpsc::error::SendError(out)) => out,
-            },
-            None => out,
-        };
-        let Some(&peer) = self.known.get(&to) else {
-            return debug!(to, kind = ?out.kind, "no address for the member; frame dropped");
-        };
-        let (queue, frames) = mpsc::unbounded_channel();
-        let _ = queue.send(out);
-        self.out.insert(to, queue);
-        let (endpoint, codec, timeout) =
-            (self.endpoint.clone(), self.codec.clone(), self.connect_timeout);
-        tasks.spawn(async move {
-            match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint)).await
-            {
-                Ok(Ok(conn)) => {
-                    debug!(to, peer = %peer.addr, "connected to a member");
-                    let _ = link::spawn_writer(conn, codec, frames).await;
-                }
-                Ok(Err(e)) => warn!(to, error = %e, "cannot reach a member"),
-                Err(_) => warn!(to, "cannot reach a member: no handshake in time"),
-            }
-        });
-    }
-}
-
-/// Hands every connection from a member (its handshake passed the pins) to the driver.
-async fn accept_peers(endpoint: Arc<QuicEndpoint>, tx: mpsc::UnboundedSender<LinkMsg>) {
-    while let Some(incoming) = endpoint.incoming().await {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Ok(conn) = quic::handshake(incoming).await {
-                let _ = tx.send(LinkMsg::PeerIn(conn));
-            }
-        });
-    }
-}
-
-impl Driver {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut link_rx: mpsc::UnboundedReceiver<LinkMsg>,
-    ) {
-        let ended = loop {
-            // Reap finished peer tasks (their results are nothing).
-            while self.tasks.try_join_next().is_some() {}
-            let timeout = self.proto.poll_timeout();
-            let step = tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => self.command(command).await,
-                    None => Err(Ended::Other("the worker was dropped".into())),
-                },
-                msg = link_rx.recv() => match msg {
-                    Some(msg) => self.link(msg),
-                    None => Err(Ended::Other("the link task ended".into())),
-                },
-                _ = link::sleep_until(timeout) => {
-                    self.proto.handle_timeout(link::now());
-                    Ok(())
-                }
-            };
-            if let Err(ended) = step.and_then(|()| self.flush()) {
-                break ended;
-            }
-        };
-        self.tasks.abort_all();
-        self.peers.out.clear();
-        if let Some((conn, _)) = self.conn.take() {
-            close_done(&conn, "worker stopped");
-        }
-        match &ended {
-            Ended::Refused(r) => {
-                warn!(refusal = %r, "refused");
-                let _ = self.events.send(WorkerNodeEvent::Refused(r.clone()));
-            }
-            Ended::Other(reason) => debug!(reason, "worker driver stops"),
-            other => {
-                let reason = CommError::from(other.clone()).to_string();
-                warn!(reason, "worker stops");
-                let _ = self.events.send(WorkerNodeEvent::Failed { reason });
-            }
-        }
-        self.status.send_modify(|s| s.ended = Some(ended));
-    }
-
-    async fn command(&mut self, command: Command) -> Result<(), Ended> {
-        let now = link::now();
-        match command {
-            Command::Publish { round, bytes, reply } => {
-                let _ = reply.send(self.proto.publish(now, round, bytes).map_err(Into::into));
-            }
-            Command::ProvideState { round, bytes, reply } => {
-                let _ = reply.send(self.proto.provide_state(now, round, bytes).map_err(Into::into));
-            }
-            Command::Leave { reply } => {
-                self.proto.leave(now);
-                let (ack, acked) = oneshot::channel();
-                self.leave_ack = Some(ack);
-                self.flush()?;
-                let result = match self.conn.take() {
-                    Some((conn, _writer)) => {
-                        // The Leave frame is queued after every frame sent so far; wait
-                        // until the coordinator acknowledged it, then close.
-                        let result = tokio::time::timeout(Duration::from_secs(2), acked).await;
-                        close_done(&conn, "worker left");
-                        match result {
-                            Ok(Ok(Ok(()))) => Ok(()),
-                            Ok(Ok(Err(e))) => Err(e.into()),
-                            _ => {
-                                Err(NodeError::Stopped("leave was not acknowledged".into()).into())
-                            }
-                        }
-                    }
-                    None => Ok(()),
-                };
-                let _ = reply.send(result);
-                return Err(Ended::Other("the worker left".into()));
-            }
-        }
-        Ok(())
-    }
-
-    fn link(&mut self, msg: LinkMsg) -> Result<(), Ended> {
-        let now = link::now();
-        match msg {
-            LinkMsg::Up { conn, writer } => {
-                info!(coordinator = %conn.remote_address(), "connected");
-                let shared = conn.clone();
-                self.status.send_modify(|s| s.coordinator = Some(shared));
-                self.conn = Some((conn, writer));
-                self.proto.handle_connected(now);
-            }
-            LinkMsg::Frame(frame) => self.frame(frame),
-            LinkMsg::Down(reason) => {
-                self.conn = None;
-                self.status.send_modify(|s| s.coordinator = None);
-                self.proto.handle_disconnected(now);
-                let _ = self.events.send(WorkerNodeEvent::Disconnected { reason });
-            }
-            LinkMsg::Refused(refusal) => return Err(Ended::Refused(refusal)),
-            LinkMsg::GaveUp(reason) => return Err(Ended::Unreachable(reason)),
-            LinkMsg::PeerIn(conn) => self.peer_in(conn),
-            LinkMsg::PeerFrame { from, frame } => self.peer_frame(from, frame),
-        }
-        Ok(())
-    }
-
-    /// A member connected: read its frames, if it is one.
-    fn peer_in(&mut self, conn: Connection) {
-        let fingerprint = peer_fingerprint(&conn);
-        let from = self
-            .peers
-            .known
-            .iter()
-            .find(|(_, p)| Some(p.fingerprint) == fingerprint)
-            .map(|(&member, _)| member);
-        let Some(from) = from else {
-            // Pinned when the handshake began, gone from the members since.
-            return close_refused(&conn, RefusalCode::UnknownPeer, "not a member of the run");
-        };
-        debug!(from, peer = %conn.remote_address(), "member connected");
-        let (codec, tx) = (self.peers.codec.clone(), self.peers.link_tx.clone());
-        self.tasks.spawn(async move {
-            loop {
-                match link::read_frame(&conn, &codec).await {
-                    Read::Frame(frame) => {
-                        if tx.send(LinkMsg::PeerFrame { from, frame }).is_err() {
-                            return;
-                        }
-                    }
-                    Read::Bad(error, _) => warn!(from, error, "rejected a frame from a member"),
-                    Read::Lost(e) => return debug!(from, error = %e, "member link closed"),
-                }
-            }
-        });
-    }
-
-    fn peer_frame(&mut self, from: MemberId, frame: Frame) {
-        let now = link::now();
-        let Frame { header, body } = frame;
-        match header.kind {
-            FrameKind::Control => match PeerMessage::decode(&body) {
-                Ok(msg) => self.proto.handle_peer(now, from, msg),
-                Err(e) => warn!(from, error = %e, "undecodable control message from a member"),
-            },
-            FrameKind::Payload => self.proto.handle_payload(
-                now,
-                Dest::Member(from),
-                header.round,
-                header.sender,
-                body.into(),
-            ),
-            FrameKind::State => warn!(from, "a member sent a state frame; dropped"),
-            FrameKind::Segment { slot } => {
-                self.proto.handle_segment(from, header.round, slot, body.into())
-            }
-        }
-    }
-
-    fn frame(&mut self, frame: Frame) {
-        let now = link::now();
-        let Frame { header, body } = frame;
-        match header.kind {
-            FrameKind::Control => match ToWorker::decode(&body) {
-                Ok(msg) => self.proto.handle_coordinator(now, msg),
-                Err(e) => warn!(error = %e, "undecodable control message from the coordinator"),
-            },
-            FrameKind::Payload => self.proto.handle_payload(
-                now,
-                Dest::Coordinator,
-                header.round,
-                header.sender,
-                body.into(),
-            ),
-            FrameKind::State => self.proto.handle_state(now, header.round, body.into()),
-            FrameKind::Segment { .. } => warn!("the coordinator sent a ring segment; dropped"),
-        }
-    }
-
-    fn sender(&self) -> MemberId {
-        self.proto.member().unwrap_or(UNASSIGNED_SENDER)
-    }
-
-    /// Events to the application, then frames to the coordinator.
-    fn flush(&mut self) -> Result<(), Ended> {
-        while let Some(event) = self.proto.poll_event() {
-            let event = match event {
-                WorkerEvent::Welcomed { member, next_round, need_state } => {
-                    self.status.send_modify(|s| s.member = Some(member));
-                    let topology = self.proto.topology().unwrap_or(Topology::Relay);
-                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology }
-                }
-                WorkerEvent::Refused { reason } => {
-                    return Err(Ended::Refused(Refusal::Protocol(reason)))
-                }
-                WorkerEvent::Members { members } => {
-                    if matches!(self.proto.topology(), Some(Topology::AllGather | Topology::Ring)) {
-                        self.peers.update(self.proto.member(), &members);
-                    }
-                    WorkerNodeEvent::Members { members }
-                }
-                WorkerEvent::RoundOpened { round, members, deadline } => {
-                    WorkerNodeEvent::RoundOpened { round, members, deadline }
-                }
-                WorkerEvent::RoundReady { round, payloads, stats } => {
-                    let traffic: Vec<_> =
-                        stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect();
-                    debug!(
-                        round,
-                        delivered = ?stats.delivered,
-                        stragglers = ?stats.stragglers,
-                        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
-                        ?traffic,
-                        "round ready"
-                    );
-                    WorkerNodeEvent::RoundReady { round, payloads, stats }
-                }
-                WorkerEvent::AggregateReady { round, members, aggregate, stats } => {
-                    let traffic: Vec<_> =
-                        stats.traffic.iter().map(|t| (t.peer, t.received, t.sent)).collect();
-                    debug!(
-                        round,
-                        members = ?members,
-                        duration_ms = stats.duration.map(|d| d.as_millis() as u64),
-                        ?traffic,
-                        "ring aggregate ready"
-                    );
-                    WorkerNodeEvent::AggregateReady { round, members, aggregate, stats }
-                }
-                WorkerEvent::SnapshotRequested { round } => {
-                    WorkerNodeEvent::SnapshotRequested { round }
-                }
-                WorkerEvent::StateReceived { round, bytes } => {
-                    WorkerNodeEvent::StateReceived { round, bytes }
-                }
-                WorkerEvent::FellBehind { round } => WorkerNodeEvent::FellBehind { round },
-                WorkerEvent::Rejected { from, round, reason } => {
-                    WorkerNodeEvent::Rejected { from, round, reason }
-                }
-            };
-            if self.events.send(event).is_err() {
-                return Err(Ended::Other("the worker was dropped".into()));
-            }
-        }
-        let sender = self.sender();
-        while let Some(transmit) = self.proto.poll_transmit() {
-            let out = match transmit {
-                WorkerTransmit::Control { msg } => match msg.encode() {
-                    Ok(body) => {
-                        let mut out = Out::new(FrameKind::Control, 0, sender, body.into());
-                        if msg == ToCoordinator::Leave {
-                            out.delivered = self.leave_ack.take();
-                        }
-                        out
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot encode a control message");
-                        continue;
-                    }
-                },
-                WorkerTransmit::Payload { to: Dest::Coordinator, round, from_member, bytes } => {
-                    Out::new(FrameKind::Payload, round, from_member, bytes)
-                }
-                WorkerTransmit::State { round, bytes } => {
-                    Out::new(FrameKind::State, round, sender, bytes)
-                }
-                WorkerTransmit::Payload { to: Dest::Member(to), round, from_member, bytes } => {
-                    let out = Out::new(FrameKind::Payload, round, from_member, bytes);
-                    self.peers.send(&mut self.tasks, to, out);
-                    continue;
-                }
-                WorkerTransmit::Segment { to, round, slot, bytes } => {
-                    let out = Out::new(FrameKind::Segment { slot }, round, sender, bytes);
-                    self.peers.send(&mut self.tasks, to, out);
-                    continue;
-                }
-                WorkerTransmit::Peer { to, msg } => {
-                    match msg.encode() {
-                        Ok(body) => {
-                            let out = Out::new(FrameKind::Control, 0, sender, body.into());
-                            self.peers.send(&mut self.tasks, to, out);
-                        }
-                        Err(e) => warn!(error = %e, "cannot encode a peer message"),
-                    }
-                    continue;
-                }
-            };
-            match &self.conn {
-                Some((_, writer)) => {
-                    let _ = writer.send(out);
-                }
-                None => debug!(kind = ?out.kind, "not connected; frame dropped"),
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,175 @@
+//! The all-gather (and ring) peer mesh: how this worker reaches the other members and
+//! reads what they send it.
+//!
+//! The worker's endpoint accepts connections from the members the coordinator announced
+//! (their fingerprints pinned in a [`PinSet`]), one reader task per accepted connection; to
+//! send to a member the driver dials it (pinning its fingerprint) and keeps that connection,
+//! with its writer task, for later frames. Each direction of a pair of members thus has its
+//! own connection: frames are read on accepted connections and written on dialed ones.
+//!
+//! How a member is reached travels as its [`PeerInfo`](crate::protocol::PeerInfo): the
+//! postcard encoding of a [`PeerAddr`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::LinkMsg;
+use crate::ids::{CertFingerprint, MemberId};
+use crate::node::link::{self, Out, Read};
+use crate::protocol::MemberInfo;
+use crate::quic::{self, close_refused, peer_fingerprint, PinSet, QuicEndpoint, RefusalCode};
+use crate::wire::FrameCodec;
+
+/// What a worker's [`PeerInfo`](crate::protocol::PeerInfo) holds: how other members reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PeerAddr {
+    /// Where the member listens.
+    pub(super) addr: SocketAddr,
+    /// Its certificate's fingerprint, pinned when dialing it.
+    pub(super) fingerprint: CertFingerprint,
+}
+
+/// The links to other members (all-gather).
+pub(super) struct Peers {
+    endpoint: Arc<QuicEndpoint>,
+    codec: FrameCodec,
+    /// The members' fingerprints: whom this worker's endpoint accepts.
+    pins: PinSet,
+    link_tx: mpsc::UnboundedSender<LinkMsg>,
+    connect_timeout: Duration,
+    /// How to reach each other member, as last announced.
+    known: BTreeMap<MemberId, PeerAddr>,
+    /// Dialed links, by member: frames queue here until the dial completes.
+    out: HashMap<MemberId, mpsc::UnboundedSender<Out>>,
+}
+
+impl Peers {
+    /// No members known yet; `link_tx` is where readers of accepted links send frames.
+    pub(super) fn new(
+        endpoint: Arc<QuicEndpoint>,
+        codec: FrameCodec,
+        pins: PinSet,
+        link_tx: mpsc::UnboundedSender<LinkMsg>,
+        connect_timeout: Duration,
+    ) -> Self {
+        Peers {
+            endpoint,
+            codec,
+            pins,
+            link_tx,
+            connect_timeout,
+            known: BTreeMap::new(),
+            out: HashMap::new(),
+        }
+    }
+
+    /// The members changed: pin the new ones, forget the departed and the changed ones.
+    pub(super) fn update(&mut self, me: Option<MemberId>, members: &[MemberInfo]) {
+        let mut known = BTreeMap::new();
+        for member in members.iter().filter(|m| Some(m.id) != me) {
+            match postcard::from_bytes::<PeerAddr>(&member.peer.0) {
+                Ok(addr) => {
+                    known.insert(member.id, addr);
+                }
+                Err(e) => {
+                    warn!(member = member.id, error = %e, "unusable peer info; member unreachable")
+                }
+            }
+        }
+        for (id, old) in &self.known {
+            if known.get(id) != Some(old) {
+                self.pins.remove(&old.fingerprint);
+                self.out.remove(id);
+            }
+        }
+        for addr in known.values() {
+            self.pins.insert(addr.fingerprint);
+        }
+        self.known = known;
+    }
+
+    /// Queues `out` for member `to`, dialing it first if there is no link.
+    pub(super) fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) {
+        let out = match self.out.get(&to) {
+            Some(queue) => match queue.send(out) {
+                Ok(()) => return,
+                // The link failed; dial again.
+                Err(mpsc::error::SendError(out)) => out,
+            },
+            None => out,
+        };
+        let Some(&peer) = self.known.get(&to) else {
+            return debug!(to, kind = ?out.kind, "no address for the member; frame dropped");
+        };
+        let (queue, frames) = mpsc::unbounded_channel();
+        let _ = queue.send(out);
+        self.out.insert(to, queue);
+        let (endpoint, codec, timeout) =
+            (self.endpoint.clone(), self.codec.clone(), self.connect_timeout);
+        tasks.spawn(async move {
+            match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint)).await
+            {
+                Ok(Ok(conn)) => {
+                    debug!(to, peer = %peer.addr, "connected to a member");
+                    let _ = link::spawn_writer(conn, codec, frames).await;
+                }
+                Ok(Err(e)) => warn!(to, error = %e, "cannot reach a member"),
+                Err(_) => warn!(to, "cannot reach a member: no handshake in time"),
+            }
+        });
+    }
+
+    /// A member connected: read its frames on a task of `tasks`, if it is one.
+    pub(super) fn accept(&self, tasks: &mut JoinSet<()>, conn: Connection) {
+        let fingerprint = peer_fingerprint(&conn);
+        let from = self
+            .known
+            .iter()
+            .find(|(_, p)| Some(p.fingerprint) == fingerprint)
+            .map(|(&member, _)| member);
+        let Some(from) = from else {
+            // Pinned when the handshake began, gone from the members since.
+            return close_refused(&conn, RefusalCode::UnknownPeer, "not a member of the run");
+        };
+        debug!(from, peer = %conn.remote_address(), "member connected");
+        let (codec, tx) = (self.codec.clone(), self.link_tx.clone());
+        tasks.spawn(async move {
+            loop {
+                match link::read_frame(&conn, &codec).await {
+                    Read::Frame(frame) => {
+                        if tx.send(LinkMsg::PeerFrame { from, frame }).is_err() {
+                            return;
+                        }
+                    }
+                    Read::Bad(error, _) => warn!(from, error, "rejected a frame from a member"),
+                    Read::Lost(e) => return debug!(from, error = %e, "member link closed"),
+                }
+            }
+        });
+    }
+
+    /// Drops every dialed link's queue (the worker stops).
+    pub(super) fn drop_links(&mut self) {
+        self.out.clear();
+    }
+}
+
+/// Hands every connection from a member (its handshake passed the pins) to the driver.
+pub(super) async fn accept_peers(endpoint: Arc<QuicEndpoint>, tx: mpsc::UnboundedSender<LinkMsg>) {
+    while let Some(incoming) = endpoint.incoming().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(conn) = quic::handshake(incoming).await {
+                let _ = tx.send(LinkMsg::PeerIn(conn));
+            }
+        });
+    }
+}
