@@ -64,41 +64,24 @@
 //! });
 //! ```
 //!
-//! # Presets and where their figures come from
-//! Figures are rounded; they describe typical paths, not a measurement of one.
+//! # Presets
+//! Figures are rounded; they describe typical paths, not a measurement of one. Each
+//! figure's source stands beside it in `presets.rs`.
 //!
 //! - `lan`: one region, 10 Gb/s, 0.1 ms RTT, 1 ms of switch buffer, no loss.
 //! - `cross-continent`: regions `us-east`, `us-west`, `eu-west`, `ap-southeast` (coordinator
-//!   in `us-east`), 1 Gb/s per path (a datacenter VM's typical per-flow share), 50 ms
-//!   drop-tail queue, ±0.5 ms jitter. RTTs: us-east–us-west 70 ms, us-east–eu-west 80 ms,
-//!   us-west–eu-west 140 ms, us-west–ap-southeast 160 ms, eu-west–ap-southeast 170 ms,
-//!   us-east–ap-southeast 250 ms — rounded from public cloud inter-region latency tables
-//!   (AWS inter-region p50 latencies as published by cloudping.co; Microsoft's "Azure
-//!   network round-trip latency statistics" page; the 250 ms figure is the upper end for
-//!   US East–Singapore, where carrier SLAs allow up to ~260 ms). Random loss 0.1%
-//!   within North America, 0.2% transatlantic, 0.5% on paths to Singapore — the range
-//!   long-haul Internet paths show in public measurement studies (e.g. the RIPE Atlas and
-//!   PingER end-to-end loss reports), chosen as a pessimistic-but-common case.
-//!   Inside a region: 0.5 ms RTT (between availability zones), 10 Gb/s.
+//!   in `us-east`), 1 Gb/s per path, 50 ms drop-tail queue, ±0.5 ms jitter. RTTs:
+//!   us-east–us-west 70 ms, us-east–eu-west 80 ms, us-west–eu-west 140 ms,
+//!   us-west–ap-southeast 160 ms, eu-west–ap-southeast 170 ms, us-east–ap-southeast 250 ms.
+//!   Random loss 0.1% within North America, 0.2% transatlantic, 0.5% on paths to
+//!   Singapore. Inside a region: 0.5 ms RTT (between availability zones), 10 Gb/s.
 //! - `home`: the coordinator in `datacenter` (which takes no workers), workers in `cable`
 //!   (20 Mb/s up, 200 Mb/s down, 30 ms RTT, a bloated 250 ms upstream modem buffer) and
-//!   `fiber` (100 Mb/s up, 500 Mb/s down, 10 ms RTT, 100 ms buffer). Upload rates follow
-//!   the U.S. FCC *Measuring Broadband America* fixed-broadband reports (cable upload tiers
-//!   of 10–35 Mb/s, fiber tiers of 100 Mb/s and up) and Ookla's Speedtest Global Index
-//!   (U.S. median fixed upload of a few tens of Mb/s); the buffer sizes follow the
-//!   latency-under-load ("bufferbloat") measurements of those reports and of Gettys &
-//!   Nichols, *Bufferbloat: Dark Buffers in the Internet* (CACM 2012), where loaded
-//!   upstream latency reaches hundreds of milliseconds.
+//!   `fiber` (100 Mb/s up, 500 Mb/s down, 10 ms RTT, 100 ms buffer).
 //! - `lossy`: `us-east` (coordinator), `eu-west`, `ap-southeast` at the RTTs above,
 //!   100 Mb/s, ±2 ms jitter, and Gilbert–Elliott bursty loss of 2% (us-east–eu-west,
 //!   bursts of 3), 3% (eu-west–ap-southeast, bursts of 3) and 5% (us-east–ap-southeast,
-//!   bursts of 4): a stress case for degraded paths. Model: E. N. Gilbert, *Capacity of a
-//!   burst-noise channel* (1960); E. O. Elliott, *Estimates of error rates for codes on
-//!   burst-noise channels* (1963); parameterised as in Linux `tc netem loss gemodel`
-//!   (Hasslinger & Hohlfeld, 2008).
-//!
-//! The stage order of a link (loss before the queue, jitter without reordering unless
-//! asked) follows `tc netem` (Hemminger, *Network Emulation with NetEm*, 2005).
+//!   bursts of 4).
 
 pub mod error;
 pub mod fabric;

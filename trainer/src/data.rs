@@ -17,41 +17,6 @@ use anyhow::{bail, Context, Result};
 use meridian_kernels::rng::SplitMix64;
 use tch::Tensor;
 
-/// The `--data`, `--data-format` and `--vocab` flags every training command takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DataArgs {
-    /// Training text (any file, read as bytes) or pre-tokenized ids (`.u16`/`.u32` files,
-    /// or --data-format). The default is the corpus the set-up installs.
-    #[arg(long, default_value = "data/corpus.txt", env = "MERIDIAN_DATA")]
-    pub data: std::path::PathBuf,
-    /// How --data stores tokens: text, u16 or u32 (little-endian); by default from the
-    /// file's extension.
-    #[arg(long, env = "MERIDIAN_DATA_FORMAT")]
-    pub data_format: Option<TokenFormat>,
-    /// Vocabulary size of pre-tokenized data (every id must be below it).
-    #[arg(long, env = "MERIDIAN_VOCAB")]
-    pub vocab: Option<u32>,
-}
-
-impl DataArgs {
-    /// Loads the corpus the flags name, with a hint when the default one is missing.
-    pub fn load(&self) -> Result<Corpus> {
-        let format = self.data_format.unwrap_or_else(|| TokenFormat::from_extension(&self.data));
-        if format == TokenFormat::Text && self.vocab.is_some() {
-            bail!("--vocab applies to pre-tokenized data (u16/u32); text is byte-level (256)");
-        }
-        if !self.data.exists() {
-            let hint = if self.data == Path::new("data/corpus.txt") {
-                " (the set-up installs it: run `make setup`, or pass --data FILE)"
-            } else {
-                ""
-            };
-            bail!("data: {} does not exist{hint}", self.data.display());
-        }
-        Corpus::load(&self.data, format, self.vocab)
-    }
-}
-
 /// How a data file stores its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFormat {

@@ -17,27 +17,27 @@ enum Command {
     /// Compress one outer round's pseudo-gradient of a small model with each pipeline and
     /// report bytes on the wire, reconstruction error and speed; with --input, the tensors
     /// of your own safetensors file instead.
-    Compress(meridian_trainer::compress_demo::CompressArgs),
+    Compress(meridian_trainer::cli::compress::CompressArgs),
     /// Train N workers in one process with one or more outer algorithms (DDP, DiLoCo, DeMo,
     /// SparseLoCo, Streaming DiLoCo) and compare their loss and bytes on the wire.
-    Train(meridian_trainer::train::TrainArgs),
+    Train(meridian_trainer::cli::train::TrainArgs),
     /// Coordinate a run across processes or machines: admit workers that hold the join
     /// secret, close rounds, commit who delivered. Prints the join string.
-    Coordinator(meridian_trainer::net_cli::CoordinatorArgs),
+    Coordinator(meridian_trainer::cli::coordinator::CoordinatorArgs),
     /// Train one worker of a multi-process run, syncing through a coordinator over QUIC.
-    Worker(meridian_trainer::net_cli::WorkerArgs),
+    Worker(meridian_trainer::cli::worker::WorkerArgs),
     /// What happens if you train across continents: every algorithm trains over the same
     /// simulated wide-area network (real QUIC, simulated links, virtual time) and is
     /// compared on loss, bytes, simulated wall-clock and compute utilization.
-    Simulate(meridian_trainer::sim::SimulateArgs),
+    Simulate(meridian_trainer::cli::simulate::SimulateArgs),
     /// Size a real run without training: bytes per round, communication time and compute
     /// utilization per algorithm for a model of any size on a preset or custom network, and
     /// the link rate a target utilization needs.
-    WhatIf(meridian_trainer::whatif::WhatIfArgs),
+    WhatIf(meridian_trainer::cli::what_if::WhatIfArgs),
     /// Forward UDP between real processes through WAN link models (delay, rate, loss...):
     /// put it in front of a coordinator to run a multi-process trial under WAN conditions
     /// on one machine.
-    Proxy(meridian_trainer::proxy_cli::ProxyArgs),
+    Proxy(meridian_trainer::cli::proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,13 +59,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Compress(args) => meridian_trainer::compress_demo::run(&args),
-        Command::Train(args) => meridian_trainer::train::run(&args),
-        Command::Coordinator(args) => meridian_trainer::net_cli::run_coordinator(&args),
-        Command::Worker(args) => meridian_trainer::net_cli::run_worker(&args),
-        Command::Simulate(args) => meridian_trainer::sim::run(&args),
-        Command::WhatIf(args) => meridian_trainer::whatif::run(&args),
-        Command::Proxy(args) => meridian_trainer::proxy_cli::run_proxy(&args),
+        Command::Compress(args) => meridian_trainer::cli::compress::run(&args),
+        Command::Train(args) => meridian_trainer::cli::train::run(&args),
+        Command::Coordinator(args) => meridian_trainer::cli::coordinator::run(&args),
+        Command::Worker(args) => meridian_trainer::cli::worker::run(&args),
+        Command::Simulate(args) => meridian_trainer::cli::simulate::run(&args),
+        Command::WhatIf(args) => meridian_trainer::cli::what_if::run(&args),
+        Command::Proxy(args) => meridian_trainer::cli::proxy::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use meridian_comm::quic::TransportTuning;
 
-use crate::adamw::InnerConfig;
 use crate::model::gpt::GptConfig;
 use crate::model::mlp::MlpConfig;
 use crate::model::ModelKind;
+use crate::step::adamw::InnerConfig;
 
 /// Batching and evaluation; the `[data]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,49 +65,6 @@ pub enum ModelConfig {
     Mlp(MlpConfig),
     /// A TorchScript file.
     TorchScript(std::path::PathBuf, TorchScriptConfig),
-}
-
-/// The flags `meridian train`, `worker` and `simulate` share: which model, which data, and
-/// the settings file with its overrides.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunSource {
-    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast), or
-    /// `torchscript:PATH` (a module saved with torch.jit.save whose forward(tokens,
-    /// targets) returns the loss; see examples/README.md).
-    #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
-    pub model: ModelKind,
-    /// The data.
-    #[command(flatten)]
-    pub data: crate::data::DataArgs,
-    /// A TOML file with `[model]`, `[inner]`, `[data]`, `[transport]` and one table per
-    /// algorithm.
-    #[arg(long, env = "MERIDIAN_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
-    /// Override one setting: `KEY=VALUE` for every selected algorithm that has KEY, or
-    /// `SCOPE.KEY=VALUE` for one table (model, inner, data, transport or an algorithm).
-    /// Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Where each worker trains: `cpu`, `cuda` (the first GPU), `cuda:N`, or `auto` (the
-    /// first GPU when there is one). On a GPU the outer optimizer's state stays there too
-    /// and its compression runs on the CUDA kernels; only payloads, checkpoints and
-    /// catch-up state cross to the host. Runs on the CPU are bit-reproducible across
-    /// machines; on a GPU, replicas still agree bit for bit within the run.
-    #[arg(long, default_value = "cpu", env = "MERIDIAN_DEVICE")]
-    pub device: crate::device::DeviceChoice,
-}
-
-impl RunSource {
-    /// The run's settings for `algos`, with `extra_sets` applied before the user's own.
-    pub fn config(
-        &self,
-        algos: &[Algorithm],
-        inner_steps: Option<u64>,
-        extra_sets: &[String],
-    ) -> Result<RunConfig> {
-        let sets: Vec<String> = extra_sets.iter().chain(&self.set).cloned().collect();
-        RunConfig::build(&self.model, algos, self.config.as_deref(), inner_steps, &sets)
-    }
 }
 
 /// Everything configurable about a run, after the file and the overrides.

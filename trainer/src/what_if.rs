@@ -1,4 +1,4 @@
-//! `meridian what-if`: sizes a real run without training it.
+//! The estimates behind `meridian what-if`: sizes a real run without training it.
 //!
 //! For a model of `--params` parameters whose inner step takes `--step-time`, with
 //! `--workers` workers placed on a topology, it estimates per algorithm the bytes each
@@ -30,11 +30,9 @@
 //! Validated against `meridian simulate` at small scale: see BENCHMARKS.md ("What-if
 //! against the simulation").
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::Phase;
 use meridian_optimizer::params::ParamSet;
@@ -43,77 +41,11 @@ use meridian_simulate::{LinkSpec, Topology};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::cli::args::RouteArg;
+use crate::cli::what_if::WhatIfArgs;
 use crate::model::ModelKind;
 use crate::run_config::RunConfig;
-use crate::sim::compute::{human, parse_duration};
-use crate::sim::RouteArg;
-
-/// Options of `meridian what-if`.
-#[derive(Debug, Clone, Args)]
-#[command(after_help = "\
-Example: how much uplink does a 1B-parameter model need across four continents?
-  meridian what-if --params 1e9 --step-time 1s --workers 8 --preset cross-continent
-
-Payload sizes come from the algorithms' real encoders (their settings from --config and
---set, as for `meridian train`); link delays, rates and loss from the preset or --topology.
-See `meridian simulate` to run a small model over the same network for real.")]
-pub struct WhatIfArgs {
-    /// Model parameters: 1e9, 1.3B, 350M, 125k or a plain number.
-    #[arg(long, value_parser = parse_count)]
-    pub params: f64,
-    /// Time one inner step takes on one worker's accelerator.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub step_time: Duration,
-    /// Workers, placed round-robin over the topology's regions.
-    #[arg(long, default_value_t = 8)]
-    pub workers: u32,
-    /// The network: lan, cross-continent, home or lossy.
-    #[arg(long, default_value = "cross-continent")]
-    pub preset: String,
-    /// A topology TOML file instead of a preset.
-    #[arg(long)]
-    pub topology: Option<PathBuf>,
-    /// Outer algorithms, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo")]
-    pub algos: Vec<Algorithm>,
-    /// Inner steps per round (H) for the algorithms that have one (default: each
-    /// algorithm's published default).
-    #[arg(long)]
-    pub inner_steps: Option<u64>,
-    /// How payloads travel.
-    #[arg(long, value_enum, default_value = "relay")]
-    pub route: RouteArg,
-    /// The utilization to size links for.
-    #[arg(long, default_value_t = 0.95)]
-    pub target: f64,
-    /// A TOML file with the algorithms' tables.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override one algorithm setting (as for `meridian train`). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Print the estimates as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `1e9`, `1.3B`, `350M`, `125k`, `42`.
-pub fn parse_count(text: &str) -> Result<f64, String> {
-    let t = text.trim();
-    let (number, scale) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
-        Some('b' | 'B' | 'g' | 'G') => (&t[..t.len() - 1], 1e9),
-        Some('t' | 'T') => (&t[..t.len() - 1], 1e12),
-        _ => (t, 1.0),
-    };
-    let v: f64 = number.parse().map_err(|_| format!("{text:?} is not a count like 1e9 or 350M"))?;
-    let v = v * scale;
-    if !(v.is_finite() && v >= 1.0) {
-        return Err(format!("{text:?} must be at least 1"));
-    }
-    Ok(v)
-}
+use crate::units::human;
 
 /// Bytes QUIC, UDP and IPv4 put on the wire per payload byte with 1472-byte datagrams:
 /// 28 bytes of IP and UDP header, about 20 of QUIC short header and stream frame, 16 of
@@ -309,6 +241,7 @@ pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
 }
 
 /// Runs `meridian what-if`.
+/// Estimates every selected algorithm on the network `args` describe and prints the table.
 pub fn run(args: &WhatIfArgs) -> Result<()> {
     if args.workers < 2 {
         bail!("--workers must be at least 2 (one worker sends nothing)");
@@ -470,17 +403,6 @@ fn bytes(v: f64) -> String {
 #[cfg_attr(test, allow(clippy::unwrap_used))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_parse_with_suffixes() {
-        assert_eq!(parse_count("1e9").unwrap(), 1e9);
-        assert_eq!(parse_count("1.3B").unwrap(), 1.3e9);
-        assert_eq!(parse_count("350M").unwrap(), 350e6);
-        assert_eq!(parse_count("125k").unwrap(), 125e3);
-        for bad in ["", "lots", "-5", "0", "1e400"] {
-            assert!(parse_count(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn efficiency_follows_the_measured_points_and_falls_with_loss() {

@@ -5,25 +5,9 @@
 
 mod common;
 
-use common::corpus;
+use common::{corpus, meridian};
 
 use std::process::Command;
-
-fn meridian(args: &[&str]) -> (bool, String, String) {
-    let out = match Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run meridian: {e}"),
-    };
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `meridian train` with the fast model on the corpus, writing into `out`.
 fn train(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {

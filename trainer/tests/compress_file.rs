@@ -3,32 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-fn meridian(args: &[&str]) -> (bool, String, String) {
-    let out = match Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run meridian: {e}"),
-    };
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+
+use common::meridian;
 
 /// A fresh directory for one test, removed by the test when it passes.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    or_fail(std::fs::create_dir_all(&dir), "scratch directory");
-    dir
+    common::scratch("compress", test)
 }
 
 /// `r`'s value; a failing helper fails the test that called it.

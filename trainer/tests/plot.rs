@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use meridian_trainer::plot::{write_loss_plot, Curve, CurvePoint, XAxis, SIZE};
+use meridian_trainer::report::plot::{write_loss_plot, Curve, CurvePoint, XAxis, SIZE};
 
 /// A fresh directory for one test, removed by the test when it passes.
 fn scratch(test: &str) -> PathBuf {

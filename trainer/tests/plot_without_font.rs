@@ -2,7 +2,7 @@
 //! viewer renders it), the PNG without. In its own test binary because the font is chosen
 //! once per process.
 
-use meridian_trainer::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
+use meridian_trainer::report::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
 
 #[test]
 fn without_a_font_the_png_has_no_text_and_the_svg_keeps_it() {

@@ -4,13 +4,14 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// `meridian train` on the fast model; `extra` flags replace the defaults of the same name.
 fn train(out: &Path, extra: &[&str]) -> (bool, String) {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt");
-    assert!(Path::new(data).exists(), "{data} missing: run `make setup` first");
+    let data = common::corpus();
+    let data = data.as_str();
     let mut flags: Vec<(&str, Option<&str>)> = vec![
         ("--model", Some("mlp")),
         ("--data", Some(data)),
@@ -32,13 +33,9 @@ fn train(out: &Path, extra: &[&str]) -> (bool, String) {
         }
     }
     let args: Vec<&str> = flags.iter().flat_map(|(f, v)| std::iter::once(*f).chain(*v)).collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("train")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let args: Vec<&str> = std::iter::once("train").chain(args).collect();
+    let (ok, _, stderr) = common::meridian(&args);
+    (ok, stderr)
 }
 
 fn manifest(out: &Path, algo: &str) -> serde_json::Value {

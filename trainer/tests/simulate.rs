@@ -5,23 +5,9 @@
 
 mod common;
 
-use common::corpus;
+use common::{corpus, meridian};
 
 use std::path::Path;
-use std::process::Command;
-
-fn meridian(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run meridian: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A quick simulation, shortened further for the test suite.
 fn simulate(out: &Path, extra: &[&str]) -> (bool, String, String) {

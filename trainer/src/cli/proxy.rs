@@ -116,7 +116,7 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 }
 
 /// Runs `meridian proxy` until Ctrl-C, then prints the counters.
-pub fn run_proxy(args: &ProxyArgs) -> Result<()> {
+pub fn run(args: &ProxyArgs) -> Result<()> {
     let (up, down) = links(args)?;
     let idle = seconds(args.idle_timeout_s, "--idle-timeout-s")?;
     if idle.is_zero() {
@@ -133,11 +133,7 @@ pub fn run_proxy(args: &ProxyArgs) -> Result<()> {
     cfg.idle_timeout = idle;
     cfg.max_clients = args.max_clients;
     cfg.report_every = (!report.is_zero()).then_some(report);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the network runtime")?;
+    let rt = crate::networked::runtime()?;
     rt.block_on(async move {
         let proxy = Proxy::start(cfg).await.context("starting the proxy")?;
         // Scripts read the port from here when they asked for port 0.

@@ -1,78 +1,22 @@
-//! `meridian compress`: what one worker would send after one outer round.
+//! The demo of `meridian compress`: what one worker would send after one outer round.
 //!
 //! Trains a small MLP for `--inner-steps` AdamW steps on a seeded synthetic regression
 //! task, takes the DiLoCo pseudo-gradient Δ = θ_start − θ_end of every parameter tensor,
 //! and compresses it with each pipeline through the kernels, borrowing LibTorch's memory.
 //! Reports the exact bytes each pipeline puts on the wire against fp32, how much of Δ the
 //! receiver recovers, and how fast compression ran. `--algo` also takes the DiLoCo
-//! transports (see [`crate::codec`]).
+//! transports (see [`crate::compression::codec`]).
 //!
 //! With `--input`, the same command measures a user's own safetensors file instead; that
-//! is [`crate::compress_file`].
-
-use std::path::PathBuf;
+//! is [`crate::compression::file`].
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use meridian_optimizer::view::with_f32;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::codec::{self, Codec};
-
-/// Options of `meridian compress`.
-#[derive(Debug, Clone, Args)]
-pub struct CompressArgs {
-    /// A safetensors file to compress instead of the demo's pseudo-gradient: any
-    /// gradients, pseudo-gradients or weights (f16, bf16, f32 or f64; integer, bool and
-    /// empty tensors are skipped). Prints bytes, ratio and relative error per tensor and
-    /// in total.
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub input: Option<PathBuf>,
-    /// With --input and one --algo: write the decoded tensors here (same names, shapes and
-    /// dtypes), to compare with other implementations. Never the input file.
-    #[arg(long, value_name = "DECODED.safetensors", requires = "input")]
-    pub out: Option<PathBuf>,
-    /// Algorithms to run, comma separated: the kernel pipelines sparseloco, demo,
-    /// demo-2bit, demo-sign and the DiLoCo transports diloco-f32, diloco-bf16, diloco-int8.
-    /// Default: all of them with --input, the four pipelines without.
-    #[arg(long, value_delimiter = ',', env = "MERIDIAN_COMPRESS_ALGO")]
-    pub algo: Option<Vec<String>>,
-    /// Older name of --algo, kept for existing scripts; --algo wins when both are given.
-    #[arg(long, value_delimiter = ',', env = "MERIDIAN_PIPELINES")]
-    pub pipelines: Option<Vec<String>>,
-    /// Demo only: hidden width of the MLP (parameters grow as width²).
-    #[arg(long, default_value_t = 1024, env = "MERIDIAN_WIDTH")]
-    pub width: i64,
-    /// Demo only: hidden layers of the MLP.
-    #[arg(long, default_value_t = 3, env = "MERIDIAN_LAYERS")]
-    pub layers: i64,
-    /// Demo only: inner AdamW steps before the pseudo-gradient is taken (DiLoCo's H).
-    #[arg(long, default_value_t = 20, env = "MERIDIAN_INNER_STEPS")]
-    pub inner_steps: i64,
-    /// Demo only: seed for the model, the data and everything random.
-    #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
-    pub seed: i64,
-}
-
-impl CompressArgs {
-    /// The algorithms to run: --algo, else --pipelines, else the default for the mode.
-    pub fn algorithms(&self) -> Vec<String> {
-        let default: &[&str] = if self.input.is_some() { &codec::ALL } else { &codec::PIPELINES };
-        self.algo
-            .clone()
-            .or_else(|| self.pipelines.clone())
-            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
-    }
-}
-
-/// Runs `meridian compress`: on the file given with `--input`, else the demo.
-pub fn run(args: &CompressArgs) -> Result<()> {
-    match &args.input {
-        Some(input) => crate::compress_file::run(input, &args.algorithms(), args.out.as_deref()),
-        None => run_demo(args),
-    }
-}
+use crate::cli::compress::CompressArgs;
+use crate::compression::codec::Codec;
 
 /// A named parameter tensor's pseudo-gradient, contiguous f32 on the CPU.
 struct Delta {
@@ -128,7 +72,7 @@ fn pseudo_gradient(args: &CompressArgs) -> Result<Vec<Delta>> {
 }
 
 /// The demo: one outer round of a small MLP, compressed with each algorithm.
-fn run_demo(args: &CompressArgs) -> Result<()> {
+pub fn run_demo(args: &CompressArgs) -> Result<()> {
     let codecs: Vec<(String, Codec)> = args
         .algorithms()
         .iter()

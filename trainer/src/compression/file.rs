@@ -11,7 +11,7 @@
 //!   bf16 file sent as `diloco-f32` shows a ratio of 0.5.
 //! - *sent* is the exact length of the algorithm's encoding of the tensor (for the kernel
 //!   pipelines including their header and packed indices), without the payload framing
-//!   common to all algorithms (see [`crate::codec`]).
+//!   common to all algorithms (see [`crate::compression::codec`]).
 //! - the error is measured in f32 against the tensor converted to f32, the precision the
 //!   algorithms work in; the total error is that of all compressed tensors as one vector.
 //!
@@ -20,15 +20,15 @@
 //! [first dimension, product of the rest]; SparseLoCo chunks the flat values.
 //!
 //! Integer, bool and empty tensors are listed as skipped and copied unchanged to `--out`.
-//! A NaN or infinite value is an error naming the tensor (see [`crate::tensor_file::read`]).
+//! A NaN or infinite value is an error naming the tensor (see [`crate::compression::tensor_file::read`]).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use meridian_optimizer::view::with_f32;
 
-use crate::codec::Codec;
-use crate::tensor_file::{self, dtype_name, Content, RawTensor, TensorFile};
+use crate::compression::codec::Codec;
+use crate::compression::tensor_file::{self, dtype_name, Content, RawTensor, TensorFile};
 
 /// One tensor's result under one algorithm.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,135 +1,29 @@
-//! `meridian train`: N workers in one process through the in-process harness, one or
-//! several outer algorithms on the same model, data and token budget; a summary, loss
-//! curves and checkpoints in `--out`.
+//! In-process training (`meridian train`): N workers in one process through the
+//! optimizer's harness, one or several outer algorithms on the same model, data and token
+//! budget; a summary, loss curves and checkpoints in `--out`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::harness::Harness;
 use meridian_optimizer::params::ParamSet;
 use meridian_optimizer::train_step::TrainStep;
-use meridian_optimizer::Algorithm;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::checkpoint::{self, RunIdentity};
+use crate::cli::train::TrainArgs;
 use crate::data::{Corpus, Split};
-use crate::metrics::{RoundMeter, RoundRecord, RoundTotals};
-use crate::model::gpt::Gpt;
-use crate::model::mlp::Mlp;
-use crate::model::{parameter_count, LanguageModel};
-use crate::plot::{Curve, CurvePoint, XAxis};
-use crate::run_config::{ModelConfig, RunConfig, RunSource};
-use crate::summary::{AlgoSummary, DataSummary, Summary};
-use crate::worker::LmWorker;
-
-/// Options of `meridian train`.
-#[derive(Debug, Clone, Args)]
-#[command(after_help = "\
-Examples:
-  meridian train --algo diloco,sparseloco --workers 4 --steps 600 --inner-steps 30
-  meridian train --model mlp --steps 200                     # seconds, for a quick look
-  meridian train --model torchscript:model.pt --algo diloco  # your own PyTorch model
-  meridian train --set model.d_model=128 --set inner.lr=3e-3 --set sparseloco.topk=32
-  meridian train --resume ...same flags...                   # continue from --out's checkpoints
-
-Writes OUT/summary.json (per algorithm: losses, bytes, rounds, tokens, time, per-worker round
-metrics), OUT/rounds-ALGO.jsonl (one line per round), OUT/val_loss_vs_{steps,bytes}.{svg,png},
-and OUT/checkpoints/ALGO/. Per-round metrics also go to the log at debug level
-(RUST_LOG=meridian_trainer=debug).")]
-pub struct TrainArgs {
-    /// Outer algorithms to run, comma separated; each runs on the same model, data and
-    /// token budget so their losses and bytes compare: ddp, diloco, demo, sparseloco,
-    /// streaming.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "ddp,diloco,sparseloco,demo,streaming",
-        env = "MERIDIAN_ALGO"
-    )]
-    pub algo: Vec<Algorithm>,
-    /// Workers, each with its own disjoint data shard.
-    #[arg(long, default_value_t = 4, env = "MERIDIAN_WORKERS")]
-    pub workers: u32,
-    /// Inner steps per worker (also the length of the learning-rate schedule).
-    #[arg(long, default_value_t = 300, env = "MERIDIAN_STEPS")]
-    pub steps: u64,
-    /// Inner steps per outer round (H) for the algorithms that have one; overrides the
-    /// config file and the published default.
-    #[arg(long, env = "MERIDIAN_INNER_STEPS")]
-    pub inner_steps: Option<u64>,
-    /// The model, data and settings.
-    #[command(flatten)]
-    pub source: RunSource,
-    /// Seed of the initial parameters and of the data shards.
-    #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
-    pub seed: u64,
-    /// Directory for the summary, plots, round logs and checkpoints.
-    #[arg(long, default_value = "out/train", env = "MERIDIAN_OUT")]
-    pub out: PathBuf,
-    /// Evaluate validation loss every this many inner steps (and at the end); by
-    /// default 20 times per run.
-    #[arg(long, env = "MERIDIAN_EVAL_EVERY")]
-    pub eval_every: Option<u64>,
-    /// Checkpoint every this many inner steps (0: only at the end).
-    #[arg(long, default_value_t = 500, env = "MERIDIAN_CHECKPOINT_EVERY")]
-    pub checkpoint_every: u64,
-    /// Stop after this many inner steps, leaving a checkpoint, as if interrupted (the
-    /// schedule still spans --steps); continue later with --resume.
-    #[arg(long, env = "MERIDIAN_STOP_AFTER")]
-    pub stop_after: Option<u64>,
-    /// Continue each algorithm from its checkpoint in --out (refused if the checkpoint
-    /// is from another model, config, seed or data).
-    #[arg(long)]
-    pub resume: bool,
-    /// LibTorch intra-op threads (by default the machine's cores).
-    #[arg(long, env = "MERIDIAN_THREADS")]
-    pub threads: Option<usize>,
-}
-
-/// Builds one worker's model on `device`. The built-in models draw their parameters on the
-/// host (the same bits on every machine) and then move there.
-pub fn build_model(
-    config: &ModelConfig,
-    vocab: u32,
-    seed: u64,
-    device: Device,
-) -> Result<Box<dyn LanguageModel>> {
-    Ok(match config {
-        ModelConfig::Gpt(c) => {
-            let mut m = Gpt::new(*c, i64::from(vocab), seed)?;
-            m.to_device(device);
-            Box::new(m)
-        }
-        ModelConfig::Mlp(c) => {
-            let mut m = Mlp::new(*c, i64::from(vocab), seed)?;
-            m.to_device(device);
-            Box::new(m)
-        }
-        ModelConfig::TorchScript(path, c) => {
-            let m = crate::model::torchscript::TorchScriptModel::load(
-                path,
-                c.context,
-                Some(i64::from(vocab)),
-                device,
-            )?;
-            if m.vocab() < i64::from(vocab) {
-                bail!(
-                    "{}: the module predicts {} tokens but the data has a vocabulary of {vocab}",
-                    path.display(),
-                    m.vocab()
-                );
-            }
-            Box::new(m)
-        }
-    })
-}
+use crate::model::{build_model, parameter_count};
+use crate::report::checkpoint::{self, RunIdentity};
+use crate::report::metrics::{RoundMeter, RoundRecord, RoundTotals};
+use crate::report::plot::{Curve, CurvePoint, XAxis};
+use crate::report::summary::{AlgoSummary, DataSummary, Summary};
+use crate::run_config::RunConfig;
+use crate::step::lm_step::LmStep;
 
 /// What is saved beside a checkpoint so a resumed run's summary covers the whole run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -159,7 +53,7 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     let name = algo.algorithm().name();
     let vocab = s.corpus.vocab();
     let models = (0..args.workers)
-        .map(|_| build_model(&s.config.model, vocab, args.seed, s.device))
+        .map(|_| build_model(&s.config.model, vocab, args.run.seed, s.device))
         .collect::<Result<Vec<_>>>()?;
     let context = models[0].context();
     let model_name = models[0].describe();
@@ -170,8 +64,8 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let shard = split.shard(i as u32, args.workers, args.seed, batch)?;
-            LmWorker::new(m, s.config.inner, shard, validation.clone(), args.steps)
+            let shard = split.shard(i as u32, args.workers, args.run.seed, batch)?;
+            LmStep::new(m, s.config.inner, shard, validation.clone(), args.steps())
         })
         .collect::<Result<Vec<_>>>()?;
     let mut h = Harness::new(workers, |_, p: &ParamSet| algo.build(p))?;
@@ -192,14 +86,14 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
             .collect(),
         algorithm: algo.to_toml(),
         inner: s.config.inner_toml(),
-        schedule_steps: args.steps,
+        schedule_steps: args.steps(),
         batch: batch as u64,
-        seed: args.seed,
+        seed: args.run.seed,
         workers: args.workers,
         data: s.corpus.fingerprint(),
     };
-    let ckpt = checkpoint::dir_for(&args.out, name);
-    let rounds_path = args.out.join(format!("rounds-{name}.jsonl"));
+    let ckpt = checkpoint::dir_for(&args.run.out, name);
+    let rounds_path = args.run.out.join(format!("rounds-{name}.jsonl"));
     let mut progress = Progress { identical: true, ..Progress::default() };
     let mut meter = RoundMeter::new(args.workers as usize);
     let mut resumed_from = None;
@@ -247,17 +141,17 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
             val_loss: loss,
         });
     }
-    let bar = ProgressBar::new(args.steps).with_prefix(format!("{name:<10}"));
+    let bar = ProgressBar::new(args.steps()).with_prefix(format!("{name:<10}"));
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     bar.set_position(h.steps_done());
-    let keep = (args.steps / 20).max(1) as usize;
+    let keep = (args.steps() / 20).max(1) as usize;
     let start = Instant::now();
     let base_seconds = progress.seconds;
-    let stop = args.stop_after.unwrap_or(args.steps).min(args.steps);
+    let stop = args.stop_after.unwrap_or(args.steps()).min(args.steps());
     while h.steps_done() < stop {
         let report = h.step()?;
         let step = report.step + 1;
@@ -318,7 +212,7 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     if totals.rounds == 0 {
         tracing::warn!(
             algo = name,
-            steps = args.steps,
+            steps = args.steps(),
             "no outer round completed: its inner steps per round exceed --steps; lower --inner-steps"
         );
     }
@@ -344,7 +238,7 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
 
 /// Checks everything that can be checked before any training or writing.
 fn validate(args: &TrainArgs) -> Result<()> {
-    if args.workers == 0 || args.steps == 0 {
+    if args.workers == 0 || args.steps() == 0 {
         bail!("--workers and --steps must be at least 1");
     }
     if args.algo.is_empty() {
@@ -360,7 +254,7 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.stop_after == Some(0) {
         bail!("--stop-after must be at least 1");
     }
-    if args.threads == Some(0) {
+    if args.run.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
     Ok(())
@@ -369,22 +263,24 @@ fn validate(args: &TrainArgs) -> Result<()> {
 /// Runs `meridian train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     validate(args)?;
-    let config = args.source.config(&args.algo, args.inner_steps, &[])?;
+    let config = args.source.config(&args.algo, args.schedule.inner_steps, &[])?;
     let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(
-        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        args.run
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             as i32,
     );
     let device = args.source.device.resolve()?;
     // Build one model now: a bad TorchScript file or shape fails before anything is written.
-    let probe = build_model(&config.model, corpus.vocab(), args.seed, device)?;
+    let probe = build_model(&config.model, corpus.vocab(), args.run.seed, device)?;
     let split = Split::new(corpus.clone(), probe.context() as usize)?;
     for w in 0..args.workers {
-        split.shard(w, args.workers, args.seed, config.data.batch as usize)?;
+        split.shard(w, args.workers, args.run.seed, config.data.batch as usize)?;
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let eval_every = args.eval_every.unwrap_or((args.steps / 20).max(1));
+    std::fs::create_dir_all(&args.run.out)
+        .with_context(|| format!("creating {}", args.run.out.display()))?;
+    let eval_every = args.eval_every.unwrap_or((args.steps() / 20).max(1));
     let (train_tokens, val_tokens) = split.sizes();
     let params = parameter_count(probe.as_ref());
     println!(
@@ -394,7 +290,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         params as f64 / 1e6,
         crate::device::name(device),
         args.workers,
-        args.steps,
+        args.steps(),
         corpus.source(),
         corpus.len() as f64 / 1e6,
         train_tokens,
@@ -418,14 +314,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             vocab: corpus.vocab(),
         },
         workers: args.workers,
-        steps: args.steps,
-        seed: args.seed,
+        steps: args.steps(),
+        seed: args.run.seed,
         batch: config.data.batch,
         context: probe.context() as u64,
         inner: config.inner,
         algorithms: algos,
     };
-    summary.write(&args.out.join("summary.json"))?;
+    summary.write(&args.run.out.join("summary.json"))?;
     let curves: Vec<Curve> = summary
         .algorithms
         .iter()
@@ -442,19 +338,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             XAxis::BytesPerWorker,
         ),
     ] {
-        match crate::plot::write_loss_plot(&args.out, stem, title, x, &curves) {
+        match crate::report::plot::write_loss_plot(&args.run.out, stem, title, x, &curves) {
             Ok(paths) => plots.extend(paths),
             Err(e) => tracing::warn!("{stem} not plotted: {e:#}"),
         }
     }
     summary.print_table();
-    if let Some(stop) = args.stop_after.filter(|&s| s < args.steps) {
+    if let Some(stop) = args.stop_after.filter(|&s| s < args.steps()) {
         println!(
             "\nStopped after step {stop} of {}; continue with the same flags and --resume.",
-            args.steps
+            args.steps()
         );
     }
-    println!("\nWrote summary.json and {} plots in {}.", plots.len(), args.out.display());
+    println!("\nWrote summary.json and {} plots in {}.", plots.len(), args.run.out.display());
     if summary.algorithms.iter().any(|a| !a.replicas_identical) {
         bail!("replicas diverged");
     }

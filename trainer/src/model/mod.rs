@@ -2,9 +2,10 @@
 //! for fast tests, and a user's own TorchScript module.
 //!
 //! Every model maps a batch of token windows to the mean next-token cross-entropy, so the
-//! same data pipeline, inner optimizer ([`crate::adamw`]) and checkpoint format serve all
+//! same data pipeline, inner optimizer ([`crate::step::adamw`]) and checkpoint format serve all
 //! of them.
 
+mod build;
 pub mod gpt;
 pub mod init;
 pub mod mlp;
@@ -13,6 +14,8 @@ pub mod torchscript;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+
+pub use build::build_model;
 use tch::Tensor;
 
 /// A model whose loss Meridian's inner loop minimises.

@@ -14,8 +14,8 @@ use meridian_optimizer::outer::Phase;
 use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
-use crate::snapshot;
-use crate::worker::LmWorker;
+use crate::networked::snapshot;
+use crate::step::lm_step::LmStep;
 
 /// What the network tells a training worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +169,7 @@ pub trait DriveObserver {
     /// A round was applied (trained through or replayed).
     fn round_applied(&mut self, round: &AppliedRound);
     /// An inner step finished (its exchanges already reported); `w` may be evaluated here.
-    fn step_done(&mut self, _w: &mut SoloWorker<LmWorker>, _step: &SoloStep) -> Result<()> {
+    fn step_done(&mut self, _w: &mut SoloWorker<LmStep>, _step: &SoloStep) -> Result<()> {
         Ok(())
     }
 }
@@ -185,7 +185,7 @@ impl<F: FnMut(&AppliedRound)> DriveObserver for F {
 /// `need_state` the worker first waits for a peer's state. `observer` sees every applied
 /// round and every step.
 pub fn drive(
-    w: &mut SoloWorker<LmWorker>,
+    w: &mut SoloWorker<LmStep>,
     link: &mut dyn RoundLink,
     steps: u64,
     need_state: bool,
@@ -262,7 +262,7 @@ mod tests {
 
     use super::*;
 
-    fn worker(id: u32) -> SoloWorker<LmWorker> {
+    fn worker(id: u32) -> SoloWorker<LmStep> {
         crate::testing::tiny_diloco_worker(id)
     }
 

@@ -5,10 +5,10 @@
 use anyhow::{bail, Result};
 use meridian_comm::ids::MemberId;
 use meridian_comm::node::WorkerNodeEvent;
-use meridian_comm::protocol::{ProtocolError, RoundStats};
+use meridian_comm::protocol::{ProtocolError, RoundStats, WorkerEvent};
 use meridian_comm::CommError;
 
-use crate::net_worker::NetEvent;
+use super::drive::NetEvent;
 
 /// A node event as the training loop needs it.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl Mapped {
 pub fn net_event(event: WorkerNodeEvent, me: MemberId) -> Result<Option<Mapped>> {
     Ok(match event {
         // The comm crate logs the round's stats at debug.
-        WorkerNodeEvent::RoundReady { round, payloads, stats } => {
+        WorkerNodeEvent::Protocol(WorkerEvent::RoundReady { round, payloads, stats }) => {
             let received =
                 payloads.iter().filter(|(m, _)| *m != me).map(|(_, b)| b.len() as u64).sum();
             let payloads = payloads.into_iter().map(|(_, b)| b.to_vec()).collect();
@@ -42,15 +42,20 @@ pub fn net_event(event: WorkerNodeEvent, me: MemberId) -> Result<Option<Mapped>>
                 stats: Some((round, stats)),
             })
         }
-        WorkerNodeEvent::AggregateReady { round, members, aggregate, stats } => Some(Mapped {
+        WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady {
+            round,
+            members,
+            aggregate,
+            stats,
+        }) => Some(Mapped {
             event: NetEvent::AggregateReady { round, members, bytes: aggregate.to_vec() },
             received: 0,
             stats: Some((round, stats)),
         }),
-        WorkerNodeEvent::SnapshotRequested { round } => {
+        WorkerNodeEvent::Protocol(WorkerEvent::SnapshotRequested { round }) => {
             Some(Mapped::plain(NetEvent::SnapshotRequested { round }))
         }
-        WorkerNodeEvent::StateReceived { round, bytes } => {
+        WorkerNodeEvent::Protocol(WorkerEvent::StateReceived { round, bytes }) => {
             Some(Mapped::plain(NetEvent::StateReceived { round, bytes: bytes.to_vec() }))
         }
         WorkerNodeEvent::Refused(r) => bail!("{r}"),
@@ -59,11 +64,11 @@ pub fn net_event(event: WorkerNodeEvent, me: MemberId) -> Result<Option<Mapped>>
             tracing::warn!(%reason, "lost the coordinator; reconnecting");
             None
         }
-        WorkerNodeEvent::FellBehind { round } => {
+        WorkerNodeEvent::Protocol(WorkerEvent::FellBehind { round }) => {
             tracing::warn!(round, "fell behind; asking for a peer's state");
             None
         }
-        WorkerNodeEvent::Rejected { reason, round, .. } => {
+        WorkerNodeEvent::Protocol(WorkerEvent::Rejected { reason, round, .. }) => {
             tracing::warn!(?round, ?reason, "input rejected");
             None
         }

@@ -15,7 +15,7 @@ use meridian_optimizer::outer::{OptimizerState, Phase};
 use meridian_optimizer::solo::SoloWorker;
 use tch::Tensor;
 
-use crate::worker::LmWorker;
+use crate::step::lm_step::LmStep;
 
 const OUTER: &str = "outer/";
 const PARAM: &str = "param";
@@ -23,7 +23,7 @@ const ADAM_M: &str = "inner/m";
 const ADAM_V: &str = "inner/v";
 
 /// Encodes `w`'s state.
-pub fn encode(w: &SoloWorker<LmWorker>) -> Result<Vec<u8>> {
+pub fn encode(w: &SoloWorker<LmStep>) -> Result<Vec<u8>> {
     Captured::referencing(w)?.encode()
 }
 
@@ -53,14 +53,14 @@ enum Taken {
 
 impl Captured {
     /// What [`encode`] would return now, taken before a step that exchanges in `phase`.
-    pub fn before_step(w: &SoloWorker<LmWorker>, phase: Phase) -> Result<Self> {
+    pub fn before_step(w: &SoloWorker<LmStep>, phase: Phase) -> Result<Self> {
         match phase {
             Phase::AfterBackward => Self::referencing(w),
             Phase::AfterInnerStep => Ok(Self(Taken::Encoded(encode(w)?))),
         }
     }
 
-    fn referencing(w: &SoloWorker<LmWorker>) -> Result<Self> {
+    fn referencing(w: &SoloWorker<LmStep>) -> Result<Self> {
         let (m, v, adam_steps) = w.train.adam().state();
         Ok(Self(Taken::Referenced {
             outer: w.outer.state()?,
@@ -97,7 +97,7 @@ impl Captured {
 
 /// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why. The
 /// learning-rate schedule moves to the provider's step.
-pub fn restore(w: &mut SoloWorker<LmWorker>, bytes: &[u8]) -> Result<()> {
+pub fn restore(w: &mut SoloWorker<LmStep>, bytes: &[u8]) -> Result<()> {
     let s = OptimizerState::from_bytes(bytes).context("state from a peer")?;
     s.expect_algorithm(w.outer.algorithm()).context("state from a peer")?;
     let params = s.per_tensor(PARAM, &w.params).context("state from a peer")?;
@@ -145,7 +145,7 @@ mod tests {
         }
     }
 
-    fn worker(id: u32) -> SoloWorker<LmWorker> {
+    fn worker(id: u32) -> SoloWorker<LmStep> {
         crate::testing::tiny_diloco_worker(id)
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::data::ShardState;
-use crate::worker::LmWorker;
+use crate::step::lm_step::LmStep;
 
 const FORMAT: &str = "meridian-checkpoint";
 const VERSION: u32 = 1;
@@ -106,7 +106,7 @@ fn file_hash(path: &Path) -> Result<String> {
 /// complete.
 pub fn save(
     dir: &Path,
-    harness: &Harness<LmWorker>,
+    harness: &Harness<LmStep>,
     identity: &RunIdentity,
     extras: &[(&str, Vec<u8>)],
 ) -> Result<()> {
@@ -350,11 +350,7 @@ fn take(
 /// checked before the harness is touched, so a mismatched or corrupt checkpoint leaves it
 /// as it was; only a refusal by an outer optimizer's own state check, which comes last,
 /// can leave it part-restored (the caller then discards it).
-pub fn load(
-    dir: &Path,
-    harness: &mut Harness<LmWorker>,
-    identity: &RunIdentity,
-) -> Result<Manifest> {
+pub fn load(dir: &Path, harness: &mut Harness<LmStep>, identity: &RunIdentity) -> Result<Manifest> {
     let manifest = read_manifest(dir)?;
     let workers = harness.workers().len();
     check_manifest(&manifest, identity, workers)?;

@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::adamw::InnerConfig;
-use crate::metrics::RoundTotals;
-use crate::plot::CurvePoint;
+use crate::report::metrics::RoundTotals;
+use crate::report::plot::CurvePoint;
+use crate::step::adamw::InnerConfig;
 
 /// The data a run trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! A simulated worker's training loop: the same blocking loop a worker process runs
-//! ([`drive`](crate::net_worker::drive)), run as a stackful coroutine inside an async task
+//! ([`drive`](crate::networked::drive::drive)), run as a stackful coroutine inside an async task
 //! on the one thread that owns the virtual clock.
 //!
 //! A paused tokio clock only means something if nothing else happens while a worker
@@ -18,8 +18,8 @@ use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use meridian_comm::node::WorkerNode;
 
-use crate::net_worker::{NetEvent, RoundLink};
-use crate::node_link::{net_event, published, Mapped};
+use crate::networked::drive::{NetEvent, RoundLink};
+use crate::networked::node_link::{net_event, published, Mapped};
 
 /// Stack of each worker's coroutine: LibTorch's CPU kernels run on it.
 const STACK_BYTES: usize = 16 << 20;

@@ -1,4 +1,5 @@
-//! `meridian simulate`: what a cross-continent run will do, on one machine.
+//! The simulation behind `meridian simulate`: what a cross-continent run will do, on one
+//! machine.
 //!
 //! Every worker trains the real model with the real outer optimizer, and every payload
 //! crosses the real comm stack (the round protocol over authenticated QUIC) — but the UDP
@@ -13,8 +14,8 @@ pub mod chaos;
 pub mod colink;
 pub mod compute;
 pub mod coordinator;
+pub mod process;
 pub mod report;
-pub mod worker;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -23,126 +24,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use meridian_comm::node::CoordinatorNodeConfig;
-use meridian_comm::protocol::Topology as Route;
 use meridian_comm::quic::{NodeIdentity, TransportTuning};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::Algorithm;
 use meridian_simulate::{Fabric, Topology};
 use tch::Tensor;
 
+use crate::cli::args::{RouteArg, DEFAULT_STEPS};
+use crate::cli::simulate::SimulateArgs;
 use crate::data::Split;
+use crate::model::build_model;
 use crate::model::{parameter_count, ModelKind};
-use crate::run_config::{RunConfig, RunSource};
-use crate::train::build_model;
-use compute::{parse_duration, ComputeModel};
+use crate::run_config::RunConfig;
+use compute::ComputeModel;
 use report::{SimAlgo, SimSummary, SimWorker};
-
-/// How payloads travel in the simulated run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RouteArg {
-    /// Each worker uploads once to the coordinator, which forwards to the others.
-    Relay,
-    /// Each worker sends directly to every other worker.
-    AllGather,
-    /// Workers sum dense payloads around a ring (each sends 2(N-1)/N of its payload; ddp
-    /// and diloco only). Fewer bytes, but 2(N-1) sequential hops: on long links with
-    /// payloads of a few MB the relay's two hops finish first.
-    Ring,
-}
-
-impl RouteArg {
-    /// The protocol topology.
-    fn route(self) -> Route {
-        match self {
-            RouteArg::Relay => Route::Relay,
-            RouteArg::AllGather => Route::AllGather,
-            RouteArg::Ring => Route::Ring,
-        }
-    }
-}
-
-/// Options of `meridian simulate`.
-#[derive(Debug, Clone, Args)]
-#[command(after_help = "\
-Trains the built-in GPT on the shipped corpus with each algorithm over the same simulated
-wide-area network, in virtual time: real QUIC and the real round protocol, over links that
-delay, queue and lose datagrams as configured. Presets: lan, cross-continent (us-east,
-us-west, eu-west, ap-southeast), home (consumer uplinks), lossy (bursty loss); or a TOML
-topology with --topology. Compute is charged at --step-time per inner step (or modelled
-from FLOPs with --tflops), so simulated seconds mean what they would on that hardware.
-
-Writes OUT/summary.json (byte-identical for the same seed unless --measured-compute) and
-OUT/val_loss_vs_{time,bytes}.{svg,png}. The default run takes about 4 minutes on 2 cores,
---quick about 15 seconds.")]
-pub struct SimulateArgs {
-    /// The network: lan, cross-continent, home or lossy.
-    #[arg(long, default_value = "cross-continent", env = "MERIDIAN_PRESET")]
-    pub preset: String,
-    /// A topology TOML file instead of a preset (regions, links, placement).
-    #[arg(long, env = "MERIDIAN_TOPOLOGY")]
-    pub topology: Option<PathBuf>,
-    /// Outer algorithms, comma separated: ddp, diloco, sparseloco, demo.
-    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo")]
-    pub algos: Vec<Algorithm>,
-    /// Workers, placed round-robin over the topology's regions.
-    #[arg(long, default_value_t = 4, env = "MERIDIAN_WORKERS")]
-    pub workers: u32,
-    /// Seed of the model, the data shards and the network.
-    #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
-    pub seed: u64,
-    /// Directory for summary.json and the plots.
-    #[arg(long, default_value = "out/simulate", env = "MERIDIAN_OUT")]
-    pub out: PathBuf,
-    /// A short run: 60 steps on a smaller model (about 15 seconds on 2 cores).
-    #[arg(long)]
-    pub quick: bool,
-    /// Inner steps per worker (default 300, or 60 with --quick).
-    #[arg(long, env = "MERIDIAN_STEPS")]
-    pub steps: Option<u64>,
-    /// Inner steps per round (H) for the algorithms that have one (default 30, or 10 with
-    /// --quick).
-    #[arg(long, env = "MERIDIAN_INNER_STEPS")]
-    pub inner_steps: Option<u64>,
-    /// Simulated time one inner step takes: what a step costs on your accelerator.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
-    pub step_time: Duration,
-    /// Model the step time from FLOPs instead: 6 x parameters x tokens per step at this
-    /// sustained rate in TFLOP/s (e.g. 400 for an H100 at 40% of its dense bf16 peak).
-    #[arg(long)]
-    pub tflops: Option<f64>,
-    /// Charge each step's measured time on this machine (the run is then not reproducible).
-    #[arg(long)]
-    pub measured_compute: bool,
-    /// How payloads travel.
-    #[arg(long, value_enum, default_value = "relay")]
-    pub route: RouteArg,
-    /// Put the run through a fault, after a clean run to compare with: a 30 s partition
-    /// between two continents that heals, a link whose bandwidth drops 10x, 5% bursty loss
-    /// (each between the coordinator's region and worker 1's), a worker killed and restarted
-    /// twice, the coordinator killed and restarted from its state, a worker joining late, a
-    /// Byzantine worker (defend with --set aggregation=clip_median, trimmed_mean or
-    /// reject_outliers); or all of them, with a table.
-    #[arg(long, value_enum)]
-    pub chaos: Option<chaos::Chaos>,
-    /// The loss "time to target" refers to (default: the lowest every algorithm reached).
-    #[arg(long)]
-    pub target_loss: Option<f64>,
-    /// Evaluate validation loss every this many inner steps (default: 20 times per run).
-    #[arg(long)]
-    pub eval_every: Option<u64>,
-    /// The model, data and settings (`--model gpt`, the default, is d_model 128, 2 layers,
-    /// 2 heads, context 128 unless set otherwise; 64/2/2/64 with --quick).
-    #[command(flatten)]
-    pub source: RunSource,
-    /// LibTorch intra-op threads. Default 1: the simulation runs every worker on one
-    /// thread, and with small models a second intra-op thread mostly spins (measured: the
-    /// run takes twice as long with 2 on 2 cores).
-    #[arg(long, default_value_t = 1, env = "MERIDIAN_THREADS")]
-    pub threads: usize,
-}
 
 /// The GPT the simulation trains unless told otherwise: small enough that four workers
 /// and four algorithms fit in minutes on two cores.
@@ -197,23 +94,23 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     let setup = prepare(args)?;
     let started = Instant::now();
     let Some(chaos) = args.chaos else {
-        let summary = run_scenario(args, &setup, None, None, &args.out)?;
+        let summary = run_scenario(args, &setup, None, None, &args.run.out)?;
         println!();
         summary.print_table();
         println!(
             "\nWrote summary.json and plots in {} ({:.0} s of wall-clock time).",
-            args.out.display(),
+            args.run.out.display(),
             started.elapsed().as_secs_f64()
         );
         return check(&[("clean", &summary)]);
     };
     // Every scenario is measured against the clean run with the same seed.
     println!("clean run (no faults):");
-    let clean = run_scenario(args, &setup, None, None, &args.out.join("clean"))?;
+    let clean = run_scenario(args, &setup, None, None, &args.run.out.join("clean"))?;
     let mut runs = Vec::new();
     for scenario in chaos.scenarios() {
         let summary =
-            run_scenario(args, &setup, Some(scenario), None, &args.out.join(scenario.name()))
+            run_scenario(args, &setup, Some(scenario), None, &args.run.out.join(scenario.name()))
                 .with_context(|| format!("--chaos {}", scenario.name()))?;
         runs.push((scenario, summary));
     }
@@ -226,13 +123,13 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     }
     let mut text = serde_json::to_string_pretty(&rows)?;
     text.push('\n');
-    crate::atomic_write::write(&args.out.join("chaos.json"), text.as_bytes())?;
+    crate::atomic_write::write(&args.run.out.join("chaos.json"), text.as_bytes())?;
     println!();
     report::ChaosRow::print_table(&rows);
     println!(
         "\nWrote chaos.json and one folder per scenario (summary.json, plots) in {} ({:.0} s of \
          wall-clock time).",
-        args.out.display(),
+        args.run.out.display(),
         started.elapsed().as_secs_f64()
     );
     let mut all = vec![("clean", &clean)];
@@ -281,11 +178,11 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         None => (args.preset.clone(), Topology::preset(&args.preset).context("--preset")?),
     };
     let placement = topology.place_workers(args.workers as usize).context("--workers")?;
-    let steps = args.steps.unwrap_or(if args.quick { 60 } else { 300 });
+    let steps = args.schedule.steps_or(if args.quick { 60 } else { DEFAULT_STEPS });
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let inner_steps = args.inner_steps.or(Some(if args.quick { 10 } else { 30 }));
+    let inner_steps = args.schedule.inner_steps.or(Some(if args.quick { 10 } else { 30 }));
     let mut sets: Vec<String> = Vec::new();
     if matches!(args.source.model, ModelKind::Gpt) {
         let defaults = if args.quick { QUICK_GPT } else { DEFAULT_GPT };
@@ -293,9 +190,9 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
     }
     let config = args.source.config(&args.algos, inner_steps, &sets)?;
     let corpus = Arc::new(args.source.data.load()?);
-    tch::set_num_threads(args.threads.max(1) as i32);
+    tch::set_num_threads(args.run.threads.unwrap_or(1).max(1) as i32);
     let device = args.source.device.resolve()?;
-    let probe = build_model(&config.model, corpus.vocab(), args.seed, device)?;
+    let probe = build_model(&config.model, corpus.vocab(), args.run.seed, device)?;
     let parameters = parameter_count(probe.as_ref());
     let tokens_per_step = config.data.batch * probe.context() as u64;
     let compute = ComputeModel::from_args(
@@ -305,8 +202,8 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         parameters,
         tokens_per_step,
     )?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.run.out)
+        .with_context(|| format!("creating {}", args.run.out.display()))?;
     if args.route == RouteArg::Ring {
         if let Some(a) =
             args.algos.iter().find(|a| !matches!(a, Algorithm::Ddp | Algorithm::Diloco))
@@ -395,7 +292,7 @@ fn run_scenario(
         route: args.route,
         steps: setup.steps,
         eval_every: args.eval_every.unwrap_or((setup.steps / 20).max(1)).max(1),
-        seed: args.seed,
+        seed: args.run.seed,
         tokens_per_step: setup.tokens_per_step,
         context: setup.context,
         device: setup.device,
@@ -420,7 +317,7 @@ fn run_scenario(
         chaos: description,
         workers: args.workers,
         steps: setup.steps,
-        seed: args.seed,
+        seed: args.run.seed,
         compute: plan.compute.describe(),
         // LibTorch's GPU kernels may reduce in a different order from run to run.
         deterministic: plan.compute.deterministic() && plan.device == tch::Device::Cpu,
@@ -505,7 +402,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     let validation: Rc<Vec<(Tensor, Tensor)>> =
         Rc::new(split.validation(batch, plan.config.data.eval_batches as usize));
     let total = n + usize::from(plan.late_region.is_some());
-    let ctx = Rc::new(worker::Ctx {
+    let ctx = Rc::new(process::Ctx {
         start,
         fabric: fabric.clone(),
         join: coordinator.join_string(),
@@ -529,11 +426,11 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     });
 
     // Workers join one after another, so member ids follow the placement order.
-    let mut lives: Vec<worker::Life> = plan
+    let mut lives: Vec<process::Life> = plan
         .placement
         .iter()
         .enumerate()
-        .map(|(index, region)| worker::Life {
+        .map(|(index, region)| process::Life {
             index,
             region: region.clone(),
             joins_at: None,
@@ -548,7 +445,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         })
         .collect();
     if let (Some(at), Some(region)) = (plan.schedule.late_join, &plan.late_region) {
-        lives.push(worker::Life {
+        lives.push(process::Life {
             index: n,
             region: region.clone(),
             joins_at: Some(at),
@@ -560,10 +457,10 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     for life in lives {
         // The starting workers join one after another, so member ids follow the placement.
         let first = match life.joins_at {
-            None => Some(worker::join(&ctx, &life, 0).await?),
+            None => Some(process::join(&ctx, &life, 0).await?),
             Some(_) => None,
         };
-        tasks.push(tokio::task::spawn_local(worker::live(ctx.clone(), life, first)));
+        tasks.push(tokio::task::spawn_local(process::live(ctx.clone(), life, first)));
     }
     let mut outcomes = Vec::new();
     for task in tasks {
@@ -578,8 +475,8 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
 
 fn summarize(
     algo: &AlgoConfig,
-    ctx: &worker::Ctx,
-    outcomes: &[worker::Outcome],
+    ctx: &process::Ctx,
+    outcomes: &[process::Outcome],
     tally: &coordinator::CoordinatorTally,
     wire_bytes: u64,
 ) -> SimAlgo {
@@ -594,7 +491,7 @@ fn summarize(
     let final_train_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
     let first = outcomes.first();
     let mut commit_error =
-        worker::check_commits(&tally.committed, outcomes).err().map(|e| e.to_string());
+        process::check_commits(&tally.committed, outcomes).err().map(|e| e.to_string());
     if let Some(round) = tally.conflicting.first() {
         commit_error = Some(format!("round {round} was committed twice with different members"));
     }

@@ -22,12 +22,12 @@ use tch::Tensor;
 
 use super::colink::{self, Charger, Ended, LinkBytes};
 use crate::data::Split;
-use crate::net_worker::{drive, AppliedRound, DriveObserver};
-use crate::plot::CurvePoint;
-use crate::ring_reducer::RingCell;
+use crate::model::build_model;
+use crate::networked::drive::{drive, AppliedRound, DriveObserver};
+use crate::networked::ring_reducer::RingCell;
+use crate::report::plot::CurvePoint;
 use crate::run_config::RunConfig;
-use crate::train::build_model;
-use crate::worker::LmWorker;
+use crate::step::lm_step::LmStep;
 
 /// What every worker of one simulated run shares: the clock's origin, the network, the
 /// run's settings, the progress display, bytes so far (the curve's x axis), the curve.
@@ -247,12 +247,12 @@ async fn welcome(node: &mut WorkerNode) -> Result<bool> {
 
 /// A fresh worker process's trainer for `member`: the model from the seed, its data shard
 /// (members beyond the starting ones read a shard again, in another order).
-fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWorker<LmWorker>> {
+fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWorker<LmStep>> {
     let model = build_model(&ctx.config.model, ctx.corpus.vocab(), ctx.seed, ctx.device)?;
     let batch = ctx.config.data.batch as usize;
     let order = ctx.seed.wrapping_add(u64::from(member / ctx.shards));
     let shard = ctx.split.shard(member % ctx.shards, ctx.shards, order, batch)?;
-    let lm = LmWorker::new(model, ctx.config.inner, shard, ctx.validation.clone(), ctx.steps)?;
+    let lm = LmStep::new(model, ctx.config.inner, shard, ctx.validation.clone(), ctx.steps)?;
     let (algo, seed) = (ctx.algo.clone(), ctx.seed);
     Ok(match attack {
         Some(attack) => SoloWorker::new(member, lm, |p| algo.build_byzantine(p, attack, seed))?,
@@ -264,7 +264,7 @@ fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWo
 #[allow(clippy::too_many_arguments)]
 fn train(
     y: &corosensei::Yielder<colink::Reply, colink::Request>,
-    mut w: SoloWorker<LmWorker>,
+    mut w: SoloWorker<LmStep>,
     index: usize,
     need_state: bool,
     charger: Rc<Charger>,
@@ -337,7 +337,7 @@ impl DriveObserver for &mut Observer<'_, '_> {
         }
     }
 
-    fn step_done(&mut self, w: &mut SoloWorker<LmWorker>, step: &SoloStep) -> Result<()> {
+    fn step_done(&mut self, w: &mut SoloWorker<LmStep>, step: &SoloStep) -> Result<()> {
         // Measured compute: the rest of the step (after its exchange) is charged now.
         self.charger.flush(self.y)?;
         self.tally.borrow_mut().losses.push(step.loss);

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_write;
-use crate::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
+use crate::report::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
 
 /// One algorithm over the simulated network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,12 +8,12 @@ use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::{OptimizerError, Result};
 use tch::{Device, Tensor};
 
-use crate::adamw::{AdamW, InnerConfig};
 use crate::data::Shard;
 use crate::model::LanguageModel;
+use crate::step::adamw::{AdamW, InnerConfig};
 
 /// A language model training on one shard.
-pub struct LmWorker {
+pub struct LmStep {
     model: Box<dyn LanguageModel>,
     params: Vec<Tensor>,
     adam: AdamW,
@@ -30,9 +30,9 @@ pub struct LmWorker {
     device: Device,
 }
 
-impl std::fmt::Debug for LmWorker {
+impl std::fmt::Debug for LmStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LmWorker")
+        f.debug_struct("LmStep")
             .field("model", &self.model.describe())
             .field("inner_steps", &self.adam.steps())
             .finish_non_exhaustive()
@@ -43,7 +43,7 @@ fn step_error(e: impl std::fmt::Display) -> OptimizerError {
     OptimizerError::TrainStep(e.to_string())
 }
 
-impl LmWorker {
+impl LmStep {
     /// Wraps `model` with a fresh AdamW; `total_steps` sets the schedule's length.
     pub fn new(
         model: Box<dyn LanguageModel>,
@@ -110,7 +110,7 @@ impl LmWorker {
     }
 }
 
-impl TrainStep for LmWorker {
+impl TrainStep for LmStep {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         self.model.parameters()
     }

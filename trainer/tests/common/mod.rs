@@ -5,11 +5,25 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The `meridian` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// Runs `meridian ARGS` to completion (warnings-only logs): whether it succeeded, its
+/// stdout and its stderr.
+pub fn meridian(args: &[&str]) -> (bool, String, String) {
+    let out = match Command::new(BIN).args(args).env("RUST_LOG", "warn").output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run meridian: {e}"),
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// The corpus the set-up installs.
 pub fn corpus() -> String {

@@ -1,0 +1,65 @@
+//! `meridian compress`: what one worker would send after one outer round, or what each
+//! pipeline makes of a user's own safetensors file (see [`crate::compression`]).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::compression::codec;
+
+/// Options of `meridian compress`.
+#[derive(Debug, Clone, Args)]
+pub struct CompressArgs {
+    /// A safetensors file to compress instead of the demo's pseudo-gradient: any
+    /// gradients, pseudo-gradients or weights (f16, bf16, f32 or f64; integer, bool and
+    /// empty tensors are skipped). Prints bytes, ratio and relative error per tensor and
+    /// in total.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub input: Option<PathBuf>,
+    /// With --input and one --algo: write the decoded tensors here (same names, shapes and
+    /// dtypes), to compare with other implementations. Never the input file.
+    #[arg(long, value_name = "DECODED.safetensors", requires = "input")]
+    pub out: Option<PathBuf>,
+    /// Algorithms to run, comma separated: the kernel pipelines sparseloco, demo,
+    /// demo-2bit, demo-sign and the DiLoCo transports diloco-f32, diloco-bf16, diloco-int8.
+    /// Default: all of them with --input, the four pipelines without.
+    #[arg(long, value_delimiter = ',', env = "MERIDIAN_COMPRESS_ALGO")]
+    pub algo: Option<Vec<String>>,
+    /// Older name of --algo, kept for existing scripts; --algo wins when both are given.
+    #[arg(long, value_delimiter = ',', env = "MERIDIAN_PIPELINES")]
+    pub pipelines: Option<Vec<String>>,
+    /// Demo only: hidden width of the MLP (parameters grow as width²).
+    #[arg(long, default_value_t = 1024, env = "MERIDIAN_WIDTH")]
+    pub width: i64,
+    /// Demo only: hidden layers of the MLP.
+    #[arg(long, default_value_t = 3, env = "MERIDIAN_LAYERS")]
+    pub layers: i64,
+    /// Demo only: inner AdamW steps before the pseudo-gradient is taken (DiLoCo's H).
+    #[arg(long, default_value_t = 20, env = "MERIDIAN_INNER_STEPS")]
+    pub inner_steps: i64,
+    /// Demo only: seed for the model, the data and everything random.
+    #[arg(long, default_value_t = 0, env = "MERIDIAN_SEED")]
+    pub seed: i64,
+}
+
+impl CompressArgs {
+    /// The algorithms to run: --algo, else --pipelines, else the default for the mode.
+    pub fn algorithms(&self) -> Vec<String> {
+        let default: &[&str] = if self.input.is_some() { &codec::ALL } else { &codec::PIPELINES };
+        self.algo
+            .clone()
+            .or_else(|| self.pipelines.clone())
+            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+
+/// Runs `meridian compress`: on the file given with `--input`, else the demo.
+pub fn run(args: &CompressArgs) -> Result<()> {
+    match &args.input {
+        Some(input) => {
+            crate::compression::file::run(input, &args.algorithms(), args.out.as_deref())
+        }
+        None => crate::compression::demo::run_demo(args),
+    }
+}

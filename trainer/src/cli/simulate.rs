@@ -1,0 +1,99 @@
+//! `meridian simulate`: every algorithm trains over the same simulated wide-area network
+//! in virtual time (see [`crate::simulation`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use meridian_optimizer::Algorithm;
+
+use super::args::{RouteArg, RunArgs, RunSource, ScheduleArgs};
+use crate::simulation::chaos;
+use crate::units::parse_duration;
+
+/// Options of `meridian simulate`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("steps", |a| a.help("Inner steps per worker (default 300, or 60 with --quick)")),
+    mut_arg("inner_steps", |a| {
+        a.help("Inner steps per round (H) for the algorithms that have one (default 30, or 10 with --quick)")
+    }),
+    mut_arg("out", |a| {
+        a.default_value("out/simulate").required(false).help("Directory for summary.json and the plots")
+    }),
+    // Default 1: the simulation runs every worker on one thread, and with small models a
+    // second intra-op thread mostly spins (measured: the run takes twice as long with 2 on
+    // 2 cores).
+    mut_arg("threads", |a| a.default_value("1")),
+    after_help = "\
+Trains the built-in GPT on the shipped corpus with each algorithm over the same simulated
+wide-area network, in virtual time: real QUIC and the real round protocol, over links that
+delay, queue and lose datagrams as configured. Presets: lan, cross-continent (us-east,
+us-west, eu-west, ap-southeast), home (consumer uplinks), lossy (bursty loss); or a TOML
+topology with --topology. Compute is charged at --step-time per inner step (or modelled
+from FLOPs with --tflops), so simulated seconds mean what they would on that hardware.
+
+Writes OUT/summary.json (byte-identical for the same seed unless --measured-compute) and
+OUT/val_loss_vs_{time,bytes}.{svg,png}. The default run takes about 4 minutes on 2 cores,
+--quick about 15 seconds."
+)]
+pub struct SimulateArgs {
+    /// The network: lan, cross-continent, home or lossy.
+    #[arg(long, default_value = "cross-continent", env = "MERIDIAN_PRESET")]
+    pub preset: String,
+    /// A topology TOML file instead of a preset (regions, links, placement).
+    #[arg(long, env = "MERIDIAN_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+    /// Outer algorithms, comma separated: ddp, diloco, sparseloco, demo.
+    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo")]
+    pub algos: Vec<Algorithm>,
+    /// Workers, placed round-robin over the topology's regions.
+    #[arg(long, default_value_t = 4, env = "MERIDIAN_WORKERS")]
+    pub workers: u32,
+    /// Seed (model, data shards and network), output folder and threads.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// A short run: 60 steps on a smaller model (about 15 seconds on 2 cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// How long it trains.
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Simulated time one inner step takes: what a step costs on your accelerator.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub step_time: Duration,
+    /// Model the step time from FLOPs instead: 6 x parameters x tokens per step at this
+    /// sustained rate in TFLOP/s (e.g. 400 for an H100 at 40% of its dense bf16 peak).
+    #[arg(long)]
+    pub tflops: Option<f64>,
+    /// Charge each step's measured time on this machine (the run is then not reproducible).
+    #[arg(long)]
+    pub measured_compute: bool,
+    /// How payloads travel.
+    #[arg(long, value_enum, default_value = "relay")]
+    pub route: RouteArg,
+    /// Put the run through a fault, after a clean run to compare with: a 30 s partition
+    /// between two continents that heals, a link whose bandwidth drops 10x, 5% bursty loss
+    /// (each between the coordinator's region and worker 1's), a worker killed and restarted
+    /// twice, the coordinator killed and restarted from its state, a worker joining late, a
+    /// Byzantine worker (defend with --set aggregation=clip_median, trimmed_mean or
+    /// reject_outliers); or all of them, with a table.
+    #[arg(long, value_enum)]
+    pub chaos: Option<chaos::Chaos>,
+    /// The loss "time to target" refers to (default: the lowest every algorithm reached).
+    #[arg(long)]
+    pub target_loss: Option<f64>,
+    /// Evaluate validation loss every this many inner steps (default: 20 times per run).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// The model, data and settings (`--model gpt`, the default, is d_model 128, 2 layers,
+    /// 2 heads, context 128 unless set otherwise; 64/2/2/64 with --quick).
+    #[command(flatten)]
+    pub source: RunSource,
+}
+
+/// Runs `meridian simulate`.
+pub fn run(args: &SimulateArgs) -> Result<()> {
+    crate::simulation::run(args)
+}

@@ -1,0 +1,84 @@
+//! The coordinator process of a run across processes (`meridian coordinator`): it admits
+//! workers that hold the run's join secret, closes rounds and commits who delivered; it
+//! never sees a tensor.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use meridian_comm::node::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
+use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy};
+
+use crate::cli::coordinator::CoordinatorArgs;
+
+/// Runs a coordinator until its last round has committed (or forever).
+pub fn run(args: &CoordinatorArgs) -> Result<()> {
+    let tuning = crate::run_config::transport_only(args.config.as_deref(), &args.set)?;
+    let rt = super::runtime()?;
+    let mut cfg = CoordinatorNodeConfig::new(args.listen, args.topology.route());
+    cfg.advertise_host = args.advertise.clone();
+    cfg.state_dir = Some(args.state_dir.clone());
+    cfg.tuning = tuning;
+    cfg.protocol.min_members = args.min_workers.max(1) as usize;
+    cfg.protocol.min_live = Some(args.min_live.max(1) as usize);
+    if let Some(ms) = args.deadline_ms {
+        cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_millis(ms.max(1)));
+    }
+    rt.block_on(async move {
+        let mut node = CoordinatorNode::start(cfg).context("starting the coordinator")?;
+        let join = node.join_string().to_string();
+        println!("{join}");
+        if let Some(path) = &args.join_file {
+            crate::atomic_write::write(path, join.as_bytes())?;
+        }
+        tracing::info!(listen = %node.local_addr(), "coordinator ready; waiting for workers");
+        let mut members = std::collections::BTreeSet::new();
+        // After the last round, wait for the workers to take its commit and leave.
+        let mut finishing: Option<tokio::time::Instant> = None;
+        loop {
+            let event = match finishing {
+                None => node.next_event().await,
+                Some(until) => match tokio::time::timeout_at(until, node.next_event()).await {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+            };
+            let Some(event) = event else { break };
+            match event {
+                // The comm crate logs each commit with its stats; here it only counts, from
+                // the run's start (a restarted coordinator goes on where it stopped).
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::RoundCommitted {
+                    round, ..
+                }) => {
+                    let committed = round + 1;
+                    if finishing.is_none() && args.rounds.is_some_and(|n| committed >= n) {
+                        finishing = Some(tokio::time::Instant::now() + Duration::from_secs(30));
+                    }
+                }
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Joined { member, .. }) => {
+                    members.insert(member);
+                    tracing::info!(member, "worker joined");
+                }
+                CoordinatorNodeEvent::Protocol(CoordinatorEvent::Left { member, .. }) => {
+                    members.remove(&member);
+                    tracing::info!(member, "worker left");
+                    if finishing.is_some() && members.is_empty() {
+                        break;
+                    }
+                }
+                CoordinatorNodeEvent::Protocol(other) => {
+                    tracing::debug!(event = ?other, "protocol")
+                }
+                CoordinatorNodeEvent::PeerRefused { peer, code, detail } => {
+                    tracing::warn!(%peer, %code, %detail, "connection refused")
+                }
+                CoordinatorNodeEvent::FrameRejected { peer, error, .. } => {
+                    tracing::warn!(%peer, %error, "frame rejected")
+                }
+                CoordinatorNodeEvent::Failed { reason } => bail!("coordinator stopped: {reason}"),
+                other => tracing::debug!(event = ?other, "node"),
+            }
+        }
+        node.shutdown().await.context("shutting down")?;
+        Ok(())
+    })
+}

@@ -1,0 +1,213 @@
+//! One worker process of a run across processes (`meridian worker`): it joins through the
+//! comm crate's worker node, trains its replica through [`drive`] (the loop the simulation
+//! runs too), and writes `OUT/worker.json`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meridian_comm::node::{WorkerHandle, WorkerNodeConfig, WorkerNodeEvent};
+use meridian_comm::protocol::Topology;
+use meridian_comm::quic::JoinString;
+use meridian_optimizer::solo::SoloWorker;
+use meridian_optimizer::train_step::TrainStep;
+use meridian_optimizer::Algorithm;
+use serde::Serialize;
+
+use super::drive::{drive, AppliedRound};
+use super::quic_link::{HandleLink, LinkRecord};
+use super::ring_reducer::RingCell;
+use crate::cli::worker::WorkerArgs;
+use crate::data::Split;
+use crate::model::build_model;
+use crate::step::lm_step::LmStep;
+
+/// One applied round in `OUT/worker.json`.
+#[derive(Debug, Serialize)]
+struct RoundRecord {
+    round: u64,
+    /// Taken from the commits while catching up, not trained through.
+    replayed: bool,
+    /// Payload bytes this worker sent (in a ring: everything it sent to its successor).
+    sent: usize,
+    /// Payload bytes it received from others (in a ring: everything from its predecessor).
+    received: usize,
+    /// Bytes per peer in this round, fetches included.
+    links: Vec<LinkRecord>,
+    /// Training since the previous round.
+    compute_seconds: f64,
+    /// Waiting for the network (publishing to commit) since the previous round.
+    waiting_seconds: f64,
+    /// QUIC's round-trip estimate to the coordinator when the round was applied.
+    rtt_ms: Option<f64>,
+}
+
+/// `OUT/worker.json`.
+#[derive(Debug, Serialize)]
+struct WorkerSummary {
+    name: String,
+    member: u32,
+    algorithm: String,
+    model: String,
+    /// Where it trained: `cpu` or `cuda:N`.
+    device: String,
+    steps: u64,
+    rounds: u64,
+    rounds_replayed: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    seconds: f64,
+    waiting_seconds: f64,
+    final_val_loss: f64,
+    /// What every worker of the run must agree on after the last round (hex).
+    consensus_hash: String,
+    /// Per round: bytes, compute and waiting.
+    per_round: Vec<RoundRecord>,
+}
+
+/// Runs one worker process: joins, trains through [`drive`], writes `OUT/worker.json`.
+pub fn run(args: &WorkerArgs) -> Result<()> {
+    if args.algo == Algorithm::Streaming {
+        bail!("--algo streaming is not yet supported across processes; use diloco, sparseloco, demo or ddp");
+    }
+    if args.shards == 0 || args.steps() == 0 {
+        bail!("--shards and --steps must be at least 1");
+    }
+    let join: JoinString = args.join.parse().context("--join")?;
+    let config = args.source.config(&[args.algo], args.schedule.inner_steps, &[])?;
+    let corpus = Arc::new(args.source.data.load()?);
+    tch::set_num_threads(args.threads() as i32);
+    let device = args.source.device.resolve()?;
+    let model = build_model(&config.model, corpus.vocab(), args.run.seed, device)?;
+    let split = Split::new(corpus.clone(), model.context() as usize)?;
+    std::fs::create_dir_all(&args.run.out)
+        .with_context(|| format!("creating {}", args.run.out.display()))?;
+
+    let rt = super::runtime()?;
+    let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
+    node_cfg.tuning = config.transport;
+    let reducer = Arc::new(RingCell::default());
+    node_cfg.reducer = Some(reducer.clone());
+    let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
+    let waiting = Rc::new(Cell::new(Duration::ZERO));
+    let rtt = Rc::new(Cell::new(None));
+    let links = Rc::new(RefCell::new(BTreeMap::new()));
+    let mut link = HandleLink {
+        handle,
+        sent: 0,
+        received: 0,
+        waiting: waiting.clone(),
+        ring: false,
+        links: links.clone(),
+        rtt: rtt.clone(),
+    };
+    let member = link.handle.member();
+    // The welcome says whether this worker must first take a peer's state, and how
+    // payloads travel.
+    let mut need_state = false;
+    while let Some(event) = link.handle.next_event(Some(Duration::from_secs(30)))? {
+        if let WorkerNodeEvent::Welcomed { need_state: n, topology, .. } = event {
+            need_state = n;
+            link.ring = topology == Topology::Ring;
+            break;
+        }
+    }
+    tracing::info!(member, need_state, "joined the run");
+    let batch = config.data.batch as usize;
+    let shard = split.shard(member % args.shards, args.shards, args.run.seed, batch)?;
+    let validation = std::rc::Rc::new(split.validation(batch, config.data.eval_batches as usize));
+    let model_name = model.describe();
+    let lm = LmStep::new(model, config.inner, shard, validation, args.steps())?;
+    let algo = config.algos[0].clone();
+    let mut w = SoloWorker::new(member, lm, |p| algo.build(p))?;
+    if link.ring {
+        let Some(ring) = w.outer.ring(&w.params) else {
+            bail!(
+                "--algo {} cannot run in a ring: sparse payloads (demo, sparseloco) do not add \
+                 up in transit, and a robust aggregation mode needs every member's update; \
+                 start the coordinator with --topology relay or all-gather",
+                args.algo.name()
+            );
+        };
+        reducer.set(ring);
+    }
+    let start = Instant::now();
+    let (mut rounds, mut replayed) = (0u64, 0u64);
+    let mut per_round = Vec::new();
+    let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
+    let link_ring = link.ring;
+    drive(&mut w, &mut link, args.steps(), need_state, |r: &AppliedRound| {
+        rounds += 1;
+        replayed += u64::from(r.replayed);
+        let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);
+        (last, last_wait) = (Instant::now(), waiting.get());
+        let round_links = {
+            let mut links = links.borrow_mut();
+            let mine = links.remove(&r.exchange.round).unwrap_or_default();
+            // Rounds a peer's state superseded are never applied here.
+            links.retain(|&round, _| round > r.exchange.round);
+            mine
+        };
+        let (sent, received) = if link_ring {
+            let sum = |f: fn(&LinkRecord) -> u64| round_links.iter().map(f).sum::<u64>() as usize;
+            (sum(|l| l.sent), sum(|l| l.received))
+        } else {
+            (r.exchange.sent, r.exchange.received)
+        };
+        let record = RoundRecord {
+            round: r.exchange.round,
+            replayed: r.replayed,
+            sent,
+            received,
+            links: round_links,
+            compute_seconds: elapsed.saturating_sub(waited).as_secs_f64(),
+            waiting_seconds: waited.as_secs_f64(),
+            rtt_ms: rtt.get().map(|d| d.as_secs_f64() * 1e3),
+        };
+        tracing::info!(
+            round = record.round,
+            replayed = record.replayed,
+            sent = record.sent,
+            received = record.received,
+            compute_s = record.compute_seconds,
+            waiting_s = record.waiting_seconds,
+            rtt_ms = record.rtt_ms,
+            hash = format!("{:016x}", r.exchange.hash),
+            "round applied"
+        );
+        per_round.push(record);
+    })?;
+    let final_val_loss = w.train.eval_loss()?;
+    let summary = WorkerSummary {
+        name: args.name.clone(),
+        member,
+        algorithm: args.algo.name().to_string(),
+        model: model_name,
+        device: crate::device::name(device),
+        steps: w.steps_done(),
+        rounds,
+        rounds_replayed: replayed,
+        bytes_sent: link.sent,
+        bytes_received: link.received,
+        seconds: start.elapsed().as_secs_f64(),
+        waiting_seconds: waiting.get().as_secs_f64(),
+        final_val_loss,
+        consensus_hash: format!("{:016x}", w.outer.consensus_hash(&w.params)?),
+        per_round,
+    };
+    crate::atomic_write::write(
+        &args.run.out.join("worker.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    println!(
+        "worker {} (member {member}): {} rounds ({} replayed), val loss {:.4}, sent {} B, received {} B, hash {}",
+        args.name, rounds, replayed, final_val_loss, summary.bytes_sent, summary.bytes_received, summary.consensus_hash
+    );
+    if let Err(e) = link.handle.leave() {
+        tracing::debug!(error = %e, "leaving");
+    }
+    Ok(())
+}

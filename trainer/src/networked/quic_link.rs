@@ -1,0 +1,119 @@
+//! The comm crate's worker node as a [`RoundLink`]: how `meridian worker` reaches the
+//! network, counting the bytes it moves per round and peer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use meridian_comm::node::{WorkerHandle, WorkerNodeEvent};
+use meridian_comm::protocol::{Dest, RoundStats, WorkerEvent};
+use serde::Serialize;
+
+use super::drive::{NetEvent, RoundLink};
+use super::node_link::{net_event, published};
+
+/// The comm node seen as a [`RoundLink`], with the bytes it moved.
+pub struct HandleLink {
+    pub(super) handle: WorkerHandle,
+    pub(super) sent: u64,
+    pub(super) received: u64,
+    /// Time spent waiting for the network, shared with the per-round accounting.
+    pub(super) waiting: Rc<Cell<Duration>>,
+    /// The run is a ring: bytes are counted from the protocol's per-link counters (a
+    /// payload is never sent whole).
+    pub(super) ring: bool,
+    /// Per applied round: bytes per peer, as the protocol counted them.
+    pub(super) links: Rc<RefCell<BTreeMap<u64, Vec<LinkRecord>>>>,
+    /// The round-trip estimate to the coordinator at the last commit.
+    pub(super) rtt: Rc<Cell<Option<Duration>>>,
+}
+
+impl HandleLink {
+    /// Records a round's per-link bytes (and, in a ring, counts them).
+    fn count(&mut self, round: u64, stats: &RoundStats) {
+        let links: Vec<LinkRecord> = stats
+            .traffic
+            .iter()
+            .map(|t| LinkRecord {
+                peer: match t.peer {
+                    Dest::Coordinator => "coordinator".to_string(),
+                    Dest::Member(m) => format!("member {m}"),
+                },
+                sent: t.sent,
+                received: t.received,
+            })
+            .collect();
+        if self.ring {
+            self.sent += links.iter().map(|l| l.sent).sum::<u64>();
+            self.received += links.iter().map(|l| l.received).sum::<u64>();
+        }
+        self.links.borrow_mut().insert(round, links);
+    }
+
+    fn map(&mut self, event: WorkerNodeEvent) -> Result<Option<NetEvent>> {
+        if matches!(
+            event,
+            WorkerNodeEvent::Protocol(
+                WorkerEvent::RoundReady { .. } | WorkerEvent::AggregateReady { .. }
+            )
+        ) {
+            self.rtt.set(self.handle.coordinator_rtt());
+        }
+        let Some(mapped) = net_event(event, self.handle.member())? else { return Ok(None) };
+        if let Some((round, stats)) = &mapped.stats {
+            self.count(*round, stats);
+        }
+        if !self.ring {
+            self.received += mapped.received;
+        }
+        Ok(Some(mapped.event))
+    }
+}
+
+impl RoundLink for HandleLink {
+    fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
+        let len = payload.len() as u64;
+        if published(round, self.handle.publish(round, payload))? && !self.ring {
+            self.sent += len;
+        }
+        Ok(())
+    }
+
+    fn next_event(&mut self) -> Result<NetEvent> {
+        let start = Instant::now();
+        loop {
+            let event = self.handle.next_event(None)?.context("the network closed")?;
+            if let Some(e) = self.map(event)? {
+                self.waiting.set(self.waiting.get() + start.elapsed());
+                return Ok(e);
+            }
+        }
+    }
+
+    fn poll_event(&mut self) -> Result<Option<NetEvent>> {
+        while let Some(event) = self.handle.next_event(Some(Duration::ZERO))? {
+            if let Some(e) = self.map(event)? {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+
+    fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()> {
+        Ok(self.handle.provide_state(round, state)?)
+    }
+}
+
+/// Bytes moved with one peer in one round, as the protocol counted them (payload and
+/// segment bodies, before compression and framing).
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkRecord {
+    /// `coordinator` or `member N`.
+    pub peer: String,
+    /// Bytes sent to the peer.
+    pub sent: u64,
+    /// Bytes received from it.
+    pub received: u64,
+}
