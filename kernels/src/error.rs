@@ -41,6 +41,26 @@ pub enum KernelError {
         /// The offending value.
         value: f32,
     },
+    /// Finite input whose transform overflows f32: a coefficient or an intermediate sum of
+    /// the DCT came out infinite or NaN although every input value was finite.
+    #[error(
+        "{what}: values up to {max_abs:.3e} in magnitude are too large for the DCT in f32 \
+         (its {} overflowed); it handles magnitudes up to {limit:.3e}: scale the tensor down",
+        tile_words(*tile_rows, *tile_cols)
+    )]
+    TransformOverflow {
+        /// Which buffer.
+        what: &'static str,
+        /// The largest magnitude in it.
+        max_abs: f32,
+        /// The largest magnitude the transform is guaranteed to take
+        /// ([`crate::dct::DctPlan::max_magnitude`]).
+        limit: f32,
+        /// Rows of a tile (1 for a 1-D transform).
+        tile_rows: usize,
+        /// Columns of a tile.
+        tile_cols: usize,
+    },
     /// An index that points outside the buffer it addresses.
     #[error("{what}: index {index} out of range for length {len}")]
     IndexOutOfRange {
@@ -73,6 +93,15 @@ pub enum KernelError {
         /// The repeated id.
         id: u32,
     },
+}
+
+/// A transform's unit in words: `64-point chunks` (1-D) or `64×64 tiles`.
+fn tile_words(rows: usize, cols: usize) -> String {
+    if rows == 1 {
+        format!("{cols}-point chunks")
+    } else {
+        format!("{rows}×{cols} tiles")
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -131,6 +131,9 @@ impl OuterOptimizer for Byzantine {
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         self.inner.consensus_hash(params)
     }
+    fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
+        self.inner.divergence_suspects()
+    }
     fn state(&self) -> Result<OptimizerState> {
         self.inner.state()
     }

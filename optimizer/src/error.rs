@@ -29,6 +29,10 @@ pub enum OptimizerError {
     /// Optimizer state (from a checkpoint) does not fit this optimizer.
     #[error("optimizer state: {0}")]
     State(String),
+    /// Training diverged: a loss, a gradient or the parameters became NaN or infinite.
+    /// Says where and which setting most likely caused it ([`crate::divergence`]).
+    #[error("{0}")]
+    Diverged(Box<crate::divergence::Divergence>),
     /// A tensor is not in the form a kernel can borrow (dtype, device, layout).
     #[error("tensor {name}: {reason}")]
     UnsupportedTensor {

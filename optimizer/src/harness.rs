@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use meridian_kernels::rng::SplitMix64;
 
+use crate::divergence::{self, Place};
 use crate::error::{OptimizerError, Result};
 use crate::outer::{OuterOptimizer, Phase};
 use crate::params::ParamSet;
@@ -26,6 +27,17 @@ pub struct HarnessWorker<S> {
     pub params: ParamSet,
     /// Its outer optimizer.
     pub outer: Box<dyn OuterOptimizer>,
+}
+
+impl<S: TrainStep> HarnessWorker<S> {
+    /// `e` with this worker's algorithm, `place` and suspects when it is a divergence.
+    fn placed(&self, e: OptimizerError, place: Place) -> OptimizerError {
+        divergence::place(e, self.outer.algorithm(), place, || {
+            let mut s = self.outer.divergence_suspects();
+            s.extend(self.train.divergence_suspects());
+            s
+        })
+    }
 }
 
 /// What one exchange did.
@@ -87,10 +99,11 @@ impl<S: TrainStep> Harness<S> {
             return Err(OptimizerError::Config("the harness needs at least one worker".into()));
         }
         let mut workers = Vec::with_capacity(trains.len());
-        for (id, train) in trains.into_iter().enumerate() {
+        for (id, mut train) in trains.into_iter().enumerate() {
             let id = id as u32;
             let params = ParamSet::new(train.parameters())?;
             let outer = make_outer(id, &params)?;
+            train.driven_by(outer.algorithm(), outer.divergence_suspects());
             workers.push(HarnessWorker { id, train, params, outer });
         }
         let first = workers[0].params.hash()?;
@@ -137,26 +150,35 @@ impl<S: TrainStep> Harness<S> {
         self.round
     }
 
-    /// Runs one inner step on every worker, with the exchanges that fall due.
+    /// Runs one inner step on every worker, with the exchanges that fall due. A loss or
+    /// parameters that turn non-finite stop the run ([`crate::divergence`]).
     pub fn step(&mut self) -> Result<StepReport> {
         let step = self.step;
+        let place = Place { round: self.round, step };
         let mut loss = 0.0;
         let mut compute_seconds = Vec::with_capacity(self.workers.len());
         for w in &mut self.workers {
             let start = Instant::now();
-            loss += w.train.forward_backward()?;
+            let l = w
+                .train
+                .forward_backward()
+                .and_then(|l| divergence::check_loss(l).map(|()| l))
+                .map_err(|e| w.placed(e, place))?;
+            loss += l;
             compute_seconds.push(start.elapsed().as_secs_f64());
         }
         let mut exchanges = Vec::new();
         if self.workers[0].outer.exchange_due(Phase::AfterBackward, step) {
             exchanges.push(self.exchange()?);
         }
+        // Exchanges after the backward pass have moved the round on.
+        let place = Place { round: self.round, step };
         for (w, seconds) in self.workers.iter_mut().zip(&mut compute_seconds) {
             let start = Instant::now();
             if w.outer.runs_inner_optimizer() {
-                w.train.inner_step()?;
+                w.train.inner_step().map_err(|e| w.placed(e, place))?;
             }
-            w.outer.after_inner_step(&w.params, step)?;
+            w.outer.after_inner_step(&w.params, step).map_err(|e| w.placed(e, place))?;
             *seconds += start.elapsed().as_secs_f64();
         }
         if self.workers[0].outer.exchange_due(Phase::AfterInnerStep, step) {
@@ -189,8 +211,10 @@ impl<S: TrainStep> Harness<S> {
         let start = Instant::now();
         let round = self.round;
         let mut wire = Vec::with_capacity(self.workers.len());
+        let place = Place { round, step: self.step };
         for w in &mut self.workers {
-            let payload = w.outer.prepare(&w.params, round, w.id)?;
+            let payload =
+                w.outer.prepare(&w.params, round, w.id).map_err(|e| w.placed(e, place))?;
             wire.push(payload.encode());
         }
         let bytes_per_worker = wire.iter().map(Vec::len).collect();
@@ -214,6 +238,9 @@ impl<S: TrainStep> Harness<S> {
                 }
             }
             let report = w.outer.apply(&w.params, round, &received)?;
+            // The parameters are the same on every replica here (but for Streaming DiLoCo's
+            // unsynced fragments): all of them diverged, or none.
+            divergence::check_params(&w.params).map_err(|e| w.placed(e, place))?;
             if i == 0 {
                 rejected.extend(report.rejected);
             }

@@ -25,6 +25,8 @@
 //!   [`robust::Robust`] settings are part of every algorithm's settings.
 //! - [`byzantine`]: a worker that sends doctored updates, for testing those defences.
 //! - [`toy`]: a small MLP task for tests and examples.
+//! - [`divergence`]: a loss or the parameters turning non-finite stops the run with an
+//!   error that names the algorithm, the round and the likely setting.
 //! - [`device`]: the tensor's device picks the kernels (CPU, or CUDA in place); whether
 //!   LibTorch can use a GPU here ([`device::cuda_is_available`]).
 
@@ -34,6 +36,7 @@ mod attacks;
 pub mod byzantine;
 pub mod config;
 pub mod device;
+pub mod divergence;
 pub mod error;
 pub mod harness;
 pub mod outer;

@@ -153,11 +153,19 @@ pub struct Payload {
     pub segments: Vec<Segment>,
 }
 
-/// Round-to-nearest-even conversion to bfloat16 (inputs are finite).
+/// Round-to-nearest-even conversion to bfloat16 (inputs are finite), saturating: a finite
+/// value within half a bf16 step of `f32::MAX` would round up to infinity, which no
+/// receiver accepts, so it travels as the largest finite bf16 (0.4 % below it) instead.
+/// Every other value converts exactly as plain round-to-nearest-even does.
 pub fn f32_to_bf16(v: f32) -> u16 {
     let bits = v.to_bits();
     let rounding = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(rounding) >> 16) as u16
+    let b = (bits.wrapping_add(rounding) >> 16) as u16;
+    if b & 0x7FFF == 0x7F80 && v.is_finite() {
+        b - 1
+    } else {
+        b
+    }
 }
 
 /// Exact widening of bfloat16 to f32.
@@ -384,6 +392,22 @@ mod tests {
         // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
         assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 1.0 / 256.0)), 1.0);
         assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+    }
+
+    #[test]
+    fn bf16_saturates_finite_values_that_would_round_to_infinity() {
+        // The largest finite bf16, 0x7F7F.
+        let max = bf16_to_f32(0x7F7F);
+        for (v, want) in [(f32::MAX, max), (-f32::MAX, -max), (3.3961e38, max), (max, max)] {
+            let got = bf16_to_f32(f32_to_bf16(v));
+            assert_eq!(got, want, "{v:e}");
+        }
+        // Just below the midpoint it already rounded down; infinities stay infinite.
+        assert_eq!(bf16_to_f32(f32_to_bf16(3.39e38)), max);
+        assert_eq!(bf16_to_f32(f32_to_bf16(f32::INFINITY)), f32::INFINITY);
+        // A dense bf16 segment of the largest f32 values decodes, finite.
+        let s = Segment::dense(0, &[2], &[f32::MAX, -f32::MAX], true);
+        assert_eq!(s.dense_values().unwrap(), vec![max, -max]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! member-id order. A worker whose own payload missed the round applies the others' and
 //! goes on: it is never stalled.
 
-use crate::error::Result;
+use crate::divergence::{self, Place};
+use crate::error::{OptimizerError, Result};
 use crate::outer::{OuterOptimizer, Phase};
 use crate::params::ParamSet;
 use crate::payload::Payload;
@@ -89,11 +90,12 @@ impl<S: TrainStep> SoloWorker<S> {
     /// Wraps `train` as member `id` with the outer optimizer `make_outer` builds.
     pub fn new(
         id: u32,
-        train: S,
+        mut train: S,
         make_outer: impl FnOnce(&ParamSet) -> Result<Box<dyn OuterOptimizer>>,
     ) -> Result<Self> {
         let params = ParamSet::new(train.parameters())?;
         let outer = make_outer(&params)?;
+        train.driven_by(outer.algorithm(), outer.divergence_suspects());
         Ok(Self { id, train, params, outer, step: 0, round: 0 })
     }
 
@@ -113,18 +115,33 @@ impl<S: TrainStep> SoloWorker<S> {
         self.round = round;
     }
 
-    /// Runs one inner step, exchanging through `net` when an exchange falls due.
+    /// `e` with this worker's algorithm, where it stands and the suspects, when it is a
+    /// divergence ([`crate::divergence`]); any other error unchanged.
+    fn placed(&self, e: OptimizerError, round: u64) -> OptimizerError {
+        divergence::place(e, self.outer.algorithm(), Place { round, step: self.step }, || {
+            let mut s = self.outer.divergence_suspects();
+            s.extend(self.train.divergence_suspects());
+            s
+        })
+    }
+
+    /// Runs one inner step, exchanging through `net` when an exchange falls due. A loss or
+    /// parameters that turn non-finite stop the worker ([`crate::divergence`]).
     pub fn step(&mut self, net: &mut dyn Exchange) -> Result<SoloStep> {
         let step = self.step;
-        let loss = self.train.forward_backward()?;
+        let loss = self
+            .train
+            .forward_backward()
+            .and_then(|l| divergence::check_loss(l).map(|()| l))
+            .map_err(|e| self.placed(e, self.round))?;
         let mut exchanges = Vec::new();
         if self.outer.exchange_due(Phase::AfterBackward, step) {
             exchanges.push(self.exchange(net)?);
         }
         if self.outer.runs_inner_optimizer() {
-            self.train.inner_step()?;
+            self.train.inner_step().map_err(|e| self.placed(e, self.round))?;
         }
-        self.outer.after_inner_step(&self.params, step)?;
+        self.outer.after_inner_step(&self.params, step).map_err(|e| self.placed(e, self.round))?;
         if self.outer.exchange_due(Phase::AfterInnerStep, step) {
             exchanges.push(self.exchange(net)?);
         }
@@ -134,7 +151,11 @@ impl<S: TrainStep> SoloWorker<S> {
 
     fn exchange(&mut self, net: &mut dyn Exchange) -> Result<SoloExchange> {
         let round = self.round;
-        let mine = self.outer.prepare(&self.params, round, self.id)?.encode();
+        let mine = self
+            .outer
+            .prepare(&self.params, round, self.id)
+            .map_err(|e| self.placed(e, round))?
+            .encode();
         let sent = mine.len();
         let committed = net.exchange_committed(round, mine)?;
         let mut x = self.apply_round(round, &committed)?;
@@ -160,6 +181,8 @@ impl<S: TrainStep> SoloWorker<S> {
     ) -> Result<SoloExchange> {
         self.expect_round(round)?;
         let report = self.outer.apply_aggregate(&self.params, round, members, aggregate)?;
+        // Every replica holds these parameters: all of them stop here, or none.
+        divergence::check_params(&self.params).map_err(|e| self.placed(e, round))?;
         self.round += 1;
         Ok(SoloExchange {
             round,
@@ -237,6 +260,9 @@ impl<S: TrainStep> SoloWorker<S> {
             }
         }
         let report = self.outer.apply(&self.params, round, &payloads)?;
+        // Every replica holds these parameters (but for Streaming DiLoCo's unsynced
+        // fragments): all of them stop here, or none.
+        divergence::check_params(&self.params).map_err(|e| self.placed(e, round))?;
         rejected.extend(report.rejected);
         self.round += 1;
         Ok(SoloExchange {
@@ -480,5 +506,55 @@ mod tests {
             b.outer.consensus_hash(&b.params).unwrap(),
             a.outer.consensus_hash(&a.params).unwrap()
         );
+    }
+
+    fn diloco_worker(outer_lr: f64) -> SoloWorker<ToyMlp> {
+        let cfg =
+            crate::outer::diloco::DilocoConfig { inner_steps: 2, outer_lr, ..Default::default() };
+        SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 0).unwrap(), |p| {
+            Ok(Box::new(crate::outer::diloco::Diloco::new(cfg, p)?))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_diverging_worker_stops_naming_the_round_and_the_setting() {
+        tch::set_num_threads(1);
+        let mut w = diloco_worker(1e30);
+        let mut net = Alone(Vec::new());
+        let err = (0..40).find_map(|_| w.step(&mut net).err()).expect("the run must stop");
+        let OptimizerError::Diverged(d) = &err else { panic!("{err}") };
+        assert_eq!(d.algorithm, Some(Algorithm::Diloco));
+        assert!(d.round.is_some() && d.step.is_some(), "{err}");
+        let e = err.to_string();
+        assert!(e.contains("diloco.outer_lr=1e30 is far above the published 0.7"), "{e}");
+        assert!(!e.contains("inner."), "the outer rate is the one to blame: {e}");
+    }
+
+    #[test]
+    fn parameters_that_overflow_in_the_outer_step_stop_the_worker() {
+        tch::set_num_threads(1);
+        let mut w = diloco_worker(2.0);
+        let mut p = w.outer.prepare(&w.params, 0, 0).unwrap();
+        // Finite and within the payload bound (half of f32::MAX for one member), but the
+        // Nesterov step, 2 × 1.9 × Δ, overflows f32.
+        let shape = w.params.shapes()[0].clone();
+        let n: usize = shape.iter().product();
+        p.segments[0] = crate::payload::Segment::dense(0, &shape, &vec![1.5e38; n], false);
+        let err = w.apply_committed(0, &[p.encode()]).unwrap_err().to_string();
+        let name = &w.params.names()[0];
+        assert!(err.starts_with("diloco diverged in round 0"), "{err}");
+        assert!(err.contains("diloco.outer_lr=2 is above the published 0.7"), "{err}");
+        assert!(
+            err.contains(&format!("after the outer step, parameter {name} holds -inf")),
+            "{err}"
+        );
+        // A valid round goes through the same check untouched.
+        let mut ok = diloco_worker(0.7);
+        let mut net = Alone(Vec::new());
+        for _ in 0..4 {
+            ok.step(&mut net).unwrap();
+        }
+        assert_eq!(ok.rounds_done(), 2);
     }
 }

@@ -91,15 +91,132 @@ fn read_file(path: Option<&std::path::Path>) -> Result<toml::Table> {
             .with_context(|| format!("config: cannot parse {}", path.display()))?,
         None => toml::Table::new(),
     };
+    // A bare `key = value` above every table is a setting without a table: say where
+    // that setting lives, rather than call it an unknown table.
+    if let Some((key, _)) = file.iter().find(|(_, v)| !v.is_table()) {
+        bail!("config: {}", top_level_setting(key));
+    }
     if let Some(unknown) =
         file.keys().find(|k| !SCOPES.contains(&k.as_str()) && k.parse::<Algorithm>().is_err())
     {
-        bail!(
-            "config: [{unknown}] is not a known table; use [model], [inner], [data], \
-             [transport] or one per algorithm, e.g. [diloco]"
-        );
+        bail!("config: [{unknown}] is not a known table; {}", tables_sentence());
     }
     Ok(file)
+}
+
+/// "the file's tables are …", naming every table a run's file may have.
+fn tables_sentence() -> String {
+    let algos: Vec<String> = Algorithm::ALL.iter().map(|a| format!("[{a}]")).collect();
+    format!(
+        "the file's tables are [model], [inner], [data], [transport] and one per algorithm \
+         ({})",
+        algos.join(", ")
+    )
+}
+
+/// Every setting the `T` table takes, those whose default is unset (`Option`s, which a
+/// default table leaves out) included: serde names them all when refusing a key no
+/// struct has.
+fn settings_of<T: DeserializeOwned + Serialize + Default>() -> Vec<String> {
+    let mut keys: Vec<String> =
+        toml::Table::try_from(T::default()).unwrap_or_default().keys().cloned().collect();
+    let mut probe = toml::Table::new();
+    probe.insert("\u{1}".into(), toml::Value::Integer(0));
+    if let Err(e) = T::deserialize(toml::Value::Table(probe)) {
+        let message = e.to_string();
+        if let Some((_, expected)) = message.split_once("expected") {
+            let quoted = expected.split('`').skip(1).step_by(2);
+            keys.extend(quoted.map(str::to_string));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Where settings live: one entry per table (`model` once per model kind, whose settings
+/// differ) with its settings.
+fn every_table() -> Vec<(String, Vec<String>)> {
+    let mut tables = vec![
+        ("model".to_string() + " (gpt)", settings_of::<GptConfig>()),
+        ("model".to_string() + " (mlp)", settings_of::<MlpConfig>()),
+        ("model".to_string() + " (torchscript)", settings_of::<TorchScriptConfig>()),
+        ("inner".to_string(), settings_of::<InnerConfig>()),
+        ("data".to_string(), settings_of::<DataConfig>()),
+        ("transport".to_string(), settings_of::<TransportTuning>()),
+    ];
+    for a in Algorithm::ALL {
+        tables.push((a.name().to_string(), algo_settings(a)));
+    }
+    tables
+}
+
+/// The settings of `algorithm`'s table.
+fn algo_settings(algorithm: Algorithm) -> Vec<String> {
+    AlgoConfig::default_for(algorithm)
+        .to_toml()
+        .parse::<toml::Table>()
+        .map(|t| t.keys().filter(|k| *k != "algo").cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The command-line flag a key names (`steps` → `--steps`), if `train`, `worker` or
+/// `simulate` has one.
+fn flag_for(key: &str) -> Option<String> {
+    use clap::Args;
+    let long = key.replace('_', "-");
+    let commands = [
+        crate::cli::train::TrainArgs::augment_args(clap::Command::new("train")),
+        crate::cli::worker::WorkerArgs::augment_args(clap::Command::new("worker")),
+        crate::cli::simulate::SimulateArgs::augment_args(clap::Command::new("simulate")),
+    ];
+    let found = commands.iter().any(|c| c.get_arguments().any(|a| a.get_long() == Some(&long)));
+    found.then(|| format!("--{long}"))
+}
+
+/// The tables (with the exact setting) that have `key`, and the settings with `key` as a
+/// word of their name (`steps` → `[diloco] inner_steps`).
+fn where_is(key: &str) -> (Vec<String>, Vec<String>) {
+    let (mut exact, mut related) = (Vec::new(), Vec::new());
+    for (table, settings) in every_table() {
+        // `model (gpt)` reads `[model] (--model gpt)`.
+        let shown = match table.split_once(" (") {
+            Some((t, kind)) => format!("[{t}] (--model {}", kind),
+            None => format!("[{table}]"),
+        };
+        for s in settings {
+            if s == key {
+                exact.push(shown.clone());
+            } else if s.split('_').any(|word| word == key) {
+                related.push(format!("{shown} {s}"));
+            }
+        }
+    }
+    (exact, related)
+}
+
+/// Why `key = …` at a file's top level is refused, and where it belongs.
+fn top_level_setting(key: &str) -> String {
+    let mut out = format!("`{key}` is not a setting of the file's top level");
+    let (exact, related) = where_is(key);
+    let mut places = Vec::new();
+    if let Some(flag) = flag_for(key) {
+        places.push(format!("the {flag} flag"));
+    }
+    if !exact.is_empty() {
+        let which = if exact.len() == 1 { "that table" } else { "the table it is meant for" };
+        places.push(format!("a setting of {}: put it under {which}", exact.join(", ")));
+    }
+    if places.is_empty() {
+        out.push_str("; no table has it either");
+    } else {
+        out.push_str(&format!("; it is {}", places.join(", or ")));
+    }
+    if !related.is_empty() {
+        out.push_str(&format!(" (related settings: {})", related.join(", ")));
+    }
+    out.push_str(&format!("; {}", tables_sentence()));
+    out
 }
 
 /// The `[transport]` table with `transport.KEY=VALUE` overrides, checked.
@@ -153,10 +270,8 @@ fn section<T: DeserializeOwned + Serialize + Default>(
     for (k, v) in overrides {
         table.insert(k.clone(), toml_value(v));
     }
-    let defaults = toml::Table::try_from(T::default()).unwrap_or_default();
     T::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
-        anyhow::anyhow!("[{scope}]: {e}; its settings are {}", known.join(", "))
+        anyhow::anyhow!("[{scope}]: {e}; its settings are {}", settings_of::<T>().join(", "))
     })
 }
 
@@ -212,6 +327,71 @@ fn algo_config(
     Ok(AlgoConfig::from_parts(algorithm, fields, &overrides)?)
 }
 
+/// Why an unscoped `--set KEY` fits no selected algorithm, and where KEY lives instead:
+/// `[inner] lr` is `--set inner.lr=…`; a setting of an algorithm `--algo` does not select
+/// is named as such; a flag is named as a flag.
+fn unscoped_elsewhere(
+    key: &str,
+    model: &ModelKind,
+    algos: &[Algorithm],
+    known: &std::collections::BTreeSet<String>,
+) -> String {
+    let selected: Vec<&str> = algos.iter().map(|a| a.name()).collect();
+    let mut out = format!("no selected algorithm ({}) has this setting", selected.join(", "));
+    let model_table = match model {
+        ModelKind::Gpt => "model (gpt)",
+        ModelKind::Mlp => "model (mlp)",
+        ModelKind::TorchScript(_) => "model (torchscript)",
+    };
+    let mut hints = Vec::new();
+    let mut unselected = Vec::new();
+    let mut other_models = Vec::new();
+    for (table, settings) in every_table() {
+        if !settings.iter().any(|s| s == key) {
+            continue;
+        }
+        match table.split_once(' ') {
+            Some(("model", _)) if table == model_table => {
+                hints.push(format!("--set model.{key}=VALUE (the [model] table's {key})"))
+            }
+            Some(("model", kind)) => {
+                other_models.push(kind.trim_matches(|c| c == '(' || c == ')').to_string())
+            }
+            _ if SCOPES.contains(&table.as_str()) => {
+                hints.push(format!("--set {table}.{key}=VALUE (the [{table}] table's {key})"))
+            }
+            _ => unselected.push(table),
+        }
+    }
+    if let Some(flag) = flag_for(key) {
+        hints.push(format!("the {flag} flag"));
+    }
+    if !unselected.is_empty() {
+        out.push_str(&format!(
+            "; it is a setting of {}, which --algo does not select",
+            unselected.join(", ")
+        ));
+    }
+    if !other_models.is_empty() && hints.is_empty() {
+        out.push_str(&format!(
+            "; it is a [model] setting of --model {}, not of this model",
+            other_models.join(" or ")
+        ));
+    }
+    if !hints.is_empty() {
+        out.push_str(&format!("; use {}", hints.join(", or ")));
+    }
+    if hints.is_empty() && unselected.is_empty() && other_models.is_empty() {
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        out.push_str(&format!(
+            "; the selected algorithms have {}; for [model], [inner], [data] or [transport] \
+             write --set TABLE.KEY=VALUE",
+            known.join(", ")
+        ));
+    }
+    out
+}
+
 impl RunConfig {
     /// Merges the file (if any), `--inner-steps` and `--set` for `model` and `algos`.
     pub fn build(
@@ -235,12 +415,7 @@ impl RunConfig {
                 known.extend(defaults.keys().filter(|k| *k != "algo").cloned());
             }
             if !known.contains(key) {
-                let known: Vec<String> = known.into_iter().collect();
-                bail!(
-                    "--set {key}: no selected algorithm has this setting; they have {} (use \
-                     model.{key}, inner.{key} or data.{key} for those tables)",
-                    known.join(", ")
-                );
+                bail!("--set {key}: {}", unscoped_elsewhere(key, model, algos, &known));
             }
         }
         let scoped = |scope: &str| -> Vec<(String, String)> {
@@ -333,7 +508,7 @@ mod tests {
             None,
             &["inner.lr=-1".into()],
         );
-        assert!(e.unwrap_err().to_string().contains("lr > 0"));
+        assert!(e.unwrap_err().to_string().starts_with("inner.lr = -1 is out of range"));
         let e =
             RunConfig::build(&ModelKind::Mlp, &[Algorithm::Ddp], None, None, &["modle.x=1".into()]);
         assert!(e.unwrap_err().to_string().contains("modle"));
@@ -369,5 +544,59 @@ mod tests {
         let sets = vec!["sparseloco.aggregation=trimmed_mean".to_string()];
         let e = RunConfig::build(&ModelKind::Mlp, &algos, None, None, &sets).unwrap_err();
         assert!(format!("{e:#}").contains("dense"), "{e:#}");
+    }
+
+    #[test]
+    fn an_unscoped_key_is_pointed_to_the_table_that_has_it() {
+        let build = |model: ModelKind, set: &str| {
+            let algos = [Algorithm::Diloco];
+            format!(
+                "{:#}",
+                RunConfig::build(&model, &algos, None, None, &[set.into()]).unwrap_err()
+            )
+        };
+        // `lr` is the [inner] table's, and no model has one.
+        let e = build(ModelKind::Mlp, "lr=0.01");
+        assert!(e.contains("--set inner.lr=VALUE"), "{e}");
+        assert!(e.contains("demo, which --algo does not select"), "{e}");
+        assert!(!e.contains("model.lr") && !e.contains("data.lr"), "{e}");
+        let e = build(ModelKind::Mlp, "batch=4");
+        assert!(e.contains("--set data.batch=VALUE") && !e.contains("model.batch"), "{e}");
+        let e = build(ModelKind::Gpt, "layers=2");
+        assert!(e.contains("--set model.layers=VALUE"), "{e}");
+        let e = build(ModelKind::Mlp, "layers=2");
+        assert!(e.contains("--model gpt, not of this model"), "{e}");
+        let e = build(ModelKind::Mlp, "steps=5");
+        assert!(e.contains("the --steps flag"), "{e}");
+        let e = build(ModelKind::Mlp, "warmup_steps=5");
+        assert!(e.contains("--set inner.warmup_steps=VALUE"), "{e}");
+        let e = build(ModelKind::Mlp, "nonsense=5");
+        assert!(e.contains("the selected algorithms have") && e.contains("outer_lr"), "{e}");
+    }
+
+    #[test]
+    fn a_top_level_setting_is_told_where_it_belongs() {
+        let run = |text: &str| {
+            let f = write(text);
+            let algos = [Algorithm::Diloco];
+            format!(
+                "{:#}",
+                RunConfig::build(&ModelKind::Mlp, &algos, Some(&f.0), None, &[]).unwrap_err()
+            )
+        };
+        let e = run("steps = 5\n");
+        assert!(e.contains("`steps` is not a setting of the file's top level"), "{e}");
+        assert!(!e.contains("not a known table"), "{e}");
+        assert!(e.contains("the --steps flag") && e.contains("[diloco] inner_steps"), "{e}");
+        assert!(e.contains("[model], [inner], [data], [transport]"), "{e}");
+        let e = run("lr = 0.01\n[inner]\nclip = 1.0\n");
+        assert!(e.contains("a setting of [inner], [demo]"), "{e}");
+        let e = run("batch = 4\n");
+        assert!(e.contains("a setting of [data]: put it under that table"), "{e}");
+        // A real table that is unknown is still called one.
+        let e = run("[steps]\nx = 1\n");
+        assert!(e.contains("[steps] is not a known table"), "{e}");
+        // The settings a table lists include those unset by default.
+        assert!(settings_of::<InnerConfig>().contains(&"warmup_steps".to_string()));
     }
 }

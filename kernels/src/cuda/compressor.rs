@@ -173,18 +173,25 @@ impl CudaCompressor {
     /// Waits for the work of [`CudaCompressor::enqueue`] and assembles what
     /// [`Compressor::compress`] returns: the same byte layout and the selection a receiver
     /// decodes. Errors as the CPU does on a non-finite input (reported at its position in
-    /// the transform domain).
+    /// the input), and on finite input too large for the DCT in f32.
     pub fn finish(&mut self, out: &mut Compressed) -> Result<()> {
         let b = &self.backend;
         let bad = b.download(&self.bad)?;
         if let Some(&i) = bad.first().filter(|&&e| e != u32::MAX) {
-            // Without a transform `i` is a position of the input, and its value is read
-            // back; a DCT coefficient is not kept, so NaN stands in for it.
-            let mut v = [f32::NAN];
-            if self.bases.is_none() {
-                // SAFETY: `i` is below the input length the caller vouched for in `enqueue`.
-                unsafe { b.read_raw(self.last_input + 4 * u64::from(i), &mut v) }?;
+            if let Some(plan) = self.cpu.dct_plan() {
+                // `i` is a coefficient, which is not kept: read the input back (this path
+                // only) and say what the CPU says, a bad input value or an overflow.
+                let mut x = vec![0.0f32; self.cpu.len()];
+                // SAFETY: the input holds `len` floats, as the caller vouched in `enqueue`.
+                unsafe { b.read_raw(self.last_input, &mut x) }?;
+                let found =
+                    KernelError::NonFinite { what: "x", index: i as usize, value: f32::NAN };
+                return Err(crate::pipeline::non_finite_coefficients(plan, &x, found));
             }
+            // Without a transform `i` is a position of the input; its value is read back.
+            let mut v = [f32::NAN];
+            // SAFETY: `i` is below the input length the caller vouched for in `enqueue`.
+            unsafe { b.read_raw(self.last_input + 4 * u64::from(i), &mut v) }?;
             return Err(KernelError::NonFinite { what: "x", index: i as usize, value: v[0] });
         }
         let outputs = DeviceOutputs {

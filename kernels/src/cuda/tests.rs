@@ -488,6 +488,29 @@ fn gpu_fused_compress_refuses_non_finite_input_and_unsupported_configs() {
 }
 
 #[test]
+fn gpu_fused_compress_reports_dct_overflow_and_bad_input_as_the_cpu_does() {
+    let Some(b) = gpu() else { return };
+    for shape in [&[4096][..], &[128, 192][..]] {
+        let n: usize = shape.iter().product();
+        let mut cpu = Compressor::new(CompressorConfig::demo(), shape).unwrap();
+        let mut gpu = CudaCompressor::new(b.clone(), CompressorConfig::demo(), shape).unwrap();
+        // Finite, but too large for the DCT in f32; then a NaN in the input.
+        let mut big = random(n, 7);
+        big[0] = 3e38;
+        big[1] = -3e38;
+        let mut nan = random(n, 8);
+        nan[n - 3] = f32::NAN;
+        for x in [big, nan] {
+            let want = cpu.compress(&x).unwrap_err();
+            let dev = b.upload(&x).unwrap();
+            // SAFETY: `dev` holds the tensor.
+            let got = unsafe { gpu.compress(dev.ptr()) }.unwrap_err();
+            assert_eq!(got.to_string(), want.to_string(), "{shape:?}");
+        }
+    }
+}
+
+#[test]
 fn gpu_error_feedback_after_compress_matches_cpu() {
     let Some(b) = gpu() else { return };
     let seed = fresh_seed("compress-feedback");

@@ -281,6 +281,15 @@ impl DctPlan {
         self.rows.chunk * self.cols.chunk
     }
 
+    /// The largest input magnitude the transform takes on every path without overflowing
+    /// f32: `f32::MAX / (2 · tile_len)`. Every coefficient, and every partial sum on the
+    /// way to it, adds up at most `tile_len` inputs times weights below one per dimension
+    /// pass, with a factor of two to spare for the fast path's unscaled FFT sums; larger
+    /// finite inputs may overflow ([`crate::KernelError::TransformOverflow`]).
+    pub fn max_magnitude(&self) -> f32 {
+        f32::MAX / (2.0 * self.tile_len() as f32)
+    }
+
     /// Number of tiles, `coeff_len / tile_len`.
     pub fn num_tiles(&self) -> usize {
         self.rows.chunks() * self.cols.chunks()
@@ -325,7 +334,9 @@ impl DctPlan {
     /// Transforms `input` (row-major, [`input_len`] elements) into `coeffs`
     /// ([`coeff_len`] elements, tile-major as in the module doc).
     ///
-    /// Errors if a length is wrong or `input` holds a NaN or infinity.
+    /// Errors if a length is wrong or `input` holds a NaN or infinity. Finite input above
+    /// [`DctPlan::max_magnitude`] may overflow to infinite coefficients, which this does
+    /// not check (the compress pipeline does, and says so).
     ///
     /// [`input_len`]: DctPlan::input_len
     /// [`coeff_len`]: DctPlan::coeff_len

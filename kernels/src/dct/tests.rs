@@ -650,3 +650,42 @@ proptest! {
         prop_assert!(rel_err(&back, &x) < 1e-5);
     }
 }
+
+/// Inputs at `m` in magnitude whose signs follow patterns that push sums hardest: all one
+/// sign (the DC coefficient), alternating along rows, columns or both (the highest
+/// frequencies), each basis row's own signs (its coefficient at its largest), and random.
+fn extreme_inputs(rows: usize, cols: usize, m: f32) -> Vec<Vec<f32>> {
+    let n = rows * cols;
+    let mut out = vec![
+        vec![m; n],
+        (0..n).map(|i| if i % 2 == 0 { m } else { -m }).collect(),
+        (0..n).map(|i| if (i / cols) % 2 == 0 { m } else { -m }).collect(),
+        (0..n).map(|i| if (i / cols + i % cols) % 2 == 0 { m } else { -m }).collect(),
+        pseudo_random(n, 99).iter().map(|v| if *v < 0.0 { -m } else { m }).collect(),
+    ];
+    let line = cols.min(64);
+    let basis = reference_basis(line);
+    for k in [1, line / 3, line / 2, line - 1].into_iter().filter(|&k| k < line) {
+        out.push((0..n).map(|i| if basis[k][i % cols % line] < 0.0 { -m } else { m }).collect());
+    }
+    out
+}
+
+#[test]
+fn inputs_up_to_max_magnitude_never_overflow_on_either_path() {
+    for (rows, cols) in [(1, 4096), (1, 100), (64, 64), (128, 192), (70, 130), (3, 5), (1, 1)] {
+        let fast = DctPlan::new_2d(rows, cols, DEFAULT_CHUNK).unwrap();
+        let limit = fast.max_magnitude();
+        assert_eq!(limit, f32::MAX / (2.0 * fast.tile_len() as f32));
+        for plan in [fast.clone(), fast.matrix_path_twin()] {
+            for x in extreme_inputs(rows, cols, limit) {
+                let (y, back) = round_trip(&plan, &x);
+                assert!(y.iter().all(|v| v.is_finite()), "{rows}×{cols}: a coefficient overflowed");
+                assert!(
+                    back.iter().all(|v| v.is_finite()),
+                    "{rows}×{cols}: the inverse overflowed"
+                );
+            }
+        }
+    }
+}

@@ -23,7 +23,7 @@
 use crate::aggregate::{scatter_mean_with, BlockMean, Contribution, MeanOver, ScatterScratch};
 use crate::chunks::ChunkSpec;
 use crate::dct::DctPlan;
-use crate::error::{check_len, invalid, malformed, Result};
+use crate::error::{check_finite, check_len, invalid, malformed, KernelError, Result};
 use crate::quant::{quantize_into, QuantConfig, Quantized};
 use crate::sparse::Sparse;
 use crate::{feedback, pack, topk};
@@ -246,13 +246,17 @@ impl Compressor {
             }
             None => x,
         };
-        match &self.chunks {
-            Some(spec) => topk::topk_per_chunk(domain, spec, &mut self.selected)?,
+        let selected = match &self.chunks {
+            Some(spec) => topk::topk_per_chunk(domain, spec, &mut self.selected),
             None => {
                 let k = self.kept();
-                topk::topk_global(domain, k, &mut self.selected)?;
+                topk::topk_global(domain, k, &mut self.selected)
             }
+        };
+        if let (Err(e @ KernelError::NonFinite { .. }), Some(plan)) = (&selected, &self.dct) {
+            return Err(non_finite_coefficients(plan, x, e.clone()));
         }
+        selected?;
 
         out.bytes.clear();
         out.bytes.push(FORMAT_VERSION);
@@ -427,6 +431,34 @@ impl Compressor {
                 feedback::subtract_dense(x, &reconstructed)
             }
         }
+    }
+}
+
+/// Why the transform of `x` under `plan` holds a non-finite coefficient (`found`, the
+/// top-k's error at its position in the transform domain): a NaN or infinity of `x`
+/// itself, reported at its position in `x`; or finite values too large for the DCT in
+/// f32. Only called on that error, so the scans cost nothing on valid input.
+pub(crate) fn non_finite_coefficients(
+    plan: &DctPlan,
+    x: &[f32],
+    found: KernelError,
+) -> KernelError {
+    if let Err(e) = check_finite("x", x) {
+        return e;
+    }
+    let max_abs = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let limit = plan.max_magnitude();
+    if max_abs <= limit {
+        // Cannot happen (the bound is proven for every path); keep the top-k's own words
+        // rather than claim an overflow the bound rules out.
+        return found;
+    }
+    KernelError::TransformOverflow {
+        what: "x",
+        max_abs,
+        limit,
+        tile_rows: plan.rows().chunk,
+        tile_cols: plan.cols().chunk,
     }
 }
 

@@ -281,3 +281,70 @@ proptest! {
         let _ = c.decode_sparse(&bytes);
     }
 }
+
+#[test]
+fn finite_input_too_large_for_the_dct_is_reported_as_an_overflow() {
+    for shape in [vec![4096], vec![128, 192], vec![70, 130]] {
+        let n: usize = shape.iter().product();
+        for cfg in
+            [CompressorConfig::demo(), CompressorConfig::demo_2bit(), CompressorConfig::demo_sign()]
+        {
+            let mut c = Compressor::new(cfg, &shape).unwrap();
+            let limit = c.dct.as_ref().unwrap().max_magnitude();
+            // Finite ±3e38 (the sweep's input): an overflow, named as one, with the limit.
+            let mut x = signal(n, 4);
+            x[0] = 3e38;
+            x[1] = -3e38;
+            match c.compress(&x) {
+                Err(KernelError::TransformOverflow { max_abs, limit: l, .. }) => {
+                    assert_eq!((max_abs, l), (3e38, limit), "{shape:?}");
+                }
+                other => panic!("{shape:?}: {other:?}"),
+            }
+            let e = c.compress(&x).unwrap_err().to_string();
+            assert!(e.contains("too large for the DCT in f32") && e.contains("3.000e38"), "{e}");
+            // The largest magnitude it claims to handle goes through, every value finite.
+            let x: Vec<f32> = signal(n, 5).iter().map(|v| v.signum() * limit).collect();
+            let out = c.compress(&x).unwrap();
+            assert!(out.sent.values.iter().all(|v| v.is_finite()), "{shape:?}");
+            let back = c.decompress(&out.bytes).unwrap();
+            assert!(back.iter().all(|v| v.is_finite()), "{shape:?}");
+            // A NaN or infinity is still that, at its position in the input.
+            let mut x = signal(n, 6);
+            x[n / 2] = f32::NEG_INFINITY;
+            assert!(
+                matches!(c.compress(&x), Err(KernelError::NonFinite { index, .. }) if index == n / 2),
+                "{shape:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantizer_scales_stay_finite_for_the_largest_finite_inputs() {
+    // No transform: ±f32::MAX itself reaches the quantizers, whose scales and levels must
+    // stay finite (absmax nudges its step down, the codebook clamps to the data range).
+    let n = 8192;
+    let patterns: [Vec<f32>; 3] = [
+        (0..n).map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX }).collect(),
+        (0..n)
+            .map(|i| if i < 2 { f32::MAX * if i == 0 { 1.0 } else { -1.0 } } else { 0.0 })
+            .collect(),
+        vec![f32::MAX; n],
+    ];
+    let quants = [
+        QuantConfig::sparseloco_2bit(),
+        QuantConfig::int8(),
+        QuantConfig::int4(),
+        QuantConfig::sign_1bit(),
+    ];
+    for q in quants {
+        let cfg = CompressorConfig { values: Some(q), ..CompressorConfig::sparseloco() };
+        let mut c = Compressor::new(cfg, &[n]).unwrap();
+        for x in &patterns {
+            let out = c.compress(x).unwrap();
+            let back = c.decompress(&out.bytes).unwrap();
+            assert!(back.iter().all(|v| v.is_finite()), "{q:?}");
+        }
+    }
+}

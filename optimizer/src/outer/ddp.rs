@@ -58,9 +58,14 @@ impl AlgoSettings for DdpConfig {
         match self.transport {
             Transport::F32 | Transport::Bf16 => {}
             other => {
+                let name = toml::Value::try_from(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 return Err(OptimizerError::Config(format!(
-                    "ddp: transport {other:?} is not supported; use f32 or bf16"
-                )))
+                    "ddp.transport = \"{name}\" is not supported: DDP sends raw gradients in \
+                     f32 or bf16"
+                )));
             }
         }
         self.robust.validate("ddp", true)

@@ -25,6 +25,7 @@ use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
 use crate::device::{self, TensorCompressor};
+use crate::divergence::show_number;
 use crate::error::{OptimizerError, Result};
 use crate::params::{with_param_mut, ParamSet};
 use crate::payload::{Encoding, Payload, Segment};
@@ -83,10 +84,20 @@ impl AlgoSettings for DemoConfig {
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(OptimizerError::Config(format!("demo: {what}")));
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("lr {} must be > 0", self.lr));
+            return Err(OptimizerError::Config(format!(
+                "demo.lr = {} is out of range: DeMo's learning rate must be a finite number > 0 \
+                 (the published value is {})",
+                show_number(self.lr),
+                show_number(Self::default().lr)
+            )));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!("momentum {} must be in [0, 1)", self.momentum));
+            return Err(OptimizerError::Config(format!(
+                "demo.momentum = {} is out of range: it must be in [0, 1) (the published value \
+                 is {})",
+                show_number(self.momentum),
+                show_number(Self::default().momentum)
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("weight_decay {} must be ≥ 0", self.weight_decay));
@@ -251,9 +262,19 @@ impl OuterOptimizer for Demo {
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload> {
         let grads: Vec<Tensor> = params.grads().iter().map(Tensor::contiguous).collect();
         // Refuse a non-finite gradient before touching any momentum, so a failed prepare
-        // leaves the state as it was.
+        // leaves the state as it was. The loss was finite, so training diverged.
         for (name, g) in params.names().iter().zip(&grads) {
-            device::check_finite(name, "gradient", g)?;
+            device::check_finite(name, "gradient", g).map_err(|e| match e {
+                OptimizerError::Kernel(meridian_kernels::KernelError::NonFinite {
+                    index,
+                    value,
+                    ..
+                }) => crate::divergence::Divergence::new(format!(
+                    "the gradient of {name} holds {value} (element {index})"
+                ))
+                .into_error(),
+                other => other,
+            })?;
         }
         let beta = self.config.momentum as f32;
         let lr = self.config.lr as f32;
@@ -318,6 +339,11 @@ impl OuterOptimizer for Demo {
             }
         }
         Ok(received.report())
+    }
+
+    fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
+        let published = DemoConfig::default().lr;
+        vec![crate::divergence::Suspect::published("demo.lr", self.config.lr, published)]
     }
 
     fn state(&self) -> Result<OptimizerState> {

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
+use crate::divergence::show_number;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
@@ -77,14 +78,16 @@ impl AlgoSettings for DilocoConfig {
         }
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
             return Err(OptimizerError::Config(format!(
-                "diloco: outer_lr {} must be > 0",
-                self.outer_lr
+                "diloco.outer_lr = {} is out of range: it must be a finite number > 0 (the \
+                 published value is 0.7)",
+                show_number(self.outer_lr)
             )));
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(OptimizerError::Config(format!(
-                "diloco: momentum {} must be in [0, 1)",
-                self.momentum
+                "diloco.momentum = {} is out of range: it must be in [0, 1) (the published \
+                 value is 0.9)",
+                show_number(self.momentum)
             )));
         }
         self.robust.validate("diloco", true)
@@ -323,6 +326,15 @@ impl OuterOptimizer for Diloco {
         }
         params.assign(&self.global)?;
         Ok(report)
+    }
+
+    fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
+        let published = DilocoConfig::default().outer_lr;
+        vec![crate::divergence::Suspect::published(
+            "diloco.outer_lr",
+            self.config.outer_lr,
+            published,
+        )]
     }
 
     fn state(&self) -> Result<OptimizerState> {

@@ -32,6 +32,7 @@ mod state;
 use tch::{Device, Tensor};
 
 use crate::algorithm::Algorithm;
+use crate::divergence::Suspect;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::Payload;
@@ -119,6 +120,13 @@ pub trait OuterOptimizer {
     /// (Streaming DiLoCo) hashes its global copy instead.
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         params.hash()
+    }
+
+    /// The settings of this algorithm that can make training diverge (its learning rate),
+    /// with their published values, for the error that stops a diverged run
+    /// ([`crate::divergence`]). None by default.
+    fn divergence_suspects(&self) -> Vec<Suspect> {
+        Vec::new()
     }
 
     /// The optimizer's state, to checkpoint.

@@ -20,6 +20,7 @@ use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
 use crate::device::{self, TensorCompressor};
+use crate::divergence::show_number;
 use crate::error::{OptimizerError, Result};
 use crate::params::ParamSet;
 use crate::payload::{Encoding, Payload, Segment};
@@ -103,7 +104,12 @@ impl AlgoSettings for SparselocoConfig {
             return bad(format!("error_decay {} must be in [0, 1]", self.error_decay));
         }
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
-            return bad(format!("outer_lr {} must be > 0", self.outer_lr));
+            return Err(OptimizerError::Config(format!(
+                "sparseloco.outer_lr = {} is out of range: it must be a finite number > 0 (the \
+                 published value is {})",
+                show_number(self.outer_lr),
+                show_number(Self::default().outer_lr)
+            )));
         }
         if self.chunk == 0 || u32::try_from(self.chunk).is_err() {
             return bad(format!("chunk {} must be in 1..=u32::MAX", self.chunk));
@@ -290,6 +296,15 @@ impl OuterOptimizer for Sparseloco {
         // same point.
         params.assign(&self.global)?;
         Ok(received.report())
+    }
+
+    fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
+        let published = SparselocoConfig::default().outer_lr;
+        vec![crate::divergence::Suspect::published(
+            "sparseloco.outer_lr",
+            self.config.outer_lr,
+            published,
+        )]
     }
 
     fn state(&self) -> Result<OptimizerState> {

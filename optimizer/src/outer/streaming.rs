@@ -46,6 +46,7 @@ use super::diloco::{
 use super::{receive, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
+use crate::divergence::show_number;
 use crate::error::{OptimizerError, Result};
 use crate::params::{hash_tensors, ParamSet};
 use crate::payload::{Payload, Segment};
@@ -137,10 +138,20 @@ impl AlgoSettings for StreamingConfig {
             return bad(format!("mixing (α) {} must be in [0, 1]", self.mixing));
         }
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
-            return bad(format!("outer_lr {} must be > 0", self.outer_lr));
+            return Err(OptimizerError::Config(format!(
+                "streaming.outer_lr = {} is out of range: it must be a finite number > 0 (the \
+                 published value is {})",
+                show_number(self.outer_lr),
+                show_number(Self::default().outer_lr)
+            )));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!("momentum {} must be in [0, 1)", self.momentum));
+            return Err(OptimizerError::Config(format!(
+                "streaming.momentum = {} is out of range: it must be in [0, 1) (the published value \
+                 is {})",
+                show_number(self.momentum),
+                show_number(Self::default().momentum)
+            )));
         }
         if !matches!(self.value_bits, 4 | 8) {
             return bad(format!("value_bits {} must be 4 or 8", self.value_bits));
@@ -368,6 +379,15 @@ impl OuterOptimizer for Streaming {
         }
         self.pending = later;
         Ok(())
+    }
+
+    fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
+        let published = StreamingConfig::default().outer_lr;
+        vec![crate::divergence::Suspect::published(
+            "streaming.outer_lr",
+            self.config.outer_lr,
+            published,
+        )]
     }
 
     fn state(&self) -> Result<OptimizerState> {

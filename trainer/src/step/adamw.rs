@@ -6,6 +6,7 @@
 //! tensors a checkpoint can save and restore bit for bit.
 
 use anyhow::{bail, Result};
+use meridian_optimizer::divergence::show_number;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -49,23 +50,45 @@ impl Default for InnerConfig {
 }
 
 impl InnerConfig {
-    /// Checks every value is usable.
+    /// Checks every value is usable; an error names the first setting out of range as a
+    /// user writes it (`inner.lr`), its range and its default.
     pub fn validate(&self) -> Result<()> {
-        let ok = self.lr.is_finite()
-            && self.lr > 0.0
-            && (0.0..=1.0).contains(&self.min_lr_ratio)
-            && self.weight_decay.is_finite()
-            && self.weight_decay >= 0.0
-            && (0.0..1.0).contains(&self.beta1)
-            && (0.0..1.0).contains(&self.beta2)
-            && self.eps.is_finite()
-            && self.eps > 0.0
-            && self.clip.is_finite()
-            && self.clip >= 0.0;
-        if !ok {
+        let d = Self::default();
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        let checks: [(&str, f64, bool, &str, f64); 7] = [
+            ("lr", self.lr, positive(self.lr), "a finite number > 0", d.lr),
+            (
+                "min_lr_ratio",
+                self.min_lr_ratio,
+                (0.0..=1.0).contains(&self.min_lr_ratio),
+                "between 0 and 1 (a fraction of inner.lr)",
+                d.min_lr_ratio,
+            ),
+            (
+                "weight_decay",
+                self.weight_decay,
+                non_negative(self.weight_decay),
+                "a finite number ≥ 0",
+                d.weight_decay,
+            ),
+            ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)", d.beta1),
+            ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)", d.beta2),
+            ("eps", self.eps, positive(self.eps), "a finite number > 0", d.eps),
+            (
+                "clip",
+                self.clip,
+                non_negative(self.clip),
+                "a finite number ≥ 0 (0 turns clipping off)",
+                d.clip,
+            ),
+        ];
+        if let Some(&(name, value, _, range, default)) = checks.iter().find(|c| !c.2) {
             bail!(
-                "inner: need lr > 0, 0 ≤ min_lr_ratio ≤ 1, weight_decay ≥ 0, 0 ≤ beta1, beta2 < 1, \
-                 eps > 0, clip ≥ 0; got {self:?}"
+                "inner.{name} = {} is out of range: the inner AdamW's {name} must be {range}; \
+                 the default is {}",
+                show_number(value),
+                show_number(default)
             );
         }
         Ok(())
@@ -281,5 +304,21 @@ mod tests {
         assert!(other.state().0[1].equal(&adam.state().0[1]));
         assert!(InnerConfig { lr: -1.0, ..c }.validate().is_err());
         assert!(InnerConfig { beta2: 1.0, ..c }.validate().is_err());
+    }
+
+    #[test]
+    fn a_setting_out_of_range_is_named_in_words() {
+        let e = InnerConfig { lr: -1.0, ..Default::default() }.validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "inner.lr = -1 is out of range: the inner AdamW's lr must be a finite number > 0; \
+             the default is 0.001"
+        );
+        let e = InnerConfig { eps: 0.0, ..Default::default() }.validate().unwrap_err();
+        assert!(e.to_string().contains("inner.eps = 0 ") && e.to_string().contains("1e-8"), "{e}");
+        let e = InnerConfig { beta2: f64::NAN, ..Default::default() }.validate().unwrap_err();
+        assert!(e.to_string().starts_with("inner.beta2 = NaN"), "{e}");
+        // No Rust struct dump.
+        assert!(!e.to_string().contains("InnerConfig"), "{e}");
     }
 }

@@ -4,8 +4,9 @@
 
 use std::rc::Rc;
 
+use meridian_optimizer::divergence::{Divergence, Suspect};
 use meridian_optimizer::train_step::TrainStep;
-use meridian_optimizer::{OptimizerError, Result};
+use meridian_optimizer::{Algorithm, OptimizerError, Result};
 use tch::{Device, Tensor};
 
 use crate::data::Shard;
@@ -28,6 +29,9 @@ pub struct LmStep {
     last_grad_norm: f64,
     /// The model's device: batches, which the data pipeline builds on the host, move here.
     device: Device,
+    /// The outer algorithm that drives this worker and its divergence suspects, once the
+    /// driver has said ([`TrainStep::driven_by`]).
+    driver: Option<(Algorithm, Vec<Suspect>)>,
 }
 
 impl std::fmt::Debug for LmStep {
@@ -66,6 +70,7 @@ impl LmStep {
             schedule_step: 0,
             last_grad_norm: 0.0,
             device,
+            driver: None,
         })
     }
 
@@ -108,6 +113,18 @@ impl LmStep {
     pub fn last_grad_norm(&self) -> f64 {
         self.last_grad_norm
     }
+
+    /// The divergence error for `what`, naming the driving algorithm and every learning
+    /// rate that may be to blame (the outer one first: it is the likelier culprit when both
+    /// are raised).
+    fn diverged(&self, what: String) -> Divergence {
+        let mut d = Divergence::new(what);
+        if let Some((algorithm, suspects)) = &self.driver {
+            d.algorithm = Some(*algorithm);
+            d = d.suspect(suspects.iter().cloned());
+        }
+        d.suspect(self.divergence_suspects())
+    }
 }
 
 impl TrainStep for LmStep {
@@ -125,10 +142,11 @@ impl TrainStep for LmStep {
         loss.f_backward()?;
         let value = loss.f_double_value(&[])?;
         if !value.is_finite() {
-            return Err(step_error(format!(
-                "training loss is {value} at batch {}; lower the inner learning rate",
-                self.shard.state().batches
-            )));
+            // Which learning rate is to blame is for the driver to say: it adds the outer
+            // optimizer's suspects to this one's.
+            let what =
+                format!("the training loss is {value} at batch {}", self.shard.state().batches);
+            return Err(self.diverged(what).into_error());
         }
         Ok(value)
     }
@@ -147,6 +165,24 @@ impl TrainStep for LmStep {
             let (x, y) = (x.f_to_device(self.device)?, y.f_to_device(self.device)?);
             total += self.model.loss(&x, &y, false).map_err(step_error)?.f_double_value(&[])?;
         }
-        Ok(total / self.validation.len().max(1) as f64)
+        let loss = total / self.validation.len().max(1) as f64;
+        if !loss.is_finite() {
+            // Parameters can stay finite while the loss overflows: a result that is NaN is
+            // a diverged run, not a number to report.
+            let mut d = self.diverged(format!(
+                "the validation loss is {loss} (the parameters have grown too large)"
+            ));
+            d.step = Some(self.schedule_step);
+            return Err(d.into_error());
+        }
+        Ok(loss)
+    }
+
+    fn divergence_suspects(&self) -> Vec<Suspect> {
+        vec![Suspect::default_value("inner.lr", self.inner.lr, InnerConfig::default().lr)]
+    }
+
+    fn driven_by(&mut self, algorithm: Algorithm, suspects: Vec<Suspect>) {
+        self.driver = Some((algorithm, suspects));
     }
 }
