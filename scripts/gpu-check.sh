@@ -69,14 +69,14 @@ train() { "$kit/meridian" train --model mlp --data "$kit/corpus.txt" --workers 2
 
 step kernels "$kit/kernels-tests" cuda:: --test-threads=1 --nocapture
 step optimizer "$kit/optimizer-tests" device --nocapture
-step train train --out "$out/train"
+step train train --out "$out/train" --overwrite
 [ -f "$out/train/summary.json" ] && step train-summary check_summary "$out/train/summary.json"
-step train-stop train --out "$out/resume" --stop-after 20 --checkpoint-every 0
+step train-stop train --out "$out/resume" --overwrite --stop-after 20 --checkpoint-every 0
 step train-resume train --out "$out/resume" --resume
 # The GPT at its default size, the same steps on each device: seconds per step.
 for dev in cpu cuda; do
   step "gpt-$dev" "$kit/meridian" train --model gpt --data "$kit/corpus.txt" --workers 2 \
-    --steps 20 --inner-steps 10 --algo sparseloco --device "$dev" --out "$out/gpt-$dev"
+    --steps 20 --inner-steps 10 --algo sparseloco --device "$dev" --out "$out/gpt-$dev" --overwrite
 done
 step bench "$kit/cuda_compress"
 

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use meridian_trainer::checkpoint::{check_manifest, parse_manifest, Manifest, RunIdentity};
+use meridian_trainer::report::checkpoint::{check_manifest, parse_manifest, Manifest, RunIdentity};
 use meridian_trainer::data::ShardState;
 
 /// The run the manifests are checked against.
@@ -49,9 +49,9 @@ fn manifest(identity: RunIdentity, extras: &[&str]) -> Manifest {
     for name in extras {
         files.insert((*name).to_string(), "00000000deadbeef".into());
     }
-    Manifest {
+    let mut m = Manifest {
         format: "meridian-checkpoint".into(),
-        version: 1,
+        version: 2,
         step: 120,
         round: 6,
         config_hash: identity.hash().expect("hash"),
@@ -62,7 +62,10 @@ fn manifest(identity: RunIdentity, extras: &[&str]) -> Manifest {
         schedule_positions: vec![120; workers],
         files,
         identity,
-    }
+        digest: String::new(),
+    };
+    m.seal().expect("seal");
+    m
 }
 
 fn write_seeds(dir: &std::path::Path) {
@@ -118,7 +121,11 @@ fuzz_target!(
             if let Ok(hash) = m.identity.hash() {
                 if hash != m.config_hash {
                     m.config_hash = hash;
-                    check(&serde_json::to_vec(&m).expect("serializes"));
+                    // And the digest `save` would have sealed it with, or every mutation
+                    // would stop at the digest check.
+                    if m.seal().is_ok() {
+                        check(&serde_json::to_vec(&m).expect("serializes"));
+                    }
                 }
             }
         }

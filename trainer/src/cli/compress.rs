@@ -18,8 +18,11 @@ pub struct CompressArgs {
     #[arg(long, value_name = "FILE.safetensors")]
     pub input: Option<PathBuf>,
     /// With --input and one --algo: write the decoded tensors here (same names, shapes and
-    /// dtypes), to compare with other implementations. Never the input file.
-    #[arg(long, value_name = "DECODED.safetensors", requires = "input")]
+    /// dtypes), to compare with other implementations. A regular file, replaced whole;
+    /// never the input file, and never a symlink, device or other special file (refused).
+    /// `-` writes the safetensors bytes to standard output (to a pipe or file, not a
+    /// terminal) and the report to standard error; `./-` names a file called `-`.
+    #[arg(long, value_name = "DECODED.safetensors|-", requires = "input")]
     pub out: Option<PathBuf>,
     /// Algorithms to run, comma separated: the kernel pipelines sparseloco, demo,
     /// demo-2bit, demo-sign and the DiLoCo transports diloco-f32, diloco-bf16, diloco-int8.

@@ -24,6 +24,7 @@ Examples:
   meridian train --model torchscript:model.pt --algo diloco  # your own PyTorch model
   meridian train --set model.d_model=128 --set inner.lr=3e-3 --set sparseloco.topk=32
   meridian train --resume ...same flags...                   # continue from --out's checkpoints
+  meridian train --overwrite ...flags...                     # start afresh, replacing them
 
 Writes OUT/summary.json (per algorithm: losses, bytes, rounds, tokens, time, per-worker round
 metrics), OUT/rounds-ALGO.jsonl (one line per round), OUT/val_loss_vs_{steps,bytes}.{svg,png},
@@ -65,9 +66,14 @@ pub struct TrainArgs {
     #[arg(long, env = "MERIDIAN_STOP_AFTER")]
     pub stop_after: Option<u64>,
     /// Continue each algorithm from its checkpoint in --out (refused if the checkpoint
-    /// is from another model, config, seed or data).
+    /// is from another model, config, seed or data, or was altered or is incomplete).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh even though --out holds an earlier run's checkpoints, replacing them
+    /// (and its summary, plots and round logs). Without it (or --resume) such a folder is
+    /// refused, so a rerun cannot wipe a run's checkpoints by accident.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
 }
 
 impl TrainArgs {

@@ -4,7 +4,9 @@
 //! algorithm's encoder and decoder on every tensor, and prints per tensor and in total the
 //! bytes before and after, the ratio, and the relative error ‖x − decoded‖ / ‖x‖ of what
 //! a receiver reconstructs. `--out` writes the decoded tensors (same names, shapes and
-//! dtypes as the input) for comparison with other implementations.
+//! dtypes as the input) for comparison with other implementations: to a regular file,
+//! replaced atomically (a symlink, device or other special file is refused), or with
+//! `--out -` to standard output, the report then going to standard error.
 //!
 //! Definitions:
 //! - *bytes* are the tensor's bytes as stored in the input (elements × dtype size), so a
@@ -22,6 +24,7 @@
 //! Integer, bool and empty tensors are listed as skipped and copied unchanged to `--out`.
 //! A NaN or infinite value is an error naming the tensor (see [`crate::compression::tensor_file::read`]).
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -58,43 +61,98 @@ pub fn rel_error(err2: f64, norm2: f64) -> f64 {
     }
 }
 
+/// Where `--out` sends the decoded tensors.
+#[derive(Debug, Clone, Copy)]
+enum Destination<'a> {
+    /// A file, replaced atomically (never a symlink, device or other special file).
+    File(&'a Path),
+    /// Standard output (`--out -`); the report then goes to standard error.
+    Stdout,
+}
+
+impl<'a> Destination<'a> {
+    fn parse(out: &'a Path) -> Self {
+        if out == Path::new("-") {
+            Destination::Stdout
+        } else {
+            Destination::File(out)
+        }
+    }
+}
+
 /// Runs `meridian compress --input`: every algorithm of `algos` on every tensor of `input`,
-/// and with `out` (only for one algorithm) the decoded tensors written there.
+/// and with `out` (only for one algorithm) the decoded tensors written there; `-` writes
+/// them to standard output, and the report to standard error so that the two do not mix.
 pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
     if algos.is_empty() {
         bail!("--algo names no algorithm");
     }
     let codecs: Vec<(String, Codec)> =
         algos.iter().map(|a| Ok((a.clone(), Codec::parse(a)?))).collect::<Result<_>>()?;
-    if let Some(out) = out {
-        if codecs.len() != 1 {
-            bail!("--out writes one algorithm's decoded tensors; give exactly one --algo");
-        }
-        refuse_overwriting_input(input, out)?;
+    let dest = out.map(Destination::parse);
+    if dest.is_some() && codecs.len() != 1 {
+        bail!("--out writes one algorithm's decoded tensors; give exactly one --algo");
     }
+    match dest {
+        Some(Destination::File(out)) => {
+            refuse_overwriting_input(input, out)?;
+            // Before the work, not only at the write: a refused target should cost nothing.
+            crate::atomic_write::check_target(out).context("--out")?;
+        }
+        Some(Destination::Stdout) if std::io::stdout().is_terminal() => bail!(
+            "--out - writes the decoded safetensors (binary) to standard output, which is a \
+             terminal: redirect it to a file or a pipe, or give --out a file name"
+        ),
+        _ => {}
+    }
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let w: &mut dyn Write = match dest {
+        Some(Destination::Stdout) => &mut stderr,
+        _ => &mut stdout,
+    };
     let file = tensor_file::read(input)?;
-    print_inventory(input, &file);
+    print_inventory(w, input, &file)?;
     let mut totals = Vec::new();
     for (name, codec) in &codecs {
-        let (reports, decoded) = compress_all(&file, codec, out.is_some())
+        let (reports, decoded) = compress_all(&file, codec, dest.is_some())
             .with_context(|| format!("{name} on {}", input.display()))?;
-        print_table(name, codec, &reports);
+        print_table(w, name, codec, &reports)?;
         totals.push((name.as_str(), total(&reports)));
-        if let Some(out) = out {
-            tensor_file::write(out, &decoded, &file.metadata)?;
-            println!(
-                "\nwrote {name}'s decoded tensors to {} (skipped tensors copied unchanged)",
-                out.display()
-            );
+        match dest {
+            Some(Destination::File(out)) => {
+                tensor_file::write(out, &decoded, &file.metadata)?;
+                writeln!(
+                    w,
+                    "\nwrote {name}'s decoded tensors to {} (skipped tensors copied unchanged)",
+                    out.display()
+                )?;
+            }
+            Some(Destination::Stdout) => {
+                let bytes = tensor_file::encode(&decoded, &file.metadata)
+                    .context("encoding the decoded tensors for standard output")?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)
+                    .and_then(|()| out.flush())
+                    .context("--out -: cannot write the decoded tensors to standard output")?;
+                writeln!(
+                    w,
+                    "\nwrote {name}'s decoded tensors to standard output ({} bytes; skipped \
+                     tensors copied unchanged)",
+                    bytes.len()
+                )?;
+            }
+            None => {}
         }
     }
     if totals.len() > 1 {
-        print_summary(&totals);
+        print_summary(w, &totals)?;
     }
-    println!(
+    writeln!(
+        w,
         "\nbytes: as stored in the input; sent: exact encoded length; \
          rel.error = ‖x − decoded‖ / ‖x‖ for one exchange"
-    );
+    )?;
     Ok(())
 }
 
@@ -110,21 +168,23 @@ fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_inventory(input: &Path, file: &TensorFile) {
+fn print_inventory(w: &mut dyn Write, input: &Path, file: &TensorFile) -> std::io::Result<()> {
     let float = file.entries.iter().filter(|e| matches!(e.content, Content::Float(_)));
     let (count, numel, bytes) = float.fold((0usize, 0usize, 0usize), |(c, n, b), e| {
         (c + 1, n + e.numel(), b + e.stored_bytes())
     });
-    println!(
+    writeln!(
+        w,
         "{}: {} tensors; {count} compressed ({numel} values, {bytes} bytes as stored)",
         input.display(),
         file.entries.len()
-    );
+    )?;
     for e in &file.entries {
         if let Content::Skipped { reason, .. } = &e.content {
-            println!("  skipped {} ({} {:?}): {reason}", e.name, dtype_name(e.dtype), e.shape);
+            writeln!(w, "  skipped {} ({} {:?}): {reason}", e.name, dtype_name(e.dtype), e.shape)?;
         }
     }
+    Ok(())
 }
 
 /// Reports for every compressed tensor and, when `keep` is set, every tensor of the file
@@ -216,16 +276,23 @@ fn fmt_error(e: f64) -> String {
     }
 }
 
-fn print_table(algo: &str, codec: &Codec, reports: &[TensorReport]) {
+fn print_table(
+    w: &mut dyn Write,
+    algo: &str,
+    codec: &Codec,
+    reports: &[TensorReport],
+) -> std::io::Result<()> {
     let name_w = reports.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
     let shape_w = reports.iter().map(|r| format!("{:?}", r.shape).len()).max().unwrap_or(0).max(5);
-    println!("\n{algo}: {}", codec.describe());
-    println!(
+    writeln!(w, "\n{algo}: {}", codec.describe())?;
+    writeln!(
+        w,
         "{:<name_w$}  {:<5} {:<shape_w$} {:>12} {:>12} {:>9} {:>10}",
         "tensor", "dtype", "shape", "bytes", "sent", "ratio", "rel.error"
-    );
-    let row = |r: &TensorReport, shape: String| {
-        println!(
+    )?;
+    let row = |w: &mut dyn Write, r: &TensorReport, shape: String| {
+        writeln!(
+            w,
             "{:<name_w$}  {:<5} {:<shape_w$} {:>12} {:>12} {:>9} {:>10}",
             r.name,
             r.dtype,
@@ -234,28 +301,31 @@ fn print_table(algo: &str, codec: &Codec, reports: &[TensorReport]) {
             r.sent,
             ratio(r),
             fmt_error(rel_error(r.err2, r.norm2))
-        );
+        )
     };
     for r in reports {
-        row(r, format!("{:?}", r.shape));
+        row(w, r, format!("{:?}", r.shape))?;
     }
-    row(&total(reports), String::new());
+    row(w, &total(reports), String::new())
 }
 
-fn print_summary(totals: &[(&str, TensorReport)]) {
-    println!("\nall tensors:");
-    println!(
+fn print_summary(w: &mut dyn Write, totals: &[(&str, TensorReport)]) -> std::io::Result<()> {
+    writeln!(w, "\nall tensors:")?;
+    writeln!(
+        w,
         "{:<12} {:>12} {:>12} {:>9} {:>10}",
         "algorithm", "bytes", "sent", "ratio", "rel.error"
-    );
+    )?;
     for (name, t) in totals {
-        println!(
+        writeln!(
+            w,
             "{:<12} {:>12} {:>12} {:>9} {:>10}",
             name,
             t.bytes,
             t.sent,
             ratio(t),
             fmt_error(rel_error(t.err2, t.norm2))
-        );
+        )?;
     }
+    Ok(())
 }

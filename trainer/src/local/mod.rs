@@ -3,6 +3,7 @@
 //! budget; a summary, loss curves and checkpoints in `--out`.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,7 +98,9 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     let mut progress = Progress { identical: true, ..Progress::default() };
     let mut meter = RoundMeter::new(args.workers as usize);
     let mut resumed_from = None;
-    if args.resume && ckpt.join("manifest.json").exists() {
+    // `check_out` refused a checkpoint folder that holds files without a manifest, so no
+    // manifest here means no checkpoint.
+    if args.resume && ckpt.join(checkpoint::MANIFEST).exists() {
         let manifest = checkpoint::load(&ckpt, &mut h, &identity)
             .with_context(|| format!("resuming {name} from {}", ckpt.display()))?;
         let bytes = std::fs::read(ckpt.join(PROGRESS))
@@ -260,10 +263,92 @@ fn validate(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The non-hidden entries of `--out`'s checkpoint folder that hold something (hidden ones
+/// are a save's temporaries), as `checkpoints/NAME`, sorted.
+fn held_checkpoints(out: &Path) -> Result<Vec<String>> {
+    let root = out.join("checkpoints");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => bail!("cannot read {}: {e}", root.display()),
+    };
+    let mut held = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        // An empty folder holds nothing to lose; anything else (a file included) might.
+        let empty = std::fs::read_dir(entry.path()).is_ok_and(|mut d| d.next().is_none());
+        if !empty {
+            held.push(format!("checkpoints/{name}"));
+        }
+    }
+    held.sort();
+    Ok(held)
+}
+
+/// Checks `--out` against what the run will do to it, before anything is trained or
+/// written, so that a refusal leaves every file as it was:
+/// - without `--resume` or `--overwrite`, an earlier run's checkpoints are refused (the
+///   run would replace them, and its summary, plots and round logs);
+/// - with `--resume`, every selected algorithm's checkpoint must be absent, or hold a
+///   manifest that parses and was not edited and every file it lists, intact: a folder
+///   that holds files but no manifest is refused rather than taken for "no checkpoint" and
+///   overwritten. (Whether it is this run's checkpoint needs the run's model: `run_one`
+///   checks that when it loads it.)
+fn check_out(args: &TrainArgs, algos: &[&str]) -> Result<()> {
+    let out = &args.run.out;
+    if !args.resume && !args.overwrite {
+        let held = held_checkpoints(out)?;
+        if !held.is_empty() {
+            bail!(
+                "--out {} already holds an earlier run's checkpoints ({}), which this run would \
+                 replace: add --resume to continue that run, or --overwrite to start afresh and \
+                 replace them (or choose another --out)",
+                out.display(),
+                held.join(", ")
+            );
+        }
+    }
+    if args.resume {
+        for name in algos {
+            let ckpt = checkpoint::dir_for(out, name);
+            let manifest = ckpt.join(checkpoint::MANIFEST);
+            if manifest.symlink_metadata().is_ok() {
+                // What can be checked without the run's model: the manifest and the files'
+                // hashes. `checkpoint::load` checks the run's identity when it comes.
+                checkpoint::read_manifest(&ckpt)
+                    .and_then(|m| checkpoint::check_files(&ckpt, &m))
+                    .with_context(|| format!("resuming {name} from {}", ckpt.display()))?;
+                continue;
+            }
+            let holds_files = match std::fs::read_dir(&ckpt) {
+                Ok(mut entries) => entries.next().is_some(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => bail!("resuming {name}: cannot read {}: {e}", ckpt.display()),
+            };
+            if holds_files {
+                bail!(
+                    "resuming {name}: {} holds checkpoint files but no {}, without which they \
+                     cannot be checked or resumed; put the manifest back, or start afresh with \
+                     --overwrite (which replaces them)",
+                    ckpt.display(),
+                    checkpoint::MANIFEST
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `meridian train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     validate(args)?;
     let config = args.source.config(&args.algo, args.schedule.inner_steps, &[])?;
+    let names: Vec<&str> = config.algos.iter().map(|a| a.algorithm().name()).collect();
+    check_out(args, &names)?;
     let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(
         args.run

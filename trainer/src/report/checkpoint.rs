@@ -4,7 +4,8 @@
 //! - `manifest.json`: format and version, progress (inner step, round), what the run is
 //!   (model, parameter names and shapes, algorithm settings, inner-optimizer settings,
 //!   schedule length, batch, seed, workers, the data's fingerprint), each worker's data
-//!   position and AdamW step count, and a hash of every other file;
+//!   position and AdamW step count, a hash of every other file, and a digest of all of
+//!   the above, so that no statement of the manifest can be edited unnoticed;
 //! - `worker-{i}.safetensors`: worker i's parameters (`param/NAME`) and AdamW moments
 //!   (`adam_m/NAME`, `adam_v/NAME`);
 //! - `worker-{i}.outer.safetensors`: worker i's outer-optimizer state (global snapshot,
@@ -29,11 +30,16 @@ use crate::data::ShardState;
 use crate::step::lm_step::LmStep;
 
 const FORMAT: &str = "meridian-checkpoint";
-const VERSION: u32 = 1;
-const MANIFEST: &str = "manifest.json";
+/// 2: the manifest carries `digest`, covering every field (progress included). Version 1
+/// covered only the identity and the files, so its step, round and data positions could be
+/// edited unnoticed; version-1 checkpoints are refused with a note on what to do.
+const VERSION: u32 = 2;
+/// The manifest's file name inside a checkpoint folder.
+pub const MANIFEST: &str = "manifest.json";
 
 /// What a run is: a checkpoint resumes only a run with the same identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunIdentity {
     /// The model's one-line description (kind and shape).
     pub model: String,
@@ -64,6 +70,8 @@ impl RunIdentity {
 
 /// The manifest file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+// A field the format does not have is an edit too, and is refused rather than ignored.
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Always `meridian-checkpoint`.
     pub format: String,
@@ -86,6 +94,34 @@ pub struct Manifest {
     pub schedule_positions: Vec<u64>,
     /// xxh3 of every other file, by name.
     pub files: BTreeMap<String, String>,
+    /// xxh3 of this manifest's JSON (compact, fields in declaration order) with `digest`
+    /// empty: covers every field above, so an edited step, round, data position, identity or
+    /// file hash is refused (see [`Manifest::seal`]). Like the file hashes it detects edits
+    /// and corruption, not a forger who recomputes it.
+    pub digest: String,
+}
+
+impl Manifest {
+    /// The digest of everything the manifest states but its `digest`, as 16 hex digits.
+    pub fn compute_digest(&self) -> Result<String> {
+        let bare = Manifest { digest: String::new(), ..self.clone() };
+        Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&bare)?)))
+    }
+
+    /// Sets `digest` to cover the manifest as it now stands: the last step before writing
+    /// it, after every other field is final.
+    pub fn seal(&mut self) -> Result<()> {
+        self.digest = self.compute_digest()?;
+        Ok(())
+    }
+}
+
+/// The first fields of a manifest, read on their own so that a manifest of another format
+/// or version is named as such rather than as malformed.
+#[derive(Deserialize)]
+struct Header {
+    format: Option<String>,
+    version: Option<u32>,
 }
 
 fn worker_file(i: usize) -> String {
@@ -147,7 +183,7 @@ pub fn save(
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         files.insert((*name).to_string(), file_hash(&path)?);
     }
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
         step: harness.steps_done(),
@@ -158,7 +194,9 @@ pub fn save(
         adam_steps,
         schedule_positions,
         files,
+        digest: String::new(),
     };
+    manifest.seal()?;
     let manifest_path = tmp.join(MANIFEST);
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", manifest_path.display()))?;
@@ -183,17 +221,40 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 }
 
 /// Parses the bytes of a `manifest.json` and checks what can be checked without the run
-/// or the other files: the format and version, that the identity's hash is the one
-/// recorded, that there is one shard position, AdamW step count and schedule position per
+/// or the other files: the format and version, that the digest covers every field as it
+/// stands (nothing was edited), that the identity's hash is the one recorded, that there
+/// is one shard position, AdamW step count and schedule position per
 /// worker of the identity, and that every file it lists is a plain name inside the
 /// checkpoint directory (a manifest is input: it must not make [`load`] read elsewhere).
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
-    let m: Manifest = serde_json::from_slice(bytes).context("not a valid manifest")?;
-    if m.format != FORMAT {
-        bail!("it is a {:?}, not a {FORMAT}", m.format);
+    // Format and version first: another version's fields need not parse as this one's.
+    if let Ok(header) = serde_json::from_slice::<Header>(bytes) {
+        if let Some(format) = header.format.filter(|f| f != FORMAT) {
+            bail!("it is a {format:?}, not a {FORMAT}");
+        }
+        match header.version {
+            Some(1) => bail!(
+                "format version 1 was written by an earlier Meridian, whose manifest did not \
+                 cover its step, round and data positions, so edits to them cannot be ruled \
+                 out; this build reads version {VERSION}. Finish that run with the build that \
+                 wrote it, or start afresh with --overwrite"
+            ),
+            Some(v) if v != VERSION => {
+                bail!("format version {v} is not supported (this build reads {VERSION})")
+            }
+            _ => {}
+        }
     }
-    if m.version != VERSION {
-        bail!("format version {} is not supported (this build reads {VERSION})", m.version);
+    let m: Manifest = serde_json::from_slice(bytes).context("not a valid manifest")?;
+    let digest = m.compute_digest()?;
+    if m.digest != digest {
+        bail!(
+            "its digest {:?} does not match its contents ({digest}): the manifest was altered \
+             after it was written (the digest covers its step, round, data positions, \
+             identity and file hashes). Put back the manifest.json the run wrote, or start \
+             afresh with --overwrite",
+            m.digest
+        );
     }
     let hash = m.identity.hash()?;
     if m.config_hash != hash {
@@ -311,6 +372,23 @@ fn compare(saved: &RunIdentity, now: &RunIdentity) -> Result<()> {
     Ok(())
 }
 
+/// Checks that every file `manifest` lists is in `dir` with the hash it records. Reads
+/// the files, nothing else; [`load`] calls it before reading any tensor.
+pub fn check_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+    for (name, expected) in &manifest.files {
+        let path = dir.join(name);
+        let got = file_hash(&path)
+            .with_context(|| format!("checkpoint: {name}, listed in its manifest, is missing"))?;
+        if &got != expected {
+            bail!(
+                "checkpoint: {} is corrupt (hash {got}, manifest says {expected})",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One worker's state read from disk and checked, not yet applied.
 struct Loaded {
     params: Vec<Tensor>,
@@ -354,16 +432,7 @@ pub fn load(dir: &Path, harness: &mut Harness<LmStep>, identity: &RunIdentity) -
     let manifest = read_manifest(dir)?;
     let workers = harness.workers().len();
     check_manifest(&manifest, identity, workers)?;
-    for (name, expected) in &manifest.files {
-        let path = dir.join(name);
-        let got = file_hash(&path).with_context(|| "checkpoint: a file is missing".to_string())?;
-        if &got != expected {
-            bail!(
-                "checkpoint: {} is corrupt (hash {got}, manifest says {expected})",
-                path.display()
-            );
-        }
-    }
+    check_files(dir, &manifest)?;
     let mut loaded = Vec::with_capacity(workers);
     for (i, w) in harness.workers().iter().enumerate() {
         let path = dir.join(worker_file(i));
@@ -444,7 +513,7 @@ mod tests {
             files.insert(outer_file(i), format!("{:016x}", i + 100));
         }
         files.insert("progress.json".into(), "0000000000000abc".into());
-        Manifest {
+        let mut m = Manifest {
             format: FORMAT.into(),
             version: VERSION,
             step: 40,
@@ -455,7 +524,10 @@ mod tests {
             schedule_positions: vec![40; n],
             files,
             identity,
-        }
+            digest: String::new(),
+        };
+        m.seal().unwrap();
+        m
     }
 
     fn json(m: &Manifest) -> Vec<u8> {
@@ -468,6 +540,16 @@ mod tests {
         let parsed = parse_manifest(&json(&m)).unwrap();
         assert_eq!(json(&parsed), json(&m));
         check_manifest(&parsed, &identity(2), 2).unwrap();
+        // Layout is not content: the compact form and reordered keys parse as well.
+        parse_manifest(&serde_json::to_vec(&m).unwrap()).unwrap();
+        let mut keys: Vec<(String, serde_json::Value)> =
+            serde_json::to_value(&m).unwrap().as_object().unwrap().clone().into_iter().collect();
+        keys.reverse();
+        let reordered = format!(
+            "{{{}}}",
+            keys.iter().map(|(k, v)| format!("{k:?}: {v}")).collect::<Vec<_>>().join(", ")
+        );
+        parse_manifest(reordered.as_bytes()).unwrap();
     }
 
     #[test]
@@ -481,16 +563,41 @@ mod tests {
             let err = format!("{:#}", parse_manifest(bytes).unwrap_err());
             assert!(err.contains(needle), "{err}");
         }
-        let refused = |edit: &dyn Fn(&mut Manifest), needle: &str| {
+        // `refused`: edited and re-sealed, as `save` would write it, to reach the checks
+        // after the digest; `edited`: edited by hand, the digest left as it was.
+        let check = |edit: &dyn Fn(&mut Manifest), reseal: bool, needle: &str| {
             let mut m = manifest(identity(2));
             edit(&mut m);
+            if reseal {
+                m.seal().unwrap();
+            }
             let err = format!("{:#}", parse_manifest(&json(&m)).unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
         };
+        let refused = |edit: &dyn Fn(&mut Manifest), needle: &str| check(edit, true, needle);
+        let edited = |edit: &dyn Fn(&mut Manifest)| check(edit, false, "the manifest was altered");
         refused(&|m| m.format = "safetensors".into(), "not a meridian-checkpoint");
-        refused(&|m| m.version = 2, "format version 2");
+        refused(&|m| m.version = 3, "format version 3 is not supported");
+        refused(&|m| m.version = 1, "format version 1 was written by an earlier Meridian");
         refused(&|m| m.identity.seed = 8, "the manifest was altered");
         refused(&|m| m.config_hash = "0".repeat(16), "the manifest was altered");
+        // Every statement is covered: progress, data positions, counts, file hashes.
+        edited(&|m| m.step = 45);
+        edited(&|m| m.round = 3);
+        edited(&|m| m.shards[1].batches += 1);
+        edited(&|m| m.shards[0].rng ^= 1);
+        edited(&|m| m.adam_steps[0] = 41);
+        edited(&|m| m.schedule_positions[1] = 0);
+        edited(&|m| m.identity.seed = 8);
+        edited(&|m| {
+            m.files.insert("progress.json".into(), "0".repeat(16));
+        });
+        edited(&|m| m.digest.clear());
+        // A field the format does not have is refused, not ignored.
+        let mut value = serde_json::to_value(manifest(identity(2))).unwrap();
+        value["resume_at"] = 15.into();
+        let err = format!("{:#}", parse_manifest(value.to_string().as_bytes()).unwrap_err());
+        assert!(err.contains("unknown field `resume_at`"), "{err}");
         refused(
             &|m| {
                 m.shards.pop();
