@@ -71,6 +71,7 @@ impl Corpus {
     /// Reads `path` in `format`. Binary formats need `vocab` (every id must be below it);
     /// text is byte-level with vocabulary 256 and ignores `vocab`.
     pub fn load(path: &Path, format: TokenFormat, vocab: Option<u32>) -> Result<Self> {
+        check_fits(path, format)?;
         let bytes =
             std::fs::read(path).with_context(|| format!("data: cannot read {}", path.display()))?;
         Self::from_bytes(&bytes, format, vocab, &path.display().to_string())
@@ -146,6 +147,37 @@ impl Corpus {
     pub fn fingerprint(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&self.tokens))
     }
+}
+
+/// Refuses, before reading it, a file whose tokens cannot be held in this machine's
+/// memory: loading holds the file's bytes and then 4 bytes per token, and an allocation
+/// that fails aborts the process rather than returning an error.
+fn check_fits(path: &Path, format: TokenFormat) -> Result<()> {
+    let (Ok(metadata), Some(memory)) =
+        (std::fs::metadata(path), crate::model::size::memory_bytes())
+    else {
+        // Unreadable files get their error from the read itself.
+        return Ok(());
+    };
+    let bytes = u128::from(metadata.len());
+    let width = match format {
+        TokenFormat::Text => 1,
+        TokenFormat::U16 => 2,
+        TokenFormat::U32 => 4,
+    };
+    let needed = bytes + bytes / width * 4;
+    if needed > u128::from(memory) {
+        let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
+        bail!(
+            "data: {} holds {:.1} GiB; loading it takes {:.1} GiB (the file, then 4 bytes per \
+             token), more than this machine's {:.1} GiB of memory; give --data a smaller file",
+            path.display(),
+            gib(bytes),
+            gib(needed),
+            gib(u128::from(memory))
+        );
+    }
+    Ok(())
 }
 
 /// The corpus cut into training and validation blocks for windows of `context` tokens.

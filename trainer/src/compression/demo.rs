@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cli::compress::CompressArgs;
 use crate::compression::codec::Codec;
+use crate::model::size::{self, Count};
 
 /// A named parameter tensor's pseudo-gradient, contiguous f32 on the CPU.
 struct Delta {
@@ -29,10 +30,25 @@ fn pseudo_gradient(args: &CompressArgs) -> Result<Vec<Delta>> {
     if args.width < 1 || args.layers < 1 || args.inner_steps < 1 {
         bail!("--width, --layers and --inner-steps must be at least 1");
     }
+    let (inputs, outputs): (i64, i64) = (64, 16);
+    // Counted before LibTorch allocates: its allocation failure would be a panic.
+    let (w, l) = (i128::from(args.width), i128::from(args.layers));
+    let count = Count::zero()
+        .tensor(&[w, inputs.into()])
+        .tensor(&[w])
+        .plus(Count::zero().tensor(&[w, w]).tensor(&[w]).times(l))
+        .tensor(&[outputs.into(), w])
+        .tensor(&[outputs.into()]);
+    size::check(
+        &format!("compress: the demo MLP of --width {} and --layers {}", args.width, args.layers),
+        count,
+        size::TRAINING_BYTES_PER_PARAMETER,
+        "training it (weights, gradients and AdamW's two moments)",
+        "use a smaller --width (parameters grow as width²) or fewer --layers",
+    )?;
     tch::manual_seed(args.seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
-    let (inputs, outputs) = (64, 16);
     let mut net = nn::seq().add(nn::linear(&root / "in", inputs, args.width, Default::default()));
     for l in 0..args.layers {
         net = net.add_fn(|x| x.gelu("none")).add(nn::linear(

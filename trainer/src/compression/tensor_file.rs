@@ -82,15 +82,48 @@ fn dims(shape: &[usize]) -> Result<Vec<i64>> {
     shape.iter().map(|&d| i64::try_from(d).context("dimension out of range")).collect()
 }
 
+/// The dtypes [`read`] takes, as safetensors headers spell them.
+const READ_DTYPES: &str = "F16, BF16, F32, F64 (compressed) and BOOL, U8, I8, I16, U16, I32, \
+                           U32, I64, U64 (copied unchanged)";
+
+/// The first tensor (by name) whose header dtype is none of [`READ_DTYPES`], with that
+/// dtype, when the header is readable JSON at all.
+fn unknown_dtype(buffer: &[u8]) -> Option<(String, String)> {
+    const KNOWN: [&str; 13] =
+        ["F16", "BF16", "F32", "F64", "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"];
+    let len = usize::try_from(u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?)).ok()?;
+    let header = buffer.get(8..8usize.checked_add(len)?)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let mut unknown: Vec<(String, String)> = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(name, info)| {
+            let dtype = info.get("dtype")?.as_str()?;
+            (!KNOWN.contains(&dtype)).then(|| (name.clone(), dtype.to_owned()))
+        })
+        .collect();
+    unknown.sort();
+    unknown.into_iter().next()
+}
+
 /// Reads `path`. Errors name the file; a non-finite value (NaN, ±inf, or an f64 beyond
 /// f32's range) is an error naming the tensor, since every algorithm refuses to send one
 /// and a measurement without that tensor would understate the update.
 pub fn read(path: &Path) -> Result<TensorFile> {
     let buffer = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let invalid = |e: safetensors::SafeTensorError| {
+        // The crate's error for a dtype it has no variant for is a bare
+        // `InvalidHeaderDeserialization`: name the tensor and the dtype instead.
+        if let Some((name, dtype)) = unknown_dtype(&buffer) {
+            return anyhow::anyhow!(
+                "{}: tensor {name} has dtype {dtype}, which this build does not read; dtypes \
+                 read: {READ_DTYPES}. Convert the tensor (e.g. to F32) or drop it",
+                path.display()
+            );
+        }
         anyhow::anyhow!(
-            "{} is not a safetensors file this build can read ({e:?}); dtypes known: \
-             f16, bf16, f32, f64, integers and bool",
+            "{} is not a safetensors file this build can read ({e:?}); dtypes read: \
+             {READ_DTYPES}",
             path.display()
         )
     };
@@ -168,13 +201,22 @@ impl View for &RawTensor {
     }
 }
 
-/// Writes `tensors` as a safetensors file at `path`, replacing it atomically.
+/// `tensors` as the bytes of a safetensors file.
+pub fn encode(
+    tensors: &[RawTensor],
+    metadata: &Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    safetensors::tensor::serialize(tensors.iter().map(|t| (&t.name, t)), metadata)
+        .map_err(|e| anyhow::anyhow!("cannot encode safetensors: {e:?}"))
+}
+
+/// Writes `tensors` as a safetensors file at `path`, replacing it atomically; refused if
+/// `path` exists and is not a regular file (see [`crate::atomic_write::check_target`]).
 pub fn write(
     path: &Path,
     tensors: &[RawTensor],
     metadata: &Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes = safetensors::tensor::serialize(tensors.iter().map(|t| (&t.name, t)), metadata)
-        .map_err(|e| anyhow::anyhow!("cannot encode safetensors for {}: {e:?}", path.display()))?;
+    let bytes = encode(tensors, metadata).with_context(|| format!("writing {}", path.display()))?;
     crate::atomic_write::write(path, &bytes)
 }

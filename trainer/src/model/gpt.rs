@@ -13,6 +13,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::init::NormalInit;
+use super::size::{self, Count};
 use super::{check_tokens, graph_if, next_token_loss, sorted_variables, LanguageModel};
 
 /// Shape of the GPT; the `[model]` table of a run's config.
@@ -45,6 +46,38 @@ impl GptConfig {
             bail!("model: d_model {} is not a multiple of heads {}", self.d_model, self.heads);
         }
         Ok(())
+    }
+
+    /// The settings that shrink the model, for messages.
+    pub const SHRINK: &'static str = "use a smaller --vocab (token-id data: the largest id + 1) \
+         or a smaller model (--set model.d_model=N, model.layers=N, model.context=N)";
+
+    /// Parameters of the GPT over `vocab` tokens, counted without overflow.
+    pub fn parameter_count(&self, vocab: i64) -> Count {
+        let (v, d, t) = (i128::from(vocab), i128::from(self.d_model), i128::from(self.context));
+        let norm = Count::zero().tensor(&[d]).tensor(&[d]);
+        let linear = |i: i128, o: i128| Count::zero().tensor(&[o, i]).tensor(&[o]);
+        // Widths 3d and 4d stay far inside i128 for any i64 d.
+        let block = norm
+            .plus(linear(d, 3 * d))
+            .plus(linear(d, d))
+            .plus(norm)
+            .plus(linear(d, 4 * d))
+            .plus(linear(4 * d, d));
+        Count::zero()
+            .tensor(&[v, d])
+            .tensor(&[t, d])
+            .plus(block.times(i128::from(self.layers)))
+            .plus(norm)
+            .tensor(&[v, d])
+    }
+
+    /// The model as messages name it.
+    pub fn describe(&self, vocab: i64) -> String {
+        format!(
+            "model: gpt (d_model {}, layers {}, context {}) over a vocabulary of {vocab}",
+            self.d_model, self.layers, self.context
+        )
     }
 }
 
@@ -116,6 +149,14 @@ impl Gpt {
         if vocab < 2 {
             bail!("model: vocabulary {vocab} is too small");
         }
+        // Counted before LibTorch allocates: its allocation failure would be a panic.
+        size::check(
+            &config.describe(vocab),
+            config.parameter_count(vocab),
+            size::WEIGHT_BYTES_PER_PARAMETER,
+            "building the model",
+            GptConfig::SHRINK,
+        )?;
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let d = config.d_model;
@@ -246,6 +287,18 @@ mod tests {
         let (a, b) = tch::no_grad(|| (gpt.logits(&x), gpt.logits(&x2)));
         assert!(a.narrow(1, 0, 15).equal(&b.narrow(1, 0, 15)), "earlier positions unchanged");
         assert!(!a.narrow(1, 15, 1).equal(&b.narrow(1, 15, 1)));
+    }
+
+    #[test]
+    fn the_count_matches_the_built_model_and_a_huge_one_is_refused_before_allocation() {
+        let cfg = GptConfig { d_model: 8, layers: 3, heads: 2, context: 5 };
+        let gpt = Gpt::new(cfg, 11, 0).unwrap();
+        assert_eq!(cfg.parameter_count(11).get(), Some(parameter_count(&gpt)));
+        let e = Gpt::new(GptConfig::default(), i64::from(u32::MAX), 0).unwrap_err().to_string();
+        assert!(e.contains("--vocab") && e.contains("memory"), "{e}");
+        let huge = GptConfig { layers: i64::MAX, ..cfg };
+        let e = Gpt::new(huge, 256, 0).unwrap_err().to_string();
+        assert!(e.contains("64-bit") && e.contains("model.layers"), "{e}");
     }
 
     #[test]

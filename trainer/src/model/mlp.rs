@@ -11,6 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::init::NormalInit;
+use super::size::{self, Count};
 use super::{check_tokens, graph_if, next_token_loss, sorted_variables, LanguageModel};
 
 /// Shape of the MLP; the `[model]` table of a run's config with `--model mlp`.
@@ -30,6 +31,38 @@ pub struct MlpConfig {
 impl Default for MlpConfig {
     fn default() -> Self {
         Self { context: 64, window: 8, embed: 32, hidden: 256 }
+    }
+}
+
+impl MlpConfig {
+    /// The settings that shrink the model, for messages.
+    pub const SHRINK: &'static str = "use a smaller --vocab (token-id data: the largest id + 1) \
+         or a smaller model (--set model.embed=N, model.hidden=N, model.window=N)";
+
+    /// Checks the shape is buildable over `vocab` tokens (its size aside).
+    pub fn validate(&self, vocab: i64) -> Result<()> {
+        let c = self;
+        if c.context < 1 || c.window < 1 || c.embed < 1 || c.hidden < 1 || vocab < 2 {
+            bail!(
+                "model: context, window, embed, hidden must be ≥ 1 and the vocabulary ≥ 2: {c:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Parameters of the MLP over `vocab` tokens, counted without overflow.
+    pub fn parameter_count(&self, vocab: i64) -> Count {
+        let (v, e, h) = (i128::from(vocab), i128::from(self.embed), i128::from(self.hidden));
+        let inputs = i128::from(self.window) * e;
+        Count::zero().tensor(&[v, e]).tensor(&[h, inputs]).tensor(&[h]).tensor(&[v, h]).tensor(&[v])
+    }
+
+    /// The model as messages name it.
+    pub fn describe(&self, vocab: i64) -> String {
+        format!(
+            "model: mlp (window {}, embed {}, hidden {}) over a vocabulary of {vocab}",
+            self.window, self.embed, self.hidden
+        )
     }
 }
 
@@ -61,11 +94,15 @@ impl Mlp {
     /// An MLP over `vocab` tokens with parameters drawn from `seed`.
     pub fn new(config: MlpConfig, vocab: i64, seed: u64) -> Result<Self> {
         let c = config;
-        if c.context < 1 || c.window < 1 || c.embed < 1 || c.hidden < 1 || vocab < 2 {
-            bail!(
-                "model: context, window, embed, hidden must be ≥ 1 and the vocabulary ≥ 2: {c:?}"
-            );
-        }
+        c.validate(vocab)?;
+        // Counted before LibTorch allocates: its allocation failure would be a panic.
+        size::check(
+            &c.describe(vocab),
+            c.parameter_count(vocab),
+            size::WEIGHT_BYTES_PER_PARAMETER,
+            "building the model",
+            MlpConfig::SHRINK,
+        )?;
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let wte = nn::embedding(&root / "wte", vocab, c.embed, Default::default());
@@ -158,5 +195,17 @@ mod tests {
         assert!((first - 256f64.ln()).abs() < 0.1, "{first}");
         assert!(last < first / 2.0, "{first} -> {last}");
         assert_eq!(mlp.loss(&x, &y, false).unwrap().kind(), Kind::Float);
+    }
+
+    #[test]
+    fn the_count_matches_the_built_model_and_a_huge_one_is_refused_before_allocation() {
+        let cfg = MlpConfig { context: 8, window: 3, embed: 5, hidden: 7 };
+        let mlp = Mlp::new(cfg, 11, 0).unwrap();
+        assert_eq!(cfg.parameter_count(11).get(), Some(crate::model::parameter_count(&mlp)));
+        let e = Mlp::new(MlpConfig::default(), i64::from(u32::MAX), 0).unwrap_err().to_string();
+        assert!(e.contains("--vocab") && e.contains("parameters"), "{e}");
+        let huge = MlpConfig { hidden: i64::MAX, embed: i64::MAX, ..cfg };
+        let e = Mlp::new(huge, 256, 0).unwrap_err().to_string();
+        assert!(e.contains("64-bit") && e.contains("model.hidden"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ mod build;
 pub mod gpt;
 pub mod init;
 pub mod mlp;
+pub mod size;
 pub mod torchscript;
 
 use std::path::PathBuf;

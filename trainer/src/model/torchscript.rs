@@ -85,8 +85,15 @@ impl TorchScriptModel {
     ) -> Result<Self> {
         let shown = path.display();
         // LibTorch's own message for a missing file is a C++ stack; say it plainly.
-        std::fs::metadata(path)
+        let metadata = std::fs::metadata(path)
             .with_context(|| format!("cannot read TorchScript model {shown}"))?;
+        // LibTorch reads a folder as a broken zip ("failed finding central directory").
+        if metadata.is_dir() {
+            bail!(
+                "TorchScript model {shown} is a directory; --model torchscript:PATH takes a \
+                 TorchScript file, the one torch.jit.save(module, PATH) writes"
+            );
+        }
         let module = CModule::load_on_device(path, device).map_err(|e| {
             anyhow!(
                 "{shown} is not a TorchScript module saved by torch.jit.save: {}",

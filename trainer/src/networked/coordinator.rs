@@ -2,6 +2,8 @@
 //! workers that hold the run's join secret, closes rounds and commits who delivered; it
 //! never sees a tensor.
 
+use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -23,12 +25,15 @@ pub fn run(args: &CoordinatorArgs) -> Result<()> {
     if let Some(ms) = args.deadline_ms {
         cfg.protocol.deadline = DeadlinePolicy::Fixed(Duration::from_millis(ms.max(1)));
     }
+    if let Some(path) = &args.join_file {
+        check_join_file(path)?;
+    }
     rt.block_on(async move {
         let mut node = CoordinatorNode::start(cfg).context("starting the coordinator")?;
         let join = node.join_string().to_string();
         println!("{join}");
         if let Some(path) = &args.join_file {
-            crate::atomic_write::write(path, join.as_bytes())?;
+            write_join_file(path, &join)?;
         }
         tracing::info!(listen = %node.local_addr(), "coordinator ready; waiting for workers");
         let mut members = std::collections::BTreeSet::new();
@@ -81,4 +86,41 @@ pub fn run(args: &CoordinatorArgs) -> Result<()> {
         node.shutdown().await.context("shutting down")?;
         Ok(())
     })
+}
+
+/// Refuses a `--join-file` that cannot be written before the coordinator starts: a folder,
+/// or a path whose folder does not exist.
+fn check_join_file(path: &Path) -> Result<()> {
+    let shown = path.display();
+    if path.is_dir() {
+        bail!("--join-file {shown} is a directory; give the path of a file to write");
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        bail!(
+            "--join-file {shown}: the folder {} does not exist (or is not a folder); create it \
+             or give another path",
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the join string to `--join-file`, whole or not at all, readable by its owner only
+/// (mode 0600): it holds the run's secret. Errors name the file as the user gave it, not
+/// the temporary it is written through.
+fn write_join_file(path: &Path, join: &str) -> Result<()> {
+    crate::atomic_write::replace_with(path, |temp| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(temp)?;
+        file.write_all(join.as_bytes())?;
+        Ok(())
+    })
+    .with_context(|| format!("--join-file {}: cannot write the join string", path.display()))
 }
