@@ -12,6 +12,14 @@
 //! arrival time, then by order of offer), served by one task: a datagram costs a heap
 //! entry, not a task or a timer.
 //!
+//! Counters say what the proxy knows: a datagram handed to the network is *forwarded*
+//! (UDP never confirms it arrived). Sends the socket refuses (no route, a broadcast
+//! address) count as failed, not forwarded; refusals the receiver reports back (ICMP port
+//! or host unreachable, which the OS surfaces on the upstream socket's next send or
+//! receive) count as refused. A proxy that would forward to its own listen address is
+//! refused at start: it would send every datagram back to itself, each time through a new
+//! client mapping, without end.
+//!
 //! Time is real (tokio's clock, 1 ms timer resolution): a datagram leaves the proxy at the
 //! first timer tick at or after its modeled arrival, so measured delays are at least the
 //! modeled ones, plus scheduling noise. The model itself stays sans-IO; this module is
@@ -31,7 +39,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::error::{Result, SimError};
-use crate::fabric::LinkStats;
+use crate::fabric::{Counter, LinkStats};
 use crate::link::{DropReason, Fate, LinkModel, LinkSpec};
 use crate::topology::Topology;
 
@@ -117,13 +125,63 @@ pub fn links_from_topology(topology: &Topology, link: &str) -> Result<(LinkSpec,
     Ok((topology.link(from, to)?.clone(), topology.link(to, from)?.clone()))
 }
 
+/// Whether a proxy listening on `listen` and forwarding to `to` would forward to itself:
+/// the same address, or a wildcard listen address (`0.0.0.0`, `::`) and a `to` on the same
+/// port that is an address of this host (loopback, a wildcard, or any address a socket
+/// can bind here).
+pub fn forwards_to_itself(listen: SocketAddr, to: SocketAddr) -> bool {
+    if listen.port() != to.port() {
+        return false;
+    }
+    let (l, t) = (listen.ip().to_canonical(), to.ip().to_canonical());
+    if l == t {
+        return true;
+    }
+    // Sending to a wildcard address reaches this host.
+    if t.is_unspecified() {
+        return true;
+    }
+    // A wildcard listen socket hears every local address of its family (an IPv6 one, by
+    // default, IPv4 too).
+    let hears = match l {
+        IpAddr::V4(v4) => v4.is_unspecified() && t.is_ipv4(),
+        IpAddr::V6(v6) => v6.is_unspecified(),
+    };
+    hears && is_local(t)
+}
+
+/// Whether `ip` is an address of this host: binding a socket to it succeeds only then.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// What one direction's sockets reported, beside the link model's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendErrors {
+    /// Datagrams that never left the proxy: the socket would not send them (no route, a
+    /// broadcast address, no upstream socket could be opened).
+    pub failed: Counter,
+    /// Refusals the receiver sent back (ICMP port or host unreachable): each says a
+    /// datagram forwarded earlier was not taken.
+    pub refused: u64,
+}
+
 /// The counters of both directions and the live client mappings.
+///
+/// In the link counters, `delivered` counts datagrams *forwarded*: handed to the network
+/// at their modelled arrival time. UDP does not say whether they arrived; `up_errors` and
+/// `down_errors` hold what the sockets did say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyStats {
     /// Client → server.
     pub up: LinkStats,
     /// Server → client.
     pub down: LinkStats,
+    /// Client → server: failed sends and the server's refusals.
+    pub up_errors: SendErrors,
+    /// Server → client: failed sends (clients' refusals are not reported on the shared
+    /// listen socket).
+    pub down_errors: SendErrors,
     /// Client addresses with an upstream socket now.
     pub mappings: usize,
     /// Mappings dropped for being idle.
@@ -134,11 +192,14 @@ pub struct ProxyStats {
 
 impl fmt::Display for ProxyStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, s) in [("up  ", &self.up), ("down", &self.down)] {
+        for (name, s, e) in
+            [("up  ", &self.up, &self.up_errors), ("down", &self.down, &self.down_errors)]
+        {
             writeln!(
                 f,
-                "{name}: {} datagrams ({} B) offered, {} ({} B) delivered, dropped: {} random, \
-                 {} burst, {} queue, {} outage, {} other; {} duplicated",
+                "{name}: {} datagrams ({} B) offered, {} ({} B) forwarded, dropped: {} random, \
+                 {} burst, {} queue, {} outage, {} other; {} duplicated; {} failed to send; {} \
+                 refused by the receiver",
                 s.offered.datagrams,
                 s.offered.bytes,
                 s.delivered.datagrams,
@@ -149,6 +210,8 @@ impl fmt::Display for ProxyStats {
                 s.dropped_outage.datagrams,
                 s.dropped_other.datagrams,
                 s.duplicated.datagrams,
+                e.failed.datagrams,
+                e.refused,
             )?;
         }
         write!(
@@ -159,16 +222,27 @@ impl fmt::Display for ProxyStats {
     }
 }
 
-/// One line for a periodic log: datagrams offered, delivered and dropped.
-fn brief(s: &LinkStats) -> String {
+/// One line for a periodic log: datagrams offered, forwarded, dropped by the link, failed
+/// to send and refused by the receiver.
+fn brief(s: &LinkStats, e: &SendErrors) -> String {
     let dropped = s.lost_random.datagrams
         + s.lost_burst.datagrams
         + s.dropped_queue.datagrams
         + s.dropped_outage.datagrams
         + s.dropped_other.datagrams;
     format!(
-        "{} offered, {} delivered, {} dropped",
-        s.offered.datagrams, s.delivered.datagrams, dropped
+        "{} offered, {} forwarded, {} dropped, {} failed to send, {} refused",
+        s.offered.datagrams, s.delivered.datagrams, dropped, e.failed.datagrams, e.refused
+    )
+}
+
+/// Whether a socket error is the receiver's refusal, reported back by ICMP.
+fn is_refusal(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
     )
 }
 
@@ -206,6 +280,25 @@ struct DirState {
     queue: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     stats: LinkStats,
+    errors: SendErrors,
+    /// A failed send and a refusal were logged at warn already: later ones go to debug
+    /// (the counters and the periodic report keep the count).
+    warned_failed: bool,
+    warned_refused: bool,
+}
+
+impl DirState {
+    /// Counts a datagram of `len` bytes that never left; whether this is the first.
+    fn failed(&mut self, len: usize) -> bool {
+        self.errors.failed.add(len);
+        !std::mem::replace(&mut self.warned_failed, true)
+    }
+
+    /// Counts a refusal; whether this is the first.
+    fn refused(&mut self) -> bool {
+        self.errors.refused += 1;
+        !std::mem::replace(&mut self.warned_refused, true)
+    }
 }
 
 struct Direction {
@@ -222,6 +315,9 @@ impl Direction {
                 queue: BinaryHeap::new(),
                 seq: 0,
                 stats: LinkStats::default(),
+                errors: SendErrors::default(),
+                warned_failed: false,
+                warned_refused: false,
             }),
             wake: Notify::new(),
         }
@@ -295,21 +391,37 @@ impl Direction {
                 (due, s.queue.peek().map(|Reverse(p)| p.at))
             };
             for p in due {
-                // UDP sends do not wait for the peer; this awaits only the socket's
-                // readiness, which a fresh socket learns from the reactor.
-                let sent = match p.dest {
-                    Some(dest) => p.socket.send_to(&p.data, dest).await,
-                    None => p.socket.send(&p.data).await,
-                };
+                let mut sent = send(&p).await;
+                let mut refused = false;
                 if let Err(e) = &sent {
-                    tracing::debug!(direction = name, dest = ?p.dest, %e, "send failed");
+                    if is_refusal(e) {
+                        // The error is an earlier datagram's refusal, reported (and
+                        // cleared) on this send, which did not go out: send it again.
+                        refused = true;
+                        sent = send(&p).await;
+                    }
                 }
-                let mut guard = self.lock();
-                let stats = &mut guard.stats;
-                let counter =
-                    if sent.is_ok() { &mut stats.delivered } else { &mut stats.dropped_other };
-                counter.add(p.data.len());
-                drop(guard);
+                let mut s = self.lock();
+                if refused && s.refused() {
+                    tracing::warn!(
+                        direction = name,
+                        "the receiver refuses datagrams (nothing listening there?); counting \
+                         them as refused"
+                    );
+                }
+                match &sent {
+                    Ok(_) => s.stats.delivered.add(p.data.len()),
+                    Err(e) => {
+                        let dest = p.dest.or_else(|| p.socket.peer_addr().ok());
+                        if s.failed(p.data.len()) {
+                            tracing::warn!(direction = name, ?dest, %e, "cannot send; counting \
+                                           the datagrams that fail as failed to send");
+                        } else {
+                            tracing::debug!(direction = name, ?dest, %e, "send failed");
+                        }
+                    }
+                }
+                drop(s);
             }
             match next {
                 Some(at) => {
@@ -321,6 +433,15 @@ impl Direction {
                 None => self.wake.notified().await,
             }
         }
+    }
+}
+
+/// Sends `p` where it goes. UDP sends do not wait for the peer; this awaits only the
+/// socket's readiness, which a fresh socket learns from the reactor.
+async fn send(p: &Pending) -> std::io::Result<usize> {
+    match p.dest {
+        Some(dest) => p.socket.send_to(&p.data, dest).await,
+        None => p.socket.send(&p.data).await,
     }
 }
 
@@ -349,9 +470,12 @@ impl Shared {
     }
 
     fn stats(&self) -> ProxyStats {
+        let (up, down) = (self.up.lock(), self.down.lock());
         ProxyStats {
-            up: self.up.lock().stats,
-            down: self.down.lock().stats,
+            up: up.stats,
+            down: down.stats,
+            up_errors: up.errors,
+            down_errors: down.errors,
             mappings: self.mappings().len(),
             expired: *self.expired.lock().unwrap_or_else(|e| e.into_inner()),
             refused: *self.refused.lock().unwrap_or_else(|e| e.into_inner()),
@@ -413,7 +537,14 @@ impl Shared {
                     tracing::debug!(%client, "too many clients; datagram refused");
                     *self.refused.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                 }
-                Err(e) => tracing::warn!(%client, %e, "cannot open an upstream socket"),
+                Err(e) => {
+                    // The datagram never leaves: it failed, whatever the link would have done.
+                    if self.up.lock().failed(len) {
+                        tracing::warn!(%client, to = %self.to, %e, "cannot open an upstream socket");
+                    } else {
+                        tracing::debug!(%client, to = %self.to, %e, "cannot open an upstream socket");
+                    }
+                }
             }
         }
     }
@@ -424,8 +555,19 @@ impl Shared {
         loop {
             let len = match socket.recv(&mut buf).await {
                 Ok(len) => len,
+                Err(e) if is_refusal(&e) => {
+                    // The server (not yet, or no longer) listening: a datagram forwarded
+                    // earlier was refused.
+                    if self.up.lock().refused() {
+                        tracing::warn!(
+                            %client, to = %self.to, %e,
+                            "the server refuses datagrams (nothing listening there?); counting \
+                             them as refused"
+                        );
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // Typically "connection refused": the server is not (yet) listening.
                     tracing::debug!(%client, %e, "receive from the server failed");
                     continue;
                 }
@@ -477,6 +619,25 @@ impl Proxy {
         let local_addr = listen
             .local_addr()
             .map_err(|e| SimError::Io { what: "reading the listen address".into(), source: e })?;
+        if cfg.to.port() == 0 {
+            return Err(SimError::InvalidValue {
+                field: "to".into(),
+                reason: format!(
+                    "{}: port 0 is no server's address; give the port it listens on",
+                    cfg.to
+                ),
+            });
+        }
+        if forwards_to_itself(local_addr, cfg.to) {
+            return Err(SimError::InvalidValue {
+                field: "to".into(),
+                reason: format!(
+                    "{} is the proxy's own listen address ({local_addr}): it would forward every \
+                     datagram back to itself, without end; give the server's address",
+                    cfg.to
+                ),
+            });
+        }
         let shared = Arc::new(Shared {
             start: Instant::now(),
             to: cfg.to,
@@ -507,8 +668,8 @@ impl Proxy {
                     last_report = Instant::now();
                     let s = housekeeping.stats();
                     tracing::info!(
-                        up = %brief(&s.up),
-                        down = %brief(&s.down),
+                        up = %brief(&s.up, &s.up_errors),
+                        down = %brief(&s.down, &s.down_errors),
                         clients = s.mappings,
                         "proxy counters"
                     );

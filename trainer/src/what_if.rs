@@ -71,6 +71,15 @@ pub fn efficiency(p: f64) -> f64 {
     (y1 + (y1 - y0) / (x1 - x0) * (p - x1)).max(0.05)
 }
 
+/// The largest `--params` the estimate takes: a thousand times the largest models trained
+/// so far. Beyond it the figures (years per round, exabyte payloads) say nothing a smaller
+/// value would not, and the times stop fitting the tables' duration arithmetic.
+pub const MAX_PARAMS: f64 = 1e15;
+
+/// The largest link speed-up the estimate searches for. A target that needs more is out
+/// of reach: a factor this large says "not on any network" better than a number would.
+pub const MAX_RATE_FACTOR: f64 = 1e12;
+
 /// A link as the estimate sees it.
 #[derive(Debug, Clone, Copy)]
 struct Path {
@@ -202,20 +211,44 @@ pub struct Estimate {
     /// The bound with communication fully overlapped.
     pub utilization_overlapped: f64,
     /// How much faster every link must be for the target utilization (`None`: latency
-    /// alone exceeds the budget; 1.0 or less: already met).
+    /// alone exceeds the budget, or it would take more than [`MAX_RATE_FACTOR`]; 1.0 or
+    /// less: already met).
     pub rate_factor_for_target: Option<f64>,
     /// The smallest steps per round that reach the target on these links, if any.
     pub steps_per_round_for_target: Option<f64>,
+    /// The target needs links more than [`MAX_RATE_FACTOR`] times faster (the table says
+    /// "out of reach" rather than print a number that large).
+    #[serde(skip)]
+    beyond_rate_limit: bool,
 }
 
 /// Payload bytes per parameter and steps per round of `algo`, from its real encoder on a
 /// synthetic transformer block.
 pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
+    measure_on(algo, |shape| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)))
+}
+
+/// Payload bytes per parameter of `algo`, as [`measure`] finds them, but on values that
+/// draw nothing from LibTorch's global random generator: a simulation measures before
+/// it trains, and its runs must replay exactly.
+pub fn payload_bytes_per_param(algo: &AlgoConfig) -> Result<f64> {
+    let mut offset = 0.0;
+    let (bytes, _) = measure_on(algo, |shape| {
+        let n: i64 = shape.iter().product();
+        offset += 1.0;
+        // Varied, signed, deterministic values: a top-k has something to choose.
+        (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.7 + offset).sin().reshape(shape)
+    })?;
+    Ok(bytes)
+}
+
+/// [`measure`] on parameters whose values `values` makes from their shapes.
+fn measure_on(algo: &AlgoConfig, mut values: impl FnMut(&[i64]) -> Tensor) -> Result<(f64, f64)> {
     let d = 256i64;
     let shapes: [&[i64]; 6] = [&[d, 3 * d], &[d, d], &[d, 4 * d], &[4 * d, d], &[d], &[d]];
     let mut named = Vec::new();
     for (i, shape) in shapes.iter().enumerate() {
-        let t = Tensor::randn(*shape, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let t = values(shape).set_requires_grad(true);
         named.push((format!("block.{i}"), t));
     }
     let numel: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
@@ -243,6 +276,13 @@ pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
 /// Runs `meridian what-if`.
 /// Estimates every selected algorithm on the network `args` describe and prints the table.
 pub fn run(args: &WhatIfArgs) -> Result<()> {
+    if !args.params.is_finite() || args.params > MAX_PARAMS {
+        bail!(
+            "--params {:e}: the estimate covers models of up to {MAX_PARAMS:e} parameters \
+             (a thousand times the largest trained so far)",
+            args.params
+        );
+    }
     if args.workers < 2 {
         bail!("--workers must be at least 2 (one worker sends nothing)");
     }
@@ -299,6 +339,7 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
     );
     for e in &estimates {
         let need = match (e.rate_factor_for_target, e.steps_per_round_for_target) {
+            _ if e.beyond_rate_limit => "out of reach".to_string(),
             (Some(f), _) if f <= 1.0 => "met".to_string(),
             (Some(f), _) => format!("links {f:.1}x faster"),
             (None, Some(h)) => format!("H >= {h:.0}"),
@@ -309,8 +350,8 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
             e.algorithm,
             bytes(e.payload_bytes),
             format!("{:.0}", e.steps_per_round),
-            human(Duration::from_secs_f64(e.compute_seconds)),
-            human(Duration::from_secs_f64(e.comm_seconds)),
+            seconds(e.compute_seconds),
+            seconds(e.comm_seconds),
             e.utilization * 100.0,
             e.utilization_overlapped * 100.0,
             need
@@ -324,7 +365,21 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
          compute. \"links Nx faster\": every link's rate times N reaches the target; \"H >= N\":\n\
          latency alone exceeds the budget, so only more steps per round reach it."
     );
+    if estimates.iter().any(|e| e.beyond_rate_limit) {
+        println!(
+            "\"out of reach\": no link speed-up up to {MAX_RATE_FACTOR:e}x reaches the target."
+        );
+    }
     Ok(())
+}
+
+/// `seconds` for the table: as every other duration, or in scientific notation where it
+/// is beyond what a `Duration` holds (about 585 billion years).
+fn seconds(seconds: f64) -> String {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) => human(d),
+        Err(_) => format!("{seconds:.3e} s"),
+    }
 }
 
 fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Result<Estimate> {
@@ -344,13 +399,18 @@ fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Resu
     let budget = compute * (1.0 / args.target - 1.0);
     let latency = Network::round_seconds(&phases, f64::INFINITY);
     // comm(scale) falls monotonically towards `latency` as the rates grow: bisect on it.
+    let mut beyond_rate_limit = false;
     let rate_factor = if comm <= budget {
         Some(comm / budget.max(f64::MIN_POSITIVE)).map(|f| f.min(1.0))
     } else if latency >= budget {
         None
+    } else if Network::round_seconds(&phases, MAX_RATE_FACTOR) > budget {
+        // Even links MAX_RATE_FACTOR times faster miss it: no number to show.
+        beyond_rate_limit = true;
+        None
     } else {
         let (mut lo, mut hi) = (1.0f64, 2.0f64);
-        while Network::round_seconds(&phases, hi) > budget && hi < 1e12 {
+        while Network::round_seconds(&phases, hi) > budget && hi < MAX_RATE_FACTOR {
             hi *= 2.0;
         }
         for _ in 0..60 {
@@ -377,6 +437,7 @@ fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Resu
         utilization_overlapped: compute / compute.max(comm),
         rate_factor_for_target: rate_factor,
         steps_per_round_for_target: adjustable.then_some(h_for_target.ceil().max(1.0)),
+        beyond_rate_limit,
     })
 }
 
@@ -432,6 +493,42 @@ mod tests {
 
     fn network(topology: &Topology, n: usize) -> Network<'_> {
         Network { topology, placement: topology.place_workers(n).unwrap() }
+    }
+
+    #[test]
+    fn a_target_beyond_any_link_speed_up_is_out_of_reach_not_the_search_cap() {
+        let t = Topology::preset("cross-continent").unwrap();
+        let net = network(&t, 4);
+        let ddp = AlgoConfig::default_for(Algorithm::Ddp);
+        let (bytes_per_param, _) = measure(&ddp).unwrap();
+        let params = MAX_PARAMS;
+        let phases = net.phases(RouteArg::Relay, bytes_per_param * params).unwrap();
+        let latency = Network::round_seconds(&phases, f64::INFINITY);
+        // A step whose budget at 95% is a hair above the round's latency: only links
+        // astronomically faster would move the payload in what is left.
+        let target = 0.95;
+        let step = latency * (1.0 + 1e-6) / (1.0 / target - 1.0);
+        let args = WhatIfArgs {
+            params,
+            step_time: Duration::from_secs_f64(step),
+            workers: 4,
+            preset: "cross-continent".into(),
+            topology: None,
+            algos: vec![Algorithm::Ddp],
+            inner_steps: None,
+            route: RouteArg::Relay,
+            target,
+            config: None,
+            set: vec![],
+            json: false,
+        };
+        let e = estimate(&net, &args, &ddp).unwrap();
+        assert!(e.beyond_rate_limit, "{e:?}");
+        // It used to report the doubling's cap, 2^40, as the speed-up needed.
+        assert_eq!(e.rate_factor_for_target, None, "{e:?}");
+        // Over the table's duration range, times are written, not converted.
+        assert_eq!(seconds(1e30), "1.000e30 s");
+        assert_eq!(seconds(2.5), human(Duration::from_millis(2500)));
     }
 
     #[test]

@@ -210,3 +210,114 @@ fn a_bad_link_is_refused_before_binding() {
         assert!(err.contains("down link") && err.contains("max_datagram"), "{err}");
     });
 }
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn forwarding_to_its_own_listen_address_is_recognised() {
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    for (listen, to) in [
+        ("127.0.0.1:7071", "127.0.0.1:7071"),
+        ("0.0.0.0:7071", "127.0.0.1:7071"),
+        ("127.0.0.1:7071", "0.0.0.0:7071"),
+        ("[::]:7071", "127.0.0.1:7071"),
+        ("[::1]:7071", "[::1]:7071"),
+        ("127.0.0.1:7071", "[::ffff:127.0.0.1]:7071"),
+    ] {
+        assert!(forwards_to_itself(a(listen), a(to)), "{listen} -> {to} loops");
+    }
+    for (listen, to) in [
+        ("127.0.0.1:7071", "127.0.0.1:7070"),
+        ("127.0.0.1:7071", "127.0.0.2:7071"),
+        ("0.0.0.0:7071", "[::1]:7071"),
+        // TEST-NET-2: an address of no host here.
+        ("0.0.0.0:7071", "198.51.100.1:7071"),
+    ] {
+        assert!(!forwards_to_itself(a(listen), a(to)), "{listen} -> {to} does not loop");
+    }
+}
+
+#[test]
+fn a_proxy_that_would_forward_to_itself_is_refused_at_start() {
+    rt().block_on(async {
+        let port = free_port();
+        for listen in ["127.0.0.1", "0.0.0.0"] {
+            let cfg = ProxyConfig::new(
+                format!("{listen}:{port}").parse().unwrap(),
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                LinkSpec::default(),
+                LinkSpec::default(),
+            );
+            let err = Proxy::start(cfg).await.err().expect("a looping proxy started").to_string();
+            assert!(err.contains("own listen address") && err.contains(&port.to_string()), "{err}");
+        }
+        let cfg = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LinkSpec::default(),
+            LinkSpec::default(),
+        );
+        let err = Proxy::start(cfg).await.err().expect("forwarding to port 0").to_string();
+        assert!(err.contains("port 0"), "{err}");
+    });
+}
+
+#[test]
+fn a_closed_server_port_counts_refusals_and_no_datagram_is_called_delivered() {
+    rt().block_on(async {
+        let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cfg = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            closed,
+            LinkSpec::default(),
+            LinkSpec::default(),
+        );
+        cfg.report_every = None;
+        let p = Proxy::start(cfg).await.unwrap();
+        let client = socket().await;
+        for i in 0..5u8 {
+            client.send_to(&[i; 10], p.local_addr()).await.unwrap();
+            // Time for the port-unreachable answer to come back before the next one.
+            tokio::time::sleep(50 * MS).await;
+        }
+        let s = p.shutdown();
+        assert_eq!(s.up.offered.datagrams, 5);
+        assert_eq!(s.up.delivered.datagrams + s.up_errors.failed.datagrams, 5, "{s}");
+        assert!(s.up_errors.refused >= 1, "nobody listens at {closed}, yet no refusal: {s}");
+        let text = s.to_string();
+        assert!(text.contains("forwarded") && !text.contains("delivered"), "{text}");
+        assert!(
+            text.contains(&format!("{} refused by the receiver", s.up_errors.refused)),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn a_destination_the_socket_cannot_send_to_counts_as_failed_not_forwarded() {
+    rt().block_on(async {
+        // The limited broadcast address: sockets refuse it without SO_BROADCAST.
+        let mut cfg = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "255.255.255.255:9".parse().unwrap(),
+            LinkSpec::default(),
+            LinkSpec::default(),
+        );
+        cfg.report_every = None;
+        let p = Proxy::start(cfg).await.unwrap();
+        let client = socket().await;
+        for _ in 0..3 {
+            client.send_to(b"x", p.local_addr()).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.stats().up_errors.failed.datagrams < 3 {
+            assert!(Instant::now() < deadline, "{}", p.stats());
+            tokio::time::sleep(10 * MS).await;
+        }
+        let s = p.stats();
+        assert_eq!((s.up.delivered.datagrams, s.up_errors.failed.datagrams), (0, 3), "{s}");
+    });
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use meridian_simulate::proxy::{links_from_topology, parse_link_spec};
+use meridian_simulate::proxy::{forwards_to_itself, links_from_topology, parse_link_spec};
 use meridian_simulate::{LinkSpec, Proxy, ProxyConfig, Topology};
 
 /// Options of `meridian proxy`.
@@ -37,8 +37,10 @@ server (--to) in the second, and --down defaults to the reverse link:
 
 Only the traffic sent to the proxy is impaired: with `--topology relay` (the default)
 that is all of a run's traffic; with all-gather or ring, workers also talk directly.
-Counters (offered, delivered, dropped by reason, per direction) are logged every
---report-every-s and printed on Ctrl-C.")]
+Counters per direction are logged every --report-every-s and printed on Ctrl-C: offered,
+forwarded (handed to the network: UDP does not confirm delivery), dropped by the link model
+(by reason), failed to send (the socket refused: no route, say), and refused by the
+receiver (ICMP port unreachable: nothing listens at --to).")]
 pub struct ProxyArgs {
     /// UDP address clients send to.
     #[arg(long, env = "MERIDIAN_PROXY_LISTEN")]
@@ -117,6 +119,21 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 
 /// Runs `meridian proxy` until Ctrl-C, then prints the counters.
 pub fn run(args: &ProxyArgs) -> Result<()> {
+    if args.to.port() == 0 {
+        bail!(
+            "--to {}: port 0 is no server's address; give the port the server listens on",
+            args.to
+        );
+    }
+    if forwards_to_itself(args.listen, args.to) {
+        bail!(
+            "--to {} is where the proxy itself listens (--listen {}): it would forward every \
+             datagram back to itself, without end; give --to the server's address (the \
+             coordinator's --listen) and --listen another port",
+            args.to,
+            args.listen
+        );
+    }
     let (up, down) = links(args)?;
     let idle = seconds(args.idle_timeout_s, "--idle-timeout-s")?;
     if idle.is_zero() {

@@ -36,7 +36,14 @@ from FLOPs with --tflops), so simulated seconds mean what they would on that har
 
 Writes OUT/summary.json (byte-identical for the same seed unless --measured-compute) and
 OUT/val_loss_vs_{time,bytes}.{svg,png}. The default run takes about 4 minutes on 2 cores,
---quick about 15 seconds."
+--quick about 15 seconds. A bar shows progress and the simulated clock; without a terminal,
+a line goes to stderr every --progress-every.
+
+Virtual time is not free: every QUIC connection keeps alive every 10 simulated seconds, and
+every round puts a payload per pair of workers in flight in this one process. Settings that
+could not finish are refused before anything runs: a round of more than 15 days of compute,
+over 1e7 connection-seconds of simulated compute, over 2 GB of payloads per round, fewer
+steps than one round."
 )]
 pub struct SimulateArgs {
     /// The network: lan, cross-continent, home or lossy.
@@ -87,6 +94,10 @@ pub struct SimulateArgs {
     /// Evaluate validation loss every this many inner steps (default: 20 times per run).
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// When stderr is not a terminal (no progress bar), write a progress line this often
+    /// (wall-clock time; 0 for never).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "MERIDIAN_PROGRESS_EVERY")]
+    pub progress_every: Duration,
     /// The model, data and settings (`--model gpt`, the default, is d_model 128, 2 layers,
     /// 2 heads, context 128 unless set otherwise; 64/2/2/64 with --quick).
     #[command(flatten)]

@@ -14,6 +14,9 @@ use crate::units::human;
 
 use anyhow::{bail, Result};
 
+/// The longest modelled step, in seconds: the largest `--step-time` accepts.
+pub const MAX_STEP_SECONDS: f64 = 1e9;
+
 /// The charge for one inner step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ComputeModel {
@@ -54,7 +57,17 @@ impl ComputeModel {
         }
         let rate = tflops * 1e12;
         let flops = 6.0 * parameters as f64 * tokens_per_step as f64;
-        let step = Duration::from_secs_f64(flops / rate);
+        let seconds = flops / rate;
+        // The same bound as --step-time's: past it, no simulation could finish.
+        if !seconds.is_finite() || seconds > MAX_STEP_SECONDS {
+            let t = super::limits::number(tflops);
+            bail!(
+                "--tflops {t} makes a step take {seconds:.3e} s (6 x {parameters} parameters x \
+                 {tokens_per_step} tokens at {t} TFLOP/s); a step may take at most \
+                 {MAX_STEP_SECONDS:.0e} s: give the accelerator's sustained rate in TFLOP/s"
+            );
+        }
+        let step = Duration::from_secs_f64(seconds);
         if step.is_zero() {
             bail!("--tflops {tflops} makes a step take no time at all");
         }
@@ -106,5 +119,10 @@ mod tests {
         assert!(!measured.unwrap().deterministic());
         assert!(ComputeModel::from_args(Duration::ZERO, None, false, 1, 1).is_err());
         assert!(ComputeModel::from_args(Duration::from_secs(1), Some(-3.0), false, 1, 1).is_err());
+        // A rate so low a step would outlast any clock is an error naming the flag.
+        let err = ComputeModel::from_args(Duration::from_secs(1), Some(1e-30), false, 140_000, 512)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tflops") && err.contains("at most"), "{err}");
     }
 }

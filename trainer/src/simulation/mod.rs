@@ -14,7 +14,9 @@ pub mod chaos;
 pub mod colink;
 pub mod compute;
 pub mod coordinator;
+pub mod limits;
 pub mod process;
+pub mod progress;
 pub mod report;
 
 use std::cell::RefCell;
@@ -24,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use meridian_comm::node::CoordinatorNodeConfig;
+use meridian_comm::protocol::DeadlinePolicy;
 use meridian_comm::quic::{NodeIdentity, TransportTuning};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::Algorithm;
@@ -70,6 +72,8 @@ struct Plan {
     context: usize,
     /// Where every worker trains.
     device: tch::Device,
+    /// Wall time between progress lines when the bar is hidden.
+    progress_every: Duration,
 }
 
 /// The run's fixed parts, shared by every scenario.
@@ -202,6 +206,22 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         parameters,
         tokens_per_step,
     )?;
+    let step_flag = match (args.tflops, compute.step_time()) {
+        (Some(t), Some(step)) => {
+            format!("--tflops {} ({} per step)", limits::number(t), limits::duration(step))
+        }
+        _ => format!("--step-time {}", limits::duration(args.step_time)),
+    };
+    let run = limits::Run {
+        step: compute.step_time(),
+        step_flag,
+        steps,
+        workers: placement.len(),
+        route: args.route,
+        parameters,
+        algos: &config.algos,
+    };
+    limits::check(&run, crate::what_if::payload_bytes_per_param)?;
     std::fs::create_dir_all(&args.run.out)
         .with_context(|| format!("creating {}", args.run.out.display()))?;
     if args.route == RouteArg::Ring {
@@ -261,7 +281,11 @@ fn run_scenario(
         Some(c) => {
             // Fixed step times give the schedule; measured compute, about 250 ms a step.
             let step = setup.compute.step_time().unwrap_or(Duration::from_millis(250));
-            let (s, line) = chaos::schedule(c, n, step * setup.steps as u32)?;
+            let compute = u32::try_from(setup.steps)
+                .ok()
+                .and_then(|steps| step.checked_mul(steps))
+                .context("--steps: the run's compute is too long to schedule faults in")?;
+            let (s, line) = chaos::schedule(c, n, compute)?;
             schedule = s;
             Some(line)
         }
@@ -296,6 +320,7 @@ fn run_scenario(
         tokens_per_step: setup.tokens_per_step,
         context: setup.context,
         device: setup.device,
+        progress_every: args.progress_every,
     };
     let mut algorithms = Vec::new();
     for algo in &plan.config.algos {
@@ -358,10 +383,15 @@ fn simulate_one(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         .build()
         .context("starting the simulation runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, simulate_async(plan, algo))
+    let clock = rt.handle().clone();
+    local.block_on(&rt, simulate_async(plan, algo, clock))
 }
 
-async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
+async fn simulate_async(
+    plan: &Plan,
+    algo: &AlgoConfig,
+    clock: tokio::runtime::Handle,
+) -> Result<SimAlgo> {
     let n = plan.placement.len();
     let start = tokio::time::Instant::now();
     let fabric = Fabric::new(plan.topology.clone(), plan.seed);
@@ -378,6 +408,20 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     // live, as `meridian coordinator` does by default.
     ccfg.protocol.min_members = n;
     ccfg.protocol.min_live = Some(1);
+    // A round must outlast its compute: with long steps the default deadlines would close
+    // every round before anyone delivered (empty rounds, nothing trained).
+    if let (Some(step), DeadlinePolicy::Adaptive(a)) =
+        (plan.compute.step_time(), &mut ccfg.protocol.deadline)
+    {
+        let h = u32::try_from(limits::steps_per_round(algo)).unwrap_or(u32::MAX);
+        let round = step.saturating_mul(h);
+        let (initial, max) = limits::round_deadline(round, a.initial, a.max);
+        if initial != a.initial {
+            // A snapshot waits for its provider to finish the round it is computing.
+            ccfg.protocol.snapshot_timeout = ccfg.protocol.snapshot_timeout.max(initial);
+        }
+        (a.initial, a.max) = (initial, max);
+    }
     let outage = plan.schedule.coordinator_outage.map(|(down, back)| (start + down, start + back));
     if outage.is_some() && plan.state_dir.exists() {
         std::fs::remove_dir_all(&plan.state_dir)
@@ -390,13 +434,14 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     };
     let coordinator = coordinator::SimCoordinator::start(&fabric, region, launch, outage)?;
 
-    let progress = ProgressBar::new(plan.steps);
-    progress.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let display = progress::Progress::start(
+        &algo.algorithm().to_string(),
+        plan.steps,
+        n,
+        clock,
+        start,
+        plan.progress_every,
     );
-    progress.set_prefix(algo.algorithm().to_string());
     let split = Split::new(plan.corpus.clone(), plan.context)?;
     let batch = plan.config.data.batch as usize;
     let validation: Rc<Vec<(Tensor, Tensor)>> =
@@ -420,7 +465,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
         steps: plan.steps,
         eval_every: plan.eval_every,
         tokens_per_step: plan.tokens_per_step,
-        progress: progress.clone(),
+        progress: display.bar(),
         sent: RefCell::new(vec![0; total]),
         curve: RefCell::new(Vec::new()),
     });
@@ -457,7 +502,11 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     for life in lives {
         // The starting workers join one after another, so member ids follow the placement.
         let first = match life.joins_at {
-            None => Some(process::join(&ctx, &life, 0).await?),
+            None => {
+                let joined = process::join(&ctx, &life, 0).await?;
+                display.joined();
+                Some(joined)
+            }
             Some(_) => None,
         };
         tasks.push(tokio::task::spawn_local(process::live(ctx.clone(), life, first)));
@@ -466,7 +515,7 @@ async fn simulate_async(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
     for task in tasks {
         outcomes.push(task.await.context("a simulated worker panicked")??);
     }
-    progress.finish_and_clear();
+    display.finish();
     let tally = coordinator.finish().await?;
     let stats = fabric.stats();
     let wire_bytes = stats.links.values().map(|l| l.offered.bytes).sum();

@@ -2,12 +2,18 @@
 //! fingerprint), reads the coordinator's frames for the driver, and after a lost connection
 //! dials again with exponential backoff until [`ReconnectPolicy::give_up_after`] has passed
 //! without one. Also the address other members are told to dial when none is configured.
+//!
+//! Every attempt is logged where a person sees it: its start at info (where, which
+//! attempt, when the worker gives up), and its failure with the reason and the next try.
+//! A worker that never reached the coordinator logs failures at warn (a wrong address or
+//! a coordinator not started is what someone must fix); one that lost a connection logs
+//! them at info (reconnecting is routine, and the loss itself was reported).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{LinkMsg, ReconnectPolicy};
 use crate::error::CommError;
@@ -28,6 +34,15 @@ pub(super) fn route_ip(remote: SocketAddr) -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
+/// `d` for a log line: whole seconds (rounded), or milliseconds below one.
+fn secs(d: std::time::Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{:.0} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
 /// Dials the coordinator, reads its frames, and redials when the connection is lost.
 pub(super) async fn link_task(
     endpoint: Arc<QuicEndpoint>,
@@ -39,11 +54,27 @@ pub(super) async fn link_task(
 ) {
     let mut since = tokio::time::Instant::now();
     let mut backoff = policy.initial_backoff;
+    let mut attempt = 0u64;
+    let mut ever_connected = false;
     loop {
+        attempt += 1;
+        let left = policy.give_up_after.saturating_sub(since.elapsed());
+        info!(
+            coordinator = %addr,
+            attempt,
+            "connecting to the coordinator (handshake timeout {}; giving up after {} without a \
+             connection, in {})",
+            secs(policy.connect_timeout),
+            secs(policy.give_up_after),
+            secs(left)
+        );
         let last = match tokio::time::timeout(policy.connect_timeout, endpoint.connect(addr, pin))
             .await
         {
             Ok(Ok(conn)) => {
+                info!(coordinator = %addr, attempt, "connected to the coordinator");
+                ever_connected = true;
+                attempt = 0;
                 let (writer_tx, writer_rx) = mpsc::unbounded_channel();
                 let writer = link::spawn_writer(conn.clone(), codec.clone(), writer_rx);
                 if tx.send(LinkMsg::Up { conn: conn.clone(), writer: writer_tx }).is_err() {
@@ -88,7 +119,11 @@ pub(super) async fn link_task(
                 return;
             }
             Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no handshake within {:?}", policy.connect_timeout),
+            Err(_) => format!(
+                "no answer to the handshake within {} (is a coordinator running at {addr}? is \
+                 UDP to that port blocked?)",
+                secs(policy.connect_timeout)
+            ),
         };
         if since.elapsed() >= policy.give_up_after {
             let _ = tx.send(LinkMsg::GaveUp(format!(
@@ -97,7 +132,15 @@ pub(super) async fn link_task(
             )));
             return;
         }
-        debug!(error = %last, ?backoff, "connecting again after a pause");
+        let left = policy.give_up_after.saturating_sub(since.elapsed());
+        let (retry, gives_up) = (secs(backoff), secs(left));
+        if ever_connected {
+            info!(coordinator = %addr, attempt, error = %last, retry_in = %retry,
+                gives_up_in = %gives_up, "reconnecting to the coordinator failed");
+        } else {
+            warn!(coordinator = %addr, attempt, error = %last, retry_in = %retry,
+                gives_up_in = %gives_up, "cannot reach the coordinator yet");
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(policy.max_backoff);
     }
