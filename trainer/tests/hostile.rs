@@ -138,6 +138,12 @@ const CASES: &[Case] = &[
     // ---- what-if
     case(&["what-if", "--params", "0"], 2, &["--params"]),
     case(&["what-if", "--params", "lots"], 2, &["--params", "lots"]),
+    case(&["what-if", "--params", "1e30"], 1, &["--params"]),
+    case(
+        &["simulate", "--data", "{corpus}", "--quick", "--step-time", "100000000s"],
+        1,
+        &["--step-time"],
+    ),
     case(&["what-if", "--params", "1e9", "--target", "2"], 1, &["--target"]),
     case(&["what-if", "--params", "1e9", "--preset", "mars"], 1, &["mars"]),
     case(&["what-if", "--params", "1e9", "--step-time", "1 parsec"], 2, &["--step-time"]),
@@ -183,6 +189,11 @@ const CASES: &[Case] = &[
         &["--max-clients"],
     ),
     case(&["proxy", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9"], 1, &["--up"]),
+    case(
+        &["proxy", "--listen", "127.0.0.1:17999", "--to", "127.0.0.1:17999", "--up", "{}"],
+        1,
+        &["--to"],
+    ),
     // ---- compress: files and flags
     case(&["compress", "--input", "{dir}/nope.safetensors"], 1, &["nope.safetensors"]),
     case(&["compress", "--input", "{dir}/garbage.safetensors"], 1, &["garbage.safetensors"]),
