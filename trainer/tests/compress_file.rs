@@ -232,3 +232,27 @@ fn the_demo_runs_the_named_algorithms_without_input() {
     assert!(stdout.lines().any(|l| l.starts_with("diloco-int8")), "{stdout}");
     assert!(!stdout.lines().any(|l| l.starts_with("demo")), "{stdout}");
 }
+
+#[test]
+fn an_algorithm_that_cannot_take_the_input_does_not_hide_the_others() {
+    let dir = scratch("compress-too-large");
+    let input = dir.join("huge.safetensors");
+    // Finite, but far beyond what a DCT tile can sum in f32.
+    let mut values = vec![0.5f32; 64 * 64];
+    values[0] = 3e38;
+    values[1] = -3e38;
+    let tensors = vec![("w".to_string(), Tensor::from_slice(&values).reshape([64, 64]))];
+    or_fail(Tensor::write_safetensors(&tensors, &input), "input file");
+    let (ok, stdout, stderr) = meridian(&["compress", "--input", input.to_str().unwrap()]);
+    assert!(!ok, "{stdout}\n{stderr}");
+    // The DCT pipelines say why they failed; the algorithms after them still ran.
+    assert!(
+        stdout.contains("demo: failed") && stdout.contains("too large for the DCT"),
+        "{stdout}"
+    );
+    for later in ["demo-sign", "diloco-f32", "diloco-int8"] {
+        assert!(stdout.contains(&format!("{later}: ")), "{later} did not run:\n{stdout}");
+    }
+    assert!(stderr.contains("could not compress") && stderr.contains("demo"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -114,9 +114,21 @@ pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
     let file = tensor_file::read(input)?;
     print_inventory(w, input, &file)?;
     let mut totals = Vec::new();
+    // One algorithm that cannot take this input (values too large for the DCT, say) should
+    // not hide what the others make of it: report it, go on, and fail at the end.
+    let mut failed = Vec::new();
     for (name, codec) in &codecs {
-        let (reports, decoded) = compress_all(&file, codec, dest.is_some())
-            .with_context(|| format!("{name} on {}", input.display()))?;
+        let result = compress_all(&file, codec, dest.is_some())
+            .with_context(|| format!("{name} on {}", input.display()));
+        let (reports, decoded) = match result {
+            Ok(done) => done,
+            Err(e) if codecs.len() > 1 => {
+                writeln!(w, "\n{name}: failed: {e:#}")?;
+                failed.push(name.as_str());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         print_table(w, name, codec, &reports)?;
         totals.push((name.as_str(), total(&reports)));
         match dest {
@@ -153,6 +165,15 @@ pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
         "\nbytes: as stored in the input; sent: exact encoded length; \
          rel.error = ‖x − decoded‖ / ‖x‖ for one exchange"
     )?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} algorithms could not compress {}: {} (see each one's reason above)",
+            failed.len(),
+            codecs.len(),
+            input.display(),
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 
