@@ -119,15 +119,7 @@ fn out_holds_the_decoded_tensors_in_the_input_dtypes() {
     };
 
     // f32 transport: every tensor comes back bit for bit, in its own dtype and shape.
-    let (ok, _, stderr) = meridian(&[
-        "compress",
-        "--algo",
-        "diloco-f32",
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = common::compress_to("diloco-f32", &input, &out);
     assert!(ok, "{stderr}");
     let decoded = read_out();
     assert_eq!(decoded.len(), original.len());
@@ -139,15 +131,7 @@ fn out_holds_the_decoded_tensors_in_the_input_dtypes() {
 
     // SparseLoCo: at most 64 of every 4096 values survive, and the file's error is the
     // printed one.
-    let (ok, stdout, stderr) = meridian(&[
-        "compress",
-        "--algo",
-        "sparseloco",
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, stdout, stderr) = common::compress_to("sparseloco", &input, &out);
     assert!(ok, "{stderr}");
     let decoded = read_out();
     let w = &decoded["w"];

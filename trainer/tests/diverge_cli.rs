@@ -7,11 +7,9 @@
 
 mod common;
 
-use common::{corpus, meridian, scratch, Proc, BIN};
+use common::{coordinator, corpus, meridian, scratch};
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
@@ -97,51 +95,16 @@ fn a_diverging_simulation_fails_too() {
 #[test]
 fn a_diverging_worker_process_fails_too() {
     let dir = scratch("diverge", "worker");
-    let join = dir.join("join");
-    let coordinator = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--deadline-ms", "3000"])
-        .args(["--min-workers", "1", "--rounds", "8"])
-        .arg("--state-dir")
-        .arg(dir.join("coordinator"))
-        .arg("--join-file")
-        .arg(&join)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _coordinator = Proc(coordinator);
-    let start = Instant::now();
-    while !join.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no join string");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let join = std::fs::read_to_string(&join).unwrap();
+    let (_coordinator, join) = coordinator(&dir, 1, 8);
     let data = corpus();
     let out = dir.join("w0");
-    let (ok, _, stderr) = meridian(&[
-        "worker",
-        "--join",
-        &join,
-        "--name",
-        "w0",
-        "--model",
-        "mlp",
-        "--data",
-        &data,
-        "--algo",
-        "diloco",
-        "--inner-steps",
-        "5",
-        "--steps",
-        "40",
-        "--shards",
-        "1",
-        "--set",
-        "outer_lr=1e6",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = common::worker_args(&join, "w0", &data);
+    args.extend(
+        ["--algo", "diloco", "--inner-steps", "5", "--steps", "40", "--shards", "1"]
+            .map(String::from),
+    );
+    args.extend(["--set", "outer_lr=1e6", "--out", out.to_str().unwrap()].map(String::from));
+    let (ok, _, stderr) = meridian(&args);
     assert!(!ok);
     assert!(stderr.contains("diloco diverged in round"), "{stderr}");
     assert!(stderr.contains("diloco.outer_lr=1e6 is far above the published 0.7"), "{stderr}");

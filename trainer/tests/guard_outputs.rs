@@ -189,15 +189,7 @@ fn compress_out_refuses_symlinks_and_special_files() {
     let sub = dir.join("folder.safetensors");
     std::fs::create_dir(&sub).unwrap();
     for (out, kind) in [(&link, "a symbolic link"), (&socket, "a socket"), (&sub, "a directory")] {
-        let (ok, _, err) = common::meridian(&[
-            "compress",
-            "--algo",
-            "diloco-f32",
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, _, err) = common::compress_to("diloco-f32", &input, out);
         assert!(!ok, "{kind}: replaced");
         assert!(err.contains(out.to_str().unwrap()) && err.contains(kind), "{kind}: {err}");
     }

@@ -5,40 +5,11 @@
 
 mod common;
 
-use common::{corpus, Proc, BIN};
+use common::{coordinator, coordinator_with, corpus, Proc, BIN};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
-    coordinator_with(dir, workers, rounds, &[])
-}
-
-fn coordinator_with(dir: &Path, workers: u32, rounds: u64, extra: &[&str]) -> (Proc, String) {
-    let join = dir.join("join");
-    let child = Command::new(BIN)
-        .args(["coordinator", "--deadline-ms", "3000"])
-        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
-        .args(extra)
-        .args(["--min-workers", &workers.to_string(), "--rounds", &rounds.to_string()])
-        .arg("--state-dir")
-        .arg(dir.join("coordinator"))
-        .arg("--join-file")
-        .arg(&join)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("coordinator.log")).unwrap()))
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let start = Instant::now();
-    while !join.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no join string");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (proc, std::fs::read_to_string(&join).unwrap())
-}
 
 fn worker(dir: &Path, join: &str, name: &str, steps: u64, extra: &[&str]) -> Proc {
     worker_logged(dir, join, name, name, steps, extra)

@@ -206,31 +206,11 @@ fn a_torchscript_path_that_is_a_directory_says_so() {
 fn an_unresolvable_join_host_is_reported_once() {
     let dir = scratch("dns");
     let data = tokens(&dir);
-    let join = format!(
-        "meridian://no-such-host.invalid:7070/?fp={}&run={}&secret={}",
-        "ab".repeat(32),
-        "cd".repeat(16),
-        "ef".repeat(32)
-    );
+    let join = common::fake_join("no-such-host.invalid:7070");
     let out = dir.join("out");
-    let err = refused(
-        "an unresolvable host",
-        meridian(&[
-            "worker",
-            "--join",
-            &join,
-            "--name",
-            "w0",
-            "--model",
-            "mlp",
-            "--data",
-            data.to_str().unwrap(),
-            "--vocab",
-            "1000",
-            "--out",
-            out.to_str().unwrap(),
-        ]),
-    );
+    let mut args = common::worker_args(&join, "w0", data.to_str().unwrap());
+    args.extend(["--vocab", "1000", "--out", out.to_str().unwrap()].map(String::from));
+    let err = refused("an unresolvable host", meridian(&args));
     assert!(err.contains("no-such-host.invalid"), "{err}");
     assert_eq!(count(&err, "cannot resolve"), 1, "printed once: {err}");
     std::fs::remove_dir_all(&dir).unwrap();

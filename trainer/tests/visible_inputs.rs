@@ -125,25 +125,10 @@ fn a_worker_with_nobody_to_join_says_where_it_dials_and_why_it_has_not_connected
     let dir = scratch("dial");
     let log = dir.join("worker.log");
     let addr = format!("127.0.0.1:{}", free_port());
-    let join = format!(
-        "meridian://{addr}/?fp={}&run={}&secret={}",
-        "ab".repeat(32),
-        "cd".repeat(16),
-        "ef".repeat(32)
-    );
+    let join = common::fake_join(&addr);
     let _worker = Proc(
         Command::new(BIN)
-            .args([
-                "worker",
-                "--join",
-                &join,
-                "--name",
-                "w0",
-                "--model",
-                "mlp",
-                "--data",
-                &corpus(),
-            ])
+            .args(common::worker_args(&join, "w0", &corpus()))
             .arg("--out")
             .arg(dir.join("out"))
             // The default filter: what a person running it sees.

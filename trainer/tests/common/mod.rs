@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `meridian` binary under test.
@@ -13,7 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
 /// Runs `meridian ARGS` to completion (warnings-only logs): whether it succeeded, its
 /// stdout and its stderr.
-pub fn meridian(args: &[&str]) -> (bool, String, String) {
+pub fn meridian<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = match Command::new(BIN).args(args).env("RUST_LOG", "warn").output() {
         Ok(out) => out,
         Err(e) => panic!("cannot run meridian: {e}"),
@@ -62,4 +62,62 @@ impl Proc {
         }
         panic!("process did not finish within {limit:?}");
     }
+}
+
+/// A coordinator on a free loopback port for `workers` workers and `rounds` rounds, its
+/// state and log in `dir`; with its join string.
+pub fn coordinator(dir: &Path, workers: u32, rounds: u64) -> (Proc, String) {
+    coordinator_with(dir, workers, rounds, &[])
+}
+
+/// [`coordinator`] with more flags (`--listen` among them replaces the free port).
+pub fn coordinator_with(dir: &Path, workers: u32, rounds: u64, extra: &[&str]) -> (Proc, String) {
+    let join = dir.join("join");
+    let child = Command::new(BIN)
+        .args(["coordinator", "--deadline-ms", "3000"])
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+        .args(extra)
+        .args(["--min-workers", &workers.to_string(), "--rounds", &rounds.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join("coordinator"))
+        .arg("--join-file")
+        .arg(&join)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("coordinator.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let start = Instant::now();
+    while !join.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no join string");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, std::fs::read_to_string(&join).unwrap())
+}
+
+/// `worker --join JOIN --name NAME --model mlp --data DATA`: a worker of the fast model, for
+/// the caller to add its own flags to.
+pub fn worker_args(join: &str, name: &str, data: &str) -> Vec<String> {
+    ["worker", "--join", join, "--name", name, "--model", "mlp", "--data", data]
+        .map(String::from)
+        .to_vec()
+}
+
+/// A well-formed join string for `host_port` (fingerprint, run and secret made up).
+pub fn fake_join(host_port: &str) -> String {
+    format!(
+        "meridian://{host_port}/?fp={}&run={}&secret={}",
+        "ab".repeat(32),
+        "cd".repeat(16),
+        "ef".repeat(32)
+    )
+}
+
+/// `meridian compress --algo ALGO --input INPUT --out OUT`.
+pub fn compress_to(algo: &str, input: &Path, out: &Path) -> (bool, String, String) {
+    use std::ffi::OsStr;
+    let flags = [OsStr::new("compress"), OsStr::new("--algo"), OsStr::new(algo)];
+    let files = [OsStr::new("--input"), input.as_os_str(), OsStr::new("--out"), out.as_os_str()];
+    meridian(&[&flags[..], &files[..]].concat())
 }
