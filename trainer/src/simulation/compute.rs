@@ -60,7 +60,7 @@ impl ComputeModel {
         let seconds = flops / rate;
         // The same bound as --step-time's: past it, no simulation could finish.
         if !seconds.is_finite() || seconds > MAX_STEP_SECONDS {
-            let t = super::limits::number(tflops);
+            let t = meridian_optimizer::divergence::show_number(tflops);
             bail!(
                 "--tflops {t} makes a step take {seconds:.3e} s (6 x {parameters} parameters x \
                  {tokens_per_step} tokens at {t} TFLOP/s); a step may take at most \

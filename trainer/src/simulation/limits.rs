@@ -20,15 +20,6 @@ use meridian_optimizer::config::AlgoConfig;
 use crate::cli::args::RouteArg;
 use crate::units::human;
 
-/// `x` as written for a person: plain, or in scientific notation when tiny or huge.
-pub fn number(x: f64) -> String {
-    if x != 0.0 && !(1e-3..1e6).contains(&x.abs()) {
-        format!("{x:e}")
-    } else {
-        format!("{x}")
-    }
-}
-
 /// `d` as the other durations are written, or in scientific notation beyond a day.
 pub fn duration(d: Duration) -> String {
     if d.as_secs_f64() < 86_400.0 {

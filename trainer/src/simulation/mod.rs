@@ -208,7 +208,11 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
     )?;
     let step_flag = match (args.tflops, compute.step_time()) {
         (Some(t), Some(step)) => {
-            format!("--tflops {} ({} per step)", limits::number(t), limits::duration(step))
+            format!(
+                "--tflops {} ({} per step)",
+                meridian_optimizer::divergence::show_number(t),
+                limits::duration(step)
+            )
         }
         _ => format!("--step-time {}", limits::duration(args.step_time)),
     };

@@ -146,7 +146,7 @@ impl TrainStep for LmStep {
             // optimizer's suspects to this one's.
             let what =
                 format!("the training loss is {value} at batch {}", self.shard.state().batches);
-            return Err(self.diverged(what).into_error());
+            return Err(Divergence::new(what).into_error());
         }
         Ok(value)
     }
