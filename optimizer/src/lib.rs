@@ -46,6 +46,7 @@ pub mod reference;
 pub mod rejection;
 pub mod ring;
 pub mod robust;
+pub mod signature;
 pub mod solo;
 pub mod toy;
 pub mod train_step;

@@ -6,7 +6,8 @@
 //!   admission on the first one (see the [module docs](super)), decodes the rest and sends
 //!   them to the actor; it spawns the connection's writer task on admission;
 //! - the actor owns the [`Coordinator`]: it feeds it inputs and timeouts, saves its state on
-//!   every commit *before* queueing that round's frames, and queues frames on the writers.
+//!   every commit *before* queueing that round's frames (and when it adopted the run's
+//!   signature), and queues frames on the writers.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -481,17 +482,21 @@ impl Actor {
         }
     }
 
-    /// Events first (saving the state on a commit), then frames.
+    /// Events first (saving the state on a commit or an adopted signature), then frames.
     fn flush(&mut self) -> Result<()> {
-        let mut committed = false;
+        let mut save = false;
         while let Some(event) = self.proto.poll_event() {
-            if let CoordinatorEvent::RoundCommitted { round, stats, .. } = &event {
-                committed = true;
-                link::log_round(*round, stats, "round committed");
+            match &event {
+                CoordinatorEvent::RoundCommitted { round, stats, .. } => {
+                    save = true;
+                    link::log_round(*round, stats, "round committed");
+                }
+                CoordinatorEvent::SignatureAdopted { .. } => save = true,
+                _ => {}
             }
             self.emit(CoordinatorNodeEvent::Protocol(event));
         }
-        if committed {
+        if save {
             if let Some(dir) = &self.dir {
                 dir.save_state(&self.proto.persisted())?;
             }

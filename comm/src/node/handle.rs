@@ -52,6 +52,12 @@ impl WorkerHandle {
         Ok(WorkerHandle { node, runtime: runtime.clone() })
     }
 
+    /// Wraps a node connected on `runtime` (for a caller that connects in the background,
+    /// to stay responsive while it waits).
+    pub fn from_node(node: WorkerNode, runtime: &Handle) -> Self {
+        WorkerHandle { node, runtime: runtime.clone() }
+    }
+
     /// This worker's member id.
     pub fn member(&self) -> MemberId {
         self.node.member()

@@ -124,14 +124,28 @@ impl std::fmt::Display for Refusal {
             Refusal::Transport { code, detail } => {
                 write!(f, "refused by coordinator: {code} ({detail})")
             }
+            Refusal::Protocol(RefuseReason::SignatureMismatch { differences }) => {
+                write!(
+                    f,
+                    "refused by coordinator: this worker's model or settings differ from the \
+                     run's (start it with the run's model, algorithm and settings)"
+                )?;
+                for line in differences {
+                    write!(f, "\n  {line}")?;
+                }
+                Ok(())
+            }
             Refusal::Protocol(reason) => {
                 let text = match reason {
-                    RefuseReason::InvalidJoin => "invalid name or peer info",
+                    RefuseReason::InvalidJoin => "invalid name, peer info or signature",
                     RefuseReason::Full => "the run is full",
                     RefuseReason::AheadOfCoordinator => {
                         "this worker applied rounds the coordinator never committed"
                     }
                     RefuseReason::Superseded => "a newer connection joined under the same name",
+                    RefuseReason::SignatureMismatch { .. } => {
+                        "this worker's model or settings differ from the run's"
+                    }
                 };
                 write!(f, "refused by coordinator: {text}")
             }

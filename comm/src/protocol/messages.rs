@@ -6,12 +6,17 @@
 //! [`ToWorker`], and members talk to each other (fetches) with [`PeerMessage`]. The driver
 //! knows which kind of link a frame came on and decodes the matching enum.
 //!
+//! Frame version 3 added the worker's [`RunSignature`] to `Join` and
+//! [`RefuseReason::SignatureMismatch`]; a worker of version 2 is refused by the frame
+//! header, before its join is read.
+//!
 //! Payload and state bytes are never inside a message: they travel as `Payload` and `State`
 //! frames whose header carries the round and the author (see the transmit types).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::signature::{bounded_lines, RunSignature};
 use super::types::{Delivery, Digest, MemberInfo, PeerInfo, Topology};
 use super::ProtocolError;
 use crate::ids::{MemberId, Round};
@@ -28,6 +33,9 @@ pub enum ToCoordinator {
         last_applied: Option<Round>,
         /// How other members reach this worker (AllGather).
         peer: PeerInfo,
+        /// What this worker trains (model, algorithm, settings); one that differs from the
+        /// run's is refused. Empty: not checked.
+        signature: RunSignature,
     },
     /// AllGather: this member has sent its payload for `round` to every other member.
     /// Ring: this member holds the round's aggregate, whose digest this is.
@@ -64,10 +72,11 @@ pub enum ToCoordinator {
 }
 
 /// Why the coordinator refused a join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RefuseReason {
-    /// The name is empty, too long or holds control characters, or the peer info is too long.
+    /// The name is empty, too long or holds control characters, or the peer info or the
+    /// signature is too large.
     InvalidJoin,
     /// The run already has its maximum number of members.
     Full,
@@ -76,6 +85,15 @@ pub enum RefuseReason {
     AheadOfCoordinator,
     /// A newer connection joined under the same name; this one is dropped.
     Superseded,
+    /// The worker's [`RunSignature`] differs from the run's: it trains another model,
+    /// algorithm or setting, and would corrupt the run.
+    SignatureMismatch {
+        /// One line per difference (see [`RunSignature::differences`]): at most
+        /// [`MAX_LISTED_DIFFERENCES`](super::MAX_LISTED_DIFFERENCES) of them, then
+        /// `and N more`; a decoded refusal with more or longer lines is malformed.
+        #[serde(deserialize_with = "bounded_lines")]
+        differences: Vec<String>,
+    },
 }
 
 /// The coordinator to a worker.

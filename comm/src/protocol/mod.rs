@@ -18,6 +18,15 @@
 //! a member is an opaque [`PeerInfo`] the worker's driver declares at join and the
 //! coordinator relays in `Members` lists.
 //!
+//! # Run signature
+//! A `Join` carries the worker's [`RunSignature`]: what it trains, as `key = value` facts
+//! (model shapes, algorithm, settings). The run's signature is
+//! [`CoordinatorConfig::signature`] where set, else the first admitted joiner's; it is part
+//! of the persisted state, so a restarted coordinator keeps it. A join whose non-empty
+//! signature differs is refused with [`RefuseReason::SignatureMismatch`], which names every
+//! difference (up to [`MAX_LISTED_DIFFERENCES`]); an empty one (a test double, a tool) is
+//! not checked.
+//!
 //! # Rounds
 //! Round 0 opens when `min_members` members are live. `RoundOpen { round, members }` goes to
 //! each member of the round, which publishes its payload:
@@ -97,7 +106,8 @@
 //!
 //! # Restarts
 //! The coordinator's [`CoordinatorState`] (ids and names, recent commits, deadline
-//! statistics) is saved after each commit. A restored coordinator waits for the workers to
+//! statistics, the run's signature) is saved after each commit, and when the run's
+//! signature is adopted from its first joiner ([`CoordinatorEvent::SignatureAdopted`]). A restored coordinator waits for the workers to
 //! join again, gives them their ids back and opens the round after the last commit (once
 //! the last round's members are back, or after `rejoin_grace`); a worker keeps its own
 //! payload until the round commits and sends it again on every `RoundOpen` for it. A Relay
@@ -110,7 +120,8 @@
 //! `rejoin_grace`.)
 //!
 //! # Limits
-//! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`]; payloads and
+//! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`], signatures
+//! [`MAX_SIGNATURE_ENTRIES`] facts and [`MAX_SIGNATURE_BYTES`] bytes; payloads and
 //! state blobs have configured maxima at both ends. Timers accept at most [`MAX_TIMER`].
 //! If every connected member needs state, nobody can provide it and they wait (logged).
 
@@ -168,6 +179,7 @@ mod deadline;
 mod error;
 pub mod messages;
 pub(crate) mod ring;
+mod signature;
 mod types;
 mod worker;
 
@@ -184,6 +196,10 @@ pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
 pub use error::ProtocolError;
 pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker};
 pub use ring::{ReduceError, RingReducer};
+pub use signature::{
+    RunSignature, MAX_DIFFERENCE_LINE, MAX_LISTED_DIFFERENCES, MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURE_ENTRIES, OVERFLOW_KEY,
+};
 pub use types::{
     ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,
     Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,

@@ -7,8 +7,9 @@ use crate::ids::{MemberId, Round, RunId};
 /// First four bytes of every header: tells a Meridian frame from anything else.
 pub const MAGIC: [u8; 4] = *b"MRDN";
 
-/// The frame format version this build reads and writes.
-pub const VERSION: u16 = 2;
+/// The frame format version this build reads and writes. Version 3: a worker's `Join`
+/// carries its run signature, and a join can be refused for a differing one.
+pub const VERSION: u16 = 3;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
 /// a discriminant this build does not know is a [`WireError::BadHeader`](super::WireError).

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use meridian_comm::node::{WorkerHandle, WorkerNodeConfig, WorkerNodeEvent};
-use meridian_comm::protocol::Topology;
+use meridian_comm::protocol::{RunSignature, Topology};
 use meridian_comm::quic::JoinString;
+use meridian_optimizer::params::ParamSet;
+use meridian_optimizer::signature::run_signature;
 use meridian_optimizer::solo::SoloWorker;
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::Algorithm;
@@ -89,6 +91,11 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     let rt = super::runtime()?;
     let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
     node_cfg.tuning = config.transport;
+    // What this worker trains, sent in its join: the coordinator refuses it, naming every
+    // difference, when its model, algorithm or settings differ from the run's. The model
+    // exists already; the training step (which needs the member id for its shard) not yet.
+    let facts = run_signature(&ParamSet::new(model.parameters())?, &config.algos[0]);
+    node_cfg.signature = RunSignature::from_facts(facts);
     let reducer = Arc::new(RingCell::default());
     node_cfg.reducer = Some(reducer.clone());
     let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
@@ -103,6 +110,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         ring: false,
         links: links.clone(),
         rtt: rtt.clone(),
+        interrupt: None,
     };
     let member = link.handle.member();
     // The welcome says whether this worker must first take a peer's state, and how

@@ -16,19 +16,25 @@ use super::node_link::{net_event, published};
 
 /// The comm node seen as a [`RoundLink`], with the bytes it moved.
 pub struct HandleLink {
-    pub(super) handle: WorkerHandle,
-    pub(super) sent: u64,
-    pub(super) received: u64,
+    pub(crate) handle: WorkerHandle,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
     /// Time spent waiting for the network, shared with the per-round accounting.
-    pub(super) waiting: Rc<Cell<Duration>>,
+    pub(crate) waiting: Rc<Cell<Duration>>,
     /// The run is a ring: bytes are counted from the protocol's per-link counters (a
     /// payload is never sent whole).
-    pub(super) ring: bool,
+    pub(crate) ring: bool,
     /// Per applied round: bytes per peer, as the protocol counted them.
-    pub(super) links: Rc<RefCell<BTreeMap<u64, Vec<LinkRecord>>>>,
+    pub(crate) links: Rc<RefCell<BTreeMap<u64, Vec<LinkRecord>>>>,
     /// The round-trip estimate to the coordinator at the last commit.
-    pub(super) rtt: Rc<Cell<Option<Duration>>>,
+    pub(crate) rtt: Rc<Cell<Option<Duration>>>,
+    /// Asked a few times a second while waiting: an error ends the wait (a Python
+    /// program's Ctrl-C). `None`: wait as long as it takes.
+    pub(crate) interrupt: Option<Box<dyn FnMut() -> Result<()>>>,
 }
+
+/// How often a wait asks [`HandleLink::interrupt`].
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
 impl HandleLink {
     /// Records a round's per-link bytes (and, in a ring, counts them).
@@ -84,7 +90,20 @@ impl RoundLink for HandleLink {
     fn next_event(&mut self) -> Result<NetEvent> {
         let start = Instant::now();
         loop {
-            let event = self.handle.next_event(None)?.context("the network closed")?;
+            let event = match &mut self.interrupt {
+                None => self.handle.next_event(None)?,
+                Some(interrupt) => match self.handle.next_event(Some(INTERRUPT_POLL))? {
+                    Some(event) => Some(event),
+                    None => {
+                        if let Err(e) = interrupt() {
+                            self.waiting.set(self.waiting.get() + start.elapsed());
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                },
+            };
+            let event = event.context("the network closed")?;
             if let Some(e) = self.map(event)? {
                 self.waiting.set(self.waiting.get() + start.elapsed());
                 return Ok(e);

@@ -71,6 +71,7 @@ fn without_the_secret_a_connection_can_neither_join_nor_publish_nor_read_payload
         name: "intruder".into(),
         last_applied: None,
         peer: PeerInfo::default(),
+        signature: Default::default(),
     };
     let join_frame =
         forger.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
@@ -137,8 +138,12 @@ fn a_payload_frame_replayed_after_its_round_committed_is_rejected() {
     let (mut node, join, _, workers) = two_honest_workers(&rt, 3, Duration::from_secs(5), UNTIL);
 
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
-    let msg =
-        ToCoordinator::Join { name: "raw".into(), last_applied: None, peer: PeerInfo::default() };
+    let msg = ToCoordinator::Join {
+        name: "raw".into(),
+        last_applied: None,
+        peer: PeerInfo::default(),
+        signature: Default::default(),
+    };
     let join_frame =
         codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
     let (member, relayed, fresh) = rt.block_on(async {

@@ -6,6 +6,7 @@ mod adversary;
 mod churn;
 mod hostile;
 mod rounds;
+mod signature;
 mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -21,7 +21,8 @@
 //! with the bound port.
 //!
 //! A refusal ends the worker: a transport refusal (wrong join secret, other run) or a
-//! protocol one (the name was superseded, the worker is ahead of the coordinator).
+//! protocol one (the name was superseded, the worker is ahead of the coordinator, its
+//! [`WorkerNodeConfig::signature`] differs from the run's: the error lists every difference).
 
 mod dial;
 mod driver;
@@ -44,7 +45,10 @@ use super::link::Out;
 use super::{NodeError, Refusal, FRAME_OVERHEAD, UNASSIGNED_SENDER};
 use crate::error::{CommError, Result};
 use crate::ids::{MemberId, Round};
-use crate::protocol::{PeerInfo, RingReducer, Topology, WorkerConfig, WorkerEvent, WorkerProto};
+use crate::protocol::{
+    PeerInfo, ProtocolError, RingReducer, RunSignature, Topology, WorkerConfig, WorkerEvent,
+    WorkerProto, MAX_NAME_LEN, MAX_PEER_INFO_LEN,
+};
 use crate::quic::{
     self, ClientAuth, JoinString, NodeIdentity, PinSet, QuicEndpoint, TransportTuning,
 };
@@ -81,8 +85,14 @@ pub struct WorkerNodeConfig {
     /// The run to join.
     pub join: JoinString,
     /// The protocol settings, among them the worker's stable `name`. `peer` is filled in by
-    /// the driver; `max_payload` and `max_state` are capped to fit `max_frame`.
+    /// the driver and `signature` from [`WorkerNodeConfig::signature`]; `max_payload` and
+    /// `max_state` are capped to fit `max_frame`.
     pub protocol: WorkerConfig,
+    /// What this worker trains (model, algorithm, settings), sent in every join: the
+    /// coordinator refuses a worker whose signature differs from the run's, and
+    /// [`WorkerNode::connect`] then fails with an error naming every difference. Empty (the
+    /// default): not checked.
+    pub signature: RunSignature,
     /// The last round the application applied (`None`: a fresh worker).
     pub last_applied: Option<Round>,
     /// This node's TLS identity (generated when `None`).
@@ -114,6 +124,7 @@ impl WorkerNodeConfig {
         WorkerNodeConfig {
             join,
             protocol: WorkerConfig::new(name),
+            signature: RunSignature::default(),
             last_applied: None,
             identity: None,
             tuning: TransportTuning::default(),
@@ -286,6 +297,19 @@ impl WorkerNode {
         let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
         protocol.max_payload = protocol.max_payload.min(room);
         protocol.max_state = protocol.max_state.min(room);
+        protocol.signature = cfg.signature.clone();
+        // The join must fit a frame: the signature's encoding, with room for the name, the
+        // peer info and their length prefixes.
+        let signature_len =
+            postcard::to_allocvec(&protocol.signature).map_err(ProtocolError::Encode)?.len();
+        if signature_len + MAX_NAME_LEN + MAX_PEER_INFO_LEN + 64 > room {
+            return Err(ProtocolError::Config(format!(
+                "worker: a join with this {signature_len}-byte run signature does not fit \
+                 max_frame ({} bytes)",
+                cfg.max_frame
+            ))
+            .into());
+        }
         let mut proto = WorkerProto::new(protocol, cfg.last_applied)?;
         if let Some(reducer) = cfg.reducer.clone() {
             proto = proto.with_reducer(reducer);

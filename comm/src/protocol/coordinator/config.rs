@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use crate::ids::RunId;
 use crate::protocol::deadline::DeadlinePolicy;
-use crate::protocol::{ProtocolError, Topology, MAX_TIMER};
+use crate::protocol::{
+    ProtocolError, RunSignature, Topology, MAX_SIGNATURE_BYTES, MAX_SIGNATURE_ENTRIES, MAX_TIMER,
+};
 
 /// What the coordinator needs to know about its run.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,11 @@ pub struct CoordinatorConfig {
     /// rejoin (it opens earlier once all are back, and never before `min_members`).
     /// By default 30 s.
     pub rejoin_grace: Duration,
+    /// The run's signature: what every worker must train (see
+    /// [`RunSignature`]). `None` (the default; an empty one counts the same): the first
+    /// admitted worker with a non-empty signature sets it. Where set it also replaces a
+    /// restored state's.
+    pub signature: Option<RunSignature>,
 }
 
 impl CoordinatorConfig {
@@ -55,6 +62,7 @@ impl CoordinatorConfig {
             max_state: 16 << 30,
             snapshot_timeout: Duration::from_secs(300),
             rejoin_grace: Duration::from_secs(30),
+            signature: None,
         }
     }
 
@@ -83,7 +91,17 @@ impl CoordinatorConfig {
         if self.snapshot_timeout.is_zero() {
             return bad("snapshot_timeout must be positive");
         }
+        if self.signature.as_ref().is_some_and(|s| !s.within_limits()) {
+            return bad(&format!(
+                "signature exceeds {MAX_SIGNATURE_ENTRIES} facts or {MAX_SIGNATURE_BYTES} bytes"
+            ));
+        }
         Ok(())
+    }
+
+    /// The configured run signature, `None` when unset or empty.
+    pub(crate) fn run_signature(&self) -> Option<RunSignature> {
+        self.signature.clone().filter(|s| !s.is_empty())
     }
 
     /// Live members needed to open the next round: `min_members` before anything

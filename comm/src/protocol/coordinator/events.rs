@@ -55,6 +55,14 @@ pub enum Event {
         /// It will get a state snapshot before it takes part in rounds.
         need_state: bool,
     },
+    /// The run's signature was taken from this member's join (the first admitted one with
+    /// a signature, none being configured). Persist
+    /// [`Coordinator::persisted`](crate::protocol::Coordinator::persisted) now, so that a
+    /// restarted coordinator keeps enforcing it.
+    SignatureAdopted {
+        /// The member.
+        member: MemberId,
+    },
     /// A join was refused.
     Refused {
         /// The connection.

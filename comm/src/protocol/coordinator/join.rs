@@ -1,18 +1,20 @@
 //! Membership: admission by name, catch-up by replay, member lists, disconnects.
 //!
 //! A name keeps its member id for the whole run. A join is refused when the name is not
-//! usable, the run is full, or the worker claims a round this coordinator never committed.
+//! usable, the worker trains something else than the run (its signature differs), the run
+//! is full, or the worker claims a round this coordinator never committed.
 //! A second connection under the same name supersedes the first (a restarted worker whose
 //! old connection has not timed out yet).
 
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{valid_name, CommitRecord, Coordinator, Event, Member, Phase};
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{RefuseReason, ToWorker};
 use crate::protocol::types::{next_after, ConnId, MemberInfo, PeerInfo, MAX_PEER_INFO_LEN};
+use crate::protocol::RunSignature;
 
 impl Coordinator {
     pub(super) fn on_join(
@@ -22,9 +24,19 @@ impl Coordinator {
         name: String,
         last_applied: Option<Round>,
         peer: PeerInfo,
+        signature: RunSignature,
     ) {
-        if !valid_name(&name) || peer.0.len() > MAX_PEER_INFO_LEN {
+        if !valid_name(&name) || peer.0.len() > MAX_PEER_INFO_LEN || !signature.within_limits() {
             return self.refuse(conn, RefuseReason::InvalidJoin);
+        }
+        // Checked before anything else about the worker: one that trains another model or
+        // setting must not take part, whatever its history.
+        if let Some(run) = self.signature.as_ref().filter(|_| !signature.is_empty()) {
+            let differences = signature.differences(run);
+            if !differences.is_empty() {
+                warn!(%name, ?differences, "a worker whose model or settings differ was refused");
+                return self.refuse(conn, RefuseReason::SignatureMismatch { differences });
+            }
         }
         if let Some(applied) = last_applied {
             if self.committed.is_none_or(|c| applied > c) {
@@ -96,6 +108,11 @@ impl Coordinator {
             self.tell_open_round(now, conn, id);
         }
         self.events.push_back(Event::Joined { member: id, name, conn, need_state });
+        if self.signature.is_none() && !signature.is_empty() {
+            info!(member = id, facts = signature.len(), "the run's signature is this member's");
+            self.signature = Some(signature);
+            self.events.push_back(Event::SignatureAdopted { member: id });
+        }
         self.broadcast_members(Some(id));
     }
 

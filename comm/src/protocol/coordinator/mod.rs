@@ -24,7 +24,7 @@ use super::messages::{RefuseReason, ToCoordinator, ToWorker};
 use super::types::{
     next_after, ConnId, Digest, PeerInfo, RejectReason, Topology, Traffic, MAX_NAME_LEN,
 };
-use super::ProtocolError;
+use super::{ProtocolError, RunSignature};
 use crate::ids::{MemberId, Round};
 use crate::protocol::deadline::DeadlineStats;
 use snapshot::SnapshotAsk;
@@ -81,7 +81,8 @@ struct Gate {
 /// [`Coordinator::poll_transmit`], then re-arms its timer from [`Coordinator::poll_timeout`].
 /// On [`Event::RoundCommitted`] it saves [`Coordinator::persisted`] before it sends that
 /// round's `Commit`s: a coordinator restored from older state would refuse workers that
-/// applied a round it forgot ([`RefuseReason::AheadOfCoordinator`]).
+/// applied a round it forgot ([`RefuseReason::AheadOfCoordinator`]). On
+/// [`Event::SignatureAdopted`] it saves it too, so that a restart keeps the run's signature.
 #[derive(Debug)]
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -104,6 +105,8 @@ pub struct Coordinator {
     snapshot: Option<(Round, Bytes)>,
     asking: Option<SnapshotAsk>,
     gate: Option<Gate>,
+    /// The run's signature: the configured one, or the first admitted joiner's.
+    signature: Option<RunSignature>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -118,6 +121,7 @@ impl Coordinator {
 
     fn empty(config: CoordinatorConfig) -> Self {
         Coordinator {
+            signature: config.run_signature(),
             config,
             members: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -160,6 +164,11 @@ impl Coordinator {
         self.members.iter().filter(|(_, m)| m.conn.is_some()).map(|(&id, _)| id).collect()
     }
 
+    /// The run's signature, once configured or adopted from the first joiner that had one.
+    pub fn signature(&self) -> Option<&RunSignature> {
+        self.signature.as_ref()
+    }
+
     /// The member id that `name` holds, if it ever joined.
     pub fn member_id(&self, name: &str) -> Option<MemberId> {
         self.names.get(name).copied()
@@ -169,8 +178,8 @@ impl Coordinator {
 
     /// A control message arrived on `conn`.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: ToCoordinator) {
-        if let ToCoordinator::Join { name, last_applied, peer } = msg {
-            self.on_join(now, conn, name, last_applied, peer);
+        if let ToCoordinator::Join { name, last_applied, peer, signature } = msg {
+            self.on_join(now, conn, name, last_applied, peer, signature);
             self.drive(now);
             return;
         }
@@ -320,7 +329,7 @@ impl Coordinator {
 
     fn refuse(&mut self, conn: ConnId, reason: RefuseReason) {
         info!(?conn, ?reason, "join refused");
-        self.send(conn, ToWorker::Refused { reason });
+        self.send(conn, ToWorker::Refused { reason: reason.clone() });
         self.events.push_back(Event::Refused { conn, reason });
     }
 }

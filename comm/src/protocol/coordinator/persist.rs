@@ -1,9 +1,12 @@
 //! What the coordinator saves after every commit, and restoring from it.
 //!
-//! The state is small (names, ids, recent commit sets, deadline statistics): payloads and
-//! snapshots are not saved. After a restore every member is disconnected; workers reconnect
-//! and join again under their names, get their old ids back, and the round after the last
-//! committed one opens (again) once the last round's members are back or
+//! The state is small (names, ids, recent commit sets, deadline statistics, the run's
+//! signature): payloads and snapshots are not saved. It is saved after every commit and
+//! when the run's signature is adopted; a state saved before signatures existed still
+//! loads (without one: the first joiner with a signature sets it again). After a restore
+//! every member is disconnected; workers reconnect and join again under their names, get
+//! their old ids back, and the round after the last committed one opens (again) once the
+//! last round's members are back or
 //! [`CoordinatorConfig::rejoin_grace`](super::CoordinatorConfig::rejoin_grace) has passed.
 //! A worker that missed the last commit (the coordinator saved it and died before sending
 //! it) gets it replayed; it usually holds the payloads already. In Relay a restarted
@@ -13,14 +16,14 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{valid_name, Coordinator, CoordinatorConfig, Gate, Member, Phase};
 use crate::ids::{MemberId, Round, RunId};
 use crate::protocol::deadline::DeadlineStats;
 use crate::protocol::messages::ToWorker;
 use crate::protocol::types::{strictly_ascending, Delivery, Digest, PeerInfo};
-use crate::protocol::ProtocolError;
+use crate::protocol::{ProtocolError, RunSignature};
 
 /// One committed round.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +66,21 @@ pub struct CoordinatorState {
     pub commits: Vec<CommitRecord>,
     /// Observed round durations.
     pub deadline: DeadlineStats,
+    /// The run's signature, once configured or adopted (see
+    /// [`Coordinator::signature`](super::Coordinator::signature)).
+    pub signature: Option<RunSignature>,
+}
+
+/// The state as saved before it held the run's signature (the same fields, in order).
+#[derive(Deserialize)]
+struct StateWithoutSignature {
+    run: RunId,
+    committed: Option<Round>,
+    next_id: MemberId,
+    members: Vec<(MemberId, String)>,
+    last_round_members: Vec<MemberId>,
+    commits: Vec<CommitRecord>,
+    deadline: DeadlineStats,
 }
 
 impl CoordinatorState {
@@ -71,13 +89,27 @@ impl CoordinatorState {
         postcard::to_allocvec(self).map_err(ProtocolError::Encode)
     }
 
-    /// Decodes [`CoordinatorState::encode`]'s output; trailing bytes are an error.
+    /// Decodes [`CoordinatorState::encode`]'s output; trailing bytes are an error. A state
+    /// saved by an older build, without the signature field, decodes with none (postcard
+    /// has no optional trailing fields, so that layout is tried when this one fails).
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let (state, rest) = postcard::take_from_bytes(bytes).map_err(ProtocolError::Decode)?;
-        if !rest.is_empty() {
-            return Err(ProtocolError::TrailingBytes(rest.len()));
+        match decode_exact::<CoordinatorState>(bytes) {
+            Ok(state) => Ok(state),
+            Err(error) => match decode_exact::<StateWithoutSignature>(bytes) {
+                Ok(old) => Ok(CoordinatorState {
+                    run: old.run,
+                    committed: old.committed,
+                    next_id: old.next_id,
+                    members: old.members,
+                    last_round_members: old.last_round_members,
+                    commits: old.commits,
+                    deadline: old.deadline,
+                    signature: None,
+                }),
+                // The current layout's error says what is wrong with the bytes.
+                Err(_) => Err(error),
+            },
         }
-        Ok(state)
     }
 
     fn validate(&self, config: &CoordinatorConfig) -> Result<(), ProtocolError> {
@@ -120,12 +152,24 @@ impl CoordinatorState {
         if self.deadline.recent_ms.len() > crate::protocol::deadline::MAX_WINDOW {
             return bad("too many deadline samples");
         }
+        if self.signature.as_ref().is_some_and(|s| !s.within_limits()) {
+            return bad("the run signature exceeds its limits");
+        }
         Ok(())
     }
 }
 
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let (state, rest) = postcard::take_from_bytes(bytes).map_err(ProtocolError::Decode)?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::TrailingBytes(rest.len()));
+    }
+    Ok(state)
+}
+
 impl Coordinator {
-    /// The state to save (after every [`Event::RoundCommitted`](super::Event::RoundCommitted)).
+    /// The state to save (after every [`Event::RoundCommitted`](super::Event::RoundCommitted)
+    /// and [`Event::SignatureAdopted`](super::Event::SignatureAdopted)).
     pub fn persisted(&self) -> CoordinatorState {
         let last_round_members = self
             .members
@@ -141,6 +185,7 @@ impl Coordinator {
             last_round_members,
             commits: self.commits.iter().cloned().collect(),
             deadline: self.deadline_stats.clone(),
+            signature: self.signature.clone(),
         }
     }
 
@@ -173,6 +218,16 @@ impl Coordinator {
         coordinator.next_id = state.next_id;
         coordinator.committed = state.committed;
         coordinator.deadline_stats = state.deadline;
+        // A configured signature is the operator's word and wins over the saved one.
+        let saved = state.signature.filter(|s| !s.is_empty());
+        match (&coordinator.signature, saved) {
+            (Some(configured), Some(saved)) if *configured != saved => {
+                let differences = saved.differences(configured);
+                warn!(?differences, "the configured run signature replaces the saved one");
+            }
+            (None, saved) => coordinator.signature = saved,
+            _ => {}
+        }
         coordinator.gate = Some(Gate {
             until: now + coordinator.config.rejoin_grace,
             expected: state.last_round_members,

@@ -4,6 +4,7 @@ mod net;
 mod prop;
 mod ring;
 mod scenarios;
+mod signature;
 mod validation;
 
 use std::time::Duration;

@@ -208,6 +208,7 @@ fn joins_are_validated() {
         name: name.to_string(),
         last_applied,
         peer: PeerInfo::default(),
+        signature: Default::default(),
     };
     c.handle_message(now, ConnId(100), join("", None));
     c.handle_message(now, ConnId(101), join(&"x".repeat(65), None));
@@ -220,6 +221,7 @@ fn joins_are_validated() {
             name: "big".into(),
             last_applied: None,
             peer: PeerInfo(vec![0; 5000]),
+            signature: Default::default(),
         },
     );
     // The same name from a new connection takes over; the old one is refused.
@@ -257,6 +259,7 @@ fn ids_are_never_reused_and_the_run_fills_up() {
         name: name.to_string(),
         last_applied: None,
         peer: PeerInfo::default(),
+        signature: Default::default(),
     };
     c.handle_message(now, ConnId(1), join("a"));
     c.handle_message(now, ConnId(2), join("b"));

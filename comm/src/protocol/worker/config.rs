@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use crate::protocol::coordinator::valid_name;
-use crate::protocol::{PeerInfo, ProtocolError, MAX_PEER_INFO_LEN, MAX_TIMER};
+use crate::protocol::{
+    PeerInfo, ProtocolError, RunSignature, MAX_PEER_INFO_LEN, MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURE_ENTRIES, MAX_TIMER,
+};
 
 /// What a worker needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +16,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// How other members reach this worker (AllGather), filled in by the driver.
     pub peer: PeerInfo,
+    /// What this worker trains, sent in every join: the coordinator refuses it when it
+    /// differs from the run's. Empty (the default): not checked.
+    pub signature: RunSignature,
     /// The largest payload accepted, in bytes. By default 1 GiB.
     pub max_payload: usize,
     /// The largest state snapshot accepted, in bytes. By default 16 GiB.
@@ -38,6 +44,7 @@ impl WorkerConfig {
         WorkerConfig {
             name: name.into(),
             peer: PeerInfo::default(),
+            signature: RunSignature::default(),
             max_payload: 1 << 30,
             max_state: 16 << 30,
             keep_rounds: 8,
@@ -56,6 +63,14 @@ impl WorkerConfig {
         }
         if self.peer.0.len() > MAX_PEER_INFO_LEN {
             return bad("peer info exceeds 4096 bytes");
+        }
+        if !self.signature.within_limits() {
+            return bad(&format!(
+                "the run signature has {} facts and {} bytes; at most {MAX_SIGNATURE_ENTRIES} \
+                 facts and {MAX_SIGNATURE_BYTES} bytes fit a join",
+                self.signature.len(),
+                self.signature.byte_len()
+            ));
         }
         if self.keep_rounds == 0 {
             return bad("keep_rounds must be at least 1");

@@ -208,7 +208,8 @@ impl WorkerProto {
                 self.on_welcome(now, member, members, next_round, committed, topology, need_state)
             }
             ToWorker::Refused { reason } => {
-                warn!(?reason, "refused by the coordinator");
+                // The driver reports it (and usually ends): logged once, there.
+                debug!(?reason, "refused by the coordinator");
                 self.joining = None;
                 self.events.push_back(Event::Refused { reason });
             }
@@ -418,6 +419,7 @@ impl WorkerProto {
                 name: self.config.name.clone(),
                 last_applied: self.applied,
                 peer: self.config.peer.clone(),
+                signature: self.config.signature.clone(),
             },
         });
     }
