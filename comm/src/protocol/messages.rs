@@ -113,6 +113,9 @@ pub enum ToWorker {
         topology: Topology,
         /// A state snapshot will follow; until it arrives the worker applies nothing.
         need_state: bool,
+        /// The members the run was started for (the coordinator's `min_members`): how a
+        /// program shards its data before the first round.
+        expected: u32,
     },
     /// Admission refused.
     Refused {

@@ -104,7 +104,7 @@ impl OptimizerState {
     }
 
     /// The state as safetensors bytes (what a worker sends a peer that is catching up).
-    /// Tensors must be f32 or f64, on any device (each is copied to the host once).
+    /// Tensors must be f32, f64 or u8, on any device (each is copied to the host once).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let tag = Tensor::from(f64::from(self.algorithm.tag()));
@@ -122,9 +122,13 @@ impl OptimizerState {
                     let v = Vec::<f64>::try_from(t.flatten(0, -1))?;
                     (safetensors::Dtype::F64, bytemuck::cast_slice(&v).to_vec())
                 }
+                // Opaque bytes: a wrapped script's own optimizer state, serialized by it.
+                tch::Kind::Uint8 => {
+                    (safetensors::Dtype::U8, Vec::<u8>::try_from(t.flatten(0, -1))?)
+                }
                 other => {
                     return Err(OptimizerError::State(format!(
-                        "{name}: {other:?} is not f32 or f64"
+                        "{name}: {other:?} is not f32, f64 or u8"
                     )))
                 }
             };
@@ -166,6 +170,7 @@ impl OptimizerState {
                         })
                         .collect::<Vec<_>>(),
                 ),
+                safetensors::Dtype::U8 => Tensor::from_slice(data),
                 other => {
                     return Err(OptimizerError::State(format!(
                         "{name}: unsupported dtype {other:?}"
@@ -228,6 +233,14 @@ mod tests {
         assert_eq!(back.get_scalar("round").unwrap(), 12.0);
         assert_eq!(Vec::<f32>::try_from(back.get("m.0").unwrap()).unwrap(), vec![1.0, -2.0]);
         assert!(back.expect_algorithm(Algorithm::Diloco).is_err());
+        // Opaque bytes (a wrapped script's optimizer state) travel through `to_bytes`.
+        let mut opaque = OptimizerState::new(Algorithm::Diloco);
+        opaque.put("inner/script", &Tensor::from_slice(&[0u8, 7, 255]));
+        let read = OptimizerState::from_bytes(&opaque.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            Vec::<u8>::try_from(read.get("inner/script").unwrap()).unwrap(),
+            vec![0, 7, 255]
+        );
         assert!(back.get("missing").is_err());
         let bytes = s.to_bytes().unwrap();
         let again = OptimizerState::from_bytes(&bytes).unwrap();

@@ -14,8 +14,7 @@ use meridian_optimizer::outer::Phase;
 use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
 use meridian_optimizer::OptimizerError;
 
-use crate::networked::snapshot;
-use crate::step::lm_step::LmStep;
+use crate::networked::snapshot::{self, InnerState};
 
 /// What the network tells a training worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,17 +164,17 @@ pub struct AppliedRound {
 }
 
 /// What a caller of [`drive`] sees as the worker trains.
-pub trait DriveObserver {
+pub trait DriveObserver<S> {
     /// A round was applied (trained through or replayed).
     fn round_applied(&mut self, round: &AppliedRound);
     /// An inner step finished (its exchanges already reported); `w` may be evaluated here.
-    fn step_done(&mut self, _w: &mut SoloWorker<LmStep>, _step: &SoloStep) -> Result<()> {
+    fn step_done(&mut self, _w: &mut SoloWorker<S>, _step: &SoloStep) -> Result<()> {
         Ok(())
     }
 }
 
 /// A closure observes applied rounds only.
-impl<F: FnMut(&AppliedRound)> DriveObserver for F {
+impl<S, F: FnMut(&AppliedRound)> DriveObserver<S> for F {
     fn round_applied(&mut self, round: &AppliedRound) {
         self(round)
     }
@@ -184,72 +183,104 @@ impl<F: FnMut(&AppliedRound)> DriveObserver for F {
 /// Trains `w` until it has done `steps` inner steps, exchanging through `link`. With
 /// `need_state` the worker first waits for a peer's state. `observer` sees every applied
 /// round and every step.
-pub fn drive(
-    w: &mut SoloWorker<LmStep>,
+pub fn drive<S: InnerState>(
+    w: &mut SoloWorker<S>,
     link: &mut dyn RoundLink,
     steps: u64,
     need_state: bool,
-    mut observer: impl DriveObserver,
+    mut observer: impl DriveObserver<S>,
 ) -> Result<()> {
-    let mut pending = Pending::default();
-    if need_state {
-        while pending.state.is_none() {
-            let event = link.next_event().context("waiting for a peer's state")?;
-            pending.take(event);
-        }
-    }
-    loop {
-        if let Some((round, bytes)) = pending.state.take() {
-            snapshot::restore(w, &bytes).context("taking a peer's state")?;
-            tracing::info!(round, step = w.steps_done(), "continuing from a peer's state");
-            pending.ready.retain(|&r, _| r >= w.rounds_done());
-        }
-        // Requests that arrived while training: a snapshot is wanted right after the round
-        // it names, so look before the next step moves the parameters on.
-        while let Some(event) = link.poll_event()? {
-            pending.take(event);
-        }
-        if pending.state.is_some() {
-            continue;
-        }
-        // Rounds committed after that state (or while this worker waited): replay them, as
-        // far as this worker's own steps go. A round committed after the last exchange of
-        // the run (empty: nobody had anything left to send) is not this worker's to apply:
-        // for DDP or DeMo it would still move the parameters.
-        while w.next_exchange().is_some_and(|at| at < steps) {
-            let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
-            let exchange = w.replay_round(w.rounds_done(), &committed)?;
-            observer.round_applied(&AppliedRound { exchange, replayed: true });
-        }
-        // A request names the last round this worker applied when it was made; the state
-        // served may be later (it carries its own round counter, and the newcomer drops
-        // the replays it already holds), never earlier.
-        if !pending.snapshot_requests.is_empty() {
-            serve(link, &mut pending.snapshot_requests, &snapshot::encode(w)?);
-        }
-        if w.steps_done() >= steps {
-            return Ok(());
-        }
-        // Exchanges block until the round commits; keep a state at hand to serve from.
-        let state = [Phase::AfterBackward, Phase::AfterInnerStep]
-            .into_iter()
-            .find(|&phase| w.outer.exchange_due(phase, w.steps_done()))
-            .map(|phase| snapshot::Captured::before_step(w, phase))
-            .transpose()?;
-        link.before_step(w.steps_done())?;
-        let mut ex = LinkExchange { link: &mut *link, pending: &mut pending, state };
-        match w.step(&mut ex) {
-            Ok(report) => {
-                for exchange in &report.exchanges {
-                    observer.round_applied(&AppliedRound {
-                        exchange: exchange.clone(),
-                        replayed: false,
-                    });
-                }
-                observer.step_done(w, &report)?;
+    let mut driver = Driver::start(link, need_state)?;
+    while driver.step(w, link, steps, &mut observer)?.is_some() {}
+    Ok(())
+}
+
+/// [`drive`] one inner step at a time, for a caller that owns the training loop (a
+/// wrapped PyTorch script calls it once per step of its own).
+#[derive(Debug, Default)]
+pub struct Driver {
+    pending: Pending,
+}
+
+impl Driver {
+    /// A driver for a worker that has just joined; with `need_state` it first waits for a
+    /// peer's state (applied by the first [`Driver::step`]).
+    pub fn start(link: &mut dyn RoundLink, need_state: bool) -> Result<Self> {
+        let mut pending = Pending::default();
+        if need_state {
+            while pending.state.is_none() {
+                let event = link.next_event().context("waiting for a peer's state")?;
+                pending.take(event);
             }
-            Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => continue,
-            Err(e) => return Err(e.into()),
+        }
+        Ok(Self { pending })
+    }
+
+    /// Brings `w` up to date with the network (a peer's state, rounds to replay, requests
+    /// to serve), then trains one inner step unless `w` has done `steps`. Returns the
+    /// step's report, or `None` when the worker is done.
+    pub fn step<S: InnerState>(
+        &mut self,
+        w: &mut SoloWorker<S>,
+        link: &mut dyn RoundLink,
+        steps: u64,
+        observer: &mut impl DriveObserver<S>,
+    ) -> Result<Option<SoloStep>> {
+        let pending = &mut self.pending;
+        loop {
+            if let Some((round, bytes)) = pending.state.take() {
+                snapshot::restore(w, &bytes).context("taking a peer's state")?;
+                tracing::info!(round, step = w.steps_done(), "continuing from a peer's state");
+                pending.ready.retain(|&r, _| r >= w.rounds_done());
+            }
+            // Requests that arrived while training: a snapshot is wanted right after the
+            // round it names, so look before the next step moves the parameters on.
+            while let Some(event) = link.poll_event()? {
+                pending.take(event);
+            }
+            if pending.state.is_some() {
+                continue;
+            }
+            // Rounds committed after that state (or while this worker waited): replay them,
+            // as far as this worker's own steps go. A round committed after the last
+            // exchange of the run (empty: nobody had anything left to send) is not this
+            // worker's to apply: for DDP or DeMo it would still move the parameters.
+            while w.next_exchange().is_some_and(|at| at < steps) {
+                let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
+                let exchange = w.replay_round(w.rounds_done(), &committed)?;
+                observer.round_applied(&AppliedRound { exchange, replayed: true });
+            }
+            // A request names the last round this worker applied when it was made; the
+            // state served may be later (it carries its own round counter, and the newcomer
+            // drops the replays it already holds), never earlier.
+            if !pending.snapshot_requests.is_empty() {
+                serve(link, &mut pending.snapshot_requests, &snapshot::encode(w)?);
+            }
+            if w.steps_done() >= steps {
+                return Ok(None);
+            }
+            // Exchanges block until the round commits; keep a state at hand to serve from.
+            let state = [Phase::AfterBackward, Phase::AfterInnerStep]
+                .into_iter()
+                .find(|&phase| w.outer.exchange_due(phase, w.steps_done()))
+                .map(|phase| snapshot::Captured::before_step(w, phase))
+                .transpose()?;
+            link.before_step(w.steps_done())?;
+            let mut ex = LinkExchange { link: &mut *link, pending: &mut *pending, state };
+            match w.step(&mut ex) {
+                Ok(report) => {
+                    for exchange in &report.exchanges {
+                        observer.round_applied(&AppliedRound {
+                            exchange: exchange.clone(),
+                            replayed: false,
+                        });
+                    }
+                    observer.step_done(w, &report)?;
+                    return Ok(Some(report));
+                }
+                Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }
@@ -262,7 +293,7 @@ mod tests {
 
     use super::*;
 
-    fn worker(id: u32) -> SoloWorker<LmStep> {
+    fn worker(id: u32) -> SoloWorker<crate::step::lm_step::LmStep> {
         crate::testing::tiny_diloco_worker(id)
     }
 

@@ -12,7 +12,9 @@
 
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::{OptimizerState, Phase};
+use meridian_optimizer::params::ParamSet;
 use meridian_optimizer::solo::SoloWorker;
+use meridian_optimizer::train_step::TrainStep;
 use tch::Tensor;
 
 use crate::step::lm_step::LmStep;
@@ -22,8 +24,54 @@ const PARAM: &str = "param";
 const ADAM_M: &str = "inner/m";
 const ADAM_V: &str = "inner/v";
 
+/// The inner training's part of a worker's state: what a snapshot carries besides the
+/// parameters, the outer optimizer and the progress counters (for Meridian's own steps,
+/// AdamW's moments; for a wrapped script, its optimizer's `state_dict`).
+pub trait InnerState: TrainStep {
+    /// The inner state as read from a snapshot, checked, ready to install.
+    type Inner;
+    /// Adds the inner state to `s`, as handles where it has tensors (the caller encodes
+    /// before the inner optimizer next steps).
+    fn share_inner(&self, s: &mut OptimizerState, params: &ParamSet) -> Result<()>;
+    /// Reads and checks the inner state in `s`, changing nothing.
+    fn read_inner(&self, s: &OptimizerState, params: &ParamSet) -> Result<Self::Inner>;
+    /// Installs `inner`, and moves the learning-rate schedule to inner step `step`.
+    fn restore_inner(&mut self, inner: Self::Inner, step: u64) -> Result<()>;
+}
+
+/// A counter from a snapshot: a whole number a f64 holds exactly.
+fn counter(s: &OptimizerState, name: &str) -> Result<u64> {
+    let v = s.get_scalar(name)?;
+    anyhow::ensure!(v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53), "bad {name} {v}");
+    Ok(v as u64)
+}
+
+impl InnerState for LmStep {
+    type Inner = (Vec<Tensor>, Vec<Tensor>, u64);
+
+    fn share_inner(&self, s: &mut OptimizerState, _: &ParamSet) -> Result<()> {
+        let (m, v, adam_steps) = self.adam().state();
+        s.share_per_tensor(ADAM_M, m);
+        s.share_per_tensor(ADAM_V, v);
+        s.put_scalar("adam_steps", adam_steps as f64);
+        Ok(())
+    }
+
+    fn read_inner(&self, s: &OptimizerState, params: &ParamSet) -> Result<Self::Inner> {
+        let m = s.per_tensor(ADAM_M, params).context("AdamW moments from a peer")?;
+        let v = s.per_tensor(ADAM_V, params).context("AdamW moments from a peer")?;
+        Ok((m, v, counter(s, "adam_steps")?))
+    }
+
+    fn restore_inner(&mut self, (m, v, steps): Self::Inner, step: u64) -> Result<()> {
+        self.adam_mut().restore(m, v, steps).context("AdamW moments from a peer")?;
+        self.set_schedule_step(step);
+        Ok(())
+    }
+}
+
 /// Encodes `w`'s state.
-pub fn encode(w: &SoloWorker<LmStep>) -> Result<Vec<u8>> {
+pub fn encode<S: InnerState>(w: &SoloWorker<S>) -> Result<Vec<u8>> {
     Captured::referencing(w)?.encode()
 }
 
@@ -34,82 +82,56 @@ pub struct Captured(Taken);
 
 enum Taken {
     /// Already encoded: the exchange follows the inner step, which moves the parameters
-    /// and AdamW moments before the wait, so they were copied out (to the host) up front.
+    /// and the inner optimizer's state before the wait, so they were copied out (to the
+    /// host) up front.
     Encoded(Vec<u8>),
     /// The exchange follows the backward pass (DDP, DeMo): until the round commits,
-    /// nothing changes the parameters or the moments, so they are referenced as they are
-    /// (handles, with AdamW's step count and the worker's counters); only the outer state,
-    /// which preparing the payload changes (DeMo's momentum), was copied, on its device.
-    Referenced {
-        outer: OptimizerState,
-        params: Vec<Tensor>,
-        m: Vec<Tensor>,
-        v: Vec<Tensor>,
-        adam_steps: u64,
-        step: u64,
-        round: u64,
-    },
+    /// nothing changes the parameters or the inner state, so they are referenced as they
+    /// are (handles, with the worker's counters); only the outer state, which preparing
+    /// the payload changes (DeMo's momentum), was copied, on its device.
+    Referenced(OptimizerState),
 }
 
 impl Captured {
     /// What [`encode`] would return now, taken before a step that exchanges in `phase`.
-    pub fn before_step(w: &SoloWorker<LmStep>, phase: Phase) -> Result<Self> {
+    pub fn before_step<S: InnerState>(w: &SoloWorker<S>, phase: Phase) -> Result<Self> {
         match phase {
             Phase::AfterBackward => Self::referencing(w),
             Phase::AfterInnerStep => Ok(Self(Taken::Encoded(encode(w)?))),
         }
     }
 
-    fn referencing(w: &SoloWorker<LmStep>) -> Result<Self> {
-        let (m, v, adam_steps) = w.train.adam().state();
-        Ok(Self(Taken::Referenced {
-            outer: w.outer.state()?,
-            params: w.params.tensors().iter().map(Tensor::shallow_clone).collect(),
-            m: m.iter().map(Tensor::shallow_clone).collect(),
-            v: v.iter().map(Tensor::shallow_clone).collect(),
-            adam_steps,
-            step: w.steps_done(),
-            round: w.rounds_done(),
-        }))
+    fn referencing<S: InnerState>(w: &SoloWorker<S>) -> Result<Self> {
+        let outer = w.outer.state()?;
+        let mut s = OptimizerState::new(outer.algorithm);
+        // Handles, not copies: `to_bytes` copies every tensor to the host once.
+        for (k, t) in &outer.tensors {
+            s.share(format!("{OUTER}{k}"), t);
+        }
+        s.share_per_tensor(PARAM, w.params.tensors());
+        w.train.share_inner(&mut s, &w.params)?;
+        s.put_scalar("step", w.steps_done() as f64);
+        s.put_scalar("round", w.rounds_done() as f64);
+        Ok(Self(Taken::Referenced(s)))
     }
 
     /// The state's bytes, as [`restore`] reads them.
     pub fn encode(&self) -> Result<Vec<u8>> {
         match &self.0 {
             Taken::Encoded(bytes) => Ok(bytes.clone()),
-            Taken::Referenced { outer, params, m, v, adam_steps, step, round } => {
-                let mut s = OptimizerState::new(outer.algorithm);
-                // Handles, not copies: `to_bytes` copies every tensor to the host once.
-                for (k, t) in &outer.tensors {
-                    s.share(format!("{OUTER}{k}"), t);
-                }
-                s.share_per_tensor(PARAM, params);
-                s.share_per_tensor(ADAM_M, m);
-                s.share_per_tensor(ADAM_V, v);
-                s.put_scalar("adam_steps", *adam_steps as f64);
-                s.put_scalar("step", *step as f64);
-                s.put_scalar("round", *round as f64);
-                Ok(s.to_bytes()?)
-            }
+            Taken::Referenced(s) => Ok(s.to_bytes()?),
         }
     }
 }
 
 /// Replaces `w`'s state with the one in `bytes`, or changes nothing and says why. The
 /// learning-rate schedule moves to the provider's step.
-pub fn restore(w: &mut SoloWorker<LmStep>, bytes: &[u8]) -> Result<()> {
+pub fn restore<S: InnerState>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()> {
     let s = OptimizerState::from_bytes(bytes).context("state from a peer")?;
     s.expect_algorithm(w.outer.algorithm()).context("state from a peer")?;
     let params = s.per_tensor(PARAM, &w.params).context("state from a peer")?;
-    let counter = |name: &str| -> Result<u64> {
-        let v = s.get_scalar(name)?;
-        anyhow::ensure!(v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53), "bad {name} {v}");
-        Ok(v as u64)
-    };
-    let (step, round) = (counter("step")?, counter("round")?);
-    let m = s.per_tensor(ADAM_M, &w.params).context("AdamW moments from a peer")?;
-    let v = s.per_tensor(ADAM_V, &w.params).context("AdamW moments from a peer")?;
-    let adam_steps = counter("adam_steps")?;
+    let (step, round) = (counter(&s, "step")?, counter(&s, "round")?);
+    let inner = w.train.read_inner(&s, &w.params)?;
     let mut outer = OptimizerState::new(s.algorithm);
     for (k, t) in &s.tensors {
         if let Some(name) = k.strip_prefix(OUTER) {
@@ -118,7 +140,7 @@ pub fn restore(w: &mut SoloWorker<LmStep>, bytes: &[u8]) -> Result<()> {
     }
     // The outer optimizer checks its own state last, then the parameters are replaced.
     w.outer.load_state(&w.params, &outer).context("state from a peer")?;
-    w.train.adam_mut().restore(m, v, adam_steps).context("AdamW moments from a peer")?;
+    w.train.restore_inner(inner, step)?;
     tch::no_grad(|| {
         for (p, v) in w.params.tensors().iter().zip(&params) {
             let mut p = p.shallow_clone();
@@ -126,7 +148,6 @@ pub fn restore(w: &mut SoloWorker<LmStep>, bytes: &[u8]) -> Result<()> {
         }
     });
     w.resume_at(step, round);
-    w.train.set_schedule_step(step);
     Ok(())
 }
 

@@ -321,7 +321,7 @@ struct Observer<'a, 'y> {
     charger: Rc<Charger>,
 }
 
-impl DriveObserver for &mut Observer<'_, '_> {
+impl DriveObserver<LmStep> for &mut Observer<'_, '_> {
     fn round_applied(&mut self, round: &AppliedRound) {
         let mut tally = self.tally.borrow_mut();
         tally.rounds += 1;

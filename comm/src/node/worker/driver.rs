@@ -233,7 +233,8 @@ impl Driver {
                 WorkerEvent::Welcomed { member, next_round, need_state } => {
                     self.status.send_modify(|s| s.member = Some(member));
                     let topology = self.proto.topology().unwrap_or(Topology::Relay);
-                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology }
+                    let expected = self.proto.expected_members().unwrap_or(1);
+                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology, expected }
                 }
                 WorkerEvent::Refused { reason } => {
                     return Err(Ended::Refused(Refusal::Protocol(reason)))

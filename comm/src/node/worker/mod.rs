@@ -156,6 +156,8 @@ pub enum WorkerNodeEvent {
         need_state: bool,
         /// How the run's payloads travel.
         topology: Topology,
+        /// The members the run was started for (the coordinator's `min_members`).
+        expected: u32,
     },
     /// An event of the round protocol, as [`WorkerProto`] reported it: the members changed,
     /// a round opened, a round committed (`RoundReady`, or `AggregateReady` in a ring: apply

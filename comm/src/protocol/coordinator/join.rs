@@ -98,6 +98,7 @@ impl Coordinator {
             committed: self.committed,
             topology: self.config.topology,
             need_state,
+            expected: u32::try_from(self.config.min_members).unwrap_or(u32::MAX),
         };
         self.send(conn, welcome);
         for record in replay.unwrap_or_default() {

@@ -74,6 +74,8 @@ pub struct WorkerProto {
     joining: Option<Instant>,
     member: Option<MemberId>,
     topology: Option<Topology>,
+    /// The members the run was started for, from the welcome.
+    expected: Option<u32>,
     members: BTreeMap<MemberId, MemberInfo>,
     applied: Option<Round>,
     /// Since when this worker waits for a snapshot.
@@ -118,6 +120,7 @@ impl WorkerProto {
             joining: None,
             member: None,
             topology: None,
+            expected: None,
             members: BTreeMap::new(),
             applied: last_applied,
             awaiting_state: None,
@@ -170,6 +173,11 @@ impl WorkerProto {
         self.topology
     }
 
+    /// The members the run was started for (the coordinator's `min_members`), once welcomed.
+    pub fn expected_members(&self) -> Option<u32> {
+        self.expected
+    }
+
     /// The connected members as last announced, ascending by id.
     pub fn members(&self) -> impl Iterator<Item = &MemberInfo> {
         self.members.values()
@@ -204,7 +212,16 @@ impl WorkerProto {
             return self.reject(Dest::Coordinator, None, RejectReason::NotJoined);
         }
         match msg {
-            ToWorker::Welcome { member, members, next_round, committed, topology, need_state } => {
+            ToWorker::Welcome {
+                member,
+                members,
+                next_round,
+                committed,
+                topology,
+                need_state,
+                expected,
+            } => {
+                self.expected = Some(expected);
                 self.on_welcome(now, member, members, next_round, committed, topology, need_state)
             }
             ToWorker::Refused { reason } => {
