@@ -28,6 +28,7 @@ pub mod cli;
 pub mod compression;
 pub mod data;
 pub mod device;
+pub mod embedded;
 pub mod float_env;
 pub mod local;
 pub mod model;

@@ -1,0 +1,304 @@
+"""`meridian.Optimizer`: the script's optimizer, wrapped with one of Meridian's outer
+algorithms and the network between workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from meridian import _native
+
+ALGORITHMS = ("ddp", "diloco", "sparseloco", "demo", "streaming")
+
+# Module names that wrappers put in front of a parameter's name: DataParallel and
+# DistributedDataParallel (`module.`), torch.compile (`_orig_mod.`), activation
+# checkpointing (`_checkpoint_wrapped_module.`), FSDP1 (`_fsdp_wrapped_module.`).
+_WRAPPER_PARTS = {"module", "_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"}
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without the parts that wrappers add (``module.``, ``_orig_mod.``, ...), so
+    a compiled, DDP-wrapped or checkpointed model matches the plain one."""
+    parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
+    return ".".join(parts) if parts else name
+
+
+def _setting(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise TypeError(f"config[{key!r}] = {value!r}: give a number, a bool or a string")
+    return f"{key}={text}"
+
+
+class _Bridge:
+    """What the Rust side calls back: the script's optimizer step and its state."""
+
+    def __init__(self, inner: torch.optim.Optimizer, masters: "_Masters"):
+        self.inner = inner
+        self.masters = masters
+
+    def step(self) -> None:
+        self.masters.grads_to_model()
+        self.inner.step()
+        self.masters.from_model()
+
+    def state_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.inner.state_dict(), buf)
+        return buf.getvalue()
+
+    def load_state_bytes(self, data: bytes) -> None:
+        self.inner.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+
+
+class _Masters:
+    """f32 copies of parameters trained in another dtype (bf16, fp16): the outer optimizer
+    and the exchange work on these; the model's own tensors follow them after each step."""
+
+    def __init__(self, params: List[torch.nn.Parameter]):
+        self.pairs = []
+        for p in params:
+            if p.dtype == torch.float32:
+                continue
+            master = torch.nn.Parameter(p.detach().to(torch.float32).clone())
+            self.pairs.append((p, master))
+        self.by_param = {id(p): m for p, m in self.pairs}
+
+    def tensor_for(self, p: torch.nn.Parameter) -> torch.Tensor:
+        return self.by_param.get(id(p), p)
+
+    @torch.no_grad()
+    def from_model(self) -> None:
+        for p, m in self.pairs:
+            m.copy_(p)
+
+    @torch.no_grad()
+    def grads_from_model(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.to(torch.float32)
+
+    @torch.no_grad()
+    def grads_to_model(self) -> None:
+        for p, m in self.pairs:
+            if m.grad is not None:
+                if p.grad is None:
+                    p.grad = m.grad.to(p.dtype)
+                else:
+                    p.grad.copy_(m.grad)
+
+    @torch.no_grad()
+    def to_model(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """The script's optimizer ``inner``, run as the inner optimizer of a Meridian outer
+    algorithm, with ``model``'s parameters exchanged through the run at ``join``.
+
+    It shares ``inner``'s ``param_groups`` and ``state``, so LR schedulers and
+    ``transformers.Trainer(optimizers=(opt, sched))`` work unchanged. ``step()`` goes after
+    ``backward()``: DDP and DeMo exchange gradients there (DeMo replaces the inner step);
+    DiLoCo and SparseLoCo take the inner step and exchange every ``inner_steps`` steps.
+
+    ``config`` holds the algorithm's settings by name (``{"outer_lr": 0.7}``), as
+    ``meridian worker --set`` takes them; ``transport.KEY`` tunes QUIC. ``join`` may be
+    omitted when ``MERIDIAN_JOIN`` holds the join string, or ``MERIDIAN_JOIN_FILE`` names a
+    file holding it. ``name`` identifies the worker: a restarted worker with the same name
+    takes its place (and catches up). ``total_steps`` (optional) is the run's last inner
+    step. The worker joins at the first ``step()`` (or ``worker_index``), so a checkpoint
+    loaded with ``load_state_dict`` first resumes where it stopped.
+    """
+
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        model: torch.nn.Module,
+        join: Optional[str] = None,
+        name: Optional[str] = None,
+        algorithm: str = "diloco",
+        inner_steps: Optional[int] = None,
+        config: Optional[Dict[str, Any]] = None,
+        site_group: Any = None,
+        total_steps: Optional[int] = None,
+        connect_timeout: float = 60.0,
+    ):
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TypeError(f"inner must be a torch.optim.Optimizer, got {type(inner).__name__}")
+        if isinstance(inner, Optimizer):
+            raise TypeError("inner is already a meridian.Optimizer")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+        join = _resolve_join(join)
+        if name is None:
+            name = os.environ.get("MERIDIAN_NAME")
+        if not name:
+            raise ValueError("name: give each worker a stable name (or set MERIDIAN_NAME)")
+        named = _named_parameters(inner, model)
+        # torch.optim.Optimizer's own set-up (hooks, step patching) on inner's groups; then
+        # share inner's lists and state so schedulers see one optimizer.
+        super().__init__([{"params": g["params"]} for g in inner.param_groups], dict(inner.defaults))
+        self.param_groups = inner.param_groups
+        self.state = inner.state
+        self.defaults = inner.defaults
+        self.inner = inner
+        self.model = model
+        self.algorithm = algorithm
+        self._masters = _Masters([p for _, p in named])
+        sets = [_setting(k, v) for k, v in (config or {}).items()]
+        params = [(n, self._masters.tensor_for(p)) for n, p in named]
+        self._site = _site(site_group)
+        native_args = dict(
+            inner_steps=inner_steps,
+            total_steps=total_steps,
+            connect_timeout=connect_timeout,
+        )
+        bridge = _Bridge(inner, self._masters)
+        if self._site is None:
+            self._native = _native.Worker(join, name, params, bridge, algorithm, sets, **native_args)
+        else:
+            self._native = self._site.worker(join, name, params, bridge, algorithm, sets, native_args)
+        self._last_rounds: List[dict] = []
+
+    # -- the run --------------------------------------------------------------------------
+
+    @property
+    def worker_index(self) -> int:
+        """This worker's member id in the run (0-based, in join order); joins first."""
+        return self._native.member
+
+    @property
+    def num_workers(self) -> int:
+        """The number of workers the run was started for (the coordinator's
+        ``min_workers``); joins first."""
+        return self._native.expected_workers
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        """One inner step (and the round's exchange when one falls due). Call it after
+        ``backward()``. With ``closure``, it is called first (with grad enabled) for the
+        loss, which then guards against divergence."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        value = None
+        if loss is not None:
+            value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        self._masters.grads_from_model()
+        self._last_rounds = self._native.step(value)
+        self._masters.to_model()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+        for _, m in self._masters.pairs:
+            m.grad = None
+
+    @property
+    def last_rounds(self) -> List[dict]:
+        """The rounds the last ``step()`` applied (round, replayed, bytes, members, hash)."""
+        return list(self._last_rounds)
+
+    @property
+    def stats(self) -> dict:
+        """Counters so far: steps, rounds, rounds_replayed, bytes_sent, bytes_received,
+        straggled, rejected, last_rejection, last_round_seconds, waiting_seconds, rtt_ms."""
+        return self._native.stats()
+
+    def consensus_hash(self) -> str:
+        """The replica hash (hex) every worker of the run shares after the same round."""
+        return self._native.consensus_hash()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: parameters, outer and inner optimizer state, step
+        and round counters (the inner optimizer's own ``state_dict`` inside)."""
+        return {"meridian_state": bytes(self._native.state()), "algorithm": self.algorithm}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resumes from ``state_dict()`` (before the first ``step()``): the worker rejoins
+        where that state stood and replays the rounds it missed."""
+        if not isinstance(state_dict, dict) or "meridian_state" not in state_dict:
+            raise ValueError(
+                "not a meridian.Optimizer state_dict (no 'meridian_state'); to load the "
+                "inner optimizer's own state, call load_state_dict on it before wrapping"
+            )
+        self._native.load_state(state_dict["meridian_state"])
+        self._masters.to_model()
+
+    def close(self) -> None:
+        """Leaves the run (idempotent)."""
+        self._native.close()
+
+    def __enter__(self) -> "Optimizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"meridian.Optimizer({self.algorithm}, inner={type(self.inner).__name__})"
+
+
+def _resolve_join(join: Optional[str]) -> str:
+    if join:
+        return join
+    if os.environ.get("MERIDIAN_JOIN"):
+        return os.environ["MERIDIAN_JOIN"]
+    path = os.environ.get("MERIDIAN_JOIN_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as e:
+            raise ValueError(f"MERIDIAN_JOIN_FILE {path}: {e.strerror}") from None
+    raise ValueError(
+        "join: pass the join string the coordinator printed, or set MERIDIAN_JOIN (or "
+        "MERIDIAN_JOIN_FILE to the file `meridian coordinator --join-file` wrote)"
+    )
+
+
+def _named_parameters(inner: torch.optim.Optimizer, model: torch.nn.Module):
+    """The parameters ``inner`` trains, with ``model``'s canonical names."""
+    names = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), canonical_name(name))
+    out, seen = [], set()
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) not in names:
+                raise ValueError(
+                    f"the optimizer trains a parameter of shape {tuple(p.shape)} that is not "
+                    f"in the model: pass the model whose parameters it was built with"
+                )
+            if not p.is_contiguous():
+                raise ValueError(f"parameter {names[id(p)]} is not contiguous")
+            out.append((names[id(p)], p))
+    if not out:
+        raise ValueError("the optimizer trains no parameters")
+    dup = {n for n, _ in out if sum(1 for m, _ in out if m == n) > 1}
+    if dup:
+        raise ValueError(f"parameter names collide after canonicalization: {sorted(dup)}")
+    return out
+
+
+def _site(group):
+    if group is None:
+        return None
+    from meridian.site import Site
+
+    return Site(group)
