@@ -225,6 +225,14 @@ impl<S: TrainStep> SoloWorker<S> {
         let at = self.next_exchange().ok_or_else(|| {
             crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
         })?;
+        // An exchange after the inner step follows `after_inner_step` of that step on the
+        // live workers (Streaming DiLoCo learns there which fragment is due, and merges the
+        // fragments whose overlap ended): the replay takes it too, without training.
+        let after_inner = self.outer.exchange_due(Phase::AfterInnerStep, at)
+            && !self.outer.exchange_due(Phase::AfterBackward, at);
+        if after_inner {
+            self.outer.after_inner_step(&self.params, at)?;
+        }
         let x = self.apply_round(round, committed)?;
         // An exchange after the backward pass hands over the gradient: the replica moves
         // only once the inner optimizer steps with it, as it did on every live worker.

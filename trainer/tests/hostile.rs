@@ -125,7 +125,6 @@ const CASES: &[Case] = &[
     // ---- worker: join strings and flags
     case(&["worker", "--join", "garbage", "--name", "w"], 1, &["--join", "meridian://"]),
     case(&["worker", "--join", "meridian://127.0.0.1:1/?fp=00", "--name", "w"], 1, &["fp="]),
-    case(&["worker", "--join", NOBODY, "--name", "w", "--algo", "streaming"], 1, &["streaming"]),
     case(&["worker", "--join", NOBODY, "--name", "w", "--shards", "0"], 1, &["--shards"]),
     case(&["worker", "--name", "w"], 2, &["--join"]),
     // ---- simulate: presets, topologies, durations

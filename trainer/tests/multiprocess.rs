@@ -28,7 +28,8 @@ fn worker_logged(
     let child = Command::new(BIN)
         .args(["worker", "--join", join, "--name", name, "--model", "mlp"])
         .args(if extra.contains(&"--algo") { &[][..] } else { &["--algo", "diloco"][..] })
-        .args(["--inner-steps", "5", "--steps", &steps.to_string(), "--shards", "4"])
+        .args(if extra.contains(&"--inner-steps") { &[][..] } else { &["--inner-steps", "5"][..] })
+        .args(["--steps", &steps.to_string(), "--shards", "4"])
         .args(["--data", &corpus()])
         .arg("--out")
         .arg(&out)
@@ -84,6 +85,31 @@ fn four_worker_processes_finish_twenty_rounds_bit_identical() {
             assert!(rtt > 0.0 && rtt < 1000.0, "loopback round trip: {r}");
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn streaming_diloco_across_processes_syncs_every_fragment_identically() {
+    // H = 20 in F = 4 fragments: one fragment every 5 steps, merged 2 steps later.
+    let dir = scratch("streaming");
+    let (mut coord, join) = coordinator(&dir, 2, 12);
+    let settings = ["--algo", "streaming", "--set", "fragments=4", "--set", "overlap=2"];
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            let name = format!("s{i}");
+            let mut extra = settings.to_vec();
+            extra.extend(["--inner-steps", "20"]);
+            worker(&dir, &join, &name, 60, &extra)
+        })
+        .collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        assert!(w.wait_ok(Duration::from_secs(240)), "s{i}: {}", log(&dir, &format!("s{i}")));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let (a, b) = (summary(&dir, "s0"), summary(&dir, "s1"));
+    assert_eq!(a["rounds"], 12, "{a}");
+    assert_eq!(a["algorithm"], "streaming");
+    assert_eq!(a["consensus_hash"], b["consensus_hash"], "replicas differ");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

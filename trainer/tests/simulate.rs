@@ -100,7 +100,6 @@ fn bad_input_is_a_clear_error() {
     for (args, expected) in [
         (vec!["--preset", "mars"], "mars"),
         (vec!["--workers", "0"], "--workers"),
-        (vec!["--algos", "streaming"], "Streaming"),
         (vec!["--step-time", "fast"], "fast"),
         (vec!["--tflops=0"], "--tflops"),
     ] {

@@ -159,12 +159,6 @@ impl EmbeddedWorker {
         inner: Box<dyn ScriptOptimizer>,
         interrupt: Box<dyn FnMut() -> Result<()>>,
     ) -> Result<Self> {
-        if spec.algorithm == Algorithm::Streaming {
-            bail!(
-                "algorithm streaming is not yet supported across processes; use diloco, \
-                 sparseloco, demo or ddp"
-            );
-        }
         // Refuse a malformed join string before anything is built.
         let _: JoinString = spec.join.parse().context("the join string")?;
         let (algo, tuning) = algo_config(&spec)?;

@@ -392,6 +392,37 @@ mod tests {
     }
 
     #[test]
+    fn a_streaming_newcomer_replays_each_fragment_and_ends_identical() {
+        // Streaming DiLoCo learns which fragment is due, and merges the ones whose overlap
+        // ended, after the inner step: a replayed round must do the same, or it applies the
+        // commit to the wrong fragment.
+        let settings = [("inner_steps", "8"), ("fragments", "2"), ("overlap", "1")];
+        let mut a = crate::testing::tiny_worker(0, Algorithm::Streaming, &settings);
+        let mut link = Solo::default();
+        link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+        let mut hashes = Vec::new();
+        drive(&mut a, &mut link, 24, false, |r: &AppliedRound| hashes.push(r.exchange.hash))
+            .unwrap();
+        assert_eq!(hashes.len(), 6, "two fragments per 8 steps");
+        let (round, state) = link.states[0].clone();
+        let mut b = crate::testing::tiny_worker(1, Algorithm::Streaming, &settings);
+        let mut net = Solo::default();
+        net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+        for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+            net.queue.push_back(NetEvent::RoundReady { round: *r, payloads: vec![p.clone()] });
+        }
+        let mut seen = Vec::new();
+        drive(&mut b, &mut net, 24, true, |r: &AppliedRound| {
+            seen.push((r.exchange.round, r.exchange.hash))
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 4);
+        for (round, hash) in seen {
+            assert_eq!(hash, hashes[round as usize], "round {round} replayed differently");
+        }
+    }
+
+    #[test]
     fn a_round_committed_after_the_runs_last_exchange_is_not_applied() {
         // DDP over 6 steps: rounds 0..=5. An empty round 6 (the coordinator opened it and
         // nobody delivered) arrives with round 5's commit: applying it would move DDP's

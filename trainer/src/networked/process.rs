@@ -16,7 +16,6 @@ use meridian_optimizer::params::ParamSet;
 use meridian_optimizer::signature::run_signature;
 use meridian_optimizer::solo::SoloWorker;
 use meridian_optimizer::train_step::TrainStep;
-use meridian_optimizer::Algorithm;
 use serde::Serialize;
 
 use super::drive::{drive, AppliedRound};
@@ -72,9 +71,6 @@ struct WorkerSummary {
 
 /// Runs one worker process: joins, trains through [`drive`], writes `OUT/worker.json`.
 pub fn run(args: &WorkerArgs) -> Result<()> {
-    if args.algo == Algorithm::Streaming {
-        bail!("--algo streaming is not yet supported across processes; use diloco, sparseloco, demo or ddp");
-    }
     if args.shards == 0 || args.steps() == 0 {
         bail!("--shards and --steps must be at least 1");
     }

@@ -165,9 +165,6 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
-    if let Some(a) = args.algos.iter().find(|a| **a == Algorithm::Streaming) {
-        bail!("--algos {a}: Streaming DiLoCo does not run across the network yet; use ddp, diloco, sparseloco or demo");
-    }
     if args.algos.is_empty() {
         bail!("--algos needs at least one algorithm");
     }
