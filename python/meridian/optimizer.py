@@ -3,6 +3,7 @@ algorithms and the network between workers."""
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import re
@@ -115,7 +116,9 @@ class Optimizer(torch.optim.Optimizer):
     omitted when ``MERIDIAN_JOIN`` holds the join string, or ``MERIDIAN_JOIN_FILE`` names a
     file holding it. ``name`` identifies the worker: a restarted worker with the same name
     takes its place (and catches up). ``total_steps`` (optional) is the run's last inner
-    step. The worker joins at the first ``step()`` (or ``worker_index``), so a checkpoint
+    step. ``connect_timeout`` bounds joining; ``reconnect_timeout`` is how long a worker
+    that lost the coordinator keeps trying before ``step()`` raises. The worker joins at
+    the first ``step()`` (or ``worker_index``), so a checkpoint
     loaded with ``load_state_dict`` first resumes where it stopped.
     """
 
@@ -131,6 +134,7 @@ class Optimizer(torch.optim.Optimizer):
         site_group: Any = None,
         total_steps: Optional[int] = None,
         connect_timeout: float = 60.0,
+        reconnect_timeout: float = 600.0,
     ):
         if not isinstance(inner, torch.optim.Optimizer):
             raise TypeError(f"inner must be a torch.optim.Optimizer, got {type(inner).__name__}")
@@ -154,6 +158,14 @@ class Optimizer(torch.optim.Optimizer):
         self.model = model
         self.algorithm = algorithm
         self._masters = _Masters([p for _, p in named])
+        devices = {p.device for _, p in named}
+        if len(devices) > 1:
+            raise ValueError(
+                f"the parameters live on {len(devices)} devices ({sorted(map(str, devices))}); "
+                "Meridian needs one device per worker (use a site of one rank per device)"
+            )
+        device = devices.pop()
+        self._cuda = device if device.type == "cuda" else None
         sets = [_setting(k, v) for k, v in (config or {}).items()]
         params = [(n, self._masters.tensor_for(p)) for n, p in named]
         self._site = _site(site_group)
@@ -161,6 +173,7 @@ class Optimizer(torch.optim.Optimizer):
             inner_steps=inner_steps,
             total_steps=total_steps,
             connect_timeout=connect_timeout,
+            reconnect_timeout=reconnect_timeout,
         )
         bridge = _Bridge(inner, self._masters)
         if self._site is None:
@@ -195,9 +208,28 @@ class Optimizer(torch.optim.Optimizer):
         if loss is not None:
             value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         self._masters.grads_from_model()
+        self._cuda_before()
         self._last_rounds = self._native.step(value)
+        self._cuda_after()
         self._masters.to_model()
         return loss
+
+    def _cuda_before(self) -> None:
+        # Meridian's CUDA kernels run on the legacy default stream, which LibTorch's
+        # default stream is: work the script queued there is ordered already. Work on a
+        # side stream (the script's `torch.cuda.stream(...)`) is not: finish it first.
+        if self._cuda is not None:
+            current = torch.cuda.current_stream(self._cuda)
+            if current != torch.cuda.default_stream(self._cuda):
+                current.synchronize()
+
+    def _cuda_after(self) -> None:
+        # ...and the script's side stream waits for what Meridian queued.
+        if self._cuda is not None:
+            current = torch.cuda.current_stream(self._cuda)
+            default = torch.cuda.default_stream(self._cuda)
+            if current != default:
+                current.wait_stream(default)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -234,7 +266,13 @@ class Optimizer(torch.optim.Optimizer):
                 "not a meridian.Optimizer state_dict (no 'meridian_state'); to load the "
                 "inner optimizer's own state, call load_state_dict on it before wrapping"
             )
-        self._native.load_state(state_dict["meridian_state"])
+        data = bytes(state_dict["meridian_state"])
+        # accelerate's AcceleratedOptimizer (transformers.Trainer prepares the optimizer
+        # with it) moves the state to its device by a state_dict()/load_state_dict() round
+        # trip, possibly after the worker joined: the state it already holds loads as a no-op.
+        if data == bytes(self._native.state()):
+            return
+        self._native.load_state(data)
         self._masters.to_model()
 
     def close(self) -> None:
@@ -290,7 +328,8 @@ def _named_parameters(inner: torch.optim.Optimizer, model: torch.nn.Module):
             out.append((names[id(p)], p))
     if not out:
         raise ValueError("the optimizer trains no parameters")
-    dup = {n for n, _ in out if sum(1 for m, _ in out if m == n) > 1}
+    counts = collections.Counter(n for n, _ in out)
+    dup = {n for n, c in counts.items() if c > 1}
     if dup:
         raise ValueError(f"parameter names collide after canonicalization: {sorted(dup)}")
     return out

@@ -115,7 +115,7 @@ fn round_dict<'py>(py: Python<'py>, r: &AppliedRound) -> PyResult<Bound<'py, PyD
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (join, name, params, bridge, algorithm, sets, inner_steps=None, total_steps=None, connect_timeout=60.0, site_role=None))]
+    #[pyo3(signature = (join, name, params, bridge, algorithm, sets, inner_steps=None, total_steps=None, connect_timeout=60.0, reconnect_timeout=600.0, site_role=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         join: String,
@@ -127,6 +127,7 @@ impl Worker {
         inner_steps: Option<u64>,
         total_steps: Option<u64>,
         connect_timeout: f64,
+        reconnect_timeout: f64,
         site_role: Option<&str>,
     ) -> PyResult<Self> {
         let (leads_site, follows_site) = match site_role {
@@ -140,13 +141,18 @@ impl Worker {
             }
         };
         let slot = ErrorSlot::default();
-        let algorithm: Algorithm =
-            algorithm.parse().map_err(|e| MeridianError::new_err(format!("{e}")))?;
-        if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
-            return Err(MeridianError::new_err(format!(
-                "connect_timeout {connect_timeout}: give a positive number of seconds"
-            )));
-        }
+        let algorithm: Algorithm = algorithm.parse().map_err(MeridianError::new_err)?;
+        let seconds = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(MeridianError::new_err(format!(
+                    "{name} {v}: give a positive number of seconds"
+                )))
+            }
+        };
+        let connect_timeout = seconds("connect_timeout", connect_timeout)?;
+        let reconnect_timeout = seconds("reconnect_timeout", reconnect_timeout)?;
         let spec = JoinSpec {
             join,
             name,
@@ -154,7 +160,8 @@ impl Worker {
             sets,
             inner_steps,
             total_steps,
-            connect_timeout: Duration::from_secs_f64(connect_timeout),
+            connect_timeout,
+            reconnect_timeout,
             leads_site,
             follows_site,
         };

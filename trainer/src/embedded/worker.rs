@@ -46,6 +46,9 @@ pub struct JoinSpec {
     pub total_steps: Option<u64>,
     /// How long to try reaching the coordinator and being welcomed.
     pub connect_timeout: Duration,
+    /// How long a joined worker keeps trying to reach a coordinator it lost before its
+    /// step fails (a restarted coordinator is found again within this).
+    pub reconnect_timeout: Duration,
     /// This process leads a site (several ranks training as one worker): it records its
     /// link's answers for the other ranks ([`crate::embedded::site`]).
     pub leads_site: bool,
@@ -198,6 +201,7 @@ impl EmbeddedWorker {
         node_cfg.tuning = self.tuning.clone();
         node_cfg.signature = RunSignature::from_facts(signature);
         node_cfg.last_applied = self.w.rounds_done().checked_sub(1);
+        node_cfg.reconnect.give_up_after = self.spec.reconnect_timeout;
         let reducer = Arc::new(RingCell::default());
         node_cfg.reducer = Some(reducer.clone());
         let mut interrupt = self.interrupt.take().context("a failed join cannot be retried")?;
