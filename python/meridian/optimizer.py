@@ -41,36 +41,93 @@ def _setting(key: str, value: Any) -> str:
 
 
 class _Bridge:
-    """What the Rust side calls back: the script's optimizer step and its state."""
+    """What the Rust side calls back: the script's optimizer step and its state.
+
+    Nothing here may run a collective of the site's process group: a site's leader runs
+    its step (and these callbacks) before the other ranks run theirs. So the algorithms
+    that exchange after the inner step (DiLoCo, SparseLoCo, Streaming DiLoCo) take it in
+    ``Optimizer.step`` before Meridian's step (``taken``), and after an inner step taken
+    here the gathered copies are refreshed once Meridian's step has returned."""
 
     def __init__(self, inner: torch.optim.Optimizer, masters: "_Masters"):
         self.inner = inner
         self.masters = masters
+        self.taken = False
+        self.stepped = False
 
     def step(self) -> None:
+        if self.taken:
+            return
         self.masters.grads_to_model()
         self.inner.step()
-        self.masters.from_model()
+        self.stepped = True
 
     def state_bytes(self) -> bytes:
+        # A sharded (FSDP2) optimizer's state is this rank's shard only, which no other
+        # rank or site could use: a newcomer's inner optimizer then starts afresh.
+        if self.masters.sharded:
+            return b""
         buf = io.BytesIO()
         torch.save(self.inner.state_dict(), buf)
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
+        if not data or self.masters.sharded:
+            return
         self.inner.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
 
 
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor is gathered (a collective: every rank of its mesh calls
+    this for the same tensors in the same order), anything else is itself."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _local_part(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """The part of ``full`` that DTensor ``p`` holds on this rank (torch.chunk's split, as
+    DTensor's Shard placement uses)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    part = full
+    for mesh_dim, placement in enumerate(p.placements):
+        if isinstance(placement, Replicate):
+            continue
+        if not isinstance(placement, Shard):
+            raise NotImplementedError(
+                f"parameter placement {placement}: Meridian reads Shard and Replicate "
+                f"placements (FSDP2's fully_shard, tensor parallel row/column sharding)"
+            )
+        chunks = torch.chunk(part, p.device_mesh.size(mesh_dim), dim=placement.dim)
+        rank = p.device_mesh.get_local_rank(mesh_dim)
+        part = chunks[rank] if rank < len(chunks) else part.narrow(placement.dim, 0, 0)
+    return part
+
+
 class _Masters:
-    """f32 copies of parameters trained in another dtype (bf16, fp16): the outer optimizer
-    and the exchange work on these; the model's own tensors follow them after each step."""
+    """Whole f32 copies of the parameters Meridian cannot work on in place: those trained
+    in another dtype (bf16, fp16; the outer state stays f32) and those sharded across the
+    ranks of a site (FSDP2's DTensors, gathered on every rank in parameter order). The
+    outer optimizer and the exchange work on these; the model's own tensors (or shards)
+    follow them after each step."""
 
     def __init__(self, params: List[torch.nn.Parameter]):
         self.pairs = []
+        self.sharded = False
         for p in params:
-            if p.dtype == torch.float32:
+            dtensor = _is_dtensor(p)
+            self.sharded |= dtensor
+            if p.dtype == torch.float32 and not dtensor:
                 continue
-            master = torch.nn.Parameter(p.detach().to(torch.float32).clone())
+            full = _full(p.detach())
+            master = torch.nn.Parameter(full.to(torch.float32).clone().contiguous())
             self.pairs.append((p, master))
         self.by_param = {id(p): m for p, m in self.pairs}
 
@@ -80,26 +137,33 @@ class _Masters:
     @torch.no_grad()
     def from_model(self) -> None:
         for p, m in self.pairs:
-            m.copy_(p)
+            m.copy_(_full(p.detach()))
 
     @torch.no_grad()
     def grads_from_model(self) -> None:
         for p, m in self.pairs:
-            m.grad = None if p.grad is None else p.grad.to(torch.float32)
+            m.grad = None if p.grad is None else _full(p.grad).to(torch.float32)
 
     @torch.no_grad()
     def grads_to_model(self) -> None:
         for p, m in self.pairs:
-            if m.grad is not None:
-                if p.grad is None:
-                    p.grad = m.grad.to(p.dtype)
-                else:
-                    p.grad.copy_(m.grad)
+            if m.grad is None:
+                continue
+            if _is_dtensor(p):
+                if p.grad is not None:
+                    p.grad.to_local().copy_(_local_part(p, m.grad))
+            elif p.grad is None:
+                p.grad = m.grad.to(p.dtype)
+            else:
+                p.grad.copy_(m.grad)
 
     @torch.no_grad()
     def to_model(self) -> None:
         for p, m in self.pairs:
-            p.copy_(m)
+            if _is_dtensor(p):
+                p.to_local().copy_(_local_part(p, m))
+            else:
+                p.copy_(m)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -176,6 +240,10 @@ class Optimizer(torch.optim.Optimizer):
             reconnect_timeout=reconnect_timeout,
         )
         bridge = _Bridge(inner, self._masters)
+        self._bridge = bridge
+        # The algorithms whose exchange follows the inner step (DDP and DeMo exchange the
+        # gradient before it).
+        self._step_first = algorithm in ("diloco", "sparseloco", "streaming")
         if self._site is None:
             self._native = _native.Worker(join, name, params, bridge, algorithm, sets, **native_args)
         else:
@@ -207,11 +275,23 @@ class Optimizer(torch.optim.Optimizer):
         value = None
         if loss is not None:
             value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        self._masters.grads_from_model()
+        masters, bridge = self._masters, self._bridge
+        masters.grads_from_model()
+        if self._step_first:
+            # Nothing happens between this step and the exchange after it (see _Bridge).
+            self.inner.step()
+            masters.from_model()
+        bridge.taken, bridge.stepped = self._step_first, False
         self._cuda_before()
-        self._last_rounds = self._native.step(value)
+        try:
+            self._last_rounds = self._native.step(value)
+        finally:
+            bridge.taken = False
         self._cuda_after()
-        self._masters.to_model()
+        if bridge.stepped:
+            # DDP: the inner step ran inside, on the averaged gradient.
+            masters.from_model()
+        masters.to_model()
         return loss
 
     def _cuda_before(self) -> None:
