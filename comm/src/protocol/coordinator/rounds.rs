@@ -141,9 +141,33 @@ impl Coordinator {
         };
         let msg = open_message(open, now);
         let fallback = open.fallback.then(|| fallback_message(open, now));
+        let round = open.round;
         self.send(conn, msg);
         if let Some(msg) = fallback {
             self.send(conn, msg);
+        }
+        // The payloads others delivered while this member was away were forwarded to
+        // nobody on its behalf: send them now, or it would wait for a fetch grace before
+        // asking, and could miss the round (a copy it already holds is refused as a
+        // duplicate, harmlessly).
+        let held: Vec<(MemberId, Bytes)> = self
+            .payloads
+            .get(&round)
+            .map(|by| {
+                by.iter()
+                    .filter(|(&author, _)| author != id)
+                    .map(|(&author, (_, bytes))| (author, bytes.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (author, bytes) in held {
+            self.traffic.sent(Dest::Member(id), bytes.len());
+            self.transmits.push_back(Transmit::Payload {
+                to: conn,
+                round,
+                from_member: author,
+                bytes,
+            });
         }
     }
 

@@ -485,3 +485,37 @@ fn adaptive_deadline_learns_round_durations_and_survives_a_restart() {
     let (round, deadline) = deadlines(&net.coordinator_events[before..])[0];
     assert!(deadline < Duration::from_secs(1), "round {round} kept the learned deadline");
 }
+
+#[test]
+fn a_member_back_during_an_open_round_is_sent_the_payloads_delivered_meanwhile() {
+    // Relay: worker 0 delivers round 2 while worker 1, slower, is away. Back before the
+    // round closes, worker 1 must get worker 0's payload with the round, not only by
+    // fetching it once the round has committed (late, after a grace, and maybe too late
+    // for the next round's deadline).
+    let mut net = net(Topology::Relay, 2, 2);
+    net.nodes[1].app.compute = Duration::from_millis(400);
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(1)));
+    assert!(net.run_until(Duration::from_secs(30), |n| {
+        n.coordinator_events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::RoundOpened { round: 2, .. }))
+    }));
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[0].app.published.contains_key(&2), "worker 0 delivered round 2");
+    net.crash_worker(1);
+    net.restart_worker(1, true);
+    let fetches = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let seen = fetches.clone();
+    net.rule = Some(Box::new(move |env, _| {
+        if env.from == End::Worker(1)
+            && matches!(env.to_coordinator(), Some(ToCoordinator::Fetch { round: 2, .. }))
+        {
+            seen.set(seen.get() + 1);
+        }
+        Verdict::Pass
+    }));
+    assert!(net.run_until(Duration::from_secs(30), |n| n.all_applied(3)));
+    net.check_consistency();
+    assert_eq!(net.commits()[&2], vec![0, 1], "both delivered round 2");
+    assert_eq!(fetches.get(), 0, "worker 1 had to fetch worker 0's payload of round 2");
+}
