@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict};
 use pyo3_tch::PyTensor;
 
 create_exception!(
-    _native,
+    meridian,
     MeridianError,
     PyRuntimeError,
     "A Meridian run refused, lost or could not take a step; the message says why."

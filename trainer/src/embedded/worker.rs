@@ -95,6 +95,10 @@ pub struct EmbeddedWorker {
     interrupt: Option<Box<dyn FnMut() -> Result<()>>>,
     net: Option<Net>,
     site_welcome: Option<Vec<u8>>,
+    /// Rounds applied while joining, reported by the next step.
+    settled: Vec<AppliedRound>,
+    /// The welcome said a peer's state came first (taken while joining).
+    took_state: bool,
     stats: WorkerStats,
 }
 
@@ -174,6 +178,8 @@ impl EmbeddedWorker {
             interrupt: Some(interrupt),
             net: None,
             site_welcome: None,
+            settled: Vec::new(),
+            took_state: false,
             stats: WorkerStats::default(),
         })
     }
@@ -238,7 +244,12 @@ impl EmbeddedWorker {
             false => Link::Solo(link),
             true => Link::Leader(Recording::new(link)),
         };
-        let driver = Driver::start(link.round_link(), need_state)?;
+        self.took_state = need_state;
+        let mut driver = Driver::start(link.round_link(), need_state)?;
+        // A peer's state (and the rounds after it) is taken now, before the program's next
+        // forward pass: a gradient computed on the parameters it is about to replace would
+        // otherwise go into its first step.
+        self.settle(&mut driver, link.round_link())?;
         self.site_welcome = Some(
             [
                 &member.to_le_bytes()[..],
@@ -284,7 +295,9 @@ impl EmbeddedWorker {
         }
         let mut replay = Replay::default();
         replay.feed(log)?;
-        let driver = Driver::start(&mut replay, need_state)?;
+        self.took_state = need_state;
+        let mut driver = Driver::start(&mut replay, need_state)?;
+        self.settle(&mut driver, &mut replay)?;
         self.net = Some(Net {
             link: Link::Follower(replay),
             driver,
@@ -314,6 +327,17 @@ impl EmbeddedWorker {
         }
     }
 
+    /// Takes what the network already delivered (a peer's state, rounds to replay) without
+    /// training; the rounds applied are reported by the next step.
+    fn settle(&mut self, driver: &mut Driver, link: &mut dyn RoundLink) -> Result<()> {
+        let total = self.spec.total_steps.unwrap_or(u64::MAX);
+        let mut applied = Vec::new();
+        driver.settle(&mut self.w, link, total, &mut |r: &AppliedRound| applied.push(r.clone()))?;
+        self.settled.extend(applied);
+        self.stats.steps = self.w.steps_done();
+        Ok(())
+    }
+
     /// This worker's member id (0-based, in join order); joins first if needed.
     pub fn member(&mut self) -> Result<u32> {
         self.join()?;
@@ -331,19 +355,41 @@ impl EmbeddedWorker {
     /// Exchanges when a round falls due, which may wait for the network. Returns the rounds
     /// applied during the step (replays included).
     pub fn step(&mut self, loss: Option<f64>) -> Result<Vec<AppliedRound>> {
+        let joining = self.net.is_none();
         self.join()?;
+        if joining && self.took_state {
+            // The program's gradient was computed on the parameters a peer's state just
+            // replaced: this step is not taken (join first, e.g. through `member`, to
+            // avoid losing it).
+            let applied = std::mem::take(&mut self.settled);
+            self.count(&applied);
+            return Ok(applied);
+        }
         let Some(net) = self.net.as_mut() else { bail!("not joined") };
         self.w.train.loss = loss.unwrap_or(0.0);
         let total = self.spec.total_steps.unwrap_or(u64::MAX);
         let mut applied = Vec::new();
         let before = net.waiting.get();
+        applied.append(&mut self.settled);
         let mut observe = |r: &AppliedRound| applied.push(r.clone());
         if net.driver.step(&mut self.w, net.link.round_link(), total, &mut observe)?.is_none() {
-            bail!("the run's last step ({total}) is done; close this worker");
+            // Caught up past the run's last step (a peer's state from its end): nothing
+            // is left to train; the program's loop may simply run out.
+            tracing::debug!(total, "the run's last step is done");
         }
+        if !applied.is_empty() {
+            self.stats.last_round_seconds = (net.waiting.get() - before).as_secs_f64();
+        }
+        self.count(&applied);
+        Ok(applied)
+    }
+
+    /// Adds `applied` and the link's counters to the stats.
+    fn count(&mut self, applied: &[AppliedRound]) {
         let stats = &mut self.stats;
         stats.steps = self.w.steps_done();
-        for r in &applied {
+        let Some(net) = self.net.as_ref() else { return };
+        for r in applied {
             stats.rounds += 1;
             stats.rounds_replayed += u64::from(r.replayed);
             stats.straggled += u64::from(!r.replayed && !r.exchange.applied.contains(&net.member));
@@ -353,16 +399,12 @@ impl EmbeddedWorker {
             }
             stats.last_hash = Some(r.exchange.hash);
         }
-        if !applied.is_empty() {
-            stats.last_round_seconds = (net.waiting.get() - before).as_secs_f64();
-        }
         if let Some(link) = net.link.network() {
             stats.bytes_sent = link.sent;
             stats.bytes_received = link.received;
         }
         stats.waiting_seconds = net.waiting.get().as_secs_f64();
         stats.rtt_ms = net.rtt.get().map(|d| d.as_secs_f64() * 1e3);
-        Ok(applied)
     }
 
     /// What the worker has done so far.

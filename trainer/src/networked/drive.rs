@@ -216,16 +216,16 @@ impl Driver {
         Ok(Self { pending })
     }
 
-    /// Brings `w` up to date with the network (a peer's state, rounds to replay, requests
-    /// to serve), then trains one inner step unless `w` has done `steps`. Returns the
-    /// step's report, or `None` when the worker is done.
-    pub fn step<S: InnerState>(
+    /// Brings `w` up to date with the network without training: takes a peer's state that
+    /// arrived, replays the rounds committed since (as far as `steps`), serves snapshot
+    /// requests. Returns whether `w` has done its `steps`.
+    pub fn settle<S: InnerState>(
         &mut self,
         w: &mut SoloWorker<S>,
         link: &mut dyn RoundLink,
         steps: u64,
         observer: &mut impl DriveObserver<S>,
-    ) -> Result<Option<SoloStep>> {
+    ) -> Result<bool> {
         let pending = &mut self.pending;
         loop {
             if let Some((round, bytes)) = pending.state.take() {
@@ -256,9 +256,24 @@ impl Driver {
             if !pending.snapshot_requests.is_empty() {
                 serve(link, &mut pending.snapshot_requests, &snapshot::encode(w)?);
             }
-            if w.steps_done() >= steps {
+            return Ok(w.steps_done() >= steps);
+        }
+    }
+
+    /// [`Driver::settle`], then one inner step unless `w` has done `steps`. Returns the
+    /// step's report, or `None` when the worker is done.
+    pub fn step<S: InnerState>(
+        &mut self,
+        w: &mut SoloWorker<S>,
+        link: &mut dyn RoundLink,
+        steps: u64,
+        observer: &mut impl DriveObserver<S>,
+    ) -> Result<Option<SoloStep>> {
+        loop {
+            if self.settle(w, link, steps, observer)? {
                 return Ok(None);
             }
+            let pending = &mut self.pending;
             // Exchanges block until the round commits; keep a state at hand to serve from.
             let state = [Phase::AfterBackward, Phase::AfterInnerStep]
                 .into_iter()
