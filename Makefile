@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(ROOT)/.venv
 export PATH := $(ROOT)/.venv/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test fmt lint build bench bench-cuda gpu-kit gpu-check clean-venv
+.PHONY: setup demo test python fmt lint build bench bench-cuda gpu-kit gpu-check clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -26,14 +26,22 @@ demo: setup
 	cargo build --release -p meridian-trainer --bin meridian
 	target/release/meridian simulate --preset cross-continent --out out/demo
 
-## test: formatting, lints (warnings denied) and every test in the workspace.
+## test: formatting, lints (warnings denied), every test in the workspace, then the
+## Python package's pytest suite (python/tests; setup built the package).
 test: setup
 	cargo fmt --all --check
+	cd python && cargo fmt --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cd python && CARGO_TARGET_DIR=$(ROOT)/target cargo clippy --all-targets --quiet -- -D warnings
 	bash scripts/run-tests.sh
+
+## python: rebuild the meridian Python package into .venv after changing its Rust code
+## (setup does it too).
+python: setup
 
 fmt:
 	cargo fmt --all
+	cd python && cargo fmt
 
 ## bench: criterion benchmarks (long; see BENCHMARKS.md).
 bench: setup

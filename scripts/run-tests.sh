@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Runs the workspace's tests and closes with one line totalling every test binary's
-# results ("tests: N passed, N failed, N skipped"), since cargo's own last line is the
-# last crate's doc-tests, which may be empty.
+# Runs the workspace's tests, then the Python package's pytest suite, and closes with one
+# line totalling every result ("tests: N passed, N failed, N skipped"), since cargo's own
+# last line is the last crate's doc-tests, which may be empty. pytest fails a run that
+# collects no tests (its exit status 5), so a broken collection cannot pass.
 set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
 cargo test --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The package as this checkout built it (scripts/setup-python.sh), whatever else the
+# shared venv has installed.
+PYTHONPATH=$root/python "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider \
+  "$root/python/tests" 2>&1 | tee "$pylog"
+pystatus=${PIPESTATUS[0]}
 awk '/^test result:/ {
        for (i = 1; i <= NF; i++) {
          if ($(i+1) ~ /^passed/)  p += $i;
@@ -14,5 +22,19 @@ awk '/^test result:/ {
          if ($(i+1) ~ /^ignored/) s += $i;
        }
      }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-exit "$status"
+     END { printf "%d %d %d\n", p, f, s }' "$log" >"$log.cargo"
+# pytest's last line: "12 passed, 1 skipped in 3.4s" (or "... failed", "... error").
+awk 'END {
+       for (i = 1; i <= NF; i++) {
+         w = $(i+1); gsub(/[^a-z]/, "", w);
+         if (w == "passed") p += $i;
+         if (w == "failed" || w == "error" || w == "errors") f += $i;
+         if (w == "skipped") s += $i;
+       }
+       printf "%d %d %d\n", p, f, s
+     }' "$pylog" >"$pylog.py"
+read -r cp cf cs <"$log.cargo"
+read -r pp pf ps <"$pylog.py"
+rm -f "$log.cargo" "$pylog.py"
+echo "tests: $((cp + pp)) passed, $((cf + pf)) failed, $((cs + ps)) skipped (cargo $cp/$cf/$cs, pytest $pp/$pf/$ps)"
+[ "$status" -eq 0 ] && [ "$pystatus" -eq 0 ]

@@ -38,3 +38,4 @@ fi
 
 bash "$root/scripts/setup-torch.sh"
 bash "$root/scripts/setup-corpus.sh"
+bash "$root/scripts/setup-python.sh"
