@@ -32,7 +32,7 @@ test: setup
 	cargo fmt --all --check
 	cd python && cargo fmt --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	cd python && CARGO_TARGET_DIR=$(ROOT)/target cargo clippy --all-targets --quiet -- -D warnings
+	cd python && CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(ROOT)/target} cargo clippy --all-targets --quiet -- -D warnings
 	bash scripts/run-tests.sh
 
 ## python: rebuild the meridian Python package into .venv after changing its Rust code
