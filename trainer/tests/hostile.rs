@@ -127,6 +127,22 @@ const CASES: &[Case] = &[
     case(&["worker", "--join", "meridian://127.0.0.1:1/?fp=00", "--name", "w"], 1, &["fp="]),
     case(&["worker", "--join", NOBODY, "--name", "w", "--shards", "0"], 1, &["--shards"]),
     case(&["worker", "--name", "w"], 2, &["--join"]),
+    case(
+        &["worker", "--join-file", "{dir}/nojoin.txt", "--name", "w"],
+        1,
+        &["--join-file", "nojoin.txt"],
+    ),
+    case(
+        &["worker", "--join-file", "{dir}/empty-join.txt", "--name", "w"],
+        1,
+        &["empty-join.txt", "empty"],
+    ),
+    case(&["worker", "--join-file", "{dir}/topo.toml", "--name", "w"], 1, &["--join-file"]),
+    case(
+        &["worker", "--join", NOBODY, "--join-file", "{dir}/x.txt", "--name", "w"],
+        2,
+        &["--join-file"],
+    ),
     // ---- simulate: presets, topologies, durations
     case(&["simulate", "--data", "{corpus}", "--preset", "mars"], 1, &["--preset", "mars"]),
     case(&["simulate", "--data", "{corpus}", "--topology", "{dir}/topo.toml"], 1, &["topo.toml"]),
@@ -230,6 +246,7 @@ fn write_fixtures(dir: &Path) {
     put("topo.toml", b"regions = [\"a\"]\n[links\n");
     put("garbage.safetensors", b"this is not a safetensors file");
     put("toplevel.toml", b"steps = 5\n");
+    put("empty-join.txt", b" \n");
     // Five bytes: not a whole number of u32 tokens.
     put("odd.u32", &[1, 0, 0, 0, 2]);
     let tokens: Vec<u8> = (0u32..4096).flat_map(|t| (t % 200).to_le_bytes()).collect();

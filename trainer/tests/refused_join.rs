@@ -57,7 +57,24 @@ fn a_worker_with_another_outer_lr_is_refused_naming_it_and_the_run_goes_on() {
     assert!(stderr.contains("setting outer_lr: the run has 0.7, this worker 0.5"), "{stderr}");
     assert!(!dir.join("w1").join("worker.json").exists());
 
-    let mut second = spawn(&dir, &join, "w2");
+    // The matching worker reads the join string from a private file (the form the README
+    // shows: the secret stays off the command line).
+    let file = dir.join("join.txt");
+    std::fs::write(&file, format!("{join}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut w2_args = args(&dir, &join, "w2", &[]);
+    let at = w2_args.iter().position(|a| a == "--join").unwrap();
+    w2_args.splice(at..at + 2, ["--join-file".to_string(), file.display().to_string()]);
+    let log2 = std::fs::File::create(dir.join("w2.log")).unwrap();
+    let mut second = Proc(
+        Command::new(BIN)
+            .args(&w2_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .unwrap(),
+    );
     assert!(first.wait_ok(Duration::from_secs(120)), "w0: {}", log(&dir, "w0"));
     assert!(second.wait_ok(Duration::from_secs(120)), "w2: {}", log(&dir, "w2"));
     assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));

@@ -1,7 +1,7 @@
 //! `meridian worker`: one worker of a run across processes, training its replica and
 //! syncing through a coordinator over QUIC (see [`crate::networked::process`]).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use meridian_optimizer::Algorithm;
 
@@ -15,14 +15,25 @@ use super::args::{RunArgs, RunSource, ScheduleArgs, DEFAULT_STEPS};
     mut_arg("threads", |a| a.default_value("1")),
     after_help = "\
 Every worker of a run must be started with the same model, data, algorithm, settings and
-seed (their parameters are compared by hash at the first round). Writes OUT/worker.json:
-member id, rounds applied, bytes sent and received, final validation loss and the hash
-every worker should agree on."
+seed: a worker whose model or settings differ from the run's is refused when it joins,
+with every difference named. The join string holds the run's secret: pass it with
+--join-file (or MERIDIAN_JOIN_FILE, or MERIDIAN_JOIN), not on the command line, where
+`ps` shows it to every user. Writes OUT/worker.json: member id, rounds applied, bytes
+sent and received, final validation loss and the hash every worker should agree on."
 )]
 pub struct WorkerArgs {
-    /// The join string the coordinator printed.
-    #[arg(long, env = "MERIDIAN_JOIN")]
-    pub join: String,
+    /// The join string the coordinator printed (prefer --join-file: a command line is
+    /// visible to every user of the machine).
+    #[arg(
+        long,
+        env = "MERIDIAN_JOIN",
+        required_unless_present = "join_file",
+        hide_env_values = true
+    )]
+    pub join: Option<String>,
+    /// A file holding the join string, as `meridian coordinator --join-file` writes it.
+    #[arg(long, env = "MERIDIAN_JOIN_FILE", value_name = "PATH", conflicts_with = "join")]
+    pub join_file: Option<std::path::PathBuf>,
     /// This worker's stable name: a restarted worker gives the same name to take its place.
     #[arg(long, env = "MERIDIAN_NAME")]
     pub name: String,
@@ -44,6 +55,36 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// The join string, from `--join` or read from `--join-file`.
+    pub fn join_string(&self) -> Result<String> {
+        if let Some(join) = &self.join {
+            return Ok(join.clone());
+        }
+        let Some(path) = &self.join_file else {
+            anyhow::bail!("give --join-file PATH (or --join) with the coordinator's join string");
+        };
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--join-file {shown}: cannot read the join string"))?;
+        let join = text.trim();
+        if join.is_empty() {
+            anyhow::bail!("--join-file {shown} is empty; the coordinator writes the join string there once it listens");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %shown,
+                        "the join file is readable by other users: it holds the run's secret (chmod 600 it)"
+                    );
+                }
+            }
+        }
+        Ok(join.to_string())
+    }
+
     /// Inner steps to train.
     pub fn steps(&self) -> u64 {
         self.schedule.steps_or(DEFAULT_STEPS)

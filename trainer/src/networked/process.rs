@@ -74,7 +74,8 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     if args.shards == 0 || args.steps() == 0 {
         bail!("--shards and --steps must be at least 1");
     }
-    let join: JoinString = args.join.parse().context("--join")?;
+    let from = if args.join.is_some() { "--join" } else { "--join-file" };
+    let join: JoinString = args.join_string()?.parse().context(from)?;
     let config = args.source.config(&[args.algo], args.schedule.inner_steps, &[])?;
     let corpus = Arc::new(args.source.data.load()?);
     tch::set_num_threads(args.threads() as i32);
