@@ -11,7 +11,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use meridian_comm::ids::{JoinSecret, RunId};
-use meridian_comm::wire::{FrameCodec, FrameKind, WireError};
+use meridian_comm::node::MAX_JOIN_FRAME;
+use meridian_comm::wire::{FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME};
 
 struct Counting;
 
@@ -99,4 +100,27 @@ fn a_frame_read_in_small_chunks_allocates_about_its_size_once() {
     });
     // The frame's own buffer, never a doubled one.
     assert_eq!(largest, bytes.len());
+}
+
+#[test]
+fn a_first_frame_over_the_join_limit_allocates_nothing_of_its_size() {
+    // What a coordinator reads before a connection joined: its codec's limit, lowered to
+    // the largest valid join. A stranger announces 512 MiB, well within the member limit.
+    let member = FrameCodec::new(&SECRET, RUN, DEFAULT_MAX_FRAME);
+    let first = member.with_max_frame(MAX_JOIN_FRAME);
+    assert_eq!(first.max_frame(), MAX_JOIN_FRAME);
+    let mut bytes = (512u32 << 20).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"MRDN");
+    let largest = largest_allocation(|| {
+        let mut reader = first.reader();
+        // The prefix alone, as it may arrive: refused before the rest is waited for.
+        reader.push(&bytes[..4]);
+        let err = reader.next_frame().expect("refused at the prefix").unwrap_err();
+        assert_eq!(err, WireError::TooLarge { len: 512 << 20, max: MAX_JOIN_FRAME });
+    });
+    assert!(largest < 1024, "largest allocation {largest} bytes");
+    // The member codec would have waited for (and reserved) the announced size.
+    let mut reader = member.reader();
+    reader.push(&bytes);
+    assert!(reader.next_frame().is_none());
 }

@@ -1,7 +1,8 @@
 //! The coordinator node: a QUIC server driving a [`Coordinator`].
 //!
 //! Tasks:
-//! - the acceptor takes incoming connections and spawns a connection task for each;
+//! - the acceptor takes incoming connections, refuses those over the caps on unverified
+//!   connections (see [`PreAuthLimits`]) and spawns a connection task for each other one;
 //! - a connection task completes the handshake, reads frames one at a time, decides
 //!   admission on the first one (see the [module docs](super)), decodes the rest and sends
 //!   them to the actor; it spawns the connection's writer task on admission;
@@ -12,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
+use super::guard::{PreAuthLimits, RefusalLog, Slot, Unverified};
 use super::link::{self, Out, Read};
 use super::state::StateDir;
-use super::{COORDINATOR_SENDER, FRAME_OVERHEAD};
+use super::{COORDINATOR_SENDER, FRAME_OVERHEAD, MAX_JOIN_FRAME};
 use crate::error::Result;
 use crate::ids::{JoinSecret, MemberId, Round, RunId};
 use crate::protocol::{
@@ -32,10 +33,10 @@ use crate::protocol::{
     Topology,
 };
 use crate::quic::{
-    self, close_refused, ClientAuth, JoinString, NodeIdentity, QuicEndpoint, RefusalCode,
-    TransportTuning, CLOSE_DONE,
+    self, close_done, close_refused, ClientAuth, JoinString, NodeIdentity, QuicEndpoint,
+    RefusalCode, TransportTuning, CLOSE_DONE,
 };
-use crate::wire::{Frame, FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME};
+use crate::wire::{Frame, FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME, PREFIX_LEN};
 
 /// Events queued for [`CoordinatorNode::next_event`] before new ones are dropped (and
 /// logged): a node nobody reads events from must not grow without bound.
@@ -59,10 +60,13 @@ pub struct CoordinatorNodeConfig {
     pub protocol: CoordinatorConfig,
     /// QUIC tuning.
     pub tuning: TransportTuning,
-    /// The largest frame accepted or sent, in bytes.
+    /// The largest frame accepted or sent, in bytes, once a connection has joined. Before
+    /// that its one frame, the join, may take at most [`MAX_JOIN_FRAME`] bytes.
     pub max_frame: usize,
-    /// How long a new connection has to send its first (admission) frame. By default 30 s.
-    pub first_frame_timeout: Duration,
+    /// What a connection gets before its join proved the secret: how long it has from its
+    /// first packet to its whole `Join` frame (10 s by default), and how many such
+    /// connections may wait at once (64, and 8 from one source, by default).
+    pub pre_auth: PreAuthLimits,
     /// Bad frames an admitted connection may send before it is closed. By default 16.
     pub max_bad_frames: u32,
     /// A UDP socket to run over instead of binding `listen` (a simulated network, a
@@ -81,7 +85,7 @@ impl CoordinatorNodeConfig {
             protocol: CoordinatorConfig::new(RunId([0; 16]), topology),
             tuning: TransportTuning::default(),
             max_frame: DEFAULT_MAX_FRAME,
-            first_frame_timeout: Duration::from_secs(30),
+            pre_auth: PreAuthLimits::default(),
             max_bad_frames: 16,
             socket: None,
         }
@@ -94,6 +98,16 @@ impl CoordinatorNodeConfig {
 pub enum CoordinatorNodeEvent {
     /// The round protocol's event (joins, rounds opened and committed with their stats...).
     Protocol(CoordinatorEvent),
+    /// A connection hit a limit of [`PreAuthLimits`]: refused before its handshake because
+    /// too many connections are waiting to prove they belong to the run (in total or from
+    /// its source), or closed for not having joined in time. Neither is a refusal a worker
+    /// stops at: it tries again.
+    PreAuthLimit {
+        /// Its address.
+        peer: SocketAddr,
+        /// Which limit it hit.
+        detail: String,
+    },
     /// A connection was turned away on its first frame.
     PeerRefused {
         /// Its address.
@@ -131,10 +145,13 @@ enum Input {
 /// What the connection tasks share.
 #[derive(Clone)]
 struct Shared {
+    endpoint: Arc<QuicEndpoint>,
     codec: FrameCodec,
+    /// The codec for a connection's first frame: limited to the largest valid join.
+    join_codec: FrameCodec,
     inbox: mpsc::UnboundedSender<Input>,
     events: mpsc::Sender<CoordinatorNodeEvent>,
-    first_frame_timeout: Duration,
+    unverified: Unverified,
     max_bad_frames: u32,
 }
 
@@ -155,6 +172,7 @@ impl CoordinatorNode {
     /// Binds the endpoint, restores the protocol state from `state_dir` if one was saved
     /// there, and starts serving. Must be called inside a tokio runtime.
     pub fn start(cfg: CoordinatorNodeConfig) -> Result<Self> {
+        cfg.pre_auth.check("coordinator")?;
         let dir = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
         let (identity, (run, secret), saved) = match &dir {
             Some(dir) => (dir.identity()?, dir.run()?, dir.load_state()?),
@@ -204,18 +222,21 @@ impl CoordinatorNode {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let codec = FrameCodec::new(&secret, run, cfg.max_frame);
         let shared = Shared {
-            codec: FrameCodec::new(&secret, run, cfg.max_frame),
+            endpoint: endpoint.clone(),
+            join_codec: codec.with_max_frame(cfg.max_frame.min(MAX_JOIN_FRAME)),
+            codec,
             inbox: inbox_tx,
             events: events_tx.clone(),
-            first_frame_timeout: cfg.first_frame_timeout,
+            unverified: Unverified::new(cfg.pre_auth.clone()),
             max_bad_frames: cfg.max_bad_frames,
         };
         let actor = Actor { proto: coordinator, writers: HashMap::new(), events: events_tx, dir };
         let actor = tokio::spawn(
             actor.run(inbox_rx, stop_rx).instrument(tracing::info_span!("coordinator")),
         );
-        let acceptor = tokio::spawn(accept_loop(endpoint.clone(), shared));
+        let acceptor = tokio::spawn(accept_loop(shared));
         Ok(CoordinatorNode {
             endpoint,
             join,
@@ -298,16 +319,41 @@ fn advertised_ip(addr: SocketAddr) -> IpAddr {
     }
 }
 
-async fn accept_loop(endpoint: Arc<QuicEndpoint>, shared: Shared) {
-    let next_conn = AtomicU64::new(1);
-    while let Some(incoming) = endpoint.incoming().await {
-        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+async fn accept_loop(shared: Shared) {
+    let mut next_conn = 1;
+    let mut refusals = RefusalLog::default();
+    while let Some(incoming) = shared.endpoint.incoming().await {
+        let peer = incoming.remote_address();
+        // Claimed before the handshake, which is work and memory a stranger can cause.
+        let slot = match shared.unverified.claim(peer.ip()) {
+            Ok(slot) => slot,
+            Err(detail) => {
+                // Refused statelessly: holding even a refusal's connection would be work
+                // the flood causes. The peer sees QUIC's CONNECTION_REFUSED.
+                incoming.refuse();
+                refusals.refused("coordinator", peer, &detail);
+                let _ = shared.events.try_send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
+                continue;
+            }
+        };
+        // One deadline from the first packet to the whole join: not restarted by the
+        // handshake's end nor by any byte the peer sends.
+        let deadline = tokio::time::Instant::now() + shared.unverified.limits().timeout;
+        let conn = ConnId(next_conn);
+        next_conn += 1;
         let shared = shared.clone();
-        let span = tracing::info_span!("conn", id = conn.0, peer = %incoming.remote_address());
+        let span = tracing::info_span!("conn", id = conn.0, %peer);
         tokio::spawn(
             async move {
-                if let Ok(connection) = quic::handshake(incoming).await {
-                    serve(connection, conn, shared).await;
+                // At most one frame of the largest join's size may be in flight.
+                let allowance = shared.join_codec.max_frame().saturating_add(PREFIX_LEN);
+                let allowance = u32::try_from(allowance).unwrap_or(u32::MAX);
+                let handshake = shared.endpoint.handshake_unverified(incoming, allowance);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Ok(Ok(connection)) => serve(connection, conn, shared, slot, deadline).await,
+                    Ok(Err(_)) => {} // logged by the handshake
+                    // Dropping the handshake abandons the connection.
+                    Err(_) => info!("no handshake before the deadline; connection dropped"),
                 }
             }
             .instrument(span),
@@ -331,24 +377,50 @@ fn refusal(error: &WireError) -> (RefusalCode, String) {
 }
 
 /// One connection: admission on the first frame, then frames to the actor until it closes.
-async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
+/// `slot` is its place among the unverified connections, held until it joined; `deadline`
+/// is when it must have.
+async fn serve(
+    connection: Connection,
+    conn: ConnId,
+    shared: Shared,
+    slot: Slot,
+    deadline: tokio::time::Instant,
+) {
     let peer = connection.remote_address();
     let refuse = |code: RefusalCode, detail: String| {
         close_refused(&connection, code, &detail);
         let _ = shared.events.try_send(CoordinatorNodeEvent::PeerRefused { peer, code, detail });
     };
-    let first = match tokio::time::timeout(
-        shared.first_frame_timeout,
-        link::read_frame(&connection, &shared.codec),
+    let first = match tokio::time::timeout_at(
+        deadline,
+        link::read_first_frame(&connection, &shared.join_codec),
     )
     .await
     {
         Err(_) => {
-            return refuse(RefusalCode::ProtocolViolation, "no frame before the timeout".into())
+            let timeout = shared.unverified.limits().timeout;
+            let detail = format!(
+                "no join within {timeout:?} of connecting (the limit for a connection that has \
+                 not joined, pre_auth.timeout)"
+            );
+            info!(detail, "closing a connection");
+            // Closed, not refused: a worker whose join crawls over a bad link reconnects and
+            // tries again, where a refusal would end it. (At most `max_connections` of these
+            // per timeout, so no flood of log lines.)
+            close_done(&connection, &detail);
+            let _ = shared.events.try_send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
+            return;
         }
         Ok(Read::Lost(e)) => return debug!(error = %e, "connection lost before its first frame"),
         Ok(Read::Bad(detail, wire)) => {
             let (code, detail) = match wire {
+                Some(WireError::TooLarge { len, max }) => (
+                    RefusalCode::ProtocolViolation,
+                    format!(
+                        "a first frame of {len} bytes exceeds the {max}-byte limit of a \
+                         connection that has not joined (the largest valid join)"
+                    ),
+                ),
                 Some(e) => refusal(&e),
                 None => (RefusalCode::ProtocolViolation, detail),
             };
@@ -363,6 +435,9 @@ async fn serve(connection: Connection, conn: ConnId, shared: Shared) {
         warn!("refusing a connection whose first frame is not a join");
         return refuse(RefusalCode::ProtocolViolation, "the first frame must be a join".into());
     }
+    // Joined: the connection gets a member's limits and leaves the unverified count.
+    shared.endpoint.admit(&connection);
+    drop(slot);
 
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = link::spawn_writer(connection.clone(), shared.codec.clone(), writer_rx);

@@ -4,13 +4,13 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use quinn::Connection;
+use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::ids::{MemberId, Round};
 use crate::protocol::{Dest, RoundStats};
-use crate::quic::{recv_frame, send_frame, send_frame_delivered, QuicError};
+use crate::quic::{recv_frame, send_frame, send_frame_delivered, QuicError, STOP_FRAME_TOO_LARGE};
 use crate::wire::{Frame, FrameCodec, FrameKind, WireError, PREFIX_LEN};
 
 /// A frame for a writer task to encode and send.
@@ -112,6 +112,63 @@ pub(crate) async fn read_frame(conn: &Connection, codec: &FrameCodec) -> Read {
         }
         Err(QuicError::Stream(e)) => Read::Bad(e, None),
         Err(e) => Read::Lost(e),
+    }
+}
+
+/// Reads and decodes the first frame of `conn`, from a peer that has not proven itself yet:
+/// `codec`'s limit is what a join needs, not what a payload may take.
+///
+/// Unlike [`read_frame`], which collects a whole stream before looking at it, this feeds a
+/// [`FrameReader`](crate::wire::FrameReader) as bytes arrive, so a length prefix over the
+/// limit is refused as soon as its four bytes are in (the stream is stopped), before
+/// anything of the claimed size is reserved or waited for. Bytes after the frame on its
+/// stream are an error too ([`WireError::TrailingBytes`]).
+pub(crate) async fn read_first_frame(conn: &Connection, codec: &FrameCodec) -> Read {
+    let mut stream = match conn.accept_uni().await {
+        Ok(stream) => stream,
+        Err(e) => return Read::Lost(e.into()),
+    };
+    let refuse = |stream: &mut quinn::RecvStream, e: WireError| {
+        // An already finished stream cannot be stopped; nothing is left to refuse then.
+        let _ = stream.stop(VarInt::from_u32(STOP_FRAME_TOO_LARGE));
+        Read::Bad(e.to_string(), Some(e))
+    };
+    let mut reader = codec.reader();
+    let mut frame = None;
+    loop {
+        let chunk = match stream.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => break,
+            Err(e) => {
+                return match QuicError::from(e) {
+                    e @ QuicError::FrameReset { .. } => Read::Bad(e.to_string(), None),
+                    QuicError::Stream(e) => Read::Bad(e, None),
+                    e => Read::Lost(e),
+                }
+            }
+        };
+        if frame.is_some() {
+            return refuse(&mut stream, WireError::TrailingBytes { extra: chunk.len() });
+        }
+        reader.push(&chunk);
+        match reader.next_frame() {
+            None => {}
+            Some(Ok(done)) if reader.buffered() == 0 => frame = Some(done),
+            Some(Ok(_)) => {
+                let extra = reader.buffered();
+                return refuse(&mut stream, WireError::TrailingBytes { extra });
+            }
+            Some(Err(e)) => return refuse(&mut stream, e),
+        }
+    }
+    match (frame, reader.finish()) {
+        (Some(frame), _) => Read::Frame(frame),
+        (None, Err(e)) => Read::Bad(e.to_string(), Some(e)),
+        // An empty stream: no frame at all.
+        (None, Ok(())) => {
+            let e = WireError::Truncated { needed: PREFIX_LEN, got: 0 };
+            Read::Bad(e.to_string(), Some(e))
+        }
     }
 }
 

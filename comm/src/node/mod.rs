@@ -41,11 +41,27 @@
 //! (the sender lacks the join secret) closes the connection with
 //! [`RefusalCode::WrongSecret`], one of another run
 //! with `RunMismatch`, one of another format version with `VersionMismatch`, anything else
-//! that does not decode (or no frame within `first_frame_timeout`) with `ProtocolViolation`.
+//! that does not decode, is not a join or is larger than [`MAX_JOIN_FRAME`] with
+//! `ProtocolViolation`. A connection whose join is not complete within
+//! [`PreAuthLimits::timeout`] of its first packet is closed without a refusal code (and
+//! reported as [`CoordinatorNodeEvent::PreAuthLimit`]), so that a worker on a link slow
+//! enough for that reconnects instead of stopping.
 //! On an admitted connection a bad frame (tampered, malformed, oversized, an undecodable
 //! message) is logged, reported as [`CoordinatorNodeEvent::FrameRejected`] and dropped; after
 //! `max_bad_frames` of them the connection is closed with `ProtocolViolation`. Other
 //! connections are never affected.
+//!
+//! # Before authentication
+//! A connection that has not proven it belongs to the run gets little (see
+//! [`PreAuthLimits`]): on the coordinator, one frame of at most [`MAX_JOIN_FRAME`] bytes,
+//! one stream at a time and that much QUIC credit, and one deadline from its first packet
+//! to its whole join; on a worker's peer listener, one deadline for its handshake (which
+//! checks its certificate against the members' pinned fingerprints). On both, such
+//! connections are capped in total and per source address, and attempts over a cap are
+//! refused before their handshake. So a stranger holding any certificate can make a node
+//! hold at most `max_connections` connections of about `2 × MAX_JOIN_FRAME` bytes each
+//! (what QUIC buffers plus the frame being read), each for at most `timeout`. Once a
+//! connection joined, its frames get the full limits (`max_frame`, the tuned windows).
 //!
 //! # Topologies
 //! All three. In [`Topology::Relay`](crate::protocol::Topology::Relay) a worker talks to the
@@ -70,6 +86,7 @@
 //! successor.
 
 mod coordinator;
+mod guard;
 mod handle;
 mod link;
 mod state;
@@ -81,12 +98,13 @@ mod tests;
 use std::path::PathBuf;
 
 pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
+pub use guard::PreAuthLimits;
 pub use handle::WorkerHandle;
 pub use state::{RUN_FILE, STATE_FILE};
 pub use worker::{ReconnectPolicy, WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 
 use crate::ids::MemberId;
-use crate::protocol::RefuseReason;
+use crate::protocol::{RefuseReason, MAX_JOIN_LEN};
 use crate::quic::RefusalCode;
 
 /// The header `sender` of control and state frames the coordinator originates.
@@ -99,6 +117,11 @@ pub const UNASSIGNED_SENDER: MemberId = MemberId::MAX;
 /// bytes, 4-byte prefix, 16-byte tag, rounded up). Payload and state limits are kept this far
 /// below `max_frame` so anything the protocol accepts also fits a frame.
 pub const FRAME_OVERHEAD: usize = 128;
+
+/// The largest frame a coordinator reads from a connection that has not joined yet: the
+/// largest valid join ([`MAX_JOIN_LEN`], about 1.2 MiB, most of it the run signature's
+/// limit) with its frame overhead. A larger length prefix is refused as soon as it arrives.
+pub const MAX_JOIN_FRAME: usize = MAX_JOIN_LEN + FRAME_OVERHEAD;
 
 /// Why the coordinator turned a worker away.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,17 +16,50 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::signature::{bounded_lines, RunSignature};
-use super::types::{Delivery, Digest, MemberInfo, PeerInfo, Topology};
+use super::signature::{bounded_lines, RunSignature, MAX_SIGNATURE_BYTES, MAX_SIGNATURE_ENTRIES};
+use super::types::{
+    Delivery, Digest, MemberInfo, PeerInfo, Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,
+};
 use super::ProtocolError;
 use crate::ids::{MemberId, Round};
+
+/// The most bytes the body of a valid [`ToCoordinator::Join`] encodes to: a name of
+/// [`MAX_NAME_LEN`] bytes, a round, a peer info of [`MAX_PEER_INFO_LEN`] bytes and a
+/// signature at its limits, with every postcard length prefix and tag. A driver caps what a
+/// connection may send before it joined at this (plus the frame's own overhead): no valid
+/// join is larger, so nothing valid is refused by the cap.
+///
+/// A bound computed from the limits, not a measurement: the signature's part is its
+/// [`MAX_SIGNATURE_BYTES`] of keys and values plus one varint length prefix per key and
+/// per value. A string of `L` bytes has a prefix of `1 + ⌊log₁₂₈ L⌋ ≤ 1 + L / 128` bytes,
+/// so the prefixes of at most `2 ×` [`MAX_SIGNATURE_ENTRIES`] strings holding
+/// [`MAX_SIGNATURE_BYTES`] bytes together take at most `2 × entries + bytes / 128`. The
+/// largest join that can actually be built is within 0.5% of it (a test builds one).
+pub const MAX_JOIN_LEN: usize = varint_len(0) // the variant
+    + varint_len(MAX_NAME_LEN as u64) + MAX_NAME_LEN // name
+    + 1 + varint_len(Round::MAX) // last_applied: Some(round)
+    + varint_len(MAX_PEER_INFO_LEN as u64) + MAX_PEER_INFO_LEN // peer
+    + varint_len(MAX_SIGNATURE_ENTRIES as u64) // signature: the number of facts
+    + 2 * MAX_SIGNATURE_ENTRIES + MAX_SIGNATURE_BYTES / 128 // their length prefixes
+    + MAX_SIGNATURE_BYTES; // their keys and values
+
+/// Bytes of postcard's varint encoding of `n` (7 bits a byte).
+const fn varint_len(n: u64) -> usize {
+    let mut len = 1;
+    let mut rest = n >> 7;
+    while rest > 0 {
+        len += 1;
+        rest >>= 7;
+    }
+    len
+}
 
 /// A worker to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToCoordinator {
     /// Asks for admission (first message on a connection), or resynchronises.
     Join {
-        /// The worker's stable identity (at most [`MAX_NAME_LEN`](super::MAX_NAME_LEN) bytes):
+        /// The worker's stable identity (at most [`MAX_NAME_LEN`] bytes):
         /// the same name gets the same member id for the whole run.
         name: String,
         /// The last round this worker applied, `None` for a fresh worker.
@@ -231,3 +264,32 @@ macro_rules! codec {
 codec!(ToCoordinator);
 codec!(ToWorker);
 codec!(PeerMessage);
+
+/// The largest valid `Join` this test suite can build: every field at its limit, and the
+/// signature's bytes spread to maximise its length prefixes (100 000 facts with 5-byte keys,
+/// values of 128 bytes, whose prefixes take two bytes, while the byte budget lasts). Only
+/// `last_applied` is the caller's: at most ten bytes, and a coordinator refuses a round it
+/// never committed.
+#[cfg(test)]
+pub(crate) fn largest_join(last_applied: Option<Round>) -> ToCoordinator {
+    let mut left = MAX_SIGNATURE_BYTES - 5 * MAX_SIGNATURE_ENTRIES;
+    let facts = (0..MAX_SIGNATURE_ENTRIES)
+        .map(|i| {
+            let len = match left {
+                0..128 => left,
+                256.. => 128,
+                // The last long value takes the rest, so no byte of the budget is lost.
+                _ => left,
+            };
+            left -= len;
+            (format!("{i:05x}"), "v".repeat(len))
+        })
+        .collect();
+    let signature = RunSignature::from_facts(facts);
+    ToCoordinator::Join {
+        name: "n".repeat(MAX_NAME_LEN),
+        last_applied,
+        peer: PeerInfo(vec![0xa5; MAX_PEER_INFO_LEN]),
+        signature,
+    }
+}

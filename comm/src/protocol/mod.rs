@@ -112,7 +112,10 @@
 //! the last round's members are back, or after `rejoin_grace`); a worker keeps its own
 //! payload until the round commits and sends it again on every `RoundOpen` for it. A Relay
 //! coordinator that restarted holds no payloads: when one is fetched it asks the author to
-//! upload it again (`Reupload`). The driver saves the state on
+//! upload it again (`Reupload`), and takes a payload of a committed round only as the
+//! answer to such a request: frames carry no nonce, so a captured payload frame of a
+//! committed round, replayed on a fresh connection after the restart, is rejected as
+//! `Late` like any other. The driver saves the state on
 //! [`CoordinatorEvent::RoundCommitted`], before it sends that round's commits; workers that
 //! claim a round the restored coordinator never committed are refused. (The node layer
 //! derives QUIC's stateless-reset and connection-id keys from the coordinator's identity,
@@ -121,7 +124,9 @@
 //!
 //! # Limits
 //! Names are at most [`MAX_NAME_LEN`] bytes, peer infos [`MAX_PEER_INFO_LEN`], signatures
-//! [`MAX_SIGNATURE_ENTRIES`] facts and [`MAX_SIGNATURE_BYTES`] bytes; payloads and
+//! [`MAX_SIGNATURE_ENTRIES`] facts and [`MAX_SIGNATURE_BYTES`] bytes, so a `Join` body is
+//! at most [`MAX_JOIN_LEN`] bytes (what a driver lets a connection send before it joined);
+//! payloads and
 //! state blobs have configured maxima at both ends. Timers accept at most [`MAX_TIMER`].
 //! If every connected member needs state, nobody can provide it and they wait (logged).
 
@@ -194,7 +199,7 @@ pub use coordinator::{
 };
 pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
 pub use error::ProtocolError;
-pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker};
+pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker, MAX_JOIN_LEN};
 pub use ring::{ReduceError, RingReducer};
 pub use signature::{
     RunSignature, MAX_DIFFERENCE_LINE, MAX_LISTED_DIFFERENCES, MAX_SIGNATURE_BYTES,

@@ -238,6 +238,28 @@ impl TransportPlan {
         self.congestion
     }
 
+    /// Unidirectional streams (frames) a peer may have open at once.
+    pub fn max_concurrent_uni_streams(&self) -> u32 {
+        self.max_concurrent_uni_streams
+    }
+
+    /// The transport config for a connection that has yet to prove it belongs to the run:
+    /// as [`transport_config`](Self::transport_config), but the peer may open one stream at
+    /// a time and gets `allowance` bytes of connection credit (at most the usual window)
+    /// instead of twice the stream window. QUIC grants credit as the receiver reads, so
+    /// until the connection is admitted (see
+    /// [`QuicEndpoint::admit`](crate::quic::QuicEndpoint::admit)) a peer that sends more
+    /// than the receiver reads makes it buffer at most `allowance` bytes, not hundreds of
+    /// megabytes. The stream window stays as it is: it is announced once, in the
+    /// handshake, and admitted connections need it.
+    pub fn unverified_transport_config(&self, allowance: u32) -> TransportConfig {
+        let mut config = self.transport_config();
+        config
+            .receive_window(VarInt::from_u32(allowance.min(self.connection_receive_window)))
+            .max_concurrent_uni_streams(VarInt::from_u32(1));
+        config
+    }
+
     /// The quinn transport config for both ends of a connection.
     ///
     /// Bidirectional streams and datagrams are disabled: frames travel one per

@@ -13,14 +13,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::{AsyncUdpSocket, Connection, EndpointConfig, Incoming, Runtime, TokioRuntime};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{AsyncUdpSocket, Connection, EndpointConfig, Incoming, Runtime, TokioRuntime, VarInt};
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::Result;
 use crate::ids::CertFingerprint;
 use crate::quic::certs::NodeIdentity;
-use crate::quic::config::TransportTuning;
+use crate::quic::config::{TransportPlan, TransportTuning};
 use crate::quic::conn::peer_fingerprint;
 use crate::quic::error::QuicError;
 use crate::quic::tls::{client_crypto, crypto_provider, server_crypto, SERVER_NAME};
@@ -32,14 +33,31 @@ use crate::quic::verify::{ClientAuth, ServerPin};
 ///   [`quinn`](Self::quinn);
 /// - dialing: [`connect`](Self::connect) pins the peer's certificate fingerprint;
 /// - accepting (server endpoints): [`accept`](Self::accept), or [`incoming`](Self::incoming)
-///   plus [`handshake`] to run handshakes concurrently;
+///   plus [`handshake`] to run handshakes concurrently; a peer that must still prove itself
+///   after its handshake: [`handshake_unverified`](Self::handshake_unverified), then
+///   [`admit`](Self::admit);
 /// - shutdown: [`close`](Self::close), then [`wait_idle`](Self::wait_idle) so the close
 ///   frames actually leave before the process exits.
-#[derive(Debug)]
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
     identity: NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
+    plan: TransportPlan,
+    /// A server endpoint's TLS config, for connections accepted with a transport of their
+    /// own (`None` on a client endpoint).
+    server_crypto: Option<Arc<QuicServerConfig>>,
+}
+
+impl std::fmt::Debug for QuicEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS config holds the private key and has no Debug of its own.
+        f.debug_struct("QuicEndpoint")
+            .field("endpoint", &self.endpoint)
+            .field("identity", &self.identity)
+            .field("plan", &self.plan)
+            .field("server", &self.server_crypto.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An endpoint that accepts connections whose client certificate passes `auth`, and can dial.
@@ -49,10 +67,14 @@ pub fn server_endpoint(
     tuning: &TransportTuning,
     socket: Arc<dyn AsyncUdpSocket>,
 ) -> Result<QuicEndpoint> {
-    let transport = Arc::new(tuning.plan()?.transport_config());
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto(identity, auth)?));
+    let plan = tuning.plan()?;
+    let transport = Arc::new(plan.transport_config());
+    let crypto = Arc::new(server_crypto(identity, auth)?);
+    let mut server = quinn::ServerConfig::with_crypto(crypto.clone());
     server.transport_config(transport.clone());
-    build(identity, transport, Some(server), socket, tuning.rng_seed)
+    let mut endpoint = build(identity, plan, transport, Some(server), socket, tuning.rng_seed)?;
+    endpoint.server_crypto = Some(crypto);
+    Ok(endpoint)
 }
 
 /// An endpoint that only dials out.
@@ -61,8 +83,9 @@ pub fn client_endpoint(
     tuning: &TransportTuning,
     socket: Arc<dyn AsyncUdpSocket>,
 ) -> Result<QuicEndpoint> {
-    let transport = Arc::new(tuning.plan()?.transport_config());
-    build(identity, transport, None, socket, tuning.rng_seed)
+    let plan = tuning.plan()?;
+    let transport = Arc::new(plan.transport_config());
+    build(identity, plan, transport, None, socket, tuning.rng_seed)
 }
 
 /// [`server_endpoint`] on a real UDP socket bound to `addr` (port 0 picks a free port).
@@ -125,6 +148,7 @@ fn bind_udp(addr: SocketAddr) -> Result<Arc<dyn AsyncUdpSocket>, QuicError> {
 
 fn build(
     identity: &NodeIdentity,
+    plan: TransportPlan,
     transport: Arc<quinn::TransportConfig>,
     server: Option<quinn::ServerConfig>,
     socket: Arc<dyn AsyncUdpSocket>,
@@ -162,7 +186,7 @@ fn build(
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(TokioRuntime))
             .map_err(QuicError::Endpoint)?;
-    Ok(QuicEndpoint { endpoint, identity: identity.clone(), transport })
+    Ok(QuicEndpoint { endpoint, identity: identity.clone(), transport, plan, server_crypto: None })
 }
 
 impl QuicEndpoint {
@@ -233,6 +257,45 @@ impl QuicEndpoint {
         self.endpoint.accept().await
     }
 
+    /// Completes the handshake of an incoming connection whose peer has yet to prove it
+    /// belongs to the run (a coordinator accepts any certificate; the join secret is
+    /// checked on the first frame). Until [`admit`](Self::admit) is called, the peer may
+    /// open one stream at a time and is granted `allowance` bytes of connection credit (see
+    /// [`TransportPlan::unverified_transport_config`]), so a stranger cannot make this node
+    /// buffer more than that. Errors as [`handshake`]; on a client endpoint, which has no
+    /// incoming connections, [`QuicError::Endpoint`].
+    pub async fn handshake_unverified(
+        &self,
+        incoming: Incoming,
+        allowance: u32,
+    ) -> Result<Connection, QuicError> {
+        let addr = incoming.remote_address();
+        let Some(crypto) = self.server_crypto.clone() else {
+            incoming.ignore();
+            return Err(QuicError::Endpoint(std::io::Error::other(
+                "a client endpoint cannot accept connections",
+            )));
+        };
+        let mut server = quinn::ServerConfig::with_crypto(crypto);
+        server.transport_config(Arc::new(self.plan.unverified_transport_config(allowance)));
+        let connecting = incoming
+            .accept_with(Arc::new(server))
+            .map_err(|source| QuicError::Handshake { addr, source })?;
+        finish_handshake(addr, connecting.await)
+    }
+
+    /// Lifts the limits of [`handshake_unverified`](Self::handshake_unverified) once the
+    /// peer proved itself: the connection gets this endpoint's usual receive window and
+    /// stream count (QUIC tells the peer at once).
+    pub fn admit(&self, conn: &Connection) {
+        conn.set_receive_window(
+            VarInt::from_u64(self.plan.connection_receive_window()).unwrap_or(VarInt::MAX),
+        );
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(
+            self.plan.max_concurrent_uni_streams(),
+        ));
+    }
+
     /// Closes every connection with `code` and `reason` and stops accepting.
     pub fn close(&self, code: u32, reason: &str) {
         self.endpoint.close(code.into(), reason.as_bytes());
@@ -249,7 +312,14 @@ impl QuicEndpoint {
 /// [`QuicError::Handshake`].
 pub async fn handshake(incoming: Incoming) -> Result<Connection, QuicError> {
     let addr = incoming.remote_address();
-    match incoming.await {
+    finish_handshake(addr, incoming.await)
+}
+
+fn finish_handshake(
+    addr: SocketAddr,
+    result: Result<Connection, quinn::ConnectionError>,
+) -> Result<Connection, QuicError> {
+    match result {
         Ok(conn) => {
             let fingerprint = peer_fingerprint(&conn);
             tracing::info!(peer = %addr, fingerprint = ?fingerprint.map(|f| f.to_string()), "accepted connection");

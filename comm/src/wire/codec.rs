@@ -79,6 +79,12 @@ impl FrameCodec {
         self.max_frame
     }
 
+    /// This codec with another limit (clamped like [`new`](Self::new)'s): for instance a
+    /// smaller one for what a peer may send before it has proven itself.
+    pub fn with_max_frame(&self, max_frame: usize) -> Self {
+        Self { max_frame: max_frame.min(u32::MAX as usize), ..self.clone() }
+    }
+
     /// An incremental reader for a byte stream of frames, sharing this codec's key and limit.
     pub fn reader(&self) -> FrameReader {
         FrameReader::new(self.clone())

@@ -252,3 +252,122 @@ fn a_payload_frame_replayed_after_its_round_committed_is_rejected() {
     assert_eq!(received, 0, "a connection that never joined was sent frames");
     assert!(closed.to_string().contains("join"), "closed with: {closed}");
 }
+
+/// The next control message on `conn`, skipping relayed payloads.
+async fn next_control(conn: &quinn::Connection, codec: &FrameCodec) -> ToWorker {
+    loop {
+        let read = tokio::time::timeout(EVENT_WAIT, quic::recv_frame(conn, MAX_FRAME + 4));
+        let frame = codec.decode(&read.await.expect("no frame in time").unwrap()).unwrap();
+        if frame.header.kind == FrameKind::Control {
+            return ToWorker::decode(&frame.body).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_committed_payload_replayed_after_a_coordinator_restart_is_rejected() {
+    let dir = std::env::temp_dir().join(format!("meridian-node-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = runtime();
+    // The test holds the coordinator's UDP socket across the restart, so no other test can
+    // take its port in between.
+    let udp = std::net::UdpSocket::bind(localhost()).unwrap();
+    let mut cfg = coordinator_config(1, Duration::from_secs(5));
+    cfg.state_dir = Some(dir.clone());
+    cfg.max_frame = MAX_FRAME;
+    let start = || {
+        let _guard = rt.enter();
+        let mut cfg = cfg.clone();
+        let socket =
+            quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, udp.try_clone().unwrap());
+        let socket = socket.unwrap();
+        cfg.socket = Some(socket);
+        CoordinatorNode::start(cfg).unwrap()
+    };
+    let node = start();
+    let join = node.join_string();
+    let addr = join.socket_addr().unwrap();
+    let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
+    let join_frame = |last_applied: Option<Round>| {
+        let msg = ToCoordinator::Join {
+            name: "raw".into(),
+            last_applied,
+            peer: PeerInfo::default(),
+            signature: Default::default(),
+        };
+        codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap()
+    };
+    let identity = NodeIdentity::generate("raw").unwrap();
+
+    // Before the restart: the raw member delivers round 0, which commits; its frame is kept.
+    let (member, captured) = rt.block_on(async {
+        let endpoint = quic::bind_client(&identity, &tuning(), localhost()).unwrap();
+        let conn = endpoint.connect(addr, join.fingerprint).await.unwrap();
+        quic::send_frame(&conn, &join_frame(None)).await.unwrap();
+        let mut member = None;
+        let mut captured = None;
+        loop {
+            match next_control(&conn, &codec).await {
+                ToWorker::Welcome { member: id, .. } => member = Some(id),
+                ToWorker::RoundOpen { round: 0, .. } => {
+                    let me = member.unwrap();
+                    let body = raw_payload(me, 0);
+                    let frame = codec.encode(FrameKind::Payload, 0, me, &body, false).unwrap();
+                    quic::send_frame(&conn, &frame).await.unwrap();
+                    captured = Some(frame);
+                }
+                ToWorker::Commit { round: 0, delivered, .. } => {
+                    let me = member.unwrap();
+                    let mine = Delivery { member: me, digest: Digest::of(&raw_payload(me, 0)) };
+                    assert_eq!(delivered, [mine]);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        quic::close_done(&conn, "done");
+        (member.unwrap(), captured.unwrap())
+    });
+    rt.block_on(node.shutdown()).unwrap();
+
+    // After the restart: the same member joins again on a fresh connection and replays the
+    // captured frame, then delivers round 1 as it should.
+    let mut node = start();
+    assert_eq!(node.join_string().to_string(), join.to_string());
+    rt.block_on(async {
+        let endpoint = quic::bind_client(&identity, &tuning(), localhost()).unwrap();
+        let conn = endpoint.connect(addr, join.fingerprint).await.unwrap();
+        quic::send_frame(&conn, &join_frame(Some(0))).await.unwrap();
+        loop {
+            match next_control(&conn, &codec).await {
+                ToWorker::Welcome { member: id, .. } => {
+                    assert_eq!(id, member);
+                    quic::send_frame_delivered(&conn, &captured).await.unwrap();
+                }
+                ToWorker::RoundOpen { round: 1, .. } => {
+                    let body = raw_payload(member, 1);
+                    let frame = codec.encode(FrameKind::Payload, 1, member, &body, false).unwrap();
+                    quic::send_frame(&conn, &frame).await.unwrap();
+                }
+                ToWorker::Commit { round: 1, .. } => break,
+                _ => {}
+            }
+        }
+        let leave = codec
+            .encode(FrameKind::Control, 0, member, &ToCoordinator::Leave.encode().unwrap(), false)
+            .unwrap();
+        quic::send_frame_delivered(&conn, &leave).await.unwrap();
+        quic::close_done(&conn, "done");
+    });
+
+    let seen = sort(drain(&mut node));
+    assert_eq!(seen.joined.len(), 1);
+    let conn = seen.joined[0].2;
+    // The replay was turned away as a payload of a committed round, not taken as an upload
+    // of the committed payload (the restarted coordinator holds none and asked for none).
+    assert_eq!(seen.rejected, [(conn, Some(0), RejectReason::Late)]);
+    let mine = Delivery { member, digest: Digest::of(&raw_payload(member, 1)) };
+    assert_eq!(seen.commits, [(1, vec![mine])]);
+    rt.block_on(node.shutdown()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,9 @@
 
 mod adversary;
 mod churn;
+mod flood;
 mod hostile;
+mod preauth;
 mod rounds;
 mod signature;
 mod socket;

@@ -151,14 +151,22 @@ fn a_worker_reports_a_wrong_fingerprint_and_an_absent_coordinator() {
     assert!(err.to_string().contains("does not match the pinned"), "{err}");
     rt.block_on(node.shutdown()).unwrap();
 
-    // Nobody listens there any more: attempts time out until the policy gives up.
+    // Nobody answers there: a UDP socket this test holds and never reads. Not the stopped
+    // coordinator's port: once freed, a node of a test running in parallel may bind it, and
+    // its certificate then fails the pin at once, which ends the worker before its policy's
+    // 500 ms.
+    let silent = std::net::UdpSocket::bind(localhost()).unwrap();
+    join.port = silent.local_addr().unwrap().port();
+    // Attempts time out until the policy gives up.
     let mut cfg = worker_config(&join, "w0");
     cfg.reconnect.connect_timeout = Duration::from_millis(200);
     cfg.reconnect.give_up_after = Duration::from_millis(500);
     let start = Instant::now();
     let err = WorkerHandle::spawn(cfg, rt.handle()).unwrap_err();
     assert!(matches!(err, CommError::Node(NodeError::Unreachable(_))), "{err}");
+    assert!(err.to_string().contains("no answer to the handshake"), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(500));
+    drop(silent);
 }
 
 /// A 3 MiB payload for `member` in `round` (large enough for the blocking-pool path).

@@ -41,6 +41,7 @@ use tracing::Instrument;
 use self::dial::{link_task, route_ip};
 use self::driver::Driver;
 use self::peers::{accept_peers, PeerAddr, Peers};
+use super::guard::{PreAuthLimits, Unverified};
 use super::link::Out;
 use super::{NodeError, Refusal, FRAME_OVERHEAD, UNASSIGNED_SENDER};
 use crate::error::{CommError, Result};
@@ -116,6 +117,10 @@ pub struct WorkerNodeConfig {
     /// How payloads add up in ring runs (see [`RingReducer`]). Without one this worker
     /// fails every ring it is in, and those rounds fall back to relay.
     pub reducer: Option<Arc<dyn RingReducer>>,
+    /// What a connection to this worker's peer listener gets before its handshake proved
+    /// it comes from a member (all-gather, ring): how long the handshake may take, and how
+    /// many may be under way at once. Defaults as on the coordinator.
+    pub pre_auth: PreAuthLimits,
 }
 
 impl WorkerNodeConfig {
@@ -134,6 +139,7 @@ impl WorkerNodeConfig {
             reconnect: ReconnectPolicy::default(),
             socket: None,
             reducer: None,
+            pre_auth: PreAuthLimits::default(),
         }
     }
 }
@@ -268,6 +274,7 @@ impl WorkerNode {
     /// [`NodeError::Refused`] when the coordinator refuses it (a wrong join secret, say).
     /// The [`WorkerNodeEvent::Welcomed`] event is still delivered by `next_event`.
     pub async fn connect(cfg: WorkerNodeConfig) -> Result<Self> {
+        cfg.pre_auth.check("worker")?;
         let addr = cfg.join.resolve().await?;
         let identity = match cfg.identity.clone() {
             Some(identity) => identity,
@@ -334,7 +341,10 @@ impl WorkerNode {
             )
             .instrument(span.clone()),
         );
-        tasks.spawn(accept_peers(endpoint.clone(), link_tx.clone()).instrument(span.clone()));
+        let unverified = Unverified::new(cfg.pre_auth.clone());
+        tasks.spawn(
+            accept_peers(endpoint.clone(), unverified, link_tx.clone()).instrument(span.clone()),
+        );
         let peers =
             Peers::new(endpoint.clone(), codec, pins, link_tx, cfg.reconnect.connect_timeout);
         let driver = Driver::new(proto, event_tx, status_tx, peers, tasks);

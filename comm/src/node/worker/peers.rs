@@ -19,10 +19,11 @@ use quinn::Connection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::LinkMsg;
 use crate::ids::{CertFingerprint, MemberId};
+use crate::node::guard::{RefusalLog, Unverified};
 use crate::node::link::{self, Out, Read};
 use crate::protocol::MemberInfo;
 use crate::quic::{self, close_refused, peer_fingerprint, PinSet, QuicEndpoint, RefusalCode};
@@ -163,12 +164,38 @@ impl Peers {
 }
 
 /// Hands every connection from a member (its handshake passed the pins) to the driver.
-pub(super) async fn accept_peers(endpoint: Arc<QuicEndpoint>, tx: mpsc::UnboundedSender<LinkMsg>) {
+///
+/// Until its handshake completes a connection is unverified: attempts over the caps of
+/// `unverified` are refused before their handshake, and a handshake not complete by the
+/// deadline (from the first packet) is abandoned. After it, the peer is a member: no stream
+/// data is read before the handshake checked its certificate against the pins.
+pub(super) async fn accept_peers(
+    endpoint: Arc<QuicEndpoint>,
+    unverified: Unverified,
+    tx: mpsc::UnboundedSender<LinkMsg>,
+) {
+    let timeout = unverified.limits().timeout;
+    let mut refusals = RefusalLog::default();
     while let Some(incoming) = endpoint.incoming().await {
+        let peer = incoming.remote_address();
+        let slot = match unverified.claim(peer.ip()) {
+            Ok(slot) => slot,
+            Err(detail) => {
+                incoming.refuse();
+                refusals.refused("peer listener", peer, &detail);
+                continue;
+            }
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Ok(conn) = quic::handshake(incoming).await {
-                let _ = tx.send(LinkMsg::PeerIn(conn));
+            match tokio::time::timeout(timeout, quic::handshake(incoming)).await {
+                Ok(Ok(conn)) => {
+                    drop(slot);
+                    let _ = tx.send(LinkMsg::PeerIn(conn));
+                }
+                Ok(Err(_)) => {} // logged by the handshake
+                // Dropping the handshake abandons the connection.
+                Err(_) => info!(%peer, ?timeout, "a peer's handshake did not complete in time"),
             }
         });
     }

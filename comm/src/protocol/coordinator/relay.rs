@@ -55,7 +55,14 @@ impl Coordinator {
         }
     }
 
-    /// A payload for a committed round: only an upload the commit names and the cache lacks.
+    /// A payload for a committed round: only an upload this coordinator asked for (a
+    /// [`ToWorker::Reupload`] that a fetch still waits on), that the commit names and that
+    /// the cache lacks.
+    ///
+    /// Asked for, because frames carry no nonce: an authentic payload frame of a committed
+    /// round, captured and sent again on a member's connection, is byte for byte what its
+    /// author would upload. Before a restart the cache or the open round turns it away;
+    /// after one the cache is empty, so only "nobody asked" tells a replay from an answer.
     pub(super) fn on_reupload(
         &mut self,
         conn: ConnId,
@@ -65,7 +72,8 @@ impl Coordinator {
         bytes: Bytes,
     ) {
         let cached = self.payloads.get(&round).is_some_and(|p| p.contains_key(&member));
-        if cached || self.committed_digest(round, member) != Some(digest) {
+        let asked = self.refetch.contains_key(&(round, member));
+        if cached || !asked || self.committed_digest(round, member) != Some(digest) {
             return self.reject(conn, Some(round), RejectReason::Late);
         }
         self.traffic.received(Dest::Member(member), bytes.len());

@@ -388,3 +388,100 @@ fn worker_commands_refuse_misuse() {
     bad.deadline = crate::protocol::DeadlinePolicy::Fixed(Duration::MAX);
     assert!(Coordinator::new(bad, now).is_err());
 }
+
+#[test]
+fn a_restored_coordinator_takes_a_committed_payload_only_as_the_upload_it_asked_for() {
+    let mut net = Net::new(coordinator_config(Topology::Relay, 2), worker_config(), 2, 5);
+    net.connect_all();
+    assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(2)));
+    let state = net.coordinator.as_ref().expect("coordinator").persisted();
+    assert_eq!(state.committed, Some(2));
+    let (author, bytes) = net.nodes[1].app.ready[&2][0].clone();
+    let digest = Digest::of(&bytes);
+    let mut now = net.now;
+    let mut c = Coordinator::restore(coordinator_config(Topology::Relay, 2), state.clone(), now)
+        .expect("restore");
+    let conn = |member: u32| ConnId(100 + u64::from(member));
+    for (member, name) in &state.members {
+        let join = ToCoordinator::Join {
+            name: name.clone(),
+            last_applied: Some(2),
+            peer: PeerInfo::default(),
+            signature: Default::default(),
+        };
+        c.handle_message(now, conn(*member), join);
+    }
+    let fetcher = state.members.iter().map(|(m, _)| *m).find(|&m| m != author).expect("two");
+    let drain = |c: &mut Coordinator| {
+        let transmits: Vec<_> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        let rejected: Vec<_> = std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                CoordinatorEvent::Rejected { conn, round, reason } => Some((conn, round, reason)),
+                _ => None,
+            })
+            .collect();
+        (transmits, rejected)
+    };
+    drain(&mut c);
+
+    // Unasked: a replay of the author's committed frame, on its new connection.
+    now += Duration::from_millis(1);
+    c.handle_payload(now, conn(author), 2, author, bytes.clone());
+    let (transmits, rejected) = drain(&mut c);
+    assert_eq!(rejected, [(conn(author), Some(2), RejectReason::Late)]);
+    assert!(transmits.is_empty(), "{transmits:?}");
+
+    // Asked: another member fetches it, the coordinator asks its author, the author uploads.
+    let fetch = ToCoordinator::Fetch { round: 2, member: author, digest };
+    c.handle_message(now, conn(fetcher), fetch);
+    let (transmits, _) = drain(&mut c);
+    assert!(
+        transmits.iter().any(|t| matches!(
+            t,
+            crate::protocol::CoordinatorTransmit::Control {
+                to,
+                msg: ToWorker::Reupload { round: 2 }
+            } if *to == conn(author)
+        )),
+        "{transmits:?}"
+    );
+    c.handle_payload(now, conn(author), 2, author, bytes.clone());
+    let (transmits, rejected) = drain(&mut c);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let served: Vec<_> = transmits
+        .iter()
+        .filter_map(|t| match t {
+            crate::protocol::CoordinatorTransmit::Payload { to, round, from_member, bytes } => {
+                Some((*to, *round, *from_member, bytes.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(served, [(conn(fetcher), 2, author, bytes.clone())]);
+
+    // Answered once: the same upload again is a replay.
+    c.handle_payload(now, conn(author), 2, author, bytes);
+    let (_, rejected) = drain(&mut c);
+    assert_eq!(rejected, [(conn(author), Some(2), RejectReason::Late)]);
+}
+
+#[test]
+fn the_largest_valid_join_is_within_max_join_len_and_close_to_it() {
+    let join = crate::protocol::messages::largest_join(Some(u64::MAX));
+    let ToCoordinator::Join { signature, .. } = &join else { unreachable!("a join") };
+    assert!(signature.within_limits());
+    assert_eq!(signature.len(), crate::protocol::MAX_SIGNATURE_ENTRIES, "not folded");
+    assert_eq!(signature.byte_len(), crate::protocol::MAX_SIGNATURE_BYTES);
+    let len = join.encode().expect("encode").len();
+    let max = crate::protocol::MAX_JOIN_LEN;
+    assert!(len <= max, "{len} > {max}");
+    assert!(len * 1000 >= max * 995, "{len} is far below the bound {max}: the bound is loose");
+
+    // And it is valid: a coordinator admits it (as a fresh worker's).
+    let now = std::time::Instant::now();
+    let mut c = Coordinator::new(coordinator_config(Topology::Relay, 1), now).expect("new");
+    c.handle_message(now, ConnId(1), crate::protocol::messages::largest_join(None));
+    let joined = std::iter::from_fn(|| c.poll_event())
+        .any(|e| matches!(e, CoordinatorEvent::Joined { conn: ConnId(1), .. }));
+    assert!(joined, "the largest join was refused");
+}
