@@ -10,19 +10,23 @@ export VIRTUAL_ENV := $(ROOT)/.venv
 export PATH := $(ROOT)/.venv/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test python fmt lint build bench bench-cuda gpu-kit gpu-check clean-venv
+.PHONY: setup setup-rust demo test python fmt lint build bench bench-cuda gpu-kit gpu-check clean-venv
 
 setup:
 	@bash scripts/setup.sh
 
-build: setup
+# What the Rust binaries need (torch, the corpus), without the Python package.
+setup-rust:
+	@MERIDIAN_SETUP_PYTHON=0 bash scripts/setup.sh
+
+build: setup-rust
 	cargo build --release --workspace
 
 ## demo: the main job (see README): what happens if you train across continents? Every
 ## outer algorithm trains a small byte-level GPT over the same simulated cross-continent
 ## network (real QUIC over simulated links, in virtual time) and is compared on loss,
 ## bytes, simulated wall-clock and compute utilization.
-demo: setup
+demo: setup-rust
 	cargo build --release -p meridian-trainer --bin meridian
 	target/release/meridian simulate --preset cross-continent --out out/demo
 

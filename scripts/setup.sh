@@ -38,4 +38,7 @@ fi
 
 bash "$root/scripts/setup-torch.sh"
 bash "$root/scripts/setup-corpus.sh"
-bash "$root/scripts/setup-python.sh"
+# The Python package (skipped by `make demo`, which needs only the binary).
+if [ "${MERIDIAN_SETUP_PYTHON:-1}" != 0 ]; then
+  bash "$root/scripts/setup-python.sh"
+fi
