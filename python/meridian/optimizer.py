@@ -62,19 +62,52 @@ class _Bridge:
         self.inner.step()
         self.stepped = True
 
-    def state_bytes(self) -> bytes:
+    def state_parts(self):
+        """The inner optimizer's state as (structure, f32 tensors): the structure is
+        serialized with a marker where each f32 tensor was; the tensors are the
+        optimizer's own (Meridian copies them once, only when it sends a state), so
+        taking the state costs no serialization of the moments."""
         # A sharded (FSDP2) optimizer's state is this rank's shard only, which no other
         # rank or site could use: a newcomer's inner optimizer then starts afresh.
         if self.masters.sharded:
-            return b""
-        buf = io.BytesIO()
-        torch.save(self.inner.state_dict(), buf)
-        return buf.getvalue()
+            return b"", []
+        tensors: List[torch.Tensor] = []
 
-    def load_state_bytes(self, data: bytes) -> None:
-        if not data or self.masters.sharded:
+        def strip(obj):
+            if isinstance(obj, torch.Tensor) and obj.dtype == torch.float32 and obj.dim() > 0:
+                tensors.append(obj.detach().contiguous())
+                return {_TENSOR_MARK: len(tensors) - 1}
+            if isinstance(obj, dict):
+                return {k: strip(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(strip(v) for v in obj)
+            return obj
+
+        buf = io.BytesIO()
+        torch.save(strip(self.inner.state_dict()), buf)
+        return buf.getvalue(), tensors
+
+    def load_state_parts(self, meta: bytes, tensors: List[torch.Tensor]) -> None:
+        if not meta or self.masters.sharded:
             return
-        self.inner.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+
+        def fill(obj):
+            if isinstance(obj, dict):
+                if set(obj) == {_TENSOR_MARK}:
+                    i = obj[_TENSOR_MARK]
+                    if not isinstance(i, int) or not 0 <= i < len(tensors):
+                        raise ValueError(f"optimizer state names tensor {i!r} of {len(tensors)}")
+                    return tensors[i]
+                return {k: fill(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(fill(v) for v in obj)
+            return obj
+
+        self.inner.load_state_dict(fill(torch.load(io.BytesIO(meta), weights_only=True)))
+
+
+# Where an f32 tensor was in the inner optimizer's serialized state (see state_parts).
+_TENSOR_MARK = "__meridian_tensor__"
 
 
 def _is_dtensor(t: Any) -> bool:

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use meridian_optimizer::Algorithm;
 use meridian_trainer::embedded::coordinator::{CoordinatorSpec, EmbeddedCoordinator};
-use meridian_trainer::embedded::script_step::ScriptOptimizer;
+use meridian_trainer::embedded::script_step::{ScriptOptimizer, ScriptState};
 use meridian_trainer::embedded::worker::{EmbeddedWorker, JoinSpec};
 use meridian_trainer::networked::drive::AppliedRound;
 use pyo3::create_exception;
@@ -74,13 +74,23 @@ impl ScriptOptimizer for PyScriptOptimizer {
         self.call(|py, b| b.call_method0(py, "step").map(drop))
     }
 
-    fn state(&self) -> anyhow::Result<Vec<u8>> {
-        self.call(|py, b| b.call_method0(py, "state_bytes")?.extract::<Vec<u8>>(py))
+    fn state(&self) -> anyhow::Result<ScriptState> {
+        self.call(|py, b| {
+            let (meta, tensors): (Bound<'_, PyBytes>, Vec<PyTensor>) =
+                b.call_method0(py, "state_parts")?.extract(py)?;
+            // One copy of the (small) structure; the tensors are the optimizer's own.
+            Ok(ScriptState {
+                meta: meta.as_bytes().to_vec(),
+                tensors: tensors.into_iter().map(|t| t.0).collect(),
+            })
+        })
     }
 
-    fn load_state(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    fn load_state(&mut self, state: ScriptState) -> anyhow::Result<()> {
         self.call(|py, b| {
-            b.call_method1(py, "load_state_bytes", (PyBytes::new(py, bytes),)).map(drop)
+            let tensors: Vec<PyTensor> = state.tensors.into_iter().map(PyTensor).collect();
+            b.call_method1(py, "load_state_parts", (PyBytes::new(py, &state.meta), tensors))
+                .map(drop)
         })
     }
 }

@@ -87,6 +87,9 @@ impl WorkerHandle {
         let node = &mut self.node;
         match timeout {
             None => self.runtime.block_on(node.next_event()).map(Some),
+            // A poll: no timer (the runtime's timers tick by the millisecond, so a zero
+            // timeout would cost up to a millisecond on every call of a training loop).
+            Some(timeout) if timeout.is_zero() => node.try_next_event(),
             Some(timeout) => {
                 // The timer is built inside the runtime (it needs its time driver).
                 let next = async { tokio::time::timeout(timeout, node.next_event()).await };

@@ -245,7 +245,8 @@ impl Driver {
             // as far as this worker's own steps go. A round committed after the last
             // exchange of the run (empty: nobody had anything left to send) is not this
             // worker's to apply: for DDP or DeMo it would still move the parameters.
-            while w.next_exchange().is_some_and(|at| at < steps) {
+            // (`next_exchange` scans ahead step by step: only when there is a round to replay.)
+            while !pending.ready.is_empty() && w.next_exchange().is_some_and(|at| at < steps) {
                 let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
                 let exchange = w.replay_round(w.rounds_done(), &committed)?;
                 observer.round_applied(&AppliedRound { exchange, replayed: true });
