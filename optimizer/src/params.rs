@@ -164,15 +164,30 @@ impl ParamSet {
 
 /// Hash of named tensors' names, shapes and bits (see [`ParamSet::hash`]).
 pub fn hash_tensors(names: &[String], tensors: &[Tensor]) -> Result<u64> {
-    let mut h = Xxh3::new();
+    Ok(hash_of_records(&hash_records(names, tensors)?))
+}
+
+/// What [`hash_tensors`] digests, tensor by tensor: per tensor its name, its dims and the
+/// digest of its bits. Records of consecutive runs of tensors concatenate into the
+/// records of the whole, so processes that each hold a contiguous part of a model (a
+/// site's ranks) agree on the whole model's hash without moving its values.
+pub fn hash_records(names: &[String], tensors: &[Tensor]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
     for (name, t) in names.iter().zip(tensors) {
-        h.update(name.as_bytes());
+        out.extend_from_slice(name.as_bytes());
         for d in t.size() {
-            h.update(&d.to_le_bytes());
+            out.extend_from_slice(&d.to_le_bytes());
         }
-        h.update(&digest(name, t)?.to_le_bytes());
+        out.extend_from_slice(&digest(name, t)?.to_le_bytes());
     }
-    Ok(h.digest())
+    Ok(out)
+}
+
+/// The hash of [`hash_records`]' output (of one process, or concatenated in order).
+pub fn hash_of_records(records: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(records);
+    h.digest()
 }
 
 /// Elements digested per pass, bounding the int64 temporaries (a few times 8 bytes each).
@@ -277,6 +292,17 @@ mod tests {
         assert_ne!(p.hash().unwrap(), h);
         p.assign(&snap).unwrap();
         assert_eq!(p.hash().unwrap(), h);
+    }
+
+    #[test]
+    fn records_of_consecutive_parts_hash_to_the_whole() {
+        let p = set();
+        let (names, tensors) = (p.names(), p.tensors());
+        let head = hash_records(&names[..1], &tensors[..1]).unwrap();
+        let tail = hash_records(&names[1..], &tensors[1..]).unwrap();
+        assert_eq!(hash_of_records(&[head.clone(), tail.clone()].concat()), p.hash().unwrap());
+        // In another order they describe another model.
+        assert_ne!(hash_of_records(&[tail, head].concat()), p.hash().unwrap());
     }
 
     #[test]

@@ -43,11 +43,11 @@ def _setting(key: str, value: Any) -> str:
 class _Bridge:
     """What the Rust side calls back: the script's optimizer step and its state.
 
-    Nothing here may run a collective of the site's process group: a site's leader runs
-    its step (and these callbacks) before the other ranks run theirs. So the algorithms
-    that exchange after the inner step (DiLoCo, SparseLoCo, Streaming DiLoCo) take it in
-    ``Optimizer.step`` before Meridian's step (``taken``), and after an inner step taken
-    here the gathered copies are refreshed once Meridian's step has returned."""
+    These run inside Meridian's step, which keeps the site's collectives its own. So the
+    algorithms that exchange after the inner step (DiLoCo, SparseLoCo, Streaming DiLoCo)
+    take it in ``Optimizer.step`` before Meridian's step (``taken``), where refreshing the
+    gathered copies (for FSDP2, a collective) is safe; after an inner step taken here (DDP)
+    the copies are refreshed once Meridian's step has returned."""
 
     def __init__(self, inner: torch.optim.Optimizer, masters: "_Masters"):
         self.inner = inner
@@ -217,6 +217,14 @@ class Optimizer(torch.optim.Optimizer):
     that lost the coordinator keeps trying before ``step()`` raises. The worker joins at
     the first ``step()`` (or ``worker_index``), so a checkpoint
     loaded with ``load_state_dict`` first resumes where it stopped.
+
+    With ``site_group`` (a ``torch.distributed`` group, e.g. ``dist.group.WORLD`` under
+    torchrun) the group's ranks train as one worker (``meridian.site``): every rank calls
+    ``step()``, ``load_state_dict`` and ``state_dict`` together. ``shard_outer_state``
+    splits the outer algorithm's state across the ranks (each holds its part, not the
+    whole); by default it does where the algorithm allows (DiLoCo, SparseLoCo and DeMo
+    under the mean aggregation); ``True`` insists, ``False`` keeps a whole copy per rank.
+    A sharded rank's ``state_dict`` holds its own part.
     """
 
     def __init__(
@@ -232,6 +240,7 @@ class Optimizer(torch.optim.Optimizer):
         total_steps: Optional[int] = None,
         connect_timeout: float = 60.0,
         reconnect_timeout: float = 600.0,
+        shard_outer_state: Optional[bool] = None,
     ):
         if not isinstance(inner, torch.optim.Optimizer):
             raise TypeError(f"inner must be a torch.optim.Optimizer, got {type(inner).__name__}")
@@ -280,7 +289,8 @@ class Optimizer(torch.optim.Optimizer):
         if self._site is None:
             self._native = _native.Worker(join, name, params, bridge, algorithm, sets, **native_args)
         else:
-            self._native = self._site.worker(join, name, params, bridge, algorithm, sets, native_args)
+            self._native = self._site.worker(join, name, params, bridge, algorithm, sets,
+                                             native_args, shard_outer_state)
         self._last_rounds: List[dict] = []
 
     # -- the run --------------------------------------------------------------------------
@@ -357,7 +367,10 @@ class Optimizer(torch.optim.Optimizer):
     @property
     def stats(self) -> dict:
         """Counters so far: steps, rounds, rounds_replayed, bytes_sent, bytes_received,
-        straggled, rejected, last_rejection, last_round_seconds, waiting_seconds, rtt_ms."""
+        straggled, rejected, last_rejection, last_round_seconds, waiting_seconds, rtt_ms,
+        states_taken (peers' states this worker caught up from) and outer_elements (the
+        parameter elements this process's outer state covers: on a rank of a sharded
+        site, its part)."""
         return self._native.stats()
 
     def consensus_hash(self) -> str:
@@ -369,7 +382,15 @@ class Optimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         """Everything needed to resume: parameters, outer and inner optimizer state, step
         and round counters (the inner optimizer's own ``state_dict`` inside)."""
-        return {"meridian_state": bytes(self._native.state()), "algorithm": self.algorithm}
+        state = {"meridian_state": bytes(self._native.state()), "algorithm": self.algorithm}
+        part = self._part()
+        if part is not None:
+            state["site_part"] = part
+        return state
+
+    def _part(self) -> Optional[dict]:
+        """On a rank of a sharded site, which part of the model it holds."""
+        return self._native.part() if self._site is not None else None
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resumes from ``state_dict()`` (before the first ``step()``): the worker rejoins
@@ -378,6 +399,13 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(
                 "not a meridian.Optimizer state_dict (no 'meridian_state'); to load the "
                 "inner optimizer's own state, call load_state_dict on it before wrapping"
+            )
+        mine, theirs = self._part(), state_dict.get("site_part")
+        if mine != theirs:
+            raise ValueError(
+                f"this state_dict holds {_describe_part(theirs)}, but this rank holds "
+                f"{_describe_part(mine)}: a sharded site resumes from the states its own "
+                "ranks saved, with as many ranks"
             )
         data = bytes(state_dict["meridian_state"])
         # accelerate's AcceleratedOptimizer (transformers.Trainer prepares the optimizer
@@ -400,6 +428,12 @@ class Optimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"meridian.Optimizer({self.algorithm}, inner={type(self.inner).__name__})"
+
+
+def _describe_part(part: Optional[dict]) -> str:
+    if part is None:
+        return "the whole model"
+    return f"rank {part['rank']} of {part['ranks']}'s part ({len(part['names'])} tensors)"
 
 
 def _resolve_join(join: Optional[str]) -> str:

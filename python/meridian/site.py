@@ -1,23 +1,34 @@
 """Sites: one torchrun job (a process group) training as one Meridian worker.
 
-The group's rank 0 (the leader) alone holds the QUIC connection. After each of its steps
-it broadcasts what its link answered; the other ranks (followers) replay those answers,
+The group's rank 0 (the leader) alone holds the QUIC connection. The ranks step
+together: whenever Meridian asks its link what the network said, the leader asks its
+connection and broadcasts the answer, and every other rank waits for it at the same call,
 so every rank applies the very same rounds to its (identical, DDP-synchronized) replica.
 A site joins, fails and rejoins as a whole: if the leader goes, torchrun restarts the job
 and the leader rejoins under the site's name.
+
+The site's outer state is sharded: each rank runs the outer algorithm on its own run of
+the model's tensors (canonical order, balanced by elements) and keeps the outer state
+(DiLoCo's global copy and momentum, SparseLoCo's error feedback, DeMo's momentum) of
+those alone. The leader sends the ranks' payloads merged as one; after a round each rank
+broadcasts its updated tensors to the others. DDP keeps no outer state, and Streaming
+DiLoCo's fragment schedule and the robust aggregations span the whole model: those run
+unsharded, every rank holding the whole outer state.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 
 from meridian import _native
 
 
 class Site:
-    """The ranks of ``group`` as one worker (see the module's docs)."""
+    """The ranks of ``group`` as one worker (see the module's docs). It is also the channel
+    Meridian's ranks talk through: ``broadcast`` and ``gather`` over the group."""
 
     def __init__(self, group: Any):
         if not dist.is_available() or not dist.is_initialized():
@@ -28,51 +39,112 @@ class Site:
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
-        # broadcast_object_list takes the source as a global rank.
-        self.leader_global = dist.get_global_rank(group, 0) if group is not None else 0
+        self.leader_global = self.global_rank(0)
+
+    def global_rank(self, rank: int) -> int:
+        """The global rank of the group's ``rank`` (collectives take global ranks)."""
+        return dist.get_global_rank(self.group, rank) if self.group is not None else rank
 
     @property
     def leads(self) -> bool:
         return self.rank == 0
 
-    def _share(self, payload: Any) -> Any:
-        box: List[Any] = [payload if self.leads else None]
+    def broadcast(self, message: Optional[bytes]) -> bytes:
+        """The leader's ``message`` on every rank (the others pass ``None``)."""
+        box: List[Any] = [message if self.leads else None]
         dist.broadcast_object_list(box, src=self.leader_global, group=self.group)
         return box[0]
 
-    def worker(self, join, name, params, bridge, algorithm, sets, native_args: Dict[str, Any]):
-        role = "leader" if self.leads else "follower"
-        native = _native.Worker(join, name, params, bridge, algorithm, sets, site_role=role, **native_args)
-        return SiteWorker(self, native)
+    def gather(self, message: bytes) -> Optional[List[bytes]]:
+        """Every rank's ``message`` in rank order on the leader, ``None`` elsewhere."""
+        out: List[Any] = [None] * self.size
+        dist.all_gather_object(out, message, group=self.group)
+        return out if self.leads else None
+
+    def worker(self, join, name, params, bridge, algorithm, sets, native_args: Dict[str, Any],
+               shard_outer_state: Optional[bool]):
+        order = sorted(params, key=lambda p: p[0])
+        bounds = self._bounds(order, algorithm, sets, shard_outer_state)
+        if bounds is None:
+            native = _native.Worker(join, name, params, bridge, algorithm, sets, site=self,
+                                    **native_args)
+            return SiteWorker(self, native, order, None)
+        shard = ([n for n, _ in order], [list(t.shape) for _, t in order], bounds, self.rank)
+        mine = order[bounds[self.rank]:bounds[self.rank + 1]]
+        native = _native.Worker(join, name, mine, bridge, algorithm, sets, site=self,
+                                shard=shard, **native_args)
+        return SiteWorker(self, native, order, bounds)
+
+    def _bounds(self, order, algorithm, sets, wanted: Optional[bool]) -> Optional[List[int]]:
+        """Where each rank's run of tensors starts, or ``None`` to run unsharded."""
+        if wanted is False or self.size == 1:
+            return None
+        why = _native.shard_refusal(algorithm, sets)
+        bounds = _native.shard_bounds([t.numel() for _, t in order], self.size)
+        if why is None and bounds is None:
+            why = f"the model has {len(order)} tensors for {self.size} ranks"
+        if why is not None:
+            if wanted:
+                raise ValueError(f"shard_outer_state=True, but {why}")
+            return None
+        return bounds
 
 
 class SiteWorker:
-    """A rank's native worker, kept in step with its site's leader."""
+    """A rank's native worker, stepping with the site's other ranks."""
 
-    def __init__(self, site: Site, native):
+    def __init__(self, site: Site, native, order: List[Tuple[str, torch.Tensor]],
+                 bounds: Optional[List[int]]):
         self.site = site
         self.native = native
+        self.order = order
+        self.bounds = bounds
         self.joined_site = False
+        # (rounds applied, peers' states taken) when the parts were last shared.
+        self.shared_at = (0, 0)
+
+    @property
+    def sharded(self) -> bool:
+        return self.bounds is not None
+
+    def part(self) -> Optional[dict]:
+        """Which part of the model this rank holds (for its checkpoint), or ``None``."""
+        if not self.sharded:
+            return None
+        lo, hi = self.bounds[self.site.rank], self.bounds[self.site.rank + 1]
+        return {"rank": self.site.rank, "ranks": self.site.size,
+                "names": [n for n, _ in self.order[lo:hi]]}
+
+    @torch.no_grad()
+    def share_parts(self) -> None:
+        """Every rank's tensors from the rank that updated them (a collective)."""
+        if not self.sharded:
+            return
+        for r in range(self.site.size):
+            part = [t for _, t in self.order[self.bounds[r]:self.bounds[r + 1]]]
+            flat = torch.cat([t.reshape(-1) for t in part])
+            dist.broadcast(flat, src=self.site.global_rank(r), group=self.site.group)
+            if r != self.site.rank:
+                at = 0
+                for t in part:
+                    t.copy_(flat[at:at + t.numel()].view_as(t))
+                    at += t.numel()
 
     def _ensure_joined(self) -> None:
         if self.joined_site:
             return
-        if self.site.leads:
-            # An error on the leader (refused, unreachable) still reaches the others, so
-            # no rank waits for a broadcast that never comes.
-            try:
-                message = bytes(self.native.site_message())
-                shared = ("ok", message)
-            except BaseException as e:  # noqa: BLE001 - re-raised below after telling the site
-                self.site._share(("error", f"{type(e).__name__}: {e}"))
-                raise
-            self.site._share(shared)
-        else:
-            status, message = self.site._share(None)
-            if status != "ok":
-                raise _native.MeridianError(f"the site's leader could not join: {message}")
-            self.native.follow(message)
+        self.native.join()
         self.joined_site = True
+        # Joining may have taken a peer's state or replayed rounds, each rank its part.
+        self._after()
+
+    def _after(self) -> None:
+        """Shares the parts if a round or a peer's state changed them (on every rank
+        alike: the ranks applied the same rounds)."""
+        now = (self.native.progress()[1], self.native.stats()["states_taken"])
+        if now != self.shared_at:
+            self.share_parts()
+        self.shared_at = now
 
     @property
     def member(self) -> int:
@@ -86,32 +158,27 @@ class SiteWorker:
 
     def step(self, loss):
         self._ensure_joined()
-        if self.site.leads:
-            try:
-                rounds = self.native.step(loss)
-                shared = ("ok", bytes(self.native.take_site_log()))
-            except BaseException as e:  # noqa: BLE001 - re-raised after telling the site
-                self.site._share(("error", f"{type(e).__name__}: {e}"))
-                raise
-            self.site._share(shared)
-            return rounds
-        status, log = self.site._share(None)
-        if status != "ok":
-            raise _native.MeridianError(f"the site's leader failed its step: {log}")
-        self.native.feed(log)
-        return self.native.step(loss)
+        rounds = self.native.step(loss)
+        self._after()
+        return rounds
 
     def stats(self):
         return self.native.stats()
 
     def consensus_hash(self):
-        return self.native.consensus_hash()
+        if not self.sharded:
+            return self.native.consensus_hash()
+        # Every rank holds the whole model again once the parts were shared.
+        return _native.hash_tensors([n for n, _ in self.order], [t for _, t in self.order])
 
     def state(self):
         return self.native.state()
 
     def load_state(self, data):
-        return self.native.load_state(data)
+        self.native.load_state(data)
+        # Each rank loaded its own part: the others learn it (every rank loads together).
+        self.share_parts()
+        self.shared_at = (self.native.progress()[1], self.native.stats()["states_taken"])
 
     def close(self):
         return self.native.close()

@@ -12,7 +12,9 @@ use anyhow::anyhow;
 use meridian_optimizer::Algorithm;
 use meridian_trainer::embedded::coordinator::{CoordinatorSpec, EmbeddedCoordinator};
 use meridian_trainer::embedded::script_step::{ScriptOptimizer, ScriptState};
-use meridian_trainer::embedded::worker::{EmbeddedWorker, JoinSpec};
+use meridian_trainer::embedded::shard::{balanced_bounds, ShardLayout};
+use meridian_trainer::embedded::site::SiteChannel;
+use meridian_trainer::embedded::worker::{shardable, EmbeddedWorker, JoinSpec, SiteSpec};
 use meridian_trainer::networked::drive::AppliedRound;
 use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;
@@ -95,6 +97,44 @@ impl ScriptOptimizer for PyScriptOptimizer {
     }
 }
 
+/// A site's process group, reached through a Python object with `leads`,
+/// `broadcast(message | None) -> bytes` and `gather(message) -> list | None` (see
+/// `meridian/site.py`).
+struct PySiteChannel {
+    channel: PyObject,
+    slot: ErrorSlot,
+}
+
+impl PySiteChannel {
+    fn call<T>(&self, f: impl FnOnce(Python<'_>, &PyObject) -> PyResult<T>) -> anyhow::Result<T> {
+        Python::with_gil(|py| f(py, &self.channel)).map_err(|e| {
+            let text = e.to_string();
+            *self.slot.borrow_mut() = Some(e);
+            anyhow!("the site's process group raised {text}")
+        })
+    }
+}
+
+impl SiteChannel for PySiteChannel {
+    fn broadcast(&mut self, message: Option<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
+        self.call(|py, c| {
+            let message = message.map(|m| PyBytes::new(py, &m));
+            c.call_method1(py, "broadcast", (message,))?.extract::<Vec<u8>>(py)
+        })
+    }
+
+    fn gather(&mut self, message: Vec<u8>) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+        self.call(|py, c| {
+            c.call_method1(py, "gather", (PyBytes::new(py, &message),))?
+                .extract::<Option<Vec<Vec<u8>>>>(py)
+        })
+    }
+}
+
+/// A sharded site's layout as Python gives it: the whole model's names and shapes
+/// (canonical order), each rank's first tensor (and the count at the end), this rank.
+type ShardArg = (Vec<String>, Vec<Vec<usize>>, Vec<usize>, usize);
+
 /// One worker of a Meridian run inside this Python process.
 #[pyclass(unsendable, module = "meridian._native")]
 struct Worker {
@@ -125,7 +165,7 @@ fn round_dict<'py>(py: Python<'py>, r: &AppliedRound) -> PyResult<Bound<'py, PyD
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (join, name, params, bridge, algorithm, sets, inner_steps=None, total_steps=None, connect_timeout=60.0, reconnect_timeout=600.0, site_role=None))]
+    #[pyo3(signature = (join, name, params, bridge, algorithm, sets, inner_steps=None, total_steps=None, connect_timeout=60.0, reconnect_timeout=600.0, site=None, shard=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         join: String,
@@ -138,18 +178,9 @@ impl Worker {
         total_steps: Option<u64>,
         connect_timeout: f64,
         reconnect_timeout: f64,
-        site_role: Option<&str>,
+        site: Option<PyObject>,
+        shard: Option<ShardArg>,
     ) -> PyResult<Self> {
-        let (leads_site, follows_site) = match site_role {
-            None => (false, false),
-            Some("leader") => (true, false),
-            Some("follower") => (false, true),
-            Some(other) => {
-                return Err(MeridianError::new_err(format!(
-                    "site_role {other:?}: leader or follower"
-                )))
-            }
-        };
         let slot = ErrorSlot::default();
         let algorithm: Algorithm = algorithm.parse().map_err(MeridianError::new_err)?;
         let seconds = |name: &str, v: f64| {
@@ -172,8 +203,25 @@ impl Worker {
             total_steps,
             connect_timeout,
             reconnect_timeout,
-            leads_site,
-            follows_site,
+        };
+        let site = match (site, shard) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(MeridianError::new_err("shard given without a site channel"))
+            }
+            (Some(channel), shard) => {
+                let leads = Python::with_gil(|py| channel.getattr(py, "leads")?.extract(py))?;
+                let shard = match shard {
+                    None => None,
+                    Some((names, shapes, bounds, rank)) => {
+                        let layout = ShardLayout::new(shapes, bounds, rank)
+                            .map_err(|e| MeridianError::new_err(format!("{e:#}")))?;
+                        Some((names, layout))
+                    }
+                };
+                let channel = Box::new(PySiteChannel { channel, slot: slot.clone() });
+                Some(SiteSpec { leads, channel, shard })
+            }
         };
         let params = params.into_iter().map(|(n, t)| (n, t.0)).collect();
         let inner = Box::new(PyScriptOptimizer { bridge, slot: slot.clone() });
@@ -184,8 +232,8 @@ impl Worker {
                 anyhow!("interrupted")
             })
         });
-        let worker =
-            EmbeddedWorker::new(spec, params, inner, interrupt).map_err(|e| raise(e, &slot))?;
+        let worker = EmbeddedWorker::new(spec, params, inner, interrupt, site)
+            .map_err(|e| raise(e, &slot))?;
         Ok(Self { inner: Some(worker), slot })
     }
 
@@ -196,32 +244,10 @@ impl Worker {
         released(py, || w.join()).map_err(|e| raise(e, &slot))
     }
 
-    /// A site leader's message for the other ranks after joining (welcome and log).
-    fn site_message<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let slot = self.slot.clone();
-        let w = self.get()?;
-        let bytes = released(py, || w.site_message()).map_err(|e| raise(e, &slot))?;
-        Ok(PyBytes::new(py, &bytes))
-    }
-
-    /// A site follower joins by following its leader's `site_message()`.
-    fn follow(&mut self, py: Python<'_>, message: Vec<u8>) -> PyResult<()> {
-        let slot = self.slot.clone();
-        let w = self.get()?;
-        released(py, || w.follow(&message)).map_err(|e| raise(e, &slot))
-    }
-
-    /// A site leader's log of the step just taken, for the followers' `feed()`.
-    fn take_site_log<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let slot = self.slot.clone();
-        let bytes = self.get()?.take_site_log().map_err(|e| raise(e, &slot))?;
-        Ok(PyBytes::new(py, &bytes))
-    }
-
-    /// A site follower takes its leader's log before stepping.
-    fn feed(&mut self, log: Vec<u8>) -> PyResult<()> {
-        let slot = self.slot.clone();
-        self.get()?.feed(&log).map_err(|e| raise(e, &slot))
+    /// Whether this rank holds part of the model only (a sharded site).
+    #[getter]
+    fn holds_part(&mut self) -> PyResult<bool> {
+        Ok(self.get()?.holds_part())
     }
 
     /// This worker's member id (joins first).
@@ -274,6 +300,8 @@ impl Worker {
         d.set_item("last_round_seconds", s.last_round_seconds)?;
         d.set_item("waiting_seconds", s.waiting_seconds)?;
         d.set_item("rtt_ms", s.rtt_ms)?;
+        d.set_item("states_taken", s.states_taken)?;
+        d.set_item("outer_elements", s.outer_elements)?;
         Ok(d)
     }
 
@@ -380,11 +408,39 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
+/// The replica hash (hex) of named f32 tensors in canonical (name) order: what
+/// `consensus_hash()` gives for a model holding them.
+#[pyfunction]
+fn hash_tensors(names: Vec<String>, tensors: Vec<PyTensor>) -> PyResult<String> {
+    let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
+    let h = meridian_optimizer::params::hash_tensors(&names, &tensors)
+        .map_err(|e| MeridianError::new_err(e.to_string()))?;
+    Ok(format!("{h:016x}"))
+}
+
+/// Where each of `ranks` ranks' run of tensors (of `numels` elements, canonical order)
+/// starts, balanced by elements, with the count at the end; `None` with fewer tensors than
+/// ranks.
+#[pyfunction]
+fn shard_bounds(numels: Vec<usize>, ranks: usize) -> Option<Vec<usize>> {
+    balanced_bounds(&numels, ranks)
+}
+
+/// Why a site running `algorithm` with `sets` cannot shard its outer state, or `None`.
+#[pyfunction]
+fn shard_refusal(algorithm: &str, sets: Vec<String>) -> PyResult<Option<String>> {
+    let algorithm: Algorithm = algorithm.parse().map_err(MeridianError::new_err)?;
+    Ok(shardable(algorithm, &sets).err().map(|e| format!("{e:#}")))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Worker>()?;
     m.add_class::<Coordinator>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_tensors, m)?)?;
+    m.add_function(wrap_pyfunction!(shard_bounds, m)?)?;
+    m.add_function(wrap_pyfunction!(shard_refusal, m)?)?;
     m.add("MeridianError", m.py().get_type::<MeridianError>())?;
     Ok(())
 }

@@ -76,6 +76,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> List[int]:
+    """The processes ``pid`` started, and theirs, from /proc (children first)."""
+    children: Dict[int, List[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 class Worker:
     """A worker subprocess. A thread collects its stdout line by line (``wait_for`` waits
     on it); its stderr goes to a file that failures print."""
@@ -123,8 +140,14 @@ class Worker:
         )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Sends ``sig`` to its process group and reaps it."""
+        """Sends ``sig`` to its process group and every process it started (torchrun
+        starts each rank in a session of its own), and reaps it."""
         if self.proc.poll() is None:
+            for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:

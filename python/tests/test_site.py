@@ -1,15 +1,30 @@
 """Torchrun sites: two sites of two ranks each (gloo on CPU, DDP or FSDP2 within each
 site) train as two Meridian workers. Each site's rank 0 talks to the run; every rank of
-both sites holds the same parameters after every round."""
+both sites holds the same parameters after every round. A site's outer state is split
+across its ranks where the algorithm allows, and the run cannot tell: a sharded site and
+a plain worker hold the same parameters after every round."""
 
 import json
+import signal
 import sys
 
 import pytest
 
-from conftest import TRAIN_WORKER, assert_same_rounds, free_port, mean_loss, run_to_end
+from conftest import (
+    TRAIN_WORKER, assert_same_rounds, free_port, mean_loss, rounds_by_number, run_to_end,
+)
 
 STEPS, INNER_STEPS, RANKS = 20, 5, 2
+
+
+def site_argv(out, algorithm: str, steps: int, inner_steps: int, *extra: str):
+    """A torchrun site of RANKS ranks running train_worker.py (rank R writes OUT.rankR)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", str(RANKS), "--master_port", str(free_port()),
+        str(TRAIN_WORKER), "--site", "--algorithm", algorithm, *extra,
+        "--steps", str(steps), "--inner-steps", str(inner_steps), "--out", str(out),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -22,13 +37,8 @@ def test_two_torchrun_sites_of_two_ranks_agree_after_every_round(
     sites = []
     for name in ("site-a", "site-b"):
         out = tmp_path / f"{name}.json"
-        argv = [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nproc_per_node", str(RANKS), "--master_port", str(free_port()),
-            str(TRAIN_WORKER), "--site", "--algorithm", algorithm,
-            *(["--fsdp2"] if engine == "fsdp2" else []),
-            "--steps", str(STEPS), "--inner-steps", str(INNER_STEPS), "--out", str(out),
-        ]
+        extra = ["--fsdp2"] if engine == "fsdp2" else []
+        argv = site_argv(out, algorithm, STEPS, INNER_STEPS, *extra)
         sites.append(spawn(coordinator.join, name, argv=argv))
     run_to_end(sites, timeout=180)
 
@@ -51,3 +61,99 @@ def test_two_torchrun_sites_of_two_ranks_agree_after_every_round(
         assert (sent > 0) if r["rank"] == 0 else (sent == 0), (r["name"], r["stats"])
     first, last = mean_loss(ranks, range(0, 5)), mean_loss(ranks, range(STEPS - 5, STEPS))
     assert last < 0.7 * first, f"the loss went from {first:.4f} to {last:.4f}"
+    assert_outer_state_split(ranks, sharded=algorithm != "ddp")
+
+
+def assert_outer_state_split(ranks, sharded: bool) -> None:
+    """Each rank's outer algorithm covers its own part of the model (the parts add up to
+    the whole) when the site is sharded, the whole model on every rank otherwise."""
+    for name in {r["name"].split(" rank")[0] for r in ranks}:
+        site = [r["stats"]["outer_elements"] for r in ranks if r["name"].startswith(name)]
+        whole = PARAMS
+        if sharded:
+            assert sum(site) == whole and all(0 < e < whole for e in site), (name, site)
+        else:
+            assert site == [whole] * len(site), (name, site)
+
+
+# The test model's parameter count (train_worker.py's Net with --hidden 16: 8→16→1).
+PARAMS = 8 * 16 + 16 + 16 * 1 + 1
+
+
+@pytest.mark.parametrize("algorithm", ["sparseloco", "demo"])
+def test_a_sharded_site_and_a_plain_worker_hold_the_same_model(
+    coordinator, spawn, tmp_path, algorithm
+):
+    out = tmp_path / "site.json"
+    site = spawn(coordinator.join, "site", argv=site_argv(out, algorithm, STEPS, INNER_STEPS))
+    plain = spawn(coordinator.join, "plain", "--algorithm", algorithm, "--steps", str(STEPS),
+                  "--inner-steps", str(INNER_STEPS))
+    results = run_to_end([site, plain], timeout=180)
+    ranks = []
+    for rank in range(RANKS):
+        r = json.loads((tmp_path / f"site.json.rank{rank}").read_text())
+        r["name"] = f"site rank {rank}"
+        ranks.append(r)
+    plain_result = dict(results[1], name="plain")
+    rounds = STEPS if algorithm == "demo" else STEPS // INNER_STEPS
+    # Every round hash is the whole model's: the site's ranks agree with the plain worker.
+    assert_same_rounds(ranks + [plain_result], rounds)
+    assert_outer_state_split(ranks, sharded=True)
+    assert plain_result["stats"]["outer_elements"] == PARAMS
+
+
+
+
+@pytest.mark.parametrize("site_is", ["survivor", "victim"])
+def test_a_sharded_site_serves_and_takes_a_whole_state(
+    coordinator_factory, spawn, tmp_path, site_is
+):
+    """A plain worker killed and restarted takes the sharded site's state (the ranks'
+    parts merged into the whole); a killed and restarted sharded site takes a plain
+    worker's state (each rank its part). Either way everyone ends with the same model."""
+    steps, inner, rounds = 30, 5, 6
+    # The round the victim dies in waits for it: a restarted torchrun job takes a few
+    # seconds to come back, and the survivor must still be there to give it a state.
+    coord = coordinator_factory(min_workers=2, deadline_ms=60000)
+
+    # Paced, so that the victim is still training when it is killed.
+    pace = ("--step-seconds", "0.1")
+
+    def start(name, tag):
+        if name == site_is:
+            out = tmp_path / f"{tag}.json"
+            argv = site_argv(out, "diloco", steps, inner, *pace)
+            return spawn(coord.join, name, tag=tag, argv=argv)
+        return spawn(coord.join, name, "--algorithm", "diloco", "--steps", str(steps),
+                     "--inner-steps", str(inner), *pace, tag=tag)
+
+    survivor = start("survivor", "survivor")
+    victim = start("victim", "victim-first")
+    victim.wait_for("ROUND", 2, timeout=150)
+    victim.kill(signal.SIGKILL)
+    assert not list(tmp_path.glob("victim-first.json*")), "the victim finished before it was killed"
+    restarted = start("victim", "victim-restarted")
+    results = run_to_end([survivor, restarted], timeout=180)
+
+    def ranks_of(tag, result):
+        if tag.split("-")[0] != site_is:
+            return [dict(result, name=tag)]
+        return [
+            dict(json.loads((tmp_path / f"{tag}.json.rank{r}").read_text()), name=f"{tag} {r}")
+            for r in range(RANKS)
+        ]
+
+    everyone = ranks_of("survivor", results[0]) + ranks_of("victim-restarted", results[1])
+    finals = {r["name"]: r["final_hash"] for r in everyone}
+    assert len(set(finals.values())) == 1, finals
+    for r in ranks_of("victim-restarted", results[1]):
+        assert r["stats"]["states_taken"] == 1, (r["name"], r["stats"])
+        assert r["stats"]["rounds"] < rounds, (r["name"], r["stats"])
+        assert r["stats"]["steps"] == steps
+    # After every round both applied, both held the same model.
+    by_round = [rounds_by_number(r) for r in everyone]
+    common = set.intersection(*(set(b) for b in by_round))
+    assert common and max(common) == rounds - 1, [sorted(b) for b in by_round]
+    for n in common:
+        hashes = {r["name"]: b[n]["hash"] for r, b in zip(everyone, by_round)}
+        assert len(set(hashes.values())) == 1, (n, hashes)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -85,6 +86,8 @@ def main() -> int:
     ap.add_argument("--site", action="store_true", help="a torchrun rank: DDP within a site")
     ap.add_argument("--fsdp2", action="store_true",
                     help="with --site: FSDP2 (fully_shard) within the site instead of DDP")
+    ap.add_argument("--step-seconds", type=float, default=0.0,
+                    help="sleep this long after each step (a slower machine's pace)")
     ap.add_argument("--hold", action="store_true",
                     help="once joined, wait for a line on stdin before the first step")
     ap.add_argument("--out", required=True,
@@ -145,6 +148,8 @@ def main() -> int:
         loss.backward()
         opt.step()
         opt.zero_grad()
+        if args.step_seconds:
+            time.sleep(args.step_seconds)
         if first_step is None:
             first_step = opt.stats["steps"]
         losses.append([step, loss.item()])

@@ -12,5 +12,6 @@
 
 pub mod coordinator;
 pub mod script_step;
+pub mod shard;
 pub mod site;
 pub mod worker;

@@ -19,10 +19,14 @@ use meridian_optimizer::solo::SoloWorker;
 use meridian_optimizer::Algorithm;
 use tch::Tensor;
 
+use meridian_optimizer::params::hash_records;
+use meridian_optimizer::train_step::TrainStep;
+
 use super::script_step::{ScriptOptimizer, ScriptStep};
-use super::site::{Recording, Replay};
+use super::shard::{check_shardable, ShardLayout};
+use super::site::{SiteChannel, SiteLink};
 use crate::model::ModelKind;
-use crate::networked::drive::{AppliedRound, Driver, RoundLink};
+use crate::networked::drive::{AppliedRound, DriveObserver, Driver, RoundLink};
 use crate::networked::quic_link::HandleLink;
 use crate::networked::ring_reducer::RingCell;
 use crate::networked::snapshot;
@@ -49,11 +53,18 @@ pub struct JoinSpec {
     /// How long a joined worker keeps trying to reach a coordinator it lost before its
     /// step fails (a restarted coordinator is found again within this).
     pub reconnect_timeout: Duration,
-    /// This process leads a site (several ranks training as one worker): it records its
-    /// link's answers for the other ranks ([`crate::embedded::site`]).
-    pub leads_site: bool,
-    /// This process is another rank of a site: it follows the leader and sends nothing.
-    pub follows_site: bool,
+}
+
+/// This process is one rank of a site: several ranks training as one worker
+/// ([`crate::embedded::site`]).
+pub struct SiteSpec {
+    /// Whether this rank leads (rank 0: it alone holds the connection).
+    pub leads: bool,
+    /// How the site's ranks talk.
+    pub channel: Box<dyn SiteChannel>,
+    /// When the site shards its outer state: the whole model's names (canonical order)
+    /// and which rank holds which; this rank was given its own tensors only.
+    pub shard: Option<(Vec<String>, ShardLayout)>,
 }
 
 /// What a worker has done so far.
@@ -83,6 +94,11 @@ pub struct WorkerStats {
     pub rtt_ms: Option<f64>,
     /// The consensus hash after the last applied round.
     pub last_hash: Option<u64>,
+    /// Peers' states taken (catching up).
+    pub states_taken: u64,
+    /// Parameter elements this process's outer algorithm covers (its outer state grows
+    /// with them): the whole model's, or on a rank of a sharded site its part's.
+    pub outer_elements: u64,
 }
 
 /// One worker of a run inside a program's training loop. It joins at its first step (or
@@ -94,7 +110,8 @@ pub struct EmbeddedWorker {
     tuning: TransportTuning,
     interrupt: Option<Box<dyn FnMut() -> Result<()>>>,
     net: Option<Net>,
-    site_welcome: Option<Vec<u8>>,
+    /// The site's set-up until joined (the link then holds it).
+    site: Option<SiteSpec>,
     /// Rounds applied while joining, reported by the next step.
     settled: Vec<AppliedRound>,
     /// The welcome said a peer's state came first (taken while joining).
@@ -120,26 +137,22 @@ struct Net {
 enum Link {
     /// On its own.
     Solo(HandleLink),
-    /// As the leader of a site: its answers are recorded for the other ranks.
-    Leader(Recording<HandleLink>),
-    /// As another rank of a site: the leader's answers, nothing sent.
-    Follower(Replay),
+    /// As a rank of a site (the leader's connection inside on the leader).
+    Site(SiteLink<HandleLink>),
 }
 
 impl Link {
     fn round_link(&mut self) -> &mut dyn RoundLink {
         match self {
             Link::Solo(l) => l,
-            Link::Leader(l) => l,
-            Link::Follower(l) => l,
+            Link::Site(l) => l,
         }
     }
 
     fn network(&self) -> Option<&HandleLink> {
         match self {
             Link::Solo(l) => Some(l),
-            Link::Leader(l) => Some(&l.inner),
-            Link::Follower(_) => None,
+            Link::Site(l) => l.network(),
         }
     }
 }
@@ -147,6 +160,35 @@ impl Link {
 /// What a site's leader tells the other ranks once it has joined: the welcome (member,
 /// expected members, whether a peer's state comes first, whether rounds go round a ring).
 const SITE_WELCOME_LEN: usize = 10;
+
+/// Collects the rounds applied and, on a rank holding part of the model, the hash records
+/// of its part right after each (see [`agree`]).
+#[derive(Default)]
+struct Collected {
+    applied: Vec<AppliedRound>,
+    records: Option<Vec<Vec<u8>>>,
+}
+
+impl<S: TrainStep> DriveObserver<S> for Collected {
+    fn round_applied(&mut self, round: &AppliedRound) {
+        self.applied.push(round.clone());
+    }
+
+    fn round_applied_to(&mut self, w: &SoloWorker<S>, round: &AppliedRound) {
+        if let Some(records) = &mut self.records {
+            // A part that cannot be hashed leaves no records, which `agree` refuses.
+            records.push(hash_records(w.params.names(), w.params.tensors()).unwrap_or_default());
+        }
+        DriveObserver::<S>::round_applied(self, round);
+    }
+}
+
+/// Whether a site running `algorithm` with `sets` (as [`JoinSpec::sets`]) can shard its
+/// outer state across its ranks; the reason when it cannot.
+pub fn shardable(algorithm: Algorithm, sets: &[String]) -> Result<()> {
+    let config = RunConfig::build(&ModelKind::Mlp, &[algorithm], None, None, sets)?;
+    check_shardable(config.algos.first().context("no algorithm configured")?)
+}
 
 /// The algorithm's settings for `spec`, parsed as the CLI parses them.
 fn algo_config(spec: &JoinSpec) -> Result<(AlgoConfig, TransportTuning)> {
@@ -156,20 +198,83 @@ fn algo_config(spec: &JoinSpec) -> Result<(AlgoConfig, TransportTuning)> {
     Ok((algo, config.transport))
 }
 
+/// The welcome as a site's leader passes it on: member, expected members, whether a
+/// peer's state comes first, whether rounds go round a ring.
+#[derive(Debug, Clone, Copy)]
+struct Welcome {
+    member: u32,
+    expected: u32,
+    need_state: bool,
+    ring: bool,
+}
+
+impl Welcome {
+    fn encode(&self) -> Vec<u8> {
+        [
+            &self.member.to_le_bytes()[..],
+            &self.expected.to_le_bytes(),
+            &[u8::from(self.need_state), u8::from(self.ring)],
+        ]
+        .concat()
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        ensure!(
+            b.len() == SITE_WELCOME_LEN,
+            "a welcome of {} bytes from the site's leader",
+            b.len()
+        );
+        Ok(Self {
+            member: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            expected: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            need_state: b[8] != 0,
+            ring: b[9] != 0,
+        })
+    }
+}
+
+/// A connection to the run, welcomed.
+struct Connected {
+    link: HandleLink,
+    welcome: Welcome,
+    waiting: Rc<Cell<Duration>>,
+    rtt: Rc<Cell<Option<Duration>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
 impl EmbeddedWorker {
     /// A worker for the run of `spec` over the program's `params` and optimizer; nothing
     /// is sent until it joins. `interrupt` is asked a few times a second while waiting for
-    /// the network; its error ends the wait.
+    /// the network; its error ends the wait. With `site`, this process is one rank of a
+    /// site; a rank of a sharded site is given its own part of the model only.
     pub fn new(
         spec: JoinSpec,
         params: Vec<(String, Tensor)>,
         inner: Box<dyn ScriptOptimizer>,
         interrupt: Box<dyn FnMut() -> Result<()>>,
+        site: Option<SiteSpec>,
     ) -> Result<Self> {
         // Refuse a malformed join string before anything is built.
         let _: JoinString = spec.join.parse().context("the join string")?;
         let (algo, tuning) = algo_config(&spec)?;
+        if let Some((names, layout)) = site.as_ref().and_then(|s| s.shard.as_ref()) {
+            check_shardable(&algo).context("this site cannot shard its outer state")?;
+            ensure!(
+                names.len() == layout.shapes().len(),
+                "{} names for a model of {} tensors",
+                names.len(),
+                layout.shapes().len()
+            );
+            let mine = &names[layout.range()];
+            let mut given: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+            given.sort_unstable();
+            ensure!(
+                given.iter().copied().eq(mine.iter().map(String::as_str)),
+                "this rank was given parameters {given:?}, but its part of the model is {mine:?}"
+            );
+        }
         let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build(p))?;
+        let stats = WorkerStats { outer_elements: w.params.numel() as u64, ..Default::default() };
         Ok(Self {
             w,
             spec,
@@ -177,10 +282,10 @@ impl EmbeddedWorker {
             tuning,
             interrupt: Some(interrupt),
             net: None,
-            site_welcome: None,
+            site,
             settled: Vec::new(),
             took_state: false,
-            stats: WorkerStats::default(),
+            stats,
         })
     }
 
@@ -189,23 +294,100 @@ impl EmbeddedWorker {
         self.net.is_some()
     }
 
+    /// Whether this rank holds a part of the model only (a sharded site).
+    pub fn holds_part(&self) -> bool {
+        match &self.net {
+            Some(net) => matches!(&net.link, Link::Site(l) if l.shard().is_some()),
+            None => self.site.as_ref().is_some_and(|s| s.shard.is_some()),
+        }
+    }
+
+    /// The run's facts as this worker sees them: its model (the whole one, on a rank that
+    /// holds a part) and its algorithm's settings.
+    fn signature(&self) -> RunSignature {
+        let mut facts = meridian_optimizer::signature::run_signature(&self.w.params, &self.algo);
+        if let Some((names, layout)) = self.site.as_ref().and_then(|s| s.shard.as_ref()) {
+            // Parameters are f32 (a ParamSet holds nothing else).
+            facts.retain(|k, _| !k.starts_with("param."));
+            for (name, shape) in names.iter().zip(layout.shapes()) {
+                let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+                facts.insert(format!("param.{name}"), format!("f32[{}]", dims.join(", ")));
+            }
+        }
+        RunSignature::from_facts(facts)
+    }
+
+    /// Why rounds that go round a ring cannot run here, or the ring's reducer.
+    fn ring(&self, sharded: bool) -> Result<meridian_optimizer::ring::DenseRing> {
+        ensure!(
+            !sharded,
+            "the coordinator sends rounds round a ring, which a site that shards its outer \
+             state cannot take: start the coordinator with topology relay or all-gather, or \
+             run the site unsharded (shard_outer_state=False)"
+        );
+        self.w.outer.ring(&self.w.params).with_context(|| {
+            format!(
+                "algorithm {} cannot run in a ring: sparse payloads (demo, sparseloco) do not \
+                 add up in transit; start the coordinator with topology relay or all-gather",
+                self.spec.algorithm.name()
+            )
+        })
+    }
+
     /// Joins the run (done by the first [`EmbeddedWorker::step`] otherwise). A worker that
     /// loaded a state joins as the member that applied its rounds: the coordinator replays
-    /// what it missed; a fresh one may first receive a live peer's state.
+    /// what it missed; a fresh one may first receive a live peer's state. Every rank of a
+    /// site joins at once: the leader through the network, the others through it.
     pub fn join(&mut self) -> Result<()> {
         if self.net.is_some() {
             return Ok(());
         }
-        ensure!(
-            !self.spec.follows_site,
-            "a site's follower joins through its leader's message, not the network"
-        );
+        let site = self.site.as_mut().map(|s| {
+            let channel = std::mem::replace(&mut s.channel, Box::new(Gone));
+            (s.leads, SiteLink::new(None, channel, s.shard.as_ref().map(|(_, l)| l.clone())))
+        });
+        let (mut link, welcome, waiting, rtt, runtime) = match site {
+            None => {
+                let c = self.connect()?;
+                (Link::Solo(c.link), c.welcome, c.waiting, c.rtt, Some(c.runtime))
+            }
+            Some((true, mut site)) => match self.connect() {
+                Ok(c) => {
+                    site.tell(Some(Ok(c.welcome.encode())))?;
+                    site.set_network(c.link);
+                    (Link::Site(site), c.welcome, c.waiting, c.rtt, Some(c.runtime))
+                }
+                // The other ranks wait for the welcome: they get the reason instead.
+                Err(e) => return Err(site.fail(e)),
+            },
+            Some((false, mut site)) => {
+                let welcome = Welcome::decode(&site.tell(None)?)?;
+                if welcome.ring {
+                    self.ring(site.shard().is_some())?;
+                }
+                (Link::Site(site), welcome, Rc::default(), Rc::default(), None)
+            }
+        };
+        let Welcome { member, expected, need_state, .. } = welcome;
+        self.w.id = member;
+        self.took_state = need_state;
+        tracing::info!(member, need_state, "joined the run");
+        let mut driver = Driver::start(link.round_link(), need_state)?;
+        // A peer's state (and the rounds after it) is taken now, before the program's next
+        // forward pass: a gradient computed on the parameters it is about to replace would
+        // otherwise go into its first step.
+        self.settle(&mut driver, &mut link)?;
+        self.net = Some(Net { link, driver, member, expected, waiting, rtt, runtime });
+        Ok(())
+    }
+
+    /// Connects to the run and waits for its welcome.
+    fn connect(&mut self) -> Result<Connected> {
         let join: JoinString = self.spec.join.parse().context("the join string")?;
-        let signature = meridian_optimizer::signature::run_signature(&self.w.params, &self.algo);
         let runtime = crate::networked::runtime()?;
         let mut node_cfg = WorkerNodeConfig::new(join, self.spec.name.clone());
         node_cfg.tuning = self.tuning.clone();
-        node_cfg.signature = RunSignature::from_facts(signature);
+        node_cfg.signature = self.signature();
         node_cfg.last_applied = self.w.rounds_done().checked_sub(1);
         node_cfg.reconnect.give_up_after = self.spec.reconnect_timeout;
         let reducer = Arc::new(RingCell::default());
@@ -227,114 +409,40 @@ impl EmbeddedWorker {
         let member = link.handle.member();
         let (need_state, topology, expected) = welcomed(&mut link, self.spec.connect_timeout)?;
         link.ring = topology == Topology::Ring;
-        self.w.id = member;
         if link.ring {
-            let Some(ring) = self.w.outer.ring(&self.w.params) else {
-                bail!(
-                    "algorithm {} cannot run in a ring: sparse payloads (demo, sparseloco) do \
-                     not add up in transit; start the coordinator with topology relay or \
-                     all-gather",
-                    self.spec.algorithm.name()
-                );
-            };
-            reducer.set(ring);
+            let sharded = self.site.as_ref().is_some_and(|s| s.shard.is_some());
+            reducer.set(self.ring(sharded)?);
         }
-        tracing::info!(member, need_state, "joined the run");
-        let mut link = match self.spec.leads_site {
-            false => Link::Solo(link),
-            true => Link::Leader(Recording::new(link)),
-        };
-        self.took_state = need_state;
-        let mut driver = Driver::start(link.round_link(), need_state)?;
-        // A peer's state (and the rounds after it) is taken now, before the program's next
-        // forward pass: a gradient computed on the parameters it is about to replace would
-        // otherwise go into its first step.
-        self.settle(&mut driver, link.round_link())?;
-        self.site_welcome = Some(
-            [
-                &member.to_le_bytes()[..],
-                &expected.to_le_bytes(),
-                &[u8::from(need_state), u8::from(topology == Topology::Ring)],
-            ]
-            .concat(),
-        );
-        self.net =
-            Some(Net { link, driver, member, expected, waiting, rtt, runtime: Some(runtime) });
-        Ok(())
+        let welcome = Welcome { member, expected, need_state, ring: link.ring };
+        Ok(Connected { link, welcome, waiting, rtt, runtime })
     }
 
-    /// For a site's leader, once joined: what the other ranks need to follow it (the
-    /// welcome, then the answers its link gave so far). Empty for a solo worker.
-    pub fn site_message(&mut self) -> Result<Vec<u8>> {
-        self.join()?;
-        let welcome = self.site_welcome.clone().unwrap_or_default();
-        match self.net.as_mut().map(|n| &mut n.link) {
-            Some(Link::Leader(l)) => Ok([welcome, l.take_log()].concat()),
-            _ => Ok(Vec::new()),
-        }
+    /// An observer for the rounds about to be applied.
+    fn collector(&self) -> Collected {
+        Collected { applied: Vec::new(), records: self.holds_part().then(Vec::new) }
     }
 
-    /// For a site's other ranks: joins by following the leader's [`site_message`]
-    /// (nothing is sent; the leader alone talks to the run).
-    ///
-    /// [`site_message`]: EmbeddedWorker::site_message
-    pub fn follow(&mut self, message: &[u8]) -> Result<()> {
-        ensure!(self.net.is_none(), "this rank already follows its site's leader");
-        ensure!(
-            message.len() >= SITE_WELCOME_LEN,
-            "the site leader's message is {} bytes, too short for a welcome",
-            message.len()
-        );
-        let (welcome, log) = message.split_at(SITE_WELCOME_LEN);
-        let member = u32::from_le_bytes([welcome[0], welcome[1], welcome[2], welcome[3]]);
-        let expected = u32::from_le_bytes([welcome[4], welcome[5], welcome[6], welcome[7]]);
-        let (need_state, ring) = (welcome[8] != 0, welcome[9] != 0);
-        self.w.id = member;
-        if ring && self.w.outer.ring(&self.w.params).is_none() {
-            bail!("algorithm {} cannot run in a ring", self.spec.algorithm.name());
+    /// On a sharded site, the ranks check they applied the same rounds alike and take the
+    /// whole model's hash for each.
+    fn agreed(link: &mut Link, mut seen: Collected) -> Result<Vec<AppliedRound>> {
+        if let (Link::Site(site), Some(records)) = (link, &seen.records) {
+            if !seen.applied.is_empty() {
+                site.agree(&mut seen.applied, records)?;
+            }
         }
-        let mut replay = Replay::default();
-        replay.feed(log)?;
-        self.took_state = need_state;
-        let mut driver = Driver::start(&mut replay, need_state)?;
-        self.settle(&mut driver, &mut replay)?;
-        self.net = Some(Net {
-            link: Link::Follower(replay),
-            driver,
-            member,
-            expected,
-            waiting: Rc::new(Cell::new(Duration::ZERO)),
-            rtt: Rc::new(Cell::new(None)),
-            runtime: None,
-        });
-        Ok(())
-    }
-
-    /// For a site's leader after each step: the answers its link gave, for the other
-    /// ranks' [`EmbeddedWorker::feed`].
-    pub fn take_site_log(&mut self) -> Result<Vec<u8>> {
-        match self.net.as_mut().map(|n| &mut n.link) {
-            Some(Link::Leader(l)) => Ok(l.take_log()),
-            _ => bail!("only a site's leader has a log to share"),
-        }
-    }
-
-    /// For a site's other ranks before each step: the leader's answers for it.
-    pub fn feed(&mut self, log: &[u8]) -> Result<()> {
-        match self.net.as_mut().map(|n| &mut n.link) {
-            Some(Link::Follower(r)) => r.feed(log),
-            _ => bail!("only a rank that follows its site's leader is fed its log"),
-        }
+        Ok(seen.applied)
     }
 
     /// Takes what the network already delivered (a peer's state, rounds to replay) without
     /// training; the rounds applied are reported by the next step.
-    fn settle(&mut self, driver: &mut Driver, link: &mut dyn RoundLink) -> Result<()> {
+    fn settle(&mut self, driver: &mut Driver, link: &mut Link) -> Result<()> {
         let total = self.spec.total_steps.unwrap_or(u64::MAX);
-        let mut applied = Vec::new();
-        driver.settle(&mut self.w, link, total, &mut |r: &AppliedRound| applied.push(r.clone()))?;
+        let mut seen = self.collector();
+        driver.settle(&mut self.w, link.round_link(), total, &mut seen)?;
+        let applied = Self::agreed(link, seen)?;
         self.settled.extend(applied);
         self.stats.steps = self.w.steps_done();
+        self.stats.states_taken = driver.states_taken();
         Ok(())
     }
 
@@ -365,21 +473,22 @@ impl EmbeddedWorker {
             self.count(&applied);
             return Ok(applied);
         }
+        let mut seen = self.collector();
         let Some(net) = self.net.as_mut() else { bail!("not joined") };
         self.w.train.loss = loss.unwrap_or(0.0);
         let total = self.spec.total_steps.unwrap_or(u64::MAX);
-        let mut applied = Vec::new();
         let before = net.waiting.get();
-        applied.append(&mut self.settled);
-        let mut observe = |r: &AppliedRound| applied.push(r.clone());
-        if net.driver.step(&mut self.w, net.link.round_link(), total, &mut observe)?.is_none() {
+        if net.driver.step(&mut self.w, net.link.round_link(), total, &mut seen)?.is_none() {
             // Caught up past the run's last step (a peer's state from its end): nothing
             // is left to train; the program's loop may simply run out.
             tracing::debug!(total, "the run's last step is done");
         }
+        let mut applied = std::mem::take(&mut self.settled);
+        applied.extend(Self::agreed(&mut net.link, seen)?);
         if !applied.is_empty() {
             self.stats.last_round_seconds = (net.waiting.get() - before).as_secs_f64();
         }
+        self.stats.states_taken = net.driver.states_taken();
         self.count(&applied);
         Ok(applied)
     }
@@ -412,8 +521,15 @@ impl EmbeddedWorker {
         &self.stats
     }
 
-    /// The hash every worker of the run shares after the same round.
+    /// The hash every worker of the run shares after the same round. A rank holding part
+    /// of the model has no whole to hash: the program hashes its whole model instead
+    /// ([`meridian_optimizer::params::hash_tensors`]) once the ranks shared their parts.
     pub fn consensus_hash(&self) -> Result<u64> {
+        ensure!(
+            !self.holds_part(),
+            "this rank holds part of the model: hash the whole model once the site's ranks \
+             have shared their parts"
+        );
         Ok(self.w.outer.consensus_hash(&self.w.params)?)
     }
 
@@ -423,7 +539,7 @@ impl EmbeddedWorker {
     }
 
     /// The worker's whole state (parameters, outer and inner optimizer, counters) as
-    /// bytes, as a newcomer receives it.
+    /// bytes, as a newcomer receives it; on a rank of a sharded site, its part.
     pub fn state(&self) -> Result<Vec<u8>> {
         snapshot::encode(&self.w)
     }
@@ -447,14 +563,28 @@ impl EmbeddedWorker {
         let Some(Net { link, runtime, .. }) = self.net else { return Ok(()) };
         let handle = match link {
             Link::Solo(l) => l.handle,
-            Link::Leader(l) => l.inner.handle,
-            Link::Follower(_) => return Ok(()),
+            Link::Site(l) => match l.into_network() {
+                Some(l) => l.handle,
+                None => return Ok(()),
+            },
         };
         let result = handle.leave().context("leaving the run");
         if let Some(runtime) = runtime {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
         result
+    }
+}
+
+/// The channel a rank's [`SiteSpec`] held once its link took it.
+struct Gone;
+
+impl SiteChannel for Gone {
+    fn broadcast(&mut self, _: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        bail!("the site's channel was handed to its link")
+    }
+    fn gather(&mut self, _: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
+        bail!("the site's channel was handed to its link")
     }
 }
 

@@ -167,6 +167,11 @@ pub struct AppliedRound {
 pub trait DriveObserver<S> {
     /// A round was applied (trained through or replayed).
     fn round_applied(&mut self, round: &AppliedRound);
+    /// [`DriveObserver::round_applied`], shown `w` as the round left it (before any
+    /// further inner step).
+    fn round_applied_to(&mut self, _w: &SoloWorker<S>, round: &AppliedRound) {
+        self.round_applied(round)
+    }
     /// An inner step finished (its exchanges already reported); `w` may be evaluated here.
     fn step_done(&mut self, _w: &mut SoloWorker<S>, _step: &SoloStep) -> Result<()> {
         Ok(())
@@ -200,6 +205,7 @@ pub fn drive<S: InnerState>(
 #[derive(Debug, Default)]
 pub struct Driver {
     pending: Pending,
+    states_taken: u64,
 }
 
 impl Driver {
@@ -213,7 +219,12 @@ impl Driver {
                 pending.take(event);
             }
         }
-        Ok(Self { pending })
+        Ok(Self { pending, states_taken: 0 })
+    }
+
+    /// Peers' states taken so far (catching up).
+    pub fn states_taken(&self) -> u64 {
+        self.states_taken
     }
 
     /// Brings `w` up to date with the network without training: takes a peer's state that
@@ -230,6 +241,7 @@ impl Driver {
         loop {
             if let Some((round, bytes)) = pending.state.take() {
                 snapshot::restore(w, &bytes).context("taking a peer's state")?;
+                self.states_taken += 1;
                 tracing::info!(round, step = w.steps_done(), "continuing from a peer's state");
                 pending.ready.retain(|&r, _| r >= w.rounds_done());
             }
@@ -249,7 +261,7 @@ impl Driver {
             while !pending.ready.is_empty() && w.next_exchange().is_some_and(|at| at < steps) {
                 let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
                 let exchange = w.replay_round(w.rounds_done(), &committed)?;
-                observer.round_applied(&AppliedRound { exchange, replayed: true });
+                observer.round_applied_to(w, &AppliedRound { exchange, replayed: true });
             }
             // A request names the last round this worker applied when it was made; the
             // state served may be later (it carries its own round counter, and the newcomer
@@ -286,10 +298,10 @@ impl Driver {
             match w.step(&mut ex) {
                 Ok(report) => {
                     for exchange in &report.exchanges {
-                        observer.round_applied(&AppliedRound {
-                            exchange: exchange.clone(),
-                            replayed: false,
-                        });
+                        observer.round_applied_to(
+                            w,
+                            &AppliedRound { exchange: exchange.clone(), replayed: false },
+                        );
                     }
                     observer.step_done(w, &report)?;
                     return Ok(Some(report));
