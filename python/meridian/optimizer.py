@@ -386,6 +386,10 @@ class Optimizer(torch.optim.Optimizer):
         part = self._part()
         if part is not None:
             state["site_part"] = part
+        if self._masters.sharded:
+            # A sharded (FSDP2) inner optimizer's state is this rank's shard: no peer could
+            # use it, so Meridian's own state leaves it out, but this rank's resume needs it.
+            state["inner_shard"] = self.inner.state_dict()
         return state
 
     def _part(self) -> Optional[dict]:
@@ -415,6 +419,8 @@ class Optimizer(torch.optim.Optimizer):
             return
         self._native.load_state(data)
         self._masters.to_model()
+        if "inner_shard" in state_dict:
+            self.inner.load_state_dict(state_dict["inner_shard"])
 
     def close(self) -> None:
         """Leaves the run (idempotent)."""

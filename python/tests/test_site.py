@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import (
-    TRAIN_WORKER, assert_same_rounds, free_port, mean_loss, rounds_by_number, run_to_end,
+    SCRIPTS, TRAIN_WORKER, assert_same_rounds, free_port, mean_loss, rounds_by_number, run_to_end,
 )
 
 STEPS, INNER_STEPS, RANKS = 20, 5, 2
@@ -157,3 +157,13 @@ def test_a_sharded_site_serves_and_takes_a_whole_state(
     for n in common:
         hashes = {r["name"]: b[n]["hash"] for r, b in zip(everyone, by_round)}
         assert len(set(hashes.values())) == 1, (n, hashes)
+
+
+def test_an_fsdp2_ranks_state_dict_holds_its_inner_optimizer_shard(coordinator_factory, spawn):
+    """Meridian's own state leaves a sharded inner optimizer out (no peer could use a
+    rank's shard), but the rank's state_dict() carries it, so a resume restores the
+    moments too."""
+    argv = [sys.executable, str(SCRIPTS / "fsdp2_state.py")]
+    w = spawn(coordinator_factory(min_workers=1).join, "fsdp2", argv=argv)
+    w.wait_for("SAME", 1, timeout=120)
+    w.finish(timeout=60)
