@@ -5,6 +5,7 @@
 
 use meridian_kernels::pipeline::Compressor;
 use meridian_kernels::rng::SplitMix64;
+use tch::Tensor;
 
 use crate::algorithm::Algorithm;
 use crate::error::Result;
@@ -130,6 +131,13 @@ impl OuterOptimizer for Byzantine {
     }
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         self.inner.consensus_hash(params)
+    }
+    fn consensus_params(&self) -> Option<&[Tensor]> {
+        self.inner.consensus_params()
+    }
+
+    fn local_merges(&self) -> u64 {
+        self.inner.local_merges()
     }
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
         self.inner.divergence_suspects()

@@ -48,7 +48,7 @@ fn train_compares_algorithms_with_identical_replicas() {
     }
     // DiLoCo at H = 10 over 40 steps: 4 rounds.
     let diloco = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
-    assert_eq!(diloco.split_whitespace().nth(4), Some("4"), "{diloco}");
+    assert_eq!(diloco.split_whitespace().nth(5), Some("4"), "{diloco}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     let algos = summary["algorithms"].as_array().unwrap();
@@ -130,7 +130,7 @@ fn config_file_tables_configure_each_algorithm() {
     );
     assert!(ok, "{stderr}");
     let diloco = stdout.lines().find(|l| l.starts_with("diloco")).unwrap_or_default();
-    assert_eq!(diloco.split_whitespace().nth(4), Some("4"), "{diloco}");
+    assert_eq!(diloco.split_whitespace().nth(5), Some("4"), "{diloco}");
     assert!(stdout.contains("hidden64"), "{stdout}");
     std::fs::write(&path, "[diloco]\ninner_stepz = 5\n").unwrap();
     let (ok, _, stderr) = train(&dir, &["--algo", "diloco", "--config", path.to_str().unwrap()]);

@@ -110,6 +110,14 @@ pub trait OuterOptimizer {
         )))
     }
 
+    /// How many times so far the algorithm moved the local parameters outside
+    /// [`OuterOptimizer::apply`] (Streaming DiLoCo's delayed merges count; others never do).
+    /// Processes that share the parameters (a site's ranks) learn from it when to share
+    /// them again.
+    fn local_merges(&self) -> u64 {
+        0
+    }
+
     /// Hook after every inner step (Streaming DiLoCo merges delayed fragments here).
     fn after_inner_step(&mut self, _params: &ParamSet, _step: u64) -> Result<()> {
         Ok(())
@@ -120,6 +128,14 @@ pub trait OuterOptimizer {
     /// (Streaming DiLoCo) hashes its global copy instead.
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         params.hash()
+    }
+
+    /// The model every replica agrees on, when it is not the worker's own parameters:
+    /// Streaming DiLoCo's global copy (its local fragments differ between syncs). `None`
+    /// (the default) means the parameters themselves, which every replica holds bit for
+    /// bit right after an exchange. What a report evaluates as "the synchronized model".
+    fn consensus_params(&self) -> Option<&[Tensor]> {
+        None
     }
 
     /// The settings of this algorithm that can make training diverge (its learning rate),

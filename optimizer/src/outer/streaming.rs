@@ -213,13 +213,14 @@ pub struct Streaming {
     /// The last inner step seen by `after_inner_step`: exchanges happen after it, so this is
     /// the step whose scheduled fragment `prepare` and `apply` work on.
     step: Option<u64>,
+    /// Fragments merged into the local parameters so far.
+    merges: u64,
 }
 
 impl Streaming {
     /// Starts from the worker's current parameters as θ_global. Errors if the configuration
     /// is out of range or the model has fewer tensors than fragments.
     pub fn new(config: StreamingConfig, params: &ParamSet) -> Result<Self> {
-        config.validate()?;
         if config.fragments > params.len() as u64 {
             return Err(OptimizerError::Config(format!(
                 "streaming: {} fragments for a model of {} tensors would leave one empty",
@@ -227,13 +228,22 @@ impl Streaming {
                 params.len()
             )));
         }
+        Self::new_part(config, params, 0)
+    }
+
+    /// [`Streaming::new`] for a run of a model's tensors starting at canonical index
+    /// `first` (a rank of a site holding part of the model): each tensor keeps the
+    /// fragment it has in the whole model, so a fragment may be empty here.
+    pub fn new_part(config: StreamingConfig, params: &ParamSet, first: usize) -> Result<Self> {
+        config.validate()?;
         let mut fragments = vec![Vec::new(); config.fragments as usize];
         for i in 0..params.len() {
-            fragments[config.fragment_of(i)].push(i);
+            fragments[config.fragment_of(first + i)].push(i);
         }
         let global = params.snapshot();
         let momentum = global.iter().map(Tensor::zeros_like).collect();
-        Ok(Self { config, fragments, global, momentum, pending: Vec::new(), step: None })
+        let pending = Vec::new();
+        Ok(Self { config, fragments, global, momentum, pending, step: None, merges: 0 })
     }
 
     /// The configuration.
@@ -269,7 +279,8 @@ impl Streaming {
     }
 
     /// θ_local_p ← θ_global_p + α·(θ_local_p − θ_global_p), tensor by tensor.
-    fn merge(&self, params: &ParamSet, fragment: usize) -> Result<()> {
+    fn merge(&mut self, params: &ParamSet, fragment: usize) -> Result<()> {
+        self.merges += 1;
         for &i in self.fragment(fragment) {
             let g = &self.global[i];
             let local = &params.tensors()[i];
@@ -368,6 +379,15 @@ impl OuterOptimizer for Streaming {
     /// θ_global's hash: the local parameters legitimately differ between replicas.
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         hash_tensors(params.names(), &self.global)
+    }
+
+    /// θ_global: the local parameters keep unsynced fragments.
+    fn consensus_params(&self) -> Option<&[Tensor]> {
+        Some(&self.global)
+    }
+
+    fn local_merges(&self) -> u64 {
+        self.merges
     }
 
     fn after_inner_step(&mut self, params: &ParamSet, step: u64) -> Result<()> {

@@ -35,7 +35,12 @@ topology with --topology. Compute is charged at --step-time per inner step (or m
 from FLOPs with --tflops), so simulated seconds mean what they would on that hardware.
 
 Writes OUT/summary.json (byte-identical for the same seed unless --measured-compute) and
-OUT/val_loss_vs_{time,bytes}.{svg,png}. The default run takes about 4 minutes on 2 cores,
+OUT/val_loss_vs_{time,bytes}.{svg,png}. Per algorithm: bytes each worker sent and received, how
+many times fewer (sent + received) than a bf16 ring all-reduce DDP of the same run (computed:
+2(N-1)/N x 2 bytes x parameters per inner step, each way), and the final validation loss
+against DDP's when ddp is among --algos (n/a otherwise). Validation losses are the synchronized
+model's, evaluated right after a round when every replica holds the same parameters;
+local_curve holds worker 0's own, mid-round ones. The default run takes about 4 minutes on 2 cores,
 --quick about 15 seconds. A bar shows progress and the simulated clock; without a terminal,
 a line goes to stderr every --progress-every.
 
@@ -91,7 +96,9 @@ pub struct SimulateArgs {
     /// The loss "time to target" refers to (default: the lowest every algorithm reached).
     #[arg(long)]
     pub target_loss: Option<f64>,
-    /// Evaluate validation loss every this many inner steps (default: 20 times per run).
+    /// Evaluate validation loss every this many inner steps (default: 20 times per run);
+    /// the synchronized model at the round that closes at or first after each such step,
+    /// and after the last round.
     #[arg(long)]
     pub eval_every: Option<u64>,
     /// When stderr is not a terminal (no progress bar), write a progress line this often

@@ -27,9 +27,17 @@ Examples:
   meridian train --overwrite ...flags...                     # start afresh, replacing them
 
 Writes OUT/summary.json (per algorithm: losses, bytes, rounds, tokens, time, per-worker round
-metrics), OUT/rounds-ALGO.jsonl (one line per round), OUT/val_loss_vs_{steps,bytes}.{svg,png},
-and OUT/checkpoints/ALGO/. Per-round metrics also go to the log at debug level
-(RUST_LOG=meridian_trainer=debug)."
+metrics, the frontier), OUT/rounds-ALGO.jsonl (one line per round),
+OUT/val_loss_vs_{steps,bytes}.{svg,png}, and OUT/checkpoints/ALGO/. Per-round metrics also go
+to the log at debug level (RUST_LOG=meridian_trainer=debug).
+
+The frontier: bytes each worker sent and received, how many times fewer (sent + received) than
+a bf16 ring all-reduce DDP of the same run (computed: each worker sends and receives
+2(N-1)/N x 2 bytes x parameters per inner step), and the final validation loss against DDP's
+when ddp is among --algo (n/a otherwise). Validation losses (the table, final_val_loss, curve,
+the plots) are the synchronized model's: evaluated right after a round, when every replica
+holds the same parameters (Streaming DiLoCo: its global copy); local_curve holds worker 0's own
+parameters at every evaluation point, mid-round for the algorithms that sync every H steps."
 )]
 pub struct TrainArgs {
     /// Outer algorithms to run, comma separated; each runs on the same model, data and
@@ -54,8 +62,9 @@ pub struct TrainArgs {
     /// Seed, output folder and threads.
     #[command(flatten)]
     pub run: RunArgs,
-    /// Evaluate validation loss every this many inner steps (and at the end); by
-    /// default 20 times per run.
+    /// Evaluate validation loss every this many inner steps; by default 20 times per
+    /// run. The synchronized model is evaluated at the round that closes at or first after
+    /// each such step, and after the last round.
     #[arg(long, env = "MERIDIAN_EVAL_EVERY")]
     pub eval_every: Option<u64>,
     /// Checkpoint every this many inner steps (0: only at the end).

@@ -20,16 +20,22 @@ use crate::cli::train::TrainArgs;
 use crate::data::{Corpus, Split};
 use crate::model::{build_model, parameter_count};
 use crate::report::checkpoint::{self, RunIdentity};
+use crate::report::frontier::{DdpBaseline, Frontier};
 use crate::report::metrics::{RoundMeter, RoundRecord, RoundTotals};
 use crate::report::plot::{Curve, CurvePoint, XAxis};
 use crate::report::summary::{AlgoSummary, DataSummary, Summary};
+use crate::report::sync_eval;
 use crate::run_config::RunConfig;
 use crate::step::lm_step::LmStep;
 
 /// What is saved beside a checkpoint so a resumed run's summary covers the whole run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Progress {
+    /// Worker 0's own parameters at every evaluation point (mid-round for DiLoCo's kin).
     curve: Vec<CurvePoint>,
+    /// The synchronized model right after rounds ([`sync_eval`]).
+    #[serde(default)]
+    synced: Vec<CurvePoint>,
     recent_train: Vec<f64>,
     initial_val_loss: f64,
     seconds: f64,
@@ -134,15 +140,13 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     }
     let tokens_per_step = (batch as u64) * context as u64;
     if resumed_from.is_none() {
+        // Every replica starts from the same seed: the first point is synchronized too.
         let loss = h.workers_mut()[0].train.eval_loss()?;
         progress.initial_val_loss = loss;
-        progress.curve.push(CurvePoint {
-            step: 0,
-            tokens: 0,
-            bytes_per_worker: 0.0,
-            seconds: 0.0,
-            val_loss: loss,
-        });
+        let point =
+            CurvePoint { step: 0, tokens: 0, bytes_per_worker: 0.0, seconds: 0.0, val_loss: loss };
+        progress.curve.push(point);
+        progress.synced.push(point);
     }
     let bar = ProgressBar::new(args.steps()).with_prefix(format!("{name:<10}"));
     bar.set_style(
@@ -186,15 +190,31 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
         if progress.recent_train.len() > keep {
             progress.recent_train.remove(0);
         }
+        let bytes_per_worker = progress.bytes_sent as f64 / f64::from(args.workers);
+        let point = |val_loss: f64| CurvePoint {
+            step,
+            tokens: step * tokens_per_step,
+            bytes_per_worker,
+            seconds: base_seconds + start.elapsed().as_secs_f64(),
+            val_loss,
+        };
+        // The end of the schedule, not `stop`: a run stopped and resumed evaluates at the
+        // same steps as one that was not.
+        let mut synced_loss = None;
+        let w = &mut h.workers_mut()[0];
+        if !report.exchanges.is_empty()
+            && sync_eval::due(&*w.outer, s.eval_every, args.steps(), step)
+        {
+            let loss = sync_eval::eval_synchronized(&mut w.train, &w.params, &*w.outer)?;
+            progress.synced.push(point(loss));
+            synced_loss = sync_eval::local_is_synchronized(&*w.outer).then_some(loss);
+        }
         if step % s.eval_every == 0 || step == stop {
-            let loss = h.workers_mut()[0].train.eval_loss()?;
-            progress.curve.push(CurvePoint {
-                step,
-                tokens: step * tokens_per_step,
-                bytes_per_worker: progress.bytes_sent as f64 / f64::from(args.workers),
-                seconds: base_seconds + start.elapsed().as_secs_f64(),
-                val_loss: loss,
-            });
+            let loss = match synced_loss {
+                Some(loss) => loss,
+                None => w.train.eval_loss()?,
+            };
+            progress.curve.push(point(loss));
             bar.set_message(format!("train {:.3} val {loss:.3}", report.mean_loss));
         }
         let due = args.checkpoint_every > 0 && step % args.checkpoint_every == 0;
@@ -210,7 +230,7 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     bar.finish_and_clear();
     let seconds = base_seconds + start.elapsed().as_secs_f64();
     let totals = meter.totals().clone();
-    let final_val = progress.curve.last().map_or(f64::NAN, |p| p.val_loss);
+    let final_val = progress.synced.last().map_or(f64::NAN, |p| p.val_loss);
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
     if totals.rounds == 0 {
         tracing::warn!(
@@ -235,7 +255,10 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
         replicas_identical: progress.identical,
         resumed_from_step: resumed_from,
         round_totals: totals,
-        curve: progress.curve,
+        // Filled once every algorithm has run (it needs DDP's loss).
+        frontier: Frontier::default(),
+        curve: progress.synced,
+        local_curve: progress.curve,
     })
 }
 
@@ -387,7 +410,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         tracing::info!(algo = %algo.algorithm(), "training");
         algos.push(run_one(&setup, algo)?);
     }
-    let summary = Summary {
+    let stop = args.stop_after.unwrap_or(args.steps()).min(args.steps());
+    let mut summary = Summary {
         model: probe.describe(),
         parameters: params,
         device: crate::device::name(device),
@@ -404,8 +428,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         batch: config.data.batch,
         context: probe.context() as u64,
         inner: config.inner,
+        ddp_bf16_ring: DdpBaseline::bf16_ring(params, args.workers, stop),
         algorithms: algos,
     };
+    summary.set_frontier();
     summary.write(&args.run.out.join("summary.json"))?;
     let curves: Vec<Curve> = summary
         .algorithms
@@ -416,10 +442,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // failure: the summary already holds the numbers.
     let mut plots = Vec::new();
     for (stem, title, x) in [
-        ("val_loss_vs_steps", "Validation loss against inner steps", XAxis::Steps),
+        (
+            "val_loss_vs_steps",
+            "Validation loss of the synchronized model against inner steps",
+            XAxis::Steps,
+        ),
         (
             "val_loss_vs_bytes",
-            "Validation loss against bytes sent per worker",
+            "Validation loss of the synchronized model against bytes sent per worker",
             XAxis::BytesPerWorker,
         ),
     ] {

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::report::frontier::{self, DdpBaseline, Frontier};
 use crate::report::metrics::RoundTotals;
 use crate::report::plot::CurvePoint;
 use crate::step::adamw::InnerConfig;
@@ -36,7 +37,8 @@ pub struct AlgoSummary {
     pub initial_val_loss: f64,
     /// Mean training loss over the last 5% of steps (mean over workers).
     pub final_train_loss: f64,
-    /// Validation loss of worker 0's parameters after the last step.
+    /// Validation loss of the synchronized model after the last round evaluated (the last
+    /// point of `curve`): what every replica held, not one worker's mid-round copy.
     pub final_val_loss: f64,
     /// Outer rounds (exchanges).
     pub rounds: u64,
@@ -44,6 +46,10 @@ pub struct AlgoSummary {
     pub bytes_sent_per_worker: f64,
     /// Bytes each worker received (all-gather; mean over workers).
     pub bytes_received_per_worker: f64,
+    /// Sent + received per worker against the run's bf16 ring DDP baseline, and the final
+    /// validation loss against DDP's where DDP ran too.
+    #[serde(default)]
+    pub frontier: Frontier,
     /// Training tokens processed by all workers together.
     pub tokens: u64,
     /// Training tokens processed by each worker.
@@ -57,8 +63,15 @@ pub struct AlgoSummary {
     pub resumed_from_step: Option<u64>,
     /// Per-worker round metrics.
     pub round_totals: RoundTotals,
-    /// Validation loss over the run.
+    /// Validation loss of the synchronized model (every replica's parameters right after
+    /// a round; Streaming DiLoCo's global copy): before training, at the round that closes
+    /// at or first after each evaluation point, and after the last round.
     pub curve: Vec<CurvePoint>,
+    /// Validation loss of worker 0's own parameters at every evaluation point: mid-round
+    /// for the algorithms that sync every H steps (DiLoCo, SparseLoCo, Streaming DiLoCo),
+    /// so not a model the replicas agree on; for DDP and DeMo the same as `curve`.
+    #[serde(default)]
+    pub local_curve: Vec<CurvePoint>,
 }
 
 /// The whole run.
@@ -85,6 +98,10 @@ pub struct Summary {
     pub context: u64,
     /// Inner optimizer settings.
     pub inner: InnerConfig,
+    /// What a bf16 ring all-reduce DDP of this model, workers and steps would send and
+    /// receive per worker (computed): the reference of every algorithm's `frontier`.
+    #[serde(default)]
+    pub ddp_bf16_ring: DdpBaseline,
     /// One entry per algorithm, in the order run.
     pub algorithms: Vec<AlgoSummary>,
 }
@@ -99,47 +116,62 @@ impl Summary {
         Ok(())
     }
 
+    /// Fills every algorithm's `frontier` from the baseline and DDP's final loss.
+    pub fn set_frontier(&mut self) {
+        let ddp = frontier::ddp_loss(
+            self.algorithms.iter().map(|a| (a.algorithm.as_str(), a.final_val_loss)),
+        );
+        for a in &mut self.algorithms {
+            a.frontier = Frontier::new(
+                &self.ddp_bf16_ring,
+                a.bytes_sent_per_worker,
+                a.bytes_received_per_worker,
+                a.final_val_loss,
+                ddp,
+            );
+        }
+    }
+
     /// Prints one line per algorithm.
     pub fn print_table(&self) {
-        let ddp =
-            self.algorithms.iter().find(|a| a.algorithm == "ddp").map(|a| a.bytes_sent_per_worker);
         println!(
-            "{:<11} {:>7} {:>7} {:>7} {:>7} {:>13} {:>9} {:>9} {:>7}",
+            "{:<11} {:>7} {:>7} {:>8} {:>7} {:>7} {:>11} {:>11} {:>9} {:>9} {:>7}",
             "algorithm",
             "val@0",
             "val",
+            "vs DDP",
             "train",
             "rounds",
-            "MB/worker",
-            "ddp/this",
+            "sent",
+            "received",
+            "x fewer",
             "replicas",
             "secs"
         );
         for a in &self.algorithms {
-            let vs_ddp = match ddp {
-                Some(d) if a.bytes_sent_per_worker > 0.0 => {
-                    format!("{:.0}x", d / a.bytes_sent_per_worker)
-                }
-                _ => "-".into(),
-            };
             println!(
-                "{:<11} {:>7.4} {:>7.4} {:>7.4} {:>7} {:>13.3} {:>9} {:>9} {:>7.1}",
+                "{:<11} {:>7.4} {:>7.4} {:>8} {:>7.4} {:>7} {:>11} {:>11} {:>9} {:>9} {:>7.1}",
                 a.algorithm,
                 a.initial_val_loss,
                 a.final_val_loss,
+                frontier::show_relative(a.frontier.val_loss_vs_ddp),
                 a.final_train_loss,
                 a.rounds,
-                a.bytes_sent_per_worker / 1e6,
-                vs_ddp,
+                frontier::show_bytes(a.bytes_sent_per_worker),
+                frontier::show_bytes(a.bytes_received_per_worker),
+                frontier::show_ratio(a.frontier.fewer_bytes_than_ddp_bf16),
                 if a.replicas_identical { "identical" } else { "DIFFER" },
                 a.wall_seconds
             );
         }
         println!(
-            "\nval/train = cross-entropy in nats per token (held-out windows, worker 0's parameters;\n\
-             training: mean over workers, last 5% of steps); MB/worker = exact encoded payload bytes\n\
-             each worker sent (ddp/this: how many times fewer than DDP); replicas = whether every\n\
-             worker held bit-identical parameters after every exchange."
+            "\nval = validation cross-entropy (nats per token, held-out windows) of the synchronized\n\
+             model, right after the last round (val@0: before training); vs DDP = against DDP's val\n\
+             in this run (n/a without DDP); train = training loss, mean over workers, last 5% of\n\
+             steps; sent / received = exact encoded payload bytes per worker; x fewer = how many\n\
+             times fewer bytes (sent + received) than a bf16 ring DDP of the same run; replicas =\n\
+             whether every worker held bit-identical parameters after every exchange.\n{}",
+            frontier::baseline_line(&self.ddp_bf16_ring)
         );
     }
 }

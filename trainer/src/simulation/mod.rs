@@ -39,6 +39,7 @@ use crate::cli::simulate::SimulateArgs;
 use crate::data::Split;
 use crate::model::build_model;
 use crate::model::{parameter_count, ModelKind};
+use crate::report::frontier::{DdpBaseline, Frontier};
 use crate::run_config::RunConfig;
 use compute::ComputeModel;
 use report::{SimAlgo, SimSummary, SimWorker};
@@ -356,9 +357,11 @@ fn run_scenario(
             RouteArg::Ring => "ring".into(),
         },
         target_loss: target,
+        ddp_bf16_ring: DdpBaseline::bf16_ring(setup.parameters, args.workers, setup.steps),
         algorithms,
     };
     summary.set_target(target);
+    summary.set_frontier();
     summary.write(&out.join("summary.json"))?;
     summary.plot(out);
     Ok(summary)
@@ -469,6 +472,7 @@ async fn simulate_async(
         progress: display.bar(),
         sent: RefCell::new(vec![0; total]),
         curve: RefCell::new(Vec::new()),
+        local_curve: RefCell::new(Vec::new()),
     });
 
     // Workers join one after another, so member ids follow the placement order.
@@ -549,7 +553,8 @@ fn summarize(
         algorithm: algo.algorithm().to_string(),
         settings: toml::from_str::<serde_json::Value>(&algo.to_toml()).unwrap_or_default(),
         initial_val_loss: first.and_then(|o| o.initial_val_loss).unwrap_or(f64::NAN),
-        final_val_loss: first.and_then(|o| o.final_val_loss).unwrap_or(f64::NAN),
+        // The synchronized model after the last round evaluated.
+        final_val_loss: ctx.curve.borrow().last().map_or(f64::NAN, |p| p.val_loss),
         final_train_loss,
         rounds: first.map_or(0, |o| o.rounds),
         bytes_sent_per_worker: outcomes.iter().map(|o| o.sent as f64).sum::<f64>() / n,
@@ -581,6 +586,9 @@ fn summarize(
                 hash: format!("{:016x}", o.hash),
             })
             .collect(),
+        // Filled once every algorithm has run (it needs DDP's loss).
+        frontier: Frontier::default(),
         curve: ctx.curve.borrow().clone(),
+        local_curve: ctx.local_curve.borrow().clone(),
     }
 }

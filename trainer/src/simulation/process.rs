@@ -26,6 +26,7 @@ use crate::model::build_model;
 use crate::networked::drive::{drive, AppliedRound, DriveObserver};
 use crate::networked::ring_reducer::RingCell;
 use crate::report::plot::CurvePoint;
+use crate::report::sync_eval;
 use crate::run_config::RunConfig;
 use crate::step::lm_step::LmStep;
 
@@ -70,8 +71,12 @@ pub struct Ctx {
     pub progress: ProgressBar,
     /// Payload bytes sent so far, per worker.
     pub sent: RefCell<Vec<u64>>,
-    /// Worker 0's validation curve.
+    /// Validation curve of the synchronized model (worker 0 evaluates it right after
+    /// rounds, [`crate::report::sync_eval`]).
     pub curve: RefCell<Vec<CurvePoint>>,
+    /// Validation curve of worker 0's own parameters at every evaluation point (mid-round
+    /// for the algorithms that sync every H steps).
+    pub local_curve: RefCell<Vec<CurvePoint>>,
 }
 
 impl Ctx {
@@ -132,8 +137,6 @@ pub struct Outcome {
     pub hash: u64,
     /// Worker 0: validation loss before training.
     pub initial_val_loss: Option<f64>,
-    /// Worker 0: validation loss at the end.
-    pub final_val_loss: Option<f64>,
     /// Training losses of its last 5% of steps.
     pub tail_losses: Vec<f64>,
 }
@@ -273,14 +276,12 @@ fn train(
     ctx: &Ctx,
 ) -> Result<Outcome> {
     if index == 0 && tally.borrow().initial_val_loss.is_none() {
+        // Every replica starts from the same seed: the first point is synchronized too.
         let loss = w.train.eval_loss()?;
-        ctx.curve.borrow_mut().push(CurvePoint {
-            step: 0,
-            tokens: 0,
-            bytes_per_worker: 0.0,
-            seconds: 0.0,
-            val_loss: loss,
-        });
+        let point =
+            CurvePoint { step: 0, tokens: 0, bytes_per_worker: 0.0, seconds: 0.0, val_loss: loss };
+        ctx.curve.borrow_mut().push(point);
+        ctx.local_curve.borrow_mut().push(point);
         tally.borrow_mut().initial_val_loss = Some(loss);
     }
     charger.skip();
@@ -288,7 +289,6 @@ fn train(
     let mut observer = Observer { y, index, ctx, tally, bytes: bytes.clone(), charger };
     drive(&mut w, &mut link, ctx.steps, need_state, &mut observer)?;
     let finished = ctx.now();
-    let final_val_loss = if index == 0 { Some(w.train.eval_loss()?) } else { None };
     let tally = tally.borrow();
     let tail = ((ctx.steps as f64 * 0.05).ceil() as usize).max(1);
     let skip = tally.losses.len().saturating_sub(tail);
@@ -306,7 +306,6 @@ fn train(
         finished,
         hash: w.outer.consensus_hash(&w.params)?,
         initial_val_loss: tally.initial_val_loss,
-        final_val_loss,
         tail_losses: tally.losses[skip..].to_vec(),
     })
 }
@@ -345,21 +344,35 @@ impl DriveObserver<LmStep> for &mut Observer<'_, '_> {
         let ctx = self.ctx;
         if self.index == 0 {
             ctx.progress.set_position(done);
-            if done % ctx.eval_every == 0 || done == ctx.steps {
-                let val_loss = w.train.eval_loss()?;
+            let point = |val_loss: f64| {
                 let sent = ctx.sent.borrow();
-                let point = CurvePoint {
+                CurvePoint {
                     step: done,
                     tokens: done * ctx.tokens_per_step * u64::from(ctx.shards),
                     bytes_per_worker: sent.iter().sum::<u64>() as f64 / sent.len() as f64,
                     seconds: ctx.now(),
                     val_loss,
+                }
+            };
+            // Right after a round this worker trained through, every replica holds the
+            // synchronized model (a replayed round is caught up on outside a step).
+            let mut synced_loss = None;
+            if !step.exchanges.is_empty()
+                && sync_eval::due(&*w.outer, ctx.eval_every, ctx.steps, done)
+            {
+                let val_loss = sync_eval::eval_synchronized(&mut w.train, &w.params, &*w.outer)?;
+                let p = point(val_loss);
+                ctx.progress
+                    .set_message(format!("simulated {:.1} s, val loss {val_loss:.4}", p.seconds));
+                ctx.curve.borrow_mut().push(p);
+                synced_loss = sync_eval::local_is_synchronized(&*w.outer).then_some(val_loss);
+            }
+            if done % ctx.eval_every == 0 || done == ctx.steps {
+                let val_loss = match synced_loss {
+                    Some(loss) => loss,
+                    None => w.train.eval_loss()?,
                 };
-                ctx.progress.set_message(format!(
-                    "simulated {:.1} s, val loss {val_loss:.4}",
-                    point.seconds
-                ));
-                ctx.curve.borrow_mut().push(point);
+                ctx.local_curve.borrow_mut().push(point(val_loss));
             }
         }
         // Evaluating is for the report, not training: it costs no simulated time.

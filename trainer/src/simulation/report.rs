@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_write;
+use crate::report::frontier::{self, DdpBaseline, Frontier};
 use crate::report::plot::{write_loss_plot, Curve, CurvePoint, XAxis};
 
 /// One algorithm over the simulated network.
@@ -18,7 +19,8 @@ pub struct SimAlgo {
     pub settings: serde_json::Value,
     /// Validation loss (nats per token) before training.
     pub initial_val_loss: f64,
-    /// Validation loss of worker 0's parameters after the last step.
+    /// Validation loss of the synchronized model after the last round evaluated (the last
+    /// point of `curve`): what every replica held, not one worker's mid-round copy.
     pub final_val_loss: f64,
     /// Mean training loss over the last 5% of steps (mean over workers).
     pub final_train_loss: f64,
@@ -29,6 +31,10 @@ pub struct SimAlgo {
     pub bytes_sent_per_worker: f64,
     /// Payload bytes each worker took off its links (mean over workers).
     pub bytes_received_per_worker: f64,
+    /// Sent + received per worker against the run's bf16 ring DDP baseline, and the final
+    /// validation loss against DDP's where DDP ran too.
+    #[serde(default)]
+    pub frontier: Frontier,
     /// Bytes the simulated network carried for this run, all links together (QUIC
     /// packets with their headers, acknowledgements and retransmissions, relayed copies).
     pub wire_bytes: u64,
@@ -49,8 +55,16 @@ pub struct SimAlgo {
     pub faults: FaultTally,
     /// Per worker: (region, simulated seconds to finish, compute seconds, hash as hex).
     pub workers: Vec<SimWorker>,
-    /// Validation loss against steps, bytes and simulated seconds.
+    /// Validation loss of the synchronized model (worker 0's parameters right after a
+    /// round; Streaming DiLoCo's global copy) against steps, bytes and simulated seconds:
+    /// before training, at the round that closes at or first after each evaluation point,
+    /// and after the last round.
     pub curve: Vec<CurvePoint>,
+    /// Validation loss of worker 0's own parameters at every evaluation point: mid-round
+    /// for the algorithms that sync every H steps, so not a model the replicas agree on;
+    /// for DDP and DeMo the same as `curve`.
+    #[serde(default)]
+    pub local_curve: Vec<CurvePoint>,
 }
 
 /// What failed and recovered during one run.
@@ -224,6 +238,10 @@ pub struct SimSummary {
     pub route: String,
     /// The validation loss `seconds_to_target` refers to.
     pub target_loss: f64,
+    /// What a bf16 ring all-reduce DDP of this model, workers and steps would send and
+    /// receive per worker (computed): the reference of every algorithm's `frontier`.
+    #[serde(default)]
+    pub ddp_bf16_ring: DdpBaseline,
     /// One entry per algorithm, in the order run.
     pub algorithms: Vec<SimAlgo>,
 }
@@ -245,6 +263,22 @@ impl SimSummary {
         }
     }
 
+    /// Fills every algorithm's `frontier` from the baseline and DDP's final loss.
+    pub fn set_frontier(&mut self) {
+        let ddp = frontier::ddp_loss(
+            self.algorithms.iter().map(|a| (a.algorithm.as_str(), a.final_val_loss)),
+        );
+        for a in &mut self.algorithms {
+            a.frontier = Frontier::new(
+                &self.ddp_bf16_ring,
+                a.bytes_sent_per_worker,
+                a.bytes_received_per_worker,
+                a.final_val_loss,
+                ddp,
+            );
+        }
+    }
+
     /// Writes `summary.json` atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
@@ -261,10 +295,14 @@ impl SimSummary {
             .collect();
         let mut written = Vec::new();
         for (stem, title, x) in [
-            ("val_loss_vs_time", "Validation loss against simulated time", XAxis::SimulatedSeconds),
+            (
+                "val_loss_vs_time",
+                "Validation loss of the synchronized model against simulated time",
+                XAxis::SimulatedSeconds,
+            ),
             (
                 "val_loss_vs_bytes",
-                "Validation loss against bytes sent per worker",
+                "Validation loss of the synchronized model against bytes sent per worker",
                 XAxis::BytesPerWorker,
             ),
         ] {
@@ -279,8 +317,17 @@ impl SimSummary {
     /// The table.
     pub fn print_table(&self) {
         println!(
-            "{:<11} {:>8} {:>12} {:>10} {:>8} {:>11} {:>9}",
-            "algorithm", "val", "MB/worker", "sim time", "compute", "to target", "replicas"
+            "{:<11} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>8} {:>11} {:>9}",
+            "algorithm",
+            "val",
+            "vs DDP",
+            "sent",
+            "received",
+            "x fewer",
+            "sim time",
+            "compute",
+            "to target",
+            "replicas"
         );
         for a in &self.algorithms {
             let to_target = match a.seconds_to_target {
@@ -288,10 +335,13 @@ impl SimSummary {
                 None => "-".into(),
             };
             println!(
-                "{:<11} {:>8.4} {:>12.3} {:>10} {:>7.1}% {:>11} {:>9}",
+                "{:<11} {:>8.4} {:>8} {:>11} {:>11} {:>9} {:>10} {:>7.1}% {:>11} {:>9}",
                 a.algorithm,
                 a.final_val_loss,
-                a.bytes_sent_per_worker / 1e6,
+                frontier::show_relative(a.frontier.val_loss_vs_ddp),
+                frontier::show_bytes(a.bytes_sent_per_worker),
+                frontier::show_bytes(a.bytes_received_per_worker),
+                frontier::show_ratio(a.frontier.fewer_bytes_than_ddp_bf16),
                 seconds(a.simulated_seconds),
                 a.compute_utilization * 100.0,
                 to_target,
@@ -299,14 +349,17 @@ impl SimSummary {
             );
         }
         println!(
-            "\nval = validation cross-entropy (nats per token, worker 0's parameters);\n\
-             MB/worker = payload bytes each worker put on its links;\n\
+            "\nval = validation cross-entropy (nats per token) of the synchronized model, right\n\
+             after the last round; vs DDP = against DDP's val in this run (n/a without DDP);\n\
+             sent / received = payload bytes each worker put on and took off its links;\n\
+             x fewer = how many times fewer bytes (sent + received) than a bf16 ring DDP;\n\
              sim time = simulated wall-clock until the last worker finished;\n\
              compute = time computing over total time (mean over workers);\n\
              to target = simulated time until the validation loss first reached {:.4}\n\
              (the lowest every algorithm reached, unless --target-loss);\n\
-             replicas = every worker ended with identical parameters.",
-            self.target_loss
+             replicas = every worker ended with identical parameters.\n{}",
+            self.target_loss,
+            frontier::baseline_line(&self.ddp_bf16_ring)
         );
     }
 }
