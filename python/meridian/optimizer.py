@@ -222,8 +222,9 @@ class Optimizer(torch.optim.Optimizer):
     torchrun) the group's ranks train as one worker (``meridian.site``): every rank calls
     ``step()``, ``load_state_dict`` and ``state_dict`` together. ``shard_outer_state``
     splits the outer algorithm's state across the ranks (each holds its part, not the
-    whole); by default it does where the algorithm allows (DiLoCo, SparseLoCo and DeMo
-    under the mean aggregation); ``True`` insists, ``False`` keeps a whole copy per rank.
+    whole); by default it does where the algorithm allows (all but DDP, which has no outer
+    state, under the mean aggregation); ``True`` insists, ``False`` keeps a whole copy per
+    rank.
     A sharded rank's ``state_dict`` holds its own part.
     """
 
@@ -374,7 +375,9 @@ class Optimizer(torch.optim.Optimizer):
         return self._native.stats()
 
     def consensus_hash(self) -> str:
-        """The replica hash (hex) every worker of the run shares after the same round."""
+        """The replica hash (hex) every worker of the run shares after the same round. On a
+        site whose outer state is sharded, every rank calls it together (it combines the
+        ranks' parts)."""
         return self._native.consensus_hash()
 
     # -- state ----------------------------------------------------------------------------

@@ -9,11 +9,11 @@ and the leader rejoins under the site's name.
 
 The site's outer state is sharded: each rank runs the outer algorithm on its own run of
 the model's tensors (canonical order, balanced by elements) and keeps the outer state
-(DiLoCo's global copy and momentum, SparseLoCo's error feedback, DeMo's momentum) of
-those alone. The leader sends the ranks' payloads merged as one; after a round each rank
-broadcasts its updated tensors to the others. DDP keeps no outer state, and Streaming
-DiLoCo's fragment schedule and the robust aggregations span the whole model: those run
-unsharded, every rank holding the whole outer state.
+(DiLoCo's and Streaming DiLoCo's global copy and momentum, SparseLoCo's error feedback,
+DeMo's momentum) of those alone. The leader sends the ranks' payloads merged as one;
+whenever a round (or a delayed merge) moved the parameters, each rank broadcasts its
+tensors to the others. DDP keeps no outer state, and the robust aggregations judge each
+member's whole update: those run unsharded, every rank holding the whole outer state.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Site:
         """Where each rank's run of tensors starts, or ``None`` to run unsharded."""
         if wanted is False or self.size == 1:
             return None
-        why = _native.shard_refusal(algorithm, sets)
+        why = _native.shard_refusal(algorithm, sets, len(order))
         bounds = _native.shard_bounds([t.numel() for _, t in order], self.size)
         if why is None and bounds is None:
             why = f"the model has {len(order)} tensors for {self.size} ranks"
@@ -100,8 +100,8 @@ class SiteWorker:
         self.order = order
         self.bounds = bounds
         self.joined_site = False
-        # (rounds applied, peers' states taken) when the parts were last shared.
-        self.shared_at = (0, 0)
+        # What had moved the parameters when the parts were last shared (see _moves).
+        self.shared_at = (0, 0, 0)
 
     @property
     def sharded(self) -> bool:
@@ -138,10 +138,16 @@ class SiteWorker:
         # Joining may have taken a peer's state or replayed rounds, each rank its part.
         self._after()
 
+    def _moves(self):
+        """What has moved the parameters so far: rounds applied, peers' states taken and
+        (Streaming DiLoCo) delayed merges."""
+        stats = self.native.stats()
+        return (self.native.progress()[1], stats["states_taken"], stats["local_merges"])
+
     def _after(self) -> None:
         """Shares the parts if a round or a peer's state changed them (on every rank
         alike: the ranks applied the same rounds)."""
-        now = (self.native.progress()[1], self.native.stats()["states_taken"])
+        now = self._moves()
         if now != self.shared_at:
             self.share_parts()
         self.shared_at = now
@@ -166,10 +172,9 @@ class SiteWorker:
         return self.native.stats()
 
     def consensus_hash(self):
-        if not self.sharded:
-            return self.native.consensus_hash()
-        # Every rank holds the whole model again once the parts were shared.
-        return _native.hash_tensors([n for n, _ in self.order], [t for _, t in self.order])
+        # On a sharded site, a collective: the whole model's hash from every rank's part.
+        self._ensure_joined()
+        return self.native.consensus_hash()
 
     def state(self):
         return self.native.state()
@@ -178,7 +183,7 @@ class SiteWorker:
         self.native.load_state(data)
         # Each rank loaded its own part: the others learn it (every rank loads together).
         self.share_parts()
-        self.shared_at = (self.native.progress()[1], self.native.stats()["states_taken"])
+        self.shared_at = self._moves()
 
     def close(self):
         return self.native.close()

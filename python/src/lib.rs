@@ -302,13 +302,16 @@ impl Worker {
         d.set_item("rtt_ms", s.rtt_ms)?;
         d.set_item("states_taken", s.states_taken)?;
         d.set_item("outer_elements", s.outer_elements)?;
+        d.set_item("local_merges", s.local_merges)?;
         Ok(d)
     }
 
-    /// The replica hash (hex) every worker shares after the same round.
-    fn consensus_hash(&mut self) -> PyResult<String> {
+    /// The replica hash (hex) every worker shares after the same round (on a rank of a
+    /// sharded site, a collective of the site's ranks).
+    fn consensus_hash(&mut self, py: Python<'_>) -> PyResult<String> {
         let slot = self.slot.clone();
-        let h = self.get()?.consensus_hash().map_err(|e| raise(e, &slot))?;
+        let w = self.get()?;
+        let h = released(py, || w.consensus_hash()).map_err(|e| raise(e, &slot))?;
         Ok(format!("{h:016x}"))
     }
 
@@ -408,16 +411,6 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// The replica hash (hex) of named f32 tensors in canonical (name) order: what
-/// `consensus_hash()` gives for a model holding them.
-#[pyfunction]
-fn hash_tensors(names: Vec<String>, tensors: Vec<PyTensor>) -> PyResult<String> {
-    let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
-    let h = meridian_optimizer::params::hash_tensors(&names, &tensors)
-        .map_err(|e| MeridianError::new_err(e.to_string()))?;
-    Ok(format!("{h:016x}"))
-}
-
 /// Where each of `ranks` ranks' run of tensors (of `numels` elements, canonical order)
 /// starts, balanced by elements, with the count at the end; `None` with fewer tensors than
 /// ranks.
@@ -426,11 +419,12 @@ fn shard_bounds(numels: Vec<usize>, ranks: usize) -> Option<Vec<usize>> {
     balanced_bounds(&numels, ranks)
 }
 
-/// Why a site running `algorithm` with `sets` cannot shard its outer state, or `None`.
+/// Why a site running `algorithm` with `sets` on a model of `tensors` tensors cannot shard
+/// its outer state, or `None`.
 #[pyfunction]
-fn shard_refusal(algorithm: &str, sets: Vec<String>) -> PyResult<Option<String>> {
+fn shard_refusal(algorithm: &str, sets: Vec<String>, tensors: usize) -> PyResult<Option<String>> {
     let algorithm: Algorithm = algorithm.parse().map_err(MeridianError::new_err)?;
-    Ok(shardable(algorithm, &sets).err().map(|e| format!("{e:#}")))
+    Ok(shardable(algorithm, &sets, tensors).err().map(|e| format!("{e:#}")))
 }
 
 #[pymodule]
@@ -438,7 +432,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Worker>()?;
     m.add_class::<Coordinator>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
-    m.add_function(wrap_pyfunction!(hash_tensors, m)?)?;
     m.add_function(wrap_pyfunction!(shard_bounds, m)?)?;
     m.add_function(wrap_pyfunction!(shard_refusal, m)?)?;
     m.add("MeridianError", m.py().get_type::<MeridianError>())?;

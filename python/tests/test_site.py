@@ -80,14 +80,17 @@ def assert_outer_state_split(ranks, sharded: bool) -> None:
 PARAMS = 8 * 16 + 16 + 16 * 1 + 1
 
 
-@pytest.mark.parametrize("algorithm", ["sparseloco", "demo"])
+@pytest.mark.parametrize("algorithm", ["sparseloco", "demo", "streaming"])
 def test_a_sharded_site_and_a_plain_worker_hold_the_same_model(
     coordinator, spawn, tmp_path, algorithm
 ):
+    # Streaming DiLoCo: two fragments (one exchange every 2-3 steps), merged a step late.
+    sets = ["--set", "fragments=2", "--set", "overlap=1"] if algorithm == "streaming" else []
     out = tmp_path / "site.json"
-    site = spawn(coordinator.join, "site", argv=site_argv(out, algorithm, STEPS, INNER_STEPS))
+    site = spawn(coordinator.join, "site",
+                 argv=site_argv(out, algorithm, STEPS, INNER_STEPS, *sets))
     plain = spawn(coordinator.join, "plain", "--algorithm", algorithm, "--steps", str(STEPS),
-                  "--inner-steps", str(INNER_STEPS))
+                  "--inner-steps", str(INNER_STEPS), *sets)
     results = run_to_end([site, plain], timeout=180)
     ranks = []
     for rank in range(RANKS):
@@ -95,7 +98,7 @@ def test_a_sharded_site_and_a_plain_worker_hold_the_same_model(
         r["name"] = f"site rank {rank}"
         ranks.append(r)
     plain_result = dict(results[1], name="plain")
-    rounds = STEPS if algorithm == "demo" else STEPS // INNER_STEPS
+    rounds = {"demo": STEPS, "streaming": 2 * STEPS // INNER_STEPS}.get(algorithm, STEPS // INNER_STEPS)
     # Every round hash is the whole model's: the site's ranks agree with the plain worker.
     assert_same_rounds(ranks + [plain_result], rounds)
     assert_outer_state_split(ranks, sharded=True)

@@ -27,7 +27,7 @@ use crate::outer::ddp::DdpConfig;
 use crate::outer::demo::DemoConfig;
 use crate::outer::diloco::DilocoConfig;
 use crate::outer::sparseloco::SparselocoConfig;
-use crate::outer::streaming::StreamingConfig;
+use crate::outer::streaming::{Streaming, StreamingConfig};
 use crate::outer::OuterOptimizer;
 use crate::params::ParamSet;
 use meridian_kernels::pipeline::Compressor;
@@ -183,6 +183,17 @@ impl AlgoConfig {
     /// Builds the optimizer for one worker whose parameters are `params`.
     pub fn build(&self, params: &ParamSet) -> Result<Box<dyn OuterOptimizer>> {
         self.settings().build(params)
+    }
+
+    /// Builds the optimizer of a run of a model's tensors, `params`, starting at canonical
+    /// index `first` (a rank of a site holding part of the model). Every algorithm updates
+    /// a tensor from that tensor alone, except that Streaming DiLoCo assigns fragments by
+    /// canonical index, which the part keeps.
+    pub fn build_part(&self, params: &ParamSet, first: usize) -> Result<Box<dyn OuterOptimizer>> {
+        match self {
+            AlgoConfig::Streaming(c) => Ok(Box::new(Streaming::new_part(*c, params, first)?)),
+            _ => self.build(params),
+        }
     }
 
     /// Builds the optimizer of a Byzantine worker that mounts `attack` (see

@@ -6,8 +6,9 @@
 //! process: the leader merges its ranks' payloads (and states) into the whole model's
 //! before they leave, and every rank takes its own part of what arrives. This works for
 //! the algorithms whose update of a tensor depends on that tensor's values alone (DiLoCo,
-//! SparseLoCo, DeMo, under the mean aggregation): the part a rank computes is bit for bit
-//! the part a single process would.
+//! SparseLoCo, DeMo and Streaming DiLoCo, under the mean aggregation): the part a rank
+//! computes is bit for bit the part a single process would. (Streaming DiLoCo's fragments
+//! follow the whole model's canonical order, which each rank's part keeps.)
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -26,6 +27,9 @@ pub struct ShardLayout {
     bounds: Vec<usize>,
     /// This process's rank in the site.
     rank: usize,
+    /// Whether every payload carries every tensor (all but Streaming DiLoCo, whose
+    /// payloads carry a fragment).
+    whole_payloads: bool,
 }
 
 /// Splits `numels` (tensor sizes, canonical order) into `ranks` contiguous runs of nearly
@@ -84,7 +88,15 @@ impl ShardLayout {
             bounds.windows(2).all(|w| w[0] < w[1]),
             "every rank must hold a tensor: {bounds:?}"
         );
-        Ok(Self { shapes, bounds, rank })
+        Ok(Self { shapes, bounds, rank, whole_payloads: true })
+    }
+
+    /// For an algorithm whose payloads carry some of the tensors only (Streaming DiLoCo's
+    /// fragments): the ranks then take what a payload holds of their part, and a payload
+    /// damaged in one part only is caught by [`crate::embedded::site::SiteLink::agree`].
+    pub fn with_partial_payloads(mut self) -> Self {
+        self.whole_payloads = false;
+        self
     }
 
     /// The tensors this rank holds.
@@ -147,7 +159,7 @@ impl ShardLayout {
     /// rejects: a single process would reject it whole, and so does the site.
     pub fn localize_payload(&self, bytes: &[u8]) -> Vec<u8> {
         let Ok(mut p) = Payload::decode(bytes, &self.shapes) else { return Vec::new() };
-        if p.segments.len() != self.shapes.len() {
+        if self.whole_payloads && p.segments.len() != self.shapes.len() {
             return Vec::new();
         }
         let range = self.range();
@@ -212,16 +224,24 @@ impl ShardLayout {
     }
 }
 
-/// Refuses what a sharded site cannot run, with the reason, before it joins.
-pub fn check_shardable(algo: &AlgoConfig) -> Result<()> {
+/// Refuses what a sharded site cannot run, with the reason, before it joins: a site
+/// training a model of `tensors` tensors with `algo`.
+pub fn check_shardable(algo: &AlgoConfig, tensors: usize) -> Result<()> {
     let robust = match algo {
         AlgoConfig::Diloco(c) => &c.robust,
         AlgoConfig::Sparseloco(c) => &c.robust,
         AlgoConfig::Demo(c) => &c.robust,
-        AlgoConfig::Ddp(_) => bail!("ddp keeps no outer state for a site's ranks to split"),
-        AlgoConfig::Streaming(_) => {
-            bail!("streaming's fragment schedule spans the whole model's tensor order")
+        AlgoConfig::Streaming(c) => {
+            // What Streaming DiLoCo checks of the whole model; each rank's part may lack
+            // a fragment.
+            ensure!(
+                c.fragments <= tensors as u64,
+                "streaming: {} fragments for a model of {tensors} tensors would leave one empty",
+                c.fragments
+            );
+            &c.robust
         }
+        AlgoConfig::Ddp(_) => bail!("ddp keeps no outer state for a site's ranks to split"),
         other => bail!("{} is not known to split across a site's ranks", other.algorithm()),
     };
     if !robust.is_mean() {

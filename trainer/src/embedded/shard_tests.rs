@@ -1,5 +1,5 @@
 use meridian_optimizer::config::AlgoConfig;
-use meridian_optimizer::outer::{OptimizerState, OuterOptimizer};
+use meridian_optimizer::outer::{OptimizerState, OuterOptimizer, Phase};
 use meridian_optimizer::params::{hash_of_records, hash_records, ParamSet};
 use meridian_optimizer::payload::{Payload, Segment};
 use meridian_optimizer::Algorithm;
@@ -86,7 +86,7 @@ fn ranks_holding_parts_of_the_model_act_as_one_process() {
         let overrides: Vec<(String, String)> =
             sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let config = AlgoConfig::from_parts(algorithm, toml::Table::new(), &overrides).unwrap();
-        check_shardable(&config).unwrap();
+        check_shardable(&config, 5).unwrap();
         let whole = ParamSet::new(model(0.0)).unwrap();
         let other = ParamSet::new(model(0.5)).unwrap();
         let mut one = config.build(&whole).unwrap();
@@ -184,15 +184,101 @@ fn a_payload_a_process_would_reject_whole_is_rejected_by_every_rank() {
 
 #[test]
 fn what_a_sharded_site_cannot_run_is_named() {
-    for (algorithm, sets, why) in [
-        (Algorithm::Ddp, vec![], "no outer state"),
-        (Algorithm::Streaming, vec![], "fragment"),
-        (Algorithm::Diloco, vec![("aggregation", "clip_median")], "clip_median"),
+    for (algorithm, sets, tensors, why) in [
+        (Algorithm::Ddp, vec![], 5, "no outer state"),
+        (Algorithm::Streaming, vec![], 3, "4 fragments for a model of 3 tensors"),
+        (Algorithm::Diloco, vec![("aggregation", "clip_median")], 5, "clip_median"),
     ] {
         let overrides: Vec<(String, String)> =
             sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let config = AlgoConfig::from_parts(algorithm, toml::Table::new(), &overrides).unwrap();
-        let e = check_shardable(&config).unwrap_err();
+        let e = check_shardable(&config, tensors).unwrap_err();
         assert!(format!("{e:#}").contains(why), "{algorithm}: {e:#}");
     }
+}
+
+/// Streaming DiLoCo on parts of the model: each tensor keeps its whole-model fragment, so
+/// the site's fragment payloads, global copy and local merges are a single process's.
+#[test]
+fn streaming_ranks_keep_the_whole_models_fragments() {
+    tch::set_num_threads(1);
+    let bounds = vec![0, 2, 5];
+    let sets = [("inner_steps", "6"), ("fragments", "3"), ("overlap", "1")];
+    let overrides: Vec<(String, String)> =
+        sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let config =
+        AlgoConfig::from_parts(Algorithm::Streaming, toml::Table::new(), &overrides).unwrap();
+    check_shardable(&config, 5).unwrap();
+    let whole = ParamSet::new(model(0.0)).unwrap();
+    let other = ParamSet::new(model(0.5)).unwrap();
+    let mut one = config.build(&whole).unwrap();
+    let mut peer = config.build(&other).unwrap();
+    let layouts: Vec<ShardLayout> = (0..2)
+        .map(|r| ShardLayout::new(shapes(), bounds.clone(), r).unwrap().with_partial_payloads())
+        .collect();
+    let parts: Vec<ParamSet> = layouts
+        .iter()
+        .map(|l| ParamSet::new(model(0.0).drain(l.range()).collect()).unwrap())
+        .collect();
+    let mut shards: Vec<_> = layouts
+        .iter()
+        .zip(&parts)
+        .map(|(l, p)| config.build_part(p, l.range().start).unwrap())
+        .collect();
+    let mut round = 0;
+    for step in 0..14u64 {
+        let salt = step as f64;
+        train(whole.tensors(), 0, salt);
+        train(other.tensors(), 0, salt + 0.25);
+        for (l, p) in layouts.iter().zip(&parts) {
+            train(p.tensors(), l.range().start, salt);
+        }
+        one.after_inner_step(&whole, step).unwrap();
+        peer.after_inner_step(&other, step).unwrap();
+        for (s, p) in shards.iter_mut().zip(&parts) {
+            s.after_inner_step(p, step).unwrap();
+        }
+        if one.exchange_due(Phase::AfterInnerStep, step) {
+            let mine = one.prepare(&whole, round, 0).unwrap().encode();
+            let theirs = peer.prepare(&other, round, 1).unwrap().encode();
+            let from_ranks: Vec<Vec<u8>> = shards
+                .iter_mut()
+                .zip(&parts)
+                .map(|(s, p)| s.prepare(p, round, 0).unwrap().encode())
+                .collect();
+            assert_eq!(layouts[0].merge_payloads(&from_ranks).unwrap(), mine, "step {step}");
+            let committed = [mine, theirs];
+            let decoded: Vec<Payload> =
+                committed.iter().map(|b| Payload::decode(b, &shapes()).unwrap()).collect();
+            one.apply(&whole, round, &decoded).unwrap();
+            peer.apply(&other, round, &decoded).unwrap();
+            for ((s, p), l) in shards.iter_mut().zip(&parts).zip(&layouts) {
+                let local: Vec<Payload> = committed
+                    .iter()
+                    .map(|b| Payload::decode(&l.localize_payload(b), p.shapes()).unwrap())
+                    .collect();
+                assert_eq!(s.apply(p, round, &local).unwrap().applied, [0, 1]);
+            }
+            round += 1;
+        }
+        // Global copies and local parameters (merges included) agree at every step.
+        let records = |pick: &dyn Fn(&dyn OuterOptimizer, &ParamSet) -> Vec<Tensor>| {
+            let mut r = Vec::new();
+            for (s, p) in shards.iter().zip(&parts) {
+                r.extend(hash_records(p.names(), &pick(s.as_ref(), p)).unwrap());
+            }
+            hash_of_records(&r)
+        };
+        let global = |o: &dyn OuterOptimizer, p: &ParamSet| {
+            o.consensus_params().unwrap_or(p.tensors()).iter().map(Tensor::shallow_clone).collect()
+        };
+        let local = |_: &dyn OuterOptimizer, p: &ParamSet| {
+            p.tensors().iter().map(Tensor::shallow_clone).collect()
+        };
+        assert_eq!(records(&global), one.consensus_hash(&whole).unwrap(), "global, step {step}");
+        assert_eq!(records(&local), whole.hash().unwrap(), "local, step {step}");
+    }
+    assert!(round >= 4, "{round} rounds");
+    let merges: u64 = shards.iter().map(|s| s.local_merges()).sum();
+    assert!(merges >= 4 && one.local_merges() >= 4, "merges: {merges}, {}", one.local_merges());
 }

@@ -136,6 +136,17 @@ impl<L> SiteLink<L> {
         Ok(())
     }
 
+    /// The whole model's hash from every rank's hash records of its part (a collective).
+    pub fn whole_hash(&mut self, records: Vec<u8>) -> Result<u64> {
+        let said = self.gather(records)?.map(|parts| {
+            ensure!(parts.iter().all(|p| !p.is_empty()), "a rank had no hash records");
+            Ok(hash_of_records(&parts.concat()).to_le_bytes().to_vec())
+        });
+        let hash = self.tell(said)?;
+        let bytes: [u8; 8] = hash.as_slice().try_into().context("a hash of 8 bytes")?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
     /// Every rank's `message` on the leader (rank order), `None` on the others.
     pub fn gather(&mut self, message: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
         let parts = self.channel.gather(message).context("gathering from the site's ranks")?;

@@ -96,6 +96,9 @@ pub struct WorkerStats {
     pub last_hash: Option<u64>,
     /// Peers' states taken (catching up).
     pub states_taken: u64,
+    /// Times the outer algorithm moved the local parameters outside a round (Streaming
+    /// DiLoCo's delayed merges).
+    pub local_merges: u64,
     /// Parameter elements this process's outer algorithm covers (its outer state grows
     /// with them): the whole model's, or on a rank of a sharded site its part's.
     pub outer_elements: u64,
@@ -177,17 +180,18 @@ impl<S: TrainStep> DriveObserver<S> for Collected {
     fn round_applied_to(&mut self, w: &SoloWorker<S>, round: &AppliedRound) {
         if let Some(records) = &mut self.records {
             // A part that cannot be hashed leaves no records, which `agree` refuses.
-            records.push(hash_records(w.params.names(), w.params.tensors()).unwrap_or_default());
+            let agreed = w.outer.consensus_params().unwrap_or(w.params.tensors());
+            records.push(hash_records(w.params.names(), agreed).unwrap_or_default());
         }
         DriveObserver::<S>::round_applied(self, round);
     }
 }
 
-/// Whether a site running `algorithm` with `sets` (as [`JoinSpec::sets`]) can shard its
-/// outer state across its ranks; the reason when it cannot.
-pub fn shardable(algorithm: Algorithm, sets: &[String]) -> Result<()> {
+/// Whether a site running `algorithm` with `sets` (as [`JoinSpec::sets`]) on a model of
+/// `tensors` tensors can shard its outer state across its ranks; the reason when it cannot.
+pub fn shardable(algorithm: Algorithm, sets: &[String], tensors: usize) -> Result<()> {
     let config = RunConfig::build(&ModelKind::Mlp, &[algorithm], None, None, sets)?;
-    check_shardable(config.algos.first().context("no algorithm configured")?)
+    check_shardable(config.algos.first().context("no algorithm configured")?, tensors)
 }
 
 /// The algorithm's settings for `spec`, parsed as the CLI parses them.
@@ -257,8 +261,15 @@ impl EmbeddedWorker {
         // Refuse a malformed join string before anything is built.
         let _: JoinString = spec.join.parse().context("the join string")?;
         let (algo, tuning) = algo_config(&spec)?;
-        if let Some((names, layout)) = site.as_ref().and_then(|s| s.shard.as_ref()) {
-            check_shardable(&algo).context("this site cannot shard its outer state")?;
+        let mut site = site;
+        let mut first = 0;
+        if let Some((names, layout)) = site.as_mut().and_then(|s| s.shard.as_mut()) {
+            check_shardable(&algo, names.len())
+                .context("this site cannot shard its outer state")?;
+            if algo.algorithm() == Algorithm::Streaming {
+                *layout = layout.clone().with_partial_payloads();
+            }
+            first = layout.range().start;
             ensure!(
                 names.len() == layout.shapes().len(),
                 "{} names for a model of {} tensors",
@@ -273,7 +284,7 @@ impl EmbeddedWorker {
                 "this rank was given parameters {given:?}, but its part of the model is {mine:?}"
             );
         }
-        let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build(p))?;
+        let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build_part(p, first))?;
         let stats = WorkerStats { outer_elements: w.params.numel() as u64, ..Default::default() };
         Ok(Self {
             w,
@@ -497,6 +508,7 @@ impl EmbeddedWorker {
     fn count(&mut self, applied: &[AppliedRound]) {
         let stats = &mut self.stats;
         stats.steps = self.w.steps_done();
+        stats.local_merges = self.w.outer.local_merges();
         let Some(net) = self.net.as_ref() else { return };
         for r in applied {
             stats.rounds += 1;
@@ -521,16 +533,21 @@ impl EmbeddedWorker {
         &self.stats
     }
 
-    /// The hash every worker of the run shares after the same round. A rank holding part
-    /// of the model has no whole to hash: the program hashes its whole model instead
-    /// ([`meridian_optimizer::params::hash_tensors`]) once the ranks shared their parts.
-    pub fn consensus_hash(&self) -> Result<u64> {
-        ensure!(
-            !self.holds_part(),
-            "this rank holds part of the model: hash the whole model once the site's ranks \
-             have shared their parts"
-        );
-        Ok(self.w.outer.consensus_hash(&self.w.params)?)
+    /// The hash every worker of the run shares after the same round. On a rank holding part
+    /// of the model it is the whole model's, from every rank's part: a collective, which
+    /// every rank of the site calls together (after joining).
+    pub fn consensus_hash(&mut self) -> Result<u64> {
+        if !self.holds_part() {
+            return Ok(self.w.outer.consensus_hash(&self.w.params)?);
+        }
+        let agreed = self.w.outer.consensus_params().unwrap_or(self.w.params.tensors());
+        let records = hash_records(self.w.params.names(), agreed)?;
+        match self.net.as_mut().map(|n| &mut n.link) {
+            Some(Link::Site(site)) => site.whole_hash(records),
+            _ => {
+                bail!("a rank holding part of the model hashes the whole with its site: join first")
+            }
+        }
     }
 
     /// Inner steps and rounds done.
