@@ -54,20 +54,31 @@ fn released<T>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
     out.0
 }
 
-/// The script's optimizer, reached through a Python object with `step()`,
-/// `state_bytes()` and `load_state_bytes(b)` (see `meridian/optimizer.py`).
-struct PyScriptOptimizer {
-    bridge: PyObject,
+/// A Python object Rust calls back, with the GIL; an exception it raises is kept in `slot`
+/// (for the caller to re-raise as it was) and becomes an error naming `what`.
+struct Callback {
+    object: PyObject,
     slot: ErrorSlot,
+    what: &'static str,
 }
+
+impl Callback {
+    fn call<T>(&self, f: impl FnOnce(Python<'_>, &PyObject) -> PyResult<T>) -> anyhow::Result<T> {
+        Python::with_gil(|py| f(py, &self.object)).map_err(|e| {
+            let text = e.to_string();
+            *self.slot.borrow_mut() = Some(e);
+            anyhow!("{} raised {text}", self.what)
+        })
+    }
+}
+
+/// The script's optimizer, reached through a Python object with `step()`,
+/// `state_parts()` and `load_state_parts(meta, tensors)` (see `meridian/optimizer.py`).
+struct PyScriptOptimizer(Callback);
 
 impl PyScriptOptimizer {
     fn call<T>(&self, f: impl FnOnce(Python<'_>, &PyObject) -> PyResult<T>) -> anyhow::Result<T> {
-        Python::with_gil(|py| f(py, &self.bridge)).map_err(|e| {
-            let text = e.to_string();
-            *self.slot.borrow_mut() = Some(e);
-            anyhow!("the script's optimizer raised {text}")
-        })
+        self.0.call(f)
     }
 }
 
@@ -100,18 +111,11 @@ impl ScriptOptimizer for PyScriptOptimizer {
 /// A site's process group, reached through a Python object with `leads`,
 /// `broadcast(message | None) -> bytes` and `gather(message) -> list | None` (see
 /// `meridian/site.py`).
-struct PySiteChannel {
-    channel: PyObject,
-    slot: ErrorSlot,
-}
+struct PySiteChannel(Callback);
 
 impl PySiteChannel {
     fn call<T>(&self, f: impl FnOnce(Python<'_>, &PyObject) -> PyResult<T>) -> anyhow::Result<T> {
-        Python::with_gil(|py| f(py, &self.channel)).map_err(|e| {
-            let text = e.to_string();
-            *self.slot.borrow_mut() = Some(e);
-            anyhow!("the site's process group raised {text}")
-        })
+        self.0.call(f)
     }
 }
 
@@ -219,12 +223,16 @@ impl Worker {
                         Some((names, layout))
                     }
                 };
-                let channel = Box::new(PySiteChannel { channel, slot: slot.clone() });
+                let what = "the site's process group";
+                let channel =
+                    Box::new(PySiteChannel(Callback { object: channel, slot: slot.clone(), what }));
                 Some(SiteSpec { leads, channel, shard })
             }
         };
         let params = params.into_iter().map(|(n, t)| (n, t.0)).collect();
-        let inner = Box::new(PyScriptOptimizer { bridge, slot: slot.clone() });
+        let what = "the script's optimizer";
+        let inner =
+            Box::new(PyScriptOptimizer(Callback { object: bridge, slot: slot.clone(), what }));
         let interrupt_slot = slot.clone();
         let interrupt = Box::new(move || {
             Python::with_gil(|py| py.check_signals()).map_err(|e| {

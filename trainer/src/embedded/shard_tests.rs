@@ -72,76 +72,131 @@ fn bounds_balance_elements_and_give_every_rank_a_tensor() {
     assert!(ShardLayout::new(shapes(), vec![0, 2, 5], 2).is_err(), "no such rank");
 }
 
+/// One process holding the whole model, a peer, and a site of two ranks holding parts of
+/// the first process's model, all running `config`.
+struct Trio {
+    whole: ParamSet,
+    other: ParamSet,
+    one: Box<dyn OuterOptimizer>,
+    peer: Box<dyn OuterOptimizer>,
+    layouts: Vec<ShardLayout>,
+    parts: Vec<ParamSet>,
+    shards: Vec<Box<dyn OuterOptimizer>>,
+}
+
+impl Trio {
+    fn new(config: &AlgoConfig) -> Self {
+        check_shardable(config, 5).unwrap();
+        let whole = ParamSet::new(model(0.0)).unwrap();
+        let other = ParamSet::new(model(0.5)).unwrap();
+        let (one, peer) = (config.build(&whole).unwrap(), config.build(&other).unwrap());
+        let streaming = config.algorithm() == Algorithm::Streaming;
+        let layouts: Vec<ShardLayout> = (0..2)
+            .map(|r| {
+                let l = ShardLayout::new(shapes(), vec![0, 2, 5], r).unwrap();
+                if streaming {
+                    l.with_partial_payloads()
+                } else {
+                    l
+                }
+            })
+            .collect();
+        let parts: Vec<ParamSet> = layouts
+            .iter()
+            .map(|l| ParamSet::new(model(0.0).drain(l.range()).collect()).unwrap())
+            .collect();
+        let shards = layouts
+            .iter()
+            .zip(&parts)
+            .map(|(l, p)| config.build_part(p, l.range().start).unwrap())
+            .collect();
+        Self { whole, other, one, peer, layouts, parts, shards }
+    }
+
+    /// An inner step everywhere: the site's ranks train their parts as the first process.
+    fn train(&mut self, salt: f64) {
+        train(self.whole.tensors(), 0, salt);
+        train(self.other.tensors(), 0, salt + 0.25);
+        for (l, p) in self.layouts.iter().zip(&self.parts) {
+            train(p.tensors(), l.range().start, salt);
+        }
+    }
+
+    /// Round `round`: the site's merged payload is the first process's; everyone applies
+    /// the first process's and the peer's.
+    fn exchange(&mut self, round: u64, what: &str) {
+        let mine = self.one.prepare(&self.whole, round, 0).unwrap().encode();
+        let theirs = self.peer.prepare(&self.other, round, 1).unwrap().encode();
+        let from_ranks: Vec<Vec<u8>> = self
+            .shards
+            .iter_mut()
+            .zip(&self.parts)
+            .map(|(s, p)| s.prepare(p, round, 0).unwrap().encode())
+            .collect();
+        let merged = self.layouts[0].merge_payloads(&from_ranks).unwrap();
+        assert_eq!(merged, mine, "{what}: the site's payload, round {round}");
+        let committed = [mine, theirs];
+        let decoded: Vec<Payload> =
+            committed.iter().map(|b| Payload::decode(b, &shapes()).unwrap()).collect();
+        self.one.apply(&self.whole, round, &decoded).unwrap();
+        self.peer.apply(&self.other, round, &decoded).unwrap();
+        for ((s, p), l) in self.shards.iter_mut().zip(&self.parts).zip(&self.layouts) {
+            let local: Vec<Payload> = committed
+                .iter()
+                .map(|b| Payload::decode(&l.localize_payload(b), p.shapes()).unwrap())
+                .collect();
+            assert_eq!(s.apply(p, round, &local).unwrap().applied, [0, 1], "{what}");
+        }
+    }
+
+    /// The hash of the ranks' parts, of the tensors `pick` takes from each.
+    fn parts_hash(&self, pick: impl Fn(&dyn OuterOptimizer, &ParamSet) -> Vec<Tensor>) -> u64 {
+        let mut records = Vec::new();
+        for (s, p) in self.shards.iter().zip(&self.parts) {
+            records.extend(hash_records(p.names(), &pick(s.as_ref(), p)).unwrap());
+        }
+        hash_of_records(&records)
+    }
+}
+
+fn local(_: &dyn OuterOptimizer, p: &ParamSet) -> Vec<Tensor> {
+    p.tensors().iter().map(Tensor::shallow_clone).collect()
+}
+
+fn agreed(o: &dyn OuterOptimizer, p: &ParamSet) -> Vec<Tensor> {
+    o.consensus_params().unwrap_or(p.tensors()).iter().map(Tensor::shallow_clone).collect()
+}
+
+fn config_of(algorithm: Algorithm, sets: &[(&str, &str)]) -> AlgoConfig {
+    let overrides: Vec<(String, String)> =
+        sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    AlgoConfig::from_parts(algorithm, toml::Table::new(), &overrides).unwrap()
+}
+
 /// A sharded site's payloads and updates are, bit for bit, a single process's.
 #[test]
 fn ranks_holding_parts_of_the_model_act_as_one_process() {
     tch::set_num_threads(1);
-    let bounds = vec![0, 2, 5];
     for (algorithm, sets) in [
         (Algorithm::Diloco, vec![]),
         (Algorithm::Diloco, vec![("transport", "int8")]),
         (Algorithm::Sparseloco, vec![]),
         (Algorithm::Demo, vec![]),
     ] {
-        let overrides: Vec<(String, String)> =
-            sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let config = AlgoConfig::from_parts(algorithm, toml::Table::new(), &overrides).unwrap();
-        check_shardable(&config, 5).unwrap();
-        let whole = ParamSet::new(model(0.0)).unwrap();
-        let other = ParamSet::new(model(0.5)).unwrap();
-        let mut one = config.build(&whole).unwrap();
-        let mut peer = config.build(&other).unwrap();
-        let layouts: Vec<ShardLayout> =
-            (0..2).map(|r| ShardLayout::new(shapes(), bounds.clone(), r).unwrap()).collect();
-        let parts: Vec<ParamSet> = layouts
-            .iter()
-            .map(|l| ParamSet::new(model(0.0).drain(l.range()).collect()).unwrap())
-            .collect();
-        let mut shards: Vec<_> = parts.iter().map(|p| config.build(p).unwrap()).collect();
+        let what = format!("{algorithm} {sets:?}");
+        let mut t = Trio::new(&config_of(algorithm, &sets));
         for round in 0..3u64 {
-            let salt = round as f64;
-            train(whole.tensors(), 0, salt);
-            train(other.tensors(), 0, salt + 0.25);
-            for (l, p) in layouts.iter().zip(&parts) {
-                train(p.tensors(), l.range().start, salt);
-            }
-            let mine = one.prepare(&whole, round, 0).unwrap().encode();
-            let theirs = peer.prepare(&other, round, 1).unwrap().encode();
-            let from_ranks: Vec<Vec<u8>> = shards
-                .iter_mut()
-                .zip(&parts)
-                .map(|(s, p)| s.prepare(p, round, 0).unwrap().encode())
-                .collect();
-            let merged = layouts[0].merge_payloads(&from_ranks).unwrap();
-            assert_eq!(merged, mine, "{algorithm} {sets:?}: the site's payload, round {round}");
-
-            let committed = [mine, theirs];
-            let decoded: Vec<Payload> =
-                committed.iter().map(|b| Payload::decode(b, &shapes()).unwrap()).collect();
-            one.apply(&whole, round, &decoded).unwrap();
-            peer.apply(&other, round, &decoded).unwrap();
-            let mut records = Vec::new();
-            for ((s, p), l) in shards.iter_mut().zip(&parts).zip(&layouts) {
-                let local: Vec<Payload> = committed
-                    .iter()
-                    .map(|b| Payload::decode(&l.localize_payload(b), p.shapes()).unwrap())
-                    .collect();
-                let report = s.apply(p, round, &local).unwrap();
-                assert_eq!(report.applied, [0, 1]);
-                records.extend(hash_records(p.names(), p.tensors()).unwrap());
-            }
-            assert_eq!(
-                hash_of_records(&records),
-                whole.hash().unwrap(),
-                "{algorithm} {sets:?}: the ranks' parts after round {round}"
-            );
+            t.train(round as f64);
+            t.exchange(round, &what);
+            let after = format!("{what}: the ranks' parts after round {round}");
+            assert_eq!(t.parts_hash(local), t.whole.hash().unwrap(), "{after}");
         }
         // The state a site serves is the single process's, and each rank takes its part.
-        let states: Vec<Vec<u8>> = shards.iter().map(|s| snapshot(s.as_ref())).collect();
-        let merged = layouts[0].merge_states(&states).unwrap();
-        assert_eq!(merged, snapshot(one.as_ref()), "{algorithm}: state");
-        for (l, s) in layouts.iter().zip(&states) {
-            assert_eq!(&l.localize_state(&merged).unwrap(), s, "{algorithm}: rank's part");
+        let states: Vec<Vec<u8>> = t.shards.iter().map(|s| snapshot(s.as_ref())).collect();
+        let merged = t.layouts[0].merge_states(&states).unwrap();
+        assert_eq!(merged, snapshot(t.one.as_ref()), "{what}: state");
+        for (l, s) in t.layouts.iter().zip(&states) {
+            assert_eq!(&l.localize_state(&merged).unwrap(), s, "{what}: rank's part");
         }
     }
 }
@@ -189,10 +244,7 @@ fn what_a_sharded_site_cannot_run_is_named() {
         (Algorithm::Streaming, vec![], 3, "4 fragments for a model of 3 tensors"),
         (Algorithm::Diloco, vec![("aggregation", "clip_median")], 5, "clip_median"),
     ] {
-        let overrides: Vec<(String, String)> =
-            sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let config = AlgoConfig::from_parts(algorithm, toml::Table::new(), &overrides).unwrap();
-        let e = check_shardable(&config, tensors).unwrap_err();
+        let e = check_shardable(&config_of(algorithm, &sets), tensors).unwrap_err();
         assert!(format!("{e:#}").contains(why), "{algorithm}: {e:#}");
     }
 }
@@ -202,83 +254,26 @@ fn what_a_sharded_site_cannot_run_is_named() {
 #[test]
 fn streaming_ranks_keep_the_whole_models_fragments() {
     tch::set_num_threads(1);
-    let bounds = vec![0, 2, 5];
     let sets = [("inner_steps", "6"), ("fragments", "3"), ("overlap", "1")];
-    let overrides: Vec<(String, String)> =
-        sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let config =
-        AlgoConfig::from_parts(Algorithm::Streaming, toml::Table::new(), &overrides).unwrap();
-    check_shardable(&config, 5).unwrap();
-    let whole = ParamSet::new(model(0.0)).unwrap();
-    let other = ParamSet::new(model(0.5)).unwrap();
-    let mut one = config.build(&whole).unwrap();
-    let mut peer = config.build(&other).unwrap();
-    let layouts: Vec<ShardLayout> = (0..2)
-        .map(|r| ShardLayout::new(shapes(), bounds.clone(), r).unwrap().with_partial_payloads())
-        .collect();
-    let parts: Vec<ParamSet> = layouts
-        .iter()
-        .map(|l| ParamSet::new(model(0.0).drain(l.range()).collect()).unwrap())
-        .collect();
-    let mut shards: Vec<_> = layouts
-        .iter()
-        .zip(&parts)
-        .map(|(l, p)| config.build_part(p, l.range().start).unwrap())
-        .collect();
+    let mut t = Trio::new(&config_of(Algorithm::Streaming, &sets));
     let mut round = 0;
     for step in 0..14u64 {
-        let salt = step as f64;
-        train(whole.tensors(), 0, salt);
-        train(other.tensors(), 0, salt + 0.25);
-        for (l, p) in layouts.iter().zip(&parts) {
-            train(p.tensors(), l.range().start, salt);
-        }
-        one.after_inner_step(&whole, step).unwrap();
-        peer.after_inner_step(&other, step).unwrap();
-        for (s, p) in shards.iter_mut().zip(&parts) {
+        t.train(step as f64);
+        t.one.after_inner_step(&t.whole, step).unwrap();
+        t.peer.after_inner_step(&t.other, step).unwrap();
+        for (s, p) in t.shards.iter_mut().zip(&t.parts) {
             s.after_inner_step(p, step).unwrap();
         }
-        if one.exchange_due(Phase::AfterInnerStep, step) {
-            let mine = one.prepare(&whole, round, 0).unwrap().encode();
-            let theirs = peer.prepare(&other, round, 1).unwrap().encode();
-            let from_ranks: Vec<Vec<u8>> = shards
-                .iter_mut()
-                .zip(&parts)
-                .map(|(s, p)| s.prepare(p, round, 0).unwrap().encode())
-                .collect();
-            assert_eq!(layouts[0].merge_payloads(&from_ranks).unwrap(), mine, "step {step}");
-            let committed = [mine, theirs];
-            let decoded: Vec<Payload> =
-                committed.iter().map(|b| Payload::decode(b, &shapes()).unwrap()).collect();
-            one.apply(&whole, round, &decoded).unwrap();
-            peer.apply(&other, round, &decoded).unwrap();
-            for ((s, p), l) in shards.iter_mut().zip(&parts).zip(&layouts) {
-                let local: Vec<Payload> = committed
-                    .iter()
-                    .map(|b| Payload::decode(&l.localize_payload(b), p.shapes()).unwrap())
-                    .collect();
-                assert_eq!(s.apply(p, round, &local).unwrap().applied, [0, 1]);
-            }
+        if t.one.exchange_due(Phase::AfterInnerStep, step) {
+            t.exchange(round, &format!("streaming, step {step}"));
             round += 1;
         }
         // Global copies and local parameters (merges included) agree at every step.
-        let records = |pick: &dyn Fn(&dyn OuterOptimizer, &ParamSet) -> Vec<Tensor>| {
-            let mut r = Vec::new();
-            for (s, p) in shards.iter().zip(&parts) {
-                r.extend(hash_records(p.names(), &pick(s.as_ref(), p)).unwrap());
-            }
-            hash_of_records(&r)
-        };
-        let global = |o: &dyn OuterOptimizer, p: &ParamSet| {
-            o.consensus_params().unwrap_or(p.tensors()).iter().map(Tensor::shallow_clone).collect()
-        };
-        let local = |_: &dyn OuterOptimizer, p: &ParamSet| {
-            p.tensors().iter().map(Tensor::shallow_clone).collect()
-        };
-        assert_eq!(records(&global), one.consensus_hash(&whole).unwrap(), "global, step {step}");
-        assert_eq!(records(&local), whole.hash().unwrap(), "local, step {step}");
+        let global = t.one.consensus_hash(&t.whole).unwrap();
+        assert_eq!(t.parts_hash(agreed), global, "global, step {step}");
+        assert_eq!(t.parts_hash(local), t.whole.hash().unwrap(), "local, step {step}");
     }
     assert!(round >= 4, "{round} rounds");
-    let merges: u64 = shards.iter().map(|s| s.local_merges()).sum();
-    assert!(merges >= 4 && one.local_merges() >= 4, "merges: {merges}, {}", one.local_merges());
+    let merges: u64 = t.shards.iter().map(|s| s.local_merges()).sum();
+    assert!(merges >= 4 && t.one.local_merges() >= 4, "merges {merges}, {}", t.one.local_merges());
 }

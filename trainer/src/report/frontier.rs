@@ -92,6 +92,28 @@ impl Frontier {
     }
 }
 
+/// A row of a summary that carries the frontier: an algorithm's name, final loss and
+/// bytes per worker, and where its [`Frontier`] goes.
+pub trait FrontierRow {
+    /// The algorithm's name (`ddp` marks the baseline loss).
+    fn algorithm(&self) -> &str;
+    /// Its final validation loss.
+    fn final_val_loss(&self) -> f64;
+    /// Bytes sent and received per worker.
+    fn bytes_per_worker(&self) -> (f64, f64);
+    /// Where the frontier goes.
+    fn frontier_mut(&mut self) -> &mut Frontier;
+}
+
+/// Fills every row's frontier from `baseline` and DDP's final loss (if a row is DDP's).
+pub fn fill<R: FrontierRow>(baseline: &DdpBaseline, rows: &mut [R]) {
+    let ddp = ddp_loss(rows.iter().map(|r| (r.algorithm(), r.final_val_loss())));
+    for r in rows {
+        let (sent, received) = r.bytes_per_worker();
+        *r.frontier_mut() = Frontier::new(baseline, sent, received, r.final_val_loss(), ddp);
+    }
+}
+
 /// DDP's final validation loss among `(algorithm, final validation loss)`, if DDP ran.
 pub fn ddp_loss<'a>(algos: impl IntoIterator<Item = (&'a str, f64)>) -> Option<f64> {
     algos.into_iter().find(|(name, _)| *name == "ddp").map(|(_, v)| v)

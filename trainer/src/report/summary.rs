@@ -106,6 +106,21 @@ pub struct Summary {
     pub algorithms: Vec<AlgoSummary>,
 }
 
+impl frontier::FrontierRow for AlgoSummary {
+    fn algorithm(&self) -> &str {
+        &self.algorithm
+    }
+    fn final_val_loss(&self) -> f64 {
+        self.final_val_loss
+    }
+    fn bytes_per_worker(&self) -> (f64, f64) {
+        (self.bytes_sent_per_worker, self.bytes_received_per_worker)
+    }
+    fn frontier_mut(&mut self) -> &mut Frontier {
+        &mut self.frontier
+    }
+}
+
 impl Summary {
     /// Writes the summary as pretty JSON, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -118,18 +133,7 @@ impl Summary {
 
     /// Fills every algorithm's `frontier` from the baseline and DDP's final loss.
     pub fn set_frontier(&mut self) {
-        let ddp = frontier::ddp_loss(
-            self.algorithms.iter().map(|a| (a.algorithm.as_str(), a.final_val_loss)),
-        );
-        for a in &mut self.algorithms {
-            a.frontier = Frontier::new(
-                &self.ddp_bf16_ring,
-                a.bytes_sent_per_worker,
-                a.bytes_received_per_worker,
-                a.final_val_loss,
-                ddp,
-            );
-        }
+        frontier::fill(&self.ddp_bf16_ring, &mut self.algorithms);
     }
 
     /// Prints one line per algorithm.
