@@ -8,7 +8,7 @@
 //!
 //! Frame version 3 added the worker's [`RunSignature`] to `Join` and
 //! [`RefuseReason::SignatureMismatch`]; a worker of version 2 is refused by the frame
-//! header, before its join is read.
+//! header, before its join is read. Version 4 added [`ToCoordinator::NotHeld`].
 //!
 //! Payload and state bytes are never inside a message: they travel as `Payload` and `State`
 //! frames whose header carries the round and the author (see the transmit types).
@@ -102,6 +102,15 @@ pub enum ToCoordinator {
     },
     /// This worker leaves the run (it may join again under its name).
     Leave,
+    /// Relay: the answer to a [`ToWorker::Reupload`] this worker cannot serve: it no longer
+    /// holds its payload of `round` (its process restarted since it published it). The
+    /// coordinator then tells the members fetching it at once that it is unavailable, so
+    /// they ask for state while live members can still provide it, instead of waiting out
+    /// their fetch timeouts.
+    NotHeld {
+        /// The round asked for.
+        round: Round,
+    },
 }
 
 /// Why the coordinator refused a join.

@@ -79,7 +79,9 @@
 //! ascending order (each keeps its last `keep_rounds` aggregates; the coordinator holds
 //! none), named by the commit's first member; a ring round that fell back is fetched from
 //! the coordinator as in Relay. When nobody has it the worker asks for state (below). A worker
-//! that sees a gap in the commits (one went missing) joins again, which replays them.
+//! that sees a gap in the commits (one went missing) joins again, which replays them. Fetches
+//! the coordinator was asked for when its connection was lost are asked again once the worker
+//! is welcomed back (after `fetch_grace`): the requests died with the connection.
 //!
 //! Duplicates: before a commit the first copy of a member's payload for a round wins, at the
 //! coordinator and at each worker; later copies are rejected. The commit's digest decides in
@@ -93,7 +95,10 @@
 //! it is behind and the commits after its round are still remembered, they are replayed
 //! to it (it fetches the payloads it lacks). Otherwise (or for a fresh worker after a
 //! commit: initial states are not assumed to agree) it needs a snapshot: the coordinator
-//! asks the lowest-id live member with `SnapshotRequest { round }`; that member's worker
+//! asks a live member with `SnapshotRequest { round }`, the one that applied the latest
+//! round as far as it knows (from joins, state requests and the commits since a member was
+//! known current), then the lowest id, so that a member still replaying is not made the
+//! helper while a current one is there; that member's worker
 //! emits [`WorkerEvent::SnapshotRequested`] once it applied the round and its driver uploads
 //! its state with [`WorkerProto::provide_state`] (a `State` frame whose header names the
 //! round; there is no separate upload message). The coordinator caches the latest
@@ -113,7 +118,11 @@
 //! payload until the round commits and sends it again on every `RoundOpen` for it. A Relay
 //! coordinator that restarted holds no payloads: when one is fetched it asks the author to
 //! upload it again (`Reupload`), and takes a payload of a committed round only as the
-//! answer to such a request: frames carry no nonce, so a captured payload frame of a
+//! answer to such a request. An author that restarted too answers `NotHeld` (or uploads
+//! other bytes: it published the round again); the coordinator then answers that fetch, and
+//! every later one of that payload, with `Unavailable` at once, so the fetching worker asks
+//! for state while live members can still provide it. The coordinator takes a committed
+//! payload only when asked for because frames carry no nonce: a captured payload frame of a
 //! committed round, replayed on a fresh connection after the restart, is rejected as
 //! `Late` like any other. The driver saves the state on
 //! [`CoordinatorEvent::RoundCommitted`], before it sends that round's commits; workers that

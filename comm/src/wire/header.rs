@@ -8,8 +8,9 @@ use crate::ids::{MemberId, Round, RunId};
 pub const MAGIC: [u8; 4] = *b"MRDN";
 
 /// The frame format version this build reads and writes. Version 3: a worker's `Join`
-/// carries its run signature, and a join can be refused for a differing one.
-pub const VERSION: u16 = 3;
+/// carries its run signature, and a join can be refused for a differing one. Version 4: a
+/// worker answers a re-upload request it cannot serve (`ToCoordinator::NotHeld`).
+pub const VERSION: u16 = 4;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
 /// a discriminant this build does not know is a [`WireError::BadHeader`](super::WireError).

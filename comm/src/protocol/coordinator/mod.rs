@@ -10,7 +10,7 @@ mod ring;
 mod rounds;
 mod snapshot;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -98,6 +98,9 @@ pub struct Coordinator {
     payloads: BTreeMap<Round, BTreeMap<MemberId, (Digest, Bytes)>>,
     /// Relay: fetches waiting for a payload its author was asked to upload again.
     refetch: BTreeMap<(Round, MemberId), Vec<ConnId>>,
+    /// Relay: committed payloads this coordinator lacks and whose authors said they no
+    /// longer hold them: fetches for them are answered `Unavailable` at once.
+    unheld: BTreeSet<(Round, MemberId)>,
     deadline_stats: DeadlineStats,
     /// Bytes moved since the open round opened.
     traffic: Traffic,
@@ -132,6 +135,7 @@ impl Coordinator {
             commits: VecDeque::new(),
             payloads: BTreeMap::new(),
             refetch: BTreeMap::new(),
+            unheld: BTreeSet::new(),
             deadline_stats: DeadlineStats::default(),
             traffic: Traffic::default(),
             snapshot: None,
@@ -203,6 +207,7 @@ impl Coordinator {
             ToCoordinator::StateWanted { last_applied } => {
                 self.on_state_wanted(member, last_applied)
             }
+            ToCoordinator::NotHeld { round } => self.on_not_held(conn, member, round),
             ToCoordinator::Leave => {
                 info!(member, "member leaves");
                 self.drop_conn(now, conn, true);

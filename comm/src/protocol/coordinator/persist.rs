@@ -10,7 +10,8 @@
 //! [`CoordinatorConfig::rejoin_grace`](super::CoordinatorConfig::rejoin_grace) has passed.
 //! A worker that missed the last commit (the coordinator saved it and died before sending
 //! it) gets it replayed; it usually holds the payloads already. In Relay a restarted
-//! coordinator holds no payloads, so one that must be fetched leads to a snapshot.
+//! coordinator holds no payloads: one that must be fetched is asked of its author again,
+//! and leads to a snapshot only when the author no longer holds it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;

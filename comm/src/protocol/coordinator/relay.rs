@@ -7,9 +7,15 @@
 //! when it arrives. This matters when the coordinator dies between saving a commit and
 //! forwarding its last payloads: without it every worker would need a snapshot and no
 //! member could provide one.
+//!
+//! An author that restarted too no longer holds it and answers `NotHeld`: every waiting
+//! fetch is then answered `Unavailable`, and so is every later fetch of it, at once. The
+//! fetching member asks for state right away, while the members that could provide one are
+//! still there, rather than after its fetch timeouts (a minute by default), when they may
+//! have finished the run and left.
 
 use bytes::Bytes;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Coordinator, Transmit};
 use crate::ids::{MemberId, Round};
@@ -29,6 +35,9 @@ impl Coordinator {
         }
         if self.commits.iter().any(|r| r.round == round && r.aggregate.is_some()) {
             // Ring aggregates are held by the ring's members, never here.
+            return self.send(conn, ToWorker::Unavailable { round, member: author });
+        }
+        if self.unheld.contains(&(round, author)) {
             return self.send(conn, ToWorker::Unavailable { round, member: author });
         }
         let cached = self
@@ -73,13 +82,37 @@ impl Coordinator {
     ) {
         let cached = self.payloads.get(&round).is_some_and(|p| p.contains_key(&member));
         let asked = self.refetch.contains_key(&(round, member));
-        if cached || !asked || self.committed_digest(round, member) != Some(digest) {
+        if cached || !asked {
             return self.reject(conn, Some(round), RejectReason::Late);
+        }
+        if self.committed_digest(round, member) != Some(digest) {
+            // Asked, but not the committed bytes: the author restarted and published the
+            // round again. It holds one payload a round, so it cannot hold the committed one.
+            self.reject(conn, Some(round), RejectReason::Late);
+            return self.on_not_held(conn, member, round);
         }
         self.traffic.received(Dest::Member(member), bytes.len());
         self.payloads.entry(round).or_default().insert(member, (digest, bytes.clone()));
         for waiting in self.refetch.remove(&(round, member)).unwrap_or_default() {
             self.serve(waiting, round, member, bytes.clone());
+        }
+    }
+
+    /// `member` says it no longer holds its payload of `round`, which it was asked to upload
+    /// again: whoever waits for it, and whoever fetches it later, hears at once that it is
+    /// unavailable.
+    pub(super) fn on_not_held(&mut self, conn: ConnId, member: MemberId, round: Round) {
+        let Some(waiting) = self.refetch.remove(&(round, member)) else {
+            if self.unheld.contains(&(round, member)) {
+                // The answer to a second request sent before the first answer came.
+                return;
+            }
+            return self.reject(conn, Some(round), RejectReason::Unsolicited);
+        };
+        info!(round, member, fetching = waiting.len(), "a payload to fetch is held by nobody");
+        self.unheld.insert((round, member));
+        for to in waiting {
+            self.send(to, ToWorker::Unavailable { round, member });
         }
     }
 

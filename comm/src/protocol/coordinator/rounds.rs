@@ -103,6 +103,7 @@ impl Coordinator {
         let keep = self.config.keep_rounds;
         self.payloads.retain(|&r, _| r.saturating_add(keep) > round);
         self.refetch.retain(|&(r, _), _| r.saturating_add(keep) > round);
+        self.unheld.retain(|&(r, _)| r.saturating_add(keep) > round);
         info!(
             round,
             ring = aggregate.is_some(),
@@ -120,6 +121,16 @@ impl Coordinator {
             traffic: std::mem::take(&mut self.traffic).report(),
         };
         self.events.push_back(Event::RoundCommitted { round, delivered, aggregate, stats });
+        // A live member known to have applied the previous round applies this one from the
+        // commit it is sent now: it stays known as current, which makes it the preferred
+        // snapshot provider. One known to be behind (it rejoined to replay) stays at the
+        // round it reported until it reports again.
+        let previous = round.checked_sub(1);
+        for m in self.members.values_mut() {
+            if m.phase == Phase::Live && m.conn.is_some() && m.last_applied == previous {
+                m.last_applied = Some(round);
+            }
+        }
         let msg = record.to_message();
         let targets: Vec<ConnId> = self
             .members

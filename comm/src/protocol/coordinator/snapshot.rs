@@ -1,9 +1,12 @@
 //! Catch-up by snapshot: asking a live member for its state and relaying it to the members
 //! that need it.
 //!
-//! One request is in flight at a time. The provider is the lowest-id live connected member
-//! not yet tried; it uploads its state as of right after applying the requested round (or
-//! a later one). The latest upload is cached, so members that need state later are served
+//! One request is in flight at a time. The provider is a live connected member not yet
+//! tried, the one that applied the latest round as far as the coordinator knows (then the
+//! lowest id): a member that is behind (one that rejoined after a restart and still
+//! replays commits whose payloads may be gone) would make the newcomer wait for rounds it
+//! may never apply. It uploads its state as of right after applying the requested round
+//! (or a later one). The latest upload is cached, so members that need state later are served
 //! at once as long as the commits after it are still remembered for replay; otherwise a
 //! fresh snapshot is requested. A member that gets state becomes live: it replays the
 //! commits after the snapshot and joins rounds from the next boundary, or, when it belongs
@@ -108,21 +111,24 @@ impl Coordinator {
 
     fn ask(&mut self, now: Instant, mut tried: BTreeSet<MemberId>) {
         let Some(round) = self.committed else { return };
-        let live: Vec<(MemberId, ConnId)> = self
+        let mut live: Vec<(MemberId, ConnId, Option<Round>)> = self
             .members
             .iter()
             .filter(|(_, m)| m.phase == Phase::Live)
-            .filter_map(|(&id, m)| m.conn.map(|c| (id, c)))
+            .filter_map(|(&id, m)| m.conn.map(|c| (id, c, m.last_applied)))
             .collect();
-        if live.iter().all(|(id, _)| tried.contains(id)) {
+        // The most current first, then by id: stable, so retries walk down the same list.
+        live.sort_by_key(|&(id, _, applied)| (std::cmp::Reverse(applied), id));
+        if live.iter().all(|(id, _, _)| tried.contains(id)) {
             // Everyone was tried: start over rather than give up.
             tried.clear();
         }
-        let Some(&(provider, conn)) = live.iter().find(|(id, _)| !tried.contains(id)) else {
+        let Some(&(provider, conn, applied)) = live.iter().find(|(id, _, _)| !tried.contains(id))
+        else {
             warn!("a member needs state but no live member can provide it");
             return;
         };
-        info!(provider, round, "snapshot requested");
+        info!(provider, round, provider_applied = ?applied, "snapshot requested");
         self.send(conn, ToWorker::SnapshotRequest { round });
         self.asking = Some(SnapshotAsk { provider, round, asked: now, tried });
         self.events.push_back(Event::SnapshotRequested { provider, round });

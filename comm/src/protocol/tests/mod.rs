@@ -1,5 +1,6 @@
 //! Scripted tests of the round protocol over an in-memory network with a manual clock.
 
+mod catchup;
 mod net;
 mod prop;
 mod ring;

@@ -6,7 +6,8 @@
 //! Holders: in Relay the coordinator (asked twice); in AllGather the payload's author, then
 //! the other committed members in ascending order. A reply from any holder asked earlier is
 //! still accepted: it is matched by digest. When every holder was asked the worker gives up
-//! on replay and asks for a snapshot.
+//! on replay and asks for a snapshot. A request to the coordinator that a lost connection
+//! (or a coordinator restart) swallowed is sent again once the worker is welcomed back.
 
 use std::time::Instant;
 
@@ -240,6 +241,19 @@ impl WorkerProto {
                 }
             };
             self.transmits.push_back(transmit);
+        }
+    }
+
+    /// A new connection to the coordinator was welcomed: requests it had been sent died with
+    /// the old connection (or with the coordinator), and no answer will come. Each is asked
+    /// again, of the same holder, after `fetch_grace`: left alone it would wait out its
+    /// `fetch_timeout` first, straggling meanwhile in every round it is a member of.
+    pub(super) fn refetch_after_reconnect(&mut self, now: Instant) {
+        let due = now + self.config.fetch_grace;
+        for fetch in self.fetches.values_mut().filter(|f| f.asked == Some(Dest::Coordinator)) {
+            fetch.next = fetch.next.saturating_sub(1);
+            fetch.asked = None;
+            fetch.due = fetch.due.min(due);
         }
     }
 

@@ -483,6 +483,7 @@ impl WorkerProto {
             self.fetches.clear();
         } else {
             self.awaiting_state = None;
+            self.refetch_after_reconnect(now);
         }
         self.progress(now);
     }

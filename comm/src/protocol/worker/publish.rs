@@ -99,10 +99,18 @@ impl WorkerProto {
         debug!(round, "payload sent");
     }
 
-    /// Relay: uploads this worker's payload of `round` again, if it still has it.
+    /// Relay: uploads this worker's payload of `round` again, or says it no longer holds it
+    /// (a process that restarted since it published). Silence would leave the members
+    /// fetching it waiting out their fetch timeouts before they ask for state, and by then
+    /// the members that could provide one may have finished and left.
     pub(super) fn reupload(&mut self, round: Round) {
-        let (Some(me), Some(held)) = (self.member, self.own.get(&round)) else {
+        let Some(me) = self.member else {
             return self.reject(Dest::Coordinator, Some(round), RejectReason::Unsolicited);
+        };
+        let Some(held) = self.own.get(&round) else {
+            debug!(round, "asked to upload a payload again that is no longer held");
+            self.transmits.push_back(Transmit::Control { msg: ToCoordinator::NotHeld { round } });
+            return;
         };
         let bytes = held.bytes.clone();
         debug!(round, "payload uploaded again");
