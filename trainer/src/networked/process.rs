@@ -15,7 +15,6 @@ use meridian_comm::quic::JoinString;
 use meridian_optimizer::params::ParamSet;
 use meridian_optimizer::signature::run_signature;
 use meridian_optimizer::solo::SoloWorker;
-use meridian_optimizer::train_step::TrainStep;
 use serde::Serialize;
 
 use super::drive::{drive, AppliedRound};
@@ -185,7 +184,11 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         );
         per_round.push(record);
     })?;
-    let final_val_loss = w.train.eval_loss()?;
+    // The synchronized model's loss (Streaming DiLoCo: its global copy): what every replica
+    // agrees on after the run's last round, which is its last step when the steps are a
+    // whole number of rounds.
+    let final_val_loss =
+        crate::report::sync_eval::eval_synchronized(&mut w.train, &w.params, w.outer.as_ref())?;
     let summary = WorkerSummary {
         name: args.name.clone(),
         member,

@@ -142,6 +142,15 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     check(&all)
 }
 
+/// Whether every worker that applied a round held the same model right after it.
+fn agree_round_by_round(outcomes: &[process::Outcome]) -> bool {
+    let mut seen = std::collections::BTreeMap::new();
+    outcomes
+        .iter()
+        .flat_map(|o| &o.round_hashes)
+        .all(|&(round, hash)| *seen.entry(round).or_insert(hash) == hash)
+}
+
 /// Fails when a run broke an invariant: diverged replicas, or commits not applied exactly.
 fn check(runs: &[(&str, &SimSummary)]) -> Result<()> {
     let mut broken = Vec::new();
@@ -563,7 +572,7 @@ fn summarize(
         simulated_seconds: simulated,
         compute_utilization: utilization,
         seconds_to_target: None,
-        replicas_identical: outcomes.windows(2).all(|p| p[0].hash == p[1].hash),
+        replicas_identical: agree_round_by_round(&outcomes),
         rounds_committed: outcomes.iter().map(|o| o.rounds_done).max().unwrap_or(0),
         commit_error,
         faults: report::FaultTally {
@@ -583,7 +592,7 @@ fn summarize(
                 finished_seconds: o.finished,
                 compute_seconds: o.compute.as_secs_f64(),
                 bytes_sent: o.sent,
-                hash: format!("{:016x}", o.hash),
+                hash: o.round_hashes.last().map_or_else(String::new, |h| format!("{:016x}", h.1)),
             })
             .collect(),
         // Filled once every algorithm has run (it needs DDP's loss).

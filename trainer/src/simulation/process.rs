@@ -133,8 +133,10 @@ pub struct Outcome {
     pub compute: Duration,
     /// Simulated seconds when it finished.
     pub finished: f64,
-    /// Consensus hash at the end.
-    pub hash: u64,
+    /// (round, consensus hash right after it) for every round it applied: replicas must
+    /// agree round by round (between rounds, and after the last one when the run ends
+    /// mid-round, their local parameters legitimately differ).
+    pub round_hashes: Vec<(u64, u64)>,
     /// Worker 0: validation loss before training.
     pub initial_val_loss: Option<f64>,
     /// Training losses of its last 5% of steps.
@@ -151,6 +153,7 @@ struct Tally {
     applied: Vec<(u64, u64, Vec<u32>)>,
     losses: Vec<f64>,
     initial_val_loss: Option<f64>,
+    round_hashes: Vec<(u64, u64)>,
 }
 
 /// A worker process's connection to the run.
@@ -304,7 +307,7 @@ fn train(
         received: bytes.received.get(),
         compute: observer.charger.charged(),
         finished,
-        hash: w.outer.consensus_hash(&w.params)?,
+        round_hashes: tally.round_hashes.clone(),
         initial_val_loss: tally.initial_val_loss,
         tail_losses: tally.losses[skip..].to_vec(),
     })
@@ -331,6 +334,7 @@ impl DriveObserver<LmStep> for &mut Observer<'_, '_> {
         members.sort_unstable();
         let incarnation = tally.incarnation;
         tally.applied.push((incarnation, ex.round, members));
+        tally.round_hashes.push((ex.round, ex.hash));
         if let Some(sent) = self.ctx.sent.borrow_mut().get_mut(self.index) {
             *sent = self.bytes.sent.get();
         }

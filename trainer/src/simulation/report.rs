@@ -119,7 +119,7 @@ pub struct ChaosRow {
     pub loss_vs_clean: f64,
     /// loss_vs_clean <= [`LOSS_MARGIN`] (a lower loss, say with a worker more, is fine).
     pub within_margin: bool,
-    /// Every live worker ended with identical parameters.
+    /// Every live worker held identical parameters after every round it applied.
     pub replicas_identical: bool,
     /// No payload applied twice or lost from a committed round.
     pub commits_consistent: bool,
@@ -198,7 +198,7 @@ impl ChaosRow {
              lost and workers it admitted again; rejected = frames, connections and payloads\n\
              refused; val = final validation loss, vs clean = against the same run without\n\
              faults (margin: at most {:.0}% higher{}); delay = simulated time the faults cost;\n\
-             replicas = every worker ended with identical parameters; commits = every worker\n\
+             replicas = every worker held identical parameters after every round; commits = every worker\n\
              applied each committed round once, with exactly the committed payloads.",
             LOSS_MARGIN * 100.0,
             if off.is_empty() { String::new() } else { format!("; outside: {}", off.join(", ")) }
@@ -219,7 +219,7 @@ pub struct SimWorker {
     pub compute_seconds: f64,
     /// Payload bytes it sent.
     pub bytes_sent: u64,
-    /// Its consensus hash at the end (hex).
+    /// Its consensus hash right after the last round it applied (hex; empty if none).
     pub hash: String,
 }
 
@@ -361,7 +361,7 @@ impl SimSummary {
              compute = time computing over total time (mean over workers);\n\
              to target = simulated time until the validation loss first reached {:.4}\n\
              (the lowest every algorithm reached, unless --target-loss);\n\
-             replicas = every worker ended with identical parameters.\n{}",
+             replicas = every worker held identical parameters after every round.\n{}",
             self.target_loss,
             frontier::baseline_line(&self.ddp_bf16_ring)
         );
