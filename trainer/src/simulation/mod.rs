@@ -572,7 +572,7 @@ fn summarize(
         simulated_seconds: simulated,
         compute_utilization: utilization,
         seconds_to_target: None,
-        replicas_identical: agree_round_by_round(&outcomes),
+        replicas_identical: agree_round_by_round(outcomes),
         rounds_committed: outcomes.iter().map(|o| o.rounds_done).max().unwrap_or(0),
         commit_error,
         faults: report::FaultTally {
