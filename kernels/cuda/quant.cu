@@ -1,5 +1,6 @@
 // Blockwise quantization and dequantization (kernels/src/quant): absmax at 8/4/2 bits, sign
-// with a mean-magnitude scale at 1 bit, and the 2^b-entry codebook. One CUDA block per
+// with a mean-magnitude scale at 1 bit, the 2^b-entry codebook, and sign plus Lloyd-Max
+// magnitude levels (one thread per sign, the CPU's passes in its order). One CUDA block per
 // quantization block. Statistics whose value depends on summation order (sums, means,
 // variances, bin means) are accumulated by one thread in element order in double, exactly
 // as on the CPU; order-free ones (max |x|) are reduced in parallel, min and max in element
@@ -9,6 +10,10 @@
 
 #define SCHEME_ABSMAX 0u
 #define SCHEME_CODEBOOK 1u
+#define SCHEME_SIGN_LLOYD 2u
+// kernels/src/quant/sign_lloyd.rs: MAX_ITERATIONS, and the most magnitude levels per sign.
+#define SIGN_LLOYD_MAX_ITERATIONS 16u
+#define SIGN_LLOYD_MAX_LEVELS 128u
 
 // The (i+1)-th output of SplitMix64 seeded with `seed`: element i's draw in kernels/src/rng.rs.
 __device__ __forceinline__ u64 splitmix_at(u64 seed, u64 i) {
@@ -28,6 +33,104 @@ __device__ __forceinline__ double at_least(double v, double floor) { return v < 
 // `v` lowered to `ceiling`, `v` itself when they compare equal: the CPU's at_most.
 __device__ __forceinline__ double at_most(double v, double ceiling) {
     return v > ceiling ? ceiling : v;
+}
+
+// Whether x has the sign `negative` (-0 counts as non-negative): sign_lloyd.rs's on_side.
+__device__ __forceinline__ bool on_side(float x, bool negative) { return (x < 0.0f) == negative; }
+
+// Number of the sorted thresholds t[0..n) that are <= a: sign_lloyd.rs's cell_of.
+__device__ __forceinline__ u32 cell_of(const double* t, u32 n, double a) {
+    u32 lo = 0;
+    u32 hi = n;
+    while (lo < hi) {
+        const u32 mid = (lo + hi) / 2u;
+        if (t[mid] <= a) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// sign_lloyd.rs's fit_side, step for step: fits one sign's m magnitude levels of
+// x[0..len) into levels[0..m) and writes the codes of that sign's values.
+__device__ void fit_side(const float* x, u32 len, bool negative, u32 m, u8* code,
+                         double* levels) {
+    double thresholds[SIGN_LLOYD_MAX_LEVELS];
+    double sums[SIGN_LLOYD_MAX_LEVELS];
+    u32 counts[SIGN_LLOYD_MAX_LEVELS];
+    double mn = 0.0;
+    double mx = 0.0;
+    bool any = false;
+    for (u32 i = 0; i < len; ++i) {
+        if (!on_side(x[i], negative)) continue;
+        const double a = (double)fabsf(x[i]);
+        if (!any || a < mn) mn = a;
+        if (!any || a > mx) mx = a;
+        any = true;
+    }
+    // 1. Split every cell at its mean, log2(m) times.
+    u32 cells = 1;
+    while (cells < m) {
+        for (u32 j = 0; j < cells; ++j) {
+            sums[j] = 0.0;
+            counts[j] = 0;
+        }
+        for (u32 i = 0; i < len; ++i) {
+            if (!on_side(x[i], negative)) continue;
+            const double a = (double)fabsf(x[i]);
+            const u32 j = cell_of(thresholds, cells - 1u, a);
+            sums[j] += a;
+            counts[j] += 1u;
+        }
+        for (u32 jj = cells; jj-- > 0;) {
+            const double lower = jj == 0 ? 0.0 : thresholds[jj - 1u];
+            double split = lower;
+            if (counts[jj] > 0) {
+                split = at_least(sums[jj] / (double)counts[jj], lower);
+                if (jj + 1u < cells) split = at_most(split, thresholds[jj]);
+            }
+            if (jj + 1u < cells) thresholds[2u * jj + 1u] = thresholds[jj];
+            thresholds[2u * jj] = split;
+        }
+        cells *= 2u;
+    }
+    // 2. Lloyd-Max: assign, average, move the thresholds to the midpoints.
+    for (u32 it = 0; it < SIGN_LLOYD_MAX_ITERATIONS; ++it) {
+        for (u32 j = 0; j < m; ++j) {
+            sums[j] = 0.0;
+            counts[j] = 0;
+        }
+        bool changed = false;
+        for (u32 i = 0; i < len; ++i) {
+            if (!on_side(x[i], negative)) continue;
+            const double a = (double)fabsf(x[i]);
+            const u32 j = cell_of(thresholds, m - 1u, a);
+            sums[j] += a;
+            counts[j] += 1u;
+            const u8 c = (u8)(negative ? m - 1u - j : m + j);
+            changed = changed || code[i] != c;
+            code[i] = c;
+        }
+        if (it > 0 && !changed) break;
+        for (u32 j = 0; j < m; ++j) {
+            const double lower = j == 0 ? 0.0 : thresholds[j - 1u];
+            double level = lower;
+            if (counts[j] > 0) {
+                level = at_least(sums[j] / (double)counts[j], lower);
+                if (j + 1u < m) level = at_most(level, thresholds[j]);
+            }
+            levels[j] = level;
+        }
+        for (u32 j = 0; j + 1u < m; ++j) {
+            thresholds[j] = (levels[j] + levels[j + 1u]) / 2.0;
+        }
+    }
+    // 3. Inside the data's range.
+    if (any) {
+        for (u32 j = 0; j < m; ++j) levels[j] = at_most(at_least(levels[j], mn), mx);
+    }
 }
 
 // Quantizes vals[0..n) in blocks of `block`. Writes per block its parameters (1 scale, or
@@ -122,6 +225,27 @@ extern "C" __global__ void quantize_blocks(const float* __restrict__ vals, u32 n
             }
             code[i] = (u8)q;
             out[i] = __fmul_rn(__fsub_rn((float)q, h), s);
+        }
+        return;
+    }
+
+    if (scheme == SCHEME_SIGN_LLOYD) {
+        __shared__ double s_levels[2][SIGN_LLOYD_MAX_LEVELS];
+        const u32 m = levels >> 1;
+        // One thread per sign; each writes only the codes of its sign's values.
+        for (u32 side = threadIdx.x; side < 2u; side += blockDim.x) {
+            fit_side(x, len, side == 0u, m, code, s_levels[side]);
+        }
+        __syncthreads();
+        float* entries_out = params + (u64)blockIdx.x * levels;
+        for (u32 j = threadIdx.x; j < levels; j += blockDim.x) {
+            const float e = j < m ? (float)(-s_levels[0][m - 1u - j]) : (float)s_levels[1][j - m];
+            s_entries[j] = e;
+            entries_out[j] = e;
+        }
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < len; i += blockDim.x) {
+            out[i] = s_entries[code[i]];
         }
         return;
     }
@@ -237,7 +361,7 @@ extern "C" __global__ void dequantize(const u8* __restrict__ packed, const float
     const u32 per = 8u / bits;
     const u32 code = ((u32)packed[i / per] >> ((i % per) * bits)) & ((1u << bits) - 1u);
     const u32 b = i / block;
-    if (scheme == SCHEME_CODEBOOK) {
+    if (scheme == SCHEME_CODEBOOK || scheme == SCHEME_SIGN_LLOYD) {
         out[i] = params[(u64)b * (1u << bits) + code];
     } else if (bits == 1u) {
         out[i] = code ? params[b] : -params[b];

@@ -143,16 +143,16 @@ fn scenario(
         .collect()
 }
 
-// Measured final held-out losses (start 7.96; clean runs: DiLoCo 1.018, SparseLoCo 1.078):
+// Measured final held-out losses (start 7.96; clean runs: DiLoCo 1.018, SparseLoCo 1.083):
 //
 // | attack        | algorithm  | mean  | clip_median | trimmed_mean | reject_outliers |
 // |---------------|------------|-------|-------------|--------------|-----------------|
 // | ×100          | DiLoCo     | 205   | 1.018       | 1.022        | 1.015 (3 out)   |
 // | sign-flipped  | DiLoCo     | 1.092 | 1.099       | 1.042        | 1.015 (3 out)   |
 // | noise (2.5×)  | DiLoCo     | 1.102 | 1.031       | 1.019        | 1.102           |
-// | ×100          | SparseLoCo | 106   | 1.086       | refused      | 1.008 (3 out)   |
-// | sign-flipped  | SparseLoCo | 1.242 | 1.230       | refused      | 1.008 (3 out)   |
-// | noise (2.5×)  | SparseLoCo | 1.145 | 1.090       | refused      | 1.145           |
+// | ×100          | SparseLoCo | 151   | 1.052       | refused      | 1.032 (3 out)   |
+// | sign-flipped  | SparseLoCo | 1.202 | -           | refused      | 1.032 (3 out)   |
+// | noise (2.5×)  | SparseLoCo | 1.116 | 1.082       | refused      | -               |
 //
 // DDP (clean 0.790): ×100 under the mean 1.458, under clip_median 0.789; a sign flip under
 // the mean 0.973, under trimmed_mean 0.985, under reject_outliers 0.967. One step's gradient
@@ -161,7 +161,9 @@ fn scenario(
 // with nobody attacking), so DDP has no defence against a sign flip here yet.
 //
 // Honest runs: DiLoCo clip 1.017, trimmed 1.028, reject 1.018 (nobody rejected); SparseLoCo
-// clip 1.062, reject 1.078. A sign-flipped update has an honest norm: only the trimmed mean
+// clip 1.057, reject 1.083. (SparseLoCo's rows are with its sign/Lloyd 2-bit values; the
+// equal-bin grid before it measured clean 1.078 and noise under the mean 1.145; `-`: the
+// tests do not run that cell.) A sign-flipped update has an honest norm: only the trimmed mean
 // and the direction test of `reject_outliers` see it. Noise of plausible norm is nearly
 // orthogonal to everyone, so the direction test does not see it; clipping bounds it.
 
@@ -229,7 +231,7 @@ fn sparseloco_survives_a_member_scaling_its_update_by_100() {
 
 #[test]
 fn sparseloco_survives_a_member_sending_noise_of_plausible_norm() {
-    scenario(sparseloco, &SPARSELOCO_CLEAN, Attack::Noise, 1.04, &[Aggregation::ClipMedian]);
+    scenario(sparseloco, &SPARSELOCO_CLEAN, Attack::Noise, 1.025, &[Aggregation::ClipMedian]);
 }
 
 #[test]

@@ -432,6 +432,28 @@ fn compress_matches_cpu(h: &Harness, limit: usize) {
             }),
             ..CompressorConfig::demo()
         },
+        CompressorConfig {
+            values: Some(QuantConfig::sparseloco_2bit_equal_bins()),
+            ..CompressorConfig::sparseloco()
+        },
+        CompressorConfig {
+            values: Some(QuantConfig {
+                bits: Bits::B8,
+                block: 300,
+                ..QuantConfig::sparseloco_2bit()
+            }),
+            ..CompressorConfig::demo()
+        },
+        CompressorConfig {
+            values: Some(QuantConfig {
+                bits: Bits::B1,
+                block: 70,
+                ..QuantConfig::sparseloco_2bit()
+            }),
+            chunk_len: 1000,
+            selection: Selection::PerChunk { k: 40 },
+            ..CompressorConfig::sparseloco()
+        },
     ];
     let shapes: [&[usize]; 7] =
         [&[3 * 4096 + 100], &[128, 192], &[70, 130], &[7], &[100, 1], &[16, 8], &[200, 33]];
@@ -493,6 +515,8 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
         let plan = IndexPlan::new(&spec).unwrap();
         for q in [
             QuantConfig::sparseloco_2bit(),
+            QuantConfig::sparseloco_2bit_equal_bins(),
+            QuantConfig { bits: Bits::B4, block: 700, ..QuantConfig::sparseloco_2bit() },
             QuantConfig::int8(),
             QuantConfig::int4(),
             QuantConfig::sign_1bit(),
@@ -526,7 +550,11 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
                     put_u32(&mut b, v);
                 }
                 b.extend_from_slice(&body);
-                let scheme = usize::from(matches!(q.scheme, Scheme::Codebook { .. }));
+                let scheme = match q.scheme {
+                    Scheme::Absmax => 0,
+                    Scheme::Codebook { .. } => 1,
+                    Scheme::SignLloyd => 2,
+                };
                 for v in [
                     quantized.len,
                     quantized.block,

@@ -189,8 +189,11 @@ fn quant_configs(seed: u64) -> Vec<QuantConfig> {
         QuantConfig::int8(),
         QuantConfig::int4(),
         QuantConfig::sparseloco_2bit(),
+        QuantConfig::sparseloco_2bit_equal_bins(),
         QuantConfig::sign_1bit(),
         QuantConfig { block: 100, ..QuantConfig::sparseloco_2bit() },
+        QuantConfig { bits: Bits::B1, block: 333, ..QuantConfig::sparseloco_2bit() },
+        QuantConfig { bits: Bits::B8, block: 1000, ..QuantConfig::sparseloco_2bit() },
         QuantConfig {
             bits: Bits::B8,
             scheme: Scheme::Codebook { clip_sigmas: 2.0 },

@@ -96,7 +96,7 @@ impl CompressorConfig {
         }
     }
 
-    /// DeMo's selection with 2-bit codebook values: the DCT pipeline of the benchmarks.
+    /// DeMo's selection with SparseLoCo's 2-bit values: the DCT pipeline of the benchmarks.
     pub fn demo_2bit() -> Self {
         Self { values: Some(QuantConfig::sparseloco_2bit()), ..Self::demo() }
     }
@@ -220,6 +220,19 @@ impl Compressor {
     #[cfg(feature = "cuda")]
     pub(crate) fn dct_plan(&self) -> Option<&DctPlan> {
         self.dct.as_ref()
+    }
+
+    /// The entries the last [`Compressor::compress`] kept, in the transform domain, with
+    /// their values before quantization: what the value quantizer was given. Empty before
+    /// the first call.
+    pub fn last_selection(&self) -> &Sparse {
+        &self.selected
+    }
+
+    /// The last call's quantized values (codes and per-block parameters, e.g. for
+    /// [`crate::quant::bin_occupancy`]); `None` when values go as f32.
+    pub fn last_quantized(&self) -> Option<&Quantized> {
+        self.config.values.as_ref().map(|_| &self.quantized)
     }
 
     /// Floating-point operations of one forward transform (0 without a transform).

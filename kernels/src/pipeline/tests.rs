@@ -61,6 +61,27 @@ fn sparseloco_bytes_are_what_the_format_says() {
 }
 
 #[test]
+fn last_selection_and_quantized_are_what_the_values_were_made_from() {
+    let n = 4096 * 8;
+    let x = signal(n, 3);
+    let mut c = Compressor::new(CompressorConfig::sparseloco(), &[n]).unwrap();
+    assert!(c.last_selection().is_empty());
+    let out = c.compress(&x).unwrap();
+    let sel = c.last_selection();
+    assert_eq!(sel.indices, out.sent.indices);
+    assert!(sel.indices.iter().zip(&sel.values).all(|(&i, &v)| x[i as usize] == v));
+    let q = c.last_quantized().unwrap();
+    assert_eq!(q.dequantize().unwrap(), out.sent.values);
+    // Kept values of uniform noise sit just below ±1: every 2-bit level is used.
+    let occupancy = crate::quant::bin_occupancy(q);
+    assert!(occupancy.iter().all(|&k| k > sel.len() / 10), "{occupancy:?}");
+    let raw = CompressorConfig { values: None, ..CompressorConfig::sparseloco() };
+    let mut c = Compressor::new(raw, &[n]).unwrap();
+    c.compress(&x).unwrap();
+    assert!(c.last_quantized().is_none());
+}
+
+#[test]
 fn unquantized_selection_is_the_exact_top_k() {
     let x = signal(4096 * 2, 3);
     let cfg = CompressorConfig { values: None, ..CompressorConfig::sparseloco() };

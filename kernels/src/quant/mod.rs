@@ -5,7 +5,10 @@
 //! - [`Scheme::Absmax`]: one scale per block, a uniform grid symmetric about zero (sign
 //!   times mean magnitude at 1 bit). See the `absmax` bounds on [`Scheme::Absmax`].
 //! - [`Scheme::Codebook`]: `2^b` reconstruction values per block, the means of equal-width
-//!   bins over `μ ± c·σ` (SparseLoCo style). See [`Scheme::Codebook`].
+//!   bins over `μ ± c·σ` (SparseLoCo's reference grid, made symmetric). See [`Scheme::Codebook`].
+//! - [`Scheme::SignLloyd`]: `2^b` reconstruction values per block, a sign bit and `b − 1`
+//!   bits of magnitude level fitted per sign by Lloyd–Max: the codebook for values that
+//!   top-k selected by magnitude (SparseLoCo's default). See `sign_lloyd`.
 //!
 //! [`QuantConfig::error_bound`] states each quantizer's worst-case error for a block and the
 //! tests check every element against it.
@@ -17,11 +20,11 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | scheme tag: 0 = absmax, 1 = codebook |
+//! | 1 | scheme tag: 0 = absmax, 1 = codebook, 2 = sign + Lloyd–Max magnitudes |
 //! | 1 | bits: 1, 2, 4 or 8 |
 //! | 4 | `len` (u32): number of values |
 //! | 4 | `block` (u32): values per block |
-//! | 4 each | params (f32): `ceil(len/block)` scales, or `2^b` entries per block |
+//! | 4 each | params (f32): `ceil(len/block)` scales, or `2^b` entries per block (codes index them) |
 //! | `ceil(len·b/8)` | codes, packed little-endian within each byte, zero padding |
 //!
 //! Quantization is deterministic: statistics are accumulated sequentially in f64 (no
@@ -31,8 +34,10 @@
 mod absmax;
 mod bits;
 mod codebook;
+mod sign_lloyd;
 
 pub use codebook::bin_occupancy;
+pub use sign_lloyd::MAX_ITERATIONS as SIGN_LLOYD_MAX_ITERATIONS;
 
 use crate::error::{check_finite, invalid, malformed, Result};
 use crate::rng::SplitMix64;
@@ -106,6 +111,19 @@ pub enum Scheme {
         /// Half-width of the binned range in standard deviations; finite and positive.
         clip_sigmas: f32,
     },
+    /// `2^b` reconstruction values per block: the sign of each value plus one of
+    /// `M = 2^(b−1)` magnitude levels fitted to that sign's values in the block by
+    /// Lloyd–Max iterations from a mean-splitting start (at most
+    /// [`SIGN_LLOYD_MAX_ITERATIONS`] passes per sign). Made for top-k values, which are
+    /// bimodal: equal bins over `μ ± cσ` leave the outer two of four 2-bit bins nearly
+    /// empty there, while these levels sit where the values are. Entries ascend from the
+    /// most negative to the most positive, codes `0..M` negative and `M..2M` non-negative;
+    /// decoding rejects entries that break that order.
+    ///
+    /// Bound: the sign is kept (zeros may decode to a small non-negative value) and
+    /// `|x − x̂| ≤ max|x| − min|x|` over the values of `x`'s sign. Nearest only:
+    /// [`Rounding::Stochastic`] is rejected.
+    SignLloyd,
 }
 
 /// Which scheme a [`Quantized`] payload was made with: all that decoding needs of a
@@ -117,6 +135,9 @@ pub enum SchemeTag {
     Absmax,
     /// [`Scheme::Codebook`]: `2^b` entries per block. Byte tag 1.
     Codebook,
+    /// [`Scheme::SignLloyd`]: `2^b` ascending entries per block, the lower half `≤ 0` and
+    /// the upper half `≥ 0`. Byte tag 2.
+    SignLloyd,
 }
 
 impl SchemeTag {
@@ -124,6 +145,7 @@ impl SchemeTag {
         match self {
             SchemeTag::Absmax => 0,
             SchemeTag::Codebook => 1,
+            SchemeTag::SignLloyd => 2,
         }
     }
 
@@ -131,6 +153,7 @@ impl SchemeTag {
         match b {
             0 => Some(SchemeTag::Absmax),
             1 => Some(SchemeTag::Codebook),
+            2 => Some(SchemeTag::SignLloyd),
             _ => None,
         }
     }
@@ -139,7 +162,7 @@ impl SchemeTag {
     fn params_per_block(self, bits: Bits) -> usize {
         match self {
             SchemeTag::Absmax => 1,
-            SchemeTag::Codebook => bits.levels(),
+            SchemeTag::Codebook | SchemeTag::SignLloyd => bits.levels(),
         }
     }
 }
@@ -149,6 +172,7 @@ impl From<Scheme> for SchemeTag {
         match s {
             Scheme::Absmax => SchemeTag::Absmax,
             Scheme::Codebook { .. } => SchemeTag::Codebook,
+            Scheme::SignLloyd => SchemeTag::SignLloyd,
         }
     }
 }
@@ -183,8 +207,8 @@ pub struct QuantConfig {
 
 impl QuantConfig {
     /// Checks that `block` is in `1..=u32::MAX`, that a codebook's `clip_sigmas` is finite and
-    /// positive, and that stochastic rounding is only asked of absmax (codebook entries are
-    /// bin means, not grid levels to round between).
+    /// positive, and that stochastic rounding is only asked of absmax (codebook and
+    /// sign/Lloyd entries are cell means, not grid levels to round between).
     pub fn validate(&self) -> Result<()> {
         if self.block == 0 || u32::try_from(self.block).is_err() {
             return Err(invalid("block", format!("{} is not in 1..=u32::MAX", self.block)));
@@ -193,28 +217,34 @@ impl QuantConfig {
             if !(clip_sigmas.is_finite() && clip_sigmas > 0.0) {
                 return Err(invalid("clip_sigmas", format!("{clip_sigmas} is not finite and > 0")));
             }
-            if let Rounding::Stochastic { .. } = self.rounding {
-                return Err(invalid(
-                    "rounding",
-                    "stochastic rounding needs a grid; codebook rounds to bin means",
-                ));
-            }
+        }
+        let grid = matches!(self.scheme, Scheme::Absmax);
+        if let (false, Rounding::Stochastic { .. }) = (grid, self.rounding) {
+            return Err(invalid(
+                "rounding",
+                "stochastic rounding needs a grid; codebook and sign/Lloyd round to cell means",
+            ));
         }
         Ok(())
     }
 
-    /// SparseLoCo's 2-bit codebook: `clip_sigmas = 3.0`, blocks of 4096 values, nearest.
+    /// SparseLoCo's 2-bit values: sign plus two Lloyd–Max magnitude levels per sign
+    /// ([`Scheme::SignLloyd`]), blocks of 4096 values, nearest.
     ///
     /// The four entries cost 128 bits per block, 0.03 bits per value on top of the 2-bit
-    /// codes (1.6%), and 4096 top-k values give stable estimates of `μ` and `σ`. At ±3σ
-    /// the clip catches only genuine outliers while the bins stay narrow.
+    /// codes (1.6%), and 4096 top-k values (about 2000 per sign) fit two levels each
+    /// stably. On the kept values of a pseudo-gradient all four codes are used, where the
+    /// reference's bins over `μ ± 3σ` ([`QuantConfig::sparseloco_2bit_equal_bins`]) used
+    /// two.
     pub fn sparseloco_2bit() -> Self {
-        Self {
-            bits: Bits::B2,
-            scheme: Scheme::Codebook { clip_sigmas: 3.0 },
-            block: 4096,
-            rounding: Rounding::Nearest,
-        }
+        Self { bits: Bits::B2, scheme: Scheme::SignLloyd, block: 4096, rounding: Rounding::Nearest }
+    }
+
+    /// The 2-bit codebook SparseLoCo's reference describes, made symmetric: four equal
+    /// bins over `μ ± 3σ` of each block of 4096, entries the bin means, nearest. Kept for
+    /// comparison with [`QuantConfig::sparseloco_2bit`].
+    pub fn sparseloco_2bit_equal_bins() -> Self {
+        Self { scheme: Scheme::Codebook { clip_sigmas: 3.0 }, ..Self::sparseloco_2bit() }
     }
 
     /// 8-bit absmax, blocks of 256 values, nearest: one f32 scale per 2048 code bits
@@ -238,7 +268,8 @@ impl QuantConfig {
 
     /// Documented worst-case `|x − x̂|` for a block whose values are `block_values`, as
     /// stated on [`Scheme`]: `s/2` or `s` (absmax, nearest or stochastic), `max(a − m, m)`
-    /// or `2a` (1-bit absmax), `w + max(0, max|x − μ| − cσ)` (codebook). The exact-arithmetic
+    /// or `2a` (1-bit absmax), `w + max(0, max|x − μ| − cσ)` (codebook), the widest span
+    /// `max|x| − min|x|` of one sign's values (sign/Lloyd). The exact-arithmetic
     /// bound is widened by `4·ε·absmax + f32::MIN_POSITIVE` for f32 rounding of parameters
     /// and reconstructions, then rounded up to f32. Returns 0 for an empty block and
     /// infinity if a value is not finite (such a block is rejected by [`quantize`]).
@@ -255,6 +286,7 @@ impl QuantConfig {
             Scheme::Codebook { clip_sigmas } => {
                 codebook::error_bound(block_values, self.bits, clip_sigmas)
             }
+            Scheme::SignLloyd => sign_lloyd::error_bound(block_values),
         }
     }
 }
@@ -311,8 +343,9 @@ impl Quantized {
 
     /// Checks that the fields agree: `len` and `block` fit the u32 encoding, `block > 0`
     /// unless empty, `params` has the count the scheme implies, `codes` holds exactly `len`
-    /// codes with zero padding, params are finite and absmax scales are non-negative and
-    /// small enough that every level is finite.
+    /// codes with zero padding, params are finite, absmax scales are non-negative and
+    /// small enough that every level is finite, and sign/Lloyd entries ascend with the
+    /// lower half `≤ 0` and the upper half `≥ 0`.
     pub fn validate(&self) -> Result<()> {
         const WHAT: &str = "quantized";
         if u32::try_from(self.len).is_err() || u32::try_from(self.block).is_err() {
@@ -330,9 +363,17 @@ impl Quantized {
         }
         bits::check_packed("quantized codes", &self.codes, self.bits, self.len)?;
         check_finite("quantized params", &self.params)?;
-        if self.scheme == SchemeTag::Absmax {
-            for &s in &self.params {
-                absmax::check_scale(s, self.bits)?;
+        match self.scheme {
+            SchemeTag::Absmax => {
+                for &s in &self.params {
+                    absmax::check_scale(s, self.bits)?;
+                }
+            }
+            SchemeTag::Codebook => {}
+            SchemeTag::SignLloyd => {
+                for (b, entries) in self.params.chunks_exact(self.bits.levels()).enumerate() {
+                    sign_lloyd::check_entries(b, entries)?;
+                }
             }
         }
         Ok(())
@@ -353,6 +394,7 @@ impl Quantized {
                     absmax::dequantize_block(&mut codes, params[0], self.bits, chunk)
                 }
                 SchemeTag::Codebook => codebook::dequantize_block(&mut codes, params, chunk),
+                SchemeTag::SignLloyd => sign_lloyd::dequantize_block(&mut codes, params, chunk),
             }
         }
         Ok(())
@@ -390,8 +432,8 @@ impl Quantized {
     ///
     /// Rejects, before allocating anything: a short header, an unknown scheme tag or bit
     /// width, `len > max_len`, `block = 0` with `len > 0`, and fewer bytes than the header
-    /// implies. Then rejects non-finite params, out-of-range absmax scales and nonzero code
-    /// padding. Allocation is bounded by `bytes.len()`; no input panics.
+    /// implies. Then rejects non-finite params, out-of-range absmax scales, sign/Lloyd
+    /// entries out of order and nonzero code padding. Allocation is bounded by `bytes.len()`; no input panics.
     pub fn decode(bytes: &[u8], max_len: usize) -> Result<(Self, usize)> {
         const WHAT: &str = "quantized";
         let header: &[u8; HEADER_LEN] =
@@ -443,7 +485,9 @@ pub fn quantize(values: &[f32], cfg: &QuantConfig) -> Result<Quantized> {
 
 /// Quantizes `values` under `cfg` into `out`, reusing its allocations. Fails (leaving `out`
 /// untouched) on an invalid config, a non-finite value, or more than `u32::MAX` values.
-/// Linear in `values.len()` plus the parameter count, with no per-element allocation.
+/// Linear in `values.len()` plus the parameter count (sign/Lloyd: at most
+/// `2 + log2(2^(b−1)) + SIGN_LLOYD_MAX_ITERATIONS` passes per sign), with no per-element
+/// allocation.
 pub fn quantize_into(values: &[f32], cfg: &QuantConfig, out: &mut Quantized) -> Result<()> {
     cfg.validate()?;
     check_finite("quantize values", values)?;
@@ -479,6 +523,9 @@ pub fn quantize_into(values: &[f32], cfg: &QuantConfig, out: &mut Quantized) -> 
                 &mut out.codes,
                 &mut out.params,
             ),
+            Scheme::SignLloyd => {
+                sign_lloyd::quantize_block(block, cfg.bits, &mut out.codes, &mut out.params)
+            }
         }
     }
     bits::pack_in_place(&mut out.codes, cfg.bits);

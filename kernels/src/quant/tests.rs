@@ -54,6 +54,7 @@ fn config() -> impl Strategy<Value = QuantConfig> {
         Just(Scheme::Absmax),
         prop_oneof![Just(0.25f32), Just(1.0), Just(3.0), Just(10.0)]
             .prop_map(|c| Scheme::Codebook { clip_sigmas: c }),
+        Just(Scheme::SignLloyd),
     ];
     (0usize..4, scheme, 1usize..70, any::<u64>(), any::<bool>()).prop_map(
         |(b, scheme, block, seed, stochastic)| {
@@ -96,6 +97,10 @@ proptest! {
                     let own = codebook_element_bound(xb, a, cfg.bits, clip_sigmas);
                     prop_assert!(err <= own, "{cfg:?}: {a} -> {b}, err {err} > {own}");
                 }
+                if cfg.scheme == Scheme::SignLloyd {
+                    // The sign is kept: a negative never decodes above 0, nor the rest below.
+                    prop_assert!(if a < 0.0 { b <= 0.0 } else { b >= 0.0 }, "{a} -> {b}");
+                }
             }
         }
         let occupancy = bin_occupancy(&q);
@@ -125,7 +130,7 @@ proptest! {
 
     #[test]
     fn plausible_headers_never_panic_and_accepted_payloads_are_canonical(
-        tag in 0u8..3, bits in 0u8..10, len in 0u32..40, block in 0u32..12,
+        tag in 0u8..4, bits in 0u8..10, len in 0u32..40, block in 0u32..12,
         tail in vec(any::<u8>(), 0..600),
     ) {
         let mut bytes = vec![tag, bits];
@@ -158,6 +163,7 @@ fn golden_bytes() {
 fn config_validation() {
     for preset in [
         QuantConfig::sparseloco_2bit(),
+        QuantConfig::sparseloco_2bit_equal_bins(),
         QuantConfig::int8(),
         QuantConfig::int4(),
         QuantConfig::sign_1bit(),
@@ -179,6 +185,11 @@ fn config_validation() {
         Err(KernelError::InvalidParameter { name: "rounding", .. })
     ));
     assert!(quantize(&[1.0, 2.0], &stochastic_codebook).is_err());
+    let stochastic_equal_bins = QuantConfig {
+        rounding: Rounding::Stochastic { seed: 1 },
+        ..QuantConfig::sparseloco_2bit_equal_bins()
+    };
+    assert!(stochastic_equal_bins.validate().is_err());
     for b in ALL_BITS {
         assert_eq!(Bits::from_count(b.count()).unwrap(), b);
     }
@@ -312,24 +323,77 @@ fn one_bit_codebook_recovers_two_modes() {
     assert_eq!(bin_occupancy(&q), vec![333, 666]);
 }
 
+/// Kept values of a top-64-of-4096 selection of `n_chunks` chunks drawn by `draw`.
+fn top_k_values(n_chunks: usize, mut draw: impl FnMut() -> f32) -> Vec<f32> {
+    let mut kept = Vec::new();
+    for _ in 0..n_chunks {
+        let mut chunk: Vec<f32> = (0..4096).map(|_| draw()).collect();
+        chunk.sort_by(|a, b| b.abs().total_cmp(&a.abs()));
+        kept.extend_from_slice(&chunk[..64]);
+    }
+    kept
+}
+
+fn rel_error(x: &[f32], cfg: &QuantConfig) -> (f64, Vec<usize>) {
+    let q = quantize(x, cfg).unwrap();
+    let y = q.dequantize().unwrap();
+    let err: f64 = x.iter().zip(&y).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let norm: f64 = x.iter().map(|a| f64::from(*a).powi(2)).sum();
+    ((err / norm).sqrt(), bin_occupancy(&q))
+}
+
 #[test]
-fn two_bit_preset_uses_every_bin_on_top_k_like_values() {
-    // Values that survived a magnitude threshold: |x| ≥ 1 with an exponential tail.
+fn two_bit_preset_uses_every_bin_on_top_k_values() {
+    // Top-k of bounded, light-tailed values (AdamW's updates summed over a round look like
+    // this): the kept magnitudes crowd just above the threshold, the equal bins over
+    // μ ± 3σ leave the outer two empty, and the sign/Lloyd levels use all four.
     let mut rng = SplitMix64::new(5);
-    let x: Vec<f32> = (0..8192)
-        .map(|_| {
-            let tail = -(1.0 - rng.next_unit_f32()).ln();
-            if rng.next_unit_f32() < 0.5 {
-                -(1.0 + tail)
-            } else {
-                1.0 + tail
-            }
-        })
-        .collect();
-    let q = quantize(&x, &QuantConfig::sparseloco_2bit()).unwrap();
-    let occupancy = bin_occupancy(&q);
+    let mut uniform = || 2.0 * rng.next_unit_f32() - 1.0;
+    let x = top_k_values(256, || uniform() + uniform() + uniform());
+    let (lloyd, occupancy) = rel_error(&x, &QuantConfig::sparseloco_2bit());
+    let (equal, equal_occupancy) = rel_error(&x, &QuantConfig::sparseloco_2bit_equal_bins());
     assert_eq!(occupancy.iter().sum::<usize>(), x.len());
-    assert!(occupancy.iter().all(|&n| n > x.len() / 50), "{occupancy:?}");
+    assert!(occupancy.iter().all(|&n| n > x.len() / 10), "{occupancy:?}");
+    assert!(equal_occupancy[0] + equal_occupancy[3] < x.len() / 100, "{equal_occupancy:?}");
+    assert!(lloyd < 0.75 * equal, "sign/Lloyd {lloyd} vs equal bins {equal}");
+    // Heavy tails (Laplace): still every bin, and no worse.
+    let mut rng = SplitMix64::new(6);
+    let x = top_k_values(256, || {
+        let e = -(1.0 - rng.next_unit_f32()).ln();
+        if rng.next_unit_f32() < 0.5 {
+            -e
+        } else {
+            e
+        }
+    });
+    let (lloyd, occupancy) = rel_error(&x, &QuantConfig::sparseloco_2bit());
+    let (equal, _) = rel_error(&x, &QuantConfig::sparseloco_2bit_equal_bins());
+    assert!(occupancy.iter().all(|&n| n > x.len() / 20), "{occupancy:?}");
+    assert!(lloyd < equal, "sign/Lloyd {lloyd} vs equal bins {equal}");
+}
+
+#[test]
+fn sign_lloyd_golden_bytes() {
+    // Magnitudes {1, 3} per sign: two exact levels each.
+    let q = quantize(
+        &[1.0, -3.0, 3.0, -1.0, 1.0],
+        &cfg(Bits::B2, Scheme::SignLloyd, 64, Rounding::Nearest),
+    )
+    .unwrap();
+    let mut expected = vec![2, 2, 5, 0, 0, 0, 64, 0, 0, 0];
+    for e in [-3.0f32, -1.0, 1.0, 3.0] {
+        expected.extend_from_slice(&e.to_le_bytes());
+    }
+    expected.extend_from_slice(&[0b01_11_00_10, 0b10]);
+    assert_eq!(encode(&q), expected);
+    assert_eq!(q.dequantize().unwrap(), vec![1.0, -3.0, 3.0, -1.0, 1.0]);
+    // Entries out of order or of the wrong sign are refused.
+    for (at, v) in [(14, -4.0f32), (22, -0.5)] {
+        let mut bad = expected.clone();
+        bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let err = Quantized::decode(&bad, 5).unwrap_err();
+        assert!(err.to_string().contains("ascend"), "{err}");
+    }
 }
 
 #[test]
@@ -337,6 +401,7 @@ fn every_truncation_is_rejected() {
     let x: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) / 3.0).collect();
     for preset in [
         QuantConfig::sparseloco_2bit(),
+        QuantConfig::sparseloco_2bit_equal_bins(),
         QuantConfig { block: 8, ..QuantConfig::sparseloco_2bit() },
         QuantConfig { block: 5, ..QuantConfig::int4() },
         QuantConfig { block: 16, ..QuantConfig::sign_1bit() },
@@ -354,10 +419,14 @@ fn every_truncation_is_rejected() {
 fn corrupt_headers_and_params_are_rejected() {
     let x: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) / 3.0).collect();
     let absmax = encode(&quantize(&x, &QuantConfig { block: 8, ..QuantConfig::int4() }).unwrap());
-    let codebook =
+    let codebook = encode(
+        &quantize(&x, &QuantConfig { block: 8, ..QuantConfig::sparseloco_2bit_equal_bins() })
+            .unwrap(),
+    );
+    let sign_lloyd =
         encode(&quantize(&x, &QuantConfig { block: 8, ..QuantConfig::sparseloco_2bit() }).unwrap());
-    for bytes in [&absmax, &codebook] {
-        for tag in [2u8, 7, 0x80, 0xff] {
+    for bytes in [&absmax, &codebook, &sign_lloyd] {
+        for tag in [3u8, 7, 0x80, 0xff] {
             let mut b = bytes.clone();
             b[0] = tag;
             assert!(Quantized::decode(&b, 37).is_err(), "tag {tag}");
@@ -393,7 +462,7 @@ fn corrupt_headers_and_params_are_rejected() {
 
 #[test]
 fn huge_len_is_rejected_before_allocating() {
-    for tag in [0u8, 1] {
+    for tag in [0u8, 1, 2] {
         let mut b = vec![tag, 8];
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         b.extend_from_slice(&1u32.to_le_bytes());

@@ -2,18 +2,24 @@
 //! Pre-training with SparseLoCo", arXiv 2508.15706; run in production by Templar): H inner
 //! steps, then every worker folds its pseudo-gradient Δ = θ_global − θ_local into a decayed
 //! error-feedback buffer `e ← β·e + Δ`, sends the top-k of every chunk of `e` with 2-bit
-//! codebook values, and keeps in `e` whatever the receivers will not see, quantization error
+//! values, and keeps in `e` whatever the receivers will not see, quantization error
 //! included. Receivers average each coordinate over the members that sent it and take a
 //! plain SGD step (no outer momentum: the error buffer plays that role).
 //!
 //! The mean is a canonical-order scatter-mean (`meridian_kernels::aggregate`) of every
 //! admitted member's decoded values, so all replicas compute the same bits whatever order
 //! the payloads arrived in; on a GPU the CUDA kernels form it with the same bits.
+//!
+//! The 2-bit values are a sign and one of two magnitude levels per sign, fitted per block
+//! of 4096 kept values by Lloyd–Max ([`ValueLevels::SignLloyd`]): top-k keeps values by
+//! magnitude, so they are bimodal, and the reference's four equal bins over `μ ± 3σ`
+//! ([`ValueLevels::EqualBins`], still selectable) leave its outer two nearly empty there.
 
 use meridian_kernels::aggregate::{Contribution, MeanOver, ScatterScratch};
 use meridian_kernels::pipeline::{CompressorConfig, Selection, Transform};
 use meridian_kernels::quant::{Bits, QuantConfig, Rounding, Scheme};
 use meridian_kernels::sparse::Sparse;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
@@ -32,7 +38,7 @@ pub const F32_VALUE_BITS: u32 = 32;
 
 algo_config! {
     /// SparseLoCo's settings. Defaults are the published ones: chunks of 4096 with k = 64
-    /// (1.56 % density), 2-bit codebook values, error decay β = 0.95 and outer SGD with
+    /// (1.56 % density), 2-bit values, error decay β = 0.95 and outer SGD with
     /// learning rate 1.0 and no momentum (Sarfi et al. 2025); H = 30 is
     /// the interval Templar runs in production (the paper sweeps H ∈ {15, 30, 50, 100}).
     /// Members' updates are combined with the plain mean (the published algorithm) unless
@@ -50,10 +56,13 @@ algo_config! {
         pub chunk: usize,
         /// Entries kept per chunk.
         pub topk: usize,
-        /// Bits per kept value with a codebook quantizer (2, 4 or 8), or `None` for raw f32.
-        /// In config files f32 is written as `value_bits = 32`, since TOML has no null.
+        /// Bits per kept value (1, 2, 4 or 8), or `None` for raw f32. In config files f32
+        /// is written as `value_bits = 32`, since TOML has no null.
         #[serde(with = "value_bits_serde")]
         pub value_bits: Option<u32>,
+        /// Where the `2^value_bits` levels of each block of 4096 kept values go:
+        /// `sign_lloyd` (default), or `equal_bins` as the reference describes.
+        pub value_levels: ValueLevels,
         /// Keep the unsent remainder for the next round (the algorithm). `false` is the
         /// ablation: `e ← Δ` every round and what was not sent is dropped.
         pub error_feedback: bool,
@@ -69,8 +78,31 @@ impl Default for SparselocoConfig {
             chunk: 4096,
             topk: 64,
             value_bits: Some(2),
+            value_levels: ValueLevels::SignLloyd,
             error_feedback: true,
             robust: Robust::default(),
+        }
+    }
+}
+
+/// How SparseLoCo places the levels of its quantized values, per block of 4096 kept values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueLevels {
+    /// A sign bit plus `2^(b−1)` magnitude levels per sign fitted by Lloyd–Max
+    /// ([`Scheme::SignLloyd`]): every level sits where the kept values are.
+    #[default]
+    SignLloyd,
+    /// `2^b` equal bins over the block's `μ ± 3σ`, each decoded to its values' mean
+    /// ([`Scheme::Codebook`]): the reference's grid, made symmetric.
+    EqualBins,
+}
+
+impl ValueLevels {
+    fn scheme(self) -> Scheme {
+        match self {
+            ValueLevels::SignLloyd => Scheme::SignLloyd,
+            ValueLevels::EqualBins => Scheme::Codebook { clip_sigmas: 3.0 },
         }
     }
 }
@@ -118,8 +150,8 @@ impl AlgoSettings for SparselocoConfig {
             return bad(format!("topk {} must be in 1..={} (the chunk)", self.topk, self.chunk));
         }
         if let Some(b) = self.value_bits {
-            if ![2, 4, 8].contains(&b) {
-                return bad(format!("value_bits {b} must be 2, 4, 8 or {F32_VALUE_BITS} (f32)"));
+            if ![1, 2, 4, 8].contains(&b) {
+                return bad(format!("value_bits {b} must be 1, 2, 4, 8 or {F32_VALUE_BITS} (f32)"));
             }
         }
         self.robust.validate("sparseloco", false)
@@ -136,14 +168,14 @@ impl AlgoSettings for SparselocoConfig {
 
 impl SparselocoConfig {
     /// The kernels pipeline this configuration stands for: no transform, per-chunk top-k,
-    /// values through a codebook over ±3σ in blocks of 4096 (as
-    /// [`QuantConfig::sparseloco_2bit`], at the configured width) or raw f32.
+    /// values in blocks of 4096 with the configured levels and width (the default is
+    /// [`QuantConfig::sparseloco_2bit`]) or raw f32.
     pub fn compressor_config(&self) -> Result<CompressorConfig> {
         let values = match self.value_bits {
             None => None,
             Some(b) => Some(QuantConfig {
                 bits: Bits::from_count(b)?,
-                scheme: Scheme::Codebook { clip_sigmas: 3.0 },
+                scheme: self.value_levels.scheme(),
                 rounding: Rounding::Nearest,
                 ..QuantConfig::sparseloco_2bit()
             }),
@@ -363,24 +395,34 @@ mod tests {
     fn trains_in_every_value_width() {
         // 16 of every 64 (25 %) on the small toy model, so the width is what differs.
         let mut bytes = Vec::new();
-        for value_bits in [Some(2), Some(4), Some(8), None] {
+        let widths = [Some(1), Some(2), Some(4), Some(8), None];
+        for (value_bits, value_levels) in widths
+            .into_iter()
+            .map(|b| (b, ValueLevels::SignLloyd))
+            .chain([(Some(2), ValueLevels::EqualBins)])
+        {
             let config = SparselocoConfig {
                 inner_steps: 5,
                 chunk: 64,
                 topk: 16,
                 value_bits,
+                value_levels,
                 ..Default::default()
             };
             let mut h = harness(config, ToyConfig::default());
             let (exchanges, before, after) = run_checked(&mut h, 200);
             assert_eq!(exchanges.len(), 40);
             // Measured 0.127–0.131 of the start for every width.
-            assert!(after < 0.2 * before, "{value_bits:?}: loss {before} -> {after}");
+            assert!(
+                after < 0.2 * before,
+                "{value_bits:?} {value_levels:?}: loss {before} -> {after}"
+            );
             bytes.push(exchanges[0].bytes_per_worker[0]);
         }
-        // 2-bit < 4-bit < f32 values. (8-bit pays a 1 KiB codebook per tensor, more than
-        // f32 on a model this small.)
-        assert!(bytes[0] < bytes[1] && bytes[1] < bytes[3], "{bytes:?}");
+        // 1-bit < 2-bit < 4-bit < f32 values. (8-bit pays a 1 KiB codebook per tensor, more
+        // than f32 on a model this small.) Both 2-bit level placements cost the same.
+        assert!(bytes[0] < bytes[1] && bytes[1] < bytes[2] && bytes[2] < bytes[4], "{bytes:?}");
+        assert_eq!(bytes[1], bytes[5]);
     }
 
     #[test]
@@ -689,7 +731,8 @@ mod tests {
             SparselocoConfig { outer_lr: 0.0, ..d },
             SparselocoConfig { outer_lr: f64::INFINITY, ..d },
             SparselocoConfig { value_bits: Some(3), ..d },
-            SparselocoConfig { value_bits: Some(1), ..d },
+            SparselocoConfig { value_bits: Some(0), ..d },
+            SparselocoConfig { value_bits: Some(16), ..d },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
             assert!(Sparseloco::new(bad, &two_tensor_set(0.0)).is_err());
@@ -698,14 +741,25 @@ mod tests {
             SparselocoConfig { error_decay: 0.0, ..d },
             SparselocoConfig { error_decay: 1.0, ..d },
             SparselocoConfig { topk: 4096, ..d },
+            SparselocoConfig { value_bits: Some(1), ..d },
         ] {
             edge.validate().unwrap();
         }
+        assert_eq!(d.value_levels, ValueLevels::SignLloyd);
+        let equal: SparselocoConfig = toml::from_str("value_levels = \"equal_bins\"").unwrap();
+        assert_eq!(equal, SparselocoConfig { value_levels: ValueLevels::EqualBins, ..d });
+        assert_eq!(
+            equal.compressor_config().unwrap().values,
+            Some(QuantConfig::sparseloco_2bit_equal_bins())
+        );
+        let err = toml::from_str::<SparselocoConfig>("value_levels = \"lloyd\"").unwrap_err();
+        assert!(err.to_string().contains("sign_lloyd"), "{err}");
 
         let parsed: SparselocoConfig = toml::from_str("inner_steps = 50\nvalue_bits = 32").unwrap();
         assert_eq!(parsed, SparselocoConfig { inner_steps: 50, value_bits: None, ..d });
         assert_eq!(parsed.compressor_config().unwrap().values, None);
-        for c in [d, parsed, SparselocoConfig { value_bits: Some(8), error_feedback: false, ..d }] {
+        let others = [SparselocoConfig { value_bits: Some(8), error_feedback: false, ..d }, equal];
+        for c in [d, parsed].into_iter().chain(others) {
             let text = toml::to_string(&c).unwrap();
             assert_eq!(toml::from_str::<SparselocoConfig>(&text).unwrap(), c, "{text}");
         }

@@ -11,16 +11,28 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use meridian_kernels::pipeline::{Compressor, CompressorConfig};
+use meridian_kernels::quant::QuantConfig;
 use meridian_optimizer::outer::diloco::{
     dense_segment, segment_values, Transport, INT8_MIN_ELEMENTS,
 };
 
+use crate::compression::values::ValueStats;
+
 /// The kernel pipelines, in the order the demo runs them by default.
-pub const PIPELINES: [&str; 4] = ["sparseloco", "demo", "demo-2bit", "demo-sign"];
+pub const PIPELINES: [&str; 5] =
+    ["sparseloco", "sparseloco-equal-bins", "demo", "demo-2bit", "demo-sign"];
 
 /// Every name [`Codec::parse`] accepts, pipelines first.
-pub const ALL: [&str; 7] =
-    ["sparseloco", "demo", "demo-2bit", "demo-sign", "diloco-f32", "diloco-bf16", "diloco-int8"];
+pub const ALL: [&str; 8] = [
+    "sparseloco",
+    "sparseloco-equal-bins",
+    "demo",
+    "demo-2bit",
+    "demo-sign",
+    "diloco-f32",
+    "diloco-bf16",
+    "diloco-int8",
+];
 
 /// One way of sending a tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +54,9 @@ pub struct RoundTrip {
     pub decoded: Vec<f32>,
     /// Wall time of the encoding alone.
     pub encode_seconds: f64,
+    /// A pipeline's kept values: their error and its quantizer's level occupancy; `None`
+    /// for a dense transport.
+    pub values: Option<ValueStats>,
 }
 
 impl Codec {
@@ -49,6 +64,10 @@ impl Codec {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "sparseloco" => Self::Pipeline(CompressorConfig::sparseloco()),
+            "sparseloco-equal-bins" => Self::Pipeline(CompressorConfig {
+                values: Some(QuantConfig::sparseloco_2bit_equal_bins()),
+                ..CompressorConfig::sparseloco()
+            }),
             "demo" => Self::Pipeline(CompressorConfig::demo()),
             "demo-2bit" => Self::Pipeline(CompressorConfig::demo_2bit()),
             "demo-sign" => Self::Pipeline(CompressorConfig::demo_sign()),
@@ -63,12 +82,20 @@ impl Codec {
     pub fn describe(&self) -> String {
         match self {
             Self::Pipeline(config) => {
+                let equal_bins = CompressorConfig {
+                    values: Some(QuantConfig::sparseloco_2bit_equal_bins()),
+                    ..CompressorConfig::sparseloco()
+                };
                 let what = if *config == CompressorConfig::sparseloco() {
-                    "top 64 of every 4096 values, 2-bit codebook values"
+                    "top 64 of every 4096 values, 2-bit values: sign + 2 Lloyd-Max magnitude \
+                     levels per sign"
+                } else if *config == equal_bins {
+                    "top 64 of every 4096 values, 2-bit values: 4 equal bins over mean ± 3σ \
+                     (the reference's grid)"
                 } else if *config == CompressorConfig::demo() {
                     "64×64 DCT tiles, top 32 coefficients of each, f32 values"
                 } else if *config == CompressorConfig::demo_2bit() {
-                    "64×64 DCT tiles, top 32 coefficients of each, 2-bit codebook values"
+                    "64×64 DCT tiles, top 32 coefficients of each, 2-bit sign + Lloyd-Max values"
                 } else if *config == CompressorConfig::demo_sign() {
                     "64×64 DCT tiles, top 32 coefficients of each, 1-bit sign values"
                 } else {
@@ -95,11 +122,13 @@ impl Codec {
                 let sent = c.compress(x)?;
                 let encode_seconds = t0.elapsed().as_secs_f64();
                 let decoded = c.decompress(&sent.bytes)?;
+                let values = ValueStats::of_last_call(&c, &sent.sent.values);
                 Ok(RoundTrip {
                     bytes: sent.bytes.len(),
                     kept: sent.sent.len(),
                     decoded,
                     encode_seconds,
+                    values: Some(values),
                 })
             }
             Self::Diloco(transport) => {
@@ -107,7 +136,13 @@ impl Codec {
                 let segment = dense_segment(0, shape, x, *transport)?;
                 let encode_seconds = t0.elapsed().as_secs_f64();
                 let decoded = segment_values(&segment)?;
-                Ok(RoundTrip { bytes: segment.body.len(), kept: x.len(), decoded, encode_seconds })
+                Ok(RoundTrip {
+                    bytes: segment.body.len(),
+                    kept: x.len(),
+                    decoded,
+                    encode_seconds,
+                    values: None,
+                })
             }
         }
     }

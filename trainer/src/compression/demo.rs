@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cli::compress::CompressArgs;
 use crate::compression::codec::Codec;
+use crate::compression::values::ValueStats;
 use crate::model::size::{self, Count};
 
 /// A named parameter tensor's pseudo-gradient, contiguous f32 on the CPU.
@@ -102,15 +103,17 @@ pub fn run_demo(args: &CompressArgs) -> Result<()> {
         args.inner_steps
     );
     println!(
-        "{:<12} {:>12} {:>10} {:>10} {:>10} {:>14}",
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>14}",
         "pipeline", "bytes", "vs fp32", "kept", "rel.error", "compress"
     );
     let fp32_bytes = params * 4;
     println!(
-        "{:<12} {:>12} {:>9.1}x {:>9.2}% {:>10.4} {:>14}",
+        "{:<22} {:>12} {:>9.1}x {:>9.2}% {:>10.4} {:>14}",
         "fp32", fp32_bytes, 1.0, 100.0, 0.0, "-"
     );
+    let mut value_lines = Vec::new();
     for (name, codec) in &codecs {
+        let mut values: Option<ValueStats> = None;
         let mut bytes = 0usize;
         let mut kept = 0usize;
         let (mut err2, mut norm2) = (0f64, 0f64);
@@ -122,6 +125,9 @@ pub fn run_demo(args: &CompressArgs) -> Result<()> {
                     .with_context(|| format!("{name} on {} {:?}", d.name, d.shape))?;
                 seconds += rt.encode_seconds;
                 bytes += rt.bytes;
+                if let Some(v) = &rt.values {
+                    values.get_or_insert_with(ValueStats::default).add(v);
+                }
                 kept += rt.kept;
                 for (a, b) in x.iter().zip(&rt.decoded) {
                     err2 += f64::from(a - b).powi(2);
@@ -132,7 +138,7 @@ pub fn run_demo(args: &CompressArgs) -> Result<()> {
         }
         let rel = if norm2 > 0.0 { (err2 / norm2).sqrt() } else { 0.0 };
         println!(
-            "{:<12} {:>12} {:>9.1}x {:>9.2}% {:>10.4} {:>11.1} ms",
+            "{:<22} {:>12} {:>9.1}x {:>9.2}% {:>10.4} {:>11.1} ms",
             name,
             bytes,
             fp32_bytes as f64 / bytes as f64,
@@ -140,6 +146,15 @@ pub fn run_demo(args: &CompressArgs) -> Result<()> {
             rel,
             seconds * 1e3
         );
+        if let Some(v) = values {
+            value_lines.push(format!("{name:<22} {}", v.describe()));
+        }
+    }
+    if !value_lines.is_empty() {
+        println!("\nThe kept values (rel.error over them alone) and each quantizer level's share:");
+        for line in value_lines {
+            println!("{line}");
+        }
     }
     println!(
         "\nrel.error = ‖Δ − decompress(compress(Δ))‖ / ‖Δ‖ for one round; error feedback carries\n\

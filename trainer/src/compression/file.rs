@@ -32,6 +32,7 @@ use meridian_optimizer::view::with_f32;
 
 use crate::compression::codec::Codec;
 use crate::compression::tensor_file::{self, dtype_name, Content, RawTensor, TensorFile};
+use crate::compression::values::ValueStats;
 
 /// One tensor's result under one algorithm.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,9 @@ pub struct TensorReport {
     pub err2: f64,
     /// ‖x‖².
     pub norm2: f64,
+    /// A pipeline's kept values and its quantizer's level occupancy; `None` for a dense
+    /// transport.
+    pub values: Option<ValueStats>,
 }
 
 /// ‖x − decoded‖ / ‖x‖, with 0/0 = 0 (a zero tensor decoded to zero).
@@ -84,11 +88,7 @@ impl<'a> Destination<'a> {
 /// and with `out` (only for one algorithm) the decoded tensors written there; `-` writes
 /// them to standard output, and the report to standard error so that the two do not mix.
 pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
-    if algos.is_empty() {
-        bail!("--algo names no algorithm");
-    }
-    let codecs: Vec<(String, Codec)> =
-        algos.iter().map(|a| Ok((a.clone(), Codec::parse(a)?))).collect::<Result<_>>()?;
+    let codecs = parse_codecs(algos)?;
     let dest = out.map(Destination::parse);
     if dest.is_some() && codecs.len() != 1 {
         bail!("--out writes one algorithm's decoded tensors; give exactly one --algo");
@@ -105,21 +105,45 @@ pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
         ),
         _ => {}
     }
+    let file = tensor_file::read(input)?;
+    report(&input.display().to_string(), &file, &codecs, dest)
+}
+
+/// The same report on tensors made in memory (`meridian compress --synthetic`), which
+/// `label` names in the report.
+pub fn run_in_memory(label: &str, file: &TensorFile, algos: &[String]) -> Result<()> {
+    report(label, file, &parse_codecs(algos)?, None)
+}
+
+fn parse_codecs(algos: &[String]) -> Result<Vec<(String, Codec)>> {
+    if algos.is_empty() {
+        bail!("--algo names no algorithm");
+    }
+    algos.iter().map(|a| Ok((a.clone(), Codec::parse(a)?))).collect()
+}
+
+/// Every codec on every tensor of `file` (called `label`), printed, with the decoded
+/// tensors written to `dest`.
+fn report(
+    label: &str,
+    file: &TensorFile,
+    codecs: &[(String, Codec)],
+    dest: Option<Destination<'_>>,
+) -> Result<()> {
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let w: &mut dyn Write = match dest {
         Some(Destination::Stdout) => &mut stderr,
         _ => &mut stdout,
     };
-    let file = tensor_file::read(input)?;
-    print_inventory(w, input, &file)?;
+    print_inventory(w, label, file)?;
     let mut totals = Vec::new();
     // One algorithm that cannot take this input (values too large for the DCT, say) should
     // not hide what the others make of it: report it, go on, and fail at the end.
     let mut failed = Vec::new();
-    for (name, codec) in &codecs {
-        let result = compress_all(&file, codec, dest.is_some())
-            .with_context(|| format!("{name} on {}", input.display()));
+    for (name, codec) in codecs {
+        let result =
+            compress_all(file, codec, dest.is_some()).with_context(|| format!("{name} on {label}"));
         let (reports, decoded) = match result {
             Ok(done) => done,
             Err(e) if codecs.len() > 1 => {
@@ -163,14 +187,15 @@ pub fn run(input: &Path, algos: &[String], out: Option<&Path>) -> Result<()> {
     writeln!(
         w,
         "\nbytes: as stored in the input; sent: exact encoded length; \
-         rel.error = ‖x − decoded‖ / ‖x‖ for one exchange"
+         rel.error = ‖x − decoded‖ / ‖x‖ for one exchange; kept values: the same over the \
+         entries top-k kept, and how many of them each quantizer level took"
     )?;
     if !failed.is_empty() {
         bail!(
             "{} of {} algorithms could not compress {}: {} (see each one's reason above)",
             failed.len(),
             codecs.len(),
-            input.display(),
+            label,
             failed.join(", ")
         );
     }
@@ -189,15 +214,14 @@ fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_inventory(w: &mut dyn Write, input: &Path, file: &TensorFile) -> std::io::Result<()> {
+fn print_inventory(w: &mut dyn Write, label: &str, file: &TensorFile) -> std::io::Result<()> {
     let float = file.entries.iter().filter(|e| matches!(e.content, Content::Float(_)));
     let (count, numel, bytes) = float.fold((0usize, 0usize, 0usize), |(c, n, b), e| {
         (c + 1, n + e.numel(), b + e.stored_bytes())
     });
     writeln!(
         w,
-        "{}: {} tensors; {count} compressed ({numel} values, {bytes} bytes as stored)",
-        input.display(),
+        "{label}: {} tensors; {count} compressed ({numel} values, {bytes} bytes as stored)",
         file.entries.len()
     )?;
     for e in &file.entries {
@@ -253,6 +277,7 @@ fn compress_all(
             sent: rt.bytes,
             err2,
             norm2,
+            values: rt.values.clone(),
         });
     }
     Ok((reports, decoded))
@@ -269,12 +294,16 @@ fn total(reports: &[TensorReport]) -> TensorReport {
             sent: 0,
             err2: 0.0,
             norm2: 0.0,
+            values: None,
         },
         |mut t, r| {
             t.bytes += r.bytes;
             t.sent += r.sent;
             t.err2 += r.err2;
             t.norm2 += r.norm2;
+            if let Some(v) = &r.values {
+                t.values.get_or_insert_with(ValueStats::default).add(v);
+            }
             t
         },
     )
@@ -327,20 +356,25 @@ fn print_table(
     for r in reports {
         row(w, r, format!("{:?}", r.shape))?;
     }
-    row(w, &total(reports), String::new())
+    let total = total(reports);
+    row(w, &total, String::new())?;
+    match &total.values {
+        Some(v) => writeln!(w, "  {}", v.describe()),
+        None => Ok(()),
+    }
 }
 
 fn print_summary(w: &mut dyn Write, totals: &[(&str, TensorReport)]) -> std::io::Result<()> {
     writeln!(w, "\nall tensors:")?;
     writeln!(
         w,
-        "{:<12} {:>12} {:>12} {:>9} {:>10}",
+        "{:<22} {:>12} {:>12} {:>9} {:>10}",
         "algorithm", "bytes", "sent", "ratio", "rel.error"
     )?;
     for (name, t) in totals {
         writeln!(
             w,
-            "{:<12} {:>12} {:>12} {:>9} {:>10}",
+            "{:<22} {:>12} {:>12} {:>9} {:>10}",
             name,
             t.bytes,
             t.sent,

@@ -159,6 +159,7 @@ impl QuantPlan {
         let (scheme, clip, per_block) = match cfg.scheme {
             Scheme::Absmax => (0, 0.0, 1),
             Scheme::Codebook { clip_sigmas } => (1, clip_sigmas, 1usize << cfg.bits.count()),
+            Scheme::SignLloyd => (2, 0.0, 1usize << cfg.bits.count()),
         };
         let (stochastic, seed) = match cfg.rounding {
             Rounding::Nearest => (0, 0),
@@ -181,7 +182,11 @@ impl QuantPlan {
     pub(crate) fn finish(&self, codes: Vec<u8>, params: Vec<f32>) -> Result<Quantized> {
         let q = Quantized {
             bits: self.bits,
-            scheme: if self.scheme == 0 { SchemeTag::Absmax } else { SchemeTag::Codebook },
+            scheme: match self.scheme {
+                0 => SchemeTag::Absmax,
+                1 => SchemeTag::Codebook,
+                _ => SchemeTag::SignLloyd,
+            },
             len: self.n,
             block: self.block,
             codes,
