@@ -124,7 +124,7 @@ pub(super) fn quantize_block(
 
 /// `v` raised to `floor`; `v` itself when they compare equal (either zero), as the CUDA
 /// kernel's `at_least`.
-fn at_least(v: f64, floor: f64) -> f64 {
+pub(super) fn at_least(v: f64, floor: f64) -> f64 {
     if v < floor {
         floor
     } else {
@@ -133,7 +133,7 @@ fn at_least(v: f64, floor: f64) -> f64 {
 }
 
 /// `v` lowered to `ceiling`; `v` itself when they compare equal, as the CUDA `at_most`.
-fn at_most(v: f64, ceiling: f64) -> f64 {
+pub(super) fn at_most(v: f64, ceiling: f64) -> f64 {
     if v > ceiling {
         ceiling
     } else {

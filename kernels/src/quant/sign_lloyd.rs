@@ -39,6 +39,7 @@
 //! with the same f64 operations in the same order, so its bytes are the CPU's.
 
 use super::bits::Codes;
+use super::codebook::{at_least, at_most};
 use super::{round_up_f32, rounding_slack, Bits};
 use crate::error::{malformed, Result};
 
@@ -69,24 +70,6 @@ fn cell_of(t: &[f64], a: f64) -> usize {
         }
     }
     lo
-}
-
-/// `v` raised to `floor` (kept as is when they compare equal, as the CUDA `at_least`).
-fn at_least(v: f64, floor: f64) -> f64 {
-    if v < floor {
-        floor
-    } else {
-        v
-    }
-}
-
-/// `v` lowered to `ceiling` (kept as is when they compare equal, as the CUDA `at_most`).
-fn at_most(v: f64, ceiling: f64) -> f64 {
-    if v > ceiling {
-        ceiling
-    } else {
-        v
-    }
 }
 
 /// Whether `x` belongs to the sign `negative` (−0.0 counts as non-negative).

@@ -105,6 +105,28 @@ pub trait FrontierRow {
     fn frontier_mut(&mut self) -> &mut Frontier;
 }
 
+/// Implements [`FrontierRow`] for a summary row with fields `algorithm`, `final_val_loss`,
+/// `bytes_sent_per_worker`, `bytes_received_per_worker` and `frontier`.
+macro_rules! frontier_row {
+    ($row:ty) => {
+        impl $crate::report::frontier::FrontierRow for $row {
+            fn algorithm(&self) -> &str {
+                &self.algorithm
+            }
+            fn final_val_loss(&self) -> f64 {
+                self.final_val_loss
+            }
+            fn bytes_per_worker(&self) -> (f64, f64) {
+                (self.bytes_sent_per_worker, self.bytes_received_per_worker)
+            }
+            fn frontier_mut(&mut self) -> &mut $crate::report::frontier::Frontier {
+                &mut self.frontier
+            }
+        }
+    };
+}
+pub(crate) use frontier_row;
+
 /// Fills every row's frontier from `baseline` and DDP's final loss (if a row is DDP's).
 pub fn fill<R: FrontierRow>(baseline: &DdpBaseline, rows: &mut [R]) {
     let ddp = ddp_loss(rows.iter().map(|r| (r.algorithm(), r.final_val_loss())));

@@ -106,20 +106,7 @@ pub struct Summary {
     pub algorithms: Vec<AlgoSummary>,
 }
 
-impl frontier::FrontierRow for AlgoSummary {
-    fn algorithm(&self) -> &str {
-        &self.algorithm
-    }
-    fn final_val_loss(&self) -> f64 {
-        self.final_val_loss
-    }
-    fn bytes_per_worker(&self) -> (f64, f64) {
-        (self.bytes_sent_per_worker, self.bytes_received_per_worker)
-    }
-    fn frontier_mut(&mut self) -> &mut Frontier {
-        &mut self.frontier
-    }
-}
+frontier::frontier_row!(AlgoSummary);
 
 impl Summary {
     /// Writes the summary as pretty JSON, atomically.

@@ -67,20 +67,7 @@ pub struct SimAlgo {
     pub local_curve: Vec<CurvePoint>,
 }
 
-impl frontier::FrontierRow for SimAlgo {
-    fn algorithm(&self) -> &str {
-        &self.algorithm
-    }
-    fn final_val_loss(&self) -> f64 {
-        self.final_val_loss
-    }
-    fn bytes_per_worker(&self) -> (f64, f64) {
-        (self.bytes_sent_per_worker, self.bytes_received_per_worker)
-    }
-    fn frontier_mut(&mut self) -> &mut Frontier {
-        &mut self.frontier
-    }
-}
+frontier::frontier_row!(SimAlgo);
 
 /// What failed and recovered during one run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
