@@ -177,7 +177,8 @@ class Worker:
             pytest.fail(f"not {count} {prefix!r} lines within {timeout} s:\n{self.describe()}")
         return found
 
-    def _wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> None:
+        """Waits for it to exit (killing it after ``timeout``, which fails the test)."""
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -188,7 +189,7 @@ class Worker:
 
     def finish(self, timeout: float) -> dict:
         """Waits for a successful exit (killing it after ``timeout``) and returns its JSON."""
-        self._wait(timeout)
+        self.wait(timeout)
         if self.proc.returncode != 0:
             pytest.fail(f"failed:\n{self.describe()}")
         if self.out is None or not self.out.exists():

@@ -170,3 +170,23 @@ def test_an_fsdp2_ranks_state_dict_holds_its_inner_optimizer_shard(coordinator_f
     w = spawn(coordinator_factory(min_workers=1).join, "fsdp2", argv=argv)
     w.wait_for("SAME", 1, timeout=120)
     w.finish(timeout=60)
+
+
+def test_a_site_whose_model_differs_is_refused_on_every_rank(coordinator, spawn, tmp_path):
+    """The run's first worker trains a 16-wide model; a site of an 8-wide one is refused.
+    Its leader alone talks to the coordinator, yet every rank fails with the reason
+    (naming the parameter), none waits for a welcome that never comes."""
+    first = spawn(coordinator.join, "first", "--steps", str(STEPS), "--hold")
+    first.wait_for("JOINED", 1, timeout=60)
+    out = tmp_path / "narrow.json"
+    site = spawn(coordinator.join, "narrow",
+                 argv=site_argv(out, "diloco", STEPS, INNER_STEPS, "--hidden", "8"))
+    site.wait(120)
+    assert site.proc.returncode != 0, site.describe()
+    log = site.stderr()
+    for rank in range(RANKS):
+        failed = [line for line in log.splitlines()
+                  if line.startswith(f"[rank{rank}]") and "MeridianError" in line]
+        assert failed, f"rank {rank} did not fail with the reason:\n{log[-4000:]}"
+    assert "hidden.weight" in log and "refused" in log, log[-4000:]
+    first.kill()
