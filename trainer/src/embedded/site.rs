@@ -207,7 +207,23 @@ fn whole_hashes(rounds: &[AppliedRound], parts: &[Vec<u8>]) -> Result<Vec<u8>> {
     Ok(wholes.iter().flat_map(|w| hash_of_records(w).to_le_bytes()).collect())
 }
 
+/// How the leader makes the whole model's bytes of its ranks' parts.
+type Merge = fn(&ShardLayout, &[Vec<u8>]) -> Result<Vec<u8>>;
+
 impl<L: RoundLink> SiteLink<L> {
+    /// What the site sends for this rank's `part`: on a sharded site the ranks' parts,
+    /// gathered and `merge`d on the leader (`None` on the other ranks, which send nothing);
+    /// otherwise `part` itself, the whole.
+    fn whole(&mut self, part: Vec<u8>, merge: Merge) -> Result<Option<Vec<u8>>> {
+        if self.shard.is_none() {
+            return Ok(Some(part));
+        }
+        match self.gather(part)? {
+            Some(parts) => Ok(Some(merge(self.shard.as_ref().context("sharded")?, &parts)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The leader's answer to `ask`, on every rank.
     fn answer(&mut self, ask: impl FnOnce(&mut L) -> Result<Answer>) -> Result<Answer> {
         let said = self.net.as_mut().map(|net| ask(net).map(|a| encode(&[a])));
@@ -219,12 +235,8 @@ impl<L: RoundLink> SiteLink<L> {
 
 impl<L: RoundLink> RoundLink for SiteLink<L> {
     fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
-        let payload = match &self.shard {
-            None => payload,
-            Some(_) => match self.gather(payload)? {
-                Some(parts) => self.shard.as_ref().context("sharded")?.merge_payloads(&parts)?,
-                None => return Ok(()),
-            },
+        let Some(payload) = self.whole(payload, ShardLayout::merge_payloads)? else {
+            return Ok(());
         };
         let Some(net) = self.net.as_mut() else { return Ok(()) };
         if let Err(e) = net.publish(round, payload) {
@@ -250,13 +262,7 @@ impl<L: RoundLink> RoundLink for SiteLink<L> {
     }
 
     fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()> {
-        let state = match &self.shard {
-            None => state,
-            Some(_) => match self.gather(state)? {
-                Some(parts) => self.shard.as_ref().context("sharded")?.merge_states(&parts)?,
-                None => return Ok(()),
-            },
-        };
+        let Some(state) = self.whole(state, ShardLayout::merge_states)? else { return Ok(()) };
         match self.net.as_mut() {
             Some(net) => net.provide_state(round, state),
             None => Ok(()),
