@@ -55,6 +55,12 @@ pub struct JoinSpec {
     pub reconnect_timeout: Duration,
 }
 
+/// A rank's place in its site, kept after its channel went to the link.
+struct SiteRole {
+    leads: bool,
+    shard: Option<(Vec<String>, ShardLayout)>,
+}
+
 /// This process is one rank of a site: several ranks training as one worker
 /// ([`crate::embedded::site`]).
 pub struct SiteSpec {
@@ -114,7 +120,9 @@ pub struct EmbeddedWorker {
     interrupt: Option<Box<dyn FnMut() -> Result<()>>>,
     net: Option<Net>,
     /// The site's set-up until joined (the link then holds it).
-    site: Option<SiteSpec>,
+    site: Option<SiteRole>,
+    /// The site's channel until the link takes it at join.
+    channel: Option<Box<dyn SiteChannel>>,
     /// Rounds applied while joining, reported by the next step.
     settled: Vec<AppliedRound>,
     /// The welcome said a peer's state came first (taken while joining).
@@ -261,7 +269,12 @@ impl EmbeddedWorker {
         // Refuse a malformed join string before anything is built.
         let _: JoinString = spec.join.parse().context("the join string")?;
         let (algo, tuning) = algo_config(&spec)?;
-        let mut site = site;
+        let (mut site, channel) = match site {
+            Some(SiteSpec { leads, channel, shard }) => {
+                (Some(SiteRole { leads, shard }), Some(channel))
+            }
+            None => (None, None),
+        };
         let mut first = 0;
         if let Some((names, layout)) = site.as_mut().and_then(|s| s.shard.as_mut()) {
             check_shardable(&algo, names.len())
@@ -294,6 +307,7 @@ impl EmbeddedWorker {
             interrupt: Some(interrupt),
             net: None,
             site,
+            channel,
             settled: Vec::new(),
             took_state: false,
             stats,
@@ -353,10 +367,14 @@ impl EmbeddedWorker {
         if self.net.is_some() {
             return Ok(());
         }
-        let site = self.site.as_mut().map(|s| {
-            let channel = std::mem::replace(&mut s.channel, Box::new(Gone));
-            (s.leads, SiteLink::new(None, channel, s.shard.as_ref().map(|(_, l)| l.clone())))
-        });
+        let site = match &self.site {
+            Some(s) => {
+                let channel = self.channel.take().context("a failed join cannot be retried")?;
+                let layout = s.shard.as_ref().map(|(_, l)| l.clone());
+                Some((s.leads, SiteLink::new(None, channel, layout)))
+            }
+            None => None,
+        };
         let (mut link, welcome, waiting, rtt, runtime) = match site {
             None => {
                 let c = self.connect()?;
@@ -590,18 +608,6 @@ impl EmbeddedWorker {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
         result
-    }
-}
-
-/// The channel a rank's [`SiteSpec`] held once its link took it.
-struct Gone;
-
-impl SiteChannel for Gone {
-    fn broadcast(&mut self, _: Option<Vec<u8>>) -> Result<Vec<u8>> {
-        bail!("the site's channel was handed to its link")
-    }
-    fn gather(&mut self, _: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
-        bail!("the site's channel was handed to its link")
     }
 }
 
