@@ -139,6 +139,9 @@ impl OuterOptimizer for Byzantine {
     fn local_merges(&self) -> u64 {
         self.inner.local_merges()
     }
+    fn overlap(&self) -> u64 {
+        self.inner.overlap()
+    }
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
         self.inner.divergence_suspects()
     }

@@ -54,7 +54,7 @@ pub struct ExchangeReport {
     /// Rejections reported by worker 0's apply (member, reason).
     pub rejected: Rejections,
     /// Wall seconds the exchange took in this process (every worker's prepare, encode,
-    /// decode and apply, one after another).
+    /// decode and apply, one after another; an overlapped round's decode and apply only).
     pub seconds: f64,
 }
 
@@ -80,12 +80,27 @@ pub struct StepReport {
     pub compute_seconds: Vec<f64>,
 }
 
+/// A round every worker published and none has applied yet (overlap): its encoded
+/// payloads, in worker order, and where it lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HarnessFlight {
+    /// The round.
+    pub round: u64,
+    /// The inner step at which it lands.
+    pub lands_at: u64,
+    /// The phase of that step (where it was launched).
+    pub phase: Phase,
+    /// Every worker's encoded payload.
+    pub wire: Vec<Vec<u8>>,
+}
+
 /// The in-process harness.
 pub struct Harness<S> {
     workers: Vec<HarnessWorker<S>>,
     step: u64,
     round: u64,
     shuffle: Option<SplitMix64>,
+    in_flight: Option<HarnessFlight>,
 }
 
 impl<S: TrainStep> Harness<S> {
@@ -115,7 +130,7 @@ impl<S: TrainStep> Harness<S> {
                 )));
             }
         }
-        Ok(Self { workers, step: 0, round: 0, shuffle: None })
+        Ok(Self { workers, step: 0, round: 0, shuffle: None, in_flight: None })
     }
 
     /// Delivers payloads to each receiver in a seeded random order.
@@ -145,9 +160,37 @@ impl<S: TrainStep> Harness<S> {
         self.round = round;
     }
 
-    /// Exchanges done so far.
+    /// Rounds applied so far (a round in flight counts once it lands).
     pub fn rounds_done(&self) -> u64 {
         self.round
+    }
+
+    /// The round launched and not yet landed (overlap), to checkpoint with the workers.
+    pub fn in_flight(&self) -> Option<&HarnessFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// Puts back a round in flight from a checkpoint (after [`Harness::resume_at`]): it
+    /// must be the next round to apply, land no earlier than the current step and hold one
+    /// payload per worker.
+    pub fn resume_in_flight(&mut self, flight: HarnessFlight) -> Result<()> {
+        if flight.round != self.round
+            || flight.lands_at < self.step
+            || flight.wire.len() != self.workers.len()
+        {
+            return Err(OptimizerError::State(format!(
+                "round {} in flight to land at step {} with {} payloads does not fit a run at \
+                 step {} with {} rounds applied and {} workers",
+                flight.round,
+                flight.lands_at,
+                flight.wire.len(),
+                self.step,
+                self.round,
+                self.workers.len()
+            )));
+        }
+        self.in_flight = Some(flight);
+        Ok(())
     }
 
     /// Runs one inner step on every worker, with the exchanges that fall due. A loss or
@@ -168,9 +211,7 @@ impl<S: TrainStep> Harness<S> {
             compute_seconds.push(start.elapsed().as_secs_f64());
         }
         let mut exchanges = Vec::new();
-        if self.workers[0].outer.exchange_due(Phase::AfterBackward, step) {
-            exchanges.push(self.exchange()?);
-        }
+        self.exchange_point(Phase::AfterBackward, &mut exchanges)?;
         // Exchanges after the backward pass have moved the round on.
         let place = Place { round: self.round, step };
         for (w, seconds) in self.workers.iter_mut().zip(&mut compute_seconds) {
@@ -181,9 +222,7 @@ impl<S: TrainStep> Harness<S> {
             w.outer.after_inner_step(&w.params, step).map_err(|e| w.placed(e, place))?;
             *seconds += start.elapsed().as_secs_f64();
         }
-        if self.workers[0].outer.exchange_due(Phase::AfterInnerStep, step) {
-            exchanges.push(self.exchange()?);
-        }
+        self.exchange_point(Phase::AfterInnerStep, &mut exchanges)?;
         self.step += 1;
         Ok(StepReport {
             step,
@@ -198,6 +237,14 @@ impl<S: TrainStep> Harness<S> {
         (0..steps).map(|_| self.step()).collect()
     }
 
+    /// Lands the round in flight now, wherever its landing was due: how an overlapped run
+    /// ends, so that the last round launched is in the final model. `None` when no round
+    /// is in flight.
+    pub fn land_now(&mut self) -> Result<Option<ExchangeReport>> {
+        let Some(f) = self.in_flight.take() else { return Ok(None) };
+        self.land(f.round, &f.wire, 0.0).map(Some)
+    }
+
     /// Mean held-out loss over workers.
     pub fn eval_loss(&mut self) -> Result<f64> {
         let mut total = 0.0;
@@ -207,8 +254,38 @@ impl<S: TrainStep> Harness<S> {
         Ok(total / self.workers.len() as f64)
     }
 
-    fn exchange(&mut self) -> Result<ExchangeReport> {
+    /// At `phase` of the current step: lands the round in flight if it lands here, then
+    /// launches the round due here, if any, and applies it at once unless overlapped.
+    fn exchange_point(&mut self, phase: Phase, out: &mut Vec<ExchangeReport>) -> Result<()> {
+        let step = self.step;
+        if self.in_flight.as_ref().is_some_and(|f| f.lands_at == step && f.phase == phase) {
+            out.extend(self.land_now()?);
+        }
+        if !self.workers[0].outer.exchange_due(phase, step) {
+            return Ok(());
+        }
+        if let Some(f) = &self.in_flight {
+            return Err(OptimizerError::State(format!(
+                "round {} is due at step {step} while round {} is still in flight: overlap \
+                 must not exceed the rounds' spacing",
+                self.round + 1,
+                f.round
+            )));
+        }
         let start = Instant::now();
+        let wire = self.launch()?;
+        let overlap = self.workers[0].outer.overlap();
+        if overlap > 0 {
+            let (round, lands_at) = (self.round, step + overlap);
+            self.in_flight = Some(HarnessFlight { round, lands_at, phase, wire });
+            return Ok(());
+        }
+        out.push(self.land(self.round, &wire, start.elapsed().as_secs_f64())?);
+        Ok(())
+    }
+
+    /// Every worker's encoded payload for the next round.
+    fn launch(&mut self) -> Result<Vec<Vec<u8>>> {
         let round = self.round;
         let mut wire = Vec::with_capacity(self.workers.len());
         let place = Place { round, step: self.step };
@@ -217,6 +294,13 @@ impl<S: TrainStep> Harness<S> {
                 w.outer.prepare(&w.params, round, w.id).map_err(|e| w.placed(e, place))?;
             wire.push(payload.encode());
         }
+        Ok(wire)
+    }
+
+    /// Every worker applies `wire`, the payloads of `round`; `seconds` the launch took.
+    fn land(&mut self, round: u64, wire: &[Vec<u8>], seconds: f64) -> Result<ExchangeReport> {
+        let start = Instant::now();
+        let place = Place { round, step: self.step };
         let bytes_per_worker = wire.iter().map(Vec::len).collect();
         let mut hashes = Vec::with_capacity(self.workers.len());
         let mut rejected = Vec::new();
@@ -253,7 +337,7 @@ impl<S: TrainStep> Harness<S> {
             bytes_per_worker,
             hashes,
             rejected,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: seconds + start.elapsed().as_secs_f64(),
         })
     }
 }

@@ -7,6 +7,11 @@
 //! in time) once the round has closed; the worker decodes and applies exactly those, in
 //! member-id order. A worker whose own payload missed the round applies the others' and
 //! goes on: it is never stalled.
+//!
+//! With an overlapped algorithm ([`OuterOptimizer::overlap`] τ > 0) the worker publishes
+//! its payload where the round is due ([`Exchange::publish`]), trains on, and collects and
+//! applies the round τ inner steps later at the same phase ([`Exchange::collect`]); the
+//! round is then [`InFlight`].
 
 use crate::divergence::{self, Place};
 use crate::error::{OptimizerError, Result};
@@ -42,6 +47,34 @@ pub trait Exchange {
     fn exchange_committed(&mut self, round: u64, payload: Vec<u8>) -> Result<Committed> {
         self.exchange(round, payload).map(Committed::Payloads)
     }
+
+    /// Publishes this worker's payload for `round` without waiting for the round to
+    /// commit: an overlapped round's launch. [`Exchange::collect`] takes the commit later.
+    /// An exchange that can only block says so (the default).
+    fn publish(&mut self, round: u64, _payload: Vec<u8>) -> Result<()> {
+        Err(OptimizerError::Config(format!(
+            "round {round}: this exchange cannot run a round in the background; set the \
+             algorithm's overlap to 0"
+        )))
+    }
+
+    /// Waits for the commit of `round`, published earlier with [`Exchange::publish`].
+    fn collect(&mut self, round: u64) -> Result<Committed> {
+        Err(OptimizerError::Config(format!("round {round} was never published in the background")))
+    }
+}
+
+/// A round published and not yet applied (overlap): where it lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    /// The round.
+    pub round: u64,
+    /// The inner step at which it lands.
+    pub lands_at: u64,
+    /// The phase of that step at which it lands (where it was launched).
+    pub phase: Phase,
+    /// Bytes this worker sent for it.
+    pub sent: usize,
 }
 
 /// What one exchange did for this worker.
@@ -84,6 +117,7 @@ pub struct SoloWorker<S> {
     pub outer: Box<dyn OuterOptimizer>,
     step: u64,
     round: u64,
+    in_flight: Option<InFlight>,
 }
 
 impl<S: TrainStep> SoloWorker<S> {
@@ -96,7 +130,7 @@ impl<S: TrainStep> SoloWorker<S> {
         let params = ParamSet::new(train.parameters())?;
         let outer = make_outer(&params)?;
         train.driven_by(outer.algorithm(), outer.divergence_suspects());
-        Ok(Self { id, train, params, outer, step: 0, round: 0 })
+        Ok(Self { id, train, params, outer, step: 0, round: 0, in_flight: None })
     }
 
     /// Inner steps done.
@@ -104,15 +138,38 @@ impl<S: TrainStep> SoloWorker<S> {
         self.step
     }
 
-    /// Exchanges done.
+    /// Rounds applied (a round in flight is not counted until it lands).
     pub fn rounds_done(&self) -> u64 {
         self.round
     }
 
-    /// Sets the progress counters (after restoring state from a checkpoint or a peer).
+    /// The round published and not yet applied, if any (overlap).
+    pub fn in_flight(&self) -> Option<InFlight> {
+        self.in_flight
+    }
+
+    /// Sets the progress counters (after restoring state from a checkpoint or a peer):
+    /// `step` inner steps and `round` rounds applied, and the round in flight then, which
+    /// must be round `round` (rounds land in order).
     pub fn resume_at(&mut self, step: u64, round: u64) {
         self.step = step;
         self.round = round;
+        self.in_flight = None;
+    }
+
+    /// [`SoloWorker::resume_at`] with a round in flight, which must be round `round` and
+    /// land after `step` inner steps are done at the earliest.
+    pub fn resume_in_flight(&mut self, step: u64, round: u64, in_flight: InFlight) -> Result<()> {
+        if in_flight.round != round || in_flight.lands_at < step {
+            return Err(OptimizerError::State(format!(
+                "a state with {round} rounds applied at step {step} cannot have round {} in \
+                 flight to land at step {}",
+                in_flight.round, in_flight.lands_at
+            )));
+        }
+        self.resume_at(step, round);
+        self.in_flight = Some(in_flight);
+        Ok(())
     }
 
     /// `e` with this worker's algorithm, where it stands and the suspects, when it is a
@@ -135,21 +192,52 @@ impl<S: TrainStep> SoloWorker<S> {
             .and_then(|l| divergence::check_loss(l).map(|()| l))
             .map_err(|e| self.placed(e, self.round))?;
         let mut exchanges = Vec::new();
-        if self.outer.exchange_due(Phase::AfterBackward, step) {
-            exchanges.push(self.exchange(net)?);
-        }
+        self.exchange_point(Phase::AfterBackward, net, &mut exchanges)?;
         if self.outer.runs_inner_optimizer() {
             self.train.inner_step().map_err(|e| self.placed(e, self.round))?;
         }
         self.outer.after_inner_step(&self.params, step).map_err(|e| self.placed(e, self.round))?;
-        if self.outer.exchange_due(Phase::AfterInnerStep, step) {
-            exchanges.push(self.exchange(net)?);
-        }
+        self.exchange_point(Phase::AfterInnerStep, net, &mut exchanges)?;
         self.step += 1;
         Ok(SoloStep { step, loss, exchanges })
     }
 
-    fn exchange(&mut self, net: &mut dyn Exchange) -> Result<SoloExchange> {
+    /// Lands the round in flight now, wherever its landing was due: how a run ends, so that
+    /// the last round launched is in the final model on every replica. `None` when no
+    /// round is in flight.
+    pub fn land_now(&mut self, net: &mut dyn Exchange) -> Result<Option<SoloExchange>> {
+        let Some(f) = self.in_flight else { return Ok(None) };
+        let committed = net.collect(f.round)?;
+        self.in_flight = None;
+        let mut x = self.apply_round(f.round, &committed)?;
+        x.sent = f.sent;
+        Ok(Some(x))
+    }
+
+    /// At `phase` of the current step: lands the round in flight if it lands here, then
+    /// launches the round due here, if any (blocking until it commits unless overlapped).
+    fn exchange_point(
+        &mut self,
+        phase: Phase,
+        net: &mut dyn Exchange,
+        out: &mut Vec<SoloExchange>,
+    ) -> Result<()> {
+        let step = self.step;
+        if self.in_flight.is_some_and(|f| f.lands_at == step && f.phase == phase) {
+            out.extend(self.land_now(net)?);
+        }
+        if !self.outer.exchange_due(phase, step) {
+            return Ok(());
+        }
+        if let Some(f) = self.in_flight {
+            return Err(OptimizerError::State(format!(
+                "round {} is due at step {step} while round {} is still in flight (it lands \
+                 at step {}): overlap must not exceed the rounds' spacing",
+                self.round + 1,
+                f.round,
+                f.lands_at
+            )));
+        }
         let round = self.round;
         let mine = self
             .outer
@@ -157,10 +245,17 @@ impl<S: TrainStep> SoloWorker<S> {
             .map_err(|e| self.placed(e, round))?
             .encode();
         let sent = mine.len();
+        let overlap = self.outer.overlap();
+        if overlap > 0 {
+            net.publish(round, mine)?;
+            self.in_flight = Some(InFlight { round, lands_at: step + overlap, phase, sent });
+            return Ok(());
+        }
         let committed = net.exchange_committed(round, mine)?;
         let mut x = self.apply_round(round, &committed)?;
         x.sent = sent;
-        Ok(x)
+        out.push(x);
+        Ok(())
     }
 
     /// Applies what round `round` committed: payloads or a ring aggregate.
@@ -222,6 +317,10 @@ impl<S: TrainStep> SoloWorker<S> {
 
     /// [`SoloWorker::replay_committed`] for payloads or a ring aggregate.
     pub fn replay_round(&mut self, round: u64, committed: &Committed) -> Result<SoloExchange> {
+        let overlap = self.outer.overlap();
+        if overlap > 0 {
+            return self.replay_overlapped(round, committed, overlap);
+        }
         let at = self.next_exchange().ok_or_else(|| {
             crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
         })?;
@@ -243,6 +342,40 @@ impl<S: TrainStep> SoloWorker<S> {
             self.outer.after_inner_step(&self.params, at)?;
         }
         self.step = at + 1;
+        Ok(x)
+    }
+
+    /// [`SoloWorker::replay_round`] for an overlapped algorithm: the live workers launched
+    /// the round where it was due and applied it `overlap` steps later; this worker applies
+    /// it now and moves to where they stood right after it landed. Landing after the inner
+    /// step, that step was trained; after the backward pass (DeMo), or where the next round
+    /// launches at the same point, the step is still to finish, so it is trained next.
+    fn replay_overlapped(
+        &mut self,
+        round: u64,
+        committed: &Committed,
+        overlap: u64,
+    ) -> Result<SoloExchange> {
+        let (lands_at, phase) = match self.in_flight {
+            Some(f) => (f.lands_at, f.phase),
+            None => {
+                let at = self.next_exchange().ok_or_else(|| {
+                    OptimizerError::State("no exchange within 2^20 steps to replay".into())
+                })?;
+                let phase = if self.outer.exchange_due(Phase::AfterBackward, at) {
+                    Phase::AfterBackward
+                } else {
+                    Phase::AfterInnerStep
+                };
+                (at + overlap, phase)
+            }
+        };
+        let x = self.apply_round(round, committed)?;
+        self.in_flight = None;
+        // Where the next round launches at the landing point (overlap = H), the step is
+        // trained again so that it does; otherwise a landing after the inner step skips it.
+        let trained = phase == Phase::AfterInnerStep && !self.outer.exchange_due(phase, lands_at);
+        self.step = if trained { lands_at + 1 } else { lands_at };
         Ok(x)
     }
 
@@ -310,17 +443,38 @@ mod tests {
 
     impl Exchange for Seat {
         fn exchange(&mut self, round: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            Exchange::publish(self, round, payload)?;
+            match self.collect(round)? {
+                Committed::Payloads(all) => Ok(all),
+                Committed::Aggregate { .. } => unreachable!("a board commits payloads"),
+            }
+        }
+
+        fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
             let late = self.board.drop_member_in_round == Some((self.id, round));
             self.board.slots.lock().unwrap()[self.id as usize] = (!late).then_some(payload);
+            Ok(())
+        }
+
+        fn collect(&mut self, _round: u64) -> Result<Committed> {
             self.board.arrived.wait();
             let all: Vec<Vec<u8>> =
                 self.board.slots.lock().unwrap().iter().flatten().cloned().collect();
             self.board.taken.wait();
-            Ok(all)
+            Ok(Committed::Payloads(all))
         }
     }
 
     fn run_solo(algo: Algorithm, n: u32, steps: u64, drop: Option<(u32, u64)>) -> Vec<Vec<u64>> {
+        run_solo_with(config(algo), n, steps, drop)
+    }
+
+    fn run_solo_with(
+        cfg: AlgoConfig,
+        n: u32,
+        steps: u64,
+        drop: Option<(u32, u64)>,
+    ) -> Vec<Vec<u64>> {
         let board = Arc::new(Board {
             slots: Mutex::new(vec![None; n as usize]),
             arrived: Barrier::new(n as usize),
@@ -329,10 +483,9 @@ mod tests {
         });
         let handles: Vec<_> = (0..n)
             .map(|id| {
-                let board = board.clone();
+                let (board, cfg) = (board.clone(), cfg.clone());
                 std::thread::spawn(move || {
                     tch::set_num_threads(1);
-                    let cfg = config(algo);
                     let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
                     let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
                     let mut seat = Seat { id, board };
@@ -379,6 +532,107 @@ mod tests {
                 .flat_map(|r| r.exchanges.into_iter().map(|x| x.hashes[0]))
                 .collect();
             assert_eq!(solo[0], harness, "{algo}");
+        }
+    }
+
+    /// `algo` with H = 4 (where it has H) and `overlap`.
+    fn overlapped(algo: Algorithm, overlap: u64) -> AlgoConfig {
+        let mut set = vec![("overlap".to_string(), overlap.to_string())];
+        if algo != Algorithm::Demo {
+            set.push(("inner_steps".into(), "4".into()));
+        }
+        AlgoConfig::from_parts(algo, toml::Table::new(), &set).unwrap()
+    }
+
+    fn harness_hashes(cfg: &AlgoConfig, n: u32, steps: u64) -> Vec<(u64, u64)> {
+        tch::set_num_threads(1);
+        let trains = (0..n).map(|w| ToyMlp::new(ToyConfig::default(), w).unwrap()).collect();
+        let mut h = Harness::new(trains, |_, p| cfg.build(p)).unwrap();
+        let mut out = Vec::new();
+        for r in h.run(steps).unwrap() {
+            for x in r.exchanges {
+                assert!(x.replicas_identical(), "round {}", x.round);
+                out.push((x.step, x.hashes[0]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn overlapped_rounds_land_later_and_solo_workers_match_the_harness() {
+        for (algo, overlap) in [
+            (Algorithm::Diloco, 2),
+            (Algorithm::Diloco, 4),
+            (Algorithm::Sparseloco, 3),
+            (Algorithm::Demo, 1),
+        ] {
+            let cfg = overlapped(algo, overlap);
+            let solo = run_solo_with(cfg.clone(), 3, 12, None);
+            assert!(solo.windows(2).all(|w| w[0] == w[1]), "{algo}: replicas differ");
+            let harness = harness_hashes(&cfg, 3, 12);
+            let hashes: Vec<u64> = harness.iter().map(|&(_, h)| h).collect();
+            assert_eq!(solo[0], hashes, "{algo} overlap {overlap}");
+            // Each round lands `overlap` steps after it was due.
+            let period = if algo == Algorithm::Demo { 1 } else { 4 };
+            let steps: Vec<u64> = harness.iter().map(|&(s, _)| s).collect();
+            let due = (0..).map(|r| r * period + period - 1 + overlap);
+            assert_eq!(steps, due.take(steps.len()).collect::<Vec<_>>(), "{algo}");
+            // And it is another run than the blocking one.
+            let blocking = harness_hashes(&overlapped(algo, 0), 3, 12);
+            assert_ne!(blocking[1].1, harness[1].1, "{algo}: overlap changed nothing");
+        }
+    }
+
+    #[test]
+    fn an_overlap_beyond_the_schedule_is_refused_before_anything_runs() {
+        let bad = |algo, set: &[(&str, &str)]| {
+            let set: Vec<(String, String)> =
+                set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            AlgoConfig::from_parts(algo, toml::Table::new(), &set).unwrap_err().to_string()
+        };
+        let e = bad(Algorithm::Diloco, &[("inner_steps", "10"), ("overlap", "11")]);
+        assert!(e.contains("diloco.overlap = 11") && e.contains("at most 10"), "{e}");
+        let e = bad(Algorithm::Demo, &[("overlap", "2")]);
+        assert!(e.contains("demo.overlap = 2") && e.contains("at most 1"), "{e}");
+        let e = bad(Algorithm::Sparseloco, &[("inner_steps", "5"), ("overlap", "6")]);
+        assert!(e.contains("sparseloco.overlap = 6"), "{e}");
+    }
+
+    #[test]
+    fn an_overlapped_replay_lands_where_the_live_worker_did() {
+        for (algo, overlap) in
+            [(Algorithm::Diloco, 2), (Algorithm::Diloco, 4), (Algorithm::Demo, 1)]
+        {
+            tch::set_num_threads(1);
+            let cfg = overlapped(algo, overlap);
+            let mut a =
+                SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 0).unwrap(), |p| cfg.build(p))
+                    .unwrap();
+            let mut net = Alone(Vec::new());
+            let mut live = Vec::new();
+            for _ in 0..10 {
+                for x in a.step(&mut net).unwrap().exchanges {
+                    live.push((x.hash, a.steps_done()));
+                }
+            }
+            let mut b =
+                SoloWorker::new(0, ToyMlp::new(ToyConfig::default(), 1).unwrap(), |p| cfg.build(p))
+                    .unwrap();
+            for (r, &(hash, _)) in live.iter().enumerate() {
+                let x = b.replay_committed(r as u64, &net.0[r..=r]).unwrap();
+                assert_eq!(x.hash, hash, "{algo}: round {r} replayed differently");
+            }
+            // The replica continues from where the live worker's schedule stands: its next
+            // launch is the live worker's next one.
+            assert_eq!(
+                b.next_exchange(),
+                Some(
+                    live.len() as u64 * if algo == Algorithm::Demo { 1 } else { 4 }
+                        + if algo == Algorithm::Demo { 0 } else { 3 }
+                ),
+                "{algo}"
+            );
+            assert!(b.in_flight().is_none());
         }
     }
 
@@ -490,6 +744,20 @@ mod tests {
         fn exchange(&mut self, _: u64, payload: Vec<u8>) -> Result<Vec<Vec<u8>>> {
             self.0.push(payload.clone());
             Ok(vec![payload])
+        }
+
+        fn publish(&mut self, _: u64, payload: Vec<u8>) -> Result<()> {
+            self.0.push(payload);
+            Ok(())
+        }
+
+        fn collect(&mut self, round: u64) -> Result<Committed> {
+            let mine = self
+                .0
+                .get(round as usize)
+                .cloned()
+                .ok_or(OptimizerError::State(format!("round {round} was not published")))?;
+            Ok(Committed::Payloads(vec![mine]))
         }
     }
 

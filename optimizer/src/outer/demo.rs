@@ -21,6 +21,7 @@ use meridian_kernels::quant::QuantConfig;
 use meridian_kernels::sparse::Sparse;
 use tch::{Device, Kind, Tensor};
 
+use super::overlap::check_overlap;
 use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
@@ -59,6 +60,10 @@ algo_config! {
         /// Send 1-bit signs with a per-block scale instead of f32 values, as Psyche does
         /// (default false: `demo.py` sends the values as they are).
         pub sign_values: bool,
+        /// 1: a step's exchange lands at the next step's exchange point, so it travels while
+        /// that step's forward and backward passes run (Psyche's one-step delay; the
+        /// gradient is then taken one outer step stale). 0 (default): it lands at once.
+        pub overlap: u64,
     }
 }
 
@@ -71,6 +76,7 @@ impl Default for DemoConfig {
             chunk: 64,
             topk: 32,
             sign_values: false,
+            overlap: 0,
             robust: Robust::default(),
         }
     }
@@ -114,6 +120,7 @@ impl AlgoSettings for DemoConfig {
         if self.chunk == 0 {
             return bad("chunk must be at least 1".into());
         }
+        check_overlap("demo", self.overlap, 1, "DeMo exchanges at every step")?;
         self.robust.validate("demo", false)
     }
 
@@ -257,6 +264,10 @@ impl OuterOptimizer for Demo {
 
     fn exchange_due(&self, phase: Phase, _step: u64) -> bool {
         phase == Phase::AfterBackward
+    }
+
+    fn overlap(&self) -> u64 {
+        self.config.overlap
     }
 
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload> {

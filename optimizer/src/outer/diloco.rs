@@ -7,6 +7,7 @@ use meridian_kernels::quant::{quantize, Bits, QuantConfig, Quantized, Rounding, 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::overlap::{agreed_hash, check_overlap, Drift};
 use super::{
     receive, receive_aggregate, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
@@ -49,6 +50,10 @@ algo_config! {
         pub nesterov: bool,
         /// Value encoding on the wire.
         pub transport: Transport,
+        /// Inner steps a round's exchange may run behind the training (0 to H; 0 blocks
+        /// at every exchange): the round lands this many steps after its launch, keeping
+        /// the local progress made meanwhile (see `outer::overlap`).
+        pub overlap: u64,
     }
 }
 
@@ -60,6 +65,7 @@ impl Default for DilocoConfig {
             momentum: 0.9,
             nesterov: true,
             transport: Transport::F32,
+            overlap: 0,
             robust: Robust::default(),
         }
     }
@@ -90,6 +96,12 @@ impl AlgoSettings for DilocoConfig {
                 show_number(self.momentum)
             )));
         }
+        check_overlap(
+            "diloco",
+            self.overlap,
+            self.inner_steps,
+            &format!("inner_steps = {}: one round in flight at a time", self.inner_steps),
+        )?;
         self.robust.validate("diloco", true)
     }
 
@@ -203,6 +215,7 @@ pub struct Diloco {
     config: DilocoConfig,
     global: Vec<Tensor>,
     momentum: Vec<Tensor>,
+    drift: Drift,
 }
 
 impl Diloco {
@@ -211,7 +224,7 @@ impl Diloco {
         config.validate()?;
         let global = params.snapshot();
         let momentum = global.iter().map(Tensor::zeros_like).collect();
-        Ok(Self { config, global, momentum })
+        Ok(Self { config, global, momentum, drift: Drift::default() })
     }
 
     /// The configuration.
@@ -278,7 +291,12 @@ impl OuterOptimizer for Diloco {
             })??;
             segments.push(seg);
         }
+        self.drift.launch(params, self.config.overlap);
         Ok(Payload { algorithm: Algorithm::Diloco, round, worker, segments })
+    }
+
+    fn overlap(&self) -> u64 {
+        self.config.overlap
     }
 
     fn apply(
@@ -295,9 +313,9 @@ impl OuterOptimizer for Diloco {
             let mean = mean_per_tensor(&received.members, params, robust)?;
             self.outer_step(&mean)?;
         }
-        // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
-        // same point.
-        params.assign(&self.global)?;
+        // θ_local ← θ_global (plus the drift of an overlapped round), also when nobody
+        // delivered: every replica restarts from the same global point.
+        self.drift.land(params, &self.global)?;
         Ok(received.report())
     }
 
@@ -324,8 +342,18 @@ impl OuterOptimizer for Diloco {
                 .collect::<Result<Vec<Tensor>>>()?;
             self.outer_step(&mean)?;
         }
-        params.assign(&self.global)?;
+        self.drift.land(params, &self.global)?;
         Ok(report)
+    }
+
+    fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
+        agreed_hash(params, self.consensus_params())
+    }
+
+    /// Overlapped, the local parameters carry each replica's drift: the global copy is
+    /// what they agree on. Blocking, the parameters are that copy.
+    fn consensus_params(&self) -> Option<&[Tensor]> {
+        (self.config.overlap > 0).then_some(self.global.as_slice())
     }
 
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
@@ -341,6 +369,7 @@ impl OuterOptimizer for Diloco {
         let mut s = OptimizerState::new(Algorithm::Diloco);
         s.put_per_tensor("global", &self.global);
         s.put_per_tensor("momentum", &self.momentum);
+        self.drift.put(&mut s);
         Ok(s)
     }
 
@@ -348,6 +377,7 @@ impl OuterOptimizer for Diloco {
         state.expect_algorithm(Algorithm::Diloco)?;
         let global = state.per_tensor("global", params)?;
         let momentum = state.per_tensor("momentum", params)?;
+        self.drift.load(state, params)?;
         self.global = global;
         self.momentum = momentum;
         Ok(())
@@ -387,6 +417,32 @@ mod tests {
                 Transport::Int8 => assert!(bytes * 100 < f32_bytes * 45, "{bytes} vs {f32_bytes}"),
             }
         }
+    }
+
+    #[test]
+    fn overlapped_rounds_train_and_keep_the_drift_of_the_steps_in_flight() {
+        // H = 10, each round landing 5 steps after its launch: replicas agree on the
+        // global copy, and the run trains about as well as the blocking one.
+        let mut losses = Vec::new();
+        for overlap in [0, 5] {
+            let config = DilocoConfig { inner_steps: 10, overlap, ..Default::default() };
+            let mut h = harness(config);
+            let (exchanges, before, after) = run_checked(&mut h, 200);
+            assert_eq!(exchanges.len(), if overlap == 0 { 20 } else { 19 });
+            assert!(after < 0.25 * before, "overlap {overlap}: loss {before} -> {after}");
+            losses.push(after);
+            if overlap > 0 {
+                // Each worker's parameters are the global copy plus its own drift.
+                let w = &h.workers()[0];
+                let global = w.outer.consensus_params().expect("overlapped: the global copy");
+                let gap = (&w.params.tensors()[0] - &global[0]).abs().max();
+                assert!(f64::try_from(gap).unwrap() > 0.0, "the drift was dropped");
+                assert!(exchanges.iter().all(|x| x.step % 10 == 4), "rounds land at 10r + 9 + 5");
+            }
+        }
+        // Measured: final losses 1.13 blocking and 1.52 overlapped, both under a quarter of
+        // the start: the delay costs something on this fast-moving toy.
+        assert!(losses[1] < 1.5 * losses[0], "overlap cost: {losses:?}");
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //! (overflow bound, norm clipping or outlier rejection); then it aggregates what is left.
 //! Rejected members are reported with a typed [`Rejection`].
 //!
+//! With [`OuterOptimizer::overlap`] τ > 0 an exchange is split: the payload is prepared and
+//! published where the exchange is due (the round *launches*), and the committed set is
+//! applied τ inner steps later, at the same phase (it *lands*), while training goes on in
+//! between (module `overlap`).
+//!
 //! Also here: [`OptimizerState`], what an optimizer checkpoints (module `state`).
 
 pub mod ddp;
@@ -24,6 +29,8 @@ pub mod demo;
 pub mod diloco;
 pub mod sparseloco;
 pub mod streaming;
+
+pub mod overlap;
 
 mod on_device;
 mod receive;
@@ -73,6 +80,15 @@ pub trait OuterOptimizer {
 
     /// Whether an exchange happens at `phase` of inner step `step` (counted from 0).
     fn exchange_due(&self, phase: Phase, step: u64) -> bool;
+
+    /// Inner steps between a round's launch (its payload prepared and published) and its
+    /// landing (the committed payloads applied, at the same phase of that later step):
+    /// the algorithm's `overlap` setting. 0, the default, applies a round where it is
+    /// prepared. At most one round is in flight: a round due at the step it would land
+    /// launches after it lands.
+    fn overlap(&self) -> u64 {
+        0
+    }
 
     /// This worker's payload for `round`.
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload>;

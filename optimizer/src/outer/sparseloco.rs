@@ -22,6 +22,7 @@ use meridian_kernels::sparse::Sparse;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::overlap::{agreed_hash, check_overlap, Drift};
 use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
@@ -66,6 +67,10 @@ algo_config! {
         /// Keep the unsent remainder for the next round (the algorithm). `false` is the
         /// ablation: `e ← Δ` every round and what was not sent is dropped.
         pub error_feedback: bool,
+        /// Inner steps a round's exchange may run behind the training (0 to H; 0 blocks
+        /// at every exchange): the round lands this many steps after its launch, keeping
+        /// the local progress made meanwhile (see `outer::overlap`).
+        pub overlap: u64,
     }
 }
 
@@ -80,6 +85,7 @@ impl Default for SparselocoConfig {
             value_bits: Some(2),
             value_levels: ValueLevels::SignLloyd,
             error_feedback: true,
+            overlap: 0,
             robust: Robust::default(),
         }
     }
@@ -154,6 +160,12 @@ impl AlgoSettings for SparselocoConfig {
                 return bad(format!("value_bits {b} must be 1, 2, 4, 8 or {F32_VALUE_BITS} (f32)"));
             }
         }
+        check_overlap(
+            "sparseloco",
+            self.overlap,
+            self.inner_steps,
+            &format!("inner_steps = {}: one round in flight at a time", self.inner_steps),
+        )?;
         self.robust.validate("sparseloco", false)
     }
 
@@ -199,6 +211,7 @@ pub struct Sparseloco {
     /// One compressor per tensor (its scratch is reused every round).
     compressors: Vec<TensorCompressor>,
     scratch: ScatterScratch,
+    drift: Drift,
 }
 
 impl Sparseloco {
@@ -215,7 +228,8 @@ impl Sparseloco {
         // On the parameters' device, like every piece of optimizer state.
         let error = params.tensors().iter().map(|p| p.detach().zeros_like()).collect();
         let scratch = ScatterScratch::new();
-        Ok(Self { config, global: params.snapshot(), error, compressors, scratch })
+        let drift = Drift::default();
+        Ok(Self { config, global: params.snapshot(), error, compressors, scratch, drift })
     }
 
     /// The configuration.
@@ -291,7 +305,12 @@ impl OuterOptimizer for Sparseloco {
                 sent.bytes,
             ));
         }
+        self.drift.launch(params, self.config.overlap);
         Ok(Payload { algorithm: Algorithm::Sparseloco, round, worker, segments })
+    }
+
+    fn overlap(&self) -> u64 {
+        self.config.overlap
     }
 
     fn apply(
@@ -324,10 +343,20 @@ impl OuterOptimizer for Sparseloco {
                 let _ = theta.f_sub_(&step)?;
             }
         }
-        // θ_local ← θ_global, also when nobody delivered: every replica restarts from the
-        // same point.
-        params.assign(&self.global)?;
+        // θ_local ← θ_global (plus the drift of an overlapped round), also when nobody
+        // delivered: every replica restarts from the same global point.
+        self.drift.land(params, &self.global)?;
         Ok(received.report())
+    }
+
+    fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
+        agreed_hash(params, self.consensus_params())
+    }
+
+    /// Overlapped, the local parameters carry each replica's drift: the global copy is
+    /// what they agree on. Blocking, the parameters are that copy.
+    fn consensus_params(&self) -> Option<&[Tensor]> {
+        (self.config.overlap > 0).then_some(self.global.as_slice())
     }
 
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
@@ -343,6 +372,7 @@ impl OuterOptimizer for Sparseloco {
         let mut s = OptimizerState::new(Algorithm::Sparseloco);
         s.put_per_tensor("global", &self.global);
         s.put_per_tensor("error", &self.error);
+        self.drift.put(&mut s);
         Ok(s)
     }
 
@@ -350,6 +380,7 @@ impl OuterOptimizer for Sparseloco {
         state.expect_algorithm(Algorithm::Sparseloco)?;
         let global = state.per_tensor("global", params)?;
         let error = state.per_tensor("error", params)?;
+        self.drift.load(state, params)?;
         self.global = global;
         self.error = error;
         Ok(())
