@@ -298,6 +298,16 @@ impl EmbeddedWorker {
             );
         }
         let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build_part(p, first))?;
+        // A wrapped script's step is its own loop: rounds in flight across its steps (and a
+        // site's ranks agreeing on a global copy instead of their parameters) are not
+        // wired through here yet.
+        ensure!(
+            w.outer.overlap() == 0,
+            "{}.overlap = {} is not available from Python yet: set it to 0 (meridian worker \
+             and meridian simulate run overlapped rounds)",
+            w.outer.algorithm(),
+            w.outer.overlap()
+        );
         let stats = WorkerStats { outer_elements: w.params.numel() as u64, ..Default::default() };
         Ok(Self {
             w,

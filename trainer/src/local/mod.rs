@@ -160,8 +160,12 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
     let base_seconds = progress.seconds;
     let stop = args.stop_after.unwrap_or(args.steps()).min(args.steps());
     while h.steps_done() < stop {
-        let report = h.step()?;
+        let mut report = h.step()?;
         let step = report.step + 1;
+        if step == args.steps() {
+            // An overlapped run ends by landing its last round: the final model holds it.
+            report.exchanges.extend(h.land_now()?);
+        }
         meter.add_compute(&report.compute_seconds);
         for x in &report.exchanges {
             let r = meter.close(x.round, x.step, &x.bytes_per_worker, x.seconds);

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
 use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
+use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::OptimizerError;
 
 use crate::networked::snapshot::{self, InnerState};
@@ -92,24 +93,41 @@ impl Pending {
     }
 }
 
-/// The exchange of one step: publish, then wait for the round's commit.
+/// The exchange of one step: publish, then wait for the round's commit (at once, or, for
+/// an overlapped round, where it lands).
 struct LinkExchange<'a> {
     link: &'a mut dyn RoundLink,
     pending: &'a mut Pending,
-    /// This worker's state from just before the step, to serve a newcomer while blocked
-    /// here: rounds may not move on until the newcomer has it.
-    state: Option<snapshot::Captured>,
+    /// This worker's state from just before the step, with the rounds it has applied, to
+    /// serve a newcomer while blocked here: rounds may not move on until the newcomer has
+    /// it.
+    state: Option<(snapshot::Captured, u64)>,
 }
 
-/// Serves every pending snapshot request with `state`. A request that cannot be served
-/// is logged, not fatal: the coordinator asks another member after its timeout.
-fn serve(link: &mut dyn RoundLink, requests: &mut BTreeSet<u64>, state: &[u8]) {
-    for round in std::mem::take(requests) {
+/// Serves the pending snapshot requests that `state` answers: those for rounds before
+/// `applied`, the rounds the state has applied (a request names a round the state must
+/// include; the others wait until this worker has applied theirs: an overlapped round
+/// lands some steps after it commits). A request that cannot be served is logged, not
+/// fatal: the coordinator asks another member after its timeout.
+fn serve(
+    link: &mut dyn RoundLink,
+    requests: &mut BTreeSet<u64>,
+    applied: u64,
+    state: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<()> {
+    let later = requests.split_off(&applied);
+    let answered = std::mem::replace(requests, later);
+    if answered.is_empty() {
+        return Ok(());
+    }
+    let state = state()?;
+    for round in answered {
         match link.provide_state(round, state.to_vec()) {
             Ok(()) => tracing::debug!(round, "state provided for a newcomer"),
             Err(e) => tracing::warn!(round, error = %format!("{e:#}"), "could not provide state"),
         }
     }
+    Ok(())
 }
 
 const SUPERSEDED: &str = "a peer's state arrived while waiting for a commit";
@@ -133,8 +151,15 @@ impl Exchange for LinkExchange<'_> {
         round: u64,
         payload: Vec<u8>,
     ) -> meridian_optimizer::Result<Committed> {
-        let failed = |e: anyhow::Error| OptimizerError::TrainStep(format!("{e:#}"));
-        self.link.publish(round, payload).map_err(failed)?;
+        Exchange::publish(self, round, payload)?;
+        self.collect(round)
+    }
+
+    fn publish(&mut self, round: u64, payload: Vec<u8>) -> meridian_optimizer::Result<()> {
+        self.link.publish(round, payload).map_err(failed)
+    }
+
+    fn collect(&mut self, round: u64) -> meridian_optimizer::Result<Committed> {
         loop {
             if let Some(committed) = self.pending.ready.remove(&round) {
                 return Ok(committed);
@@ -142,16 +167,19 @@ impl Exchange for LinkExchange<'_> {
             if self.pending.state.is_some() {
                 return Err(OptimizerError::TrainStep(SUPERSEDED.into()));
             }
-            if let Some(state) = &self.state {
-                if !self.pending.snapshot_requests.is_empty() {
-                    let bytes = state.encode().map_err(failed)?;
-                    serve(self.link, &mut self.pending.snapshot_requests, &bytes);
-                }
+            if let Some((state, applied)) = &self.state {
+                serve(self.link, &mut self.pending.snapshot_requests, *applied, || state.encode())
+                    .map_err(failed)?;
             }
             let event = self.link.next_event().map_err(failed)?;
             self.pending.take(event);
         }
     }
+}
+
+/// A link failure as the optimizer's error type (the step that met it fails with it).
+fn failed(e: anyhow::Error) -> OptimizerError {
+    OptimizerError::TrainStep(format!("{e:#}"))
 }
 
 /// What [`drive`] reports per applied round.
@@ -237,20 +265,19 @@ impl Driver {
         steps: u64,
         observer: &mut impl DriveObserver<S>,
     ) -> Result<bool> {
-        let pending = &mut self.pending;
         loop {
-            if let Some((round, bytes)) = pending.state.take() {
+            if let Some((round, bytes)) = self.pending.state.take() {
                 snapshot::restore(w, &bytes).context("taking a peer's state")?;
                 self.states_taken += 1;
                 tracing::info!(round, step = w.steps_done(), "continuing from a peer's state");
-                pending.ready.retain(|&r, _| r >= w.rounds_done());
+                self.pending.ready.retain(|&r, _| r >= w.rounds_done());
             }
             // Requests that arrived while training: a snapshot is wanted right after the
             // round it names, so look before the next step moves the parameters on.
             while let Some(event) = link.poll_event()? {
-                pending.take(event);
+                self.pending.take(event);
             }
-            if pending.state.is_some() {
+            if self.pending.state.is_some() {
                 continue;
             }
             // Rounds committed after that state (or while this worker waited): replay them,
@@ -258,18 +285,52 @@ impl Driver {
             // exchange of the run (empty: nobody had anything left to send) is not this
             // worker's to apply: for DDP or DeMo it would still move the parameters.
             // (`next_exchange` scans ahead step by step: only when there is a round to replay.)
-            while !pending.ready.is_empty() && w.next_exchange().is_some_and(|at| at < steps) {
-                let Some(committed) = pending.ready.remove(&w.rounds_done()) else { break };
+            // The round in flight is not replayed: this worker lands it where it is due.
+            while !self.pending.ready.is_empty()
+                && w.in_flight().is_none()
+                && w.next_exchange().is_some_and(|at| at < steps)
+            {
+                let Some(committed) = self.pending.ready.remove(&w.rounds_done()) else { break };
                 let exchange = w.replay_round(w.rounds_done(), &committed)?;
                 observer.round_applied_to(w, &AppliedRound { exchange, replayed: true });
             }
             // A request names the last round this worker applied when it was made; the
             // state served may be later (it carries its own round counter, and the newcomer
-            // drops the replays it already holds), never earlier.
-            if !pending.snapshot_requests.is_empty() {
-                serve(link, &mut pending.snapshot_requests, &snapshot::encode(w)?);
+            // drops the replays it already holds), never earlier: a request for a round
+            // still in flight here waits until it has landed.
+            serve(link, &mut self.pending.snapshot_requests, w.rounds_done(), || {
+                snapshot::encode(w)
+            })?;
+            let done = w.steps_done() >= steps;
+            if done && w.in_flight().is_some() {
+                // The run's last round launched: every replica lands it before finishing.
+                self.land_last(w, link, observer)?;
+                continue;
             }
-            return Ok(w.steps_done() >= steps);
+            return Ok(done);
+        }
+    }
+
+    /// Lands the round in flight after the last step, serving requests from the state as it
+    /// is (nothing trains meanwhile).
+    fn land_last<S: InnerState>(
+        &mut self,
+        w: &mut SoloWorker<S>,
+        link: &mut dyn RoundLink,
+        observer: &mut impl DriveObserver<S>,
+    ) -> Result<()> {
+        let state = Some((snapshot::Captured::now(w)?, w.rounds_done()));
+        let mut ex = LinkExchange { link, pending: &mut self.pending, state };
+        match w.land_now(&mut ex) {
+            Ok(landed) => {
+                if let Some(exchange) = landed {
+                    observer.round_applied_to(w, &AppliedRound { exchange, replayed: false });
+                }
+                Ok(())
+            }
+            // `settle` takes the peer's state next.
+            Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -287,12 +348,12 @@ impl Driver {
                 return Ok(None);
             }
             let pending = &mut self.pending;
-            // Exchanges block until the round commits; keep a state at hand to serve from.
-            let state = [Phase::AfterBackward, Phase::AfterInnerStep]
-                .into_iter()
-                .find(|&phase| w.outer.exchange_due(phase, w.steps_done()))
+            // A step blocks where a round lands (at once where it is due, unless
+            // overlapped); keep a state at hand to serve from while it waits.
+            let state = blocking_phase(w)
                 .map(|phase| snapshot::Captured::before_step(w, phase))
-                .transpose()?;
+                .transpose()?
+                .map(|captured| (captured, w.rounds_done()));
             link.before_step(w.steps_done())?;
             let mut ex = LinkExchange { link: &mut *link, pending: &mut *pending, state };
             match w.step(&mut ex) {
@@ -311,6 +372,21 @@ impl Driver {
             }
         }
     }
+}
+
+/// The phase at which `w`'s next step waits for a round to commit, if it does: where a
+/// round in flight lands, or where a round is due without overlap.
+fn blocking_phase<S: TrainStep>(w: &SoloWorker<S>) -> Option<Phase> {
+    let step = w.steps_done();
+    if let Some(f) = w.in_flight().filter(|f| f.lands_at == step) {
+        return Some(f.phase);
+    }
+    if w.outer.overlap() > 0 {
+        return None;
+    }
+    [Phase::AfterBackward, Phase::AfterInnerStep]
+        .into_iter()
+        .find(|&phase| w.outer.exchange_due(phase, step))
 }
 
 #[cfg(test)]
@@ -335,11 +411,17 @@ mod tests {
         states: Vec<(u64, Vec<u8>)>,
         /// Commit ring aggregates (of this one member) instead of payloads.
         ring: Option<meridian_optimizer::ring::DenseRing>,
+        /// Commit nothing this worker publishes: the commits are scripted (a newcomer's
+        /// rounds are the provider's).
+        silent: bool,
     }
 
     impl RoundLink for Solo {
         fn publish(&mut self, round: u64, payload: Vec<u8>) -> Result<()> {
             self.published.push((round, payload.clone()));
+            if self.silent {
+                return Ok(());
+            }
             let event = match &self.ring {
                 Some(ring) => {
                     let parts = ring.split(&payload, 1)?;
@@ -447,6 +529,58 @@ mod tests {
         assert_eq!(seen.len(), 4);
         for (round, hash) in seen {
             assert_eq!(hash, hashes[round as usize], "round {round} replayed differently");
+        }
+    }
+
+    #[test]
+    fn an_overlapped_provider_serves_a_newcomer_that_lands_every_round_identically() {
+        // Rounds land `overlap` steps after they commit: a request for a round not yet
+        // landed waits for it, and the state served may carry the next round in flight,
+        // which the newcomer lands where the provider does. With overlap = H a round is
+        // always in flight; with 2 of 4 there are gaps.
+        for (algorithm, settings) in [
+            (Algorithm::Diloco, vec![("inner_steps", "4"), ("overlap", "2")]),
+            (Algorithm::Diloco, vec![("inner_steps", "4"), ("overlap", "4")]),
+            (Algorithm::Sparseloco, vec![("inner_steps", "4"), ("overlap", "3")]),
+            (Algorithm::Demo, vec![("overlap", "1")]),
+        ] {
+            let steps = if algorithm == Algorithm::Demo { 6 } else { 20 };
+            let mut a = crate::testing::tiny_worker(0, algorithm, &settings);
+            let mut link = Solo::default();
+            link.after.insert(1, vec![NetEvent::SnapshotRequested { round: 1 }]);
+            let mut hashes = Vec::new();
+            drive(&mut a, &mut link, steps, false, |r: &AppliedRound| hashes.push(r.exchange.hash))
+                .unwrap();
+            let rounds = link.published.len();
+            assert_eq!(hashes.len(), rounds, "{algorithm}: the last round landed too");
+            assert!(a.in_flight().is_none());
+            let (round, state) = link.states[0].clone();
+            assert_eq!(round, 1);
+            // With overlap = H (DeMo: 1) the state holds the next round in flight; with
+            // gaps between rounds it was served from one.
+            let carried = meridian_optimizer::outer::OptimizerState::from_bytes(&state)
+                .unwrap()
+                .tensors
+                .contains_key("in_flight/lands_at");
+            let always = settings.contains(&("overlap", "4")) || algorithm == Algorithm::Demo;
+            assert_eq!(carried, always, "{algorithm} {settings:?}");
+            let mut b = crate::testing::tiny_worker(1, algorithm, &settings);
+            let mut net = Solo { silent: true, ..Solo::default() };
+            net.queue.push_back(NetEvent::StateReceived { round, bytes: state });
+            for (r, p) in link.published.iter().filter(|(r, _)| *r >= 2) {
+                net.queue.push_back(NetEvent::RoundReady { round: *r, payloads: vec![p.clone()] });
+            }
+            let mut seen = Vec::new();
+            drive(&mut b, &mut net, steps, true, |r: &AppliedRound| {
+                seen.push((r.exchange.round, r.exchange.hash))
+            })
+            .unwrap();
+            assert!(!seen.is_empty(), "{algorithm}");
+            for (r, hash) in &seen {
+                assert_eq!(*hash, hashes[*r as usize], "{algorithm}: round {r} differs");
+            }
+            assert_eq!(seen.last().unwrap().0 as usize, rounds - 1, "{algorithm}");
+            assert_eq!(b.rounds_done(), a.rounds_done(), "{algorithm}");
         }
     }
 

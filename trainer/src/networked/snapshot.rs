@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::{OptimizerState, Phase};
 use meridian_optimizer::params::ParamSet;
-use meridian_optimizer::solo::SoloWorker;
+use meridian_optimizer::solo::{InFlight, SoloWorker};
 use meridian_optimizer::train_step::TrainStep;
 use tch::Tensor;
 
@@ -23,6 +23,10 @@ const OUTER: &str = "outer/";
 const PARAM: &str = "param";
 const ADAM_M: &str = "inner/m";
 const ADAM_V: &str = "inner/v";
+/// The step at which the round in flight lands (absent: none in flight).
+const LANDS_AT: &str = "in_flight/lands_at";
+/// 1 when it lands after the backward pass, 0 after the inner step.
+const LANDS_AFTER_BACKWARD: &str = "in_flight/after_backward";
 
 /// The inner training's part of a worker's state: what a snapshot carries besides the
 /// parameters, the outer optimizer and the progress counters (for Meridian's own steps,
@@ -101,6 +105,12 @@ impl Captured {
         }
     }
 
+    /// What [`encode`] would return now, for a worker that will not move before the bytes
+    /// are made (one waiting for a commit with nothing left to train).
+    pub fn now<S: InnerState>(w: &SoloWorker<S>) -> Result<Self> {
+        Self::referencing(w)
+    }
+
     fn referencing<S: InnerState>(w: &SoloWorker<S>) -> Result<Self> {
         let outer = w.outer.state()?;
         let mut s = OptimizerState::new(outer.algorithm);
@@ -112,6 +122,15 @@ impl Captured {
         w.train.share_inner(&mut s, &w.params)?;
         s.put_scalar("step", w.steps_done() as f64);
         s.put_scalar("round", w.rounds_done() as f64);
+        if let Some(f) = w.in_flight() {
+            // An overlapped round this worker published and has not applied: the newcomer
+            // lands it where this worker would (the commit reaches it as a member).
+            s.put_scalar(LANDS_AT, f.lands_at as f64);
+            s.put_scalar(
+                LANDS_AFTER_BACKWARD,
+                f64::from(u8::from(f.phase == Phase::AfterBackward)),
+            );
+        }
         Ok(Self(Taken::Referenced(s)))
     }
 
@@ -131,6 +150,7 @@ pub fn restore<S: InnerState>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()>
     s.expect_algorithm(w.outer.algorithm()).context("state from a peer")?;
     let params = s.per_tensor(PARAM, &w.params).context("state from a peer")?;
     let (step, round) = (counter(&s, "step")?, counter(&s, "round")?);
+    let in_flight = in_flight(&s, round)?;
     let inner = w.train.read_inner(&s, &w.params)?;
     let mut outer = OptimizerState::new(s.algorithm);
     for (k, t) in &s.tensors {
@@ -147,8 +167,25 @@ pub fn restore<S: InnerState>(w: &mut SoloWorker<S>, bytes: &[u8]) -> Result<()>
             p.copy_(v);
         }
     });
-    w.resume_at(step, round);
+    match in_flight {
+        Some(f) => w.resume_in_flight(step, round, f)?,
+        None => w.resume_at(step, round),
+    }
     Ok(())
+}
+
+/// The round in flight that a state records, if any: round `round`, the next to apply.
+fn in_flight(s: &OptimizerState, round: u64) -> Result<Option<InFlight>> {
+    if !s.tensors.contains_key(LANDS_AT) {
+        return Ok(None);
+    }
+    let lands_at = counter(s, LANDS_AT)?;
+    let phase = match counter(s, LANDS_AFTER_BACKWARD)? {
+        0 => Phase::AfterInnerStep,
+        1 => Phase::AfterBackward,
+        other => anyhow::bail!("state from a peer: bad {LANDS_AFTER_BACKWARD} {other}"),
+    };
+    Ok(Some(InFlight { round, lands_at, phase, sent: 0 }))
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use meridian_optimizer::harness::Harness;
-use meridian_optimizer::outer::OptimizerState;
+use meridian_optimizer::harness::{Harness, HarnessFlight};
+use meridian_optimizer::outer::{OptimizerState, Phase};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::data::ShardState;
 use crate::step::lm_step::LmStep;
@@ -177,6 +177,11 @@ pub fn save(
         shards.push(w.train.shard().state());
         adam_steps.push(steps);
         schedule_positions.push(w.train.schedule_step());
+    }
+    if let Some(flight) = harness.in_flight() {
+        let path = tmp.join(IN_FLIGHT);
+        in_flight_state(harness, flight).save(&path)?;
+        files.insert(IN_FLIGHT.to_string(), file_hash(&path)?);
     }
     for (name, bytes) in extras {
         let path = tmp.join(name);
@@ -433,6 +438,7 @@ pub fn load(dir: &Path, harness: &mut Harness<LmStep>, identity: &RunIdentity) -
     let workers = harness.workers().len();
     check_manifest(&manifest, identity, workers)?;
     check_files(dir, &manifest)?;
+    let flight = read_in_flight(dir, &manifest, workers)?;
     let mut loaded = Vec::with_capacity(workers);
     for (i, w) in harness.workers().iter().enumerate() {
         let path = dir.join(worker_file(i));
@@ -477,7 +483,59 @@ pub fn load(dir: &Path, harness: &mut Harness<LmStep>, identity: &RunIdentity) -
         w.train.shard_mut().restore(manifest.shards[i]);
     }
     harness.resume_at(manifest.step, manifest.round);
+    if let Some(flight) = flight {
+        harness.resume_in_flight(flight).context("checkpoint: the round in flight")?;
+    }
     Ok(manifest)
+}
+
+/// The file holding an overlapped round that was launched and had not landed when the
+/// checkpoint was taken: every worker's payload, and where it lands.
+const IN_FLIGHT: &str = "in_flight.safetensors";
+
+fn in_flight_state(harness: &Harness<LmStep>, f: &HarnessFlight) -> OptimizerState {
+    let algorithm = harness.workers()[0].outer.algorithm();
+    let mut s = OptimizerState::new(algorithm);
+    s.put_scalar("round", f.round as f64);
+    s.put_scalar("lands_at", f.lands_at as f64);
+    s.put_scalar("after_backward", f64::from(u8::from(f.phase == Phase::AfterBackward)));
+    for (i, bytes) in f.wire.iter().enumerate() {
+        s.put(format!("wire.{i}"), &Tensor::from_slice(bytes));
+    }
+    s
+}
+
+/// Reads the round in flight of the checkpoint in `dir`, if it holds one.
+fn read_in_flight(
+    dir: &Path,
+    manifest: &Manifest,
+    workers: usize,
+) -> Result<Option<HarnessFlight>> {
+    if !manifest.files.contains_key(IN_FLIGHT) {
+        return Ok(None);
+    }
+    let path = dir.join(IN_FLIGHT);
+    let s = OptimizerState::load(&path)
+        .with_context(|| format!("checkpoint: cannot read {}", path.display()))?;
+    let whole = |name: &str| -> Result<u64> {
+        let v = s.get_scalar(name)?;
+        anyhow::ensure!(v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53), "bad {name} {v}");
+        Ok(v as u64)
+    };
+    let phase = match whole("after_backward")? {
+        0 => Phase::AfterInnerStep,
+        1 => Phase::AfterBackward,
+        other => bail!("checkpoint: {} has a bad phase {other}", path.display()),
+    };
+    let wire = (0..workers)
+        .map(|i| {
+            let t = s.get(&format!("wire.{i}"))?;
+            anyhow::ensure!(t.kind() == Kind::Uint8, "checkpoint: wire.{i} is not bytes");
+            Ok(Vec::<u8>::try_from(t)?)
+        })
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("checkpoint: {}", path.display()))?;
+    Ok(Some(HarnessFlight { round: whole("round")?, lands_at: whole("lands_at")?, phase, wire }))
 }
 
 /// Where `meridian train` keeps algorithm `algo`'s checkpoint under `out`.

@@ -24,12 +24,11 @@ use meridian_optimizer::train_step::TrainStep;
 /// far sooner, and a bound keeps a degenerate schedule from scanning forever.
 const SCAN: u64 = 1 << 20;
 
-/// Whether a round closes when `done` inner steps are done (its exchange falls in step
-/// `done − 1`, counted from 0).
+/// Whether a round closes when `done` inner steps are done: it lands in step `done − 1`
+/// (counted from 0), where it was due, or `overlap` steps after that.
 fn closes(outer: &dyn OuterOptimizer, done: u64) -> bool {
-    done > 0
-        && (outer.exchange_due(Phase::AfterBackward, done - 1)
-            || outer.exchange_due(Phase::AfterInnerStep, done - 1))
+    let Some(due) = done.checked_sub(1 + outer.overlap()) else { return false };
+    outer.exchange_due(Phase::AfterBackward, due) || outer.exchange_due(Phase::AfterInnerStep, due)
 }
 
 /// Whether the synchronized model is evaluated after the round that closed at `done`
