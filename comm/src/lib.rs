@@ -15,11 +15,13 @@
 //!   links, frames over streams.
 //! - [`node`]: drivers that run the protocol over QUIC on tokio: [`node::CoordinatorNode`],
 //!   [`node::WorkerNode`] and its blocking facade [`node::WorkerHandle`].
+//! - [`metrics`]: live metrics in the Prometheus text format over HTTP (`--metrics-listen`).
 //! - [`error`]: [`CommError`], the crate's error type.
 
 pub mod error;
 mod fsutil;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod quic;

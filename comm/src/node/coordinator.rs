@@ -9,6 +9,9 @@
 //! - the actor owns the [`Coordinator`]: it feeds it inputs and timeouts, saves its state on
 //!   every commit *before* queueing that round's frames (and when it adopted the run's
 //!   signature), and queues frames on the writers.
+//!
+//! With [`CoordinatorNodeConfig::metrics_listen`] every event the node reports also feeds
+//! its [`CoordinatorMetrics`], served over HTTP (see [`crate::metrics`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -24,10 +27,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::guard::{PreAuthLimits, RefusalLog, Slot, Unverified};
 use super::link::{self, Out, Read};
+use super::metrics::CoordinatorMetrics;
 use super::state::StateDir;
-use super::{COORDINATOR_SENDER, FRAME_OVERHEAD, MAX_JOIN_FRAME};
+use super::{NodeError, COORDINATOR_SENDER, FRAME_OVERHEAD, MAX_JOIN_FRAME};
 use crate::error::Result;
 use crate::ids::{JoinSecret, MemberId, Round, RunId};
+use crate::metrics::MetricsServer;
 use crate::protocol::{
     ConnId, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorTransmit, ToCoordinator,
     Topology,
@@ -72,6 +77,10 @@ pub struct CoordinatorNodeConfig {
     /// A UDP socket to run over instead of binding `listen` (a simulated network, a
     /// proxy). `None`: a real socket bound to `listen`.
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    /// A TCP address to serve live metrics on, in the Prometheus text format at
+    /// `/metrics` (port 0 picks a free port, see [`CoordinatorNode::metrics_addr`]).
+    /// `None` (the default): no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorNodeConfig {
@@ -88,6 +97,7 @@ impl CoordinatorNodeConfig {
             pre_auth: PreAuthLimits::default(),
             max_bad_frames: 16,
             socket: None,
+            metrics_listen: None,
         }
     }
 }
@@ -135,7 +145,7 @@ pub enum CoordinatorNodeEvent {
 
 /// An input for the actor.
 enum Input {
-    Open { conn: ConnId, writer: mpsc::UnboundedSender<Out> },
+    Open { conn: ConnId, writer: mpsc::UnboundedSender<Out>, connection: Connection },
     Message { conn: ConnId, msg: ToCoordinator },
     Payload { conn: ConnId, round: Round, sender: MemberId, bytes: Bytes },
     State { conn: ConnId, round: Round, bytes: Bytes },
@@ -150,7 +160,7 @@ struct Shared {
     /// The codec for a connection's first frame: limited to the largest valid join.
     join_codec: FrameCodec,
     inbox: mpsc::UnboundedSender<Input>,
-    events: mpsc::Sender<CoordinatorNodeEvent>,
+    events: EventSink,
     unverified: Unverified,
     max_bad_frames: u32,
 }
@@ -166,6 +176,31 @@ pub struct CoordinatorNode {
     stop: Option<oneshot::Sender<()>>,
     actor: Option<JoinHandle<Result<()>>>,
     acceptor: JoinHandle<()>,
+    /// The metrics endpoint, stopped with the node.
+    metrics: Option<MetricsServer>,
+}
+
+/// Where the node's tasks report events: the queue [`CoordinatorNode::next_event`] reads,
+/// and the metrics when they are served.
+#[derive(Clone)]
+struct EventSink {
+    queue: mpsc::Sender<CoordinatorNodeEvent>,
+    metrics: Option<Arc<CoordinatorMetrics>>,
+}
+
+impl EventSink {
+    /// Records `event` in the metrics (always: a full queue must not make them lie) and
+    /// queues it; returns it when the queue was full and it was dropped.
+    fn send(&self, event: CoordinatorNodeEvent) -> Option<CoordinatorNodeEvent> {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&event);
+        }
+        match self.queue.try_send(event) {
+            Err(mpsc::error::TrySendError::Full(event)) => Some(event),
+            // Closed: nobody reads events any more, which is no reason to keep one.
+            Err(mpsc::error::TrySendError::Closed(_)) | Ok(()) => None,
+        }
+    }
 }
 
 impl CoordinatorNode {
@@ -174,6 +209,15 @@ impl CoordinatorNode {
     pub fn start(cfg: CoordinatorNodeConfig) -> Result<Self> {
         cfg.pre_auth.check("coordinator")?;
         let dir = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
+        // Bound first, so an address in use fails the start before anything else runs.
+        let (metrics, metrics_server) = match cfg.metrics_listen {
+            Some(addr) => {
+                let (metrics, registry) = CoordinatorMetrics::new();
+                let server = MetricsServer::start(addr, registry).map_err(NodeError::Metrics)?;
+                (Some(Arc::new(metrics)), Some(server))
+            }
+            None => (None, None),
+        };
         let (identity, (run, secret), saved) = match &dir {
             Some(dir) => (dir.identity()?, dir.run()?, dir.load_state()?),
             None => {
@@ -221,6 +265,7 @@ impl CoordinatorNode {
 
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let events_tx = EventSink { queue: events_tx, metrics: metrics.clone() };
         let (stop_tx, stop_rx) = oneshot::channel();
         let codec = FrameCodec::new(&secret, run, cfg.max_frame);
         let shared = Shared {
@@ -232,7 +277,15 @@ impl CoordinatorNode {
             unverified: Unverified::new(cfg.pre_auth.clone()),
             max_bad_frames: cfg.max_bad_frames,
         };
-        let actor = Actor { proto: coordinator, writers: HashMap::new(), events: events_tx, dir };
+        let actor = Actor {
+            proto: coordinator,
+            writers: HashMap::new(),
+            connections: HashMap::new(),
+            members: HashMap::new(),
+            events: events_tx,
+            metrics,
+            dir,
+        };
         let actor = tokio::spawn(
             actor.run(inbox_rx, stop_rx).instrument(tracing::info_span!("coordinator")),
         );
@@ -245,7 +298,13 @@ impl CoordinatorNode {
             stop: Some(stop_tx),
             actor: Some(actor),
             acceptor,
+            metrics: metrics_server,
         })
+    }
+
+    /// Where the metrics are served (`http://ADDR/metrics`), when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The join string workers need: the advertised host, the bound port, the identity's
@@ -332,7 +391,7 @@ async fn accept_loop(shared: Shared) {
                 // the flood causes. The peer sees QUIC's CONNECTION_REFUSED.
                 incoming.refuse();
                 refusals.refused("coordinator", peer, &detail);
-                let _ = shared.events.try_send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
+                let _ = shared.events.send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
                 continue;
             }
         };
@@ -389,7 +448,7 @@ async fn serve(
     let peer = connection.remote_address();
     let refuse = |code: RefusalCode, detail: String| {
         close_refused(&connection, code, &detail);
-        let _ = shared.events.try_send(CoordinatorNodeEvent::PeerRefused { peer, code, detail });
+        let _ = shared.events.send(CoordinatorNodeEvent::PeerRefused { peer, code, detail });
     };
     let first = match tokio::time::timeout_at(
         deadline,
@@ -408,7 +467,7 @@ async fn serve(
             // tries again, where a refusal would end it. (At most `max_connections` of these
             // per timeout, so no flood of log lines.)
             close_done(&connection, &detail);
-            let _ = shared.events.try_send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
+            let _ = shared.events.send(CoordinatorNodeEvent::PreAuthLimit { peer, detail });
             return;
         }
         Ok(Read::Lost(e)) => return debug!(error = %e, "connection lost before its first frame"),
@@ -441,14 +500,15 @@ async fn serve(
 
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = link::spawn_writer(connection.clone(), shared.codec.clone(), writer_rx);
-    if shared.inbox.send(Input::Open { conn, writer: writer_tx }).is_err() {
+    let open = Input::Open { conn, writer: writer_tx, connection: connection.clone() };
+    if shared.inbox.send(open).is_err() {
         return;
     }
     let mut bad = 0u32;
     let mut reject = |error: String| {
         bad += 1;
         warn!(error, bad, "rejected a frame");
-        let _ = shared.events.try_send(CoordinatorNodeEvent::FrameRejected { conn, peer, error });
+        let _ = shared.events.send(CoordinatorNodeEvent::FrameRejected { conn, peer, error });
         bad
     };
     let mut next = Some(first);
@@ -510,7 +570,12 @@ fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
 struct Actor {
     proto: Coordinator,
     writers: HashMap<ConnId, mpsc::UnboundedSender<Out>>,
-    events: mpsc::Sender<CoordinatorNodeEvent>,
+    /// The admitted connections (their round-trip estimates feed the metrics).
+    connections: HashMap<ConnId, Connection>,
+    /// Each connected member's connection.
+    members: HashMap<MemberId, ConnId>,
+    events: EventSink,
+    metrics: Option<Arc<CoordinatorMetrics>>,
     dir: Option<StateDir>,
 }
 
@@ -542,8 +607,9 @@ impl Actor {
     fn input(&mut self, input: Input) {
         let now = link::now();
         match input {
-            Input::Open { conn, writer } => {
+            Input::Open { conn, writer, connection } => {
                 self.writers.insert(conn, writer);
+                self.connections.insert(conn, connection);
             }
             Input::Message { conn, msg } => self.proto.handle_message(now, conn, msg),
             Input::Payload { conn, round, sender, bytes } => {
@@ -552,6 +618,7 @@ impl Actor {
             Input::State { conn, round, bytes } => self.proto.handle_state(now, conn, round, bytes),
             Input::Closed { conn } => {
                 self.writers.remove(&conn);
+                self.connections.remove(&conn);
                 self.proto.handle_disconnect(now, conn);
             }
         }
@@ -565,8 +632,15 @@ impl Actor {
                 CoordinatorEvent::RoundCommitted { round, stats, .. } => {
                     save = true;
                     link::log_round(*round, stats, "round committed");
+                    self.record_rtts();
                 }
                 CoordinatorEvent::SignatureAdopted { .. } => save = true,
+                CoordinatorEvent::Joined { member, conn, .. } => {
+                    self.members.insert(*member, *conn);
+                }
+                CoordinatorEvent::Left { member, .. } => {
+                    self.members.remove(member);
+                }
                 _ => {}
             }
             self.emit(CoordinatorNodeEvent::Protocol(event));
@@ -604,8 +678,18 @@ impl Actor {
         Ok(())
     }
 
+    /// Each connected member's round trip, into the metrics.
+    fn record_rtts(&self) {
+        let Some(metrics) = &self.metrics else { return };
+        for (member, conn) in &self.members {
+            if let Some(connection) = self.connections.get(conn) {
+                metrics.rtt(*member, connection.rtt());
+            }
+        }
+    }
+
     fn emit(&self, event: CoordinatorNodeEvent) {
-        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+        if let Some(event) = self.events.send(event) {
             debug!(?event, "event queue full, event dropped");
         }
     }

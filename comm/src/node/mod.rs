@@ -17,7 +17,8 @@
 //!   `worker/dial` (dialing and redialing the coordinator), `worker/peers` (the all-gather
 //!   and ring links to other members), `worker/driver` (the task that owns the protocol);
 //! - `handle`: the worker's blocking facade;
-//! - `link`: what both nodes share (frame writer and reader tasks, clocks, round logging).
+//! - `link`: what both nodes share (frame writer and reader tasks, clocks, round logging);
+//! - `metrics`: the coordinator's live metrics, and the labels a worker's share.
 //!
 //! # Frames
 //! Every frame travels on its own QUIC unidirectional stream
@@ -89,6 +90,7 @@ mod coordinator;
 mod guard;
 mod handle;
 mod link;
+mod metrics;
 mod state;
 mod worker;
 
@@ -100,6 +102,7 @@ use std::path::PathBuf;
 pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
 pub use guard::PreAuthLimits;
 pub use handle::WorkerHandle;
+pub use metrics::{round_buckets, PeerDirection};
 pub use state::{RUN_FILE, STATE_FILE};
 pub use worker::{ReconnectPolicy, WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 
@@ -207,4 +210,7 @@ pub enum NodeError {
     /// The node's driver task has stopped (after a leave, a refusal or a failure).
     #[error("the node has stopped: {0}")]
     Stopped(String),
+    /// The metrics endpoint could not start (its address names the culprit).
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }

@@ -50,6 +50,12 @@ pub struct CoordinatorArgs {
     /// bandwidth_bps, rtt_ms, congestion = "bbr" | "cubic" | "new_reno", ...).
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Serve live metrics (rounds committed, bytes per worker, round durations,
+    /// stragglers, rejections, round trips, catch-ups) in the Prometheus text
+    /// format at http://ADDR/metrics, e.g. 127.0.0.1:9464 (port 0 picks a free one, logged
+    /// at start). Off by default. Whoever reaches ADDR can read them: bind a private address.
+    #[arg(long, env = "MERIDIAN_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Override a transport setting: `transport.KEY=VALUE`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,

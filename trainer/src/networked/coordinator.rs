@@ -20,6 +20,7 @@ pub fn run(args: &CoordinatorArgs) -> Result<()> {
     cfg.advertise_host = args.advertise.clone();
     cfg.state_dir = Some(args.state_dir.clone());
     cfg.tuning = tuning;
+    cfg.metrics_listen = args.metrics_listen;
     cfg.protocol.min_members = args.min_workers.max(1) as usize;
     cfg.protocol.min_live = Some(args.min_live.max(1) as usize);
     if let Some(ms) = args.deadline_ms {

@@ -1,6 +1,9 @@
 //! One worker process of a run across processes (`meridian worker`): it joins through the
 //! comm crate's worker node, trains its replica through [`drive`] (the loop the simulation
-//! runs too), and writes `OUT/worker.json`.
+//! runs too), and writes `OUT/worker.json`. With `--metrics-listen` it also serves what it
+//! records per round as live metrics (`metrics`).
+
+mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use crate::cli::worker::WorkerArgs;
 use crate::data::Split;
 use crate::model::build_model;
 use crate::step::lm_step::LmStep;
+use metrics::{RoundSample, WorkerMetrics};
 
 /// One applied round in `OUT/worker.json`.
 #[derive(Debug, Serialize)]
@@ -85,6 +89,14 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.run.out.display()))?;
 
     let rt = super::runtime()?;
+    // Served before joining, so an address that cannot be bound fails the start at once.
+    let mut live = match args.metrics_listen {
+        Some(addr) => {
+            let _rt = rt.enter();
+            Some(WorkerMetrics::serve(addr)?)
+        }
+        None => None,
+    };
     let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
     node_cfg.tuning = config.transport;
     // What this worker trains, sent in its join: the coordinator refuses it, naming every
@@ -139,6 +151,9 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         reducer.set(ring);
     }
     let start = Instant::now();
+    if let Some(live) = &mut live {
+        live.training_started(start);
+    }
     let (mut rounds, mut replayed) = (0u64, 0u64);
     let mut per_round = Vec::new();
     let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
@@ -161,6 +176,16 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         } else {
             (r.exchange.sent, r.exchange.received)
         };
+        if let Some(live) = &mut live {
+            live.round(&RoundSample {
+                round: r.exchange.round,
+                replayed: r.replayed,
+                links: &round_links,
+                compute: elapsed.saturating_sub(waited),
+                waited,
+                rtt: rtt.get(),
+            });
+        }
         let record = RoundRecord {
             round: r.exchange.round,
             replayed: r.replayed,
