@@ -8,7 +8,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-/// `meridian train` on the fast model; `extra` flags replace the defaults of the same name.
+/// `meridian train` on the fast model; `extra` flags replace the defaults of the same name
+/// (`--set` adds to them: it repeats).
 fn train(out: &Path, extra: &[&str]) -> (bool, String) {
     let data = common::corpus();
     let data = data.as_str();
@@ -27,7 +28,7 @@ fn train(out: &Path, extra: &[&str]) -> (bool, String) {
     let mut rest = extra.iter().copied().peekable();
     while let Some(flag) = rest.next() {
         let value = if flag == "--resume" { None } else { rest.next() };
-        match flags.iter_mut().find(|(f, _)| *f == flag) {
+        match flags.iter_mut().find(|(f, _)| *f == flag && flag != "--set") {
             Some(slot) => slot.1 = value,
             None => flags.push((flag, value)),
         }
@@ -135,4 +136,48 @@ fn a_checkpoint_from_another_run_is_refused_and_left_intact() {
     let (ok, err) = train(&dir, &["--resume", "--algo", "diloco"]);
     assert!(ok, "the intact checkpoint still resumes: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn stopped_with_a_round_in_flight_and_resumed_equals_uninterrupted_bit_for_bit() {
+    // Overlapped rounds: DiLoCo's and SparseLoCo's round 0 launches at step 30 and lands
+    // at 40, DeMo's every round one step after it launched; step 35 has one in flight for
+    // each, which the checkpoint must carry.
+    let overlapped: &[&str] = &[
+        "--algo",
+        "diloco,sparseloco,demo",
+        "--set",
+        "diloco.overlap=10",
+        "--set",
+        "sparseloco.overlap=10",
+        "--set",
+        "demo.overlap=1",
+    ];
+    let (straight, resumed) = (scratch("overlap-straight"), scratch("overlap-resumed"));
+    let (ok, err) = train(&straight, overlapped);
+    assert!(ok, "{err}");
+    let stop = [overlapped, &["--stop-after", "35"]].concat();
+    let (ok, err) = train(&resumed, &stop);
+    assert!(ok, "{err}");
+    for algo in ["diloco", "sparseloco", "demo"] {
+        let files = &manifest(&resumed, algo)["files"];
+        assert!(files.get("in_flight.safetensors").is_some(), "{algo}: {files}");
+    }
+    let (ok, err) = train(&resumed, &[overlapped, &["--resume"]].concat());
+    assert!(ok, "{err}");
+    for algo in ["diloco", "sparseloco", "demo"] {
+        let (mut a, mut b) = (manifest(&straight, algo), manifest(&resumed, algo));
+        assert_eq!(a["step"], 60);
+        // Every file but the progress record (it holds wall-clock times): parameters,
+        // AdamW moments, outer state, and no round left in flight.
+        for m in [&mut a, &mut b] {
+            m["files"].as_object_mut().unwrap().remove("progress.json");
+        }
+        assert_eq!(a["files"], b["files"], "{algo}");
+        assert_eq!(a["round"], b["round"], "{algo}");
+    }
+    let lines = std::fs::read_to_string(resumed.join("rounds-diloco.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "each round logged once");
+    std::fs::remove_dir_all(&straight).unwrap();
+    std::fs::remove_dir_all(&resumed).unwrap();
 }
