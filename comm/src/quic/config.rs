@@ -36,26 +36,33 @@ pub const WINDOW_BDPS: f64 = 3.0;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Congestion {
-    /// The default. Model-based (bottleneck bandwidth and RTT); keeps throughput under
-    /// random loss, where loss-based controllers back off. quinn marks its BBR experimental,
-    /// and its pacer ignores BBR's pacing rate: over the simulated 150 ms, 1 Gb/s path a bulk
-    /// transfer holds 0.79 / 0.76 / 0.67 of capacity at 0 / 0.5 / 2% loss (BENCHMARKS.md,
-    /// "QUIC over the simulated WAN"). It is the default because training traffic is
-    /// rounds of bursts, not bulk: in `meridian simulate` its rounds finish 1.2–1.7× sooner
-    /// than Resilient's for payloads of 2–27 MB (its startup opens the window faster).
-    #[default]
+    /// Model-based (bottleneck bandwidth and RTT); keeps throughput under random loss,
+    /// where loss-based controllers back off. quinn marks its BBR experimental, and its
+    /// pacer ignores BBR's pacing rate, so it overflows the bottleneck's queue: over the
+    /// simulated 150 ms, 1 Gb/s path a bulk transfer holds 0.89 / 0.86 / 0.76 of capacity
+    /// at 0 / 1 / 2% loss, and a round's payload after idle takes 1.3–3.5× Resilient's
+    /// time (2–100 MB; 13× for a first 2 MB payload on a clean path; BENCHMARKS.md, "QUIC
+    /// over the simulated WAN"). The default until Resilient opened its window at the
+    /// configured rate.
     Bbr,
-    /// CUBIC, quinn's default: the best on clean links (0.96 of capacity at 0% loss in the
-    /// same benchmark), but any random loss on a long path collapses its window.
+    /// CUBIC, quinn's default: as good as Resilient on clean links (0.96 of capacity at 0%
+    /// loss in the same benchmark), but any random loss on a long path collapses its
+    /// window (0.001 at 0.5%).
     Cubic,
     /// Classic Reno-style AIMD; mostly useful as a baseline.
     NewReno,
-    /// CUBIC that shrinks its window only on congestion-like loss (a loss rate significantly
-    /// above 2% over the last round trips, or loss with a standing queue), not on the
-    /// isolated random loss of long internet paths; see [`Resilient`](crate::quic::Resilient).
-    /// Its window is capped at the connection receive window. The best for bulk transfers:
-    /// 0.96 / 0.92 / 0.79 of capacity in the same benchmark. Choose it for payloads of
-    /// hundreds of MB and more, where steady throughput outweighs how fast a window opens.
+    /// The default. CUBIC that shrinks its window only on congestion-like loss (a loss rate
+    /// significantly above the path's random-loss floor plus 2% over the last round trips,
+    /// or loss with a standing queue), not on the random loss of long internet paths, and
+    /// that opens its window at the configured `bandwidth_bps` × the first measured RTT
+    /// instead of doubling up from ten datagrams; see
+    /// [`Resilient`](crate::quic::Resilient). Its window is capped at the connection receive
+    /// window and kept across idle gaps between rounds. The best both for bulk transfers
+    /// (0.96 of capacity at 0–2% random loss, 0.95 at 3%, in the same benchmark) and for a
+    /// round's payload (within 6% of one-way delay plus serialization on a clean path,
+    /// from the first round on). It trusts `bandwidth_bps`: set it no higher than the
+    /// slowest link's rate, or the first round trip overflows that link's queue.
+    #[default]
     Resilient,
 }
 
@@ -72,7 +79,7 @@ pub struct TransportTuning {
     /// RTT assumed before the first measurement, milliseconds; it sets the first
     /// retransmission timeouts. Default: `rtt_ms`.
     pub initial_rtt_ms: Option<f64>,
-    /// Congestion controller. Default `bbr` (see [`Congestion`]).
+    /// Congestion controller. Default `resilient` (see [`Congestion`]).
     pub congestion: Congestion,
     /// A connection with no traffic for this long is dead, milliseconds (also bounds the
     /// handshake). Default 60 000.
@@ -121,6 +128,9 @@ pub struct TransportPlan {
     max_concurrent_uni_streams: u32,
     congestion: Congestion,
     mtu_discovery: bool,
+    /// `bandwidth_bps` in bytes per second: where Resilient's window jumps at the first
+    /// RTT sample.
+    rate: u64,
 }
 
 fn bad(field: &'static str, reason: impl Into<String>) -> QuicError {
@@ -198,6 +208,8 @@ impl TransportTuning {
             max_concurrent_uni_streams: self.max_concurrent_uni_streams,
             congestion: self.congestion,
             mtu_discovery: self.mtu_discovery,
+            // Positive and finite (checked above); the cast saturates, never wraps.
+            rate: (self.bandwidth_bps / 8.0) as u64,
         })
     }
 }
@@ -286,9 +298,9 @@ impl TransportPlan {
             Congestion::Bbr => Arc::new(BbrConfig::default()),
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::NewReno => Arc::new(NewRenoConfig::default()),
-            Congestion::Resilient => {
-                Arc::new(ResilientConfig::new(self.connection_receive_window.into()))
-            }
+            Congestion::Resilient => Arc::new(
+                ResilientConfig::new(self.connection_receive_window.into()).with_rate(self.rate),
+            ),
         }
     }
 }
@@ -372,6 +384,8 @@ mod tests {
         assert_eq!(tuning.rtt_ms, 90.0);
         assert_eq!(tuning.congestion, Congestion::Bbr);
         assert_eq!(tuning.bandwidth_bps, 1e9);
+        let omitted: TransportTuning = serde_json::from_str(r#"{"rtt_ms": 90}"#).unwrap();
+        assert_eq!(omitted.congestion, Congestion::Resilient);
         assert!(serde_json::from_str::<TransportTuning>(r#"{"rtt": 90}"#).is_err());
     }
 }

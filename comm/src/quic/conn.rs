@@ -113,7 +113,9 @@ pub async fn send_frame(conn: &Connection, frame: &[u8]) -> Result<(), QuicError
 
 /// Like [`send_frame`], then waits until the peer has acknowledged every byte (one extra
 /// round trip at most). Fails with [`QuicError::FrameRejected`] if the receiver stopped the
-/// stream, for instance because the frame exceeded its limit.
+/// stream, for instance because the frame exceeded its limit, before every byte was
+/// acknowledged: a frame that fits the peer's stream receive window can be acknowledged
+/// whole before the receiving application reads it, and then counts as delivered.
 pub async fn send_frame_delivered(conn: &Connection, frame: &[u8]) -> Result<(), QuicError> {
     let mut stream = conn.open_uni().await?;
     stream.write_all(frame).await?;

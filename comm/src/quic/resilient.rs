@@ -12,13 +12,17 @@
 //! to two datagrams). What differs is *which* losses count as congestion. A loss event
 //! shrinks the window only if one of two signals says the bottleneck is full:
 //!
-//! - **loss rate**: more than [`LOSS_THRESHOLD`] (2%) of the bytes resolved (acked or lost)
-//!   over the current and the previous round trip were lost, by a margin of
-//!   [`LOSS_SIGMAS`] binomial standard deviations and at least [`MIN_LOST_PACKETS`] lost
-//!   packets (small windows see a few percent by chance). The idea is picoquic's loss
-//!   filter and BBRv2/v3's `loss_thresh` (2%): a queue that overflows under a window
-//!   growing past it loses a rising share of each round, while random loss stays at its
-//!   own rate.
+//! - **loss rate**: more than the path's random-loss floor plus [`LOSS_THRESHOLD`] (2%) of
+//!   the bytes resolved (acked or lost) over the current and the previous round trip were
+//!   lost, by a margin of [`LOSS_SIGMAS`] binomial standard deviations and at least
+//!   [`MIN_LOST_PACKETS`] lost packets (small windows see a few percent by chance). The
+//!   idea is picoquic's loss filter and BBRv2/v3's `loss_thresh` (2%): a queue that
+//!   overflows under a window growing past it loses a rising share of each round, while
+//!   random loss stays at its own rate. That rate is the floor: the median lost share of
+//!   the last samples of [`FLOOR_SAMPLE_PACKETS`] packets (capped at [`MAX_LOSS_FLOOR`]),
+//!   which an overflow, lasting a round or two, does not move. Without it, random loss
+//!   above the threshold (3% and more) would read as congestion every round; with it a
+//!   bulk transfer holds 0.95 of a 1 Gb/s, 150 ms path at 3% loss (BENCHMARKS.md).
 //! - **delay**: the smallest RTT sample of the latest round trip exceeds the path's
 //!   minimum by more than [`QUEUE_DELAY_FRACTION`] of it (at least [`MIN_QUEUE_DELAY`]).
 //!   When even the fastest packet of a round waited, a standing queue has built, and a
@@ -27,6 +31,21 @@
 //!   conservative phase), so slow start leaves before it floods the buffer. A loss with a
 //!   standing queue cuts the window to the larger of β and min RTT / current RTT: the latter
 //!   removes just the queue, so a short queue is drained without emptying the pipe.
+//!
+//! Two things set the window apart from CUBIC's for bursty traffic (a round's payload,
+//! then seconds of compute):
+//!
+//! - **start at the configured rate**: with [`ResilientConfig::with_rate`] (Meridian
+//!   passes `bandwidth_bps`) the window jumps, at the first RTT sample, to that rate × the
+//!   sample, paced by quinn at 1.25 × window / RTT. Slow start from ten datagrams spends
+//!   eight round trips on a 2 MB payload across an ocean; the jump sends it in one. Slow
+//!   start then goes on and ends on the usual signals, so a rate set too high costs one
+//!   round of drops answered as congestion (Careful Resume's idea, with the operator's
+//!   figure as the retained state).
+//! - **no slow-start restart**: a window is kept across idle time (RFC 9438 §5.8 allows
+//!   either; RFC 7661 argues for keeping it). The path was measured a round ago, and the
+//!   pacer spreads a full window over an RTT, so the next round's payload goes out at the
+//!   measured rate rather than from ten datagrams again.
 //!
 //! Isolated losses (neither signal) change nothing: QUIC retransmits the data, and the
 //! window keeps growing. A drop-tail queue that overflows with too little delay to see
@@ -43,13 +62,15 @@
 //! (draft-cardwell-iccrg-bbr-congestion-control).
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
-/// Share of bytes lost over the last two round trips above which a loss is congestion.
+/// Share of bytes lost over the last two round trips, above the random-loss floor, beyond
+/// which a loss is congestion.
 pub const LOSS_THRESHOLD: f64 = 0.02;
 /// Margin, in binomial standard deviations, by which the losses of the last two round trips
 /// must exceed [`LOSS_THRESHOLD`] to count as congestion.
@@ -74,36 +95,63 @@ const MIN_ROUND_SAMPLES: u32 = 8;
 const INITIAL_DATAGRAMS: u64 = 10;
 /// Datagrams in the minimum window (RFC 9002 `kMinimumWindow`).
 const MIN_DATAGRAMS: u64 = 2;
+/// Packets resolved (acked or lost) per sample of the random-loss floor: enough that 1%
+/// loss shows as about ten losses rather than as zero or one.
+pub const FLOOR_SAMPLE_PACKETS: u64 = 1000;
+/// Samples the random-loss floor is the median of.
+const FLOOR_SAMPLES: usize = 15;
+/// Highest random-loss floor believed: above it, losses count against the window as if
+/// the floor were this (a path losing more than 5% at random is broken, and a higher floor
+/// would let a buffer too shallow to show delay overflow by that much every round).
+pub const MAX_LOSS_FLOOR: f64 = 0.05;
 
 /// Builds [`Resilient`] controllers; what `Congestion::Resilient` installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResilientConfig {
     max_window: u64,
+    rate: Option<u64>,
 }
 
 impl ResilientConfig {
     /// Controllers whose window never exceeds `max_window` bytes (Meridian passes the
     /// connection receive window).
     pub fn new(max_window: u64) -> Self {
-        Self { max_window }
+        Self { max_window, rate: None }
+    }
+
+    /// Controllers that jump, at their first RTT sample, to the window that carries
+    /// `bytes_per_sec` over that RTT (see [`Resilient::with_rate`]); Meridian passes the
+    /// configured `bandwidth_bps`.
+    pub fn with_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.rate = Some(bytes_per_sec);
+        self
     }
 
     /// The window cap, bytes.
     pub fn max_window(&self) -> u64 {
         self.max_window
     }
+
+    /// The rate the window jumps to, bytes per second, if any.
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
+    }
 }
 
 impl Default for ResilientConfig {
-    /// No cap beyond what the flow-control windows impose.
+    /// No cap beyond what the flow-control windows impose, and no jump.
     fn default() -> Self {
-        Self { max_window: u64::MAX }
+        Self { max_window: u64::MAX, rate: None }
     }
 }
 
 impl ControllerFactory for ResilientConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(Resilient::new(self.max_window, now, current_mtu))
+        let cc = Resilient::new(self.max_window, now, current_mtu);
+        Box::new(match self.rate {
+            Some(rate) => cc.with_rate(rate),
+            None => cc,
+        })
     }
 }
 
@@ -144,6 +192,12 @@ pub struct Resilient {
     /// The round ends when a packet numbered at least this is acked.
     round_end: Option<u64>,
     last_sent: Option<u64>,
+    /// Rate to jump to at the first RTT sample, bytes per second; `None` once done.
+    jump_rate: Option<u64>,
+    /// The random-loss floor's samples (lost share of [`FLOOR_SAMPLE_PACKETS`] packets),
+    /// oldest first, and the sample being filled: (packets resolved, packets lost).
+    floor_samples: VecDeque<f64>,
+    floor_fill: (u64, u64),
 }
 
 impl Resilient {
@@ -167,7 +221,26 @@ impl Resilient {
             previous: Round::EMPTY,
             round_end: None,
             last_sent: None,
+            jump_rate: None,
+            floor_samples: VecDeque::with_capacity(FLOOR_SAMPLES),
+            floor_fill: (0, 0),
         }
+    }
+
+    /// Jumps, at the first RTT sample, to the window that carries `bytes_per_sec` over
+    /// that sample's RTT, instead of doubling up to it from ten datagrams.
+    ///
+    /// The rate is what the operator configured the link for (`bandwidth_bps`), so it plays
+    /// the part of the state Careful Resume (draft-ietf-tsvwg-careful-resume) retains from
+    /// an earlier connection, and the first RTT sample checks the path as its
+    /// reconnaissance phase does. quinn paces at 1.25 × window / RTT, so the jump sends at
+    /// 1.25 × the configured rate, not in one burst. A payload of a few MB, which slow
+    /// start would spend eight round trips on, then arrives in about one. Slow start goes
+    /// on from there and ends as before (delay, or a loss rate above the floor), so a rate
+    /// set too high costs one round of queue drops, answered like any other congestion.
+    pub fn with_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.jump_rate = (bytes_per_sec > 0).then_some(bytes_per_sec);
+        self
     }
 
     fn min_window(&self) -> u64 {
@@ -216,19 +289,48 @@ impl Resilient {
         }
     }
 
-    /// Whether the last two round trips lost significantly more than [`LOSS_THRESHOLD`]:
+    /// The path's random-loss floor: the median lost share of the last samples of
+    /// [`FLOOR_SAMPLE_PACKETS`] packets each (0 before the first), at most
+    /// [`MAX_LOSS_FLOOR`]. Random loss shows in every sample; a queue that overflows shows
+    /// in the few samples around each overflow, which the median leaves out.
+    pub fn loss_floor(&self) -> f64 {
+        let mut rates: Vec<f64> = self.floor_samples.iter().copied().collect();
+        if rates.is_empty() {
+            return 0.0;
+        }
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2].clamp(0.0, MAX_LOSS_FLOOR)
+    }
+
+    /// Counts `packets` resolved, `lost` of them lost, towards the loss floor's samples.
+    fn sample_floor(&mut self, packets: u64, lost: u64) {
+        let (total, lost_sum) = &mut self.floor_fill;
+        *total = total.saturating_add(packets);
+        *lost_sum = lost_sum.saturating_add(lost);
+        if *total >= FLOOR_SAMPLE_PACKETS {
+            let rate = *lost_sum as f64 / *total as f64;
+            self.floor_fill = (0, 0);
+            if self.floor_samples.len() == FLOOR_SAMPLES {
+                self.floor_samples.pop_front();
+            }
+            self.floor_samples.push_back(rate);
+        }
+    }
+
+    /// Whether the last two round trips lost significantly more than the loss floor plus
+    /// [`LOSS_THRESHOLD`]:
     /// more packets than a loss rate of exactly the threshold would lose with a margin of
     /// [`LOSS_SIGMAS`] binomial standard deviations. A window of a hundred packets under 2%
     /// random loss loses 3 or more in two rounds a third of the time; without the margin
     /// those draws would read as congestion and pin the window near its start.
     fn congestion_by_loss_rate(&self) -> bool {
         let (rate, lost_packets) = self.recent_loss_rate();
-        if lost_packets < MIN_LOST_PACKETS || rate <= LOSS_THRESHOLD {
+        let p = self.loss_floor() + LOSS_THRESHOLD;
+        if lost_packets < MIN_LOST_PACKETS || rate <= p {
             return false;
         }
         // Packets resolved in the two rounds, estimated from the lost ones and the rate.
         let n = lost_packets as f64 / rate;
-        let p = LOSS_THRESHOLD;
         let expected = n * p;
         lost_packets as f64 > expected + LOSS_SIGMAS * (expected * (1.0 - p)).sqrt()
     }
@@ -246,6 +348,19 @@ impl Resilient {
     ) {
         let sample = now.saturating_duration_since(sent);
         self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
+        self.sample_floor(bytes.div_ceil(self.mtu).max(1), 0);
+        if let Some(rate) = self.jump_rate.take() {
+            // Finite and non-negative; a cast saturates at u64::MAX, which the clamp caps.
+            let jump = (rate as f64 * sample.as_secs_f64()) as u64;
+            if self.in_slow_start() && jump > self.window {
+                tracing::debug!(
+                    window = self.window,
+                    jump,
+                    "resilient: jump to the configured rate"
+                );
+                self.window = jump.clamp(self.min_window(), self.max_window);
+            }
+        }
         self.current.acked = self.current.acked.saturating_add(bytes);
         self.current.samples = self.current.samples.saturating_add(1);
         self.current.min_rtt = Some(self.current.min_rtt.map_or(sample, |m| m.min(sample)));
@@ -330,9 +445,10 @@ impl Resilient {
     /// Records `lost_bytes` lost, the newest of them sent at `sent`; shrinks the window if
     /// the loss looks like congestion (see the module docs).
     fn congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, lost_bytes: u64) {
+        let packets = lost_bytes.div_ceil(self.mtu).max(1);
         self.current.lost = self.current.lost.saturating_add(lost_bytes);
-        self.current.lost_packets =
-            self.current.lost_packets.saturating_add(lost_bytes.div_ceil(self.mtu).max(1));
+        self.current.lost_packets = self.current.lost_packets.saturating_add(packets);
+        self.sample_floor(packets, packets);
         if persistent {
             // RFC 9002 §7.6.2: every packet over a long span was lost; start over.
             self.reduce(now, BETA, "persistent congestion");
@@ -473,6 +589,12 @@ mod tests {
         fn new(max_window: u64) -> Self {
             let now = Instant::now();
             Self { cc: Resilient::new(max_window, now, MTU), now, next_pn: 0 }
+        }
+
+        fn with_rate(max_window: u64, bytes_per_sec: u64) -> Self {
+            let mut path = Self::new(max_window);
+            path.cc = path.cc.with_rate(bytes_per_sec);
+            path
         }
 
         /// One round: sends the window, loses the packets `lost` picks (by index in the
@@ -655,5 +777,100 @@ mod tests {
             path.cc.on_ack_sample(now + RTT, now, PKT, true, RTT);
         }
         assert_eq!(path.cc.window(), before);
+    }
+
+    #[test]
+    fn the_window_jumps_to_the_configured_rate_at_the_first_rtt_sample() {
+        // 1 Gb/s over a measured 150 ms: an 18.75 MB window after the first round trip,
+        // where slow start alone would have doubled ten datagrams to twenty.
+        let mut path = Path::with_rate(u64::MAX, 125_000_000);
+        assert_eq!(path.cc.window(), 10 * PKT);
+        let after = path.round(RTT, |_| false);
+        assert!(after >= 18_750_000, "no jump: {after}");
+        assert!(path.cc.in_slow_start(), "the jump is not a cut");
+        let mut plain = Path::new(u64::MAX);
+        assert_eq!(plain.round(RTT, |_| false), 20 * PKT);
+        // Capped by the window limit, and only once: a later, longer RTT sample does not
+        // jump again (the window then grows by slow start's doubling, which is less).
+        let mut capped = Path::with_rate(5_000_000, 125_000_000);
+        assert_eq!(capped.round(RTT, |_| false), 5_000_000);
+        let mut once = Path::with_rate(u64::MAX, 125_000_000);
+        once.round(RTT / 10, |_| false);
+        let jumped = once.cc.window();
+        assert!(jumped < 2_000_000, "jumped for a 15 ms RTT: {jumped}");
+        assert!(once.round(RTT, |_| false) <= 2 * jumped);
+    }
+
+    #[test]
+    fn the_window_is_kept_across_idle() {
+        // A round's payload, then seconds of silence (the inner steps), then the next
+        // round: the window the path was measured at a round ago is still there, and the
+        // next round sends all of it at once (no slow-start restart).
+        let mut path = Path::new(u64::MAX);
+        path.grow_to(1000 * PKT);
+        path.round(RTT + RTT / 2, |_| false); // ends slow start on delay
+        path.round(RTT, |_| false);
+        let before = path.cc.window();
+        // The tail of the payload: acked while there was nothing left to send.
+        let now = path.now;
+        for i in 0..10 {
+            path.cc.on_sent(now, PKT, path.next_pn + i);
+            path.cc.on_ack_sample(now + RTT, now, PKT, true, RTT);
+        }
+        path.next_pn += 10;
+        path.now += Duration::from_millis(7500);
+        assert_eq!(path.cc.window(), before);
+        // The next round: a full window in flight, no loss, so no reduction.
+        let after = path.round(RTT, |_| false);
+        assert!(after >= before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn random_loss_above_the_fixed_threshold_becomes_the_floor_and_a_rise_above_it_is_congestion() {
+        // 4% random loss from the first packet: twice LOSS_THRESHOLD, so without the floor
+        // every round with enough packets would read as congestion and cut the window.
+        let mut path = Path::new(u64::MAX);
+        let four_percent = |i: u64| i % 25 == 7;
+        for _ in 0..30 {
+            path.round(RTT, four_percent);
+        }
+        let floor = path.cc.loss_floor();
+        assert!((0.03..=0.05).contains(&floor), "floor {floor}");
+        let mut window = path.cc.window();
+        // Large enough that two rounds at 4% lose far more than 2% + 3σ would allow.
+        assert!(window > 500 * PKT, "the window stayed small: {window}");
+        for _ in 0..20 {
+            let next = path.round(RTT, four_percent);
+            assert!(
+                next >= window,
+                "random loss at the floor shrank the window: {window} -> {next}"
+            );
+            window = next;
+        }
+        // Congestion on top of the random loss: a fifth of the round lost.
+        let before = path.cc.window();
+        path.round(RTT, |i| i % 5 == 1);
+        let after = path.cc.window();
+        assert!(after <= before * 3 / 4, "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_loss_floor_ignores_overflows_and_is_capped() {
+        let mut path = Path::new(u64::MAX);
+        path.grow_to(2000 * PKT);
+        assert_eq!(path.cc.loss_floor(), 0.0);
+        // Clean rounds with one overflowing round among them: the median leaves it out.
+        for round in 0..12 {
+            path.round(RTT, |i| round == 5 && i % 4 == 0);
+        }
+        assert_eq!(path.cc.loss_floor(), 0.0);
+        // A path losing half of everything is not given a 50% floor.
+        let mut bad = Path::new(u64::MAX);
+        let now = bad.now;
+        for _ in 0..FLOOR_SAMPLE_PACKETS * 10 {
+            bad.cc.on_ack_sample(now + RTT, now, PKT, false, RTT);
+            bad.cc.on_congestion_event(now + RTT, now, false, PKT);
+        }
+        assert_eq!(bad.cc.loss_floor(), MAX_LOSS_FLOOR);
     }
 }

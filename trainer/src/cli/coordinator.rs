@@ -47,7 +47,7 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     pub rounds: Option<u64>,
     /// The run's TOML file; the coordinator reads its `[transport]` table (QUIC tuning:
-    /// bandwidth_bps, rtt_ms, congestion = "bbr" | "cubic" | "new_reno", ...).
+    /// bandwidth_bps, rtt_ms, congestion = "resilient" | "bbr" | "cubic" | "new_reno", ...).
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve live metrics (rounds committed, bytes per worker, round durations,

@@ -72,7 +72,8 @@ enum Outcome {
     /// Its handshake never completed at the listener (dropped there at the deadline).
     Stalled,
     /// Closed by the listener during its handshake: the deadline came first (a loaded
-    /// machine can be that slow; the listener gives no reason then).
+    /// machine can be that slow; the listener gives no reason then); or reset by the
+    /// listener once it had dropped the connection.
     Dropped,
 }
 
@@ -167,6 +168,10 @@ async fn attack_coordinator(
         QuicError::Refused { code, reason } => Outcome::Refused(format!("{code}: {reason}")),
         QuicError::Closed { reason, .. } => Outcome::Closed(reason),
         QuicError::Connection(e) if dropped_in_handshake(&e) => Outcome::Dropped,
+        // The listener closed the connection and had already forgotten it when the
+        // stranger's next packet came (its close was overtaken, on a loaded machine):
+        // answered with a stateless reset, which ends it just as well.
+        QuicError::Connection(quinn::ConnectionError::Reset) => Outcome::Dropped,
         other => panic!("{attack:?}: closed without a refusal: {other}"),
     }
 }
