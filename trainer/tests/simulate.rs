@@ -217,7 +217,10 @@ fn bursty_loss_and_a_slower_link_cost_time_not_loss() {
         let (c, r, _) = chaos(scenario, scenario);
         // The network delays payloads; it never changes them.
         assert_eq!(loss(&r), loss(&c), "{scenario}");
-        assert!(seconds(&r) >= seconds(&c), "{scenario}: {} < {}", seconds(&r), seconds(&c));
+        // Slower, or as fast within packet timing: a fault also changes which datagrams
+        // the links' random loss draws, which can move a run this short (10 s) by
+        // milliseconds either way (measured: slow-link 9.833 s against 9.834 s clean).
+        assert!(seconds(&r) >= seconds(&c) - 0.01, "{scenario}: {} < {}", seconds(&r), seconds(&c));
     }
 }
 
