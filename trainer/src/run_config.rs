@@ -342,6 +342,7 @@ fn unscoped_elsewhere(
         ModelKind::Gpt => "model (gpt)",
         ModelKind::Mlp => "model (mlp)",
         ModelKind::TorchScript(_) => "model (torchscript)",
+        ModelKind::Synthetic => "model (synthetic)",
     };
     let mut hints = Vec::new();
     let mut unselected = Vec::new();
@@ -433,6 +434,17 @@ impl RunConfig {
             ModelKind::Mlp => ModelConfig::Mlp(section("model", &file, &scoped("model"))?),
             ModelKind::TorchScript(path) => {
                 ModelConfig::TorchScript(path.clone(), section("model", &file, &scoped("model"))?)
+            }
+            // Nothing is built: the size is `--params`. The MLP's defaults stand in for the
+            // settings no synthetic run reads.
+            ModelKind::Synthetic => {
+                if let Some((key, _)) = scoped("model").first() {
+                    bail!(
+                        "--set model.{key}: --model synthetic has no [model] settings; its size \
+                         is --params"
+                    );
+                }
+                ModelConfig::Mlp(MlpConfig::default())
             }
         };
         let transport = transport_section(&file, &sets)?;

@@ -59,9 +59,10 @@ impl DataArgs {
 /// the settings file with its overrides.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunSource {
-    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast), or
+    /// The model: `gpt` (built-in byte-level GPT), `mlp` (small and fast),
     /// `torchscript:PATH` (a module saved with torch.jit.save whose forward(tokens,
-    /// targets) returns the loss; see examples/README.md).
+    /// targets) returns the loss; see examples/README.md), or, for `meridian simulate`
+    /// only, `synthetic` with --params N (payloads of that size, no training).
     #[arg(long, default_value = "gpt", env = "MERIDIAN_MODEL")]
     pub model: ModelKind,
     /// The data.
@@ -93,6 +94,12 @@ impl RunSource {
         inner_steps: Option<u64>,
         extra_sets: &[String],
     ) -> Result<RunConfig> {
+        if self.model == ModelKind::Synthetic {
+            bail!(
+                "--model synthetic: only `meridian simulate --model synthetic --params N` runs a \
+                 synthetic model (it trains nothing); choose gpt, mlp or torchscript:PATH"
+            );
+        }
         let sets: Vec<String> = extra_sets.iter().chain(&self.set).cloned().collect();
         RunConfig::build(&self.model, algos, self.config.as_deref(), inner_steps, &sets)
     }

@@ -48,7 +48,29 @@ Virtual time is not free: every QUIC connection keeps alive every 10 simulated s
 every round puts a payload per pair of workers in flight in this one process. Settings that
 could not finish are refused before anything runs: a round of more than 15 days of compute,
 over 1e7 connection-seconds of simulated compute, over 2 GB of payloads per round, fewer
-steps than one round."
+steps than one round.
+
+At scale, without training: --model synthetic --params N (e.g. 1e9). No model is built and
+nothing trains; each worker charges --step-time per inner step as above and, where its
+algorithm exchanges, publishes a valid payload of exactly the size and structure the
+algorithm's real encoder produces for N parameters, over the same QUIC, coordinator, routes
+and deadlines, landing overlapped rounds (--set overlap=N) as training does. The N
+parameters are split as a large transformer's matrices are: 2-D tensors 1024 wide of at most
+2^24 elements (at least 16 of them), plus one 1-D tensor of the N mod 1024 left over. The
+payloads are encoded before the run by each algorithm's own encoder, tensor by tensor, on
+a seeded heavy-tailed pseudo-gradient: twice, from two seeds (not once per worker, which at
+1e9 parameters would take minutes and a copy of the payloads per worker). Each worker's
+payload takes each segment from one of the two encodings, chosen by a bit of its index, so
+every worker sends its own bytes (distinct from every other worker's whenever a payload has
+at least log2(--workers) segments), under its own member id, every round. A synthetic
+worker decodes and validates every payload it receives as a training worker would (shapes,
+indices, codes, finiteness), but applies no update: loss columns are n/a and replicas agree
+on the committed bytes, not on parameters. Rounds block, or land --set overlap=N steps
+later, where the algorithm's optimizer says training does (Streaming DiLoCo's tau delays
+its merge, not its exchange: each exchange waits for the commit, as in training). Not with --chaos, --tflops, --measured-compute or --route ring. Instead of the 2 GB per
+round limit, a memory model refuses a run whose payload copies (every member's payload on
+every worker for the rounds kept) would not fit the memory available now, naming the
+largest --params that does; the summary reports each algorithm's peak resident memory."
 )]
 pub struct SimulateArgs {
     /// The network: lan, cross-continent, home or lossy.
@@ -105,10 +127,26 @@ pub struct SimulateArgs {
     /// (wall-clock time; 0 for never).
     #[arg(long, default_value = "60s", value_parser = parse_duration, env = "MERIDIAN_PROGRESS_EVERY")]
     pub progress_every: Duration,
+    /// With `--model synthetic`: the model size, in parameters (e.g. 1e9 or 250000000).
+    #[arg(long, value_parser = parse_params, env = "MERIDIAN_PARAMS")]
+    pub params: Option<u64>,
     /// The model, data and settings (`--model gpt`, the default, is d_model 128, 2 layers,
     /// 2 heads, context 128 unless set otherwise; 64/2/2/64 with --quick).
     #[command(flatten)]
     pub source: RunSource,
+}
+
+/// `--params`: a whole number of parameters, written plainly or as `1e9`.
+fn parse_params(text: &str) -> std::result::Result<u64, String> {
+    let value: f64 = text
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of parameters (e.g. 1e9)"))?;
+    // Below 2^53 every whole f64 is exact.
+    if !(value.is_finite() && value >= 1.0 && value.fract() == 0.0 && value < 9.0e15) {
+        return Err(format!("{text:?}: a whole number of parameters from 1 to 9e15"));
+    }
+    Ok(value as u64)
 }
 
 /// Runs `meridian simulate`.

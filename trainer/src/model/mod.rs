@@ -47,6 +47,9 @@ pub enum ModelKind {
     Mlp,
     /// A TorchScript module saved by `torch.jit.save`.
     TorchScript(PathBuf),
+    /// No model: `meridian simulate --params N` sends payloads of a model of N parameters
+    /// without training one.
+    Synthetic,
 }
 
 impl std::str::FromStr for ModelKind {
@@ -56,10 +59,13 @@ impl std::str::FromStr for ModelKind {
         match s {
             "gpt" => Ok(Self::Gpt),
             "mlp" => Ok(Self::Mlp),
+            "synthetic" => Ok(Self::Synthetic),
             _ => match s.strip_prefix("torchscript:") {
                 Some("") => bail!("--model torchscript:PATH needs the path of a saved module"),
                 Some(path) => Ok(Self::TorchScript(PathBuf::from(path))),
-                None => bail!("unknown model {s:?}; choose gpt, mlp or torchscript:PATH"),
+                None => {
+                    bail!("unknown model {s:?}; choose gpt, mlp, torchscript:PATH or synthetic")
+                }
             },
         }
     }
@@ -71,6 +77,7 @@ impl std::fmt::Display for ModelKind {
             Self::Gpt => f.write_str("gpt"),
             Self::Mlp => f.write_str("mlp"),
             Self::TorchScript(p) => write!(f, "torchscript:{}", p.display()),
+            Self::Synthetic => f.write_str("synthetic"),
         }
     }
 }

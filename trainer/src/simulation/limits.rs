@@ -97,6 +97,13 @@ pub fn check(
     run: &Run<'_>,
     payload_bytes_per_param: impl Fn(&AlgoConfig) -> Result<f64>,
 ) -> Result<()> {
+    check_time(run)?;
+    check_round_bytes(run, payload_bytes_per_param)
+}
+
+/// The checks on time alone: at least one round, a round's compute within a deadline, the
+/// run's connection-seconds. (A synthetic run checks its bytes with a memory model.)
+pub fn check_time(run: &Run<'_>) -> Result<()> {
     for algo in run.algos {
         let h = steps_per_round(algo);
         if run.steps < h {
@@ -141,6 +148,14 @@ pub fn check(
             );
         }
     }
+    Ok(())
+}
+
+/// The bytes one round puts in flight, at most [`MAX_ROUND_BYTES`].
+fn check_round_bytes(
+    run: &Run<'_>,
+    payload_bytes_per_param: impl Fn(&AlgoConfig) -> Result<f64>,
+) -> Result<()> {
     let n = run.workers as f64;
     // Ring rounds move 2(N-1) segments of 1/N of a payload per worker: linear in N.
     let copies = match run.route {

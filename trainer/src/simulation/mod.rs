@@ -18,6 +18,7 @@ pub mod limits;
 pub mod process;
 pub mod progress;
 pub mod report;
+pub mod synthetic;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ struct Setup {
 
 /// Runs `meridian simulate`.
 pub fn run(args: &SimulateArgs) -> Result<()> {
+    if args.source.model == ModelKind::Synthetic || args.params.is_some() {
+        return synthetic::run(args);
+    }
     let setup = prepare(args)?;
     let started = Instant::now();
     let Some(chaos) = args.chaos else {
@@ -170,15 +174,9 @@ fn check(runs: &[(&str, &SimSummary)]) -> Result<()> {
     Ok(())
 }
 
-/// Checks the arguments and builds what every scenario shares; prints the run's header.
-fn prepare(args: &SimulateArgs) -> Result<Setup> {
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    if args.algos.is_empty() {
-        bail!("--algos needs at least one algorithm");
-    }
-    let (network, topology) = match &args.topology {
+/// The network `--topology` or `--preset` names, with its name for the summary.
+fn network(args: &SimulateArgs) -> Result<(String, Topology)> {
+    Ok(match &args.topology {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--topology: cannot read {}", path.display()))?;
@@ -187,7 +185,18 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
             (path.display().to_string(), t)
         }
         None => (args.preset.clone(), Topology::preset(&args.preset).context("--preset")?),
-    };
+    })
+}
+
+/// Checks the arguments and builds what every scenario shares; prints the run's header.
+fn prepare(args: &SimulateArgs) -> Result<Setup> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if args.algos.is_empty() {
+        bail!("--algos needs at least one algorithm");
+    }
+    let (network, topology) = network(args)?;
     let placement = topology.place_workers(args.workers as usize).context("--workers")?;
     let steps = args.schedule.steps_or(if args.quick { 60 } else { DEFAULT_STEPS });
     if steps == 0 {
@@ -368,6 +377,7 @@ fn run_scenario(
         target_loss: target,
         ddp_bf16_ring: DdpBaseline::bf16_ring(setup.parameters, args.workers, setup.steps),
         algorithms,
+        synthetic: None,
     };
     summary.set_target(target);
     summary.set_frontier();
@@ -386,6 +396,37 @@ fn identity_seed(seed: u64, index: u64) -> [u8; 32] {
         }
     }
     out
+}
+
+/// The coordinator of a simulated run of `workers` workers: round 0 waits for all of them,
+/// and rounds of `step`-long inner steps get deadlines that can hold them.
+fn coordinator_config(
+    route: RouteArg,
+    tuning: &TransportTuning,
+    workers: usize,
+    step: Option<Duration>,
+    algo: &AlgoConfig,
+) -> Result<CoordinatorNodeConfig> {
+    // The virtual address is known before binding: the coordinator is the first host.
+    let mut ccfg = CoordinatorNodeConfig::new("0.0.0.0:0".parse()?, route.route());
+    ccfg.tuning = tuning.clone();
+    // Round 0 waits for every starting worker; after that the run goes on with whoever is
+    // live, as `meridian coordinator` does by default.
+    ccfg.protocol.min_members = workers;
+    ccfg.protocol.min_live = Some(1);
+    // A round must outlast its compute: with long steps the default deadlines would close
+    // every round before anyone delivered (empty rounds, nothing trained).
+    if let (Some(step), DeadlinePolicy::Adaptive(a)) = (step, &mut ccfg.protocol.deadline) {
+        let h = u32::try_from(limits::steps_per_round(algo)).unwrap_or(u32::MAX);
+        let round = step.saturating_mul(h);
+        let (initial, max) = limits::round_deadline(round, a.initial, a.max);
+        if initial != a.initial {
+            // A snapshot waits for its provider to finish the round it is computing.
+            ccfg.protocol.snapshot_timeout = ccfg.protocol.snapshot_timeout.max(initial);
+        }
+        (a.initial, a.max) = (initial, max);
+    }
+    Ok(ccfg)
 }
 
 /// Runs one algorithm over a fresh simulated network, in virtual time.
@@ -414,27 +455,7 @@ async fn simulate_async(
     tuning.rng_seed = Some(plan.seed);
 
     let region = plan.topology.coordinator_region();
-    // The virtual address is known before binding: the coordinator is the first host.
-    let mut ccfg = CoordinatorNodeConfig::new("0.0.0.0:0".parse()?, plan.route.route());
-    ccfg.tuning = tuning.clone();
-    // Round 0 waits for every starting worker; after that the run goes on with whoever is
-    // live, as `meridian coordinator` does by default.
-    ccfg.protocol.min_members = n;
-    ccfg.protocol.min_live = Some(1);
-    // A round must outlast its compute: with long steps the default deadlines would close
-    // every round before anyone delivered (empty rounds, nothing trained).
-    if let (Some(step), DeadlinePolicy::Adaptive(a)) =
-        (plan.compute.step_time(), &mut ccfg.protocol.deadline)
-    {
-        let h = u32::try_from(limits::steps_per_round(algo)).unwrap_or(u32::MAX);
-        let round = step.saturating_mul(h);
-        let (initial, max) = limits::round_deadline(round, a.initial, a.max);
-        if initial != a.initial {
-            // A snapshot waits for its provider to finish the round it is computing.
-            ccfg.protocol.snapshot_timeout = ccfg.protocol.snapshot_timeout.max(initial);
-        }
-        (a.initial, a.max) = (initial, max);
-    }
+    let ccfg = coordinator_config(plan.route, &tuning, n, plan.compute.step_time(), algo)?;
     let outage = plan.schedule.coordinator_outage.map(|(down, back)| (start + down, start + back));
     if outage.is_some() && plan.state_dir.exists() {
         std::fs::remove_dir_all(&plan.state_dir)
@@ -575,6 +596,7 @@ fn summarize(
         replicas_identical: agree_round_by_round(outcomes),
         rounds_committed: outcomes.iter().map(|o| o.rounds_done).max().unwrap_or(0),
         commit_error,
+        peak_memory_bytes: None,
         faults: report::FaultTally {
             workers_lost: tally.lost,
             workers_rejoined: tally.rejoined,

@@ -51,6 +51,10 @@ pub struct SimAlgo {
     /// `None` when every worker applied exactly the committed rounds, each once, with the
     /// committed members' payloads; otherwise what went wrong.
     pub commit_error: Option<String>,
+    /// The process's resident-memory high-water mark while this algorithm ran, in bytes
+    /// (synthetic runs, where Linux reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
     /// What failed and recovered during the run.
     pub faults: FaultTally,
     /// Per worker: (region, simulated seconds to finish, compute seconds, hash as hex).
@@ -246,6 +250,9 @@ pub struct SimSummary {
     pub ddp_bf16_ring: DdpBaseline,
     /// One entry per algorithm, in the order run.
     pub algorithms: Vec<SimAlgo>,
+    /// `--model synthetic`: what its workers do not do (train, apply updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<String>,
 }
 
 impl SimSummary {
@@ -307,8 +314,9 @@ impl SimSummary {
 
     /// The table.
     pub fn print_table(&self) {
+        let peaks = self.algorithms.iter().any(|a| a.peak_memory_bytes.is_some());
         println!(
-            "{:<11} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>8} {:>11} {:>9}",
+            "{:<11} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>8} {:>11} {:>9}{}",
             "algorithm",
             "val",
             "vs DDP",
@@ -318,17 +326,23 @@ impl SimSummary {
             "sim time",
             "compute",
             "to target",
-            "replicas"
+            "replicas",
+            if peaks { format!(" {:>10}", "peak mem") } else { String::new() },
         );
         for a in &self.algorithms {
             let to_target = match a.seconds_to_target {
                 Some(s) => seconds(s),
                 None => "-".into(),
             };
+            let peak = match (peaks, a.peak_memory_bytes) {
+                (false, _) => String::new(),
+                (true, Some(b)) => format!(" {:>6.2} GiB", b as f64 / f64::from(1u32 << 30)),
+                (true, None) => format!(" {:>10}", "n/a"),
+            };
             println!(
-                "{:<11} {:>8.4} {:>8} {:>11} {:>11} {:>9} {:>10} {:>7.1}% {:>11} {:>9}",
+                "{:<11} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>7.1}% {:>11} {:>9}{peak}",
                 a.algorithm,
-                a.final_val_loss,
+                loss(a.final_val_loss),
                 frontier::show_relative(a.frontier.val_loss_vs_ddp),
                 frontier::show_bytes(a.bytes_sent_per_worker),
                 frontier::show_bytes(a.bytes_received_per_worker),
@@ -346,16 +360,28 @@ impl SimSummary {
              x fewer = how many times fewer bytes (sent + received) than a bf16 ring DDP;\n\
              sim time = simulated wall-clock until the last worker finished;\n\
              compute = time computing over total time (mean over workers);\n\
-             to target = simulated time until the validation loss first reached {:.4}\n\
+             to target = simulated time until the validation loss first reached {}\n\
              (the lowest every algorithm reached, unless --target-loss);\n\
              replicas = every worker held identical parameters after every round.\n{}",
-            self.target_loss,
+            loss(self.target_loss),
             frontier::baseline_line(&self.ddp_bf16_ring)
         );
+        if let Some(note) = &self.synthetic {
+            println!("{note}");
+        }
     }
 }
 
 /// Seconds as a short human string.
+/// A loss to 4 decimals, or `n/a` where there is none (a synthetic run trains nothing).
+fn loss(l: f64) -> String {
+    if l.is_finite() {
+        format!("{l:.4}")
+    } else {
+        "n/a".into()
+    }
+}
+
 fn seconds(s: f64) -> String {
     if s >= 3600.0 {
         format!("{:.2} h", s / 3600.0)
