@@ -606,20 +606,26 @@ fn summarize(
             payloads_rejected: tally.rejected
                 + outcomes.iter().map(|o| o.rejected).max().unwrap_or(0),
         },
-        workers: outcomes
-            .iter()
-            .map(|o| SimWorker {
-                member: o.member,
-                region: o.region.clone(),
-                finished_seconds: o.finished,
-                compute_seconds: o.compute.as_secs_f64(),
-                bytes_sent: o.sent,
-                hash: o.round_hashes.last().map_or_else(String::new, |h| format!("{:016x}", h.1)),
-            })
-            .collect(),
+        workers: worker_rows(outcomes),
         // Filled once every algorithm has run (it needs DDP's loss).
         frontier: Frontier::default(),
         curve: ctx.curve.borrow().clone(),
         local_curve: ctx.local_curve.borrow().clone(),
     }
+}
+
+/// One summary row per worker: where it ran, when it finished, what it computed and sent,
+/// and the hash of the last round it applied.
+fn worker_rows(outcomes: &[process::Outcome]) -> Vec<SimWorker> {
+    outcomes
+        .iter()
+        .map(|o| SimWorker {
+            member: o.member,
+            region: o.region.clone(),
+            finished_seconds: o.finished,
+            compute_seconds: o.compute.as_secs_f64(),
+            bytes_sent: o.sent,
+            hash: o.round_hashes.last().map_or_else(String::new, |h| format!("{:016x}", h.1)),
+        })
+        .collect()
 }

@@ -26,7 +26,7 @@ use meridian_comm::quic::{NodeIdentity, TransportTuning};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_simulate::Fabric;
 
-use super::report::{FaultTally, SimAlgo, SimSummary, SimWorker};
+use super::report::{FaultTally, SimAlgo, SimSummary};
 use super::{coordinator, limits, process, progress};
 use crate::cli::args::{RouteArg, DEFAULT_STEPS};
 use crate::cli::simulate::SimulateArgs;
@@ -380,17 +380,7 @@ fn summarize(
             payloads_rejected: tally.rejected
                 + outcomes.iter().map(|o| o.rejected).max().unwrap_or(0),
         },
-        workers: outcomes
-            .iter()
-            .map(|o| SimWorker {
-                member: o.member,
-                region: o.region.clone(),
-                finished_seconds: o.finished,
-                compute_seconds: o.compute.as_secs_f64(),
-                bytes_sent: o.sent,
-                hash: o.round_hashes.last().map_or_else(String::new, |h| format!("{:016x}", h.1)),
-            })
-            .collect(),
+        workers: super::worker_rows(outcomes),
         frontier: Frontier::default(),
         curve: Vec::new(),
         local_curve: Vec::new(),
