@@ -260,11 +260,7 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         parameters as f64 / 1e6,
         compute.describe()
     );
-    let links: Vec<String> = topology.describe().lines().map(str::to_string).collect();
-    for l in &links {
-        println!("  {l}");
-    }
-    println!();
+    let links = print_links(&topology);
     Ok(Setup {
         network,
         topology,
@@ -628,4 +624,15 @@ fn worker_rows(outcomes: &[process::Outcome]) -> Vec<SimWorker> {
             hash: o.round_hashes.last().map_or_else(String::new, |h| format!("{:016x}", h.1)),
         })
         .collect()
+}
+
+/// Prints the topology's links, one indented line each, and returns the lines for the
+/// summary.
+fn print_links(topology: &Topology) -> Vec<String> {
+    let links: Vec<String> = topology.describe().lines().map(str::to_string).collect();
+    for l in &links {
+        println!("  {l}");
+    }
+    println!();
+    links
 }

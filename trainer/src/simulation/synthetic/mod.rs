@@ -190,11 +190,7 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
         params as f64,
         crate::units::human(args.step_time),
     );
-    let links: Vec<String> = topology.describe().lines().map(str::to_string).collect();
-    for l in &links {
-        println!("  {l}");
-    }
-    println!();
+    let links = super::print_links(&topology);
     Ok(Setup {
         network,
         topology,
