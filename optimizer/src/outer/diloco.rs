@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::overlap::{agreed_hash, check_overlap, Drift};
+use super::schedule::OuterLrSchedule;
 use super::{
     receive, receive_aggregate, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase,
 };
@@ -44,6 +45,10 @@ algo_config! {
         pub inner_steps: u64,
         /// Outer learning rate.
         pub outer_lr: f64,
+        /// How the outer rate moves over the rounds: `constant` (the papers' and the
+        /// default), or a warmup and cosine decay in rounds, e.g. `warmup=2,cosine=18,min=0.1`
+        /// (see `outer::schedule`).
+        pub outer_lr_schedule: OuterLrSchedule,
         /// Outer momentum.
         pub momentum: f64,
         /// Nesterov momentum (as in the paper) or plain heavy-ball.
@@ -62,6 +67,7 @@ impl Default for DilocoConfig {
         Self {
             inner_steps: 500,
             outer_lr: 0.7,
+            outer_lr_schedule: OuterLrSchedule::CONSTANT,
             momentum: 0.9,
             nesterov: true,
             transport: Transport::F32,
@@ -82,6 +88,9 @@ impl AlgoSettings for DilocoConfig {
                 "diloco: inner_steps (H) must be at least 1".into(),
             ));
         }
+        self.outer_lr_schedule
+            .validate("diloco.outer_lr_schedule")
+            .map_err(OptimizerError::Config)?;
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
             return Err(OptimizerError::Config(format!(
                 "diloco.outer_lr = {} is out of range: it must be a finite number > 0 (the \
@@ -240,16 +249,10 @@ impl Diloco {
 
 impl Diloco {
     /// The outer Nesterov step on the mean pseudo-gradient, per tensor.
-    fn outer_step(&mut self, mean: &[Tensor]) -> Result<()> {
+    fn outer_step(&mut self, mean: &[Tensor], round: u64) -> Result<()> {
+        let lr = self.config.outer_lr * self.config.outer_lr_schedule.factor(round);
         for ((theta, m), g) in self.global.iter_mut().zip(&mut self.momentum).zip(mean) {
-            sgd_momentum_step(
-                theta,
-                m,
-                g,
-                self.config.outer_lr,
-                self.config.momentum,
-                self.config.nesterov,
-            )?;
+            sgd_momentum_step(theta, m, g, lr, self.config.momentum, self.config.nesterov)?;
         }
         Ok(())
     }
@@ -311,7 +314,7 @@ impl OuterOptimizer for Diloco {
         });
         if !received.members.is_empty() {
             let mean = mean_per_tensor(&received.members, params, robust)?;
-            self.outer_step(&mean)?;
+            self.outer_step(&mean, round)?;
         }
         // θ_local ← θ_global (plus the drift of an overlapped round), also when nobody
         // delivered: every replica restarts from the same global point.
@@ -340,7 +343,7 @@ impl OuterOptimizer for Diloco {
                 .zip(params.shapes())
                 .map(|(v, s)| tensor_on(v, s, params.device()))
                 .collect::<Result<Vec<Tensor>>>()?;
-            self.outer_step(&mean)?;
+            self.outer_step(&mean, round)?;
         }
         self.drift.land(params, &self.global)?;
         Ok(report)

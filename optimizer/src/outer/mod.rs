@@ -31,6 +31,7 @@ pub mod sparseloco;
 pub mod streaming;
 
 pub mod overlap;
+pub mod schedule;
 
 mod on_device;
 mod receive;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::overlap::{agreed_hash, check_overlap, Drift};
+use super::schedule::OuterLrSchedule;
 use super::{receive, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
@@ -53,6 +54,10 @@ algo_config! {
         pub error_decay: f64,
         /// Outer SGD learning rate.
         pub outer_lr: f64,
+        /// How the outer rate moves over the rounds: `constant` (the papers' and the
+        /// default), or a warmup and cosine decay in rounds, e.g. `warmup=2,cosine=18,min=0.1`
+        /// (see `outer::schedule`).
+        pub outer_lr_schedule: OuterLrSchedule,
         /// Consecutive elements per top-k chunk.
         pub chunk: usize,
         /// Entries kept per chunk.
@@ -80,6 +85,7 @@ impl Default for SparselocoConfig {
             inner_steps: 30,
             error_decay: 0.95,
             outer_lr: 1.0,
+            outer_lr_schedule: OuterLrSchedule::CONSTANT,
             chunk: 4096,
             topk: 64,
             value_bits: Some(2),
@@ -149,6 +155,9 @@ impl AlgoSettings for SparselocoConfig {
                 show_number(Self::default().outer_lr)
             )));
         }
+        self.outer_lr_schedule
+            .validate("sparseloco.outer_lr_schedule")
+            .map_err(OptimizerError::Config)?;
         if self.chunk == 0 || u32::try_from(self.chunk).is_err() {
             return bad(format!("chunk {} must be in 1..=u32::MAX", self.chunk));
         }
@@ -325,6 +334,7 @@ impl OuterOptimizer for Sparseloco {
             });
         let members = &received.members;
         if !members.is_empty() {
+            let lr = self.config.outer_lr * self.config.outer_lr_schedule.factor(round);
             for (i, theta) in self.global.iter_mut().enumerate() {
                 let contribs: Vec<Contribution<'_>> = members
                     .iter()
@@ -339,7 +349,7 @@ impl OuterOptimizer for Sparseloco {
                     MeanOver::Contributors,
                     params.device(),
                 )?;
-                let step = mean.f_mul_scalar(self.config.outer_lr)?;
+                let step = mean.f_mul_scalar(lr)?;
                 let _ = theta.f_sub_(&step)?;
             }
         }
@@ -472,8 +482,9 @@ mod tests {
     }
 
     /// Bytes of one compressed tensor as the pipeline lays them out, computed from the
-    /// format rather than read off an encoder.
-    fn compressed_len(numel: usize, config: &SparselocoConfig) -> usize {
+    /// format rather than read off an encoder: (everything but the indices, the most the
+    /// indices can take). Rice-coded indices vary with the selection, below their bound.
+    fn compressed_len(numel: usize, config: &SparselocoConfig) -> (usize, usize) {
         let spec = ChunkSpec::new(numel, config.chunk, config.topk).unwrap();
         let kept = spec.total_k();
         let values = match config.value_bits {
@@ -481,7 +492,7 @@ mod tests {
             // Quantized header, 2^b f32 entries per block of 4096, packed codes.
             Some(b) => 10 + 4 * (1 << b) * kept.div_ceil(4096) + (kept * b as usize).div_ceil(8),
         };
-        10 + encoded_len_chunked(&spec) + values
+        (10 + values, encoded_len_chunked(&spec))
     }
 
     #[test]
@@ -491,24 +502,28 @@ mod tests {
             let mut h = harness(config, wide());
             let (exchanges, _, _) = run_checked(&mut h, 5);
             let params = &h.workers()[0].params;
-            let expect: usize = 23
-                + params
-                    .shapes()
-                    .iter()
-                    .map(|s| {
-                        let numel = s.iter().product();
-                        // Segment header: tensor, encoding, rank, dims, body length.
-                        4 + 1 + 1 + 4 * s.len() + 4 + compressed_len(numel, &config)
-                    })
-                    .sum::<usize>();
-            assert_eq!(exchanges[0].bytes_per_worker, vec![expect; 4], "{value_bits:?}");
-            let f32_bytes = params.numel() * 4;
+            let (mut fixed, mut indices) = (23usize, 0usize);
+            for s in params.shapes() {
+                let (rest, idx) = compressed_len(s.iter().product(), &config);
+                // Segment header: tensor, encoding, rank, dims, body length.
+                fixed += 4 + 1 + 1 + 4 * s.len() + 4 + rest;
+                indices += idx;
+            }
+            for &b in &exchanges[0].bytes_per_worker {
+                // Every index stream takes at least its tag and at most its bound.
+                let tags = params.len();
+                assert!(
+                    b >= fixed + tags && b <= fixed + indices,
+                    "{b} outside {fixed}+[{tags}, {indices}]"
+                );
+            }
+            let (most, f32_bytes) = (fixed + indices, params.numel() * 4);
             if value_bits == Some(2) {
-                // 71 172 parameters: 284 688 bytes as f32, 2 281 here (125×).
-                assert!(expect * 100 < f32_bytes, "{expect} vs {f32_bytes}");
+                // 71 172 parameters: 284 688 bytes as f32, at most 2 281 here (125×).
+                assert!(most * 100 < f32_bytes, "{most} vs {f32_bytes}");
             } else {
-                // 12-bit indices plus f32 values: still over 25× below dense f32.
-                assert!(expect * 25 < f32_bytes, "{expect} vs {f32_bytes}");
+                // Indices plus f32 values: still over 25× below dense f32.
+                assert!(most * 25 < f32_bytes, "{most} vs {f32_bytes}");
             }
         }
     }
@@ -619,6 +634,30 @@ mod tests {
         assert_eq!(flat(&s.global()[0]), want);
     }
 
+    #[test]
+    fn the_outer_rate_follows_its_schedule_by_round() {
+        // One member sends Δ = 1 on coordinate 0 (f32 values, exact); with a 4-round warmup
+        // the step at round r is (r + 1)/4 of outer_lr, then the full rate.
+        let config = SparselocoConfig {
+            inner_steps: 1,
+            outer_lr: 0.5,
+            outer_lr_schedule: "warmup=4".parse().unwrap(),
+            chunk: 4,
+            topk: 1,
+            value_bits: None,
+            ..Default::default()
+        };
+        for (round, factor) in [(0u64, 0.25f32), (1, 0.5), (3, 1.0), (9, 1.0)] {
+            let start = [1.0f32, 2.0, 3.0, 4.0];
+            let p = single(&start, &[4]);
+            let mut s = Sparseloco::new(config, &p).unwrap();
+            p.assign(&[Tensor::from_slice(&[0.0f32, 2.0, 3.0, 4.0])]).unwrap();
+            let payload = s.prepare(&p, round, 0).unwrap();
+            s.apply(&p, round, &[payload]).unwrap();
+            assert_eq!(flat(&s.global()[0])[0], 1.0 - 0.5 * factor, "round {round}");
+        }
+    }
+
     fn two_tensor_set(seed: f32) -> ParamSet {
         ParamSet::new(vec![
             ("a".into(), Tensor::from_slice(&wiggle(100, seed))),
@@ -630,8 +669,9 @@ mod tests {
     #[test]
     fn corrupted_payloads_are_rejected_and_the_rest_applied() {
         // Tensor "a" has 100 elements in chunks of 64: the second chunk holds 36 and keeps
-        // 3 offsets, each 6 bits wide, so an offset can name a position past its end.
-        let config = SparselocoConfig { inner_steps: 1, chunk: 64, topk: 4, ..Default::default() };
+        // 2 offsets, each 6 bits wide (two per chunk travel in the fixed-width form), so an
+        // offset can name a position past its end.
+        let config = SparselocoConfig { inner_steps: 1, chunk: 64, topk: 2, ..Default::default() };
         let members: Vec<(ParamSet, Sparseloco)> = (0..5)
             .map(|_| {
                 let p = two_tensor_set(0.0);
@@ -649,15 +689,14 @@ mod tests {
         }
         let good = [payloads[0].clone(), payloads[3].clone()];
         // Member 1: the last offset of tensor a's second chunk becomes 63 (≥ 36). Body:
-        // 10-byte header, index tag, then 7 × 6 bits; the last offset is bits 36..42.
+        // 10-byte header, index tag, then 4 × 6 bits; the last offset is bits 18..24.
         let body = &mut payloads[1].segments[0].body;
         assert_eq!(body[10], meridian_kernels::pack::TAG_FIXED);
-        body[11 + 4] |= 0xF0;
-        body[11 + 5] |= 0x03;
+        body[11 + 2] |= 0xFC;
         // Member 2: tensor b's body loses its last byte.
         payloads[2].segments[1].body.pop();
-        // Member 4: a NaN codebook entry (quantized header of 10 bytes after 10 + 1 + 6).
-        payloads[4].segments[0].body[27..31].copy_from_slice(&f32::NAN.to_le_bytes());
+        // Member 4: a NaN codebook entry (quantized header of 10 bytes after 10 + 1 + 3).
+        payloads[4].segments[0].body[24..28].copy_from_slice(&f32::NAN.to_le_bytes());
         // The payloads survive the wire format: only the algorithm can judge their bodies.
         let shapes = members[0].0.shapes().to_vec();
         for p in &payloads {

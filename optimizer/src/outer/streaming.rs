@@ -43,6 +43,7 @@ use tch::Tensor;
 use super::diloco::{
     dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport, DENSE_ENCODINGS,
 };
+use super::schedule::OuterLrSchedule;
 use super::{receive, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
 use crate::config::{algo_config, AlgoSettings};
@@ -87,6 +88,10 @@ algo_config! {
         pub mixing: f64,
         /// Outer learning rate.
         pub outer_lr: f64,
+        /// How the outer rate moves over the fragment exchanges: `constant` (the papers' and
+        /// the default), or a warmup and cosine decay counted in exchanges (see
+        /// `outer::schedule`).
+        pub outer_lr_schedule: OuterLrSchedule,
         /// Outer Nesterov momentum.
         pub momentum: f64,
         /// Bits per value on the wire: 4 (absmax int4) or 8 (INTELLECT-1-style int8 codebook).
@@ -102,6 +107,7 @@ impl Default for StreamingConfig {
             overlap: 5,
             mixing: 0.5,
             outer_lr: 0.7,
+            outer_lr_schedule: OuterLrSchedule::CONSTANT,
             momentum: 0.9,
             value_bits: 4,
             robust: Robust::default(),
@@ -137,6 +143,9 @@ impl AlgoSettings for StreamingConfig {
         if !(0.0..=1.0).contains(&self.mixing) {
             return bad(format!("mixing (α) {} must be in [0, 1]", self.mixing));
         }
+        self.outer_lr_schedule
+            .validate("streaming.outer_lr_schedule")
+            .map_err(OptimizerError::Config)?;
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0) {
             return Err(OptimizerError::Config(format!(
                 "streaming.outer_lr = {} is out of range: it must be a finite number > 0 (the \
@@ -355,7 +364,8 @@ impl OuterOptimizer for Streaming {
         });
         let members = &received.members;
         if !members.is_empty() {
-            let (lr, mu) = (self.config.outer_lr, self.config.momentum);
+            let lr = self.config.outer_lr * self.config.outer_lr_schedule.factor(round);
+            let mu = self.config.momentum;
             for (k, &i) in self.fragments[p].iter().enumerate() {
                 let shape = &params.shapes()[i];
                 let contribs: Vec<(u32, &[f32])> =
