@@ -1,4 +1,4 @@
-//! Index packing for a per-chunk top-k selection (64 of every 4096 → 12-bit offsets) and a
+//! Index packing for a per-chunk top-k selection (64 of every 4096 → Rice-coded offsets) and a
 //! global one (delta + bit-packing), encode and decode. Throughput counts the elements of
 //! the dense tensor the indices address, so the figure compares with memcpy of that tensor.
 // criterion_group! generates an undocumented `benches` function.

@@ -1,5 +1,5 @@
 //! The whole compress pipeline per tensor, against memcpy of the same bytes.
-//! SparseLoCo (no DCT: top-64 of 4096 → 2-bit codebook → 12-bit indices) and the DCT path
+//! SparseLoCo (no DCT: top-64 of 4096 → 2-bit values → Rice-coded indices) and the DCT path
 //! (64×64 DCT → top-32 per tile → 2-bit → pack).
 // criterion_group! generates an undocumented `benches` function.
 #![allow(missing_docs)]

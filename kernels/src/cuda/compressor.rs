@@ -336,7 +336,7 @@ pub(crate) fn assemble(
     out.bytes.push(TAG_PER_CHUNK);
     out.bytes.extend_from_slice(&(cpu.len() as u32).to_le_bytes());
     out.bytes.extend_from_slice(&(index.total_k as u32).to_le_bytes());
-    index.append(&o.words, &mut out.bytes);
+    index.append_indices(&o.words, &o.idx, &mut out.bytes)?;
     let values = match quant {
         Some(q) => {
             q.finish(o.packed, o.params)?.encode_into(&mut out.bytes);

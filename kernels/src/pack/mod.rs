@@ -20,6 +20,7 @@
 //! | `0x01` [`TAG_FIXED`]  | fixed  | [`encode_chunked`]                               |
 //! | `0x02` [`TAG_BITMAP`] | bitmap | [`encode_chunked`] and [`encode_sorted`]         |
 //! | `0x03` [`TAG_DELTA`]  | delta  | [`encode_sorted`]                                |
+//! | `0x04` [`TAG_RICE`]   | Rice   | [`encode_chunked`]                               |
 //!
 //! # Chunked encoding ([`encode_chunked`])
 //!
@@ -34,8 +35,16 @@
 //! - **bitmap**: `[0x02]` then `ceil(len / 8)` bytes; bit `i` is set iff index `i` is
 //!   selected.
 //!
-//! Fixed is chosen iff its size is at most the bitmap's (ties go to fixed). Both sizes
-//! depend only on the spec, so [`encoded_len_chunked`] is known before encoding.
+//! - **Rice**: `[0x04]` then, chunk by chunk, the gaps between consecutive kept offsets as
+//!   Rice codes with parameter `r = floor(log2(chunk_len / k))` (module `rice`): about
+//!   `log2(chunk_len / k) + 2` bits per index instead of `log2(chunk_len)`. Its size depends
+//!   on the selection; its bound `k·(r + 1) + ((chunk_len − k) >> r)` bits per chunk does not.
+//!
+//! Rice is chosen iff its bound, in bytes, is below both other forms' sizes (top-k of 4 or
+//! more per power-of-two chunk); otherwise fixed iff its size is at most the bitmap's (ties
+//! go to fixed). The choice depends only on the spec, so a decoder knows which form to
+//! expect, and [`encoded_len_chunked`] (exact for fixed and bitmap, the bound for Rice) is
+//! known before encoding.
 //!
 //! # Sorted encoding ([`encode_sorted`])
 //!
@@ -54,6 +63,8 @@
 //! from the front of a byte slice and return the indices and the number of bytes consumed,
 //! so several encodings can be concatenated.
 
+mod rice;
+
 use crate::chunks::ChunkSpec;
 use crate::error::{invalid, malformed, KernelError, Result};
 
@@ -63,6 +74,8 @@ pub const TAG_FIXED: u8 = 0x01;
 pub const TAG_BITMAP: u8 = 0x02;
 /// Tag byte of the delta form.
 pub const TAG_DELTA: u8 = 0x03;
+/// Tag byte of the Rice-coded chunk-local form.
+pub const TAG_RICE: u8 = 0x04;
 
 /// Tag, count, width and first index.
 const DELTA_HEADER: usize = 1 + 4 + 1 + 4;
@@ -266,11 +279,17 @@ fn bitmap_extract(body: &[u8], count: usize) -> Vec<u32> {
 // ---------------------------------------------------------------------------------------
 
 pub(crate) struct ChunkedPlan {
+    /// The fixed-width form is chosen.
     pub(crate) fixed: bool,
+    /// The Rice form is chosen, with this parameter.
+    pub(crate) rice: Option<u32>,
+    /// Bits per offset of the fixed-width form.
     pub(crate) width: u32,
     pub(crate) total_k: usize,
-    /// Bytes after the tag.
+    /// Bytes after the tag: exact for fixed and bitmap, the bound for Rice.
     pub(crate) payload: usize,
+    /// Bytes after the tag that the fixed-width form would take.
+    pub(crate) fixed_payload: usize,
 }
 
 /// Validates a spec whose fields may have been set by hand, including that `k_for` on the
@@ -286,8 +305,23 @@ pub(crate) fn chunked_plan(spec: &ChunkSpec) -> Result<ChunkedPlan> {
     let total_k = spec.total_k();
     let fixed_bytes = to_usize("spec", (total_k as u64 * u64::from(width)).div_ceil(8))?;
     let bitmap = bitmap_bytes(spec.len);
-    let fixed = fixed_bytes <= bitmap;
-    Ok(ChunkedPlan { fixed, width, total_k, payload: if fixed { fixed_bytes } else { bitmap } })
+    let r = rice::parameter(spec);
+    let rice_bytes = to_usize("spec", rice::max_bits(spec, r).div_ceil(8))?;
+    let base = ChunkedPlan {
+        fixed: false,
+        rice: None,
+        width,
+        total_k,
+        payload: bitmap,
+        fixed_payload: fixed_bytes,
+    };
+    Ok(if rice_bytes < fixed_bytes.min(bitmap) {
+        ChunkedPlan { rice: Some(r), payload: rice_bytes, ..base }
+    } else if fixed_bytes <= bitmap {
+        ChunkedPlan { fixed: true, payload: fixed_bytes, ..base }
+    } else {
+        base
+    })
 }
 
 /// For sorted, in-range `indices` of length `spec.total_k()`: the first chunk whose slot
@@ -312,7 +346,8 @@ fn chunk_mismatch(indices: &[u32], spec: &ChunkSpec) -> Option<(usize, usize, us
     None
 }
 
-/// Exact size in bytes (tag included) of [`encode_chunked`]'s output for `spec`.
+/// Size in bytes (tag included) of [`encode_chunked`]'s output for `spec`: exact for the
+/// fixed and bitmap forms, the most it can be for the Rice form (see the module doc).
 ///
 /// Depends only on the spec. Returns 0 for a spec that [`ChunkSpec::new`] would reject;
 /// [`encode_chunked`] and [`decode_chunked`] return an error for such a spec.
@@ -342,6 +377,11 @@ pub fn encode_chunked(indices: &[u32], spec: &ChunkSpec, buf: &mut Vec<u8>) -> R
         });
     }
     buf.reserve(1 + plan.payload);
+    if let Some(r) = plan.rice {
+        buf.push(TAG_RICE);
+        rice::encode(indices, spec, r, buf);
+        return Ok(());
+    }
     if !plan.fixed {
         write_bitmap(indices, spec.len, buf);
         return Ok(());
@@ -377,16 +417,24 @@ pub fn decode_chunked(bytes: &[u8], spec: &ChunkSpec) -> Result<(Vec<u32>, usize
     let Some((&tag, body)) = bytes.split_first() else {
         return Err(malformed(WHAT_CHUNKED, "empty input"));
     };
-    let want = if plan.fixed { TAG_FIXED } else { TAG_BITMAP };
+    let want = match (plan.rice, plan.fixed) {
+        (Some(_), _) => TAG_RICE,
+        (None, true) => TAG_FIXED,
+        (None, false) => TAG_BITMAP,
+    };
     if tag != want {
         return Err(malformed(
             WHAT_CHUNKED,
-            if tag == TAG_FIXED || tag == TAG_BITMAP {
+            if [TAG_FIXED, TAG_BITMAP, TAG_RICE].contains(&tag) {
                 format!("tag {tag:#04x} is not the form this spec selects ({want:#04x})")
             } else {
                 format!("unknown tag {tag:#04x}")
             },
         ));
+    }
+    if let Some(r) = plan.rice {
+        let (indices, used) = rice::decode(body, spec, r, plan.payload, plan.total_k)?;
+        return Ok((indices, 1 + used));
     }
     let Some(body) = body.get(..plan.payload) else {
         return Err(malformed(

@@ -85,7 +85,10 @@ fn random_sorted(len: usize, p: f32, seed: u64) -> Vec<u32> {
     (0..len as u32).filter(|_| rng.next_unit_f32() < p).collect()
 }
 
-fn expected_chunked_len(spec: &ChunkSpec) -> (u8, usize) {
+/// The tag and length the module doc promises for `idx` under `spec`, computed here
+/// independently of the encoder: the Rice form's size from its codes' lengths, its choice
+/// from its bound.
+fn expected_chunked_len(spec: &ChunkSpec, idx: &[u32]) -> (u8, usize) {
     let span = spec.chunk_len.min(spec.len);
     let mut w = 1;
     while (1usize << w) < span {
@@ -93,11 +96,44 @@ fn expected_chunked_len(spec: &ChunkSpec) -> (u8, usize) {
     }
     let fixed = 1 + (spec.total_k() * w).div_ceil(8);
     let bitmap = 1 + spec.len.div_ceil(8);
-    if fixed <= bitmap {
+    let r = rice_parameter(spec);
+    let mut bound = 0usize;
+    for c in 0..spec.num_chunks() {
+        let len = spec.chunk_range(c).len();
+        let k = spec.k_for(len);
+        bound += k * (r + 1) + ((len - k) >> r);
+    }
+    if 1 + bound.div_ceil(8) < fixed.min(bitmap) {
+        (TAG_RICE, 1 + rice_bits(spec, idx, r).div_ceil(8))
+    } else if fixed <= bitmap {
         (TAG_FIXED, fixed)
     } else {
         (TAG_BITMAP, bitmap)
     }
+}
+
+/// `floor(log2(chunk_len / k))` over a full chunk (or the whole buffer when shorter).
+fn rice_parameter(spec: &ChunkSpec) -> usize {
+    let span = spec.chunk_len.min(spec.len);
+    let ratio = (span / spec.k_for(span).max(1)).max(1);
+    (usize::BITS - 1 - ratio.leading_zeros()) as usize
+}
+
+/// Bits of the Rice codes of `idx`: per gap g, `g >> r` ones, a zero and r bits.
+fn rice_bits(spec: &ChunkSpec, idx: &[u32], r: usize) -> usize {
+    let mut bits = 0;
+    let mut next = 0usize;
+    let mut chunk = usize::MAX;
+    for &i in idx {
+        let c = i as usize / spec.chunk_len;
+        if c != chunk {
+            (chunk, next) = (c, c * spec.chunk_len);
+        }
+        let gap = i as usize - next;
+        bits += (gap >> r) + 1 + r;
+        next = i as usize + 1;
+    }
+    bits
 }
 
 fn spec_strategy() -> impl Strategy<Value = ChunkSpec> {
@@ -121,10 +157,14 @@ proptest! {
         let mut buf = vec![junk];
         encode_chunked(&idx, &spec, &mut buf).unwrap();
         let bytes = &buf[1..];
-        let (tag, want_len) = expected_chunked_len(&spec);
+        let (tag, want_len) = expected_chunked_len(&spec, &idx);
         prop_assert_eq!(bytes[0], tag);
         prop_assert_eq!(bytes.len(), want_len);
-        prop_assert_eq!(encoded_len_chunked(&spec), bytes.len());
+        if tag == TAG_RICE {
+            prop_assert!(bytes.len() <= encoded_len_chunked(&spec), "within the bound");
+        } else {
+            prop_assert_eq!(encoded_len_chunked(&spec), bytes.len());
+        }
         // Trailing bytes are not consumed.
         let mut with_tail = bytes.to_vec();
         with_tail.extend_from_slice(&[0xAB, 0xCD]);
@@ -163,7 +203,7 @@ proptest! {
         len in 0usize..600,
         max_count in 0usize..700,
     ) {
-        for tag in [None, Some(TAG_FIXED), Some(TAG_BITMAP), Some(TAG_DELTA)] {
+        for tag in [None, Some(TAG_FIXED), Some(TAG_BITMAP), Some(TAG_DELTA), Some(TAG_RICE)] {
             let mut b = bytes.clone();
             if let (Some(t), Some(first)) = (tag, b.first_mut()) {
                 *first = t;
@@ -230,25 +270,73 @@ proptest! {
 }
 
 #[test]
-fn chunk_4096_k64_uses_12_bits_per_index() {
+fn chunk_4096_k64_codes_gaps_in_rice_codes_of_at_most_9_bits() {
     let spec = ChunkSpec::new(4096 * 16, 4096, 64).unwrap();
     let idx = random_chunked(&spec, 1);
     let mut buf = Vec::new();
     encode_chunked(&idx, &spec, &mut buf).unwrap();
-    assert_eq!(buf[0], TAG_FIXED);
-    assert_eq!(buf.len(), 1 + 1024 * 12 / 8);
-    assert_eq!(encoded_len_chunked(&spec), buf.len());
-    // Offsets are exactly 12 bits apart: the second index of chunk 0 starts at bit 12.
-    assert_eq!(u32::from(buf[1]) | (u32::from(buf[2] & 0x0F) << 8), idx[0]);
-    assert_eq!(u32::from(buf[2] >> 4) | (u32::from(buf[3]) << 4), idx[1]);
+    assert_eq!(buf[0], TAG_RICE);
+    // r = log2(4096 / 64) = 6; the bound is 64 × 7 + (4032 >> 6) = 511 bits per chunk.
+    assert_eq!(encoded_len_chunked(&spec), 1 + (16 * 511usize).div_ceil(8));
+    assert!(buf.len() <= encoded_len_chunked(&spec));
+    assert!(buf.len() < 1 + 1024 * 12 / 8, "{} bytes: below 12 bits per index", buf.len());
+    // The first code by hand: idx[0] >> 6 ones, a zero, then idx[0]'s low 6 bits.
+    let bit = |p: usize| (buf[1 + p / 8] >> (p % 8)) & 1;
+    let q = idx[0] as usize >> 6;
+    assert!((0..q).all(|p| bit(p) == 1) && bit(q) == 0);
+    let rem: u32 = (0..6).map(|j| u32::from(bit(q + 1 + j)) << j).sum();
+    assert_eq!(rem, idx[0] & 63);
+    assert_eq!(decode_chunked(&buf, &spec).unwrap(), (idx, buf.len()));
 
-    // Ragged tail: 64 + 64 + k_for(100) = 2 indices → 130 × 12 bits = 195 bytes.
-    let spec = ChunkSpec::new(4096 * 2 + 100, 4096, 64).unwrap();
+    // Two kept per chunk: Rice's bound (2 × 12 + 1 bits) is above the fixed width's 24,
+    // so offsets stay 12 bits apart.
+    let spec = ChunkSpec::new(4096 * 2 + 100, 4096, 2).unwrap();
     let idx = random_chunked(&spec, 2);
     let mut buf = Vec::new();
     encode_chunked(&idx, &spec, &mut buf).unwrap();
-    assert_eq!(buf.len(), 1 + 195);
-    assert_eq!(decode_chunked(&buf, &spec).unwrap(), (idx, 196));
+    assert_eq!(buf[0], TAG_FIXED);
+    // 2 + 2 + k_for(100) = 1 indices → 5 × 12 bits = 8 bytes.
+    assert_eq!(buf.len(), 1 + 8);
+    assert_eq!(u32::from(buf[1]) | (u32::from(buf[2] & 0x0F) << 8), idx[0]);
+    assert_eq!(u32::from(buf[2] >> 4) | (u32::from(buf[3]) << 4), idx[1]);
+    assert_eq!(decode_chunked(&buf, &spec).unwrap(), (idx, 9));
+}
+
+#[test]
+fn corrupted_rice_streams_are_rejected() {
+    // One chunk of 64 keeping 8: r = 3, a bound of 8 × 4 + (56 >> 3) = 39 bits (5 bytes)
+    // against 6 bytes of 6-bit offsets. Offsets 0..=6 and 63: seven gaps of 0 ("0" + "000")
+    // and one of 56 = 7 << 3 (seven ones, a zero, "000"): 39 bits.
+    let spec = ChunkSpec::new(64, 64, 8).unwrap();
+    let idx = [0u32, 1, 2, 3, 4, 5, 6, 63];
+    let mut buf = Vec::new();
+    encode_chunked(&idx, &spec, &mut buf).unwrap();
+    assert_eq!(buf[0], TAG_RICE);
+    assert_eq!(buf.len(), 1 + 5);
+    assert_eq!(rice_bits(&spec, &idx, rice_parameter(&spec)), 39);
+    assert_eq!(decode_chunked(&buf, &spec).unwrap(), (idx.to_vec(), 6));
+    // Truncated anywhere: an error, never a shorter list.
+    for cut in 1..buf.len() {
+        assert!(decode_chunked(&buf[..cut], &spec).is_err(), "cut at {cut}");
+    }
+    // All ones: the first quotient runs past its chunk.
+    let ones = [TAG_RICE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+    let e = decode_chunked(&ones, &spec).unwrap_err().to_string();
+    assert!(e.contains("runs past its length"), "{e}");
+    // The last remainder's low bit (stream bit 36) set: gap 57 names offset 64.
+    let mut past = buf.clone();
+    past[1 + 36 / 8] |= 1 << (36 % 8);
+    let e = decode_chunked(&past, &spec).unwrap_err().to_string();
+    assert!(e.contains("not below its length"), "{e}");
+    // Non-zero padding after bit 39.
+    let mut pad = buf.clone();
+    pad[5] |= 0x80;
+    assert!(decode_chunked(&pad, &spec).is_err());
+    // The fixed tag where the spec selects Rice.
+    let mut fixed = buf.clone();
+    fixed[0] = TAG_FIXED;
+    let e = decode_chunked(&fixed, &spec).unwrap_err().to_string();
+    assert!(e.contains("not the form this spec selects"), "{e}");
 }
 
 #[test]

@@ -28,7 +28,9 @@ use crate::quant::{quantize_into, QuantConfig, Quantized};
 use crate::sparse::Sparse;
 use crate::{feedback, pack, topk};
 
-pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Version 2: per-chunk indices may travel Rice-coded ([`pack::TAG_RICE`]); a version-1
+/// peer would misread them, so it is told the version instead.
+pub(crate) const FORMAT_VERSION: u8 = 2;
 pub(crate) const TAG_PER_CHUNK: u8 = 0;
 const TAG_GLOBAL: u8 = 1;
 const HEADER_LEN: usize = 1 + 1 + 4 + 4;

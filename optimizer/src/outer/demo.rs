@@ -452,9 +452,9 @@ mod tests {
             let mut h = harness(DemoConfig { sign_values, ..Default::default() });
             let (exchanges, _, _) = run_checked(&mut h, 2);
             let numel = h.workers()[0].params.numel();
-            let sent = exchanges[1].bytes_per_worker[0];
-            assert!(exchanges[1].bytes_per_worker.iter().all(|&b| b == sent));
-            // About 2 % of the coefficients at ~44 bits (f32 value + packed index) each.
+            // Rice-coded indices: sizes differ a little with each worker's selection.
+            let sent = *exchanges[1].bytes_per_worker.iter().max().unwrap();
+            // About 2 % of the coefficients at ~40 bits (f32 value + coded index) each.
             assert!(sent * 25 < numel * 4, "sign_values {sign_values}: {sent} B for {numel}");
             bytes.push(sent);
         }

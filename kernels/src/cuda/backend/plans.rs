@@ -197,28 +197,54 @@ impl QuantPlan {
     }
 }
 
-/// The chunked index encoding's form for a spec, as [`crate::pack`] chooses it.
+/// The chunked index encoding's form for a spec, as [`crate::pack`] chooses it, and what
+/// the device packs. The kernels pack the fixed and bitmap forms; for the Rice form (a
+/// variable-length code, serial per chunk) they pack the fixed form, which nothing reads,
+/// and the host encodes the downloaded indices ([`IndexPlan::append_indices`]).
 #[derive(Debug, Clone)]
 pub(crate) struct IndexPlan {
+    /// The device packs the fixed-width form.
     pub(crate) fixed: bool,
+    /// The wire form is Rice: the host encodes it from the indices.
+    pub(crate) rice: bool,
     pub(crate) width: u32,
     pub(crate) total_k: usize,
+    /// Bytes of the device's packed stream.
     pub(crate) payload: usize,
     pub(crate) k: u32,
     pub(crate) chunk_len: u32,
+    spec: ChunkSpec,
 }
 
 impl IndexPlan {
     pub(crate) fn new(spec: &ChunkSpec) -> Result<Self> {
         let p = crate::pack::chunked_plan(spec)?;
+        let rice = p.rice.is_some();
         Ok(Self {
-            fixed: p.fixed,
+            fixed: p.fixed || rice,
+            rice,
             width: p.width,
             total_k: p.total_k,
-            payload: p.payload,
+            payload: if rice { p.fixed_payload } else { p.payload },
             k: u32_of("k", spec.k)?,
             chunk_len: u32_of("chunk_len", spec.chunk_len)?,
+            spec: *spec,
         })
+    }
+
+    /// Appends the wire encoding: the device's packed `words` for the fixed and bitmap
+    /// forms, the host's Rice encoding of `indices` (the kept positions) otherwise.
+    pub(crate) fn append_indices(
+        &self,
+        words: &[u32],
+        indices: &[u32],
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if self.rice {
+            return crate::pack::encode_chunked(indices, &self.spec, buf);
+        }
+        self.append(words, buf);
+        Ok(())
     }
 
     /// u32 words the packed stream occupies.

@@ -289,6 +289,12 @@ impl CudaBackend {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         let plan = IndexPlan::new(spec)?;
+        if plan.rice {
+            let mut indices = vec![0u32; plan.total_k];
+            // SAFETY: the caller's contract: `idx` holds `total_k` u32.
+            unsafe { self.read_raw(idx, &mut indices) }?;
+            return crate::pack::encode_chunked(&indices, spec, buf);
+        }
         let words = self.zeros::<u32>(plan.words())?;
         // SAFETY: the caller's contract.
         unsafe { self.pack_indices(&plan, idx, words.ptr()) }?;
@@ -314,7 +320,7 @@ impl CudaBackend {
     /// and the same rejections.
     pub fn decode_chunked(&self, bytes: &[u8], spec: &ChunkSpec) -> Result<(Vec<u32>, usize)> {
         let plan = IndexPlan::new(spec)?;
-        if !plan.fixed || bytes.first() != Some(&crate::pack::TAG_FIXED) {
+        if !plan.fixed || plan.rice || bytes.first() != Some(&crate::pack::TAG_FIXED) {
             return crate::pack::decode_chunked(bytes, spec);
         }
         let body = bytes
