@@ -185,3 +185,46 @@ fn simulate_reports_the_frontier_and_the_synchronized_loss() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_demo_runs_sparseloco_at_its_frontier_settings_unless_told_otherwise() {
+    // `meridian simulate` on its default GPT: SparseLoCo at H = 10 with top-32 (what the
+    // frontier search found); --inner-steps or --config take over, --set still overrides.
+    let data = corpus();
+    let cases: [(&[&str], u64, u64); 3] = [
+        (&[], 10, 32),
+        (&["--inner-steps", "5"], 5, 64),
+        (&["--set", "sparseloco.topk=16"], 10, 16),
+    ];
+    for (i, (extra, h, k)) in cases.into_iter().enumerate() {
+        let dir = common::scratch("frontier", &format!("demo-settings-{i}"));
+        let out = dir.to_str().unwrap().to_string();
+        let mut args = vec![
+            "simulate",
+            "--threads",
+            "1",
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--steps",
+            "20",
+            "--workers",
+            "2",
+            "--algos",
+            "sparseloco",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = meridian(&args);
+        assert!(ok, "{extra:?}: {stdout}\n{stderr}");
+        let s = summary(&dir);
+        let settings = &s["algorithms"][0]["settings"];
+        assert_eq!(
+            (settings["inner_steps"].as_u64(), settings["topk"].as_u64()),
+            (Some(h), Some(k)),
+            "{extra:?}"
+        );
+        assert_eq!(s["algorithms"][0]["rounds"].as_u64(), Some(20 / h), "{extra:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
