@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
 # Reruns the small-scale reproduction behind papers/reproduction.md: every outer algorithm
-# on the same GPT, corpus, seed and token budget, plus the ablations the papers report.
-# About 40 minutes on 2 cores. Usage: [SEED=N] bash papers/reproduce.sh [OUT_DIR] (default
-# out/reproduce), then python3 papers/reproduce_table.py OUT_DIR [OTHER_SEED_DIRS...].
+# on `make demo`'s GPT, corpus and token budget, plus the ablations the papers report, for
+# each seed in SEEDS; then papers/reproduce_table.py turns the summaries into its tables.
+# About 30 minutes on 2 cores for three seeds (one LibTorch thread per run, JOBS seeds at a
+# time). Usage: [SEEDS="0 1 2"] [JOBS=3] bash papers/reproduce.sh [OUT_DIR] (default
+# out/reproduce); a seed's runs go to OUT_DIR/seed-N.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/out/reproduce}
+seeds=${SEEDS:-0 1 2}
+jobs=${JOBS:-3}
 cd "$root"
 bash scripts/setup.sh
 . scripts/env.sh
 cargo build --release -q -p meridian-trainer --bin meridian
 bin=${MERIDIAN_BIN:-target/release/meridian}
-# GPT d128 × 4 layers (0.88M parameters), windows of 128 bytes, 8 windows per step per
-# worker, 600 inner steps: 614k tokens per worker. H = 30 for every algorithm with rounds.
-common=(--model gpt --set model.d_model=128 --set model.layers=4 --set model.heads=2
-        --set model.context=128 --steps 600 --inner-steps 30 --seed "${SEED:-0}"
-        --eval-every 30 --checkpoint-every 0)
-run() { local name=$1; shift; echo "== $name" >&2; "$bin" train "${common[@]}" --out "$out/$name" "$@"; }
-run main --workers 4 --algo ddp,diloco,sparseloco,demo,streaming
-run diloco-int8 --workers 4 --algo diloco --set diloco.transport=int8
-run sparseloco-no-ef --workers 4 --algo sparseloco --set sparseloco.error_feedback=false
-run single-worker --workers 1 --algo ddp,diloco
-echo "done: python3 papers/reproduce_table.py $out" >&2
+
+# One seed's runs, one after the other. The demo's GPT (d128 x 2 layers, 0.48M
+# parameters), windows of 128 bytes, 8 windows per step per worker, 300 inner steps; H = 30
+# for DiLoCo and Streaming DiLoCo; SparseLoCo with the demo's settings (H = 10, top-32 of
+# 4096, from scripts/frontier.py).
+one_seed() {
+  local seed=$1 dir=$out/seed-$1
+  local common=(--model gpt --set model.d_model=128 --set model.layers=2 --set model.heads=2
+                --set model.context=128 --steps 300 --inner-steps 30 --seed "$seed" --threads 1
+                --checkpoint-every 0 --overwrite)
+  local sl=(--set sparseloco.inner_steps=10 --set sparseloco.topk=32)
+  run() { local name=$1; shift; "$bin" train "${common[@]}" --out "$dir/$name" "$@" > "$dir/$name.log" 2>&1; }
+  mkdir -p "$dir"
+  run main --workers 4 --algo ddp,diloco,sparseloco,demo,streaming "${sl[@]}"
+  run diloco-h10 --workers 4 --algo diloco --set diloco.inner_steps=10
+  run diloco-int8 --workers 4 --algo diloco --set diloco.transport=int8
+  run sparseloco-no-ef --workers 4 --algo sparseloco "${sl[@]}" --set sparseloco.error_feedback=false
+  run single-worker --workers 1 --algo ddp,diloco
+  echo "seed $seed done" >&2
+}
+export -f one_seed
+export out bin
+# shellcheck disable=SC2086
+printf '%s\n' $seeds | xargs -P "$jobs" -I{} bash -c 'set -euo pipefail; one_seed {}'
+python3 papers/reproduce_table.py "$out"
