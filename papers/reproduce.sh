@@ -19,13 +19,13 @@ bin=${MERIDIAN_BIN:-target/release/meridian}
 # One seed's runs, one after the other. The demo's GPT (d128 x 2 layers, 0.48M
 # parameters), windows of 128 bytes, 8 windows per step per worker, 300 inner steps; H = 30
 # for DiLoCo and Streaming DiLoCo; SparseLoCo with the demo's settings (H = 10, top-32 of
-# 4096, from scripts/frontier.py).
+# 4096, 1-bit values, from scripts/frontier.py).
 one_seed() {
   local seed=$1 dir=$out/seed-$1
   local common=(--model gpt --set model.d_model=128 --set model.layers=2 --set model.heads=2
                 --set model.context=128 --steps 300 --inner-steps 30 --seed "$seed" --threads 1
                 --checkpoint-every 0 --overwrite)
-  local sl=(--set sparseloco.inner_steps=10 --set sparseloco.topk=32)
+  local sl=(--set sparseloco.inner_steps=10 --set sparseloco.topk=32 --set sparseloco.value_bits=1)
   run() { local name=$1; shift; "$bin" train "${common[@]}" --out "$dir/$name" "$@" > "$dir/$name.log" 2>&1; }
   mkdir -p "$dir"
   run main --workers 4 --algo ddp,diloco,sparseloco,demo,streaming "${sl[@]}"

@@ -157,6 +157,10 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def fmt_ratio(x: float) -> str:
+    return f"{x:,.0f}x" if x >= 10 else f"{x:.2f}x"
+
+
 def table(results: list[Result], ddp_val: float | None) -> str:
     lines = [
         "| algorithm | settings | rounds | sent + received per worker | x fewer than bf16 ring DDP "
@@ -168,7 +172,7 @@ def table(results: list[Result], ddp_val: float | None) -> str:
         vs = "n/a" if r.vs_ddp is None else f"{100 * r.vs_ddp:+.2f}%"
         hit = r.vs_ddp is not None and r.ratio >= TARGET_RATIO and r.vs_ddp <= TARGET_LOSS
         lines.append(
-            f"| {r.point.algo} | {r.point.label()} | {r.rounds} | {fmt_bytes(r.total)} | {r.ratio:,.0f}x "
+            f"| {r.point.algo} | {r.point.label()} | {r.rounds} | {fmt_bytes(r.total)} | {fmt_ratio(r.ratio)} "
             f"| {r.val:.4f} | {vs} | {'yes' if r.on_frontier else ''} | {'**met**' if hit else ''} |"
         )
     return "\n".join(lines)
@@ -207,7 +211,7 @@ def main() -> int:
                 print(f"  failed: {e}", file=sys.stderr)
                 continue
             results.append(r)
-            print(f"  {r.point.name}: val {r.val:.4f}, {r.ratio:,.0f}x ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+            print(f"  {r.point.name}: val {r.val:.4f}, {fmt_ratio(r.ratio)} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
     ddp = next((r for r in results if r.point.algo == "ddp"), None)
     for r in results:
         r.vs_ddp = None if ddp is None else r.val / ddp.val - 1.0

@@ -188,15 +188,16 @@ fn simulate_reports_the_frontier_and_the_synchronized_loss() {
 
 #[test]
 fn the_demo_runs_sparseloco_at_its_frontier_settings_unless_told_otherwise() {
-    // `meridian simulate` on its default GPT: SparseLoCo at H = 10 with top-32 (what the
-    // frontier search found); --inner-steps or --config take over, --set still overrides.
+    // `meridian simulate` on its default GPT: SparseLoCo at H = 10 with top-32 and 1-bit
+    // values (what the frontier search found); --inner-steps or --config take over, --set
+    // still overrides.
     let data = corpus();
-    let cases: [(&[&str], u64, u64); 3] = [
-        (&[], 10, 32),
-        (&["--inner-steps", "5"], 5, 64),
-        (&["--set", "sparseloco.topk=16"], 10, 16),
+    let cases: [(&[&str], u64, u64, u64); 3] = [
+        (&[], 10, 32, 1),
+        (&["--inner-steps", "5"], 5, 64, 2),
+        (&["--set", "sparseloco.topk=16"], 10, 16, 1),
     ];
-    for (i, (extra, h, k)) in cases.into_iter().enumerate() {
+    for (i, (extra, h, k, bits)) in cases.into_iter().enumerate() {
         let dir = common::scratch("frontier", &format!("demo-settings-{i}"));
         let out = dir.to_str().unwrap().to_string();
         let mut args = vec![
@@ -219,11 +220,8 @@ fn the_demo_runs_sparseloco_at_its_frontier_settings_unless_told_otherwise() {
         assert!(ok, "{extra:?}: {stdout}\n{stderr}");
         let s = summary(&dir);
         let settings = &s["algorithms"][0]["settings"];
-        assert_eq!(
-            (settings["inner_steps"].as_u64(), settings["topk"].as_u64()),
-            (Some(h), Some(k)),
-            "{extra:?}"
-        );
+        let got = ["inner_steps", "topk", "value_bits"].map(|key| settings[key].as_u64());
+        assert_eq!(got, [Some(h), Some(k), Some(bits)], "{extra:?}");
         assert_eq!(s["algorithms"][0]["rounds"].as_u64(), Some(20 / h), "{extra:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

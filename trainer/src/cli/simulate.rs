@@ -17,7 +17,7 @@ use crate::units::parse_duration;
 #[command(
     mut_arg("steps", |a| a.help("Inner steps per worker (default 300, or 60 with --quick)")),
     mut_arg("inner_steps", |a| {
-        a.help("Inner steps per round (H) for the algorithms that have one (default 30, or 10 with --quick; SparseLoCo 10, with top-32, on the default GPT)")
+        a.help("Inner steps per round (H) for the algorithms that have one (default 30, or 10 with --quick; SparseLoCo 10, with top-32 and 1-bit values, on the default GPT)")
     }),
     mut_arg("out", |a| {
         a.default_value("out/simulate").required(false).help("Directory for summary.json and the plots")

@@ -54,9 +54,11 @@ const QUICK_GPT: [&str; 4] =
 
 /// SparseLoCo's settings on the demo's run, from the frontier search
 /// (`scripts/frontier.py`, BENCHMARKS.md "The bytes/loss frontier"): on 300 steps of this
-/// GPT, 30 rounds of top-32 beat 10 rounds of the published top-64 on both bytes and loss.
+/// GPT, 30 rounds of top-32 with 1-bit values (a sign and one magnitude per sign and block)
+/// beat 10 rounds of the published top-64 with 2-bit values on both bytes and loss.
 /// Applied unless `--inner-steps` or `--config` says otherwise; `--set` still overrides.
-const DEMO_SPARSELOCO: [&str; 2] = ["sparseloco.inner_steps=10", "sparseloco.topk=32"];
+const DEMO_SPARSELOCO: [&str; 3] =
+    ["sparseloco.inner_steps=10", "sparseloco.topk=32", "sparseloco.value_bits=1"];
 
 /// Everything one algorithm's run needs, shared by its workers.
 struct Plan {
