@@ -556,6 +556,7 @@ fn the_cuda_decode_and_aggregate_kernels_match_the_cpu_when_run_on_the_host() {
                     Scheme::Absmax => 0,
                     Scheme::Codebook { .. } => 1,
                     Scheme::SignLloyd => 2,
+                    Scheme::Fp4 => unreachable!("no fp4 config above"),
                 };
                 for v in [
                     quantized.len,

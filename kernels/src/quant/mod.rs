@@ -9,6 +9,9 @@
 //! - [`Scheme::SignLloyd`]: `2^b` reconstruction values per block, a sign bit and `b − 1`
 //!   bits of magnitude level fitted per sign by Lloyd–Max: the codebook for values that
 //!   top-k selected by magnitude (SparseLoCo's default). See `sign_lloyd`.
+//! - [`Scheme::Fp4`]: 4-bit floating point (E2M1: a sign and eight magnitudes from 0 to 6),
+//!   one scale per block mapping its largest magnitude to 6 (Streaming DiLoCo's format).
+//!   See `fp4`.
 //!
 //! [`QuantConfig::error_bound`] states each quantizer's worst-case error for a block and the
 //! tests check every element against it.
@@ -20,7 +23,7 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | scheme tag: 0 = absmax, 1 = codebook, 2 = sign + Lloyd–Max magnitudes |
+//! | 1 | scheme tag: 0 = absmax, 1 = codebook, 2 = sign + Lloyd–Max magnitudes, 3 = FP4 |
 //! | 1 | bits: 1, 2, 4 or 8 |
 //! | 4 | `len` (u32): number of values |
 //! | 4 | `block` (u32): values per block |
@@ -34,6 +37,7 @@
 mod absmax;
 mod bits;
 mod codebook;
+mod fp4;
 mod sign_lloyd;
 
 pub use codebook::bin_occupancy;
@@ -124,6 +128,9 @@ pub enum Scheme {
     /// `|x − x̂| ≤ max|x| − min|x|` over the values of `x`'s sign. Nearest only:
     /// [`Rounding::Stochastic`] is rejected.
     SignLloyd,
+    /// FP4 (E2M1), 4 bits only: a sign and one of `{0, 0.5, 1, 1.5, 2, 3, 4, 6}` times the
+    /// block scale `s = absmax/6`. Bound: `|x − x̂| ≤ s` (nearest; stochastic is rejected).
+    Fp4,
 }
 
 /// Which scheme a [`Quantized`] payload was made with: all that decoding needs of a
@@ -138,6 +145,8 @@ pub enum SchemeTag {
     /// [`Scheme::SignLloyd`]: `2^b` ascending entries per block, the lower half `≤ 0` and
     /// the upper half `≥ 0`. Byte tag 2.
     SignLloyd,
+    /// [`Scheme::Fp4`]: one scale per block, 4-bit codes. Byte tag 3.
+    Fp4,
 }
 
 impl SchemeTag {
@@ -146,6 +155,7 @@ impl SchemeTag {
             SchemeTag::Absmax => 0,
             SchemeTag::Codebook => 1,
             SchemeTag::SignLloyd => 2,
+            SchemeTag::Fp4 => 3,
         }
     }
 
@@ -154,6 +164,7 @@ impl SchemeTag {
             0 => Some(SchemeTag::Absmax),
             1 => Some(SchemeTag::Codebook),
             2 => Some(SchemeTag::SignLloyd),
+            3 => Some(SchemeTag::Fp4),
             _ => None,
         }
     }
@@ -161,7 +172,7 @@ impl SchemeTag {
     /// Parameters stored per block.
     fn params_per_block(self, bits: Bits) -> usize {
         match self {
-            SchemeTag::Absmax => 1,
+            SchemeTag::Absmax | SchemeTag::Fp4 => 1,
             SchemeTag::Codebook | SchemeTag::SignLloyd => bits.levels(),
         }
     }
@@ -173,6 +184,7 @@ impl From<Scheme> for SchemeTag {
             Scheme::Absmax => SchemeTag::Absmax,
             Scheme::Codebook { .. } => SchemeTag::Codebook,
             Scheme::SignLloyd => SchemeTag::SignLloyd,
+            Scheme::Fp4 => SchemeTag::Fp4,
         }
     }
 }
@@ -218,6 +230,9 @@ impl QuantConfig {
                 return Err(invalid("clip_sigmas", format!("{clip_sigmas} is not finite and > 0")));
             }
         }
+        if self.scheme == Scheme::Fp4 && self.bits != Bits::B4 {
+            return Err(invalid("bits", format!("fp4 is 4 bits, not {}", self.bits.count())));
+        }
         let grid = matches!(self.scheme, Scheme::Absmax);
         if let (false, Rounding::Stochastic { .. }) = (grid, self.rounding) {
             return Err(invalid(
@@ -260,6 +275,12 @@ impl QuantConfig {
         Self { bits: Bits::B4, scheme: Scheme::Absmax, block: 128, rounding: Rounding::Nearest }
     }
 
+    /// FP4 (E2M1) in blocks of 128 with one f32 scale each, nearest: Streaming DiLoCo's
+    /// 4-bit floating point, beside [`QuantConfig::int4`]'s grid.
+    pub fn fp4() -> Self {
+        Self { bits: Bits::B4, scheme: Scheme::Fp4, block: 128, rounding: Rounding::Nearest }
+    }
+
     /// Sign with a per-block mean magnitude, blocks of 512 values, nearest: the scale adds
     /// 0.0625 bits per value (6%), and a sign code gains little from a more local scale.
     pub fn sign_1bit() -> Self {
@@ -287,6 +308,7 @@ impl QuantConfig {
                 codebook::error_bound(block_values, self.bits, clip_sigmas)
             }
             Scheme::SignLloyd => sign_lloyd::error_bound(block_values),
+            Scheme::Fp4 => fp4::error_bound(block_values),
         }
     }
 }
@@ -375,6 +397,15 @@ impl Quantized {
                     sign_lloyd::check_entries(b, entries)?;
                 }
             }
+            SchemeTag::Fp4 => {
+                if self.bits != Bits::B4 {
+                    return Err(malformed(WHAT, format!("fp4 with {} bits", self.bits.count())));
+                }
+                for &s in &self.params {
+                    fp4::check_scale(s)?;
+                }
+                fp4::check_codes(bits::Codes::new(&self.codes, self.bits, self.len))?;
+            }
         }
         Ok(())
     }
@@ -395,6 +426,7 @@ impl Quantized {
                 }
                 SchemeTag::Codebook => codebook::dequantize_block(&mut codes, params, chunk),
                 SchemeTag::SignLloyd => sign_lloyd::dequantize_block(&mut codes, params, chunk),
+                SchemeTag::Fp4 => fp4::dequantize_block(&mut codes, params[0], chunk),
             }
         }
         Ok(())
@@ -526,6 +558,7 @@ pub fn quantize_into(values: &[f32], cfg: &QuantConfig, out: &mut Quantized) -> 
             Scheme::SignLloyd => {
                 sign_lloyd::quantize_block(block, cfg.bits, &mut out.codes, &mut out.params)
             }
+            Scheme::Fp4 => out.params.push(fp4::quantize_block(block, &mut out.codes)),
         }
     }
     bits::pack_in_place(&mut out.codes, cfg.bits);

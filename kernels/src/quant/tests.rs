@@ -55,6 +55,7 @@ fn config() -> impl Strategy<Value = QuantConfig> {
         prop_oneof![Just(0.25f32), Just(1.0), Just(3.0), Just(10.0)]
             .prop_map(|c| Scheme::Codebook { clip_sigmas: c }),
         Just(Scheme::SignLloyd),
+        Just(Scheme::Fp4),
     ];
     (0usize..4, scheme, 1usize..70, any::<u64>(), any::<bool>()).prop_map(
         |(b, scheme, block, seed, stochastic)| {
@@ -63,7 +64,9 @@ fn config() -> impl Strategy<Value = QuantConfig> {
             } else {
                 Rounding::Nearest
             };
-            cfg(ALL_BITS[b], scheme, block, rounding)
+            // FP4 exists only at 4 bits.
+            let bits = if scheme == Scheme::Fp4 { Bits::B4 } else { ALL_BITS[b] };
+            cfg(bits, scheme, block, rounding)
         },
     )
 }
@@ -166,10 +169,14 @@ fn config_validation() {
         QuantConfig::sparseloco_2bit_equal_bins(),
         QuantConfig::int8(),
         QuantConfig::int4(),
+        QuantConfig::fp4(),
         QuantConfig::sign_1bit(),
     ] {
         preset.validate().unwrap();
     }
+    assert!(QuantConfig { bits: Bits::B2, ..QuantConfig::fp4() }.validate().is_err());
+    let stochastic = Rounding::Stochastic { seed: 1 };
+    assert!(QuantConfig { rounding: stochastic, ..QuantConfig::fp4() }.validate().is_err());
     let ok = QuantConfig::int8();
     assert!(QuantConfig { block: 0, ..ok }.validate().is_err());
     for c in [0.0, -1.0, f32::NAN, f32::INFINITY] {

@@ -63,8 +63,10 @@ algo_config! {
     ///   the paper (data parallel vs DiLoCo H = 100 vs Streaming DiLoCo with overlap and FP4).
     /// - `mixing` α = 0.5: the paper's merge of the outer-optimized fragment with the local one.
     /// - `value_bits` = 4: the paper sends outer gradients in 4-bit floating point and
-    ///   accumulates in f32; here the 4 bits are blockwise absmax integers
-    ///   (`QuantConfig::int4`, blocks of 128), the 4-bit format the kernels provide.
+    ///   accumulates in f32. `value_format` picks the 4 bits: `int4` (the default: blockwise
+    ///   absmax integers, `QuantConfig::int4`, blocks of 128) or `fp4` (the paper's E2M1
+    ///   floating point with one scale per block of 128, `QuantConfig::fp4`); on the demo's
+    ///   run they train to the same loss (BENCHMARKS.md, "Streaming DiLoCo: FP4 beside int4").
     /// - `outer_lr` 0.7 and Nesterov `momentum` 0.9: DiLoCo's outer optimizer, which Streaming
     ///   DiLoCo keeps.
     /// - `fragments` F = 4 and `overlap` τ = 5: this crate's choices, not numbers taken from
@@ -94,9 +96,23 @@ algo_config! {
         pub outer_lr_schedule: OuterLrSchedule,
         /// Outer Nesterov momentum.
         pub momentum: f64,
-        /// Bits per value on the wire: 4 (absmax int4) or 8 (INTELLECT-1-style int8 codebook).
+        /// Bits per value on the wire: 4 (`value_format`) or 8 (INTELLECT-1-style int8 codebook).
         pub value_bits: u32,
+        /// What 4-bit values are: `int4` (blockwise absmax integers) or `fp4` (E2M1 floats, as
+        /// the paper sends them).
+        pub value_format: ValueFormat,
     }
+}
+
+/// The 4-bit value format of Streaming DiLoCo's exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// Sixteen evenly spaced levels over each block's `±absmax` (`QuantConfig::int4`).
+    #[default]
+    Int4,
+    /// E2M1 floating point scaled per block (`QuantConfig::fp4`), the paper's format.
+    Fp4,
 }
 
 impl Default for StreamingConfig {
@@ -110,6 +126,7 @@ impl Default for StreamingConfig {
             outer_lr_schedule: OuterLrSchedule::CONSTANT,
             momentum: 0.9,
             value_bits: 4,
+            value_format: ValueFormat::Int4,
             robust: Robust::default(),
         }
     }
@@ -164,6 +181,11 @@ impl AlgoSettings for StreamingConfig {
         }
         if !matches!(self.value_bits, 4 | 8) {
             return bad(format!("value_bits {} must be 4 or 8", self.value_bits));
+        }
+        if self.value_bits == 8 && self.value_format != ValueFormat::Int4 {
+            return bad(
+                "value_format = \"fp4\" needs value_bits = 4 (8-bit values are int8)".into()
+            );
         }
         self.robust.validate("streaming", true)
     }
@@ -305,7 +327,11 @@ impl Streaming {
         if self.config.value_bits == 8 {
             return dense_segment(tensor as u32, shape, values, Transport::Int8);
         }
-        quantized_segment(tensor as u32, shape, values, &QuantConfig::int4())
+        let format = match self.config.value_format {
+            ValueFormat::Int4 => QuantConfig::int4(),
+            ValueFormat::Fp4 => QuantConfig::fp4(),
+        };
+        quantized_segment(tensor as u32, shape, values, &format)
     }
 
     /// Decodes a payload that must carry exactly fragment `p`'s tensors, in order, with the

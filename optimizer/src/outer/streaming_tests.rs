@@ -325,6 +325,7 @@ fn config_is_validated() {
         StreamingConfig { outer_lr: 0.0, ..ok },
         StreamingConfig { momentum: 1.0, ..ok },
         StreamingConfig { value_bits: 2, ..ok },
+        StreamingConfig { value_bits: 8, value_format: super::ValueFormat::Fp4, ..ok },
     ] {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
@@ -339,4 +340,33 @@ fn config_is_validated() {
     let parsed: StreamingConfig = toml::from_str("fragments = 2\nvalue_bits = 8").unwrap();
     assert_eq!((parsed.fragments, parsed.value_bits, parsed.inner_steps), (2, 8, 100));
     assert!(toml::from_str::<StreamingConfig>("fragment = 2").is_err());
+    let fp4: StreamingConfig = toml::from_str("value_format = \"fp4\"").unwrap();
+    assert_eq!(fp4.value_format, super::ValueFormat::Fp4);
+    assert!(toml::from_str::<StreamingConfig>("value_format = \"fp8\"").is_err());
+}
+
+#[test]
+fn fp4_values_travel_as_fp4_with_int4s_bytes() {
+    // The same exchange with each 4-bit format: same size, the quantized body's scheme byte
+    // says which (`meridian_kernels::quant`: 0 = absmax, 3 = FP4), and both decode.
+    let params = equal_params(4, 1024);
+    let mut sizes = Vec::new();
+    for (format, tag) in [(super::ValueFormat::Int4, 0u8), (super::ValueFormat::Fp4, 3)] {
+        let config = StreamingConfig {
+            inner_steps: 4,
+            fragments: 2,
+            overlap: 0,
+            value_format: format,
+            ..Default::default()
+        };
+        let mut s = Streaming::new(config, &params).unwrap();
+        fake_inner_step(&params, 0.01);
+        s.after_inner_step(&params, 1).unwrap();
+        assert!(s.exchange_due(Phase::AfterInnerStep, 1));
+        let payload = s.prepare(&params, 1, 0).unwrap();
+        assert!(payload.segments.iter().all(|x| x.body[0] == tag), "{format:?}");
+        sizes.push(payload.encoded_len());
+        s.apply(&params, 1, &[payload]).unwrap();
+    }
+    assert_eq!(sizes[0], sizes[1]);
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use meridian_kernels::pipeline::{Compressor, CompressorConfig};
 use meridian_kernels::quant::QuantConfig;
 use meridian_optimizer::outer::diloco::{
-    dense_segment, segment_values, Transport, INT8_MIN_ELEMENTS,
+    dense_segment, quantized_segment, segment_values, Transport, INT8_MIN_ELEMENTS,
 };
 
 use crate::compression::values::ValueStats;
@@ -23,7 +23,7 @@ pub const PIPELINES: [&str; 5] =
     ["sparseloco", "sparseloco-equal-bins", "demo", "demo-2bit", "demo-sign"];
 
 /// Every name [`Codec::parse`] accepts, pipelines first.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     "sparseloco",
     "sparseloco-equal-bins",
     "demo",
@@ -32,6 +32,8 @@ pub const ALL: [&str; 8] = [
     "diloco-f32",
     "diloco-bf16",
     "diloco-int8",
+    "streaming-int4",
+    "streaming-fp4",
 ];
 
 /// One way of sending a tensor.
@@ -41,6 +43,8 @@ pub enum Codec {
     Pipeline(CompressorConfig),
     /// DiLoCo's dense exchange of every value.
     Diloco(Transport),
+    /// Every value quantized blockwise (Streaming DiLoCo's 4-bit exchange).
+    Dense4(QuantConfig),
 }
 
 /// What one encode and decode of a tensor gave.
@@ -74,6 +78,8 @@ impl Codec {
             "diloco-f32" => Self::Diloco(Transport::F32),
             "diloco-bf16" => Self::Diloco(Transport::Bf16),
             "diloco-int8" => Self::Diloco(Transport::Int8),
+            "streaming-int4" => Self::Dense4(QuantConfig::int4()),
+            "streaming-fp4" => Self::Dense4(QuantConfig::fp4()),
             other => bail!("unknown algorithm {other:?}; choose from {}", ALL.join(", ")),
         })
     }
@@ -109,6 +115,12 @@ impl Codec {
                 "every value as an 8-bit code over ±3σ with a 1 KiB codebook per block; \
                  tensors under {INT8_MIN_ELEMENTS} elements go as f32"
             ),
+            Self::Dense4(q) if *q == QuantConfig::fp4() => {
+                "every value as FP4 (E2M1), one f32 scale per 128".to_owned()
+            }
+            Self::Dense4(_) => {
+                "every value as a 4-bit absmax integer, one f32 scale per 128".to_owned()
+            }
         }
     }
 
@@ -131,9 +143,13 @@ impl Codec {
                     values: Some(values),
                 })
             }
-            Self::Diloco(transport) => {
+            Self::Diloco(_) | Self::Dense4(_) => {
                 let t0 = Instant::now();
-                let segment = dense_segment(0, shape, x, *transport)?;
+                let segment = match self {
+                    Self::Dense4(q) => quantized_segment(0, shape, x, q)?,
+                    Self::Diloco(transport) => dense_segment(0, shape, x, *transport)?,
+                    Self::Pipeline(_) => unreachable!("matched above"),
+                };
                 let encode_seconds = t0.elapsed().as_secs_f64();
                 let decoded = segment_values(&segment)?;
                 Ok(RoundTrip {
@@ -165,5 +181,14 @@ mod tests {
         assert_eq!(f32.decoded, x);
         assert_eq!(f32.bytes, x.len() * 4);
         assert!(Codec::parse("zstd").unwrap_err().to_string().contains("zstd"));
+        // Both 4-bit formats send the same bytes; each reconstruction stays within its
+        // grid's step of every value (int4: 2a/15 per block; fp4: a/6).
+        let a = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let int4 = Codec::parse("streaming-int4").unwrap().round_trip(&shape, &x).unwrap();
+        let fp4 = Codec::parse("streaming-fp4").unwrap().round_trip(&shape, &x).unwrap();
+        assert_eq!(int4.bytes, fp4.bytes);
+        for (rt, step) in [(&int4, 2.0 * a / 15.0), (&fp4, a / 6.0)] {
+            assert!(x.iter().zip(&rt.decoded).all(|(u, v)| (u - v).abs() <= step * 1.001));
+        }
     }
 }

@@ -160,6 +160,13 @@ impl QuantPlan {
             Scheme::Absmax => (0, 0.0, 1),
             Scheme::Codebook { clip_sigmas } => (1, clip_sigmas, 1usize << cfg.bits.count()),
             Scheme::SignLloyd => (2, 0.0, 1usize << cfg.bits.count()),
+            // Streaming DiLoCo, the one user of FP4, quantizes on the host.
+            Scheme::Fp4 => {
+                return Err(invalid(
+                    "scheme",
+                    "fp4 values are quantized on the host, not by the CUDA kernels",
+                ))
+            }
         };
         let (stochastic, seed) = match cfg.rounding {
             Rounding::Nearest => (0, 0),
