@@ -33,8 +33,9 @@ pub struct CompressArgs {
     pub out: Option<PathBuf>,
     /// Algorithms to run, comma separated: the kernel pipelines sparseloco,
     /// sparseloco-equal-bins (SparseLoCo with the reference's 2-bit grid, for comparison),
-    /// demo, demo-2bit, demo-sign and the DiLoCo transports diloco-f32, diloco-bf16,
-    /// diloco-int8. Default: all of them with --input or --synthetic, the five pipelines
+    /// demo, demo-2bit, demo-sign, the DiLoCo transports diloco-f32, diloco-bf16,
+    /// diloco-int8, and Streaming DiLoCo's 4-bit values streaming-int4 and streaming-fp4
+    /// (E2M1). Default: all of them with --input or --synthetic, the five pipelines
     /// without.
     #[arg(long, value_delimiter = ',', env = "MERIDIAN_COMPRESS_ALGO")]
     pub algo: Option<Vec<String>>,
