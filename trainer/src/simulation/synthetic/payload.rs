@@ -42,7 +42,8 @@ pub const ENCODINGS: usize = 2;
 #[derive(Debug, Clone)]
 pub struct Payloads {
     /// Per encoding, per exchange kind, the payload (round and worker 0). Every encoding
-    /// has the same exchange kinds, segments and sizes; only the bodies' values differ.
+    /// has the same exchange kinds and segments; the bodies' values differ, and with them,
+    /// by a fraction of a percent, the sizes of Rice-coded indices.
     pub encodings: Vec<Vec<Payload>>,
 }
 
@@ -86,9 +87,26 @@ impl Payloads {
         Some(Payload { algorithm: first.algorithm, round, worker: member, segments })
     }
 
-    /// The largest encoded payload, in bytes.
+    /// The largest payload any worker can send, in bytes: per exchange kind, each segment
+    /// at its largest over the encodings (a worker mixes them, and Rice-coded indices make
+    /// the same segment's size vary a little between encodings).
     pub fn largest(&self) -> usize {
-        self.encodings.iter().flatten().map(Payload::encoded_len).max().unwrap_or(0)
+        let Some(first) = self.encodings.first() else { return 0 };
+        (0..first.len())
+            .map(|kind| {
+                // A segment's header does not depend on its body: only body lengths vary.
+                let extra: usize = (0..first[kind].segments.len())
+                    .map(|j| {
+                        let len =
+                            |e: &Vec<Payload>| e.get(kind)?.segments.get(j).map(|s| s.body.len());
+                        let own = len(first).unwrap_or(0);
+                        self.encodings.iter().filter_map(len).max().unwrap_or(own) - own
+                    })
+                    .sum();
+                first[kind].encoded_len() + extra
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Segments in the largest exchange.
@@ -245,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn every_worker_sends_its_own_valid_payload_of_the_same_size() {
+    fn every_worker_sends_its_own_valid_payload_of_about_the_same_size() {
         let model = SyntheticModel::new(super::super::model::MIN_PARAMS).unwrap();
         for a in [Algorithm::Sparseloco, Algorithm::Diloco, Algorithm::Demo] {
             let algo = AlgoConfig::default_for(a);
@@ -257,7 +275,10 @@ mod tests {
                 .collect();
             for (w, payload) in sent.iter().enumerate() {
                 assert_eq!((payload.round, payload.worker), (3, w as u32 + 10), "{a}");
-                assert_eq!(payload.encoded_len(), p.largest(), "{a}");
+                // Equal but for the Rice-coded indices of sparse payloads, which vary with
+                // the selection: within 1% of the largest encoding.
+                let (len, largest) = (payload.encoded_len(), p.largest());
+                assert!(len <= largest && len * 100 >= largest * 99, "{a}: {len} vs {largest}");
                 Payload::decode(&payload.encode(), &model.shapes).unwrap();
                 // The bodies (not only the headers) differ from every other worker's.
                 for other in &sent[..w] {
