@@ -2,8 +2,8 @@
 # Reruns the small-scale reproduction behind papers/reproduction.md: every outer algorithm
 # on `make demo`'s GPT, corpus and token budget, plus the ablations the papers report, for
 # each seed in SEEDS; then papers/reproduce_table.py turns the summaries into its tables.
-# About 30 minutes on 2 cores for three seeds (one LibTorch thread per run, JOBS seeds at a
-# time). Usage: [SEEDS="0 1 2"] [JOBS=3] bash papers/reproduce.sh [OUT_DIR] (default
+# Three seeds take about 52 CPU-minutes (one LibTorch thread per run, JOBS seeds at a time):
+# half an hour on 2 cores with nothing else running, 50 minutes measured beside a build. Usage: [SEEDS="0 1 2"] [JOBS=3] bash papers/reproduce.sh [OUT_DIR] (default
 # out/reproduce); a seed's runs go to OUT_DIR/seed-N.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
