@@ -89,9 +89,16 @@ fn every_algorithm_sends_exactly_what_its_real_encoder_produces_at_that_size() {
             &sets,
         )
         .unwrap();
-        let expected = real_bytes(&config.algos[0], params, steps);
-        // Relay: each worker uploads its payload once per round.
-        assert_eq!(a["bytes_sent_per_worker"].as_f64().unwrap(), expected as f64, "{algo}");
+        let expected = real_bytes(&config.algos[0], params, steps) as f64;
+        // Relay: each worker uploads its payload once per round. Sparse payloads' indices
+        // are Rice-coded, whose size follows the selection (here synthetic against random
+        // values): within 1%; dense payloads to the byte.
+        let sent = a["bytes_sent_per_worker"].as_f64().unwrap();
+        if matches!(algo, "sparseloco" | "demo") {
+            assert!((sent - expected).abs() <= expected / 100.0, "{algo}: {sent} vs {expected}");
+        } else {
+            assert_eq!(sent, expected, "{algo}");
+        }
         assert!(a["rounds"].as_u64().unwrap() > 0, "{algo}");
         assert!(a["final_val_loss"].is_null(), "{algo}: a loss without training");
         assert_eq!(a["replicas_identical"], true, "{algo}");
