@@ -15,6 +15,7 @@ use meridian_kernels::quant::QuantConfig;
 use meridian_optimizer::outer::diloco::{
     dense_segment, quantized_segment, segment_values, Transport, INT8_MIN_ELEMENTS,
 };
+use meridian_optimizer::payload::Segment;
 
 use crate::compression::values::ValueStats;
 
@@ -143,25 +144,22 @@ impl Codec {
                     values: Some(values),
                 })
             }
-            Self::Diloco(_) | Self::Dense4(_) => {
-                let t0 = Instant::now();
-                let segment = match self {
-                    Self::Dense4(q) => quantized_segment(0, shape, x, q)?,
-                    Self::Diloco(transport) => dense_segment(0, shape, x, *transport)?,
-                    Self::Pipeline(_) => unreachable!("matched above"),
-                };
-                let encode_seconds = t0.elapsed().as_secs_f64();
-                let decoded = segment_values(&segment)?;
-                Ok(RoundTrip {
-                    bytes: segment.body.len(),
-                    kept: x.len(),
-                    decoded,
-                    encode_seconds,
-                    values: None,
-                })
+            Self::Diloco(transport) => {
+                dense_round_trip(x.len(), || Ok(dense_segment(0, shape, x, *transport)?))
             }
+            Self::Dense4(q) => dense_round_trip(x.len(), || Ok(quantized_segment(0, shape, x, q)?)),
         }
     }
+}
+
+/// Times `encode` (every value of an `n`-value tensor as one segment) and decodes its
+/// segment as a receiver would.
+fn dense_round_trip(n: usize, encode: impl FnOnce() -> Result<Segment>) -> Result<RoundTrip> {
+    let t0 = Instant::now();
+    let segment = encode()?;
+    let encode_seconds = t0.elapsed().as_secs_f64();
+    let decoded = segment_values(&segment)?;
+    Ok(RoundTrip { bytes: segment.body.len(), kept: n, decoded, encode_seconds, values: None })
 }
 
 #[cfg(test)]
