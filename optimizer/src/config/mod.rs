@@ -135,6 +135,17 @@ impl AlgoConfig {
         }
     }
 
+    /// Inner steps per outer round: the algorithm's `inner_steps` (its H), or 1 for one
+    /// that exchanges every step.
+    pub fn round_steps(&self) -> u64 {
+        match self {
+            AlgoConfig::Ddp(_) | AlgoConfig::Demo(_) => 1,
+            AlgoConfig::Diloco(c) => c.inner_steps,
+            AlgoConfig::Sparseloco(c) => c.inner_steps,
+            AlgoConfig::Streaming(c) => c.inner_steps,
+        }
+    }
+
     /// Which algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.settings().algorithm()

@@ -72,7 +72,8 @@ fn run_one(s: &Setup<'_>, algo: &AlgoConfig) -> Result<AlgoSummary> {
         .enumerate()
         .map(|(i, m)| {
             let shard = split.shard(i as u32, args.workers, args.run.seed, batch)?;
-            LmStep::new(m, s.config.inner, shard, validation.clone(), args.steps())
+            Ok(LmStep::new(m, s.config.inner, shard, validation.clone(), args.steps())?
+                .with_round_steps(algo.round_steps()))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut h = Harness::new(workers, |_, p: &ParamSet| algo.build(p))?;

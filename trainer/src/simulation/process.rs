@@ -258,7 +258,8 @@ fn build_worker(ctx: &Ctx, member: u32, attack: Option<Attack>) -> Result<SoloWo
     let batch = ctx.config.data.batch as usize;
     let order = ctx.seed.wrapping_add(u64::from(member / ctx.shards));
     let shard = ctx.split.shard(member % ctx.shards, ctx.shards, order, batch)?;
-    let lm = LmStep::new(model, ctx.config.inner, shard, ctx.validation.clone(), ctx.steps)?;
+    let lm = LmStep::new(model, ctx.config.inner, shard, ctx.validation.clone(), ctx.steps)?
+        .with_round_steps(ctx.algo.round_steps());
     let (algo, seed) = (ctx.algo.clone(), ctx.seed);
     Ok(match attack {
         Some(attack) => SoloWorker::new(member, lm, |p| algo.build_byzantine(p, attack, seed))?,

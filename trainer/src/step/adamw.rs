@@ -30,6 +30,11 @@ pub struct InnerConfig {
     pub eps: f64,
     /// Global gradient-norm clip; 0 turns clipping off.
     pub clip: f64,
+    /// Align the schedule with the outer rounds: the warmup ends at the first round
+    /// boundary at or after `warmup_steps`, and the cosine reaches its floor at the last
+    /// whole round's boundary (a trailing partial round trains at the floor). Off by
+    /// default; DDP (a round of one step) is unaffected either way.
+    pub align_to_rounds: bool,
 }
 
 impl Default for InnerConfig {
@@ -45,6 +50,7 @@ impl Default for InnerConfig {
             beta2: 0.95,
             eps: 1e-8,
             clip: 1.0,
+            align_to_rounds: false,
         }
     }
 }
@@ -94,16 +100,27 @@ impl InnerConfig {
         Ok(())
     }
 
-    /// The learning rate at inner step `step` (from 0) of a `total`-step run.
-    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
-        let warmup = self.warmup_steps.unwrap_or(total / 20);
+    /// The learning rate at inner step `step` (from 0) of a `total`-step run whose outer
+    /// rounds are `round_steps` inner steps long.
+    pub fn lr_at(&self, step: u64, total: u64, round_steps: u64) -> f64 {
+        let (warmup, end) = self.schedule_points(total, round_steps);
         if step < warmup {
             return self.lr * (step + 1) as f64 / warmup as f64;
         }
-        let span = total.saturating_sub(warmup).max(1);
+        let span = end.saturating_sub(warmup).max(1);
         let progress = ((step - warmup) as f64 / span as f64).min(1.0);
         let floor = self.lr * self.min_lr_ratio;
         floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+
+    /// The step the warmup ends at and the step the cosine reaches its floor at.
+    fn schedule_points(&self, total: u64, round_steps: u64) -> (u64, u64) {
+        let warmup = self.warmup_steps.unwrap_or(total / 20);
+        if !self.align_to_rounds || round_steps <= 1 || total < round_steps {
+            return (warmup, total);
+        }
+        let end = total / round_steps * round_steps;
+        (warmup.div_ceil(round_steps).saturating_mul(round_steps).min(end), end)
     }
 }
 
@@ -230,14 +247,42 @@ mod tests {
             warmup_steps: Some(10),
             ..Default::default()
         };
-        assert!((c.lr_at(0, 110) - 0.1).abs() < 1e-12);
-        assert!((c.lr_at(9, 110) - 1.0).abs() < 1e-12);
-        assert!((c.lr_at(10, 110) - 1.0).abs() < 1e-12);
-        assert!((c.lr_at(60, 110) - 0.55).abs() < 1e-12);
-        assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
-        assert!((c.lr_at(500, 110) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(0, 110, 1) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9, 110, 1) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(10, 110, 1) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(60, 110, 1) - 0.55).abs() < 1e-12);
+        assert!((c.lr_at(110, 110, 1) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(500, 110, 1) - 0.1).abs() < 1e-12);
         let auto = InnerConfig::default();
-        assert!(auto.lr_at(0, 200) < auto.lr_at(9, 200), "5% warmup by default");
+        assert!(auto.lr_at(0, 200, 1) < auto.lr_at(9, 200, 1), "5% warmup by default");
+    }
+
+    #[test]
+    fn an_aligned_schedule_turns_at_round_boundaries() {
+        let c = InnerConfig {
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            warmup_steps: Some(15),
+            align_to_rounds: true,
+            ..Default::default()
+        };
+        // Rounds of 10 steps in a 305-step run: the warmup runs to step 20 (not 15) and the
+        // cosine ends at step 300, the last whole round's boundary.
+        assert!((c.lr_at(14, 305, 10) - 15.0 / 20.0).abs() < 1e-12);
+        assert!((c.lr_at(19, 305, 10) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(160, 305, 10) - 0.55).abs() < 1e-12);
+        assert!((c.lr_at(300, 305, 10) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(304, 305, 10) - 0.1).abs() < 1e-12);
+        // Unaligned, the same settings turn at 15 and end at 305.
+        let free = InnerConfig { align_to_rounds: false, ..c };
+        assert!((free.lr_at(14, 305, 10) - 1.0).abs() < 1e-12);
+        assert!(free.lr_at(300, 305, 10) > 0.1);
+        // DDP's one-step rounds, and a run shorter than a round, are left as they are.
+        for (total, round) in [(305, 1), (5, 10)] {
+            for step in [0, 3, 4, 14, 100] {
+                assert_eq!(c.lr_at(step, total, round), free.lr_at(step, total, round));
+            }
+        }
     }
 
     #[test]

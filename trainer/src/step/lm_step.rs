@@ -22,6 +22,9 @@ pub struct LmStep {
     shard: Shard,
     validation: Rc<Vec<(Tensor, Tensor)>>,
     total_steps: u64,
+    /// Inner steps per outer round, for a schedule aligned with the rounds (1 until
+    /// [`LmStep::with_round_steps`] says otherwise).
+    round_steps: u64,
     /// Inner steps this worker has been credited with: its own, plus those of the rounds
     /// it took from a peer's state. Drives the learning-rate schedule, so a worker that
     /// catches up continues at the run's rate rather than warming up again.
@@ -67,6 +70,7 @@ impl LmStep {
             shard,
             validation,
             total_steps,
+            round_steps: 1,
             schedule_step: 0,
             last_grad_norm: 0.0,
             device,
@@ -97,6 +101,13 @@ impl LmStep {
     /// The data shard, mutably (to restore it).
     pub fn shard_mut(&mut self) -> &mut Shard {
         &mut self.shard
+    }
+
+    /// Sets the outer round's length in inner steps, which an inner schedule aligned with
+    /// the rounds (`inner.align_to_rounds`) turns on.
+    pub fn with_round_steps(mut self, round_steps: u64) -> Self {
+        self.round_steps = round_steps.max(1);
+        self
     }
 
     /// Puts the learning-rate schedule at inner step `step` (a worker that caught up).
@@ -153,7 +164,7 @@ impl TrainStep for LmStep {
 
     fn inner_step(&mut self) -> Result<()> {
         self.last_grad_norm = self.adam.clip_gradients(&self.params);
-        let lr = self.inner.lr_at(self.schedule_step, self.total_steps);
+        let lr = self.inner.lr_at(self.schedule_step, self.total_steps, self.round_steps);
         self.adam.step(&self.params, lr);
         self.schedule_step += 1;
         Ok(())
