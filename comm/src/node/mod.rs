@@ -172,6 +172,9 @@ impl std::fmt::Display for Refusal {
                     RefuseReason::SignatureMismatch { .. } => {
                         "this worker's model or settings differ from the run's"
                     }
+                    RefuseReason::NoSettings => {
+                        "this worker takes the run's settings from the coordinator, which has                          none: start the coordinator with --config RUN.toml holding a [run]                          table, or give the worker the run's flags (--algo, --steps, --seed, ...)"
+                    }
                 };
                 write!(f, "refused by coordinator: {text}")
             }

@@ -8,7 +8,9 @@
 //!
 //! Frame version 3 added the worker's [`RunSignature`] to `Join` and
 //! [`RefuseReason::SignatureMismatch`]; a worker of version 2 is refused by the frame
-//! header, before its join is read. Version 4 added [`ToCoordinator::NotHeld`].
+//! header, before its join is read. Version 4 added [`ToCoordinator::NotHeld`]. Version 5
+//! added the run's settings: `Join::follows`, `Welcome::settings` and
+//! [`RefuseReason::NoSettings`].
 //!
 //! Payload and state bytes are never inside a message: they travel as `Payload` and `State`
 //! frames whose header carries the round and the author (see the transmit types).
@@ -41,7 +43,22 @@ pub const MAX_JOIN_LEN: usize = varint_len(0) // the variant
     + varint_len(MAX_PEER_INFO_LEN as u64) + MAX_PEER_INFO_LEN // peer
     + varint_len(MAX_SIGNATURE_ENTRIES as u64) // signature: the number of facts
     + 2 * MAX_SIGNATURE_ENTRIES + MAX_SIGNATURE_BYTES / 128 // their length prefixes
-    + MAX_SIGNATURE_BYTES; // their keys and values
+    + MAX_SIGNATURE_BYTES // their keys and values
+    + 1; // follows
+
+/// The most bytes of run settings a welcome carries.
+pub const MAX_SETTINGS_LEN: usize = 64 << 10;
+
+/// Decodes a welcome's settings, refusing more than [`MAX_SETTINGS_LEN`] bytes.
+fn bounded_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let settings = Option::<String>::deserialize(d)?;
+    if settings.as_ref().is_some_and(|s| s.len() > MAX_SETTINGS_LEN) {
+        return Err(serde::de::Error::custom(format!(
+            "run settings over {MAX_SETTINGS_LEN} bytes"
+        )));
+    }
+    Ok(settings)
+}
 
 /// Bytes of postcard's varint encoding of `n` (7 bits a byte).
 const fn varint_len(n: u64) -> usize {
@@ -69,6 +86,11 @@ pub enum ToCoordinator {
         /// What this worker trains (model, algorithm, settings); one that differs from the
         /// run's is refused. Empty: not checked.
         signature: RunSignature,
+        /// The worker takes the run's settings from the welcome rather than its own flags:
+        /// its signature holds only the facts it brings itself (its data's fingerprint) and
+        /// is compared on those alone. A coordinator that holds no settings refuses it
+        /// ([`RefuseReason::NoSettings`]).
+        follows: bool,
     },
     /// AllGather: this member has sent its payload for `round` to every other member.
     /// Ring: this member holds the round's aggregate, whose digest this is.
@@ -136,6 +158,24 @@ pub enum RefuseReason {
         #[serde(deserialize_with = "bounded_lines")]
         differences: Vec<String>,
     },
+    /// The worker asked for the run's settings (`Join::follows`) and this coordinator was
+    /// started without them: give the worker the run's flags, or the coordinator a
+    /// settings file.
+    NoSettings,
+}
+
+impl ToCoordinator {
+    /// A join with no peer info and no signature (not checked): what a tool or a test
+    /// double sends.
+    pub fn bare_join(name: impl Into<String>, last_applied: Option<Round>) -> Self {
+        ToCoordinator::Join {
+            name: name.into(),
+            last_applied,
+            peer: PeerInfo::default(),
+            signature: RunSignature::default(),
+            follows: false,
+        }
+    }
 }
 
 /// The coordinator to a worker.
@@ -158,6 +198,11 @@ pub enum ToWorker {
         /// The members the run was started for (the coordinator's `min_members`): how a
         /// program shards its data before the first round.
         expected: u32,
+        /// The run's settings (model, algorithm, steps, seed...), as the application wrote
+        /// them, when the coordinator holds them; at most [`MAX_SETTINGS_LEN`] bytes (a
+        /// decoded welcome with more is malformed).
+        #[serde(deserialize_with = "bounded_settings")]
+        settings: Option<String>,
     },
     /// Admission refused.
     Refused {
@@ -300,5 +345,6 @@ pub(crate) fn largest_join(last_applied: Option<Round>) -> ToCoordinator {
         last_applied,
         peer: PeerInfo(vec![0xa5; MAX_PEER_INFO_LEN]),
         signature,
+        follows: false,
     }
 }

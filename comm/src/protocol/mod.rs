@@ -208,11 +208,13 @@ pub use coordinator::{
 };
 pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
 pub use error::ProtocolError;
-pub use messages::{PeerMessage, RefuseReason, ToCoordinator, ToWorker, MAX_JOIN_LEN};
+pub use messages::{
+    PeerMessage, RefuseReason, ToCoordinator, ToWorker, MAX_JOIN_LEN, MAX_SETTINGS_LEN,
+};
 pub use ring::{ReduceError, RingReducer};
 pub use signature::{
     RunSignature, MAX_DIFFERENCE_LINE, MAX_LISTED_DIFFERENCES, MAX_SIGNATURE_BYTES,
-    MAX_SIGNATURE_ENTRIES, OVERFLOW_KEY,
+    MAX_SIGNATURE_ENTRIES, OPTIONAL_KIND, OVERFLOW_KEY,
 };
 pub use types::{
     ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,

@@ -10,6 +10,13 @@
 //! they are, and a key's first dot-separated word is only used to word the differences
 //! (`setting outer_lr: …`). An empty signature (a test double, a tool) is not checked.
 //!
+//! Two kinds of join are compared more loosely. Facts of kind [`OPTIONAL_KIND`] describe
+//! what a worker reads rather than what it trains (its corpus's fingerprint): a run may
+//! leave them unchecked, so they are compared only where the run's signature holds the
+//! same key. And a worker that follows the run's settings (it builds its model from the
+//! settings the welcome hands it) joins with only such facts, compared on its own keys
+//! ([`RunSignature::join_differences`]).
+//!
 //! A signature is bounded ([`MAX_SIGNATURE_ENTRIES`] facts, [`MAX_SIGNATURE_BYTES`] bytes of
 //! keys and values): decoding refuses a larger one, so a `Join` frame stays small, and
 //! [`RunSignature::from_facts`] folds the facts that do not fit into one digest fact.
@@ -29,6 +36,9 @@ pub const MAX_LISTED_DIFFERENCES: usize = 20;
 /// The longest difference line a refusal carries, in bytes (a decoded refusal with a longer
 /// one is malformed). Keys and values are shortened to fit.
 pub const MAX_DIFFERENCE_LINE: usize = 4096;
+/// The kind of fact (a key's first word) compared only where the run's signature holds
+/// the key too: what a worker reads, which a run may leave unchecked.
+pub const OPTIONAL_KIND: &str = "corpus";
 /// The key of the fact that stands for the facts [`RunSignature::from_facts`] could not keep.
 pub const OVERFLOW_KEY: &str = "overflow";
 
@@ -108,6 +118,24 @@ impl RunSignature {
     /// Whether it is within [`MAX_SIGNATURE_ENTRIES`] and [`MAX_SIGNATURE_BYTES`].
     pub fn within_limits(&self) -> bool {
         self.len() <= MAX_SIGNATURE_ENTRIES && self.byte_len() <= MAX_SIGNATURE_BYTES
+    }
+
+    /// How a joining worker's signature (`self`) differs from the `run`'s, as the
+    /// coordinator checks a join: a fact of [`OPTIONAL_KIND`] is compared only where both
+    /// hold its key, and a worker that `follows` the run's settings only on the keys both
+    /// hold. Worded as [`RunSignature::differences`] words them.
+    pub fn join_differences(&self, run: &RunSignature, follows: bool) -> Vec<String> {
+        let both = |key: &str| self.0.contains_key(key) && run.0.contains_key(key);
+        let compared = |key: &str| both(key) || (!follows && kind(key) != OPTIONAL_KIND);
+        let part = |of: &RunSignature| {
+            RunSignature(
+                of.0.iter()
+                    .filter(|(k, _)| compared(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+        part(self).differences(&part(run))
     }
 
     /// How this worker's signature (`self`) differs from the `run`'s: one line per key that

@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"MRDN";
 /// The frame format version this build reads and writes. Version 3: a worker's `Join`
 /// carries its run signature, and a join can be refused for a differing one. Version 4: a
 /// worker answers a re-upload request it cannot serve (`ToCoordinator::NotHeld`).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
 /// a discriminant this build does not know is a [`WireError::BadHeader`](super::WireError).

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::{
-    ConnId, CoordinatorEvent, Delivery, Digest, PeerInfo, RejectReason, ToCoordinator, ToWorker,
+    ConnId, CoordinatorEvent, Delivery, Digest, RejectReason, ToCoordinator, ToWorker,
 };
 use crate::quic::{self, NodeIdentity, QuicError, RefusalCode};
 use crate::wire::{FrameCodec, FrameKind};
@@ -67,12 +67,7 @@ fn without_the_secret_a_connection_can_neither_join_nor_publish_nor_read_payload
     wrong.0[0] ^= 1;
     let forger = FrameCodec::new(&wrong, join.run, MAX_FRAME);
     let payload = forger.encode(FrameKind::Payload, next, 0, &[0x5a; 3000], false).unwrap();
-    let msg = ToCoordinator::Join {
-        name: "intruder".into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let msg = ToCoordinator::bare_join("intruder", None);
     let join_frame =
         forger.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
 
@@ -138,12 +133,7 @@ fn a_payload_frame_replayed_after_its_round_committed_is_rejected() {
     let (mut node, join, _, workers) = two_honest_workers(&rt, 3, Duration::from_secs(5), UNTIL);
 
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
-    let msg = ToCoordinator::Join {
-        name: "raw".into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let msg = ToCoordinator::bare_join("raw", None);
     let join_frame =
         codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
     let (member, relayed, fresh) = rt.block_on(async {
@@ -289,12 +279,7 @@ fn a_committed_payload_replayed_after_a_coordinator_restart_is_rejected() {
     let addr = join.socket_addr().unwrap();
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
     let join_frame = |last_applied: Option<Round>| {
-        let msg = ToCoordinator::Join {
-            name: "raw".into(),
-            last_applied,
-            peer: PeerInfo::default(),
-            signature: Default::default(),
-        };
+        let msg = ToCoordinator::bare_join("raw", last_applied);
         codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap()
     };
     let identity = NodeIdentity::generate("raw").unwrap();

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use super::preauth::{client_on, mute_client_on, refused_outright, source};
 use super::*;
 use crate::ids::CertFingerprint;
-use crate::protocol::{CoordinatorEvent, PeerInfo, ToCoordinator};
+use crate::protocol::{CoordinatorEvent, ToCoordinator};
 use crate::quic::{self, NodeIdentity, QuicEndpoint, QuicError, RefusalCode};
 use crate::wire::{FrameCodec, FrameKind};
 
@@ -284,12 +284,7 @@ fn a_flood_of_strangers_neither_stops_the_run_nor_grows_memory_unboundedly() {
         let mut wrong = join.secret.clone();
         wrong.0[0] ^= 1;
         let forged = FrameCodec::new(&wrong, join.run, 1 << 20);
-        let msg = ToCoordinator::Join {
-            name: "stranger".into(),
-            last_applied: None,
-            peer: PeerInfo::default(),
-            signature: Default::default(),
-        };
+        let msg = ToCoordinator::bare_join("stranger", None);
         let forged = Arc::new(
             forged.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap(),
         );

@@ -1,7 +1,7 @@
 //! Bad frames from a client that holds the run's secret: tampered, malformed, oversized.
 
 use super::*;
-use crate::protocol::{PeerInfo, ToCoordinator, ToWorker};
+use crate::protocol::{ToCoordinator, ToWorker};
 use crate::quic::{self, NodeIdentity};
 use crate::wire::{FrameCodec, FrameKind};
 
@@ -31,12 +31,7 @@ fn tampered_malformed_and_oversized_frames_are_rejected_and_the_connection_serve
     let (mut node, join, _, workers) = two_honest_workers(&rt, 2, Duration::from_millis(500), 7);
 
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
-    let join_msg = ToCoordinator::Join {
-        name: "raw".into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let join_msg = ToCoordinator::bare_join("raw", None);
     let join_frame =
         codec.encode(FrameKind::Control, 0, u32::MAX, &join_msg.encode().unwrap(), false).unwrap();
     let mut tampered = join_frame.clone();
@@ -101,12 +96,7 @@ fn a_first_frame_without_the_secret_closes_only_that_connection() {
     };
     let join = node.join_string();
     let good = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
-    let msg = ToCoordinator::Join {
-        name: "raw".into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let msg = ToCoordinator::bare_join("raw", None);
     let mut tampered =
         good.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
     let at = tampered.len() - 20;
@@ -149,12 +139,7 @@ fn a_connection_that_keeps_sending_bad_frames_is_closed_as_a_protocol_violation(
     };
     let join = node.join_string();
     let codec = FrameCodec::new(&join.secret, join.run, MAX_FRAME);
-    let msg = ToCoordinator::Join {
-        name: "raw".into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let msg = ToCoordinator::bare_join("raw", None);
     let frame =
         codec.encode(FrameKind::Control, 0, u32::MAX, &msg.encode().unwrap(), false).unwrap();
     let garbage = codec.encode(FrameKind::Control, 0, u32::MAX, b"\xff\xff\xff", false).unwrap();

@@ -12,7 +12,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 
 use super::*;
-use crate::protocol::{PeerInfo, ToCoordinator, ToWorker};
+use crate::protocol::{ToCoordinator, ToWorker};
 use crate::quic::{self, NodeIdentity, QuicEndpoint, QuicError, RefusalCode};
 use crate::wire::{FrameCodec, FrameKind};
 
@@ -130,12 +130,7 @@ fn join_frame(codec: &FrameCodec, msg: &ToCoordinator) -> Vec<u8> {
 }
 
 fn small_join(name: &str) -> ToCoordinator {
-    ToCoordinator::Join {
-        name: name.into(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    }
+    ToCoordinator::bare_join(name, None)
 }
 
 /// Reads frames until a Welcome arrives.

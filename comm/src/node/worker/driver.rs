@@ -234,7 +234,15 @@ impl Driver {
                     self.status.send_modify(|s| s.member = Some(member));
                     let topology = self.proto.topology().unwrap_or(Topology::Relay);
                     let expected = self.proto.expected_members().unwrap_or(1);
-                    WorkerNodeEvent::Welcomed { member, next_round, need_state, topology, expected }
+                    let settings = self.proto.run_settings().map(str::to_string);
+                    WorkerNodeEvent::Welcomed {
+                        member,
+                        next_round,
+                        need_state,
+                        topology,
+                        expected,
+                        settings,
+                    }
                 }
                 WorkerEvent::Refused { reason } => {
                     return Err(Ended::Refused(Refusal::Protocol(reason)))

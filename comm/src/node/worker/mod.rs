@@ -164,6 +164,9 @@ pub enum WorkerNodeEvent {
         topology: Topology,
         /// The members the run was started for (the coordinator's `min_members`).
         expected: u32,
+        /// The run's settings, where the coordinator holds them (see
+        /// [`WorkerConfig::follows`](crate::protocol::WorkerConfig::follows)).
+        settings: Option<String>,
     },
     /// An event of the round protocol, as [`WorkerProto`] reported it: the members changed,
     /// a round opened, a round committed (`RoundReady`, or `AggregateReady` in a ring: apply

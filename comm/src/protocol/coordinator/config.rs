@@ -45,6 +45,12 @@ pub struct CoordinatorConfig {
     /// admitted worker with a non-empty signature sets it. Where set it also replaces a
     /// restored state's.
     pub signature: Option<RunSignature>,
+    /// The run's settings, handed to every worker in its welcome (a worker that follows
+    /// them needs no flags of its own); at most
+    /// [`MAX_SETTINGS_LEN`](crate::protocol::MAX_SETTINGS_LEN) bytes. The application
+    /// writes and reads them; the protocol only carries them. `None`: a worker that asks
+    /// for them is refused ([`RefuseReason::NoSettings`](crate::protocol::RefuseReason)).
+    pub settings: Option<String>,
 }
 
 impl CoordinatorConfig {
@@ -63,6 +69,7 @@ impl CoordinatorConfig {
             snapshot_timeout: Duration::from_secs(300),
             rejoin_grace: Duration::from_secs(30),
             signature: None,
+            settings: None,
         }
     }
 
@@ -95,6 +102,9 @@ impl CoordinatorConfig {
             return bad(&format!(
                 "signature exceeds {MAX_SIGNATURE_ENTRIES} facts or {MAX_SIGNATURE_BYTES} bytes"
             ));
+        }
+        if self.settings.as_ref().is_some_and(|s| s.len() > crate::protocol::MAX_SETTINGS_LEN) {
+            return bad(&format!("settings exceed {} bytes", crate::protocol::MAX_SETTINGS_LEN));
         }
         Ok(())
     }

@@ -16,23 +16,29 @@ use crate::protocol::messages::{RefuseReason, ToWorker};
 use crate::protocol::types::{next_after, ConnId, MemberInfo, PeerInfo, MAX_PEER_INFO_LEN};
 use crate::protocol::RunSignature;
 
+/// A `Join` message's fields.
+pub(super) struct JoinRequest {
+    pub name: String,
+    pub last_applied: Option<Round>,
+    pub peer: PeerInfo,
+    pub signature: RunSignature,
+    pub follows: bool,
+}
+
 impl Coordinator {
-    pub(super) fn on_join(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        name: String,
-        last_applied: Option<Round>,
-        peer: PeerInfo,
-        signature: RunSignature,
-    ) {
+    pub(super) fn on_join(&mut self, now: Instant, conn: ConnId, join: JoinRequest) {
+        let JoinRequest { name, last_applied, peer, signature, follows } = join;
         if !valid_name(&name) || peer.0.len() > MAX_PEER_INFO_LEN || !signature.within_limits() {
             return self.refuse(conn, RefuseReason::InvalidJoin);
         }
         // Checked before anything else about the worker: one that trains another model or
         // setting must not take part, whatever its history.
+        if follows && self.config.settings.is_none() {
+            warn!(%name, "a worker asked for the run's settings, and this coordinator has none");
+            return self.refuse(conn, RefuseReason::NoSettings);
+        }
         if let Some(run) = self.signature.as_ref().filter(|_| !signature.is_empty()) {
-            let differences = signature.differences(run);
+            let differences = signature.join_differences(run, follows);
             if !differences.is_empty() {
                 warn!(%name, ?differences, "a worker whose model or settings differ was refused");
                 return self.refuse(conn, RefuseReason::SignatureMismatch { differences });
@@ -99,6 +105,7 @@ impl Coordinator {
             topology: self.config.topology,
             need_state,
             expected: u32::try_from(self.config.min_members).unwrap_or(u32::MAX),
+            settings: self.config.settings.clone(),
         };
         self.send(conn, welcome);
         for record in replay.unwrap_or_default() {
@@ -109,7 +116,8 @@ impl Coordinator {
             self.tell_open_round(now, conn, id);
         }
         self.events.push_back(Event::Joined { member: id, name, conn, need_state });
-        if self.signature.is_none() && !signature.is_empty() {
+        // A follower's signature holds only what it reads: not the run's.
+        if self.signature.is_none() && !signature.is_empty() && !follows {
             info!(member = id, facts = signature.len(), "the run's signature is this member's");
             self.signature = Some(signature);
             self.events.push_back(Event::SignatureAdopted { member: id });

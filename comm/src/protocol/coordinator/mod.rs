@@ -182,8 +182,9 @@ impl Coordinator {
 
     /// A control message arrived on `conn`.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: ToCoordinator) {
-        if let ToCoordinator::Join { name, last_applied, peer, signature } = msg {
-            self.on_join(now, conn, name, last_applied, peer, signature);
+        if let ToCoordinator::Join { name, last_applied, peer, signature, follows } = msg {
+            let join = join::JoinRequest { name, last_applied, peer, signature, follows };
+            self.on_join(now, conn, join);
             self.drive(now);
             return;
         }

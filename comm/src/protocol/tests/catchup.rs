@@ -11,8 +11,7 @@ use super::{coordinator_config, worker_config};
 use crate::ids::{MemberId, Round};
 use crate::protocol::{
     CommitRecord, ConnId, Coordinator, CoordinatorEvent, CoordinatorState, CoordinatorTransmit,
-    DeadlineStats, Delivery, Digest, PeerInfo, RejectReason, ToCoordinator, ToWorker, Topology,
-    WorkerEvent,
+    DeadlineStats, Delivery, Digest, RejectReason, ToCoordinator, ToWorker, Topology, WorkerEvent,
 };
 
 /// The fetch timeout of `meridian worker`: a member that waited out even one of these
@@ -96,12 +95,7 @@ fn restored(members: &[&str], committed: Round, min_members: usize) -> Coordinat
 }
 
 fn join(c: &mut Coordinator, now: Instant, conn: u64, name: &str, last_applied: Option<Round>) {
-    let msg = ToCoordinator::Join {
-        name: name.to_string(),
-        last_applied,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let msg = ToCoordinator::bare_join(name, last_applied);
     c.handle_message(now, ConnId(conn), msg);
 }
 

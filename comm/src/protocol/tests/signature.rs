@@ -24,11 +24,17 @@ fn signature(outer_lr: &str, head: &str) -> RunSignature {
 }
 
 fn join(name: &str, signature: &RunSignature) -> ToCoordinator {
+    joining(name, signature, false)
+}
+
+/// A fresh worker's join; `follows`: it asks for the run's settings.
+fn joining(name: &str, signature: &RunSignature, follows: bool) -> ToCoordinator {
     ToCoordinator::Join {
         name: name.to_string(),
         last_applied: None,
         peer: PeerInfo::default(),
         signature: signature.clone(),
+        follows,
     }
 }
 
@@ -191,4 +197,118 @@ fn a_refusal_with_its_lines_round_trips_on_the_wire() {
     assert_eq!(ToWorker::decode(&msg.encode().expect("encode")).expect("decode"), msg);
     let join = join("w0", &signature("0.7", "f32[1]"));
     assert_eq!(ToCoordinator::decode(&join.encode().expect("encode")).expect("decode"), join);
+}
+
+/// Facts from pairs.
+fn facts(pairs: &[(&str, &str)]) -> RunSignature {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The settings in the welcomes sent, by connection.
+fn welcome_settings(c: &mut Coordinator) -> Vec<(ConnId, Option<String>)> {
+    std::iter::from_fn(|| c.poll_transmit())
+        .filter_map(|t| match t {
+            CoordinatorTransmit::Control { to, msg: ToWorker::Welcome { settings, .. } } => {
+                Some((to, settings))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_follower_gets_the_settings_and_is_checked_on_what_it_reads() {
+    let now = Instant::now();
+    // A coordinator without settings cannot be followed.
+    let mut bare = Coordinator::new(coordinator_config(Topology::Relay, 1), now).expect("config");
+    bare.handle_message(now, ConnId(1), joining("f", &RunSignature::new(), true));
+    let (_, refusals) = drain(&mut bare);
+    assert_eq!(refusals, vec![(ConnId(1), RefuseReason::NoSettings)]);
+    assert_eq!(bare.member_id("f"), None, "a refused follower gets no id");
+
+    let mut config = coordinator_config(Topology::Relay, 1);
+    let run = facts(&[
+        ("algorithm", "diloco"),
+        ("corpus.fingerprint", "abc"),
+        ("param.h.0.attn.weight", "f32[64, 64]"),
+        ("param.lm_head.weight", "f32[256, 64]"),
+        ("setting.outer_lr", "0.7"),
+    ]);
+    config.signature = Some(run.clone());
+    let settings = "[run]\nalgo = \"diloco\"\n".to_string();
+    config.settings = Some(settings.clone());
+    let mut c = Coordinator::new(config, now).expect("config");
+
+    // Compared on the corpus it reads, the one fact a follower brings.
+    c.handle_message(now, ConnId(1), joining("f0", &facts(&[("corpus.fingerprint", "abd")]), true));
+    let (_, refusals) = drain(&mut c);
+    assert_eq!(
+        refusals,
+        vec![(ConnId(1), mismatch(&["corpus fingerprint: the run has abc, this worker abd"]))]
+    );
+    c.handle_message(now, ConnId(2), joining("f0", &facts(&[("corpus.fingerprint", "abc")]), true));
+    assert_eq!(welcome_settings(&mut c), vec![(ConnId(2), Some(settings.clone()))]);
+    assert_eq!(c.member_id("f0"), Some(0));
+
+    // A worker with its own flags and no corpus fact is compared on everything else...
+    c.handle_message(now, ConnId(3), join("w1", &signature("0.7", "f32[256, 64]")));
+    assert_eq!(welcome_settings(&mut c), vec![(ConnId(3), Some(settings))]);
+    // ...so one that brings only the corpus without following lacks the model.
+    c.handle_message(now, ConnId(4), join("w2", &facts(&[("corpus.fingerprint", "abc")])));
+    let (_, refusals) = drain(&mut c);
+    let [(ConnId(4), RefuseReason::SignatureMismatch { differences })] = refusals.as_slice() else {
+        panic!("{refusals:?}")
+    };
+    assert!(differences.iter().any(|d| d.starts_with("algorithm")), "{differences:?}");
+    assert_eq!(c.signature(), Some(&run), "no follower or worker replaced the run's");
+}
+
+#[test]
+fn the_run_adopts_no_follower_and_compares_a_corpus_only_where_both_hold_one() {
+    let now = Instant::now();
+    let mut config = coordinator_config(Topology::Relay, 1);
+    config.settings = Some("[run]\n".to_string());
+    let mut c = Coordinator::new(config, now).expect("config");
+    c.handle_message(now, ConnId(1), joining("f0", &facts(&[("corpus.fingerprint", "abc")]), true));
+    assert_eq!(c.signature(), None, "a follower's facts are not the run's");
+    let first = facts(&[("algorithm", "diloco"), ("corpus.fingerprint", "abc")]);
+    c.handle_message(now, ConnId(2), join("w0", &first));
+    assert_eq!(c.signature(), Some(&first));
+    // No corpus fact: not compared on it; another corpus: refused.
+    c.handle_message(now, ConnId(3), join("w1", &facts(&[("algorithm", "diloco")])));
+    c.handle_message(
+        now,
+        ConnId(4),
+        join("w2", &facts(&[("algorithm", "diloco"), ("corpus.fingerprint", "x")])),
+    );
+    let (_, refusals) = drain(&mut c);
+    assert_eq!(
+        refusals,
+        vec![(ConnId(4), mismatch(&["corpus fingerprint: the run has abc, this worker x"]))]
+    );
+    assert_eq!(c.member_id("w1"), Some(2));
+}
+
+#[test]
+fn welcome_settings_are_bounded_on_the_wire_and_in_the_config() {
+    let welcome = |len: usize| ToWorker::Welcome {
+        member: 0,
+        members: Vec::new(),
+        next_round: 0,
+        committed: None,
+        topology: Topology::Relay,
+        need_state: false,
+        expected: 1,
+        settings: Some("x".repeat(len)),
+    };
+    let max = crate::protocol::MAX_SETTINGS_LEN;
+    let fits = welcome(max);
+    assert_eq!(ToWorker::decode(&fits.encode().expect("encode")).expect("decode"), fits);
+    let over = welcome(max + 1).encode().expect("encode");
+    assert!(ToWorker::decode(&over).is_err(), "a welcome with oversized settings decoded");
+
+    let mut config = coordinator_config(Topology::Relay, 1);
+    config.settings = Some("x".repeat(max + 1));
+    let e = Coordinator::new(config, Instant::now()).err().expect("oversized settings accepted");
+    assert!(e.to_string().contains("settings exceed"), "{e}");
 }

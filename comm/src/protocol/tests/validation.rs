@@ -204,12 +204,7 @@ fn joins_are_validated() {
     assert!(net.run_until(Duration::from_secs(10), |n| n.all_applied(1)));
     let now = net.now;
     let c = net.coordinator.as_mut().expect("coordinator");
-    let join = |name: &str, last_applied| ToCoordinator::Join {
-        name: name.to_string(),
-        last_applied,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let join = |name: &str, last_applied| ToCoordinator::bare_join(name, last_applied);
     c.handle_message(now, ConnId(100), join("", None));
     c.handle_message(now, ConnId(101), join(&"x".repeat(65), None));
     c.handle_message(now, ConnId(102), join("bell\u{7}", None));
@@ -222,6 +217,7 @@ fn joins_are_validated() {
             last_applied: None,
             peer: PeerInfo(vec![0; 5000]),
             signature: Default::default(),
+            follows: false,
         },
     );
     // The same name from a new connection takes over; the old one is refused.
@@ -255,12 +251,7 @@ fn ids_are_never_reused_and_the_run_fills_up() {
     config.max_members = 2;
     let now = std::time::Instant::now();
     let mut c = Coordinator::new(config, now).expect("config");
-    let join = |name: &str| ToCoordinator::Join {
-        name: name.to_string(),
-        last_applied: None,
-        peer: PeerInfo::default(),
-        signature: Default::default(),
-    };
+    let join = |name: &str| ToCoordinator::bare_join(name, None);
     c.handle_message(now, ConnId(1), join("a"));
     c.handle_message(now, ConnId(2), join("b"));
     c.handle_disconnect(now, ConnId(1));
@@ -403,12 +394,7 @@ fn a_restored_coordinator_takes_a_committed_payload_only_as_the_upload_it_asked_
         .expect("restore");
     let conn = |member: u32| ConnId(100 + u64::from(member));
     for (member, name) in &state.members {
-        let join = ToCoordinator::Join {
-            name: name.clone(),
-            last_applied: Some(2),
-            peer: PeerInfo::default(),
-            signature: Default::default(),
-        };
+        let join = ToCoordinator::bare_join(name, Some(2));
         c.handle_message(now, conn(*member), join);
     }
     let fetcher = state.members.iter().map(|(m, _)| *m).find(|&m| m != author).expect("two");

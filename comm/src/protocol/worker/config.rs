@@ -19,6 +19,10 @@ pub struct WorkerConfig {
     /// What this worker trains, sent in every join: the coordinator refuses it when it
     /// differs from the run's. Empty (the default): not checked.
     pub signature: RunSignature,
+    /// Ask for the run's settings in the welcome: the worker builds what it trains from
+    /// them, and its signature holds only what it reads (see `Join::follows`). Off by
+    /// default.
+    pub follows: bool,
     /// The largest payload accepted, in bytes. By default 1 GiB.
     pub max_payload: usize,
     /// The largest state snapshot accepted, in bytes. By default 16 GiB.
@@ -45,6 +49,7 @@ impl WorkerConfig {
             name: name.into(),
             peer: PeerInfo::default(),
             signature: RunSignature::default(),
+            follows: false,
             max_payload: 1 << 30,
             max_state: 16 << 30,
             keep_rounds: 8,

@@ -76,6 +76,8 @@ pub struct WorkerProto {
     topology: Option<Topology>,
     /// The members the run was started for, from the welcome.
     expected: Option<u32>,
+    /// The run's settings from the last welcome, where the coordinator holds them.
+    settings: Option<String>,
     members: BTreeMap<MemberId, MemberInfo>,
     applied: Option<Round>,
     /// Since when this worker waits for a snapshot.
@@ -121,6 +123,7 @@ impl WorkerProto {
             member: None,
             topology: None,
             expected: None,
+            settings: None,
             members: BTreeMap::new(),
             applied: last_applied,
             awaiting_state: None,
@@ -178,6 +181,11 @@ impl WorkerProto {
         self.expected
     }
 
+    /// The run's settings from the last welcome, where the coordinator holds them.
+    pub fn run_settings(&self) -> Option<&str> {
+        self.settings.as_deref()
+    }
+
     /// The connected members as last announced, ascending by id.
     pub fn members(&self) -> impl Iterator<Item = &MemberInfo> {
         self.members.values()
@@ -220,8 +228,10 @@ impl WorkerProto {
                 topology,
                 need_state,
                 expected,
+                settings,
             } => {
                 self.expected = Some(expected);
+                self.settings = settings;
                 self.on_welcome(now, member, members, next_round, committed, topology, need_state)
             }
             ToWorker::Refused { reason } => {
@@ -437,6 +447,7 @@ impl WorkerProto {
                 last_applied: self.applied,
                 peer: self.config.peer.clone(),
                 signature: self.config.signature.clone(),
+                follows: self.config.follows,
             },
         });
     }
