@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Meridian: train one network across continents over ordinary internet links.
 #[derive(Debug, Parser)]
@@ -43,7 +43,14 @@ enum Command {
 fn main() -> ExitCode {
     // Before LibTorch creates its threads, so that they inherit it.
     meridian_trainer::float_env::flush_denormals();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A worker given none of the run's flags follows the coordinator's settings: which were
+    // given is known only from the matches.
+    if let (Command::Worker(args), Some(("worker", sub))) = (&mut cli.command, matches.subcommand())
+    {
+        args.note_explicit(sub);
+    }
     // A simulation runs dozens of nodes in one process: their routine logs would bury the
     // progress bars, so only warnings show unless RUST_LOG asks for more.
     let default_filter = match cli.command {

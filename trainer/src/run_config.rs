@@ -82,15 +82,24 @@ pub struct RunConfig {
     pub transport: TransportTuning,
 }
 
-/// Reads a run's TOML file (or nothing) and checks its tables are known ones.
+/// Reads a run's TOML file (or nothing) and checks its tables are known ones. Its `[run]`
+/// table (the run's algorithm, steps and seed, which `meridian coordinator` hands to its
+/// workers: see `networked::settings`) is left out.
 fn read_file(path: Option<&std::path::Path>) -> Result<toml::Table> {
-    let file: toml::Table = match path {
+    let mut file: toml::Table = match path {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("config: cannot read {}", path.display()))?
             .parse()
             .with_context(|| format!("config: cannot parse {}", path.display()))?,
         None => toml::Table::new(),
     };
+    file.remove(crate::networked::settings::RUN_TABLE);
+    check_tables(&file)?;
+    Ok(file)
+}
+
+/// Checks every table of a run's settings is a known one.
+fn check_tables(file: &toml::Table) -> Result<()> {
     // A bare `key = value` above every table is a setting without a table: say where
     // that setting lives, rather than call it an unknown table.
     if let Some((key, _)) = file.iter().find(|(_, v)| !v.is_table()) {
@@ -101,15 +110,15 @@ fn read_file(path: Option<&std::path::Path>) -> Result<toml::Table> {
     {
         bail!("config: [{unknown}] is not a known table; {}", tables_sentence());
     }
-    Ok(file)
+    Ok(())
 }
 
 /// "the file's tables are …", naming every table a run's file may have.
 fn tables_sentence() -> String {
     let algos: Vec<String> = Algorithm::ALL.iter().map(|a| format!("[{a}]")).collect();
     format!(
-        "the file's tables are [model], [inner], [data], [transport] and one per algorithm \
-         ({})",
+        "the file's tables are [run] (read by `meridian coordinator`), [model], [inner], \
+         [data], [transport] and one per algorithm ({})",
         algos.join(", ")
     )
 }
@@ -402,7 +411,18 @@ impl RunConfig {
         inner_steps: Option<u64>,
         sets: &[String],
     ) -> Result<Self> {
-        let file = read_file(file)?;
+        Self::from_table(model, algos, read_file(file)?, inner_steps, sets)
+    }
+
+    /// [`RunConfig::build`] from a file's tables already read (a coordinator's settings).
+    pub fn from_table(
+        model: &ModelKind,
+        algos: &[Algorithm],
+        file: toml::Table,
+        inner_steps: Option<u64>,
+        sets: &[String],
+    ) -> Result<Self> {
+        check_tables(&file)?;
         let sets = parse_sets(sets)?;
         // A KEY=VALUE meant for "every algorithm that has it" must fit at least one, or a
         // typo would pass silently.

@@ -15,7 +15,16 @@ use super::args::RouteArg;
 Prints a join string (meridian://HOST:PORT/?fp=..&run=..&secret=..) that workers pass to
 `meridian worker --join`. Keep it secret: it admits its holder to the run. With --state-dir
 (default out/coordinator) a restarted coordinator keeps its certificate, run and rounds,
-so the same join string keeps working and the workers carry on.")]
+so the same join string keeps working and the workers carry on.
+
+A run's settings travel with it (--config RUN.toml with a [run] table):
+  [run]
+  algo = \"sparseloco\"
+  steps = 300
+  shards = 4
+  [sparseloco]
+  topk = 32
+then `meridian worker --join-file join.txt --name site-a --data corpus.txt` trains them.")]
 pub struct CoordinatorArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7070", env = "MERIDIAN_LISTEN")]
@@ -46,8 +55,14 @@ pub struct CoordinatorArgs {
     /// Exit after this many rounds have committed (by default: run until interrupted).
     #[arg(long)]
     pub rounds: Option<u64>,
-    /// The run's TOML file; the coordinator reads its `[transport]` table (QUIC tuning:
-    /// bandwidth_bps, rtt_ms, congestion = "resilient" | "bbr" | "cubic" | "new_reno", ...).
+    /// The run's TOML file. Its `[transport]` table tunes this coordinator's QUIC
+    /// (bandwidth_bps, rtt_ms, congestion = "resilient" | "bbr" | "cubic" | "new_reno",
+    /// ...). With a `[run]` table (algo, and optionally model, steps, seed, shards, vocab,
+    /// corpus) the file is the run's settings, `[model]`, `[inner]`, `[data]` and the
+    /// algorithm's table included: every worker is handed them when it joins (a worker
+    /// then needs only --join-file, --name and --data), and one started with settings of
+    /// its own that differ, or another model, is refused with each difference named. The
+    /// coordinator builds the model once, on its CPU, to learn its parameters' shapes.
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve live metrics (rounds committed, bytes per worker, round durations,

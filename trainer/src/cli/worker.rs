@@ -14,9 +14,13 @@ use super::args::{RunArgs, RunSource, ScheduleArgs, DEFAULT_STEPS};
     mut_arg("out", |a| a.default_value("out/worker").required(false).help("Directory for worker.json")),
     mut_arg("threads", |a| a.default_value("1")),
     after_help = "\
-Every worker of a run must be started with the same model, data, algorithm, settings and
-seed: a worker whose model or settings differ from the run's is refused when it joins,
-with every difference named. The join string holds the run's secret: pass it with
+A worker given none of the run's flags (--algo, --steps, --inner-steps, --seed, --shards,
+--model, --config, --set other than transport.*) takes the run's settings from a
+coordinator started with --config RUN.toml holding a [run] table: it needs only
+--join-file, --name and its --data (and --device). A worker given them must match the
+run's model, data, algorithm, settings and seed: one that differs is refused when it
+joins, with every difference named. The log names this worker's data fingerprint, which
+[run] corpus = \"...\" may require of every worker. The join string holds the run's secret: pass it with
 --join-file (or MERIDIAN_JOIN_FILE, or MERIDIAN_JOIN), not on the command line, where
 `ps` shows it to every user. Writes OUT/worker.json: member id, rounds applied, bytes
 sent and received, final validation loss and the hash every worker should agree on."
@@ -58,9 +62,43 @@ pub struct WorkerArgs {
     /// Seed, output folder and threads.
     #[command(flatten)]
     pub run: RunArgs,
+    /// The run-defining flags given on the command line or in the environment, as
+    /// `--NAME` (see [`WorkerArgs::note_explicit`]); none: this worker follows the run's
+    /// settings from the coordinator.
+    #[arg(skip)]
+    pub explicit: Vec<String>,
+}
+
+/// The ids of the flags that define what a worker trains.
+const RUN_FLAGS: [&str; 8] =
+    ["algo", "steps", "inner_steps", "seed", "shards", "model", "config", "set"];
+
+/// Whether a flag's value came from the user rather than its default.
+fn given(matches: &clap::ArgMatches, id: &str) -> bool {
+    use clap::parser::ValueSource;
+    matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
 }
 
 impl WorkerArgs {
+    /// Records which run-defining flags `matches` (this subcommand's) were given; a
+    /// `--set transport.KEY=VALUE` tunes this worker's own link and does not count.
+    pub fn note_explicit(&mut self, matches: &clap::ArgMatches) {
+        self.explicit = RUN_FLAGS
+            .iter()
+            .filter(|&&id| given(matches, id))
+            .filter(|&&id| {
+                id != "set" || self.source.set.iter().any(|s| !s.starts_with("transport."))
+            })
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+    }
+
+    /// Whether this worker takes the run's settings from the coordinator (it was given
+    /// none of its own).
+    pub fn follows(&self) -> bool {
+        self.explicit.is_empty()
+    }
+
     /// The join string, from `--join` or read from `--join-file`.
     pub fn join_string(&self) -> Result<String> {
         if let Some(join) = &self.join {

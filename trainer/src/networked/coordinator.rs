@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use meridian_comm::node::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
-use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy};
+use meridian_comm::protocol::{CoordinatorEvent, DeadlinePolicy, RunSignature};
 
 use crate::cli::coordinator::CoordinatorArgs;
+use crate::networked::settings::RunSettings;
 
 /// Runs a coordinator until its last round has committed (or forever).
 pub fn run(args: &CoordinatorArgs) -> Result<()> {
@@ -28,6 +29,23 @@ pub fn run(args: &CoordinatorArgs) -> Result<()> {
     }
     if let Some(path) = &args.join_file {
         check_join_file(path)?;
+    }
+    if let Some(settings) =
+        args.config.as_deref().map(RunSettings::from_file).transpose()?.flatten()
+    {
+        // The run's model is built once here, on the CPU, for its parameters' shapes: what
+        // a worker that brings its own flags is checked on.
+        cfg.protocol.signature = Some(RunSignature::from_facts(settings.facts()?));
+        cfg.protocol.settings = Some(settings.document()?);
+        tracing::info!(
+            algo = %settings.algo,
+            model = %settings.model,
+            steps = settings.steps,
+            seed = settings.seed,
+            shards = settings.shards,
+            corpus = settings.corpus.as_deref().unwrap_or("unchecked"),
+            "the run's settings: workers need only --join-file, --name and --data"
+        );
     }
     rt.block_on(async move {
         let mut node = CoordinatorNode::start(cfg).context("starting the coordinator")?;

@@ -16,6 +16,7 @@ pub mod node_link;
 pub mod process;
 pub mod quic_link;
 pub mod ring_reducer;
+pub mod settings;
 pub mod snapshot;
 
 use anyhow::{Context, Result};

@@ -3,6 +3,7 @@
 //! runs too), and writes `OUT/worker.json`. With `--metrics-listen` it also serves what it
 //! records per round as live metrics (`metrics`).
 
+mod join;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
@@ -12,11 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meridian_comm::node::{WorkerHandle, WorkerNodeConfig, WorkerNodeEvent};
-use meridian_comm::protocol::{RunSignature, Topology};
+use meridian_comm::protocol::Topology;
 use meridian_comm::quic::JoinString;
-use meridian_optimizer::params::ParamSet;
-use meridian_optimizer::signature::run_signature;
 use meridian_optimizer::solo::SoloWorker;
 use serde::Serialize;
 
@@ -25,8 +23,9 @@ use super::quic_link::{HandleLink, LinkRecord};
 use super::ring_reducer::RingCell;
 use crate::cli::worker::WorkerArgs;
 use crate::data::Split;
-use crate::model::build_model;
+use crate::networked::settings::corpus_fingerprint;
 use crate::step::lm_step::LmStep;
+use join::{JoinContext, Joined, Plan};
 use metrics::{RoundSample, WorkerMetrics};
 
 /// One applied round in `OUT/worker.json`.
@@ -79,12 +78,14 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     }
     let from = if args.join.is_some() { "--join" } else { "--join-file" };
     let join: JoinString = args.join_string()?.parse().context(from)?;
-    let config = args.source.config(&[args.algo], args.schedule.inner_steps, &[])?;
     let corpus = Arc::new(args.source.data.load()?);
+    tracing::info!(
+        data = %args.source.data.data.display(),
+        fingerprint = corpus_fingerprint(corpus.fingerprint()),
+        "data loaded ([run] corpus = \"FINGERPRINT\" makes a run require it)"
+    );
     tch::set_num_threads(args.threads() as i32);
     let device = args.source.device.resolve()?;
-    let model = build_model(&config.model, corpus.vocab(), args.run.seed, device)?;
-    let split = Split::new(corpus.clone(), model.context() as usize)?;
     std::fs::create_dir_all(&args.run.out)
         .with_context(|| format!("creating {}", args.run.out.display()))?;
 
@@ -97,16 +98,13 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut node_cfg = WorkerNodeConfig::new(join, args.name.clone());
-    node_cfg.tuning = config.transport;
-    // What this worker trains, sent in its join: the coordinator refuses it, naming every
-    // difference, when its model, algorithm or settings differ from the run's. The model
-    // exists already; the training step (which needs the member id for its shard) not yet.
-    let facts = run_signature(&ParamSet::new(model.parameters())?, &config.algos[0]);
-    node_cfg.signature = RunSignature::from_facts(facts);
     let reducer = Arc::new(RingCell::default());
-    node_cfg.reducer = Some(reducer.clone());
-    let handle = WorkerHandle::spawn(node_cfg, rt.handle()).context("joining the run")?;
+    let joined =
+        JoinContext { args, join, corpus: &corpus, device, runtime: &rt, reducer: reducer.clone() }
+            .join()?;
+    let Joined { plan, handle, need_state, topology } = joined;
+    let Plan { config, model, steps, seed, shards, followed } = plan;
+    let split = Split::new(corpus.clone(), model.context() as usize)?;
     let waiting = Rc::new(Cell::new(Duration::ZERO));
     let rtt = Rc::new(Cell::new(None));
     let links = Rc::new(RefCell::new(BTreeMap::new()));
@@ -115,29 +113,20 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         sent: 0,
         received: 0,
         waiting: waiting.clone(),
-        ring: false,
+        ring: topology == Topology::Ring,
         links: links.clone(),
         rtt: rtt.clone(),
         interrupt: None,
     };
     let member = link.handle.member();
-    // The welcome says whether this worker must first take a peer's state, and how
-    // payloads travel.
-    let mut need_state = false;
-    while let Some(event) = link.handle.next_event(Some(Duration::from_secs(30)))? {
-        if let WorkerNodeEvent::Welcomed { need_state: n, topology, .. } = event {
-            need_state = n;
-            link.ring = topology == Topology::Ring;
-            break;
-        }
-    }
-    tracing::info!(member, need_state, "joined the run");
+    tracing::info!(member, need_state, followed, "joined the run");
     let batch = config.data.batch as usize;
-    let shard = split.shard(member % args.shards, args.shards, args.run.seed, batch)?;
+    let shard = split.shard(member % shards, shards, seed, batch)?;
     let validation = std::rc::Rc::new(split.validation(batch, config.data.eval_batches as usize));
     let model_name = model.describe();
-    let lm = LmStep::new(model, config.inner, shard, validation, args.steps())?;
     let algo = config.algos[0].clone();
+    let lm = LmStep::new(model, config.inner, shard, validation, steps)?
+        .with_round_steps(algo.round_steps());
     let mut w = SoloWorker::new(member, lm, |p| algo.build(p))?;
     if link.ring {
         let Some(ring) = w.outer.ring(&w.params) else {
@@ -145,7 +134,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
                 "--algo {} cannot run in a ring: sparse payloads (demo, sparseloco) do not add \
                  up in transit, and a robust aggregation mode needs every member's update; \
                  start the coordinator with --topology relay or all-gather",
-                args.algo.name()
+                algo.algorithm().name()
             );
         };
         reducer.set(ring);
@@ -158,7 +147,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     let mut per_round = Vec::new();
     let (mut last, mut last_wait) = (Instant::now(), Duration::ZERO);
     let link_ring = link.ring;
-    drive(&mut w, &mut link, args.steps(), need_state, |r: &AppliedRound| {
+    drive(&mut w, &mut link, steps, need_state, |r: &AppliedRound| {
         rounds += 1;
         replayed += u64::from(r.replayed);
         let (elapsed, waited) = (last.elapsed(), waiting.get() - last_wait);
@@ -217,7 +206,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     let summary = WorkerSummary {
         name: args.name.clone(),
         member,
-        algorithm: args.algo.name().to_string(),
+        algorithm: algo.algorithm().name().to_string(),
         model: model_name,
         device: crate::device::name(device),
         steps: w.steps_done(),
