@@ -309,6 +309,8 @@ fn welcome_settings_are_bounded_on_the_wire_and_in_the_config() {
 
     let mut config = coordinator_config(Topology::Relay, 1);
     config.settings = Some("x".repeat(max + 1));
-    let e = Coordinator::new(config, Instant::now()).err().expect("oversized settings accepted");
+    let Err(e) = Coordinator::new(config, Instant::now()) else {
+        panic!("oversized settings accepted")
+    };
     assert!(e.to_string().contains("settings exceed"), "{e}");
 }
