@@ -197,6 +197,8 @@ fn a_run_scraped_over_http_counts_its_rounds_and_bytes() {
             assert!(ratio > 0.0 && ratio <= 1.0, "{name}: utilization {ratio}");
             assert!(value(page, "meridian_coordinator_rtt_seconds").unwrap() > 0.0, "{page}");
             assert!(page.contains("meridian_round_wait_seconds_bucket{le=\""), "{page}");
+            // Each applied round was seen committing, with its latency.
+            assert!(value(page, "meridian_round_seconds_count").unwrap() >= 1.0, "{page}");
         }
         assert!(
             mid_run > 0,

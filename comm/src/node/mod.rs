@@ -102,7 +102,7 @@ use std::path::PathBuf;
 pub use coordinator::{CoordinatorNode, CoordinatorNodeConfig, CoordinatorNodeEvent};
 pub use guard::PreAuthLimits;
 pub use handle::WorkerHandle;
-pub use metrics::{round_buckets, PeerDirection};
+pub use metrics::{peer_label, round_buckets, snake_case, PeerDirection, PeerLabel, ReasonLabel};
 pub use state::{RUN_FILE, STATE_FILE};
 pub use worker::{ReconnectPolicy, WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 

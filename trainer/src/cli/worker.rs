@@ -38,8 +38,9 @@ pub struct WorkerArgs {
     /// A file holding the join string, as `meridian coordinator --join-file` writes it.
     #[arg(long, env = "MERIDIAN_JOIN_FILE", value_name = "PATH", conflicts_with = "join")]
     pub join_file: Option<std::path::PathBuf>,
-    /// Serve live metrics (rounds applied, bytes per peer, time waiting, compute
-    /// utilization, round trip, catch-ups) in the Prometheus text
+    /// Serve live metrics (rounds applied, bytes per peer, time waiting, round latency,
+    /// compute utilization, round trip, catch-ups, stragglers, input rejected by reason)
+    /// in the Prometheus text
     /// format at http://ADDR/metrics, e.g. 127.0.0.1:9464 (port 0 picks a free one, logged
     /// at start). Off by default. Whoever reaches ADDR can read them: bind a private address.
     #[arg(long, env = "MERIDIAN_METRICS_LISTEN", value_name = "ADDR")]

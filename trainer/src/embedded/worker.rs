@@ -444,6 +444,7 @@ impl EmbeddedWorker {
             links: Rc::new(RefCell::new(BTreeMap::new())),
             rtt: rtt.clone(),
             interrupt: Some(interrupt),
+            counters: None,
         };
         let member = link.handle.member();
         let (need_state, topology, expected) = welcomed(&mut link, self.spec.connect_timeout)?;

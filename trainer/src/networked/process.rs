@@ -117,6 +117,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         links: links.clone(),
         rtt: rtt.clone(),
         interrupt: None,
+        counters: live.as_ref().map(WorkerMetrics::net_counters),
     };
     let member = link.handle.member();
     tracing::info!(member, need_state, followed, "joined the run");

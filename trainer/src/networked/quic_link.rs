@@ -7,8 +7,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use meridian_comm::node::{WorkerHandle, WorkerNodeEvent};
+use meridian_comm::node::{
+    peer_label, round_buckets, snake_case, PeerLabel, ReasonLabel, WorkerHandle, WorkerNodeEvent,
+};
 use meridian_comm::protocol::{Dest, RoundStats, WorkerEvent};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use super::drive::{NetEvent, RoundLink};
@@ -31,6 +36,58 @@ pub struct HandleLink {
     /// Asked a few times a second while waiting: an error ends the wait (a Python
     /// program's Ctrl-C). `None`: wait as long as it takes.
     pub(crate) interrupt: Option<Box<dyn FnMut() -> Result<()>>>,
+    /// Live metrics of what the network did (rejected input, stragglers, round latency),
+    /// where the worker serves them.
+    pub(crate) counters: Option<NetCounters>,
+}
+
+/// What a worker's live metrics count as the network's events arrive, between the rounds
+/// it applies: input it rejected, by reason; members that missed a round's deadline; and
+/// each round's latency from its opening to its commit. Cheap to clone (shared counters).
+#[derive(Debug, Clone)]
+pub struct NetCounters {
+    /// Input rejected, by reason.
+    pub rejections: Family<ReasonLabel, Counter>,
+    /// Rounds each member missed.
+    pub stragglers: Family<PeerLabel, Counter>,
+    /// Round opening (as received) to commit.
+    pub round_seconds: Histogram,
+}
+
+impl Default for NetCounters {
+    fn default() -> Self {
+        NetCounters {
+            rejections: Family::default(),
+            stragglers: Family::default(),
+            round_seconds: Histogram::new(round_buckets()),
+        }
+    }
+}
+
+impl NetCounters {
+    /// Counts what `event` says, if anything.
+    pub(crate) fn observe(&self, event: &WorkerNodeEvent) {
+        match event {
+            WorkerNodeEvent::Protocol(WorkerEvent::Rejected { reason, .. }) => {
+                let reason = snake_case(&format!("{reason:?}"));
+                self.rejections.get_or_create(&ReasonLabel { reason }).inc();
+            }
+            WorkerNodeEvent::Protocol(
+                WorkerEvent::RoundReady { stats, .. } | WorkerEvent::AggregateReady { stats, .. },
+            ) => self.committed(stats),
+            _ => {}
+        }
+    }
+
+    /// Counts a committed round's stragglers and latency.
+    pub fn committed(&self, stats: &RoundStats) {
+        for &m in &stats.stragglers {
+            self.stragglers.get_or_create(&PeerLabel { peer: peer_label(Dest::Member(m)) }).inc();
+        }
+        if let Some(d) = stats.duration {
+            self.round_seconds.observe(d.as_secs_f64());
+        }
+    }
 }
 
 /// How often a wait asks [`HandleLink::interrupt`].
@@ -42,14 +99,7 @@ impl HandleLink {
         let links: Vec<LinkRecord> = stats
             .traffic
             .iter()
-            .map(|t| LinkRecord {
-                peer: match t.peer {
-                    Dest::Coordinator => "coordinator".to_string(),
-                    Dest::Member(m) => format!("member {m}"),
-                },
-                sent: t.sent,
-                received: t.received,
-            })
+            .map(|t| LinkRecord { peer: peer_label(t.peer), sent: t.sent, received: t.received })
             .collect();
         if self.ring {
             self.sent += links.iter().map(|l| l.sent).sum::<u64>();
@@ -66,6 +116,9 @@ impl HandleLink {
             )
         ) {
             self.rtt.set(self.handle.coordinator_rtt());
+        }
+        if let Some(counters) = &self.counters {
+            counters.observe(&event);
         }
         let Some(mapped) = net_event(event, self.handle.member())? else { return Ok(None) };
         if let Some((round, stats)) = &mapped.stats {

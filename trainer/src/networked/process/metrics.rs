@@ -1,8 +1,10 @@
 //! A worker's live metrics (`meridian worker --metrics-listen ADDR`), in the Prometheus text
 //! format at `http://ADDR/metrics`: rounds applied and replayed, bytes per peer and
 //! direction, time waiting for each round, compute utilization, the round trip to the
-//! coordinator, and catch-ups. Fed once per applied round, from what `OUT/worker.json`
-//! records; the coordinator's side of the same run is in `meridian_comm::node`.
+//! coordinator, and catch-ups, fed once per applied round from what `OUT/worker.json`
+//! records; and, as the network's events arrive ([`NetCounters`]), input rejected by
+//! reason, stragglers per member and each round's latency. The coordinator's side of the
+//! same run is in `meridian_comm::node`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -17,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::networked::quic_link::LinkRecord;
+use crate::networked::quic_link::{LinkRecord, NetCounters};
 
 /// One applied round, as the metrics take it.
 pub(super) struct RoundSample<'a> {
@@ -47,6 +49,7 @@ pub(super) struct WorkerMetrics {
     wall: Gauge<f64, AtomicU64>,
     utilization: Gauge<f64, AtomicU64>,
     rtt: Gauge<f64, AtomicU64>,
+    net: NetCounters,
     last_round: Option<u64>,
     compute_total: Duration,
     start: Instant,
@@ -66,6 +69,7 @@ impl WorkerMetrics {
         let wall = Gauge::default();
         let utilization = Gauge::default();
         let rtt = Gauge::default();
+        let net = NetCounters::default();
         let mut r = Registry::default();
         r.register(
             "meridian_rounds_applied",
@@ -119,6 +123,21 @@ impl WorkerMetrics {
             "QUIC's round-trip estimate to the coordinator, at the last applied round",
             rtt.clone(),
         );
+        r.register(
+            "meridian_rejections",
+            "Input this worker rejected (from the coordinator or a peer), by reason",
+            net.rejections.clone(),
+        );
+        r.register(
+            "meridian_stragglers",
+            "Rounds each member missed the deadline of, as the commits said",
+            net.stragglers.clone(),
+        );
+        r.register(
+            "meridian_round_seconds",
+            "Round latency: its opening, as this worker received it, to its commit",
+            net.round_seconds.clone(),
+        );
         let server =
             MetricsServer::start(addr, r).with_context(|| format!("--metrics-listen {addr}"))?;
         Ok(WorkerMetrics {
@@ -132,11 +151,17 @@ impl WorkerMetrics {
             wall,
             utilization,
             rtt,
+            net,
             last_round: None,
             compute_total: Duration::ZERO,
             start: Instant::now(),
             _server: server,
         })
+    }
+
+    /// The counters the worker's network link feeds as events arrive.
+    pub(super) fn net_counters(&self) -> NetCounters {
+        self.net.clone()
     }
 
     /// Training starts now, at `at`: utilization counts wall time from here, as the
@@ -187,6 +212,8 @@ impl WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_comm::node::WorkerNodeEvent;
+    use meridian_comm::protocol::{Dest, RejectReason, RoundStats, WorkerEvent};
 
     /// The page a scrape of `addr` gets.
     fn scrape(addr: SocketAddr) -> String {
@@ -225,6 +252,21 @@ mod tests {
         m.round(&sample(1, false, &trained));
         // A peer's state covered rounds 2..=4; round 5 is replayed from the commits.
         m.round(&sample(5, true, &replayed));
+        let net = m.net_counters();
+        net.committed(&RoundStats {
+            round: 6,
+            members: vec![0, 1, 2],
+            delivered: vec![0, 1],
+            stragglers: vec![2],
+            duration: Some(Duration::from_millis(300)),
+            last_delivery: None,
+            traffic: Vec::new(),
+        });
+        net.observe(&WorkerNodeEvent::Protocol(WorkerEvent::Rejected {
+            from: Dest::Member(1),
+            round: Some(9),
+            reason: RejectReason::WrongRound,
+        }));
         let text = scrape(addr);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         for line in [
@@ -236,6 +278,10 @@ mod tests {
             "meridian_compute_seconds_total 3.0",
             "meridian_round_wait_seconds_count 3",
             "meridian_coordinator_rtt_seconds 0.02",
+            r#"meridian_stragglers_total{peer="member 2"} 1"#,
+            r#"meridian_rejections_total{reason="wrong_round"} 1"#,
+            "meridian_round_seconds_count 1",
+            "meridian_round_seconds_sum 0.3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
