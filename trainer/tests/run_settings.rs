@@ -107,6 +107,9 @@ fn workers_take_the_runs_settings_from_the_coordinator_and_differing_ones_are_re
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("setting outer_lr: the run has 0.6, this worker 0.5"), "{stderr}");
     assert!(stderr.contains("run steps: the run has 10, this worker 300"), "{stderr}");
+    // The coordinator's file is not a worker's.
+    let (ok, _, stderr) = meridian(&worker(&dir, "w-file", &["--config", &run]));
+    assert!(!ok && stderr.contains("a file with a [run] table"), "{stderr}");
     let mut same = spawn(&dir, &worker(&dir, "w1", &SAME_FLAGS), "w1");
 
     assert!(follower.wait_ok(Duration::from_secs(180)), "f0: {}", log(&dir, "f0"));

@@ -84,6 +84,17 @@ impl JoinContext<'_> {
 
     fn flags_config(&self) -> Result<RunConfig> {
         let args = self.args;
+        if let Some(path) = &args.source.config {
+            if RunSettings::from_file(path)?.is_some() {
+                bail!(
+                    "--config {}: a file with a [run] table holds a run's settings for \
+                     `meridian coordinator --config`; a worker takes them from the coordinator \
+                     when started without --config and the run's flags (or give it a file \
+                     without [run], and the flags)",
+                    path.display()
+                );
+            }
+        }
         args.source.config(&[args.algo], args.schedule.inner_steps, &[])
     }
 
