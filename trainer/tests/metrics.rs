@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{corpus, meridian, Proc, BIN};
+use common::{corpus, log, meridian, Proc, BIN};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,10 +19,6 @@ const INNER: u64 = 5;
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("metrics", name)
-}
-
-fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
 }
 
 /// The metrics address `name`'s log announced, once it has.

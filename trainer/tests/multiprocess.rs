@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{coordinator, coordinator_with, corpus, Proc, BIN};
+use common::{coordinator, coordinator_with, corpus, log, Proc, BIN};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -48,10 +48,6 @@ fn summary(dir: &Path, name: &str) -> serde_json::Value {
         &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
     .unwrap()
-}
-
-fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{coordinator, corpus, meridian, scratch, worker_args, Proc, BIN};
+use common::{coordinator, corpus, log, meridian, scratch, spawn_logged, worker_args, Proc, BIN};
 
 /// `worker_args` for a short diloco run (two rounds of 5 steps), writing to `DIR/NAME`.
 fn args(dir: &Path, join: &str, name: &str, extra: &[&str]) -> Vec<String> {
@@ -23,19 +23,7 @@ fn args(dir: &Path, join: &str, name: &str, extra: &[&str]) -> Vec<String> {
 
 /// A worker in the background, its log in `DIR/NAME.log`.
 fn spawn(dir: &Path, join: &str, name: &str) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(BIN)
-        .args(args(dir, join, name, &[]))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+    spawn_logged(dir, &args(dir, join, name, &[]), name)
 }
 
 #[test]

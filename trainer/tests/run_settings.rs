@@ -9,10 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{coordinator_with, corpus, meridian, scratch, Proc, BIN};
+use common::{coordinator_with, corpus, log, meridian, scratch, spawn_logged};
 
 /// The run: a small MLP, DiLoCo with two rounds of 5 steps, two shards.
 fn run_toml(corpus_fingerprint: &str) -> String {
@@ -51,22 +50,6 @@ const SAME_FLAGS: [&str; 14] = [
     "outer_lr=0.6",
 ];
 
-fn spawn(dir: &Path, args: &[String], name: &str) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
 fn hash(dir: &Path, name: &str) -> String {
     let text = std::fs::read_to_string(dir.join(name).join("worker.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -98,7 +81,7 @@ fn workers_take_the_runs_settings_from_the_coordinator_and_differing_ones_are_re
     std::fs::write(dir.join("run.toml"), run_toml(&fingerprint)).unwrap();
     let run = dir.join("run.toml").display().to_string();
     let (mut coord, _) = coordinator_with(&dir, 2, 2, &["--config", &run]);
-    let mut follower = spawn(&dir, &worker(&dir, "f0", &[]), "f0");
+    let mut follower = spawn_logged(&dir, &worker(&dir, "f0", &[]), "f0");
     let mut seed = SAME_FLAGS.to_vec();
     seed[11] = "4";
     let (ok, _, stderr) = meridian(&worker(&dir, "w-seed", &seed));
@@ -110,7 +93,7 @@ fn workers_take_the_runs_settings_from_the_coordinator_and_differing_ones_are_re
     // The coordinator's file is not a worker's.
     let (ok, _, stderr) = meridian(&worker(&dir, "w-file", &["--config", &run]));
     assert!(!ok && stderr.contains("a file with a [run] table"), "{stderr}");
-    let mut same = spawn(&dir, &worker(&dir, "w1", &SAME_FLAGS), "w1");
+    let mut same = spawn_logged(&dir, &worker(&dir, "w1", &SAME_FLAGS), "w1");
 
     assert!(follower.wait_ok(Duration::from_secs(180)), "f0: {}", log(&dir, "f0"));
     assert!(same.wait_ok(Duration::from_secs(180)), "w1: {}", log(&dir, "w1"));
@@ -134,7 +117,7 @@ fn a_follower_of_a_coordinator_without_settings_joins_with_its_defaults() {
     let mut args = worker(&dir, "f0", &[]);
     // Only transport settings of its own: it still asks for the run's.
     args.extend(["--set", "transport.rtt_ms=50"].map(String::from));
-    let _w = spawn(&dir, &args, "f0");
+    let _w = spawn_logged(&dir, &args, "f0");
     let start = std::time::Instant::now();
     while !log(&dir, "f0").contains("joined the run") {
         assert!(start.elapsed() < Duration::from_secs(60), "f0 never joined: {}", log(&dir, "f0"));

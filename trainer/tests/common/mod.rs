@@ -104,6 +104,25 @@ pub fn worker_args(join: &str, name: &str, data: &str) -> Vec<String> {
         .to_vec()
 }
 
+/// `meridian ARGS` in the background at `RUST_LOG=info`, its log in `DIR/NAME.log`
+/// (read with [`log`]).
+pub fn spawn_logged<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], name: &str) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// The log of the process [`spawn_logged`] started as `NAME` in `DIR` (empty until written).
+pub fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
 /// A well-formed join string for `host_port` (fingerprint, run and secret made up).
 pub fn fake_join(host_port: &str) -> String {
     format!(
