@@ -440,13 +440,35 @@ fn coordinator_config(
     Ok(ccfg)
 }
 
-/// Runs one algorithm over a fresh simulated network, in virtual time.
-fn simulate_one(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The runtime a simulation runs on: one thread, and a clock that is virtual (paused,
+/// jumping ahead whenever every task waits on a timer).
+fn virtual_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .context("starting the simulation runtime")?;
+        .context("starting the simulation runtime")
+}
+
+/// A simulated run's coordinator, with the identity its seed gives it, in `region`; with
+/// `outage` it keeps its state in `state_dir` to come back from (see
+/// [`coordinator::SimCoordinator::start`]).
+fn start_coordinator(
+    fabric: &meridian_simulate::Fabric,
+    region: &str,
+    config: CoordinatorNodeConfig,
+    seed: u64,
+    state_dir: Option<std::path::PathBuf>,
+    outage: Option<(tokio::time::Instant, tokio::time::Instant)>,
+) -> Result<coordinator::SimCoordinator> {
+    let identity = NodeIdentity::deterministic("coordinator", identity_seed(seed, 0))?;
+    let launch = coordinator::Launch { config, identity, state_dir };
+    coordinator::SimCoordinator::start(fabric, region, launch, outage)
+}
+
+/// Runs one algorithm over a fresh simulated network, in virtual time.
+fn simulate_one(plan: &Plan, algo: &AlgoConfig) -> Result<SimAlgo> {
+    let rt = virtual_runtime()?;
     let local = tokio::task::LocalSet::new();
     let clock = rt.handle().clone();
     local.block_on(&rt, simulate_async(plan, algo, clock))
@@ -472,12 +494,8 @@ async fn simulate_async(
         std::fs::remove_dir_all(&plan.state_dir)
             .with_context(|| format!("clearing {}", plan.state_dir.display()))?;
     }
-    let launch = coordinator::Launch {
-        config: ccfg,
-        identity: NodeIdentity::deterministic("coordinator", identity_seed(plan.seed, 0))?,
-        state_dir: outage.map(|_| plan.state_dir.join(algo.algorithm().to_string())),
-    };
-    let coordinator = coordinator::SimCoordinator::start(&fabric, region, launch, outage)?;
+    let state_dir = outage.map(|_| plan.state_dir.join(algo.algorithm().to_string()));
+    let coordinator = start_coordinator(&fabric, region, ccfg, plan.seed, state_dir, outage)?;
 
     let display = progress::Progress::start(
         &algo.algorithm().to_string(),

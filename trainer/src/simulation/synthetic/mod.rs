@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meridian_comm::quic::{NodeIdentity, TransportTuning};
+use meridian_comm::quic::TransportTuning;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_simulate::Fabric;
 
@@ -252,11 +252,7 @@ fn simulate_one(args: &SimulateArgs, setup: &Setup, algo: &AlgoConfig) -> Result
         payload::ENCODINGS,
         encoding.elapsed().as_secs_f64()
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .context("starting the simulation runtime")?;
+    let rt = super::virtual_runtime()?;
     let local = tokio::task::LocalSet::new();
     let clock = rt.handle().clone();
     // The peak from here on is this algorithm's (its payloads included).
@@ -282,13 +278,8 @@ async fn simulate_async(
     tuning.rng_seed = Some(seed);
     let mut ccfg = super::coordinator_config(args.route, &tuning, n, Some(setup.step_time), algo)?;
     ccfg.protocol.keep_rounds = worker::KEEP_ROUNDS;
-    let launch = coordinator::Launch {
-        config: ccfg,
-        identity: NodeIdentity::deterministic("coordinator", super::identity_seed(seed, 0))?,
-        state_dir: None,
-    };
     let region = setup.topology.coordinator_region();
-    let coordinator = coordinator::SimCoordinator::start(&fabric, region, launch, None)?;
+    let coordinator = super::start_coordinator(&fabric, region, ccfg, seed, None, None)?;
     let display = progress::Progress::start(
         &algo.algorithm().to_string(),
         setup.steps,
