@@ -20,10 +20,12 @@ coordinator started with --config RUN.toml holding a [run] table: it needs only
 --join-file, --name and its --data (and --device). A worker given them must match the
 run's model, data, algorithm, settings and seed: one that differs is refused when it
 joins, with every difference named. The log names this worker's data fingerprint, which
-[run] corpus = \"...\" may require of every worker. The join string holds the run's secret: pass it with
---join-file (or MERIDIAN_JOIN_FILE, or MERIDIAN_JOIN), not on the command line, where
-`ps` shows it to every user. Writes OUT/worker.json: member id, rounds applied, bytes
-sent and received, final validation loss and the hash every worker should agree on."
+[run] corpus = \"...\" may require of every worker.
+
+The join string holds the run's secret: pass it with --join-file (or MERIDIAN_JOIN_FILE,
+or MERIDIAN_JOIN), not on the command line, where `ps` shows it to every user. Writes
+OUT/worker.json: member id, rounds applied, bytes sent and received, final validation
+loss and the hash every worker should agree on."
 )]
 pub struct WorkerArgs {
     /// The join string the coordinator printed (prefer --join-file: a command line is
