@@ -40,8 +40,10 @@ pub fn run_signature(params: &ParamSet, algo: &AlgoConfig) -> BTreeMap<String, S
     facts
 }
 
-/// Adds `table`'s values under `prefix.KEY`, nested tables as `prefix.KEY.SUBKEY`.
-fn add_settings(facts: &mut BTreeMap<String, String>, prefix: &str, table: &toml::Table) {
+/// Adds `table`'s values under `prefix.KEY`, nested tables as `prefix.KEY.SUBKEY`, a string
+/// without its quotes: how every settings table becomes facts (an application adds its
+/// own tables, such as its inner optimizer's, the same way).
+pub fn add_settings(facts: &mut BTreeMap<String, String>, prefix: &str, table: &toml::Table) {
     for (key, value) in table {
         let key = format!("{prefix}.{key}");
         match value {

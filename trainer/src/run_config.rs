@@ -67,6 +67,18 @@ pub enum ModelConfig {
     TorchScript(std::path::PathBuf, TorchScriptConfig),
 }
 
+impl ModelConfig {
+    /// A built-in model's settings as its `[model]` table; `None` for a TorchScript file,
+    /// whose settings are the module itself (and whose path is this machine's).
+    pub fn to_table(&self) -> Result<Option<toml::Table>> {
+        Ok(match self {
+            ModelConfig::Gpt(c) => Some(toml::Table::try_from(c)?),
+            ModelConfig::Mlp(c) => Some(toml::Table::try_from(c)?),
+            ModelConfig::TorchScript(..) => None,
+        })
+    }
+}
+
 /// Everything configurable about a run, after the file and the overrides.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

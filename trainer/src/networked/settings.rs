@@ -26,13 +26,13 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use meridian_optimizer::params::ParamSet;
-use meridian_optimizer::signature::run_signature;
+use meridian_optimizer::signature::{add_settings, run_signature};
 use meridian_optimizer::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::args::DEFAULT_STEPS;
 use crate::model::{build_model, ModelKind};
-use crate::run_config::{ModelConfig, RunConfig};
+use crate::run_config::RunConfig;
 
 /// The table a run's file names the run's own settings in.
 pub const RUN_TABLE: &str = "run";
@@ -173,12 +173,10 @@ impl RunSettings {
         };
         let mut doc = toml::Table::new();
         doc.insert(RUN_TABLE.into(), toml::Value::try_from(&run)?);
-        let model = match &self.config.model {
-            ModelConfig::Gpt(c) => toml::Value::try_from(c)?,
-            ModelConfig::Mlp(c) => toml::Value::try_from(c)?,
-            ModelConfig::TorchScript(..) => bail!("a TorchScript model has no run settings"),
+        let Some(model) = self.config.model.to_table()? else {
+            bail!("a TorchScript model has no run settings")
         };
-        doc.insert("model".into(), model);
+        doc.insert("model".into(), toml::Value::Table(model));
         doc.insert("inner".into(), toml::Value::try_from(self.config.inner)?);
         doc.insert("data".into(), toml::Value::try_from(self.config.data)?);
         let Some(algo) = self.config.algos.first() else { bail!("no algorithm") };
@@ -213,20 +211,15 @@ pub fn join_facts(
 ) -> Result<BTreeMap<String, String>> {
     let Some(algo) = config.algos.first() else { bail!("no algorithm") };
     let mut facts = run_signature(params, algo);
-    let model = match &config.model {
-        ModelConfig::Gpt(c) => Some(toml::Table::try_from(c)?),
-        ModelConfig::Mlp(c) => Some(toml::Table::try_from(c)?),
-        // Its parameters are its facts; the file's path is this machine's.
-        ModelConfig::TorchScript(..) => None,
-    };
+    // A TorchScript model has no table: its parameters are its facts.
     let tables = [
-        ("model", model),
+        ("model", config.model.to_table()?),
         ("inner", Some(toml::Table::try_from(config.inner)?)),
         ("data", Some(toml::Table::try_from(config.data)?)),
     ];
     for (kind, table) in tables {
-        for (key, value) in table.into_iter().flatten() {
-            facts.insert(format!("{kind}.{key}"), value.to_string());
+        if let Some(table) = table {
+            add_settings(&mut facts, kind, &table);
         }
     }
     for (key, value) in [("steps", steps), ("seed", seed), ("shards", u64::from(shards))] {
