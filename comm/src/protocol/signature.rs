@@ -12,8 +12,8 @@
 //!
 //! Two kinds of join are compared more loosely. Facts of kind [`OPTIONAL_KIND`] describe
 //! what a worker reads rather than what it trains (its corpus's fingerprint): a run may
-//! leave them unchecked, so they are compared only where the run's signature holds the
-//! same key. And a worker that follows the run's settings (it builds its model from the
+//! leave them unchecked, so they are compared only where both the run's signature and the
+//! worker's hold the same key. And a worker that follows the run's settings (it builds its model from the
 //! settings the welcome hands it) joins with only such facts, compared on its own keys
 //! ([`RunSignature::join_differences`]).
 //!
@@ -36,8 +36,8 @@ pub const MAX_LISTED_DIFFERENCES: usize = 20;
 /// The longest difference line a refusal carries, in bytes (a decoded refusal with a longer
 /// one is malformed). Keys and values are shortened to fit.
 pub const MAX_DIFFERENCE_LINE: usize = 4096;
-/// The kind of fact (a key's first word) compared only where the run's signature holds
-/// the key too: what a worker reads, which a run may leave unchecked.
+/// The kind of fact (a key's first word) compared only where both signatures hold the
+/// key: what a worker reads, which a run (or a worker) may leave unchecked.
 pub const OPTIONAL_KIND: &str = "corpus";
 /// The key of the fact that stands for the facts [`RunSignature::from_facts`] could not keep.
 pub const OVERFLOW_KEY: &str = "overflow";
