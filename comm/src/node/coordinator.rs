@@ -564,6 +564,9 @@ fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
         }
         FrameKind::State => Input::State { conn, round: header.round, bytes: body.into() },
         FrameKind::Segment { .. } => return Err("a ring segment sent to the coordinator".into()),
+        FrameKind::StateChunk { .. } => {
+            return Err("a state chunk sent to the coordinator (chunks go to members)".into())
+        }
     })
 }
 

@@ -165,12 +165,12 @@ impl CoordinatorMetrics {
         );
         r.register(
             "meridian_state_transfers",
-            "Catch-ups: states relayed to a member that needed one",
+            "Catch-ups: states relayed to, or offered for fetching from members by, a member that needed one",
             m.state_transfers.clone(),
         );
         r.register(
             "meridian_state_transfer_bytes",
-            "Bytes of the states relayed to members that needed one",
+            "Bytes of the states relayed or offered to members that needed one",
             m.state_bytes.clone(),
         );
         (m, r)
@@ -241,6 +241,11 @@ impl CoordinatorMetrics {
             CoordinatorEvent::StateRelayed { len, .. } => {
                 self.state_transfers.inc();
                 self.state_bytes.inc_by(*len as u64);
+            }
+            CoordinatorEvent::StateOffered { len, .. } => {
+                // The bytes go from the donors to the member, not through here.
+                self.state_transfers.inc();
+                self.state_bytes.inc_by(*len);
             }
             _ => {}
         }

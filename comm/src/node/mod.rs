@@ -29,7 +29,9 @@
 //!   or [`ToWorker`](crate::protocol::ToWorker);
 //! - `Payload`: the round and the payload's author (also when the coordinator relays it);
 //! - `State`: the round the state reflects;
-//! - `Segment { slot }` (ring): the round and the sending member, between ring neighbours.
+//! - `Segment { slot }` (ring): the round and the sending member, between ring neighbours;
+//! - `StateChunk { index }`: the round of the donor's state, from a donor to a member that
+//!   catches up (every worker's peer listener takes these, in every topology).
 //!
 //! The `sender` of frames the coordinator originates (control and state) is
 //! [`COORDINATOR_SENDER`]; a worker that has no member id yet (before its first welcome)

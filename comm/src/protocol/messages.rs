@@ -10,10 +10,14 @@
 //! [`RefuseReason::SignatureMismatch`]; a worker of version 2 is refused by the frame
 //! header, before its join is read. Version 4 added [`ToCoordinator::NotHeld`]. Version 5
 //! added the run's settings: `Join::follows`, `Welcome::settings` and
-//! [`RefuseReason::NoSettings`].
+//! [`RefuseReason::NoSettings`]. Version 6 added catch-up from several members at once:
+//! [`ToCoordinator::StateManifest`], [`ToWorker::StateOffer`], the `direct` flags of
+//! `SnapshotRequest` and `StateWanted`, [`PeerMessage::FetchChunk`] and
+//! [`PeerMessage::ChunkUnavailable`], and `StateChunk` frames.
 //!
-//! Payload and state bytes are never inside a message: they travel as `Payload` and `State`
-//! frames whose header carries the round and the author (see the transmit types).
+//! Payload and state bytes are never inside a message: they travel as `Payload`, `State`
+//! and `StateChunk` frames whose header carries the round and the author (see the transmit
+//! types).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -121,6 +125,17 @@ pub enum ToCoordinator {
     StateWanted {
         /// The last round it applied (a snapshot must be newer to help).
         last_applied: Option<Round>,
+        /// Fetch it from live members directly (a [`ToWorker::StateOffer`]); `false`: have
+        /// the coordinator relay it, for a worker that could not reach the members offered.
+        direct: bool,
+    },
+    /// The answer to a direct `SnapshotRequest`: this member holds its state as of right
+    /// after `round` and serves it to members in chunks ([`PeerMessage::FetchChunk`]).
+    StateManifest {
+        /// The round the state reflects.
+        round: Round,
+        /// The manifest of its chunks.
+        manifest: StateManifest,
     },
     /// This worker leaves the run (it may join again under its name).
     Leave,
@@ -244,11 +259,27 @@ pub enum ToWorker {
         /// The members.
         members: Vec<MemberInfo>,
     },
-    /// Upload your state as of right after applying `round` (or your latest applied round
-    /// if that is later), as a `State` frame.
+    /// Provide your state as of right after applying `round` (or your latest applied round
+    /// if that is later).
     SnapshotRequest {
         /// The round.
         round: Round,
+        /// Serve it to members in chunks and answer with a `StateManifest`; `false`: upload
+        /// it whole as a `State` frame, which the coordinator relays.
+        direct: bool,
+    },
+    /// The state to take, as of right after `round`: fetch its chunks from these members
+    /// ([`PeerMessage::FetchChunk`]), checking each against the serving member's digest,
+    /// then replay the commits after `round` that follow this message.
+    StateOffer {
+        /// The round the state reflects.
+        round: Round,
+        /// The state's length in bytes (the same on every donor).
+        len: u64,
+        /// The length of every chunk but the last.
+        chunk_len: u32,
+        /// The members serving it, ascending.
+        donors: Vec<Donor>,
     },
     /// Relay: upload your payload of the committed `round` again (this coordinator
     /// restarted and lost it while others still need it).
@@ -285,6 +316,86 @@ pub enum PeerMessage {
         /// The payload's author.
         member: MemberId,
     },
+    /// Please send chunk `index` of the state you hold as of right after `round` (a
+    /// `StateChunk` frame).
+    FetchChunk {
+        /// The round.
+        round: Round,
+        /// The chunk.
+        index: u32,
+    },
+    /// The asked-for chunk is not held here (the state of that round was dropped).
+    ChunkUnavailable {
+        /// The round.
+        round: Round,
+        /// The chunk.
+        index: u32,
+    },
+}
+
+/// A state split into chunks of `chunk_len` bytes (the last one shorter), each named by
+/// its digest: what a newcomer checks every chunk against, whoever served it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateManifest {
+    /// The state's length in bytes.
+    pub len: u64,
+    /// The length of every chunk but the last.
+    pub chunk_len: u32,
+    /// One digest per chunk, in order.
+    pub digests: Vec<Digest>,
+}
+
+impl StateManifest {
+    /// The manifest of `bytes` in chunks of `chunk_len` (at least 1) bytes.
+    pub fn of(bytes: &[u8], chunk_len: u32) -> Self {
+        let chunk_len = chunk_len.max(1);
+        StateManifest {
+            len: bytes.len() as u64,
+            chunk_len,
+            digests: bytes.chunks(chunk_len as usize).map(Digest::of).collect(),
+        }
+    }
+
+    /// The byte range of chunk `index`, when it exists.
+    pub fn range(&self, index: u32) -> Option<std::ops::Range<usize>> {
+        chunk_range(self.len, self.chunk_len, index)
+    }
+
+    /// Whether it is well-formed and at most `max_len` bytes: a positive chunk length, and
+    /// exactly one digest per chunk.
+    pub fn is_valid(&self, max_len: usize) -> bool {
+        chunk_count(self.len, self.chunk_len, max_len) == Some(self.digests.len())
+    }
+}
+
+/// The number of chunks of `chunk_len` bytes a state of `len` bytes has, when it is a usable
+/// shape: not empty, at most `max_len` bytes, a positive chunk length.
+pub fn chunk_count(len: u64, chunk_len: u32, max_len: usize) -> Option<usize> {
+    if chunk_len == 0 || len == 0 || len > max_len as u64 {
+        return None;
+    }
+    usize::try_from(len.div_ceil(u64::from(chunk_len))).ok()
+}
+
+/// The byte range of chunk `index` of a state of `len` bytes in chunks of `chunk_len`.
+pub fn chunk_range(len: u64, chunk_len: u32, index: u32) -> Option<std::ops::Range<usize>> {
+    let start = u64::from(index).checked_mul(u64::from(chunk_len))?;
+    if start >= len {
+        return None;
+    }
+    let end = (start + u64::from(chunk_len)).min(len);
+    Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+}
+
+/// A member that serves chunks of an offered state, with its own chunks' digests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Donor {
+    /// The member.
+    pub member: MemberId,
+    /// One digest per chunk of its state, in order. Chunks of replicated state (parameters,
+    /// the outer optimizer's state) are the same on every member; those of per-member state
+    /// (inner optimizer moments) differ, and the newcomer takes all of those from one donor.
+    pub digests: Vec<Digest>,
 }
 
 fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {

@@ -5,7 +5,8 @@
 //! are polled: `poll_transmit` (what to send), `poll_event` (what happened), `poll_timeout`
 //! (when to call `handle_timeout`). A driver (QUIC, the simulator, the tests) moves frames:
 //! control messages ([`messages`]) in `Control` frames, payloads in `Payload` frames and
-//! state snapshots in `State` frames, whose headers carry the round and the author. Frames
+//! state snapshots in `State` frames (whole) or `StateChunk` frames (chunk by chunk, between
+//! members), whose headers carry the round and the author. Frames
 //! are authenticated by the wire layer, so whatever reaches these machines comes from a
 //! holder of the join secret; everything else about it is checked, and bad input is
 //! rejected with an event, never a panic.
@@ -94,20 +95,41 @@
 //! A worker joins with the last round it applied. If it is current it is live at once. If
 //! it is behind and the commits after its round are still remembered, they are replayed
 //! to it (it fetches the payloads it lacks). Otherwise (or for a fresh worker after a
-//! commit: initial states are not assumed to agree) it needs a snapshot: the coordinator
-//! asks a live member with `SnapshotRequest { round }`, the one that applied the latest
-//! round as far as it knows (from joins, state requests and the commits since a member was
-//! known current), then the lowest id, so that a member still replaying is not made the
-//! helper while a current one is there; that member's worker
-//! emits [`WorkerEvent::SnapshotRequested`] once it applied the round and its driver uploads
-//! its state with [`WorkerProto::provide_state`] (a `State` frame whose header names the
-//! round; there is no separate upload message). The coordinator caches the latest
-//! snapshot, relays it with the commits after it, and the newcomer replays those and
-//! joins rounds from the next boundary (a member of the open round, back from a crash
-//! during it, is sent the `RoundOpen` again and may still deliver). A slow or vanished
-//! provider is replaced after `snapshot_timeout` by the next live member. Nobody waits for
-//! it: rounds keep committing meanwhile. A worker that gets stuck later (commits it cannot
-//! obtain payloads for) asks for state with `StateWanted`.
+//! commit: initial states are not assumed to agree) it needs a snapshot.
+//!
+//! Directly, from several members (the default, [`CoordinatorConfig::state_donors`] > 0):
+//! the coordinator asks up to that many live members, the most current first (from joins,
+//! state requests and the commits since a member was known current, then the lowest id), with
+//! `SnapshotRequest { round, direct: true }`. Each member's worker emits
+//! [`WorkerEvent::SnapshotRequested`] once it applied the round; its driver provides its
+//! state with [`WorkerProto::provide_state`], which the worker keeps (for `keep_rounds`
+//! rounds) and describes to the coordinator as a [`StateManifest`]: chunks of
+//! [`WorkerConfig::state_chunk`] bytes, each with its digest. Once every donor answered, or
+//! two seconds after the first, the coordinator sends the newcomer a `StateOffer` (the
+//! donors whose state has the first answer's round and length, with their digests) and the
+//! commits after that round, and counts it live. The newcomer fetches chunks from all
+//! donors at once (`FetchChunk`, answered by `StateChunk` frames), up to 16 in flight per
+//! donor, and checks each against the serving donor's digest. It takes one consistent
+//! state: chunks all donors agree on (replicated state) from any of them, the others
+//! (per-member state such as inner optimizer moments) from the first donor to deliver (the
+//! fastest path). A donor that leaves, answers `ChunkUnavailable`, sends a wrong chunk or
+//! stays silent for `fetch_timeout` is dropped and its chunks go to the others; with no
+//! donor left the worker asks again, keeping the chunks it verified for an offer of the same
+//! round. A worker that received no chunk at all (it cannot reach the members: a firewall,
+//! NAT) asks for the state relayed instead.
+//!
+//! Relayed (with `state_donors` = 0, or for a worker that asked `StateWanted { direct:
+//! false }`): the coordinator asks one live member, the most current, with
+//! `SnapshotRequest { round, direct: false }`; it uploads its state whole (a `State` frame
+//! whose header names the round); the coordinator caches the latest snapshot, relays it
+//! with the commits after it. A slow or vanished provider is replaced after
+//! `snapshot_timeout` by the next live member.
+//!
+//! Either way the newcomer replays those commits and joins rounds from the next boundary (a
+//! member of the open round, back from a crash during it, is sent the `RoundOpen` again and
+//! may still deliver). Nobody waits for it: rounds keep committing meanwhile. A worker that
+//! gets stuck later (commits it cannot obtain payloads for) asks for state with
+//! `StateWanted`.
 //!
 //! # Restarts
 //! The coordinator's [`CoordinatorState`] (ids and names, recent commits, deadline
@@ -209,7 +231,8 @@ pub use coordinator::{
 pub use deadline::{AdaptiveDeadline, DeadlinePolicy, DeadlineStats};
 pub use error::ProtocolError;
 pub use messages::{
-    PeerMessage, RefuseReason, ToCoordinator, ToWorker, MAX_JOIN_LEN, MAX_SETTINGS_LEN,
+    Donor, PeerMessage, RefuseReason, StateManifest, ToCoordinator, ToWorker, MAX_JOIN_LEN,
+    MAX_SETTINGS_LEN,
 };
 pub use ring::{ReduceError, RingReducer};
 pub use signature::{

@@ -9,8 +9,10 @@ pub const MAGIC: [u8; 4] = *b"MRDN";
 
 /// The frame format version this build reads and writes. Version 3: a worker's `Join`
 /// carries its run signature, and a join can be refused for a differing one. Version 4: a
-/// worker answers a re-upload request it cannot serve (`ToCoordinator::NotHeld`).
-pub const VERSION: u16 = 5;
+/// worker answers a re-upload request it cannot serve (`ToCoordinator::NotHeld`). Version 5:
+/// the run's settings travel in the welcome. Version 6: a newcomer fetches state in
+/// [`FrameKind::StateChunk`]s from several members at once.
+pub const VERSION: u16 = 6;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
 /// a discriminant this build does not know is a [`WireError::BadHeader`](super::WireError).
@@ -24,13 +26,19 @@ pub enum FrameKind {
     Control,
     /// A member's payload bytes for a round.
     Payload,
-    /// Model state for a member that catches up.
+    /// Model state for a member that catches up, whole (relayed by the coordinator).
     State,
     /// A ring all-reduce segment from the ring predecessor, at step `slot` of the round's
     /// ring (see [`RingReducer`](crate::protocol::RingReducer)).
     Segment {
         /// The ring step.
         slot: u32,
+    },
+    /// Chunk `index` of a member's state, to a member that catches up (the header's round
+    /// is the state's round).
+    StateChunk {
+        /// The chunk.
+        index: u32,
     },
 }
 

@@ -176,6 +176,9 @@ impl Driver {
             FrameKind::Segment { slot } => {
                 self.proto.handle_segment(from, header.round, slot, body.into())
             }
+            FrameKind::StateChunk { index } => {
+                self.proto.handle_state_chunk(now, from, header.round, index, body.into())
+            }
         }
     }
 
@@ -196,6 +199,7 @@ impl Driver {
             ),
             FrameKind::State => self.proto.handle_state(now, header.round, body.into()),
             FrameKind::Segment { .. } => warn!("the coordinator sent a ring segment; dropped"),
+            FrameKind::StateChunk { .. } => warn!("the coordinator sent a state chunk; dropped"),
         }
     }
 
@@ -204,14 +208,11 @@ impl Driver {
     }
 
     /// What the node does with a protocol event it passes on: a new member list re-pins the
-    /// peer mesh (all-gather and ring), a finished round is logged.
+    /// peer mesh (payloads in all-gather and ring, state chunks in every topology), a
+    /// finished round is logged.
     fn observe(&mut self, event: &WorkerEvent) {
         match event {
-            WorkerEvent::Members { members } => {
-                if matches!(self.proto.topology(), Some(Topology::AllGather | Topology::Ring)) {
-                    self.peers.update(self.proto.member(), members);
-                }
-            }
+            WorkerEvent::Members { members } => self.peers.update(self.proto.member(), members),
             WorkerEvent::RoundReady { round, stats, .. } => {
                 link::log_round(*round, stats, "round ready")
             }
@@ -285,6 +286,11 @@ impl Driver {
                 }
                 WorkerTransmit::Segment { to, round, slot, bytes } => {
                     let out = Out::new(FrameKind::Segment { slot }, round, sender, bytes);
+                    self.peers.send(&mut self.tasks, to, out);
+                    continue;
+                }
+                WorkerTransmit::StateChunk { to, round, index, bytes } => {
+                    let out = Out::new(FrameKind::StateChunk { index }, round, sender, bytes);
                     self.peers.send(&mut self.tasks, to, out);
                     continue;
                 }

@@ -1,4 +1,4 @@
-//! The all-gather (and ring) peer mesh: how this worker reaches the other members and
+//! The peer mesh (all-gather and ring payloads, state chunks): how this worker reaches the other members and
 //! reads what they send it.
 //!
 //! The worker's endpoint accepts connections from the members the coordinator announced

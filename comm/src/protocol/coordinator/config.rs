@@ -33,6 +33,10 @@ pub struct CoordinatorConfig {
     pub max_payload: usize,
     /// The largest state snapshot accepted, in bytes. By default 16 GiB.
     pub max_state: usize,
+    /// Members a newcomer takes its state from at once, in chunks, directly (see
+    /// [`ToWorker::StateOffer`](crate::protocol::ToWorker::StateOffer)). 0: every state is
+    /// relayed whole through the coordinator, from one member. By default 4.
+    pub state_donors: usize,
     /// How long a member asked for a snapshot has before the next one is asked. By default
     /// 5 minutes (a snapshot waits for the member to apply the round, then uploads).
     pub snapshot_timeout: Duration,
@@ -66,6 +70,7 @@ impl CoordinatorConfig {
             keep_rounds: 8,
             max_payload: 1 << 30,
             max_state: 16 << 30,
+            state_donors: 4,
             snapshot_timeout: Duration::from_secs(300),
             rejoin_grace: Duration::from_secs(30),
             signature: None,

@@ -112,6 +112,17 @@ pub enum Event {
         /// The round the snapshot must include.
         round: Round,
     },
+    /// A member that needed state was offered one to fetch from members directly.
+    StateOffered {
+        /// The member.
+        member: MemberId,
+        /// The round the state reflects.
+        round: Round,
+        /// Its size.
+        len: u64,
+        /// The members serving it.
+        donors: usize,
+    },
     /// A snapshot was relayed to a member that needed state.
     StateRelayed {
         /// The member.

@@ -72,6 +72,7 @@ impl Coordinator {
                         conn: None,
                         phase: Phase::Live,
                         last_applied: None,
+                        relayed_state: false,
                     },
                 );
                 id
@@ -85,6 +86,7 @@ impl Coordinator {
         member.peer = peer;
         member.last_applied = last_applied;
         member.phase = if need_state { Phase::Syncing } else { Phase::Live };
+        member.relayed_state = false;
         if let Some(old) = superseded {
             self.conns.remove(&old);
             self.refuse(old, RefuseReason::Superseded);

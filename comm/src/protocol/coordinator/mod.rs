@@ -27,7 +27,7 @@ use super::types::{
 use super::{ProtocolError, RunSignature};
 use crate::ids::{MemberId, Round};
 use crate::protocol::deadline::DeadlineStats;
-use snapshot::SnapshotAsk;
+use snapshot::{DirectAsk, SnapshotAsk};
 
 /// Whether a member takes part in rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,9 @@ struct Member {
     phase: Phase,
     /// The last round it said it applied (join or state request).
     last_applied: Option<Round>,
+    /// While syncing: it asked for the state relayed by the coordinator (it could not
+    /// fetch it from the members offered).
+    relayed_state: bool,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,8 @@ pub struct Coordinator {
     /// The latest state snapshot: (round it reflects, bytes).
     snapshot: Option<(Round, Bytes)>,
     asking: Option<SnapshotAsk>,
+    /// Members asked to serve their state in chunks, for the members syncing directly.
+    direct: Option<DirectAsk>,
     gate: Option<Gate>,
     /// The run's signature: the configured one, or the first admitted joiner's.
     signature: Option<RunSignature>,
@@ -140,6 +145,7 @@ impl Coordinator {
             traffic: Traffic::default(),
             snapshot: None,
             asking: None,
+            direct: None,
             gate: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -205,8 +211,11 @@ impl Coordinator {
             ToCoordinator::Fetch { round, member: author, digest } => {
                 self.on_fetch(conn, round, author, digest)
             }
-            ToCoordinator::StateWanted { last_applied } => {
-                self.on_state_wanted(member, last_applied)
+            ToCoordinator::StateWanted { last_applied, direct } => {
+                self.on_state_wanted(member, last_applied, direct)
+            }
+            ToCoordinator::StateManifest { round, manifest } => {
+                self.on_manifest(now, conn, member, round, manifest)
             }
             ToCoordinator::NotHeld { round } => self.on_not_held(conn, member, round),
             ToCoordinator::Leave => {
@@ -299,8 +308,9 @@ impl Coordinator {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let deadline = self.open.as_ref().map(|o| o.deadline);
         let snapshot = self.asking.as_ref().map(|a| a.asked + self.config.snapshot_timeout);
+        let direct = self.direct.as_ref().map(|d| d.due(self.config.snapshot_timeout));
         let gate = self.gate.as_ref().map(|g| g.until);
-        [deadline, snapshot, gate].into_iter().flatten().min()
+        [deadline, snapshot, direct, gate].into_iter().flatten().min()
     }
 
     // ---- internals ----

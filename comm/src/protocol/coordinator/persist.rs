@@ -210,6 +210,7 @@ impl Coordinator {
                     conn: None,
                     phase: Phase::Live,
                     last_applied: None,
+                    relayed_state: false,
                 },
             );
         }

@@ -68,8 +68,8 @@ fn a_member_whose_committed_payloads_nobody_holds_asks_for_state_at_once() {
 }
 
 /// A coordinator restored after committing `committed`, with `members` (ids in order) and
-/// rounds that open with `min_members` live.
-fn restored(members: &[&str], committed: Round, min_members: usize) -> Coordinator {
+/// rounds that open with `min_members` live, taking states from `donors` members at once.
+fn restored(members: &[&str], committed: Round, min_members: usize, donors: usize) -> Coordinator {
     let digest = Digest(7);
     let ids: Vec<MemberId> = (0..members.len() as MemberId).collect();
     let commits = (committed - 3..=committed)
@@ -90,7 +90,8 @@ fn restored(members: &[&str], committed: Round, min_members: usize) -> Coordinat
         deadline: DeadlineStats::default(),
         signature: None,
     };
-    let config = coordinator_config(Topology::Relay, min_members);
+    let mut config = coordinator_config(Topology::Relay, min_members);
+    config.state_donors = donors;
     Coordinator::restore(config, state, Instant::now()).expect("restore")
 }
 
@@ -111,16 +112,18 @@ fn snapshot_requests(c: &mut Coordinator) -> Vec<(MemberId, Round)> {
 /// After a restart the coordinator knows what each member applied from its join: a member
 /// still replaying (round 37 of 39 committed) must not be asked for the newcomer's state
 /// while another applied round 39, or the newcomer waits on rounds that member may never
-/// apply.
+/// apply. (With one donor: several are asked at once otherwise, the most current first.)
 #[test]
 fn the_snapshot_provider_is_a_member_that_applied_the_committed_round() {
-    let now = Instant::now();
-    let mut c = restored(&["behind", "current", "newcomer"], 39, 3);
-    join(&mut c, now, 10, "behind", Some(37));
-    join(&mut c, now, 11, "current", Some(39));
-    assert!(snapshot_requests(&mut c).is_empty(), "nobody needs state yet");
-    join(&mut c, now, 12, "newcomer", None);
-    assert_eq!(snapshot_requests(&mut c), [(1, 39)]);
+    for donors in [0, 1] {
+        let now = Instant::now();
+        let mut c = restored(&["behind", "current", "newcomer"], 39, 3, donors);
+        join(&mut c, now, 10, "behind", Some(37));
+        join(&mut c, now, 11, "current", Some(39));
+        assert!(snapshot_requests(&mut c).is_empty(), "nobody needs state yet");
+        join(&mut c, now, 12, "newcomer", None);
+        assert_eq!(snapshot_requests(&mut c), [(1, 39)], "{donors} donors");
+    }
 }
 
 /// A member known to have applied the last commit stays known as current through the
@@ -130,7 +133,7 @@ fn the_snapshot_provider_is_a_member_that_applied_the_committed_round() {
 #[test]
 fn a_member_current_at_its_join_stays_preferred_through_later_commits() {
     let mut now = Instant::now();
-    let mut c = restored(&["behind", "current", "newcomer"], 9, 1);
+    let mut c = restored(&["behind", "current", "newcomer"], 9, 1, 1);
     join(&mut c, now, 11, "current", Some(9));
     now += Duration::from_secs(3); // past the rejoin grace: round 10 opens without the others
     c.handle_timeout(now);
@@ -152,7 +155,7 @@ fn a_member_current_at_its_join_stays_preferred_through_later_commits() {
 #[test]
 fn a_payload_its_author_no_longer_holds_is_unavailable_at_once() {
     let mut now = Instant::now();
-    let mut c = restored(&["a", "b", "c"], 5, 3);
+    let mut c = restored(&["a", "b", "c"], 5, 3, 4);
     for (conn, name) in [(10, "a"), (11, "b"), (12, "c")] {
         join(&mut c, now, conn, name, Some(4));
     }

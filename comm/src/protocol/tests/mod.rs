@@ -1,6 +1,7 @@
 //! Scripted tests of the round protocol over an in-memory network with a manual clock.
 
 mod catchup;
+mod chunked;
 mod net;
 mod prop;
 mod ring;

@@ -24,7 +24,7 @@ fn publishes(env: &Envelope, i: usize, round: Round) -> bool {
         Frame::Control(_) => {
             matches!(env.to_coordinator(), Some(ToCoordinator::Delivered { round: r, .. }) if r == round)
         }
-        Frame::State { .. } | Frame::Segment { .. } => false,
+        Frame::State { .. } | Frame::Segment { .. } | Frame::StateChunk { .. } => false,
     }
 }
 

@@ -56,7 +56,11 @@ fn bad_payloads_at_the_coordinator_are_rejected_without_changing_commits() {
     c.handle_payload(now, conn1, 2, 2, junk.clone()); // someone else's payload
     c.handle_payload(now, ConnId(999), 2, 1, junk.clone()); // a stranger
     c.handle_payload(now, conn1, 2, 1, Bytes::from(vec![0; (1 << 16) + 1])); // oversized
-    c.handle_message(now, ConnId(999), ToCoordinator::StateWanted { last_applied: None });
+    c.handle_message(
+        now,
+        ConnId(999),
+        ToCoordinator::StateWanted { last_applied: None, direct: true },
+    );
     c.handle_message(now, conn1, ToCoordinator::Delivered { round: 2, digest: Digest(1) });
     c.handle_state(now, conn1, 1, junk.clone()); // nobody asked
     c.handle_message(now, conn1, ToCoordinator::Fetch { round: 2, member: 0, digest: Digest(5) });

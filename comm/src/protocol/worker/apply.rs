@@ -149,6 +149,7 @@ impl WorkerProto {
     /// Marks `round` applied and forgets what only older rounds need.
     fn retire(&mut self, round: Round) {
         self.applied = Some(round);
+        self.release_held_state(round);
         self.fetches.retain(|&(r, _), _| r > round);
         // Applied payloads and aggregates stay a while to serve other members' fetches.
         let keep = self.config.keep_rounds;

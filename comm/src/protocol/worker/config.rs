@@ -8,6 +8,10 @@ use crate::protocol::{
     MAX_SIGNATURE_ENTRIES, MAX_TIMER,
 };
 
+/// The default [`WorkerConfig::state_chunk`]: 8 MiB, a few tens of milliseconds at 1 Gb/s,
+/// so that a few in flight per donor fill a long path, and a lost donor costs little.
+pub const DEFAULT_STATE_CHUNK: u32 = 8 << 20;
+
 /// What a worker needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
@@ -27,6 +31,9 @@ pub struct WorkerConfig {
     pub max_payload: usize,
     /// The largest state snapshot accepted, in bytes. By default 16 GiB.
     pub max_state: usize,
+    /// The chunk length this worker serves its state in, bytes: the unit a newcomer checks
+    /// and fetches from one member. By default 8 MiB.
+    pub state_chunk: u32,
     /// Applied rounds whose payloads stay held to serve other members' fetches. By default 8.
     pub keep_rounds: u64,
     /// How long after a commit a missing payload is waited for before it is fetched (it may
@@ -52,6 +59,7 @@ impl WorkerConfig {
             follows: false,
             max_payload: 1 << 30,
             max_state: 16 << 30,
+            state_chunk: DEFAULT_STATE_CHUNK,
             keep_rounds: 8,
             fetch_grace: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(60),
@@ -76,6 +84,9 @@ impl WorkerConfig {
                 self.signature.len(),
                 self.signature.byte_len()
             ));
+        }
+        if self.state_chunk < 4096 {
+            return bad("state_chunk must be at least 4096 bytes");
         }
         if self.keep_rounds == 0 {
             return bad("keep_rounds must be at least 1");

@@ -45,6 +45,18 @@ pub enum Transmit {
         /// The segment.
         bytes: Bytes,
     },
+    /// Chunk `index` of this worker's state as of right after `round`, to a member that
+    /// catches up (a `StateChunk` frame).
+    StateChunk {
+        /// The member.
+        to: MemberId,
+        /// The round the state reflects.
+        round: Round,
+        /// The chunk.
+        index: u32,
+        /// The chunk's bytes.
+        bytes: Bytes,
+    },
     /// A state frame to the coordinator: this worker's state right after applying `round`.
     State {
         /// The round the state reflects.

@@ -7,6 +7,7 @@ mod events;
 mod payload;
 mod publish;
 mod ring;
+mod state;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -99,6 +100,13 @@ pub struct WorkerProto {
     snapshot_wanted: Option<Round>,
     /// The round of the SnapshotRequested event awaiting `provide_state`.
     snapshot_announced: Option<Round>,
+    /// How the snapshot asked for is answered once provided: served in chunks (direct),
+    /// uploaded whole, or both (two requests came before it was provided).
+    snapshot_serve: state::Serve,
+    /// The state this worker provided, served to members that catch up.
+    held_state: Option<state::HeldState>,
+    /// The offered state this worker fetches in chunks.
+    state_fetch: Option<state::StateFetch>,
     traffic: BTreeMap<Round, Traffic>,
     /// Ring: how payloads add up (none: this worker cannot take part in rings).
     reducer: Option<Arc<dyn RingReducer>>,
@@ -137,6 +145,9 @@ impl WorkerProto {
             gap_since: None,
             snapshot_wanted: None,
             snapshot_announced: None,
+            snapshot_serve: state::Serve::default(),
+            held_state: None,
+            state_fetch: None,
             traffic: BTreeMap::new(),
             reducer: None,
             ring: None,
@@ -250,12 +261,13 @@ impl WorkerProto {
                 let _ = deadline_ms;
                 self.on_fallback(round)
             }
-            ToWorker::Members { members } => self.on_members(members),
-            ToWorker::SnapshotRequest { round } => {
-                if self.awaiting_state.is_none() {
-                    self.snapshot_wanted = Some(round);
-                    self.announce_snapshot();
-                }
+            ToWorker::Members { members } => {
+                self.on_members(members);
+                self.recheck_donors(now);
+            }
+            ToWorker::SnapshotRequest { round, direct } => self.on_snapshot_request(round, direct),
+            ToWorker::StateOffer { round, len, chunk_len, donors } => {
+                self.on_state_offer(now, round, len, chunk_len, donors)
             }
             ToWorker::Unavailable { round, member } => {
                 self.fetch_unavailable(now, Dest::Coordinator, round, member)
@@ -293,6 +305,11 @@ impl WorkerProto {
             PeerMessage::Unavailable { round, member } => {
                 self.fetch_unavailable(now, Dest::Member(from), round, member)
             }
+            PeerMessage::FetchChunk { round, index } => self.on_fetch_chunk(from, round, index),
+            PeerMessage::ChunkUnavailable { round, index } => {
+                let _ = index;
+                self.on_chunk_unavailable(now, from, round)
+            }
         }
     }
 
@@ -308,11 +325,18 @@ impl WorkerProto {
         if self.applied.is_some_and(|a| round <= a) {
             return self.reject(from, Some(round), RejectReason::WrongRound);
         }
+        self.state_fetch = None;
+        self.take_state(now, round, bytes);
+    }
+
+    /// Installs the state of `round`, relayed whole or assembled from chunks.
+    fn take_state(&mut self, now: Instant, round: Round, bytes: Bytes) {
         info!(round, len = bytes.len(), "state received");
         self.applied = Some(round);
         self.awaiting_state = None;
         self.snapshot_wanted = None;
         self.snapshot_announced = None;
+        self.snapshot_serve = state::Serve::default();
         self.commits.retain(|&r, _| r > round);
         self.store.retain(|&r, _| r > round);
         self.own.retain(|&r, _| r > round);
@@ -342,6 +366,7 @@ impl WorkerProto {
             self.send_join(now);
         }
         self.run_fetches(now);
+        self.state_fetch_timeouts(now);
     }
 
     // ---- commands ----
@@ -381,7 +406,9 @@ impl WorkerProto {
         Ok(())
     }
 
-    /// Uploads the state asked for by [`Event::SnapshotRequested`]`{ round }`.
+    /// Provides the state asked for by [`Event::SnapshotRequested`]`{ round }`: it is served
+    /// in chunks to the members that catch up (or uploaded whole, when the coordinator asked
+    /// for that), and kept until `keep_rounds` rounds later.
     pub fn provide_state(
         &mut self,
         now: Instant,
@@ -399,8 +426,7 @@ impl WorkerProto {
             });
         }
         self.snapshot_announced = None;
-        info!(round, len = bytes.len(), "uploading state");
-        self.transmits.push_back(Transmit::State { round, bytes });
+        self.hold_state(round, bytes);
         Ok(())
     }
 
@@ -429,7 +455,8 @@ impl WorkerProto {
         let state = self.awaiting_state.map(|at| at + self.config.state_timeout);
         let gap = self.gap_since.map(|at| at + self.config.fetch_timeout);
         let fetch = self.fetches.values().map(|f| f.due).min();
-        [join, state, gap, fetch].into_iter().flatten().min()
+        let chunk = self.state_fetch_due();
+        [join, state, gap, fetch, chunk].into_iter().flatten().min()
     }
 
     // ---- internals ----
@@ -453,11 +480,16 @@ impl WorkerProto {
     }
 
     fn ask_state(&mut self, now: Instant) {
+        self.ask_state_as(now, true);
+    }
+
+    /// Asks for state, to fetch from members (`direct`) or to be relayed by the coordinator.
+    fn ask_state_as(&mut self, now: Instant, direct: bool) {
         self.awaiting_state = Some(now);
         self.fetches.clear();
         self.gap_since = None;
         self.transmits.push_back(Transmit::Control {
-            msg: ToCoordinator::StateWanted { last_applied: self.applied },
+            msg: ToCoordinator::StateWanted { last_applied: self.applied, direct },
         });
     }
 

@@ -47,7 +47,7 @@ impl Net {
         self.nodes.iter().position(|n| n.proto.as_ref().is_some_and(|p| p.member() == Some(member)))
     }
 
-    fn enqueue(&mut self, env: Envelope) {
+    fn enqueue(&mut self, mut env: Envelope) {
         let verdict = match self.rule.as_mut() {
             Some(rule) => rule(&env, self.now),
             None => Verdict::Pass,
@@ -56,6 +56,19 @@ impl Net {
             Verdict::Drop => return,
             Verdict::Pass => Duration::ZERO,
             Verdict::Delay(d) => d,
+            Verdict::Corrupt => {
+                if let Frame::Payload { bytes, .. }
+                | Frame::State { bytes, .. }
+                | Frame::StateChunk { bytes, .. } = &mut env.frame
+                {
+                    let mut flipped = bytes.to_vec();
+                    if let Some(b) = flipped.first_mut() {
+                        *b ^= 1;
+                    }
+                    *bytes = Bytes::from(flipped);
+                }
+                Duration::ZERO
+            }
         };
         if self.rng.chance(self.faults.drop) {
             return;
@@ -162,6 +175,9 @@ impl Net {
             WorkerTransmit::Segment { to, round, slot, bytes } => {
                 (Dest::Member(to), Frame::Segment { round, slot, bytes })
             }
+            WorkerTransmit::StateChunk { to, round, index, bytes } => {
+                (Dest::Member(to), Frame::StateChunk { round, index, bytes })
+            }
         };
         let to = match to {
             Dest::Coordinator => End::Coordinator,
@@ -228,17 +244,17 @@ impl Net {
                 let app = &mut self.nodes[i].app;
                 assert_eq!(Some(round), app.applied, "snapshot of the round just applied");
                 app.snapshots_served += 1;
-                let mut bytes = round.to_le_bytes().to_vec();
-                bytes.extend_from_slice(&app.state.to_le_bytes());
+                let bytes = super::snapshot_bytes(round, app.state, i, self.state_layout);
                 let proto = self.nodes[i].proto.as_mut().expect("alive");
-                proto.provide_state(now, round, Bytes::from(bytes)).expect("provide state");
+                proto.provide_state(now, round, bytes).expect("provide state");
             }
             WorkerEvent::StateReceived { round, bytes } => {
-                assert_eq!(bytes.len(), 16);
-                let r = Round::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let workers = self.nodes.len();
+                let (r, state, donor) = super::read_snapshot(&bytes, self.state_layout, workers);
                 assert_eq!(r, round);
                 let app = &mut self.nodes[i].app;
-                app.state = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+                app.state = state;
+                app.state_donor = donor;
                 app.applied = Some(round);
                 app.states.insert(round, app.state);
                 app.states_received += 1;
@@ -270,7 +286,7 @@ impl Net {
                         c.handle_payload(now, conn, round, sender, bytes)
                     }
                     Frame::State { round, bytes } => c.handle_state(now, conn, round, bytes),
-                    Frame::Segment { .. } => {}
+                    Frame::Segment { .. } | Frame::StateChunk { .. } => {}
                 }
             }
             End::Worker(j) => {
@@ -289,7 +305,7 @@ impl Net {
                                 p.handle_payload(now, Dest::Coordinator, round, sender, bytes)
                             }
                             Frame::State { round, bytes } => p.handle_state(now, round, bytes),
-                            Frame::Segment { .. } => {}
+                            Frame::Segment { .. } | Frame::StateChunk { .. } => {}
                         }
                     }
                     End::Worker(_) => {
@@ -304,6 +320,9 @@ impl Net {
                             Frame::State { .. } => {}
                             Frame::Segment { round, slot, bytes } => {
                                 p.handle_segment(from, round, slot, bytes)
+                            }
+                            Frame::StateChunk { round, index, bytes } => {
+                                p.handle_state_chunk(now, from, round, index, bytes)
                             }
                         }
                     }

@@ -66,6 +66,7 @@ pub enum Frame {
     Payload { round: Round, sender: MemberId, bytes: Bytes },
     State { round: Round, bytes: Bytes },
     Segment { round: Round, slot: u32, bytes: Bytes },
+    StateChunk { round: Round, index: u32, bytes: Bytes },
 }
 
 /// A frame in flight.
@@ -97,6 +98,8 @@ pub enum Verdict {
     Pass,
     Drop,
     Delay(Duration),
+    /// Flips a bit of a payload, state or chunk body (an authenticated peer that lies).
+    Corrupt,
 }
 
 /// Random faults applied to every frame.
@@ -137,6 +140,8 @@ pub struct App {
     pub incarnation: u64,
     pub snapshots_served: u32,
     pub states_received: u32,
+    /// The worker whose per-member state part the last received state holds.
+    pub state_donor: Option<usize>,
     pub events: Vec<WorkerEvent>,
 }
 
@@ -169,6 +174,10 @@ pub struct Net {
     pub persisted: Option<CoordinatorState>,
     /// Ring runs: the workers' reducer; their payloads are then little f32 vectors.
     pub reducer: Option<Arc<dyn RingReducer>>,
+    /// Bytes a snapshot carries past its round and hash: (replicated, per-member). The
+    /// replicated part follows from the hash; the per-member part from the worker's index,
+    /// as inner optimizer moments differ between replicas.
+    pub state_layout: (usize, usize),
     epoch: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: BTreeMap<u64, Envelope>,
@@ -197,6 +206,7 @@ impl Net {
             coordinator_events: Vec::new(),
             persisted: None,
             reducer: None,
+            state_layout: (0, 0),
             epoch: 0,
             queue: BinaryHeap::new(),
             in_flight: BTreeMap::new(),
@@ -413,4 +423,39 @@ impl Net {
             }
         }
     }
+}
+
+/// Worker `index`'s snapshot of `round` with hash `state` under `layout` (see
+/// [`Net::state_layout`]).
+pub fn snapshot_bytes(round: Round, state: u64, index: usize, layout: (usize, usize)) -> Bytes {
+    let mut bytes = round.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&state.to_le_bytes());
+    let mut rng = Rng::new(state);
+    bytes.extend((0..layout.0).map(|_| rng.next_u64() as u8));
+    bytes.extend((0..layout.1).map(|p| own_byte(index, p)));
+    Bytes::from(bytes)
+}
+
+fn own_byte(index: usize, position: usize) -> u8 {
+    ((position * 31 + index * 7 + 1) % 251) as u8
+}
+
+/// Reads a snapshot made by [`snapshot_bytes`]: its round, its hash, and the worker whose
+/// per-member part it holds (the whole part from one worker, among `workers`). Panics on
+/// anything else: a state assembled from mismatched chunks.
+pub fn read_snapshot(
+    bytes: &[u8],
+    layout: (usize, usize),
+    workers: usize,
+) -> (Round, u64, Option<usize>) {
+    assert_eq!(bytes.len(), 16 + layout.0 + layout.1, "state length");
+    let round = Round::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let state = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let mut rng = Rng::new(state);
+    let shared = &bytes[16..16 + layout.0];
+    assert!(shared.iter().all(|&b| b == rng.next_u64() as u8), "replicated part of another state");
+    let own = &bytes[16 + layout.0..];
+    let donor = (0..workers).find(|&i| own.iter().enumerate().all(|(p, &b)| b == own_byte(i, p)));
+    assert!(layout.1 == 0 || donor.is_some(), "per-member part mixed from several workers");
+    (round, state, donor.filter(|_| layout.1 > 0))
 }
