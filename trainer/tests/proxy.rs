@@ -112,6 +112,73 @@ fn workers_behind_a_delaying_proxy_see_its_rtt_and_end_bit_identical() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A worker other members cannot dial (it advertises a `meridian proxy` that drops every
+/// datagram, as a firewall or a NAT without forwarding would) still takes part in every
+/// all-gather round: the others hand their payloads for it to the coordinator, which
+/// passes them on, and all three end bit-identical.
+#[test]
+fn a_worker_no_member_can_dial_gets_their_frames_through_the_coordinator() {
+    // Enough rounds to outlast the first dial's 10 s timeout, after which the others'
+    // frames for it go through the coordinator.
+    const ROUNDS: u64 = 12;
+    let dir = scratch("unreachable");
+    let (mut coord, join) = common::coordinator_with(&dir, 3, 4, &["--topology", "all-gather"]);
+    // The "firewall": a proxy that forwards nowhere and drops everything.
+    let mut wall = Command::new(BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9"])
+        .args(["--up", "{ loss = \"100%\" }", "--down", "{ loss = \"100%\" }"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(stderr_to(&dir, "wall"))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(wall.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _wall = Proc(wall);
+    let wall_addr = line.trim().to_string();
+    assert!(wall_addr.starts_with("127.0.0.1:"), "{line:?}: {}", log(&dir, "wall"));
+
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let name = format!("w{i}");
+            let mut cmd = Command::new(BIN);
+            cmd.args(["worker", "--join", &join, "--name", &name, "--model", "mlp"])
+                .args(["--algo", "diloco", "--inner-steps", "5"])
+                .args(["--steps", &(5 * ROUNDS).to_string()])
+                .args(["--shards", "3", "--data", &corpus()])
+                .arg("--out")
+                .arg(dir.join(&name))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(stderr_to(&dir, &name));
+            if i == 2 {
+                cmd.args(["--advertise", &wall_addr]);
+            }
+            Proc(cmd.spawn().unwrap())
+        })
+        .collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        let name = format!("w{i}");
+        assert!(w.wait_ok(Duration::from_secs(300)), "{name}: {}", log(&dir, &name));
+    }
+    assert!(coord.wait_ok(Duration::from_secs(60)), "{}", log(&dir, "coordinator"));
+    let all: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            let path = dir.join(format!("w{i}")).join("worker.json");
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        })
+        .collect();
+    for s in &all {
+        assert_eq!(s["rounds"], ROUNDS, "{s}");
+        assert_eq!(s["consensus_hash"], all[0]["consensus_hash"], "replicas differ: {s}");
+    }
+    for name in ["w0", "w1"] {
+        let text = log(&dir, name);
+        assert!(text.contains("its frames go through the coordinator"), "{name}: {text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     common::scratch("proxy", name)
 }

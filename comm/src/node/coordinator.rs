@@ -41,7 +41,9 @@ use crate::quic::{
     self, close_done, close_refused, ClientAuth, JoinString, NodeIdentity, QuicEndpoint,
     RefusalCode, TransportTuning, CLOSE_DONE,
 };
-use crate::wire::{Frame, FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME, PREFIX_LEN};
+use crate::wire::{
+    Carried, Frame, FrameCodec, FrameKind, WireError, DEFAULT_MAX_FRAME, PREFIX_LEN,
+};
 
 /// Events queued for [`CoordinatorNode::next_event`] before new ones are dropped (and
 /// logged): a node nobody reads events from must not grow without bound.
@@ -145,11 +147,37 @@ pub enum CoordinatorNodeEvent {
 
 /// An input for the actor.
 enum Input {
-    Open { conn: ConnId, writer: mpsc::UnboundedSender<Out>, connection: Connection },
-    Message { conn: ConnId, msg: ToCoordinator },
-    Payload { conn: ConnId, round: Round, sender: MemberId, bytes: Bytes },
-    State { conn: ConnId, round: Round, bytes: Bytes },
-    Closed { conn: ConnId },
+    Open {
+        conn: ConnId,
+        writer: mpsc::UnboundedSender<Out>,
+        connection: Connection,
+    },
+    Message {
+        conn: ConnId,
+        msg: ToCoordinator,
+    },
+    Payload {
+        conn: ConnId,
+        round: Round,
+        sender: MemberId,
+        bytes: Bytes,
+    },
+    State {
+        conn: ConnId,
+        round: Round,
+        bytes: Bytes,
+    },
+    Forward {
+        conn: ConnId,
+        to: MemberId,
+        carried: Carried,
+        round: Round,
+        sender: MemberId,
+        bytes: Bytes,
+    },
+    Closed {
+        conn: ConnId,
+    },
 }
 
 /// What the connection tasks share.
@@ -567,6 +595,17 @@ fn to_input(conn: ConnId, frame: Frame) -> Result<Input, String> {
         FrameKind::StateChunk { .. } => {
             return Err("a state chunk sent to the coordinator (chunks go to members)".into())
         }
+        FrameKind::Forward { to, carried } => Input::Forward {
+            conn,
+            to,
+            carried,
+            round: header.round,
+            sender: header.sender,
+            bytes: body.into(),
+        },
+        FrameKind::Forwarded { .. } => {
+            return Err("a forwarded frame sent to the coordinator".into())
+        }
     })
 }
 
@@ -619,6 +658,9 @@ impl Actor {
                 self.proto.handle_payload(now, conn, round, sender, bytes)
             }
             Input::State { conn, round, bytes } => self.proto.handle_state(now, conn, round, bytes),
+            Input::Forward { conn, to, carried, round, sender, bytes } => {
+                self.proto.handle_forward(now, conn, to, carried, round, sender, bytes)
+            }
             Input::Closed { conn } => {
                 self.writers.remove(&conn);
                 self.connections.remove(&conn);
@@ -669,6 +711,9 @@ impl Actor {
                 }
                 CoordinatorTransmit::State { to, round, bytes } => {
                     (to, Out::new(FrameKind::State, round, COORDINATOR_SENDER, bytes))
+                }
+                CoordinatorTransmit::Forwarded { to, from, carried, round, sender, bytes } => {
+                    (to, Out::new(FrameKind::Forwarded { from, carried }, round, sender, bytes))
                 }
             };
             match self.writers.get(&to) {

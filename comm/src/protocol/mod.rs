@@ -91,6 +91,14 @@
 //! Payloads for applied rounds, from members outside a round or a commit, from a peer that
 //! is not their author, or over the size limit are rejected without touching the round.
 //!
+//! # Members that cannot reach each other
+//! Payloads (all-gather), segments (ring), fetches and state chunks go from member to
+//! member. A driver that cannot reach a member (its dial fails: a firewall, NAT without
+//! forwarding) hands those frames to the coordinator, which passes them on over the
+//! member's own connection, naming the sender ([`Coordinator::handle_forward`]); the
+//! receiving worker handles them as if they came directly. Per pair: members that reach
+//! each other keep their direct links, and the coordinator holds nothing.
+//!
 //! # Catching up
 //! A worker joins with the last round it applied. If it is current it is live at once. If
 //! it is behind and the commits after its round are still remembered, they are replayed
@@ -198,6 +206,8 @@
 //!             CoordinatorTransmit::State { round, bytes, .. } => {
 //!                 worker.handle_state(now, round, bytes)
 //!             }
+//!             // Frames between members, for one that could not reach another (none here).
+//!             CoordinatorTransmit::Forwarded { .. } => {}
 //!         }
 //!     }
 //!     while let Some(event) = worker.poll_event() {

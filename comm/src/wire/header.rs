@@ -11,7 +11,8 @@ pub const MAGIC: [u8; 4] = *b"MRDN";
 /// carries its run signature, and a join can be refused for a differing one. Version 4: a
 /// worker answers a re-upload request it cannot serve (`ToCoordinator::NotHeld`). Version 5:
 /// the run's settings travel in the welcome. Version 6: a newcomer fetches state in
-/// [`FrameKind::StateChunk`]s from several members at once.
+/// [`FrameKind::StateChunk`]s from several members at once, and a frame for a member that
+/// cannot be reached directly travels through the coordinator ([`FrameKind::Forward`]).
 pub const VERSION: u16 = 6;
 
 /// What a frame's body holds. Travels as a postcard enum (varint discriminant);
@@ -40,6 +41,63 @@ pub enum FrameKind {
         /// The chunk.
         index: u32,
     },
+    /// A member's frame for member `to`, which it cannot reach directly, sent to the
+    /// coordinator to pass on; round and sender as in the carried frame.
+    Forward {
+        /// The member it is for.
+        to: MemberId,
+        /// What the frame holds.
+        carried: Carried,
+    },
+    /// The coordinator passes on a frame member `from` sent it as [`FrameKind::Forward`].
+    Forwarded {
+        /// The member it comes from (as the coordinator knows it by its connection).
+        from: MemberId,
+        /// What the frame holds.
+        carried: Carried,
+    },
+}
+
+/// What a frame between members holds, when it travels through the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Carried {
+    /// A postcard-encoded message between members.
+    Control,
+    /// A payload.
+    Payload,
+    /// A ring segment.
+    Segment {
+        /// The ring step.
+        slot: u32,
+    },
+    /// A state chunk.
+    StateChunk {
+        /// The chunk.
+        index: u32,
+    },
+}
+
+impl Carried {
+    /// How `kind` travels through the coordinator, for the kinds members send each other.
+    pub fn of(kind: FrameKind) -> Option<Carried> {
+        match kind {
+            FrameKind::Control => Some(Carried::Control),
+            FrameKind::Payload => Some(Carried::Payload),
+            FrameKind::Segment { slot } => Some(Carried::Segment { slot }),
+            FrameKind::StateChunk { index } => Some(Carried::StateChunk { index }),
+            FrameKind::State | FrameKind::Forward { .. } | FrameKind::Forwarded { .. } => None,
+        }
+    }
+
+    /// The kind of frame it is between members.
+    pub fn kind(self) -> FrameKind {
+        match self {
+            Carried::Control => FrameKind::Control,
+            Carried::Payload => FrameKind::Payload,
+            Carried::Segment { slot } => FrameKind::Segment { slot },
+            Carried::StateChunk { index } => FrameKind::StateChunk { index },
+        }
+    }
 }
 
 /// The header of a frame, postcard-encoded right after the length prefix.

@@ -36,5 +36,5 @@ mod tests;
 
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME, PREFIX_LEN, TAG_LEN};
 pub use error::WireError;
-pub use header::{Frame, FrameHeader, FrameKind, MAGIC, VERSION};
+pub use header::{Carried, Frame, FrameHeader, FrameKind, MAGIC, VERSION};
 pub use reader::FrameReader;

@@ -258,6 +258,32 @@ fn a_ring_segment_frame_keeps_its_slot() {
 }
 
 #[test]
+fn chunk_and_forwarded_frames_keep_their_fields() {
+    let kinds = [
+        FrameKind::StateChunk { index: 70_000 },
+        FrameKind::Forward { to: 5, carried: Carried::Payload },
+        FrameKind::Forwarded { from: 3, carried: Carried::StateChunk { index: 2 } },
+        FrameKind::Forwarded { from: 9, carried: Carried::Segment { slot: 4 } },
+    ];
+    for kind in kinds {
+        let bytes = codec().encode(kind, 7, 2, &[9; 40], false).unwrap();
+        let frame = codec().decode(&bytes).unwrap();
+        assert_eq!(frame.header.kind, kind);
+        assert_eq!((frame.header.round, frame.header.sender), (7, 2));
+    }
+    // What members send each other travels through the coordinator and back unchanged.
+    for kind in [
+        FrameKind::Control,
+        FrameKind::Payload,
+        FrameKind::Segment { slot: 1 },
+        FrameKind::StateChunk { index: 8 },
+    ] {
+        assert_eq!(Carried::of(kind).map(Carried::kind), Some(kind));
+    }
+    assert_eq!(Carried::of(FrameKind::State), None);
+}
+
+#[test]
 fn flipping_a_run_bit_is_wrong_run() {
     let err = codec().decode(&flipped(&small(), RUN_AT, 0x80)).unwrap_err();
     let mut got = RUN;

@@ -47,6 +47,13 @@ pub struct WorkerArgs {
     /// at start). Off by default. Whoever reaches ADDR can read them: bind a private address.
     #[arg(long, env = "MERIDIAN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The address other members dial to reach this worker directly (all-gather and ring
+    /// payloads, state chunks for a member that catches up): behind NAT, the forwarded
+    /// public address. By default the local IP the OS routes to the coordinator, with the
+    /// port this worker listens on. Members that cannot reach it hand their frames for it to
+    /// the coordinator, which passes them on.
+    #[arg(long, env = "MERIDIAN_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<std::net::SocketAddr>,
     /// This worker's stable name: a restarted worker gives the same name to take its place.
     #[arg(long, env = "MERIDIAN_NAME")]
     pub name: String,

@@ -19,7 +19,7 @@ use crate::protocol::{
     Dest, PeerMessage, ToCoordinator, ToWorker, Topology, WorkerEvent, WorkerProto, WorkerTransmit,
 };
 use crate::quic::{close_done, QuicError};
-use crate::wire::{Frame, FrameKind};
+use crate::wire::{Carried, Frame, FrameHeader, FrameKind};
 
 /// The driver task's state.
 pub(super) struct Driver {
@@ -153,8 +153,34 @@ impl Driver {
             LinkMsg::GaveUp(reason) => return Err(Ended::Unreachable(reason)),
             LinkMsg::PeerIn(conn) => self.peers.accept(&mut self.tasks, conn),
             LinkMsg::PeerFrame { from, frame } => self.peer_frame(from, frame),
+            LinkMsg::Unreachable { member, frames } => {
+                self.peers.unreachable(member);
+                for out in frames {
+                    self.forward(member, out);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Sends `out` to member `to`: directly, or through the coordinator when `to` could not
+    /// be dialed.
+    fn send_peer(&mut self, to: MemberId, out: Out) {
+        if let Some(out) = self.peers.send(&mut self.tasks, to, out) {
+            self.forward(to, out);
+        }
+    }
+
+    /// Hands the coordinator `out` to pass on to member `to`.
+    fn forward(&mut self, to: MemberId, mut out: Out) {
+        let Some(carried) = Carried::of(out.kind) else { return };
+        out.kind = FrameKind::Forward { to, carried };
+        match &self.conn {
+            Some((_, writer)) => {
+                let _ = writer.send(out);
+            }
+            None => debug!(to, "not connected; frame for a member dropped"),
+        }
     }
 
     fn peer_frame(&mut self, from: MemberId, frame: Frame) {
@@ -179,6 +205,9 @@ impl Driver {
             FrameKind::StateChunk { index } => {
                 self.proto.handle_state_chunk(now, from, header.round, index, body.into())
             }
+            FrameKind::Forward { .. } | FrameKind::Forwarded { .. } => {
+                warn!(from, "a member sent a frame to pass on; dropped")
+            }
         }
     }
 
@@ -200,6 +229,11 @@ impl Driver {
             FrameKind::State => self.proto.handle_state(now, header.round, body.into()),
             FrameKind::Segment { .. } => warn!("the coordinator sent a ring segment; dropped"),
             FrameKind::StateChunk { .. } => warn!("the coordinator sent a state chunk; dropped"),
+            FrameKind::Forwarded { from, carried } => {
+                let header = FrameHeader { kind: carried.kind(), ..header };
+                self.peer_frame(from, Frame { header, body })
+            }
+            FrameKind::Forward { .. } => warn!("the coordinator sent a frame to pass on; dropped"),
         }
     }
 
@@ -281,24 +315,24 @@ impl Driver {
                 }
                 WorkerTransmit::Payload { to: Dest::Member(to), round, from_member, bytes } => {
                     let out = Out::new(FrameKind::Payload, round, from_member, bytes);
-                    self.peers.send(&mut self.tasks, to, out);
+                    self.send_peer(to, out);
                     continue;
                 }
                 WorkerTransmit::Segment { to, round, slot, bytes } => {
                     let out = Out::new(FrameKind::Segment { slot }, round, sender, bytes);
-                    self.peers.send(&mut self.tasks, to, out);
+                    self.send_peer(to, out);
                     continue;
                 }
                 WorkerTransmit::StateChunk { to, round, index, bytes } => {
                     let out = Out::new(FrameKind::StateChunk { index }, round, sender, bytes);
-                    self.peers.send(&mut self.tasks, to, out);
+                    self.send_peer(to, out);
                     continue;
                 }
                 WorkerTransmit::Peer { to, msg } => {
                     match msg.encode() {
                         Ok(body) => {
                             let out = Out::new(FrameKind::Control, 0, sender, body.into());
-                            self.peers.send(&mut self.tasks, to, out);
+                            self.send_peer(to, out);
                         }
                         Err(e) => warn!(error = %e, "cannot encode a peer message"),
                     }

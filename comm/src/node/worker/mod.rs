@@ -214,6 +214,11 @@ enum LinkMsg {
         from: MemberId,
         frame: Frame,
     },
+    /// Member `member` could not be dialed; `frames` were queued for it.
+    Unreachable {
+        member: MemberId,
+        frames: Vec<Out>,
+    },
 }
 
 /// Shared between the driver and the node handle.

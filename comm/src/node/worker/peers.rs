@@ -29,6 +29,10 @@ use crate::protocol::MemberInfo;
 use crate::quic::{self, close_refused, peer_fingerprint, PinSet, QuicEndpoint, RefusalCode};
 use crate::wire::FrameCodec;
 
+/// How long frames for a member that could not be dialed go through the coordinator before
+/// a dial is tried again.
+pub(super) const VIA_COORDINATOR_FOR: Duration = Duration::from_secs(300);
+
 /// What a worker's [`PeerInfo`](crate::protocol::PeerInfo) holds: how other members reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct PeerAddr {
@@ -50,6 +54,9 @@ pub(super) struct Peers {
     known: BTreeMap<MemberId, PeerAddr>,
     /// Dialed links, by member: frames queue here until the dial completes.
     out: HashMap<MemberId, mpsc::UnboundedSender<Out>>,
+    /// Members this worker could not dial, with when to try again: until then their frames
+    /// go through the coordinator.
+    via_coordinator: HashMap<MemberId, std::time::Instant>,
 }
 
 impl Peers {
@@ -69,6 +76,7 @@ impl Peers {
             connect_timeout,
             known: BTreeMap::new(),
             out: HashMap::new(),
+            via_coordinator: HashMap::new(),
         }
     }
 
@@ -97,35 +105,60 @@ impl Peers {
         self.known = known;
     }
 
-    /// Queues `out` for member `to`, dialing it first if there is no link.
-    pub(super) fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) {
+    /// Queues `out` for member `to`, dialing it first if there is no link. Returns it when
+    /// it must go through the coordinator instead: `to` could not be dialed lately, or has
+    /// no known address.
+    pub(super) fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) -> Option<Out> {
+        if self.via_coordinator.get(&to).is_some_and(|&until| link::now() < until) {
+            return Some(out);
+        }
         let out = match self.out.get(&to) {
             Some(queue) => match queue.send(out) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 // The link failed; dial again.
                 Err(mpsc::error::SendError(out)) => out,
             },
             None => out,
         };
         let Some(&peer) = self.known.get(&to) else {
-            return debug!(to, kind = ?out.kind, "no address for the member; frame dropped");
+            debug!(to, kind = ?out.kind, "no address for the member; through the coordinator");
+            return Some(out);
         };
-        let (queue, frames) = mpsc::unbounded_channel();
+        let (queue, mut frames) = mpsc::unbounded_channel();
         let _ = queue.send(out);
         self.out.insert(to, queue);
         let (endpoint, codec, timeout) =
             (self.endpoint.clone(), self.codec.clone(), self.connect_timeout);
+        let link_tx = self.link_tx.clone();
         tasks.spawn(async move {
-            match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint)).await
-            {
-                Ok(Ok(conn)) => {
-                    debug!(to, peer = %peer.addr, "connected to a member");
-                    let _ = link::spawn_writer(conn, codec, frames).await;
-                }
-                Ok(Err(e)) => warn!(to, error = %e, "cannot reach a member"),
-                Err(_) => warn!(to, "cannot reach a member: no handshake in time"),
+            let reason =
+                match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint))
+                    .await
+                {
+                    Ok(Ok(conn)) => {
+                        debug!(to, peer = %peer.addr, "connected to a member");
+                        let _ = link::spawn_writer(conn, codec, frames).await;
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no handshake in time".to_string(),
+                };
+            warn!(to, reason, "cannot reach a member; its frames go through the coordinator");
+            frames.close();
+            let mut queued = Vec::new();
+            while let Ok(out) = frames.try_recv() {
+                queued.push(out);
             }
+            let _ = link_tx.send(LinkMsg::Unreachable { member: to, frames: queued });
         });
+        None
+    }
+
+    /// `member` could not be dialed: its frames go through the coordinator for a while
+    /// ([`VIA_COORDINATOR_FOR`]), then a dial is tried again.
+    pub(super) fn unreachable(&mut self, member: MemberId) {
+        self.out.remove(&member);
+        self.via_coordinator.insert(member, link::now() + VIA_COORDINATOR_FOR);
     }
 
     /// A member connected: read its frames on a task of `tasks`, if it is one.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{RefuseReason, ToWorker};
 use crate::protocol::types::{ConnId, Delivery, Digest, RejectReason, RoundStats};
+use crate::wire::Carried;
 
 /// Something for the driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,22 @@ pub enum Transmit {
         /// The round the state reflects.
         round: Round,
         /// The state.
+        bytes: Bytes,
+    },
+    /// A frame member `from` sent for this connection's member, passed on (a
+    /// `Forwarded { from, carried }` frame with the carried frame's round and sender).
+    Forwarded {
+        /// The connection.
+        to: ConnId,
+        /// The member it comes from.
+        from: MemberId,
+        /// What it holds.
+        carried: Carried,
+        /// The carried frame's round.
+        round: Round,
+        /// The carried frame's sender (a payload's author).
+        sender: MemberId,
+        /// The body.
         bytes: Bytes,
     },
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod events;
+mod forward;
 mod join;
 mod persist;
 mod relay;

@@ -2,6 +2,7 @@
 
 mod catchup;
 mod chunked;
+mod forward;
 mod net;
 mod prop;
 mod ring;

@@ -79,6 +79,7 @@ impl JoinContext<'_> {
         let mut cfg = WorkerNodeConfig::new(self.join.clone(), self.args.name.clone());
         cfg.tuning = tuning;
         cfg.reducer = Some(self.reducer.clone());
+        cfg.advertise = self.args.advertise;
         cfg
     }
 

@@ -141,6 +141,9 @@ impl Net {
                 (to, Frame::Payload { round, sender: from_member, bytes })
             }
             CoordinatorTransmit::State { to, round, bytes } => (to, Frame::State { round, bytes }),
+            // Only the QUIC driver forwards frames between members (it alone sees a dial
+            // fail); this network delivers every worker's frames directly.
+            CoordinatorTransmit::Forwarded { .. } => return,
         };
         let Some(i) = self.nodes.iter().position(|n| n.conn == conn && n.proto.is_some()) else {
             return;
