@@ -25,6 +25,7 @@ use meridian_comm::node::{
     WorkerNodeEvent,
 };
 use meridian_comm::protocol::{CoordinatorEvent, Topology as Route, WorkerEvent};
+use meridian_comm::wire::DEFAULT_MAX_FRAME;
 use meridian_simulate::{Fabric, Topology};
 use tokio::time::Instant;
 
@@ -146,7 +147,10 @@ async fn run(o: &Options, donors: usize) -> Result<(f64, usize), Box<dyn Error>>
     ccfg.socket = Some(fabric.bind("us-east")?);
     let regions: Vec<&str> = REGIONS.into_iter().filter(|r| *r != o.newcomer).collect();
     ccfg.protocol.min_members = regions.len();
-    ccfg.max_frame = usize::MAX >> 1;
+    // Relayed, the state travels in one frame: allow one that large (1 GiB by default).
+    // Directly, chunks need no such thing.
+    let max_frame = if donors == 0 { usize::MAX >> 1 } else { DEFAULT_MAX_FRAME };
+    ccfg.max_frame = max_frame;
     ccfg.protocol.state_donors = donors;
     let mut coordinator = CoordinatorNode::start(ccfg)?;
     let join = coordinator.join_string();
@@ -154,7 +158,7 @@ async fn run(o: &Options, donors: usize) -> Result<(f64, usize), Box<dyn Error>>
     let mut members = Vec::new();
     for (i, region) in regions.iter().enumerate() {
         let mut cfg = worker_config(&fabric, join.clone(), &format!("w{i}"), region)?;
-        cfg.max_frame = usize::MAX >> 1;
+        cfg.max_frame = max_frame;
         cfg.protocol.state_chunk = o.chunk;
         let node = WorkerNode::connect(cfg).await?;
         let s = state(params, i as u64);
@@ -187,7 +191,7 @@ async fn run(o: &Options, donors: usize) -> Result<(f64, usize), Box<dyn Error>>
         });
     }
     let mut cfg = worker_config(&fabric, join, "newcomer", &o.newcomer)?;
-    cfg.max_frame = usize::MAX >> 1;
+    cfg.max_frame = max_frame;
     let mut node = WorkerNode::connect(cfg).await?;
     loop {
         if let WorkerNodeEvent::Protocol(WorkerEvent::StateReceived { bytes, .. }) =

@@ -63,7 +63,8 @@ pub struct CoordinatorNodeConfig {
     /// The identity to use when there is no `state_dir` (generated when `None`).
     pub identity: Option<NodeIdentity>,
     /// The round protocol's settings. Its `run` is replaced by the node's run id (from the
-    /// state folder, or fresh); `max_payload` and `max_state` are capped to fit `max_frame`.
+    /// state folder, or fresh); `max_payload` is capped to fit `max_frame` (a state larger
+    /// than a frame can only travel directly between members, in chunks).
     pub protocol: CoordinatorConfig,
     /// QUIC tuning.
     pub tuning: TransportTuning,
@@ -260,7 +261,6 @@ impl CoordinatorNode {
         protocol.run = run;
         let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
         protocol.max_payload = protocol.max_payload.min(room);
-        protocol.max_state = protocol.max_state.min(room);
         let now = link::now();
         let coordinator = match saved {
             Some(state) => {

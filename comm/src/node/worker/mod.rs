@@ -87,7 +87,7 @@ pub struct WorkerNodeConfig {
     pub join: JoinString,
     /// The protocol settings, among them the worker's stable `name`. `peer` is filled in by
     /// the driver and `signature` from [`WorkerNodeConfig::signature`]; `max_payload` and
-    /// `max_state` are capped to fit `max_frame`.
+    /// `max_whole_state` are capped to fit `max_frame` (a larger state travels in chunks).
     pub protocol: WorkerConfig,
     /// What this worker trains (model, algorithm, settings), sent in every join: the
     /// coordinator refuses a worker whose signature differs from the run's, and
@@ -313,7 +313,7 @@ impl WorkerNode {
             PeerInfo(postcard::to_allocvec(&me).map_err(crate::protocol::ProtocolError::Encode)?);
         let room = cfg.max_frame.saturating_sub(FRAME_OVERHEAD);
         protocol.max_payload = protocol.max_payload.min(room);
-        protocol.max_state = protocol.max_state.min(room);
+        protocol.max_whole_state = protocol.max_whole_state.min(room);
         protocol.signature = cfg.signature.clone();
         // The join must fit a frame: the signature's encoding, with room for the name, the
         // peer info and their length prefixes.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::{Coordinator, Event, Phase, Transmit};
+use super::{CommitRecord, Coordinator, Event, Phase, Transmit};
 use crate::ids::{MemberId, Round};
 use crate::protocol::messages::{Donor, StateManifest, ToWorker};
 use crate::protocol::types::{ConnId, Dest, RejectReason};
@@ -198,14 +198,7 @@ impl Coordinator {
             let count = offered.len();
             info!(member = id, round, donors = count, "state offered");
             self.send(conn, ToWorker::StateOffer { round, len, chunk_len, donors: offered });
-            for record in replay {
-                self.send(conn, record.to_message());
-            }
-            if let Some(m) = self.members.get_mut(&id) {
-                m.phase = Phase::Live;
-                m.last_applied = Some(round);
-            }
-            self.tell_open_round(now, conn, id);
+            self.state_sent(now, conn, id, round, replay);
             self.events.push_back(Event::StateOffered { member: id, round, len, donors: count });
         }
     }
@@ -336,6 +329,21 @@ impl Coordinator {
         self.traffic.sent(Dest::Member(id), bytes.len());
         let len = bytes.len();
         self.transmits.push_back(Transmit::State { to: conn, round, bytes });
+        self.state_sent(now, conn, id, round, replay);
+        self.events.push_back(Event::StateRelayed { member: id, round, len });
+        true
+    }
+
+    /// After the state of `round` (or its offer) went to member `id`: the commits since,
+    /// and the member is live.
+    fn state_sent(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: MemberId,
+        round: Round,
+        replay: Vec<CommitRecord>,
+    ) {
         for record in replay {
             self.send(conn, record.to_message());
         }
@@ -346,7 +354,5 @@ impl Coordinator {
         // A member of the open round (it died during it and came back with nothing) is
         // current now: it may still deliver, and the round need not wait out its deadline.
         self.tell_open_round(now, conn, id);
-        self.events.push_back(Event::StateRelayed { member: id, round, len });
-        true
     }
 }

@@ -137,3 +137,22 @@ fn a_wrong_chunk_drops_its_donor() {
     assert!(net.run_until(Duration::from_secs(20), |n| n.all_applied(8)));
     net.check_consistency();
 }
+
+/// A state larger than the largest frame (`max_whole_state`) cannot be relayed whole, and
+/// need not be: it travels in chunks.
+#[test]
+fn a_state_larger_than_a_frame_travels_in_chunks() {
+    let workers = WorkerConfig { max_whole_state: 4096, ..chunked_worker() };
+    let mut net = Net::new(coordinator_config(Topology::Relay, 3), workers, 4, 5);
+    net.state_layout = LAYOUT;
+    for i in 0..3 {
+        net.connect(i);
+    }
+    assert!(net
+        .run_until(Duration::from_secs(10), |n| (0..3).all(|i| n.nodes[i].app.applied >= Some(2))));
+    net.connect(3);
+    assert!(net.run_until(Duration::from_secs(20), |n| n.nodes[3].app.states_received > 0));
+    assert_eq!((offered(&net), relayed(&net)), (1, 0));
+    assert!(net.run_until(Duration::from_secs(20), |n| n.all_applied(8)));
+    net.check_consistency();
+}

@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     pub max_payload: usize,
     /// The largest state snapshot accepted, in bytes. By default 16 GiB.
     pub max_state: usize,
+    /// The largest state uploaded or taken whole, relayed by the coordinator in one frame;
+    /// a larger one travels only in chunks between members. By default 16 GiB (a driver
+    /// caps it to its largest frame).
+    pub max_whole_state: usize,
     /// The chunk length this worker serves its state in, bytes: the unit a newcomer checks
     /// and fetches from one member. By default 8 MiB.
     pub state_chunk: u32,
@@ -59,6 +63,7 @@ impl WorkerConfig {
             follows: false,
             max_payload: 1 << 30,
             max_state: 16 << 30,
+            max_whole_state: 16 << 30,
             state_chunk: DEFAULT_STATE_CHUNK,
             keep_rounds: 8,
             fetch_grace: Duration::from_secs(5),

@@ -25,7 +25,7 @@
 //! worker that got no chunk at all (it cannot reach the members) asks for the state relayed
 //! by the coordinator instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -203,6 +203,15 @@ impl WorkerProto {
             self.transmits.push_back(Transmit::Control {
                 msg: ToCoordinator::StateManifest { round, manifest },
             });
+        } else if held.bytes.len() > self.config.max_whole_state {
+            // The coordinator asks another member after its snapshot timeout; members fetch
+            // a state this large only in chunks.
+            warn!(
+                round,
+                len = held.bytes.len(),
+                max = self.config.max_whole_state,
+                "the state is too large to upload whole; it is served in chunks only"
+            );
         } else {
             info!(round, len = held.bytes.len(), "uploading state");
             let bytes = held.bytes.clone();
@@ -356,34 +365,33 @@ impl WorkerProto {
 
     /// Drops donors that left the members.
     pub(super) fn recheck_donors(&mut self, now: Instant) {
-        let Some(fetch) = self.state_fetch.as_mut() else { return };
-        let gone: Vec<MemberId> =
+        let Some(fetch) = &self.state_fetch else { return };
+        let gone: BTreeSet<MemberId> =
             fetch.donors.keys().filter(|m| !self.members.contains_key(m)).copied().collect();
-        if gone.is_empty() {
-            return;
-        }
-        for member in gone {
-            info!(member, "a state donor left; its chunks go to the others");
-            fetch.drop_donor(member);
-        }
-        self.request_chunks(now);
+        self.drop_donors(now, gone, "left the members");
     }
 
     /// Drops donors with a request unanswered for `fetch_timeout`.
     pub(super) fn state_fetch_timeouts(&mut self, now: Instant) {
         let timeout = self.config.fetch_timeout;
-        let Some(fetch) = self.state_fetch.as_mut() else { return };
-        let late: Vec<MemberId> = fetch
+        let Some(fetch) = &self.state_fetch else { return };
+        let late: BTreeSet<MemberId> = fetch
             .inflight
             .values()
             .filter(|(_, at)| now >= *at + timeout)
             .map(|(m, _)| *m)
             .collect();
-        if late.is_empty() {
+        self.drop_donors(now, late, "did not answer in time");
+    }
+
+    /// Drops `donors` (for `why`) and hands their chunks to the others.
+    fn drop_donors(&mut self, now: Instant, donors: BTreeSet<MemberId>, why: &str) {
+        let Some(fetch) = self.state_fetch.as_mut() else { return };
+        if donors.is_empty() {
             return;
         }
-        for member in late {
-            warn!(member, "a state donor did not answer in time; its chunks go to the others");
+        for member in donors {
+            warn!(member, why, "state donor dropped; its chunks go to the others");
             fetch.drop_donor(member);
         }
         self.request_chunks(now);
