@@ -178,6 +178,12 @@ def main() -> int:
     out = f"{args.out}.rank{rank}" if args.site else args.out
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f)
+    if args.site:
+        # Tear the process group down with every rank done: exiting with gloo's threads
+        # still running can abort the process ("terminate called without an active
+        # exception") after the run itself succeeded.
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
