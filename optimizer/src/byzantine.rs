@@ -126,9 +126,6 @@ impl OuterOptimizer for Byzantine {
     ) -> Result<ApplyReport> {
         self.inner.apply_aggregate(params, round, members, aggregate)
     }
-    fn after_inner_step(&mut self, params: &ParamSet, step: u64) -> Result<()> {
-        self.inner.after_inner_step(params, step)
-    }
     fn consensus_hash(&self, params: &ParamSet) -> Result<u64> {
         self.inner.consensus_hash(params)
     }
@@ -136,9 +133,6 @@ impl OuterOptimizer for Byzantine {
         self.inner.consensus_params()
     }
 
-    fn local_merges(&self) -> u64 {
-        self.inner.local_merges()
-    }
     fn overlap(&self) -> u64 {
         self.inner.overlap()
     }

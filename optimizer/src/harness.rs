@@ -219,7 +219,6 @@ impl<S: TrainStep> Harness<S> {
             if w.outer.runs_inner_optimizer() {
                 w.train.inner_step().map_err(|e| w.placed(e, place))?;
             }
-            w.outer.after_inner_step(&w.params, step).map_err(|e| w.placed(e, place))?;
             *seconds += start.elapsed().as_secs_f64();
         }
         self.exchange_point(Phase::AfterInnerStep, &mut exchanges)?;

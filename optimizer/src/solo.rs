@@ -196,7 +196,6 @@ impl<S: TrainStep> SoloWorker<S> {
         if self.outer.runs_inner_optimizer() {
             self.train.inner_step().map_err(|e| self.placed(e, self.round))?;
         }
-        self.outer.after_inner_step(&self.params, step).map_err(|e| self.placed(e, self.round))?;
         self.exchange_point(Phase::AfterInnerStep, net, &mut exchanges)?;
         self.step += 1;
         Ok(SoloStep { step, loss, exchanges })
@@ -324,14 +323,6 @@ impl<S: TrainStep> SoloWorker<S> {
         let at = self.next_exchange().ok_or_else(|| {
             crate::OptimizerError::State("no exchange within 2^20 steps to replay".into())
         })?;
-        // An exchange after the inner step follows `after_inner_step` of that step on the
-        // live workers (Streaming DiLoCo learns there which fragment is due, and merges the
-        // fragments whose overlap ended): the replay takes it too, without training.
-        let after_inner = self.outer.exchange_due(Phase::AfterInnerStep, at)
-            && !self.outer.exchange_due(Phase::AfterBackward, at);
-        if after_inner {
-            self.outer.after_inner_step(&self.params, at)?;
-        }
         let x = self.apply_round(round, committed)?;
         // An exchange after the backward pass hands over the gradient: the replica moves
         // only once the inner optimizer steps with it, as it did on every live worker.
@@ -339,7 +330,6 @@ impl<S: TrainStep> SoloWorker<S> {
             if self.outer.runs_inner_optimizer() {
                 self.train.inner_step()?;
             }
-            self.outer.after_inner_step(&self.params, at)?;
         }
         self.step = at + 1;
         Ok(x)
@@ -535,11 +525,17 @@ mod tests {
         }
     }
 
-    /// `algo` with H = 4 (where it has H) and `overlap`.
+    /// `algo` with a round every 4 steps (where it has H; Streaming DiLoCo: H = 8 in two
+    /// fragments) and `overlap`.
     fn overlapped(algo: Algorithm, overlap: u64) -> AlgoConfig {
         let mut set = vec![("overlap".to_string(), overlap.to_string())];
-        if algo != Algorithm::Demo {
-            set.push(("inner_steps".into(), "4".into()));
+        match algo {
+            Algorithm::Demo => {}
+            Algorithm::Streaming => {
+                set.push(("inner_steps".into(), "8".into()));
+                set.push(("fragments".into(), "2".into()));
+            }
+            _ => set.push(("inner_steps".into(), "4".into())),
         }
         AlgoConfig::from_parts(algo, toml::Table::new(), &set).unwrap()
     }
@@ -565,6 +561,8 @@ mod tests {
             (Algorithm::Diloco, 4),
             (Algorithm::Sparseloco, 3),
             (Algorithm::Demo, 1),
+            (Algorithm::Streaming, 2),
+            (Algorithm::Streaming, 3),
         ] {
             let cfg = overlapped(algo, overlap);
             let solo = run_solo_with(cfg.clone(), 3, 12, None);
@@ -600,9 +598,12 @@ mod tests {
 
     #[test]
     fn an_overlapped_replay_lands_where_the_live_worker_did() {
-        for (algo, overlap) in
-            [(Algorithm::Diloco, 2), (Algorithm::Diloco, 4), (Algorithm::Demo, 1)]
-        {
+        for (algo, overlap) in [
+            (Algorithm::Diloco, 2),
+            (Algorithm::Diloco, 4),
+            (Algorithm::Demo, 1),
+            (Algorithm::Streaming, 3),
+        ] {
             tch::set_num_threads(1);
             let cfg = overlapped(algo, overlap);
             let mut a =

@@ -11,7 +11,7 @@ The site's outer state is sharded: each rank runs the outer algorithm on its own
 the model's tensors (canonical order, balanced by elements) and keeps the outer state
 (DiLoCo's and Streaming DiLoCo's global copy and momentum, SparseLoCo's error feedback,
 DeMo's momentum) of those alone. The leader sends the ranks' payloads merged as one;
-whenever a round (or a delayed merge) moved the parameters, each rank broadcasts its
+whenever a round (or a peer's state) moved the parameters, each rank broadcasts its
 tensors to the others. DDP keeps no outer state, and the robust aggregations judge each
 member's whole update: those run unsharded, every rank holding the whole outer state.
 """
@@ -167,10 +167,9 @@ class SiteWorker:
         self._after()
 
     def _moves(self):
-        """What has moved the parameters so far: rounds applied, peers' states taken and
-        (Streaming DiLoCo) delayed merges."""
-        stats = self.native.stats()
-        return (self.native.progress()[1], stats["states_taken"], stats["local_merges"])
+        """What has moved the parameters so far: rounds applied (an overlapped round when
+        it lands) and peers' states taken."""
+        return (self.native.progress()[1], self.native.stats()["states_taken"])
 
     def _after(self) -> None:
         """Shares the parts if a round or a peer's state changed them (on every rank

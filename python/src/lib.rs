@@ -310,7 +310,6 @@ impl Worker {
         d.set_item("rtt_ms", s.rtt_ms)?;
         d.set_item("states_taken", s.states_taken)?;
         d.set_item("outer_elements", s.outer_elements)?;
-        d.set_item("local_merges", s.local_merges)?;
         Ok(d)
     }
 

@@ -281,13 +281,16 @@ RUN_STEPS, RUN_INNER_STEPS = 28, 4
 
 
 class Run:
-    """How one algorithm's shared run is set up: worker arguments for both workers and
-    for each, and how many rounds it has."""
+    """How one shared run is set up: its algorithm (the run's name by default), worker
+    arguments for both workers and for each, how many rounds it has, and the share of its
+    first steps' loss its last steps' must fall below."""
 
-    def __init__(self, rounds: int, args=(), w0=(), w1=()):
+    def __init__(self, rounds: int, args=(), w0=(), w1=(), algorithm=None, falls_to=0.7):
         self.rounds = rounds
+        self.falls_to = falls_to
         self.args = list(args)
         self.extra = {"w0": list(w0), "w1": list(w1)}
+        self.algorithm = algorithm
 
 
 RUNS = {
@@ -299,17 +302,24 @@ RUNS = {
     # DeMo's own step replaces AdamW's (a round every step); its default lr (1e-3) is too
     # slow for a short run.
     "demo": Run(RUN_STEPS, args=["--set", "lr=0.01"]),
-    # Two fragments of H = 8: one fragment's round every 4 steps, merged 1 step later.
+    # Two fragments of H = 8: one fragment's round every 4 steps, landing (and merged) 1
+    # step later, while the next step trains.
     "streaming": Run(RUN_STEPS // 4, args=["--inner-steps", "8", "--set", "fragments=2",
                                            "--set", "overlap=1"]),
+    # DiLoCo with each round in flight for 1 of the 4 steps between rounds; the last one,
+    # launched after the last step, lands before the run ends. The per-step losses of this
+    # short run swing by 3x with the batch, so only a fall is checked; what overlap costs
+    # in loss is measured in BENCHMARKS.md ("Overlapped rounds").
+    "diloco-overlap": Run(RUN_STEPS // RUN_INNER_STEPS, args=["--set", "overlap=1"],
+                          algorithm="diloco", falls_to=0.9),
 }
 
 
-def run_args(algorithm: str, name: str = "w0") -> List[str]:
-    """The arguments of worker `name` in `algorithm`'s shared run (see RUNS); later
+def run_args(run_name: str, name: str = "w0") -> List[str]:
+    """The arguments of worker `name` in the shared run `run_name` (see RUNS); later
     arguments win, so a run's own --inner-steps replaces the default."""
-    run = RUNS[algorithm]
-    return ["--algorithm", algorithm, "--steps", str(RUN_STEPS),
+    run = RUNS[run_name]
+    return ["--algorithm", run.algorithm or run_name, "--steps", str(RUN_STEPS),
             "--inner-steps", str(RUN_INNER_STEPS), *run.args, *run.extra[name]]
 
 

@@ -107,10 +107,12 @@ fn train_reports_bytes_against_bf16_ddp_and_the_synchronized_loss() {
                 assert!(close(f(&a["frontier"]["val_loss_vs_ddp"]), 0.0));
             }
             "streaming" => {
-                // Four fragments of H = 30 sync at steps 8, 15, 23, 30, 38 and 45, so every
-                // evaluation point is a sync; what is evaluated there is the global copy,
+                // Four fragments of H = 30 launch at steps 8, 15, 23, 30, 38 and 45 and land
+                // τ = 5 steps later (13, 20, 28, 35, 43; the last at the run's end): the
+                // first landing after each evaluation point, the last one within the run
+                // and the final one are evaluated. What is evaluated is the global copy,
                 // never the worker's own parameters with their unsynced fragments.
-                assert_eq!(steps(synced), vec![0, 15, 30, 45]);
+                assert_eq!(steps(synced), vec![0, 20, 35, 43, 45]);
                 for i in 1..4 {
                     assert_ne!(synced[i]["val_loss"], local[i]["val_loss"], "step {}", i * 15);
                 }

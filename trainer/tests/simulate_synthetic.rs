@@ -52,9 +52,6 @@ fn real_bytes(algo: &AlgoConfig, params: u64, steps: u64) -> u64 {
     let mut round = 0;
     for step in 0..steps {
         for phase in [Phase::AfterBackward, Phase::AfterInnerStep] {
-            if phase == Phase::AfterInnerStep {
-                outer.after_inner_step(&params, step).unwrap();
-            }
             if outer.exchange_due(phase, step) {
                 bytes += outer.prepare(&params, round, 0).unwrap().encode().len() as u64;
                 round += 1;

@@ -5,8 +5,7 @@
 //! 1. zero grads, forward + backward on the worker's batch;
 //! 2. if [`OuterOptimizer::exchange_due`] at [`Phase::AfterBackward`]: exchange (below);
 //! 3. if [`OuterOptimizer::runs_inner_optimizer`]: the inner optimizer step (AdamW);
-//! 4. [`OuterOptimizer::after_inner_step`];
-//! 5. if `exchange_due` at [`Phase::AfterInnerStep`]: exchange.
+//! 4. if `exchange_due` at [`Phase::AfterInnerStep`]: exchange.
 //!
 //! An exchange is [`OuterOptimizer::prepare`] on every worker, delivery of the payloads,
 //! and [`OuterOptimizer::apply`] on every worker with the committed set. `apply` takes the
@@ -125,19 +124,6 @@ pub trait OuterOptimizer {
             "{} payloads cannot be summed by a ring; use the relay or all-gather topology",
             self.algorithm()
         )))
-    }
-
-    /// How many times so far the algorithm moved the local parameters outside
-    /// [`OuterOptimizer::apply`] (Streaming DiLoCo's delayed merges count; others never do).
-    /// Processes that share the parameters (a site's ranks) learn from it when to share
-    /// them again.
-    fn local_merges(&self) -> u64 {
-        0
-    }
-
-    /// Hook after every inner step (Streaming DiLoCo merges delayed fragments here).
-    fn after_inner_step(&mut self, _params: &ParamSet, _step: u64) -> Result<()> {
-        Ok(())
     }
 
     /// Hash of what every replica must agree on after an exchange. By default the

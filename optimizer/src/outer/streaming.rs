@@ -20,16 +20,25 @@
 //! every window of H steps. The schedule is a pure function of the step, so every replica
 //! syncs fragments in the same order (a mismatch would deadlock a collective).
 //!
-//! # One exchange of fragment p (after inner step s)
+//! # One exchange of fragment p (launched after inner step s)
 //! ```text
 //! send   Δ_p = θ_global_p − θ_local_p            (4-bit absmax or 8-bit codebook values)
-//! apply  Δ̄_p = mean over members in member-id order, f32 accumulation
+//! land   at step s + τ (at once if τ = 0), the same phase:
+//!        Δ̄_p = mean over members in member-id order, f32 accumulation
 //!        θ_global_p ← Nesterov SGD(θ_global_p, Δ̄_p; lr, μ)
-//! merge  at step s + τ (immediately if τ = 0):
 //!        θ_local_p ← lerp(θ_global_p, θ_local_p, α) = θ_global_p + α·(θ_local_p − θ_global_p)
 //! ```
-//! Between the exchange and the merge the local model keeps training on fragment p; the merge
-//! mixes those τ steps of local progress with the new global value.
+//! τ is the algorithm's [`OuterOptimizer::overlap`]: the round is launched where the fragment
+//! is due and lands τ inner steps later, so its exchange runs while those steps compute
+//! (module [`super::overlap`]; the driver does the launching and landing). Between the launch
+//! and the landing the local model keeps training on fragment p; the merge mixes those τ steps
+//! of local progress with the new global value, as the paper's overlapped variant does. No
+//! other round touches fragment p in between (τ < H/F), so the landing computes exactly the
+//! θ_global_p the exchange would have computed at step s.
+//!
+//! Round `r` carries fragment `F − 1 − (r mod F)`: within each window of H steps the
+//! fragment with the largest offset is due first. The fragment is a function of the round
+//! number alone, so a landing, a replay or a restored state needs no record of the step.
 //!
 //! # What replicas agree on
 //! θ_global and the outer momentum are bit-identical on every worker after every exchange:
@@ -43,6 +52,7 @@ use tch::Tensor;
 use super::diloco::{
     dense_segment, quantized_segment, segment_values, sgd_momentum_step, Transport, DENSE_ENCODINGS,
 };
+use super::overlap::check_overlap;
 use super::schedule::OuterLrSchedule;
 use super::{receive, tensor_on, ApplyReport, OptimizerState, OuterOptimizer, Phase};
 use crate::algorithm::Algorithm;
@@ -82,8 +92,8 @@ algo_config! {
         pub inner_steps: u64,
         /// Number of fragments (F), 1 ≤ F ≤ H and at most the number of tensors.
         pub fragments: u64,
-        /// Inner steps between a fragment's exchange and its merge into the local model (τ),
-        /// τ < H/F so the merge lands before the next exchange.
+        /// Inner steps between a fragment's launch and its landing (τ): the exchange runs
+        /// while they compute. τ < H/F, so a round lands before the next one launches.
         pub overlap: u64,
         /// Weight α of the local parameters in the merge, in [0, 1]: 0 adopts the global
         /// fragment as DiLoCo does, 1 ignores it.
@@ -150,13 +160,16 @@ impl AlgoSettings for StreamingConfig {
                 self.fragments, self.inner_steps
             ));
         }
-        // τ < H/F without rounding: τ·F < H.
-        if u128::from(self.overlap) * u128::from(self.fragments) >= u128::from(self.inner_steps) {
-            return bad(format!(
-                "overlap (τ) {} must be below H/F = {}/{}",
-                self.overlap, self.inner_steps, self.fragments
-            ));
-        }
+        // τ < H/F without rounding (τ·F < H): the largest τ is ⌊(H − 1)/F⌋.
+        check_overlap(
+            "streaming",
+            self.overlap,
+            (self.inner_steps - 1) / self.fragments,
+            &format!(
+                "below H/F = {}/{}, so each fragment's round lands before the next one launches",
+                self.inner_steps, self.fragments
+            ),
+        )?;
         if !(0.0..=1.0).contains(&self.mixing) {
             return bad(format!("mixing (α) {} must be in [0, 1]", self.mixing));
         }
@@ -220,16 +233,14 @@ impl StreamingConfig {
         let want = (h - pos) % h;
         (0..self.fragments as usize).find(|&p| self.offset(p) == want)
     }
-}
 
-/// A merge scheduled by an exchange: fragment `fragment` is mixed into the local model in
-/// [`OuterOptimizer::after_inner_step`] of step `due`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingMerge {
-    /// The fragment to merge.
-    pub fragment: usize,
-    /// The inner step after which it is merged (exchange step + τ).
-    pub due: u64,
+    /// The fragment round `round` carries: `F − 1 − (round mod F)`, the order in which
+    /// [`StreamingConfig::fragment_due`] walks through each window of H steps (offsets
+    /// grow with the fragment, so the largest is due first).
+    pub fn fragment_of_round(&self, round: u64) -> usize {
+        let f = self.fragments.max(1);
+        (f - 1 - round % f) as usize
+    }
 }
 
 /// One worker's Streaming DiLoCo state.
@@ -240,12 +251,6 @@ pub struct Streaming {
     fragments: Vec<Vec<usize>>,
     global: Vec<Tensor>,
     momentum: Vec<Tensor>,
-    pending: Vec<PendingMerge>,
-    /// The last inner step seen by `after_inner_step`: exchanges happen after it, so this is
-    /// the step whose scheduled fragment `prepare` and `apply` work on.
-    step: Option<u64>,
-    /// Fragments merged into the local parameters so far.
-    merges: u64,
 }
 
 impl Streaming {
@@ -273,8 +278,7 @@ impl Streaming {
         }
         let global = params.snapshot();
         let momentum = global.iter().map(Tensor::zeros_like).collect();
-        let pending = Vec::new();
-        Ok(Self { config, fragments, global, momentum, pending, step: None, merges: 0 })
+        Ok(Self { config, fragments, global, momentum })
     }
 
     /// The configuration.
@@ -292,26 +296,8 @@ impl Streaming {
         self.fragments.get(p).map_or(&[], Vec::as_slice)
     }
 
-    /// Merges not yet performed.
-    pub fn pending(&self) -> &[PendingMerge] {
-        &self.pending
-    }
-
-    /// The fragment scheduled at the current step, or an error if the driver calls an
-    /// exchange when none is due.
-    fn due_fragment(&self) -> Result<(u64, usize)> {
-        let step = self.step.ok_or_else(|| {
-            OptimizerError::Config("streaming: exchange before the first inner step".into())
-        })?;
-        let p = self.config.fragment_due(step).ok_or_else(|| {
-            OptimizerError::Config(format!("streaming: no fragment is due after step {step}"))
-        })?;
-        Ok((step, p))
-    }
-
     /// θ_local_p ← θ_global_p + α·(θ_local_p − θ_global_p), tensor by tensor.
-    fn merge(&mut self, params: &ParamSet, fragment: usize) -> Result<()> {
-        self.merges += 1;
+    fn merge(&self, params: &ParamSet, fragment: usize) -> Result<()> {
         for &i in self.fragment(fragment) {
             let g = &self.global[i];
             let local = &params.tensors()[i];
@@ -363,8 +349,12 @@ impl OuterOptimizer for Streaming {
         phase == Phase::AfterInnerStep && self.config.fragment_due(step).is_some()
     }
 
+    fn overlap(&self) -> u64 {
+        self.config.overlap
+    }
+
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload> {
-        let (_, p) = self.due_fragment()?;
+        let p = self.config.fragment_of_round(round);
         let mut segments = Vec::with_capacity(self.fragment(p).len());
         for &i in self.fragment(p) {
             // Δ = θ_global − θ_local, DiLoCo's sign.
@@ -383,7 +373,7 @@ impl OuterOptimizer for Streaming {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let (step, p) = self.due_fragment()?;
+        let p = self.config.fragment_of_round(round);
         let robust = &self.config.robust;
         let received = receive(Algorithm::Streaming, round, payloads, robust, |payload, _| {
             self.fragment_values(payload, params, p)
@@ -403,12 +393,9 @@ impl OuterOptimizer for Streaming {
             }
         }
         // The merge happens also when nobody delivered, so every replica follows the same
-        // schedule whatever the round's outcome.
-        if self.config.overlap == 0 {
-            self.merge(params, p)?;
-        } else {
-            self.pending.push(PendingMerge { fragment: p, due: step + self.config.overlap });
-        }
+        // schedule whatever the round's outcome. This is the landing: with τ > 0 the local
+        // fragment has trained τ steps since its payload was prepared.
+        self.merge(params, p)?;
         Ok(received.report())
     }
 
@@ -420,21 +407,6 @@ impl OuterOptimizer for Streaming {
     /// θ_global: the local parameters keep unsynced fragments.
     fn consensus_params(&self) -> Option<&[Tensor]> {
         Some(&self.global)
-    }
-
-    fn local_merges(&self) -> u64 {
-        self.merges
-    }
-
-    fn after_inner_step(&mut self, params: &ParamSet, step: u64) -> Result<()> {
-        self.step = Some(step);
-        let (due, later): (Vec<PendingMerge>, Vec<PendingMerge>) =
-            self.pending.iter().partition(|m| m.due <= step);
-        for m in &due {
-            self.merge(params, m.fragment)?;
-        }
-        self.pending = later;
-        Ok(())
     }
 
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
@@ -452,12 +424,6 @@ impl OuterOptimizer for Streaming {
         s.put_per_tensor("momentum", &self.momentum);
         s.put_scalar("fragments", self.config.fragments as f64);
         s.put_scalar("inner_steps", self.config.inner_steps as f64);
-        s.put_scalar("step", self.step.map_or(-1.0, |v| v as f64));
-        s.put_scalar("pending.count", self.pending.len() as f64);
-        for (k, m) in self.pending.iter().enumerate() {
-            s.put_scalar(format!("pending.{k}.fragment"), m.fragment as f64);
-            s.put_scalar(format!("pending.{k}.due"), m.due as f64);
-        }
         Ok(s)
     }
 
@@ -474,35 +440,18 @@ impl OuterOptimizer for Streaming {
         }
         let global = state.per_tensor("global", params)?;
         let momentum = state.per_tensor("momentum", params)?;
-        let whole = |v: f64, what: &str| -> Result<u64> {
-            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53) {
-                Ok(v as u64)
-            } else {
-                Err(bad(format!("{what} {v} is not a step count")))
-            }
-        };
-        let saved_step = state.get_scalar("step")?;
-        let step = if saved_step == -1.0 { None } else { Some(whole(saved_step, "step")?) };
-        let count = whole(state.get_scalar("pending.count")?, "pending.count")?;
-        if count > self.config.fragments {
-            return Err(bad(format!(
-                "{count} pending merges for {} fragments",
-                self.config.fragments
-            )));
-        }
-        let mut pending = Vec::with_capacity(count as usize);
-        for k in 0..count {
-            let fragment = whole(state.get_scalar(&format!("pending.{k}.fragment"))?, "fragment")?;
-            if fragment >= self.config.fragments {
-                return Err(bad(format!("pending fragment {fragment} out of range")));
-            }
-            let due = whole(state.get_scalar(&format!("pending.{k}.due"))?, "due step")?;
-            pending.push(PendingMerge { fragment: fragment as usize, due });
+        // Earlier versions merged a fragment some steps after its round applied and saved
+        // the merges still to come; the landing now merges at once, and such a state has no
+        // place to put them.
+        if state.get_scalar("pending.count").is_ok_and(|n| n != 0.0) {
+            return Err(bad(
+                "saved with a fragment merge pending, by a version that merged after the round \
+                 applied; resume from a state saved by this version"
+                    .into(),
+            ));
         }
         self.global = global;
         self.momentum = momentum;
-        self.pending = pending;
-        self.step = step;
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Streaming DiLoCo's tests: schedule, fragment payloads, delayed merges, state.
+//! Streaming DiLoCo's tests: schedule, fragment payloads, overlapped landings, state.
 
 use super::*;
 use crate::harness::Harness;
@@ -52,7 +52,8 @@ fn trains_the_toy_task_with_identical_global_state() {
     // run_checked asserts after every exchange that the consensus hashes (θ_global)
     // agree and that nothing was rejected.
     let (exchanges, before, after) = run_checked(&mut h, 200);
-    assert_eq!(exchanges.len(), 200 / 20 * 4, "F exchanges per H steps");
+    // F exchanges per H steps; the last one, launched after the last step, lands after it.
+    assert_eq!(exchanges.len(), 200 / 20 * 4 - 1, "F exchanges per H steps");
     assert!(after < 0.25 * before, "loss {before} -> {after}");
     let ws = h.workers();
     for w in ws {
@@ -103,6 +104,14 @@ fn schedule_staggers_fragments_evenly() {
     assert!(!s.exchange_due(Phase::AfterBackward, 1));
     assert!(!s.exchange_due(Phase::AfterInnerStep, 2));
     assert_eq!(s.fragment(1), [1, 5]);
+    // Round r carries the fragment the schedule makes due at the r-th exchange.
+    for (h, f) in [(12u64, 4u64), (10, 3), (5, 5), (7, 1), (100, 4)] {
+        let c = StreamingConfig { inner_steps: h, fragments: f, overlap: 0, ..Default::default() };
+        let due = (0..5 * h).filter_map(|s| c.fragment_due(s));
+        for (round, p) in due.enumerate() {
+            assert_eq!(c.fragment_of_round(round as u64), p, "H={h} F={f} round {round}");
+        }
+    }
 }
 
 #[test]
@@ -118,13 +127,13 @@ fn each_exchange_carries_one_fragment_in_four_bits() {
         .unwrap()
         .encoded_len();
     let mut seen = Vec::new();
+    let mut round = 0;
     for step in 0..8 {
         fake_inner_step(&params, 0.01 * (step + 1) as f64);
-        s.after_inner_step(&params, step).unwrap();
         if !s.exchange_due(Phase::AfterInnerStep, step) {
             continue;
         }
-        let payload = s.prepare(&params, step, 0).unwrap();
+        let payload = s.prepare(&params, round, 0).unwrap();
         let tensors: Vec<usize> = payload.segments.iter().map(|x| x.tensor as usize).collect();
         let p = config.fragment_due(step).unwrap();
         assert_eq!(tensors, s.fragment(p), "step {step}");
@@ -135,7 +144,8 @@ fn each_exchange_carries_one_fragment_in_four_bits() {
         assert!(bytes > quarter_4bit && bytes < quarter_4bit * 5 / 4, "{bytes}");
         assert!(bytes * (f as usize) * 6 < full_f32, "{bytes} vs DiLoCo {full_f32}");
         seen.extend(tensors);
-        s.apply(&params, step, &[payload]).unwrap();
+        s.apply(&params, round, &[payload]).unwrap();
+        round += 1;
     }
     seen.sort_unstable();
     assert_eq!(seen, (0..n).collect::<Vec<_>>(), "every tensor once per H steps");
@@ -144,7 +154,6 @@ fn each_exchange_carries_one_fragment_in_four_bits() {
     let big = equal_params(2, 8192);
     let c8 = StreamingConfig { value_bits: 8, inner_steps: 2, fragments: 2, overlap: 0, ..config };
     let mut s8 = Streaming::new(c8, &big).unwrap();
-    s8.after_inner_step(&big, 0).unwrap();
     let p8 = s8.prepare(&big, 0, 0).unwrap();
     assert_eq!(p8.segments.len(), 1);
     assert_eq!(p8.segments[0].encoding, Encoding::Quantized);
@@ -152,8 +161,8 @@ fn each_exchange_carries_one_fragment_in_four_bits() {
 }
 
 #[test]
-fn overlap_delays_the_merge_by_tau_steps() {
-    // H = 4, F = 2: fragment 1 (tensor 1) after step 1, fragment 0 (tensor 0) after step 3.
+fn a_round_lands_tau_steps_later_and_merges_the_fragment_trained_meanwhile() {
+    // H = 4, F = 2: round 0 carries fragment 1 (tensor 1), launched after step 1.
     for tau in [0u64, 1] {
         let params = equal_params(2, 16);
         let config = StreamingConfig {
@@ -165,41 +174,43 @@ fn overlap_delays_the_merge_by_tau_steps() {
             ..Default::default()
         };
         let mut s = Streaming::new(config, &params).unwrap();
+        assert_eq!(s.overlap(), tau, "τ is the driver's overlap");
         let g0 = values(&s.global()[1]);
-        for step in 0..2 {
-            fake_inner_step(&params, 0.25);
-            s.after_inner_step(&params, step).unwrap();
-        }
+        fake_inner_step(&params, 0.25);
+        fake_inner_step(&params, 0.25);
         assert!(s.exchange_due(Phase::AfterInnerStep, 1));
-        let other_before = values(&params.tensors()[0]);
-        let local_before = values(&params.tensors()[1]);
         let payload = s.prepare(&params, 0, 0).unwrap();
+        // The τ steps between the launch and the landing train the fragment on.
+        for _ in 0..tau {
+            fake_inner_step(&params, 0.25);
+        }
+        let other_before = values(&params.tensors()[0]);
+        let trained = values(&params.tensors()[1]);
         let report = s.apply(&params, 0, &[payload]).unwrap();
         assert_eq!(report.applied, vec![0]);
-        // The outer step moved θ_global toward the local model.
+        // The outer step moved θ_global toward the local model as it stood at the launch:
+        // by the same amount whatever τ.
         let g1 = values(&s.global()[1]);
         assert!(g1.iter().zip(&g0).all(|(a, b)| a > b), "{g1:?} vs {g0:?}");
         assert_eq!(values(&params.tensors()[0]), other_before, "other fragment untouched");
-        let lerp = |g: &[f32], l: &[f32]| -> Vec<f32> {
-            g.iter().zip(l).map(|(g, l)| g + 0.25 * (l - g)).collect()
-        };
-        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
-        if tau == 0 {
-            assert!(s.pending().is_empty());
-            assert!(close(&values(&params.tensors()[1]), &lerp(&g1, &local_before)));
-            continue;
-        }
-        // τ = 1: apply leaves the local model alone and schedules the merge.
-        assert_eq!(values(&params.tensors()[1]), local_before, "merged too early");
-        assert_eq!(s.pending(), [PendingMerge { fragment: 1, due: 2 }]);
-        // Training continues on the fragment for τ steps, then the merge mixes it in.
-        fake_inner_step(&params, 0.25);
-        let trained = values(&params.tensors()[1]);
-        s.after_inner_step(&params, 2).unwrap();
-        assert!(s.pending().is_empty());
-        assert!(close(&values(&params.tensors()[1]), &lerp(&g1, &trained)));
-        assert_eq!(values(&s.global()[1]), g1, "the merge leaves θ_global alone");
+        // The landing mixes the fragment as trained up to now into the new global value.
+        let lerp: Vec<f32> = g1.iter().zip(&trained).map(|(g, l)| g + 0.25 * (l - g)).collect();
+        let merged = values(&params.tensors()[1]);
+        assert!(merged.iter().zip(&lerp).all(|(x, y)| (x - y).abs() < 1e-6), "τ = {tau}");
     }
+}
+
+#[test]
+fn an_overlapped_run_lands_each_fragment_tau_steps_after_its_launch() {
+    // Through the in-process driver: τ = 2 with H = 8, F = 2 lands round r at its launch
+    // step + 2, and the replicas' global copies agree after every landing.
+    let config = StreamingConfig { inner_steps: 8, fragments: 2, overlap: 2, ..Default::default() };
+    let mut h = harness(config, ToyConfig::default());
+    let (exchanges, _, _) = run_checked(&mut h, 24);
+    let landed: Vec<u64> = exchanges.iter().map(|x| x.step).collect();
+    let launched: Vec<u64> = (0..24).filter(|&s| config.fragment_due(s).is_some()).collect();
+    assert_eq!(landed[..], launched.iter().map(|s| s + 2).collect::<Vec<_>>()[..landed.len()]);
+    assert!(landed.len() >= 5, "{landed:?}");
 }
 
 #[test]
@@ -207,11 +218,8 @@ fn payloads_for_the_wrong_fragment_are_rejected() {
     let params = equal_params(4, 8);
     let config = StreamingConfig { inner_steps: 4, fragments: 2, overlap: 0, ..Default::default() };
     let mut s = Streaming::new(config, &params).unwrap();
-    assert!(s.prepare(&params, 0, 0).is_err(), "no step seen yet");
     fake_inner_step(&params, 0.1);
-    s.after_inner_step(&params, 0).unwrap();
-    assert!(s.prepare(&params, 0, 0).is_err(), "nothing due after step 0");
-    s.after_inner_step(&params, 1).unwrap(); // fragment 1 = tensors 1, 3
+    // Round 0 carries fragment 1 = tensors 1, 3.
     let good = s.prepare(&params, 0, 1).unwrap();
     let mut wrong = good.clone();
     wrong.worker = 2;
@@ -252,8 +260,7 @@ fn reject_outliers_judges_the_fragment_exchanged() {
     };
     let mut s = Streaming::new(config, &params).unwrap();
     fake_inner_step(&params, 0.1);
-    s.after_inner_step(&params, 0).unwrap();
-    s.after_inner_step(&params, 1).unwrap(); // fragment 1 = tensors 1, 3
+    // Round 0 carries fragment 1 = tensors 1, 3.
     let good = s.prepare(&params, 0, 0).unwrap();
     let mut payloads: Vec<Payload> =
         (0..4).map(|w| Payload { worker: w, ..good.clone() }).collect();
@@ -267,47 +274,50 @@ fn reject_outliers_judges_the_fragment_exchanged() {
 }
 
 #[test]
-fn state_survives_save_and_load_with_a_pending_merge() {
+fn state_survives_save_and_load() {
     let config = StreamingConfig { inner_steps: 8, fragments: 4, overlap: 1, ..Default::default() };
     let mut h = harness(config, ToyConfig::default());
-    // Step 7 exchanges fragment 0; its merge is due after step 8.
-    h.run(8).unwrap();
+    h.run(16).unwrap();
     let dir = std::env::temp_dir().join(format!("meridian-streaming-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("outer.safetensors");
     let w = &mut h.workers_mut()[0];
     let saved = w.outer.state().unwrap();
-    assert_eq!(saved.get_scalar("pending.count").unwrap(), 1.0);
-    assert_eq!(saved.get_scalar("pending.0.due").unwrap(), 8.0);
     saved.save(&path).unwrap();
     let loaded = OptimizerState::load(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let mut fresh = Streaming::new(config, &w.params).unwrap();
     fresh.load_state(&w.params, &loaded).unwrap();
-    assert_eq!(fresh.pending(), [PendingMerge { fragment: 0, due: 8 }]);
     assert_eq!(global_hash(&fresh, &w.params), global_hash(w.outer.as_ref(), &w.params));
     let back = fresh.state().unwrap();
     assert_eq!(back.tensors.len(), saved.tensors.len());
     for (k, v) in &saved.tensors {
         assert!(back.get(k).unwrap().equal(v), "{k} differs after the round trip");
     }
-    // Momentum is non-zero after four exchanges, so the comparison is not vacuous.
+    // Momentum is non-zero after the exchanges, so the comparison is not vacuous.
     assert!(saved.get("momentum.0").unwrap().abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
-    // Both perform the same merge on identical copies of the local model.
+    // Both apply the same round to identical copies of the local model identically.
     let copy = |p: &ParamSet| {
         ParamSet::new(p.names().iter().cloned().zip(p.snapshot()).collect()).unwrap()
     };
     let (a, b) = (copy(&w.params), copy(&w.params));
-    let before = a.hash().unwrap();
-    w.outer.after_inner_step(&a, 8).unwrap();
-    fresh.after_inner_step(&b, 8).unwrap();
-    assert_ne!(a.hash().unwrap(), before, "the restored merge did nothing");
+    fake_inner_step(&a, 0.01);
+    fake_inner_step(&b, 0.01);
+    let (pa, pb) = (w.outer.prepare(&a, 9, 0).unwrap(), fresh.prepare(&b, 9, 0).unwrap());
+    assert_eq!(pa.encode(), pb.encode());
+    w.outer.apply(&a, 9, &[pa]).unwrap();
+    fresh.apply(&b, 9, &[pb]).unwrap();
     assert_eq!(a.hash().unwrap(), b.hash().unwrap());
-    // Another algorithm's state, or another fragment count, is refused.
+    // Another algorithm's state, another fragment count, or a state holding a merge
+    // pending (saved by a version that merged after the round applied) is refused.
     assert!(fresh.load_state(&w.params, &OptimizerState::new(Algorithm::Diloco)).is_err());
     let other = StreamingConfig { fragments: 2, ..config };
     let mut two = Streaming::new(other, &w.params).unwrap();
     assert!(two.load_state(&w.params, &loaded).is_err());
+    let mut old = loaded;
+    old.put_scalar("pending.count", 1.0);
+    let e = fresh.load_state(&w.params, &old).unwrap_err().to_string();
+    assert!(e.contains("merge pending"), "{e}");
 }
 
 #[test]
@@ -330,6 +340,8 @@ fn config_is_validated() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
     StreamingConfig { overlap: 24, ..ok }.validate().unwrap();
+    let e = StreamingConfig { overlap: 25, ..ok }.validate().unwrap_err().to_string();
+    assert!(e.contains("streaming.overlap = 25") && e.contains("at most 24"), "{e}");
     // The schedule helpers do not panic on an unvalidated configuration.
     let zero = StreamingConfig { inner_steps: 0, fragments: 0, ..ok };
     assert_eq!((zero.fragment_due(3), zero.fragment_of(3), zero.offset(1)), (None, 0, 0));
@@ -361,7 +373,6 @@ fn fp4_values_travel_as_fp4_with_int4s_bytes() {
         };
         let mut s = Streaming::new(config, &params).unwrap();
         fake_inner_step(&params, 0.01);
-        s.after_inner_step(&params, 1).unwrap();
         assert!(s.exchange_due(Phase::AfterInnerStep, 1));
         let payload = s.prepare(&params, 1, 0).unwrap();
         assert!(payload.segments.iter().all(|x| x.body[0] == tag), "{format:?}");

@@ -66,8 +66,8 @@ at least log2(--workers) segments), under its own member id, every round. A synt
 worker decodes and validates every payload it receives as a training worker would (shapes,
 indices, codes, finiteness), but applies no update: loss columns are n/a and replicas agree
 on the committed bytes, not on parameters. Rounds block, or land --set overlap=N steps
-later, where the algorithm's optimizer says training does (Streaming DiLoCo's tau delays
-its merge, not its exchange: each exchange waits for the commit, as in training). Not with --chaos, --tflops, --measured-compute or --route ring. Instead of the 2 GB per
+later, where the algorithm's optimizer says training does (Streaming DiLoCo's tau is its
+overlap: each fragment's round lands tau steps after its launch). Not with --chaos, --tflops, --measured-compute or --route ring. Instead of the 2 GB per
 round limit, a memory model refuses a run whose payload copies (every member's payload on
 every worker for the rounds kept) would not fit the memory available now, naming the
 largest --params that does; the summary reports each algorithm's peak resident memory."

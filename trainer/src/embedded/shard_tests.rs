@@ -259,11 +259,6 @@ fn streaming_ranks_keep_the_whole_models_fragments() {
     let mut round = 0;
     for step in 0..14u64 {
         t.train(step as f64);
-        t.one.after_inner_step(&t.whole, step).unwrap();
-        t.peer.after_inner_step(&t.other, step).unwrap();
-        for (s, p) in t.shards.iter_mut().zip(&t.parts) {
-            s.after_inner_step(p, step).unwrap();
-        }
         if t.one.exchange_due(Phase::AfterInnerStep, step) {
             t.exchange(round, &format!("streaming, step {step}"));
             round += 1;
@@ -274,6 +269,6 @@ fn streaming_ranks_keep_the_whole_models_fragments() {
         assert_eq!(t.parts_hash(local), t.whole.hash().unwrap(), "local, step {step}");
     }
     assert!(round >= 4, "{round} rounds");
-    let merges: u64 = t.shards.iter().map(|s| s.local_merges()).sum();
-    assert!(merges >= 4 && t.one.local_merges() >= 4, "merges {merges}, {}", t.one.local_merges());
+    // The merges kept part of the local training: the local copy is not the global one.
+    assert_ne!(t.whole.hash().unwrap(), t.one.consensus_hash(&t.whole).unwrap());
 }

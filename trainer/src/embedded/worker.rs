@@ -102,9 +102,6 @@ pub struct WorkerStats {
     pub last_hash: Option<u64>,
     /// Peers' states taken (catching up).
     pub states_taken: u64,
-    /// Times the outer algorithm moved the local parameters outside a round (Streaming
-    /// DiLoCo's delayed merges).
-    pub local_merges: u64,
     /// Parameter elements this process's outer algorithm covers (its outer state grows
     /// with them): the whole model's, or on a rank of a sharded site its part's.
     pub outer_elements: u64,
@@ -298,16 +295,6 @@ impl EmbeddedWorker {
             );
         }
         let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build_part(p, first))?;
-        // A wrapped script's step is its own loop: rounds in flight across its steps (and a
-        // site's ranks agreeing on a global copy instead of their parameters) are not
-        // wired through here yet.
-        ensure!(
-            w.outer.overlap() == 0,
-            "{}.overlap = {} is not available from Python yet: set it to 0 (meridian worker \
-             and meridian simulate run overlapped rounds)",
-            w.outer.algorithm(),
-            w.outer.overlap()
-        );
         let stats = WorkerStats { outer_elements: w.params.numel() as u64, ..Default::default() };
         Ok(Self {
             w,
@@ -537,7 +524,6 @@ impl EmbeddedWorker {
     fn count(&mut self, applied: &[AppliedRound]) {
         let stats = &mut self.stats;
         stats.steps = self.w.steps_done();
-        stats.local_merges = self.w.outer.local_merges();
         let Some(net) = self.net.as_ref() else { return };
         for r in applied {
             stats.rounds += 1;

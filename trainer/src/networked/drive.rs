@@ -365,6 +365,12 @@ impl Driver {
                         );
                     }
                     observer.step_done(w, &report)?;
+                    if w.steps_done() >= steps && w.in_flight().is_some() {
+                        // The run's last step launched a round: it lands now, so that a
+                        // caller that stops after its last step (a wrapped script's loop)
+                        // ends holding it, as every replica does.
+                        self.land_last(w, link, observer)?;
+                    }
                     return Ok(Some(report));
                 }
                 Err(OptimizerError::TrainStep(msg)) if msg == SUPERSEDED => continue,

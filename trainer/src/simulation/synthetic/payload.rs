@@ -207,15 +207,14 @@ fn first_segment(
     params: &ParamSet,
     steps_per_round: u64,
 ) -> Result<Segment> {
+    let mut round = 0;
     for step in 0..2 * steps_per_round.max(1) {
         for phase in [Phase::AfterBackward, Phase::AfterInnerStep] {
             if !outer.exchange_due(phase, step) {
                 continue;
             }
-            if phase == Phase::AfterInnerStep {
-                outer.after_inner_step(params, step)?;
-            }
-            let payload = outer.prepare(params, 0, 0)?;
+            let payload = outer.prepare(params, round, 0)?;
+            round += 1;
             if let Some(segment) = payload.segments.into_iter().next() {
                 return Ok(segment);
             }

@@ -10,8 +10,8 @@
 //! The schedule comes from the algorithm's own optimizer built over one element per
 //! tensor: its `exchange_due` and `overlap`, exactly as the training loop reads them
 //! (`SoloWorker` and the networked driver), so a round blocks here wherever it blocks in
-//! training. Streaming DiLoCo reports no overlap (its τ delays the merge, not the
-//! exchange), so, as in training, each of its exchanges waits for the commit.
+//! training (Streaming DiLoCo's τ is its overlap: each fragment's round lands τ steps
+//! after its launch).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -302,8 +302,7 @@ mod tests {
                 .map(|i| (format!("t{i}"), Tensor::zeros([1], (Kind::Float, tch::Device::Cpu))))
                 .collect();
             let outer = cfg.build(&meridian_optimizer::params::ParamSet::new(one).unwrap());
-            // The delay is the trait's, not a rule of this module: Streaming's τ is a merge
-            // delay and its exchanges block in training, so they block here.
+            // The delay is the trait's, not a rule of this module.
             assert_eq!(schedule.delay, outer.unwrap().overlap(), "{a}");
             assert!(!schedule.exchanges.is_empty(), "{a}");
         }
