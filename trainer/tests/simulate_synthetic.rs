@@ -175,3 +175,42 @@ fn bad_input_is_refused_naming_the_setting_and_the_limit() {
     let (ok, _, e) = meridian(&["train", "--model", "synthetic", "--steps", "1"]);
     assert!(!ok && e.contains("--model synthetic"), "{e}");
 }
+
+#[test]
+fn an_all_gather_run_ends_with_every_payload_of_its_last_round_delivered() {
+    // 10 MB payloads pushed member to member across continents: the last round commits
+    // while pushes are still on the wire, and the authors leave right after it. Each must
+    // finish handing its payload over first; before it did, a member missing one found
+    // no holder left and (with no state to catch up from) never finished.
+    let out = common::scratch("synthetic", "all-gather-end");
+    let out_s = out.to_str().unwrap().to_string();
+    let args = [
+        "simulate",
+        "--model",
+        "synthetic",
+        "--workers",
+        "4",
+        "--out",
+        &out_s,
+        "--params",
+        "2.5e6",
+        "--algos",
+        "diloco",
+        "--set",
+        "inner_steps=10",
+        "--steps",
+        "40",
+        "--step-time",
+        "1s",
+        "--route",
+        "all-gather",
+    ];
+    let (ok, stdout, stderr) = meridian(&args);
+    assert!(ok, "{stdout}\n{stderr}");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let a = &s["algorithms"][0];
+    assert_eq!((a["rounds"].as_u64(), a["rounds_committed"].as_u64()), (Some(4), Some(4)), "{a}");
+    assert_eq!(a["replicas_identical"], true, "{a}");
+    assert_eq!(a["workers"].as_array().unwrap().len(), 4);
+}

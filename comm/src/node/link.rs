@@ -10,7 +10,9 @@ use tracing::{debug, warn};
 
 use crate::ids::{MemberId, Round};
 use crate::protocol::{Dest, RoundStats};
-use crate::quic::{recv_frame, send_frame, send_frame_delivered, QuicError, STOP_FRAME_TOO_LARGE};
+use crate::quic::{
+    recv_frame, send_frame_delivered, send_frame_pending, QuicError, STOP_FRAME_TOO_LARGE,
+};
 use crate::wire::{Frame, FrameCodec, FrameKind, WireError, PREFIX_LEN};
 
 /// A frame for a writer task to encode and send.
@@ -52,7 +54,12 @@ pub(crate) fn spawn_writer(
     mut queue: mpsc::UnboundedReceiver<Out>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Frames written and not yet acknowledged whole: when the queue closes (the worker
+        // leaves), the writer waits for them, so that what it sent last still arrives (the
+        // connection closes when the writer ends, and closing drops unsent data).
+        let mut unacked = tokio::task::JoinSet::new();
         while let Some(out) = queue.recv().await {
+            while unacked.try_join_next().is_some() {}
             let Out { kind, round, sender, body, delivered } = out;
             let encoded = if offload(body.len()) {
                 let codec = codec.clone();
@@ -80,13 +87,18 @@ pub(crate) fn spawn_writer(
                     }
                     continue;
                 }
-                None => send_frame(&conn, &frame).await,
+                None => send_frame_pending(&conn, &frame).await.map(|stream| {
+                    unacked.spawn(async move {
+                        let _ = stream.stopped().await;
+                    });
+                }),
             };
             if let Err(e) = result {
                 debug!(peer = %conn.remote_address(), error = %e, "writer stops");
-                break;
+                return;
             }
         }
+        while unacked.join_next().await.is_some() {}
     })
 }
 

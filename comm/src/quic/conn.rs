@@ -17,7 +17,8 @@
 //! opened; callers that read several frames concurrently get them as they complete.
 
 use quinn::{
-    Connection, ConnectionError, ReadError, ReadToEndError, StoppedError, VarInt, WriteError,
+    Connection, ConnectionError, ReadError, ReadToEndError, SendStream, StoppedError, VarInt,
+    WriteError,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -105,10 +106,17 @@ impl std::fmt::Display for RefusalCode {
 /// peer has it: closing the connection right after may discard it. Use
 /// [`send_frame_delivered`] when the next step depends on delivery.
 pub async fn send_frame(conn: &Connection, frame: &[u8]) -> Result<(), QuicError> {
+    send_frame_pending(conn, frame).await.map(drop)
+}
+
+/// Like [`send_frame`], returning the finished stream: its `stopped()` completes once the
+/// peer has acknowledged every byte, which a sender about to close the connection awaits
+/// (closing drops what is still unsent).
+pub async fn send_frame_pending(conn: &Connection, frame: &[u8]) -> Result<SendStream, QuicError> {
     let mut stream = conn.open_uni().await?;
     stream.write_all(frame).await?;
     stream.finish().map_err(|e| QuicError::Stream(e.to_string()))?;
-    Ok(())
+    Ok(stream)
 }
 
 /// Like [`send_frame`], then waits until the peer has acknowledged every byte (one extra
@@ -117,9 +125,7 @@ pub async fn send_frame(conn: &Connection, frame: &[u8]) -> Result<(), QuicError
 /// acknowledged: a frame that fits the peer's stream receive window can be acknowledged
 /// whole before the receiving application reads it, and then counts as delivered.
 pub async fn send_frame_delivered(conn: &Connection, frame: &[u8]) -> Result<(), QuicError> {
-    let mut stream = conn.open_uni().await?;
-    stream.write_all(frame).await?;
-    stream.finish().map_err(|e| QuicError::Stream(e.to_string()))?;
+    let stream = send_frame_pending(conn, frame).await?;
     match stream.stopped().await? {
         None => Ok(()),
         Some(code) => Err(QuicError::FrameRejected { code: code.into_inner() }),

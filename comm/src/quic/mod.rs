@@ -74,7 +74,7 @@ pub use certs::{fingerprint_of, NodeIdentity, CERT_FILE, KEY_FILE};
 pub use config::{Congestion, TransportPlan, TransportTuning, WINDOW_BDPS};
 pub use conn::{
     close_done, close_refused, peer_fingerprint, recv_frame, send_frame, send_frame_delivered,
-    wait_closed, RefusalCode, CLOSE_DONE, STOP_FRAME_TOO_LARGE,
+    send_frame_pending, wait_closed, RefusalCode, CLOSE_DONE, STOP_FRAME_TOO_LARGE,
 };
 pub use endpoint::{
     bind_client, bind_server, client_endpoint, handshake, server_endpoint, QuicEndpoint,

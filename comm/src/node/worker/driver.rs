@@ -21,6 +21,9 @@ use crate::protocol::{
 use crate::quic::{close_done, QuicError};
 use crate::wire::{Carried, Frame, FrameHeader, FrameKind};
 
+/// How long a leaving worker waits for its frames to other members to be delivered.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
 /// The driver task's state.
 pub(super) struct Driver {
     proto: WorkerProto,
@@ -31,7 +34,7 @@ pub(super) struct Driver {
     leave_ack: Option<oneshot::Sender<Result<(), QuicError>>>,
     /// Links to other members (all-gather).
     peers: Peers,
-    /// The link, accept, peer reader and peer dialer tasks.
+    /// The link, accept and peer reader tasks.
     tasks: JoinSet<()>,
 }
 
@@ -105,6 +108,10 @@ impl Driver {
                 let _ = reply.send(self.proto.provide_state(now, round, bytes).map_err(Into::into));
             }
             Command::Leave { reply } => {
+                // Frames to other members go out first, while this worker still counts as
+                // a member (a payload pushed after the last round is still wanted).
+                self.peers.drain(LEAVE_DRAIN).await;
+                let now = link::now();
                 self.proto.leave(now);
                 let (ack, acked) = oneshot::channel();
                 self.leave_ack = Some(ack);
@@ -166,7 +173,7 @@ impl Driver {
     /// Sends `out` to member `to`: directly, or through the coordinator when `to` could not
     /// be dialed.
     fn send_peer(&mut self, to: MemberId, out: Out) {
-        if let Some(out) = self.peers.send(&mut self.tasks, to, out) {
+        if let Some(out) = self.peers.send(to, out) {
             self.forward(to, out);
         }
     }

@@ -57,6 +57,9 @@ pub(super) struct Peers {
     /// Members this worker could not dial, with when to try again: until then their frames
     /// go through the coordinator.
     via_coordinator: HashMap<MemberId, std::time::Instant>,
+    /// The dialed links' tasks (dial, then write the queue): a leaving worker waits for
+    /// them to deliver what is queued ([`Peers::drain`]).
+    dialed: JoinSet<()>,
 }
 
 impl Peers {
@@ -77,6 +80,7 @@ impl Peers {
             known: BTreeMap::new(),
             out: HashMap::new(),
             via_coordinator: HashMap::new(),
+            dialed: JoinSet::new(),
         }
     }
 
@@ -108,7 +112,8 @@ impl Peers {
     /// Queues `out` for member `to`, dialing it first if there is no link. Returns it when
     /// it must go through the coordinator instead: `to` could not be dialed lately, or has
     /// no known address.
-    pub(super) fn send(&mut self, tasks: &mut JoinSet<()>, to: MemberId, out: Out) -> Option<Out> {
+    pub(super) fn send(&mut self, to: MemberId, out: Out) -> Option<Out> {
+        while self.dialed.try_join_next().is_some() {}
         if self.via_coordinator.get(&to).is_some_and(|&until| link::now() < until) {
             return Some(out);
         }
@@ -130,7 +135,7 @@ impl Peers {
         let (endpoint, codec, timeout) =
             (self.endpoint.clone(), self.codec.clone(), self.connect_timeout);
         let link_tx = self.link_tx.clone();
-        tasks.spawn(async move {
+        self.dialed.spawn(async move {
             let reason =
                 match tokio::time::timeout(timeout, endpoint.connect(peer.addr, peer.fingerprint))
                     .await
@@ -190,9 +195,27 @@ impl Peers {
         });
     }
 
-    /// Drops every dialed link's queue (the worker stops).
+    /// Drops every dialed link's queue (the worker stops). Their tasks end once what was
+    /// queued is delivered ([`Peers::drain`] waits for that); dropping `Peers` aborts them.
     pub(super) fn drop_links(&mut self) {
         self.out.clear();
+    }
+
+    /// Closes every dialed link's queue and waits, up to `limit`, until each has delivered
+    /// what it held: a worker that leaves right after its last round still hands its
+    /// payload to the members that have not received it yet (all-gather), instead of
+    /// closing the connections under it.
+    pub(super) async fn drain(&mut self, limit: Duration) {
+        self.drop_links();
+        let dialed = &mut self.dialed;
+        let all = async { while dialed.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            warn!(
+                links = self.dialed.len(),
+                "leaving with frames to other members still undelivered"
+            );
+            self.dialed.abort_all();
+        }
     }
 }
 

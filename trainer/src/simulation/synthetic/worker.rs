@@ -266,6 +266,14 @@ fn handle(ctx: &Ctx, seen: &RefCell<Seen>, me: u32, event: WorkerNodeEvent) -> R
             // No model, no state: the coordinator asks another member after its timeout.
             tracing::warn!(round, "a synthetic worker has no state to serve");
         }
+        WorkerNodeEvent::Protocol(WorkerEvent::FellBehind { round }) => {
+            // A training worker would catch up from a peer's state; this one has none to
+            // take, and waiting for it would run the virtual clock on forever.
+            bail!(
+                "round {round}: no member still held a committed payload this worker lacked, \
+                 and a synthetic worker cannot catch up from a peer's state"
+            )
+        }
         WorkerNodeEvent::Protocol(WorkerEvent::StateReceived { round, .. }) => {
             bail!("a peer's state as of round {round} arrived; a synthetic worker cannot take one")
         }
