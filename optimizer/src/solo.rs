@@ -326,10 +326,8 @@ impl<S: TrainStep> SoloWorker<S> {
         let x = self.apply_round(round, committed)?;
         // An exchange after the backward pass hands over the gradient: the replica moves
         // only once the inner optimizer steps with it, as it did on every live worker.
-        if self.outer.exchange_due(Phase::AfterBackward, at) {
-            if self.outer.runs_inner_optimizer() {
-                self.train.inner_step()?;
-            }
+        if self.outer.exchange_due(Phase::AfterBackward, at) && self.outer.runs_inner_optimizer() {
+            self.train.inner_step()?;
         }
         self.step = at + 1;
         Ok(x)

@@ -11,21 +11,33 @@
 //!   parameter scale to `--params`. Exchanges per step come from the optimizer's own
 //!   schedule.
 //! - **A transfer** of `b` bytes over a link takes its one-way delay plus
-//!   `b × overhead / (rate × efficiency)`: `overhead` is what QUIC, UDP and IP add to each
-//!   1472-byte datagram (≈ 5%), `efficiency` the share of a link QUIC's congestion
-//!   controller sustains at the link's loss rate (measured over the simulator with the
-//!   default controller, BBR, and windows, BENCHMARKS.md: 0.79 clean, 0.76 at 0.5% loss,
-//!   0.67 at 2%; interpolated). Flows from the workers of
-//!   one region to another share that region pair's link.
-//! - **A round**, by route: relay = the slowest upload to the coordinator plus the slowest
-//!   forward of the others' payloads to each region; all-gather = the slowest direct
-//!   transfer plus the delivery notices to and the commit from the coordinator; ring =
-//!   2(N−1) sequential hops of 1/N of the payload over the slowest ring edge, plus the
-//!   same notices and commit.
-//! - **Utilization**: rounds block training (DDP, DiLoCo, SparseLoCo and DeMo all wait for
-//!   the commit), so `H·T / (H·T + comm)`; the column "overlapped" is the bound
-//!   `H·T / max(H·T, comm)` an implementation that overlaps communication with the next
-//!   round's compute (Streaming DiLoCo's idea) could reach.
+//!   `b × overhead / (rate × efficiency)`, plus one round trip when the link loses packets
+//!   and the transfer is likely to lose one: `overhead` is what QUIC, UDP and IP add to each
+//!   1472-byte datagram (≈ 5%), `efficiency` the share of what is left that the default
+//!   congestion controller (Resilient) sustains at the link's loss rate (measured over the
+//!   simulator, BENCHMARKS.md: all of it up to 2% loss, 99% at 3%), and the round trip is
+//!   what recovering a lost datagram near a transfer's end costs (the same benchmark: a
+//!   frame at 1% loss arrives 1 to 1.8 round trips after the lossless time). The window
+//!   opens at the configured rate at the connection's first round trip, so no slow start
+//!   is modelled. Every pair of hosts has its own path at its regions' link rate, as in
+//!   the simulator's topologies (a rate is per path, not a site's uplink shared by its
+//!   flows), and no path runs faster than the transport's `bandwidth_bps`: Resilient
+//!   paces at about that rate, so inside a region (10 Gb/s in the presets) a transfer
+//!   measured in the simulator moves at it, not at the link's rate.
+//! - **A round**, by route: relay = until the last worker holds the others' payloads, which
+//!   the coordinator forwards each as it arrives: for each worker, the later of (the first
+//!   other payload's arrival + all n − 1 forwarded to it) and (the last one's arrival + one
+//!   forward), plus the delay to it; all-gather = the longer of the slowest direct
+//!   transfer and the delivery notices to and the commit from the coordinator (sent as the
+//!   pushes leave); ring = 2(N−1) sequential hops of 1/N of the payload over the slowest
+//!   ring edge, then the same notices and commit.
+//! - **Utilization**: a round launched where it is due lands `overlap` inner steps later
+//!   (the algorithm's setting; 0 blocks), and a worker waits only for the communication
+//!   those steps do not cover: `H·T / (H·T + max(0, comm − overlap·T))`. The column
+//!   "overlapped" is the bound `H·T / max(H·T, comm)` with the largest overlap. Streaming
+//!   DiLoCo's round is one fragment's: its payload and H are the average over its F
+//!   fragments. The estimate is the steady state: a run's first handshakes and its last
+//!   round (which a run waits for, to end holding it) are left out.
 //!
 //! Validated against `meridian simulate` at small scale: see BENCHMARKS.md ("What-if
 //! against the simulation").
@@ -33,6 +45,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use meridian_comm::quic::Congestion;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::Phase;
 use meridian_optimizer::params::ParamSet;
@@ -52,11 +65,12 @@ use crate::units::human;
 /// AEAD tag.
 pub const WIRE_OVERHEAD: f64 = (1472.0 + 28.0) / (1472.0 - 36.0);
 
-/// Share of a link's rate QUIC sustains at random loss `p` with the default controller
-/// (BBR) and windows, interpolated from the simulator's goodput benchmark (BENCHMARKS.md):
-/// 0.791 at 0, 0.757 at 0.5%, 0.674 at 2%.
+/// Share of a link's rate, after [`WIRE_OVERHEAD`], that QUIC sustains at random loss `p`
+/// with the default controller (Resilient), interpolated from the simulator's goodput
+/// benchmark (BENCHMARKS.md, 2026-12-07: 0.957 of capacity steady at 0 to 2% loss, which
+/// is the headers' ceiling 1 / [`WIRE_OVERHEAD`], and 0.948 at 3%).
 pub fn efficiency(p: f64) -> f64 {
-    const POINTS: [(f64, f64); 3] = [(0.0, 0.791), (0.005, 0.757), (0.02, 0.674)];
+    const POINTS: [(f64, f64); 3] = [(0.0, 1.0), (0.02, 1.0), (0.03, 0.99)];
     if p <= 0.0 {
         return POINTS[0].1;
     }
@@ -80,10 +94,15 @@ pub const MAX_PARAMS: f64 = 1e15;
 /// of reach: a factor this large says "not on any network" better than a number would.
 pub const MAX_RATE_FACTOR: f64 = 1e12;
 
+/// Payload bytes in one full datagram (1472 bytes of UDP payload less QUIC's share).
+const DATAGRAM_PAYLOAD: f64 = 1472.0 - 36.0;
+
 /// A link as the estimate sees it.
 #[derive(Debug, Clone, Copy)]
 struct Path {
     delay: f64,
+    /// Random loss rate, bursts' mean included.
+    loss: f64,
     /// Effective payload bytes per second (infinite without a rate limit).
     bytes_per_sec: f64,
 }
@@ -95,12 +114,17 @@ impl Path {
             Some(r) => r.bits_per_sec() / 8.0 * efficiency(loss) / WIRE_OVERHEAD,
             None => f64::INFINITY,
         };
-        Path { delay: spec.delay.0.as_secs_f64(), bytes_per_sec }
+        Path { delay: spec.delay.0.as_secs_f64(), loss, bytes_per_sec }
     }
 
     /// Seconds to move `bytes` (latency part, transfer part) with rates scaled by `scale`.
+    /// The latency part holds the expected cost of a lost datagram: a round trip (this
+    /// link's delay both ways), times the chance that one of the transfer's datagrams is
+    /// lost.
     fn time(&self, bytes: f64, scale: f64) -> (f64, f64) {
-        (self.delay, bytes / (self.bytes_per_sec * scale))
+        let datagrams = (bytes / DATAGRAM_PAYLOAD).ceil();
+        let some_lost = 1.0 - (1.0 - self.loss.clamp(0.0, 1.0)).powf(datagrams);
+        (self.delay * (1.0 + 2.0 * some_lost), bytes / (self.bytes_per_sec * scale))
     }
 }
 
@@ -108,86 +132,118 @@ impl Path {
 struct Network<'a> {
     topology: &'a Topology,
     placement: Vec<String>,
+    /// The transport's configured rate, bits per second, when the congestion controller
+    /// keeps to about it (Resilient): a faster path (a region's own network) counts at it.
+    configured_bps: Option<f64>,
 }
 
 impl Network<'_> {
     fn path(&self, from: &str, to: &str) -> Result<Path> {
-        Ok(Path::of(self.topology.link(from, to)?))
-    }
-
-    /// Workers per region, in placement order of first appearance.
-    fn regions(&self) -> Vec<(String, f64)> {
-        let mut out: Vec<(String, f64)> = Vec::new();
-        for r in &self.placement {
-            match out.iter_mut().find(|(name, _)| name == r) {
-                Some((_, k)) => *k += 1.0,
-                None => out.push((r.clone(), 1.0)),
-            }
+        let mut path = Path::of(self.topology.link(from, to)?);
+        if let Some(bps) = self.configured_bps {
+            let most = bps / 8.0 / WIRE_OVERHEAD;
+            path.bytes_per_sec = path.bytes_per_sec.min(most);
         }
-        out
+        Ok(path)
     }
 
-    /// The slowest of `legs`, each (latency, transfer) at rate scale 1, at `scale`.
-    fn slowest(legs: &[(f64, f64)], scale: f64) -> f64 {
-        legs.iter().map(|(l, t)| l + t / scale).fold(0.0, f64::max)
-    }
-
-    /// Latency and transfer legs of each phase of a round for `route`, payload `bytes`.
-    fn phases(&self, route: RouteArg, bytes: f64) -> Result<Vec<Vec<(f64, f64)>>> {
+    /// The legs of a round for `route`, payload `bytes`, as (latency, transfer) each.
+    /// Every pair of hosts has its own path at its regions' link rate (as in the
+    /// simulator's topologies: a rate is per path, not a site's shared uplink), so
+    /// transfers between different pairs do not slow each other.
+    fn round(&self, route: RouteArg, bytes: f64) -> Result<Round> {
         let c = self.topology.coordinator_region();
         let n = self.placement.len() as f64;
-        let regions = self.regions();
-        let notices = || -> Result<Vec<Vec<(f64, f64)>>> {
-            let mut to_c = Vec::new();
-            let mut from_c = Vec::new();
-            for (r, _) in &regions {
-                to_c.push((self.path(r, c)?.delay, 0.0));
-                from_c.push((self.path(c, r)?.delay, 0.0));
+        let workers = &self.placement;
+        // The delivery notices to the coordinator, then its commit back: (latency, 0).
+        let notices = || -> Result<(f64, f64)> {
+            let (mut to_c, mut from_c) = (0.0f64, 0.0f64);
+            for w in workers {
+                to_c = to_c.max(self.path(w, c)?.delay);
+                from_c = from_c.max(self.path(c, w)?.delay);
             }
-            Ok(vec![to_c, from_c])
+            Ok((to_c + from_c, 0.0))
         };
         Ok(match route {
             RouteArg::Relay => {
                 let mut up = Vec::new();
                 let mut down = Vec::new();
-                for (r, k) in &regions {
-                    up.push(self.path(r, c)?.time(k * bytes, 1.0));
-                    down.push(self.path(c, r)?.time(k * (n - 1.0) * bytes, 1.0));
+                for w in workers {
+                    up.push(self.path(w, c)?.time(bytes, 1.0));
+                    // The loss term counts the n − 1 payloads forwarded to `w` as one
+                    // transfer.
+                    let (latency, all) = self.path(c, w)?.time((n - 1.0) * bytes, 1.0);
+                    down.push((latency, all / (n - 1.0).max(1.0)));
                 }
-                vec![up, down]
+                Round::Relay { up, down }
             }
             RouteArg::AllGather => {
-                let mut direct = Vec::new();
-                for (a, ka) in &regions {
-                    for (b, kb) in &regions {
-                        let copies = if a == b { ka * (ka - 1.0) } else { ka * kb };
-                        if copies > 0.0 {
-                            direct.push(self.path(a, b)?.time(copies * bytes, 1.0));
+                // A member's notice goes once its pushes are written, so the commit travels
+                // while the payloads do: the round takes the longer of the two.
+                let mut direct = vec![notices()?];
+                for (i, a) in workers.iter().enumerate() {
+                    for (j, b) in workers.iter().enumerate() {
+                        if i != j {
+                            direct.push(self.path(a, b)?.time(bytes, 1.0));
                         }
                     }
                 }
-                let mut phases = vec![direct];
-                phases.extend(notices()?);
-                phases
+                Round::Phases(vec![direct])
             }
             RouteArg::Ring => {
                 let mut edges = Vec::new();
-                let m = self.placement.len();
+                let m = workers.len();
                 for i in 0..m {
-                    let (a, b) = (&self.placement[i], &self.placement[(i + 1) % m]);
+                    let (a, b) = (&workers[i], &workers[(i + 1) % m]);
                     edges.push(self.path(a, b)?.time(bytes / n, 1.0));
                 }
                 let hops = 2 * m.saturating_sub(1);
+                // Each member's notice names the aggregate's digest: it goes after the ring.
                 let mut phases = vec![edges; hops];
-                phases.extend(notices()?);
-                phases
+                phases.push(vec![notices()?]);
+                Round::Phases(phases)
             }
         })
     }
+}
 
-    /// Seconds a round takes with every link's rate scaled by `scale`.
-    fn round_seconds(phases: &[Vec<(f64, f64)>], scale: f64) -> f64 {
-        phases.iter().map(|legs| Self::slowest(legs, scale)).sum()
+/// A round's legs, each (latency, transfer at rate scale 1).
+#[derive(Debug, Clone)]
+enum Round {
+    /// Relay: each worker's upload to the coordinator, and the coordinator's forward of one
+    /// payload to it. The coordinator forwards each payload as it arrives (cut-through), so
+    /// a worker has the others' payloads once the last of them arrived and was forwarded,
+    /// and not before the first arrived plus all n − 1 forwarded.
+    Relay { up: Vec<(f64, f64)>, down: Vec<(f64, f64)> },
+    /// Phases one after another, each as slow as its slowest leg.
+    Phases(Vec<Vec<(f64, f64)>>),
+}
+
+impl Round {
+    /// Seconds the round takes with every link's rate scaled by `scale`.
+    fn seconds(&self, scale: f64) -> f64 {
+        let leg = |(latency, transfer): &(f64, f64)| latency + transfer / scale;
+        match self {
+            Round::Phases(phases) => {
+                phases.iter().map(|legs| legs.iter().map(leg).fold(0.0, f64::max)).sum()
+            }
+            Round::Relay { up, down } => {
+                let arrivals: Vec<f64> = up.iter().map(leg).collect();
+                let others = (arrivals.len() as f64 - 1.0).max(0.0);
+                let mut round: f64 = 0.0;
+                for (w, (latency, one)) in down.iter().enumerate() {
+                    let from_others = arrivals.iter().enumerate().filter(|&(j, _)| j != w);
+                    let (first, last) = from_others
+                        .fold((f64::INFINITY, 0.0f64), |(lo, hi), (_, &a)| (lo.min(a), hi.max(a)));
+                    if !first.is_finite() {
+                        continue;
+                    }
+                    let forward = one / scale;
+                    round = round.max((first + others * forward).max(last + forward) + latency);
+                }
+                round
+            }
+        }
     }
 }
 
@@ -202,11 +258,13 @@ pub struct Estimate {
     pub payload_bytes: f64,
     /// Inner steps per round.
     pub steps_per_round: f64,
+    /// Inner steps a round is in flight before it lands (the algorithm's `overlap`).
+    pub overlap_steps: f64,
     /// Seconds of compute per round.
     pub compute_seconds: f64,
     /// Seconds of communication per round.
     pub comm_seconds: f64,
-    /// Compute over total time, rounds blocking.
+    /// Compute over total time, with the rounds in flight for `overlap_steps`.
     pub utilization: f64,
     /// The bound with communication fully overlapped.
     pub utilization_overlapped: f64,
@@ -226,6 +284,14 @@ pub struct Estimate {
 /// synthetic transformer block.
 pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
     measure_on(algo, |shape| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)))
+        .map(|m| (m.bytes_per_param, m.steps_per_round))
+}
+
+/// What [`measure_on`] finds on the real encoder.
+struct Measured {
+    bytes_per_param: f64,
+    steps_per_round: f64,
+    overlap: f64,
 }
 
 /// Payload bytes per parameter of `algo`, as [`measure`] finds them, but on values that
@@ -233,17 +299,19 @@ pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
 /// it trains, and its runs must replay exactly.
 pub fn payload_bytes_per_param(algo: &AlgoConfig) -> Result<f64> {
     let mut offset = 0.0;
-    let (bytes, _) = measure_on(algo, |shape| {
+    let m = measure_on(algo, |shape| {
         let n: i64 = shape.iter().product();
         offset += 1.0;
         // Varied, signed, deterministic values: a top-k has something to choose.
         (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.7 + offset).sin().reshape(shape)
     })?;
-    Ok(bytes)
+    Ok(m.bytes_per_param)
 }
 
-/// [`measure`] on parameters whose values `values` makes from their shapes.
-fn measure_on(algo: &AlgoConfig, mut values: impl FnMut(&[i64]) -> Tensor) -> Result<(f64, f64)> {
+/// [`measure`] on parameters whose values `values` makes from their shapes. Streaming
+/// DiLoCo's figures are the mean over its F rounds (one per fragment); every other
+/// algorithm's are its first round's.
+fn measure_on(algo: &AlgoConfig, mut values: impl FnMut(&[i64]) -> Tensor) -> Result<Measured> {
     let d = 256i64;
     let shapes: [&[i64]; 6] = [&[d, 3 * d], &[d, d], &[d, 4 * d], &[4 * d, d], &[d], &[d]];
     let mut named = Vec::new();
@@ -261,16 +329,37 @@ fn measure_on(algo: &AlgoConfig, mut values: impl FnMut(&[i64]) -> Tensor) -> Re
     loss.backward();
     let params = ParamSet::new(named)?;
     let mut outer = algo.build(&params)?;
-    // The schedule: the steps between the first two exchanges.
-    let horizon = 1_000_000u64;
-    let mut due = (0..horizon).filter(|&step| {
-        [Phase::AfterBackward, Phase::AfterInnerStep].iter().any(|&p| outer.exchange_due(p, step))
-    });
-    let (Some(first), Some(second)) = (due.next(), due.next()) else {
-        bail!("{} exchanges less than twice within {horizon} steps", algo.algorithm());
+    let rounds = match algo {
+        AlgoConfig::Streaming(c) => c.fragments.max(1),
+        _ => 1,
     };
-    let bytes = outer.prepare(&params, 0, 0)?.encode().len() as f64;
-    Ok((bytes / numel as f64, (second - first) as f64))
+    // The schedule: the steps between the first exchange and the one `rounds` later.
+    let horizon = 1_000_000u64;
+    let due: Vec<u64> = (0..horizon)
+        .filter(|&step| {
+            [Phase::AfterBackward, Phase::AfterInnerStep]
+                .iter()
+                .any(|&p| outer.exchange_due(p, step))
+        })
+        .take(rounds as usize + 1)
+        .collect();
+    if due.len() < rounds as usize + 1 {
+        bail!(
+            "{} exchanges less than {} times within {horizon} steps",
+            algo.algorithm(),
+            rounds + 1
+        );
+    }
+    let mut bytes = 0.0;
+    for round in 0..rounds {
+        bytes += outer.prepare(&params, round, 0)?.encode().len() as f64;
+    }
+    let rounds = rounds as f64;
+    Ok(Measured {
+        bytes_per_param: bytes / rounds / numel as f64,
+        steps_per_round: (due[due.len() - 1] - due[0]) as f64 / rounds,
+        overlap: outer.overlap() as f64,
+    })
 }
 
 /// Runs `meridian what-if`.
@@ -292,9 +381,6 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
     if args.step_time.is_zero() {
         bail!("--step-time must be positive");
     }
-    if let Some(a) = args.algos.iter().find(|a| **a == Algorithm::Streaming) {
-        bail!("--algos {a}: the estimate covers ddp, diloco, sparseloco and demo");
-    }
     let (network_name, topology) = match &args.topology {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -311,7 +397,9 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
         args.inner_steps,
         &args.set,
     )?;
-    let network = Network { topology: &topology, placement };
+    let resilient = config.transport.congestion == Congestion::Resilient;
+    let configured_bps = resilient.then_some(config.transport.bandwidth_bps);
+    let network = Network { topology: &topology, placement, configured_bps };
     let estimates: Vec<Estimate> =
         config.algos.iter().map(|algo| estimate(&network, args, algo)).collect::<Result<_>>()?;
     if args.json {
@@ -327,10 +415,11 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
         args.route
     );
     println!(
-        "{:<11} {:>12} {:>8} {:>11} {:>11} {:>8} {:>11} {:>22}",
+        "{:<11} {:>12} {:>8} {:>8} {:>11} {:>11} {:>8} {:>11} {:>22}",
         "algorithm",
         "payload",
         "H",
+        "overlap",
         "compute/rd",
         "comm/rd",
         "util",
@@ -346,10 +435,11 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
             (None, None) => "out of reach".to_string(),
         };
         println!(
-            "{:<11} {:>12} {:>8} {:>11} {:>11} {:>7.1}% {:>10.1}% {:>22}",
+            "{:<11} {:>12} {:>8} {:>8} {:>11} {:>11} {:>7.1}% {:>10.1}% {:>22}",
             e.algorithm,
             bytes(e.payload_bytes),
             format!("{:.0}", e.steps_per_round),
+            format!("{:.0}", e.overlap_steps),
             seconds(e.compute_seconds),
             seconds(e.comm_seconds),
             e.utilization * 100.0,
@@ -359,10 +449,11 @@ pub fn run(args: &WhatIfArgs) -> Result<()> {
     }
     println!(
         "\npayload = bytes each worker publishes per round (the real encoder's bytes per parameter\n\
-         x parameters); H = inner steps per round; comm/rd = estimated communication per round\n\
-         on these links (see `meridian what-if --help` and the module docs for the model);\n\
-         util = compute / (compute + comm); overlapped = the bound if communication overlapped\n\
-         compute. \"links Nx faster\": every link's rate times N reaches the target; \"H >= N\":\n\
+         x parameters); H = inner steps per round (Streaming DiLoCo: per fragment's round);\n\
+         overlap = inner steps a round is in flight (the algorithm's setting, 0 = blocking);\n\
+         comm/rd = estimated communication per round on these links (see `meridian what-if\n\
+         --help` for the model); util = compute / (compute + the comm the overlap leaves);\n\
+         overlapped = the bound if all communication overlapped compute. \"links Nx faster\": every link's rate times N reaches the target; \"H >= N\":\n\
          latency alone exceeds the budget, so only more steps per round reach it."
     );
     if estimates.iter().any(|e| e.beyond_rate_limit) {
@@ -384,38 +475,42 @@ fn seconds(seconds: f64) -> String {
 
 fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Result<Estimate> {
     if args.route == RouteArg::Ring
-        && !matches!(algo.algorithm(), Algorithm::Ddp | Algorithm::Diloco)
+        && !matches!(algo.algorithm(), Algorithm::Ddp | Algorithm::Diloco | Algorithm::Streaming)
     {
         bail!(
             "--route ring: {} sends sparse payloads, which do not add up in transit",
             algo.algorithm()
         );
     }
-    let (bytes_per_param, h) = measure(algo)?;
+    let m = measure_on(algo, |shape| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)))?;
+    let (bytes_per_param, h) = (m.bytes_per_param, m.steps_per_round);
     let payload = bytes_per_param * args.params;
-    let phases = network.phases(args.route, payload)?;
-    let comm = Network::round_seconds(&phases, 1.0);
-    let compute = h * args.step_time.as_secs_f64();
-    let budget = compute * (1.0 / args.target - 1.0);
-    let latency = Network::round_seconds(&phases, f64::INFINITY);
+    let round = network.round(args.route, payload)?;
+    let step = args.step_time.as_secs_f64();
+    let hidden = m.overlap * step;
+    let comm = round.seconds(1.0);
+    let compute = h * step;
+    // What the target leaves for waiting, plus what the steps in flight hide.
+    let budget = compute * (1.0 / args.target - 1.0) + hidden;
+    let latency = round.seconds(f64::INFINITY);
     // comm(scale) falls monotonically towards `latency` as the rates grow: bisect on it.
     let mut beyond_rate_limit = false;
     let rate_factor = if comm <= budget {
         Some(comm / budget.max(f64::MIN_POSITIVE)).map(|f| f.min(1.0))
     } else if latency >= budget {
         None
-    } else if Network::round_seconds(&phases, MAX_RATE_FACTOR) > budget {
+    } else if round.seconds(MAX_RATE_FACTOR) > budget {
         // Even links MAX_RATE_FACTOR times faster miss it: no number to show.
         beyond_rate_limit = true;
         None
     } else {
         let (mut lo, mut hi) = (1.0f64, 2.0f64);
-        while Network::round_seconds(&phases, hi) > budget && hi < MAX_RATE_FACTOR {
+        while round.seconds(hi) > budget && hi < MAX_RATE_FACTOR {
             hi *= 2.0;
         }
         for _ in 0..60 {
             let mid = (lo * hi).sqrt();
-            if Network::round_seconds(&phases, mid) > budget {
+            if round.seconds(mid) > budget {
                 lo = mid;
             } else {
                 hi = mid;
@@ -423,17 +518,19 @@ fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Resu
         }
         Some(hi)
     };
-    // Steps per round that reach the target on these links: H·T ≥ comm × U / (1 − U).
-    let h_for_target = (comm * args.target / (1.0 - args.target)) / args.step_time.as_secs_f64();
+    // Steps per round that reach the target on these links: H·T ≥ wait × U / (1 − U).
+    let wait = (comm - hidden).max(0.0);
+    let h_for_target = (wait * args.target / (1.0 - args.target)) / step;
     let adjustable = matches!(algo.algorithm(), Algorithm::Diloco | Algorithm::Sparseloco);
     Ok(Estimate {
         algorithm: algo.algorithm().to_string(),
         bytes_per_param,
         payload_bytes: payload,
         steps_per_round: h,
+        overlap_steps: m.overlap,
         compute_seconds: compute,
         comm_seconds: comm,
-        utilization: compute / (compute + comm),
+        utilization: compute / (compute + wait),
         utilization_overlapped: compute / compute.max(comm),
         rate_factor_for_target: rate_factor,
         steps_per_round_for_target: adjustable.then_some(h_for_target.ceil().max(1.0)),
@@ -467,11 +564,64 @@ mod tests {
 
     #[test]
     fn efficiency_follows_the_measured_points_and_falls_with_loss() {
-        assert_eq!(efficiency(0.0), 0.791);
-        assert!((efficiency(0.005) - 0.757).abs() < 1e-12);
-        assert!((efficiency(0.02) - 0.674).abs() < 1e-12);
-        assert!(efficiency(0.01) < efficiency(0.005) && efficiency(0.01) > efficiency(0.02));
+        assert_eq!(efficiency(0.0), 1.0);
+        assert_eq!(efficiency(0.01), 1.0);
+        assert!((efficiency(0.03) - 0.99).abs() < 1e-12);
+        assert!(efficiency(0.05) < efficiency(0.03));
         assert!(efficiency(0.5) >= 0.05);
+    }
+
+    #[test]
+    fn a_lossy_link_adds_a_round_trip_once_a_loss_is_likely() {
+        let path = |loss| Path { delay: 0.1, loss, bytes_per_sec: 1e8 };
+        // Lossless: the delay and the bytes at the rate.
+        assert_eq!(path(0.0).time(1e7, 1.0), (0.1, 0.1));
+        // At 1% loss a 10 MB transfer (7,000 datagrams) surely loses one: a round trip more.
+        let (latency, transfer) = path(0.01).time(1e7, 1.0);
+        assert!((latency - 0.3).abs() < 1e-9 && transfer == 0.1, "{latency}");
+        // One datagram at 0.1% rarely does.
+        let (latency, _) = path(0.001).time(100.0, 1.0);
+        assert!(latency > 0.1 && latency < 0.1003, "{latency}");
+    }
+
+    #[test]
+    fn the_rounds_in_flight_hide_what_they_cover_and_streaming_is_one_fragment() {
+        let t = Topology::preset("cross-continent").unwrap();
+        let net = network(&t, 4);
+        let args = |set: &[&str], algo| WhatIfArgs {
+            params: 1e8,
+            step_time: Duration::from_secs(1),
+            workers: 4,
+            preset: "cross-continent".into(),
+            topology: None,
+            algos: vec![algo],
+            inner_steps: None,
+            route: RouteArg::Relay,
+            target: 0.99,
+            config: None,
+            set: set.iter().map(|s| s.to_string()).collect(),
+            json: false,
+        };
+        let at = |set: &[&str], algo| {
+            let a = args(set, algo);
+            let cfg = RunConfig::build(&ModelKind::Gpt, &a.algos, None, None, &a.set).unwrap();
+            estimate(&net, &a, &cfg.algos[0]).unwrap()
+        };
+        let blocking = at(&["diloco.inner_steps=10"], Algorithm::Diloco);
+        let hidden = at(&["diloco.inner_steps=10", "diloco.overlap=3"], Algorithm::Diloco);
+        assert_eq!((blocking.overlap_steps, hidden.overlap_steps), (0.0, 3.0));
+        assert_eq!(blocking.comm_seconds, hidden.comm_seconds);
+        let wait = (blocking.comm_seconds - 3.0).max(0.0);
+        assert!((hidden.utilization - 10.0 / (10.0 + wait)).abs() < 1e-12, "{hidden:?}");
+        assert!(hidden.utilization > blocking.utilization);
+        // Streaming DiLoCo: a quarter of the model per round, a round every H/F steps, in
+        // flight for its τ.
+        let s = at(&["streaming.inner_steps=100"], Algorithm::Streaming);
+        assert_eq!((s.steps_per_round, s.overlap_steps), (25.0, 5.0));
+        let diloco = at(&["diloco.inner_steps=100"], Algorithm::Diloco);
+        let ratio = diloco.bytes_per_param / s.bytes_per_param;
+        // f32 against a quarter of the tensors in 4 bits (plus scales): about 30x.
+        assert!(ratio > 25.0 && ratio < 35.0, "{ratio}");
     }
 
     #[test]
@@ -492,7 +642,8 @@ mod tests {
     }
 
     fn network(topology: &Topology, n: usize) -> Network<'_> {
-        Network { topology, placement: topology.place_workers(n).unwrap() }
+        let configured_bps = Some(meridian_comm::quic::TransportTuning::default().bandwidth_bps);
+        Network { topology, placement: topology.place_workers(n).unwrap(), configured_bps }
     }
 
     #[test]
@@ -502,8 +653,8 @@ mod tests {
         let ddp = AlgoConfig::default_for(Algorithm::Ddp);
         let (bytes_per_param, _) = measure(&ddp).unwrap();
         let params = MAX_PARAMS;
-        let phases = net.phases(RouteArg::Relay, bytes_per_param * params).unwrap();
-        let latency = Network::round_seconds(&phases, f64::INFINITY);
+        let round = net.round(RouteArg::Relay, bytes_per_param * params).unwrap();
+        let latency = round.seconds(f64::INFINITY);
         // A step whose budget at 95% is a hair above the round's latency: only links
         // astronomically faster would move the payload in what is left.
         let target = 0.95;
@@ -536,17 +687,17 @@ mod tests {
         let t = Topology::preset("cross-continent").unwrap();
         let net = network(&t, 4);
         for route in [RouteArg::Relay, RouteArg::AllGather, RouteArg::Ring] {
-            let small = Network::round_seconds(&net.phases(route, 1e3).unwrap(), 1.0);
-            let big = Network::round_seconds(&net.phases(route, 1e9).unwrap(), 1.0);
-            let latency = Network::round_seconds(&net.phases(route, 1e9).unwrap(), f64::INFINITY);
+            let small = net.round(route, 1e3).unwrap().seconds(1.0);
+            let big = net.round(route, 1e9).unwrap().seconds(1.0);
+            let latency = net.round(route, 1e3).unwrap().seconds(f64::INFINITY);
             assert!(latency > 0.1, "{route:?}: cross-continent latency {latency}");
             assert!(small >= latency && big > small * 10.0, "{route:?}: {small} {big}");
         }
-        // 1 GB through a 1 Gb/s relay: the coordinator forwards 3 GB to each remote region.
-        let relay = Network::round_seconds(&net.phases(RouteArg::Relay, 1e9).unwrap(), 1.0);
+        // 1 GB through a 1 Gb/s relay: the coordinator forwards 3 GB to each remote worker.
+        let relay = net.round(RouteArg::Relay, 1e9).unwrap().seconds(1.0);
         assert!(relay > 3.0 * 8.0, "{relay}");
         // The ring moves 2(N-1)/N of a payload per worker, so for large payloads it wins.
-        let ring = Network::round_seconds(&net.phases(RouteArg::Ring, 1e9).unwrap(), 1.0);
+        let ring = net.round(RouteArg::Ring, 1e9).unwrap().seconds(1.0);
         assert!(ring < relay, "ring {ring} relay {relay}");
     }
 }

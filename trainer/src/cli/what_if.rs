@@ -18,6 +18,15 @@ Example: how much uplink does a 1B-parameter model need across four continents?
 
 Payload sizes come from the algorithms' real encoders (their settings from --config and
 --set, as for `meridian train`); link delays, rates and loss from the preset or --topology.
+A round's communication is modelled from them: each transfer takes its path's delay, its
+bytes at the path's rate less QUIC's headers (5%; the default controller keeps the rest
+busy up to 2% loss), and a round trip more where a datagram is likely to be lost; every
+pair of hosts has its own path, as in the simulator; the relay's coordinator forwards each
+payload as it arrives. A round in flight (--set ALGO.overlap=N) hides N steps of it. Left
+out: the run's first handshakes and its last round (which a run waits for), the time to
+encode and decode payloads, and queueing between a worker's own flows. Against `meridian
+simulate` on cross-continent the estimate is within 1.25x from 10 MB to 250 MB payloads
+(BENCHMARKS.md, \"What-if against the simulation\"); larger payloads were not simulated.
 See `meridian simulate` to run a small model over the same network for real.")]
 pub struct WhatIfArgs {
     /// Model parameters: 1e9, 1.3B, 350M, 125k or a plain number.
@@ -36,7 +45,7 @@ pub struct WhatIfArgs {
     #[arg(long)]
     pub topology: Option<PathBuf>,
     /// Outer algorithms, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo")]
+    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo,streaming")]
     pub algos: Vec<Algorithm>,
     /// Inner steps per round (H) for the algorithms that have one (default: each
     /// algorithm's published default).
