@@ -361,9 +361,23 @@ fn overlapped_rounds_keep_the_workers_computing_while_the_round_travels() {
 fn overlapped_rounds_survive_every_chaos_scenario() {
     // Kills, restarts and a late joiner meet rounds in flight: a newcomer takes a state
     // that may hold one and lands it where the others do; a restarted worker replays.
-    let out = scratch("chaos-overlap");
     let args = ["--algos", "sparseloco", "--steps", "30", "--set", "overlap=5", "--chaos", "all"];
-    let (ok, stdout, stderr) = simulate(&out, &args);
+    every_chaos_scenario_keeps_replicas_identical("chaos-overlap", &args);
+}
+
+#[test]
+fn streaming_diloco_survives_every_chaos_scenario_with_its_fragments_in_flight() {
+    // Its τ is its overlap: with H = 10 in four fragments each fragment's round is in
+    // flight for two of the two or three steps between fragments.
+    let args = ["--algos", "streaming", "--steps", "22", "--set", "overlap=2", "--chaos", "all"];
+    every_chaos_scenario_keeps_replicas_identical("chaos-streaming", &args);
+}
+
+/// Runs `--chaos all` with `args`: every scenario's replicas agree and apply exactly the
+/// commits, and but for the Byzantine ones the loss stays within the margin.
+fn every_chaos_scenario_keeps_replicas_identical(name: &str, args: &[&str]) {
+    let out = scratch(name);
+    let (ok, stdout, stderr) = simulate(&out, args);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let rows: serde_json::Value =
