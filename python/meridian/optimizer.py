@@ -209,7 +209,10 @@ class Optimizer(torch.optim.Optimizer):
     DiLoCo and SparseLoCo take the inner step and exchange every ``inner_steps`` steps.
 
     ``config`` holds the algorithm's settings by name (``{"outer_lr": 0.7}``), as
-    ``meridian worker --set`` takes them; ``transport.KEY`` tunes QUIC. ``join`` may be
+    ``meridian worker --set`` takes them; ``transport.KEY`` tunes QUIC. ``{"overlap": N}``
+    keeps training while a round is on the wire: its result lands N steps later (Streaming
+    DiLoCo's τ, 5 by default, is its overlap); give ``total_steps`` so that the round the
+    last step launches lands before ``step()`` returns. ``join`` may be
     omitted when ``MERIDIAN_JOIN`` holds the join string, or ``MERIDIAN_JOIN_FILE`` names a
     file holding it. ``name`` identifies the worker: a restarted worker with the same name
     takes its place (and catches up). ``total_steps`` (optional) is the run's last inner
