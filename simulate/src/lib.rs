@@ -86,6 +86,7 @@
 pub mod error;
 pub mod fabric;
 pub mod link;
+pub mod pace;
 mod presets;
 pub mod proxy;
 mod rng;
@@ -95,6 +96,7 @@ pub mod units;
 pub use error::{Result, SimError};
 pub use fabric::{Counter, Fabric, FabricStats, LinkStats, SimSocket};
 pub use link::{Change, DropReason, Fate, GilbertElliott, LinkModel, LinkSpec, Window};
+pub use pace::Pace;
 pub use proxy::{Proxy, ProxyConfig, ProxyStats};
 pub use topology::Topology;
 pub use units::{Dur, Prob, QueueLimit, Rate};

@@ -24,6 +24,9 @@ use crate::units::Dur;
 /// coordinator = "us-east"             # default: the first region
 /// capacity = { us-east = 2 }          # optional: most workers a region takes
 /// workers = ["eu-west", "us-east"]    # optional: explicit placement of worker i
+/// speed = { eu-west = 0.5 }           # optional: compute speed against the stated step
+///                                     # time (0.5: steps take twice as long); default 1
+/// speed_jitter = 0.05                 # optional: each step off by up to 5% either way
 ///
 /// [intra]                             # inside every region (default: the `lan` link)
 /// delay = "0.1ms"
@@ -49,7 +52,16 @@ pub struct Topology {
     capacity: BTreeMap<String, usize>,
     workers: Option<Vec<String>>,
     links: BTreeMap<(String, String), LinkSpec>,
+    speed: BTreeMap<String, f64>,
+    speed_jitter: f64,
 }
+
+/// The fastest and slowest compute speeds a region may be given, against the stated step
+/// time: a thousandfold either way covers a phone beside a datacenter.
+pub const SPEED_RANGE: (f64, f64) = (1e-3, 1e3);
+
+/// The largest `speed_jitter`: steps off by up to half their length either way.
+pub const MAX_SPEED_JITTER: f64 = 0.5;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +72,10 @@ struct TopologyToml {
     #[serde(default)]
     capacity: BTreeMap<String, usize>,
     workers: Option<Vec<String>>,
+    #[serde(default)]
+    speed: BTreeMap<String, f64>,
+    #[serde(default)]
+    speed_jitter: f64,
     intra: Option<LinkSpec>,
     #[serde(default)]
     links: BTreeMap<String, LinkSpec>,
@@ -85,6 +101,8 @@ impl Topology {
             capacity: BTreeMap::new(),
             workers: None,
             links: BTreeMap::new(),
+            speed: BTreeMap::new(),
+            speed_jitter: 0.0,
         }
     }
 
@@ -126,6 +144,8 @@ impl Topology {
         topo.check_regions()?;
         topo.capacity = t.capacity;
         topo.workers = t.workers;
+        topo.speed = t.speed;
+        topo.speed_jitter = t.speed_jitter;
         let mut given = BTreeMap::new();
         for (key, spec) in t.links {
             for (from, to) in topo.parse_link_key(&key)? {
@@ -203,6 +223,33 @@ impl Topology {
         self.capacity.insert(region.to_string(), max_workers);
     }
 
+    /// Sets `region`'s compute speed against the stated step time (0.5: its steps take
+    /// twice as long). Checked by [`validate`](Self::validate).
+    pub fn set_speed(&mut self, region: &str, speed: f64) {
+        self.speed.insert(region.to_string(), speed);
+    }
+
+    /// Sets how far each step's time may stray from its region's, as a fraction either way.
+    /// Checked by [`validate`](Self::validate).
+    pub fn set_speed_jitter(&mut self, jitter: f64) {
+        self.speed_jitter = jitter;
+    }
+
+    /// `region`'s compute speed (1 unless set).
+    pub fn speed(&self, region: &str) -> f64 {
+        self.speed.get(region).copied().unwrap_or(1.0)
+    }
+
+    /// How far each step's time may stray from its region's, as a fraction either way.
+    pub fn speed_jitter(&self) -> f64 {
+        self.speed_jitter
+    }
+
+    /// Whether every region computes at the stated speed, without jitter.
+    pub fn uniform_speed(&self) -> bool {
+        self.speed.values().all(|&s| s == 1.0) && self.speed_jitter == 0.0
+    }
+
     /// Places worker i in `regions[i]` instead of round-robin.
     pub fn set_worker_regions(&mut self, regions: Vec<String>) {
         self.workers = Some(regions);
@@ -249,6 +296,29 @@ impl Topology {
         }
         for region in self.workers.iter().flatten() {
             self.known_region(region, "workers")?;
+        }
+        let (slowest, fastest) = SPEED_RANGE;
+        for (region, &speed) in &self.speed {
+            self.known_region(region, "speed")?;
+            if !(speed.is_finite() && (slowest..=fastest).contains(&speed)) {
+                return Err(SimError::InvalidValue {
+                    field: format!("speed of {region}"),
+                    reason: format!(
+                        "{speed} is out of range: a region computes between {slowest} and \
+                         {fastest} times the stated speed"
+                    ),
+                });
+            }
+        }
+        if !(self.speed_jitter.is_finite() && (0.0..=MAX_SPEED_JITTER).contains(&self.speed_jitter))
+        {
+            return Err(SimError::InvalidValue {
+                field: "speed_jitter".into(),
+                reason: format!(
+                    "{} is out of range: a step strays by a fraction from 0 to {MAX_SPEED_JITTER}",
+                    self.speed_jitter
+                ),
+            });
         }
         Ok(())
     }
@@ -325,6 +395,16 @@ impl Topology {
         );
         for ((from, to), spec) in &self.links {
             let _ = writeln!(out, "  {from} -> {to}: {spec}");
+        }
+        if !self.uniform_speed() {
+            let speeds: Vec<String> =
+                self.regions.iter().map(|r| format!("{r} {}", self.speed(r))).collect();
+            let _ = writeln!(
+                out,
+                "  compute speed: {}; each step within {}% of its region's",
+                speeds.join(", "),
+                self.speed_jitter * 100.0
+            );
         }
         out
     }

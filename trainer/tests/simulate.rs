@@ -393,3 +393,43 @@ fn every_chaos_scenario_keeps_replicas_identical(name: &str, args: &[&str]) {
         }
     }
 }
+
+#[test]
+fn a_slow_region_steps_slower_and_the_others_wait_for_it_at_every_round() {
+    // ap-southeast's accelerator at half speed: its steps take twice the stated time, and
+    // with blocking rounds the other regions wait for its payload every round.
+    let out = scratch("speed");
+    let args = ["--algos", "diloco", "--steps", "20", "--speed", "ap-southeast=0.5"];
+    let (ok, stdout, stderr) = simulate(&out, &args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("compute by region"), "{stdout}");
+    let s = summary(&out);
+    assert_eq!(s["uneven_compute"], true);
+    let a = &s["algorithms"][0];
+    assert_eq!(a["replicas_identical"], true, "{a}");
+    let workers = a["workers"].as_array().unwrap();
+    let compute = |region: &str| -> Vec<f64> {
+        workers
+            .iter()
+            .filter(|w| w["region"] == region)
+            .map(|w| w["compute_seconds"].as_f64().unwrap())
+            .collect()
+    };
+    let utilization = |region: &str| -> f64 {
+        let w = workers.iter().find(|w| w["region"] == region).unwrap();
+        w["compute_seconds"].as_f64().unwrap() / w["finished_seconds"].as_f64().unwrap()
+    };
+    // --quick steps take 250 ms: 20 of them are 5 s, and 10 s at half speed, exactly.
+    assert_eq!(compute("us-east"), vec![5.0]);
+    assert_eq!(compute("ap-southeast"), vec![10.0]);
+    assert!(utilization("us-east") < 0.6, "{}", utilization("us-east"));
+    assert!(utilization("ap-southeast") > utilization("us-east") + 0.3);
+    // A malformed or out-of-range speed is refused before anything runs.
+    for (bad, says) in
+        [("ap-southeast", "REGION=FACTOR"), ("mars=0.5", "mars"), ("us-east=0", "speed of us-east")]
+    {
+        let (ok, _, stderr) =
+            simulate(&scratch("speed-bad"), &["--algos", "diloco", "--speed", bad]);
+        assert!(!ok && stderr.contains(says), "--speed {bad}: {stderr}");
+    }
+}

@@ -175,3 +175,39 @@ fn too_many_workers_is_an_error_naming_the_capacity() {
     t.set_worker_regions(vec!["lan".into(); 2]);
     assert!(matches!(t.place_workers(3), Err(SimError::TooManyWorkers { capacity: 2, .. })));
 }
+
+#[test]
+fn compute_speeds_parse_default_to_one_and_refuse_what_makes_no_sense() {
+    let base = r#"
+regions = ["a", "b"]
+[links."a <-> b"]
+delay = "10ms"
+"#;
+    let t = Topology::from_toml(base).unwrap();
+    assert!(t.uniform_speed());
+    assert_eq!((t.speed("a"), t.speed("b"), t.speed_jitter()), (1.0, 1.0, 0.0));
+    let t =
+        Topology::from_toml(&format!("speed = {{ b = 0.5 }}\nspeed_jitter = 0.1\n{base}")).unwrap();
+    assert!(!t.uniform_speed());
+    assert_eq!((t.speed("a"), t.speed("b"), t.speed_jitter()), (1.0, 0.5, 0.1));
+    assert!(t.describe().contains("compute speed: a 1, b 0.5; each step within 10% of"));
+    for (bad, names) in [
+        ("speed = { c = 0.5 }", "c"),
+        ("speed = { b = 0 }", "speed of b"),
+        ("speed = { b = -1 }", "speed of b"),
+        ("speed = { b = 2000 }", "speed of b"),
+        ("speed = { b = nan }", "speed of b"),
+        ("speed_jitter = 0.6", "speed_jitter"),
+        ("speed_jitter = -0.1", "speed_jitter"),
+    ] {
+        let e = Topology::from_toml(&format!("{bad}\n{base}")).unwrap_err().to_string();
+        assert!(e.contains(names), "{bad}: {e}");
+    }
+    // Set in code: checked by validate.
+    let mut t = Topology::preset("cross-continent").unwrap();
+    t.set_speed("ap-southeast", 0.5);
+    t.validate().unwrap();
+    assert_eq!(t.speed("ap-southeast"), 0.5);
+    t.set_speed("mars", 0.5);
+    assert!(t.validate().unwrap_err().to_string().contains("mars"));
+}

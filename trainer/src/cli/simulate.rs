@@ -97,6 +97,14 @@ pub struct SimulateArgs {
     /// Simulated time one inner step takes: what a step costs on your accelerator.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub step_time: Duration,
+    /// A region's compute speed against --step-time (REGION=FACTOR, repeatable; 0.5: an
+    /// accelerator half as fast, its steps twice as long); over the topology file's `speed`.
+    #[arg(long = "speed", value_name = "REGION=FACTOR")]
+    pub speeds: Vec<String>,
+    /// How far each step's time strays from its region's, as a fraction either way
+    /// (seeded; 0 to 0.5); over the topology file's `speed_jitter`.
+    #[arg(long)]
+    pub speed_jitter: Option<f64>,
     /// Model the step time from FLOPs instead: 6 x parameters x tokens per step at this
     /// sustained rate in TFLOP/s (e.g. 400 for an H100 at 40% of its dense bf16 peak).
     #[arg(long)]

@@ -17,6 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use meridian_comm::node::WorkerNode;
+use meridian_simulate::Pace;
 
 use crate::networked::drive::{NetEvent, RoundLink};
 use crate::networked::node_link::{net_event, published, Mapped};
@@ -66,6 +67,10 @@ pub enum Reply {
 #[derive(Debug, Default)]
 pub struct Charger {
     step_time: Option<Duration>,
+    /// This worker's step times against `step_time` (its region's speed, jitter).
+    pace: Pace,
+    /// Fixed steps charged so far (the pace's draws are per step).
+    steps: Cell<u64>,
     /// Real time spent inside the coroutine so far.
     inside: Cell<Duration>,
     /// `inside` when compute was last charged or skipped.
@@ -75,9 +80,9 @@ pub struct Charger {
 }
 
 impl Charger {
-    /// Every step costs `step_time`; `None`: each costs what it measured.
-    pub fn new(step_time: Option<Duration>) -> Rc<Self> {
-        Rc::new(Charger { step_time, ..Default::default() })
+    /// Every step costs `step_time` at `pace`; `None`: each costs what it measured.
+    pub fn new(step_time: Option<Duration>, pace: Pace) -> Rc<Self> {
+        Rc::new(Charger { step_time, pace, ..Default::default() })
     }
 
     /// Virtual compute time charged so far.
@@ -96,7 +101,11 @@ impl Charger {
     /// Before a step: its fixed cost, or (measured) whatever ran since the last charge.
     pub fn before_step(&self, y: &Yielder<Reply, Request>) -> Result<()> {
         match self.step_time {
-            Some(t) => self.charge(y, t),
+            Some(t) => {
+                let step = self.steps.get();
+                self.steps.set(step + 1);
+                self.charge(y, self.pace.step(t, step))
+            }
             None => self.flush(y),
         }
     }

@@ -32,7 +32,7 @@ use meridian_comm::protocol::DeadlinePolicy;
 use meridian_comm::quic::{NodeIdentity, TransportTuning};
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::Algorithm;
-use meridian_simulate::{Fabric, Topology};
+use meridian_simulate::{Fabric, Pace, Topology};
 use tch::Tensor;
 
 use crate::cli::args::{RouteArg, DEFAULT_STEPS};
@@ -182,9 +182,10 @@ fn check(runs: &[(&str, &SimSummary)]) -> Result<()> {
     Ok(())
 }
 
-/// The network `--topology` or `--preset` names, with its name for the summary.
+/// The network `--topology` or `--preset` names, with its name for the summary, and the
+/// compute speeds `--speed` and `--speed-jitter` give its regions.
 fn network(args: &SimulateArgs) -> Result<(String, Topology)> {
-    Ok(match &args.topology {
+    let (name, mut topology) = match &args.topology {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--topology: cannot read {}", path.display()))?;
@@ -193,7 +194,19 @@ fn network(args: &SimulateArgs) -> Result<(String, Topology)> {
             (path.display().to_string(), t)
         }
         None => (args.preset.clone(), Topology::preset(&args.preset).context("--preset")?),
-    })
+    };
+    for given in &args.speeds {
+        let parsed = given.split_once('=').and_then(|(r, f)| Some((r, f.trim().parse().ok()?)));
+        let Some((region, factor)) = parsed else {
+            bail!("--speed {given:?}: give REGION=FACTOR, e.g. --speed ap-southeast=0.5");
+        };
+        topology.set_speed(region.trim(), factor);
+    }
+    if let Some(jitter) = args.speed_jitter {
+        topology.set_speed_jitter(jitter);
+    }
+    topology.validate().context("--speed")?;
+    Ok((name, topology))
 }
 
 /// Checks the arguments and builds what every scenario shares; prints the run's header.
@@ -370,6 +383,7 @@ fn run_scenario(
     let mut summary = SimSummary {
         network: setup.network.clone(),
         links: setup.links.clone(),
+        uneven_compute: !setup.topology.uniform_speed(),
         chaos: description,
         workers: args.workers,
         steps: setup.steps,
@@ -542,6 +556,7 @@ async fn simulate_async(
         .map(|(index, region)| process::Life {
             index,
             region: region.clone(),
+            pace: Pace::of(&plan.topology, region, plan.seed, index as u64),
             joins_at: None,
             outages: plan
                 .schedule
@@ -557,6 +572,7 @@ async fn simulate_async(
         lives.push(process::Life {
             index: n,
             region: region.clone(),
+            pace: Pace::of(&plan.topology, region, plan.seed, n as u64),
             joins_at: Some(at),
             outages: vec![],
             attack: None,

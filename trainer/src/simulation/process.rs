@@ -104,6 +104,8 @@ pub struct Life {
     pub outages: Vec<(Duration, Duration)>,
     /// It doctors every update it sends.
     pub attack: Option<Attack>,
+    /// Its step times against the stated one (its region's compute speed, jitter).
+    pub pace: meridian_simulate::Pace,
 }
 
 /// What one worker did over its life.
@@ -186,7 +188,7 @@ pub async fn join(ctx: &Ctx, life: &Life, incarnation: u64) -> Result<Joined> {
 /// incarnation when already joined.
 pub async fn live(ctx: Rc<Ctx>, life: Life, mut first: Option<Joined>) -> Result<Outcome> {
     let name = format!("w{}", life.index);
-    let charger = Charger::new(ctx.step_time);
+    let charger = Charger::new(ctx.step_time, life.pace);
     let bytes = Rc::new(LinkBytes::default());
     let tally = Rc::new(RefCell::new(Tally::default()));
     if let Some(at) = life.joins_at {

@@ -253,6 +253,10 @@ pub struct SimSummary {
     /// `--model synthetic`: what its workers do not do (train, apply updates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<String>,
+    /// Whether regions compute at different speeds (`--speed`, a topology's `speed` or
+    /// `speed_jitter`): the table then adds each region's compute utilization.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uneven_compute: bool,
 }
 
 impl SimSummary {
@@ -369,6 +373,37 @@ impl SimSummary {
         if let Some(note) = &self.synthetic {
             println!("{note}");
         }
+        if self.uneven_compute {
+            println!("compute by region (regions compute at different speeds):");
+            for a in &self.algorithms {
+                let regions: Vec<String> = a
+                    .region_utilization()
+                    .iter()
+                    .map(|(r, u)| format!("{r} {:.1}%", u * 100.0))
+                    .collect();
+                println!("  {:<11} {}", a.algorithm, regions.join(", "));
+            }
+        }
+    }
+}
+
+impl SimAlgo {
+    /// Each region's compute utilization (its workers' compute over their time to
+    /// finish, mean over them), in the order the regions first appear among the workers.
+    pub fn region_utilization(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64, f64)> = Vec::new();
+        for w in &self.workers {
+            let u =
+                if w.finished_seconds > 0.0 { w.compute_seconds / w.finished_seconds } else { 0.0 };
+            match out.iter_mut().find(|(r, ..)| *r == w.region) {
+                Some((_, sum, n)) => {
+                    *sum += u;
+                    *n += 1.0;
+                }
+                None => out.push((w.region.clone(), u, 1.0)),
+            }
+        }
+        out.into_iter().map(|(r, sum, n)| (r, sum / n)).collect()
     }
 }
 

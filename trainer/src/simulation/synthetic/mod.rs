@@ -71,6 +71,7 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     let mut summary = SimSummary {
         network: setup.network.clone(),
         links: setup.links.clone(),
+        uneven_compute: !setup.topology.uniform_speed(),
         chaos: None,
         workers: args.workers,
         steps: setup.steps,
@@ -308,10 +309,12 @@ async fn simulate_async(
     for (index, region) in setup.placement.iter().enumerate() {
         let node = worker::join(&ctx, index, region).await?;
         display.joined();
+        let pace = meridian_simulate::Pace::of(&setup.topology, region, seed, index as u64);
         tasks.push(tokio::task::spawn_local(worker::live(
             ctx.clone(),
             index,
             region.clone(),
+            pace,
             node,
         )));
     }

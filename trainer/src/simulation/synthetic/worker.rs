@@ -155,6 +155,7 @@ pub async fn live(
     ctx: Rc<Ctx>,
     index: usize,
     region: String,
+    pace: meridian_simulate::Pace,
     mut node: WorkerNode,
 ) -> Result<Outcome> {
     let me = node.member();
@@ -163,8 +164,9 @@ pub async fn live(
     let mut round = 0u64;
     let mut in_flight: Option<(u64, u64, Phase)> = None;
     for step in 0..ctx.steps {
-        tokio::time::sleep(ctx.step_time).await;
-        compute += ctx.step_time;
+        let step_time = pace.step(ctx.step_time, step);
+        tokio::time::sleep(step_time).await;
+        compute += step_time;
         for phase in PHASES {
             if let Some((r, at, p)) = in_flight {
                 if (at, p) == (step, phase) {
