@@ -158,7 +158,14 @@ impl AlgoConfig {
         fields: toml::Table,
         overrides: &[(String, String)],
     ) -> Result<Self> {
-        let c = parse_fields(Self::default_for(algorithm).settings(), fields, overrides)?;
+        let given = fields.contains_key("overlap") || overrides.iter().any(|(k, _)| k == "overlap");
+        let mut c = parse_fields(Self::default_for(algorithm).settings(), fields, overrides)?;
+        if let (AlgoConfig::Streaming(s), false) = (&mut c, given) {
+            // Streaming DiLoCo's default τ (5) assumes the default H; with fewer steps per
+            // fragment it takes the largest τ the schedule allows instead of being refused.
+            let most = s.inner_steps.saturating_sub(1) / s.fragments.max(1);
+            s.overlap = s.overlap.min(most);
+        }
         c.validate()?;
         Ok(c)
     }

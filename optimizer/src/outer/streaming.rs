@@ -93,7 +93,8 @@ algo_config! {
         /// Number of fragments (F), 1 ≤ F ≤ H and at most the number of tensors.
         pub fragments: u64,
         /// Inner steps between a fragment's launch and its landing (τ): the exchange runs
-        /// while they compute. τ < H/F, so a round lands before the next one launches.
+        /// while they compute. τ < H/F, so a round lands before the next one launches;
+        /// left unset, 5 or the largest τ below H/F, whichever is smaller.
         pub overlap: u64,
         /// Weight α of the local parameters in the merge, in [0, 1]: 0 adopts the global
         /// fragment as DiLoCo does, 1 ignores it.

@@ -381,3 +381,29 @@ fn fp4_values_travel_as_fp4_with_int4s_bytes() {
     }
     assert_eq!(sizes[0], sizes[1]);
 }
+
+#[test]
+fn the_default_tau_fits_a_short_schedule_and_a_given_one_is_checked() {
+    use crate::config::AlgoConfig;
+    let parts = |sets: &[(&str, &str)]| {
+        let sets: Vec<(String, String)> =
+            sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        AlgoConfig::from_parts(Algorithm::Streaming, toml::Table::new(), &sets)
+    };
+    let tau = |c: AlgoConfig| match c {
+        AlgoConfig::Streaming(s) => s.overlap,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(tau(parts(&[]).unwrap()), 5);
+    // H = 10 in four fragments: exchanges 2 or 3 steps apart, so τ = 2 at most.
+    assert_eq!(tau(parts(&[("inner_steps", "10")]).unwrap()), 2);
+    assert_eq!(tau(parts(&[("inner_steps", "8"), ("fragments", "8")]).unwrap()), 0);
+    // Given explicitly, τ is the user's and out of range is an error naming the limit.
+    assert_eq!(tau(parts(&[("inner_steps", "10"), ("overlap", "1")]).unwrap()), 1);
+    let e = parts(&[("inner_steps", "10"), ("overlap", "5")]).unwrap_err().to_string();
+    assert!(e.contains("streaming.overlap = 5") && e.contains("at most 2"), "{e}");
+    let mut table = toml::Table::new();
+    table.insert("inner_steps".into(), toml::Value::Integer(10));
+    table.insert("overlap".into(), toml::Value::Integer(5));
+    assert!(AlgoConfig::from_parts(Algorithm::Streaming, table, &[]).is_err());
+}
