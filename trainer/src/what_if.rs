@@ -283,8 +283,12 @@ pub struct Estimate {
 /// Payload bytes per parameter and steps per round of `algo`, from its real encoder on a
 /// synthetic transformer block.
 pub fn measure(algo: &AlgoConfig) -> Result<(f64, f64)> {
+    measure_random(algo).map(|m| (m.bytes_per_param, m.steps_per_round))
+}
+
+/// [`measure_on`] random normal parameters.
+fn measure_random(algo: &AlgoConfig) -> Result<Measured> {
     measure_on(algo, |shape| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)))
-        .map(|m| (m.bytes_per_param, m.steps_per_round))
 }
 
 /// What [`measure_on`] finds on the real encoder.
@@ -482,7 +486,7 @@ fn estimate(network: &Network<'_>, args: &WhatIfArgs, algo: &AlgoConfig) -> Resu
             algo.algorithm()
         );
     }
-    let m = measure_on(algo, |shape| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)))?;
+    let m = measure_random(algo)?;
     let (bytes_per_param, h) = (m.bytes_per_param, m.steps_per_round);
     let payload = bytes_per_param * args.params;
     let round = network.round(args.route, payload)?;

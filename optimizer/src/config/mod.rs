@@ -163,8 +163,7 @@ impl AlgoConfig {
         if let (AlgoConfig::Streaming(s), false) = (&mut c, given) {
             // Streaming DiLoCo's default τ (5) assumes the default H; with fewer steps per
             // fragment it takes the largest τ the schedule allows instead of being refused.
-            let most = s.inner_steps.saturating_sub(1) / s.fragments.max(1);
-            s.overlap = s.overlap.min(most);
+            s.overlap = s.overlap.min(s.max_overlap());
         }
         c.validate()?;
         Ok(c)

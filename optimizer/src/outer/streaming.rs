@@ -165,7 +165,7 @@ impl AlgoSettings for StreamingConfig {
         check_overlap(
             "streaming",
             self.overlap,
-            (self.inner_steps - 1) / self.fragments,
+            self.max_overlap(),
             &format!(
                 "below H/F = {}/{}, so each fragment's round lands before the next one launches",
                 self.inner_steps, self.fragments
@@ -233,6 +233,12 @@ impl StreamingConfig {
         let pos = (step % h + 1) % h;
         let want = (h - pos) % h;
         (0..self.fragments as usize).find(|&p| self.offset(p) == want)
+    }
+
+    /// The largest τ the schedule allows: below H/F without rounding (τ·F < H), so each
+    /// fragment's round lands before the next one launches.
+    pub fn max_overlap(&self) -> u64 {
+        self.inner_steps.saturating_sub(1) / self.fragments.max(1)
     }
 
     /// The fragment round `round` carries: `F − 1 − (round mod F)`, the order in which
