@@ -169,7 +169,13 @@ fn write_seeds(dir: &std::path::Path) {
             write(format!("direct-compressed-{c}-{t}"), 8 | c as u8 | (t as u8) << 4, &body);
             segments.push(Segment::encoded(t as u32, shape, Encoding::Compressed, body));
         }
-        let p = Payload { algorithm: Algorithm::Sparseloco, round: c as u64, worker: 1, segments };
+        let p = Payload {
+            algorithm: Algorithm::Sparseloco,
+            round: c as u64,
+            worker: 1,
+            effort: Default::default(),
+            segments,
+        };
         write(format!("payload-compressed-{c}"), c as u8, &p.encode());
     }
     let quants = [QuantConfig::int8(), QuantConfig::sign_1bit(), QuantConfig::sparseloco_2bit()];
@@ -183,7 +189,13 @@ fn write_seeds(dir: &std::path::Path) {
             write(format!("direct-quantized-{k}-{t}"), 8 | (t as u8) << 4, &body);
             segments.push(Segment::encoded(t as u32, shape, Encoding::Quantized, body));
         }
-        let p = Payload { algorithm: Algorithm::Diloco, round: 3, worker: 0, segments };
+        let p = Payload {
+            algorithm: Algorithm::Diloco,
+            round: 3,
+            worker: 0,
+            effort: Default::default(),
+            segments,
+        };
         write(format!("payload-quantized-{k}"), 0, &p.encode());
     }
     for bf16 in [false, true] {
@@ -195,7 +207,13 @@ fn write_seeds(dir: &std::path::Path) {
                 Segment::dense(t as u32, shape, &values, bf16)
             })
             .collect();
-        let p = Payload { algorithm: Algorithm::Ddp, round: 0, worker: 2, segments };
+        let p = Payload {
+            algorithm: Algorithm::Ddp,
+            round: 0,
+            worker: 2,
+            effort: Default::default(),
+            segments,
+        };
         write(format!("payload-dense-bf16-{bf16}"), 0, &p.encode());
     }
     // A payload carrying only some tensors (Streaming DiLoCo sends fragments).
@@ -204,6 +222,7 @@ fn write_seeds(dir: &std::path::Path) {
         algorithm: Algorithm::Streaming,
         round: 9,
         worker: 3,
+        effort: Default::default(),
         segments: vec![Segment::dense(1, &shapes[1], &values, false)],
     };
     write("payload-fragment".into(), 0, &p.encode());

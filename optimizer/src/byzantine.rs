@@ -136,6 +136,9 @@ impl OuterOptimizer for Byzantine {
     fn overlap(&self) -> u64 {
         self.inner.overlap()
     }
+    fn balance(&self) -> bool {
+        self.inner.balance()
+    }
     fn divergence_suspects(&self) -> Vec<crate::divergence::Suspect> {
         self.inner.divergence_suspects()
     }

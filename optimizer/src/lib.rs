@@ -33,6 +33,7 @@
 pub mod algorithm;
 #[cfg(test)]
 mod attacks;
+pub mod balance;
 pub mod byzantine;
 pub mod config;
 pub mod device;

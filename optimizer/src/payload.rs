@@ -5,10 +5,12 @@
 //! # Byte layout (little-endian)
 //! ```text
 //! b"MRDP"             magic
-//! u16  version        (1)
+//! u16  version        (2)
 //! u8   algorithm tag  (see Algorithm::tag)
 //! u64  round
 //! u32  worker
+//! u32  steps          (inner steps the sender trained for the round; see Effort)
+//! u32  step_micros    (its mean inner-step time, µs; 0 = not measured)
 //! u32  segment count
 //! per segment, tensor indices strictly increasing:
 //!   u32 tensor index  (position in the model's canonical parameter order)
@@ -26,7 +28,7 @@ use crate::rejection::Rejection;
 
 const MAGIC: &[u8; 4] = b"MRDP";
 /// The payload format version this build reads and writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// How a segment's body encodes its tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +151,22 @@ pub struct Payload {
     pub round: u64,
     /// The sender's member id.
     pub worker: u32,
+    /// What the sender trained for this round, and how fast.
+    pub effort: Effort,
     /// One segment per tensor sent, tensor indices strictly increasing.
     pub segments: Vec<Segment>,
+}
+
+/// What a sender trained for the round its payload belongs to: its weight in a balanced
+/// mean, and the pace the balancing of the next rounds is sized by (see `crate::balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Effort {
+    /// Inner steps it trained since its previous round launched. Every worker of a run
+    /// steps the same batch, so this counts its tokens in units of one step's.
+    pub steps: u32,
+    /// Its mean compute time per trained inner step over those steps, in microseconds;
+    /// 0 when it did not measure one.
+    pub step_micros: u32,
 }
 
 /// Round-to-nearest-even conversion to bfloat16 (inputs are finite), saturating: a finite
@@ -173,7 +189,7 @@ pub fn bf16_to_f32(v: u16) -> f32 {
     f32::from_bits(u32::from(v) << 16)
 }
 
-const HEADER_LEN: usize = 4 + 2 + 1 + 8 + 4 + 4;
+const HEADER_LEN: usize = 4 + 2 + 1 + 8 + 4 + 4 + 4 + 4;
 
 impl Payload {
     /// Checks that the payload carries exactly the tensors `expected` (every tensor of the
@@ -233,6 +249,8 @@ impl Payload {
         out.push(self.algorithm.tag());
         out.extend_from_slice(&self.round.to_le_bytes());
         out.extend_from_slice(&self.worker.to_le_bytes());
+        out.extend_from_slice(&self.effort.steps.to_le_bytes());
+        out.extend_from_slice(&self.effort.step_micros.to_le_bytes());
         out.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
         for s in &self.segments {
             out.extend_from_slice(&s.tensor.to_le_bytes());
@@ -268,6 +286,7 @@ impl Payload {
         let worker = r.u32().map_err(cut)?;
         let bad = |reason: String| OptimizerError::InvalidPayload { worker, reason };
         let cut = |e: Truncated| bad(e.to_string());
+        let effort = Effort { steps: r.u32().map_err(cut)?, step_micros: r.u32().map_err(cut)? };
         let count = r.u32().map_err(cut)? as usize;
         if count > shapes.len() {
             return Err(bad(format!("{count} segments for a model of {} tensors", shapes.len())));
@@ -308,7 +327,7 @@ impl Payload {
         if r.at != bytes.len() {
             return Err(bad(format!("{} trailing bytes", bytes.len() - r.at)));
         }
-        Ok(Self { algorithm, round, worker, segments })
+        Ok(Self { algorithm, round, worker, effort, segments })
     }
 }
 
@@ -370,6 +389,7 @@ mod tests {
             algorithm: Algorithm::Diloco,
             round: 7,
             worker: 3,
+            effort: Effort { steps: 30, step_micros: 250_000 },
             segments: vec![
                 Segment::dense(0, &[2, 3], &[1.0, -2.0, 3.5, 0.0, 1e-3, 7.0], false),
                 Segment::dense(1, &[4], &[1.0, 2.0, 3.0, 4.0], true),
@@ -423,7 +443,7 @@ mod tests {
             assert!(e.contains(what), "{what}: got {e}");
         };
         reject(&|b| b[0] = b'X', "magic");
-        reject(&|b| b[4] = 2, "version");
+        reject(&|b| b[4] = 1, "version");
         reject(&|b| b[6] = 99, "algorithm");
         reject(&|b| b.push(0), "trailing");
         // First segment's shape: dims start after index (4), encoding (1), rank (1).
@@ -452,7 +472,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Payload::decode(&bytes, &shapes());
-            let mut with_magic = b"MRDP\x01\x00".to_vec();
+            let mut with_magic = b"MRDP\x02\x00".to_vec();
             with_magic.extend_from_slice(&bytes);
             let _ = Payload::decode(&with_magic, &shapes());
         }

@@ -343,7 +343,13 @@ mod tests {
             segments.push(dense_segment(i as u32, shape, &v, transport).unwrap());
             values.push(v);
         }
-        let p = Payload { algorithm: Algorithm::Diloco, round: 3, worker, segments };
+        let p = Payload {
+            algorithm: Algorithm::Diloco,
+            round: 3,
+            worker,
+            effort: Default::default(),
+            segments,
+        };
         (p.encode(), values)
     }
 

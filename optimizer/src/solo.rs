@@ -13,6 +13,7 @@
 //! applies the round τ inner steps later at the same phase ([`Exchange::collect`]); the
 //! round is then [`InFlight`].
 
+use crate::balance::Balance;
 use crate::divergence::{self, Place};
 use crate::error::{OptimizerError, Result};
 use crate::outer::{OuterOptimizer, Phase};
@@ -99,7 +100,10 @@ pub struct SoloExchange {
 pub struct SoloStep {
     /// Inner step index (from 0).
     pub step: u64,
-    /// Training loss.
+    /// Whether the step trained: a balanced worker skips the steps its pace leaves out
+    /// ([`crate::balance`]); a skipped step only exchanges, where an exchange falls.
+    pub trained: bool,
+    /// Training loss (NaN for a skipped step).
     pub loss: f64,
     /// Exchanges during this step.
     pub exchanges: Vec<SoloExchange>,
@@ -118,6 +122,7 @@ pub struct SoloWorker<S> {
     step: u64,
     round: u64,
     in_flight: Option<InFlight>,
+    balance: Balance,
 }
 
 impl<S: TrainStep> SoloWorker<S> {
@@ -130,7 +135,8 @@ impl<S: TrainStep> SoloWorker<S> {
         let params = ParamSet::new(train.parameters())?;
         let outer = make_outer(&params)?;
         train.driven_by(outer.algorithm(), outer.divergence_suspects());
-        Ok(Self { id, train, params, outer, step: 0, round: 0, in_flight: None })
+        let balance = Balance::new(outer.balance());
+        Ok(Self { id, train, params, outer, step: 0, round: 0, in_flight: None, balance })
     }
 
     /// Inner steps done.
@@ -148,6 +154,23 @@ impl<S: TrainStep> SoloWorker<S> {
         self.in_flight
     }
 
+    /// Whether the next inner step trains (a balanced worker skips some; see
+    /// [`crate::balance`]): a driver that charges compute charges only these.
+    pub fn trains_next(&self) -> bool {
+        self.balance.trains(self.step)
+    }
+
+    /// The share of inner steps this worker trains (1 unless balanced and slower).
+    pub fn duty(&self) -> f64 {
+        self.balance.duty()
+    }
+
+    /// The compute time of the step just trained, as the driver measured or charged it:
+    /// the pace a balanced run sizes its workers' shares by.
+    pub fn step_took(&mut self, seconds: f64) {
+        self.balance.timed(seconds);
+    }
+
     /// Sets the progress counters (after restoring state from a checkpoint or a peer):
     /// `step` inner steps and `round` rounds applied, and the round in flight then, which
     /// must be round `round` (rounds land in order).
@@ -155,6 +178,9 @@ impl<S: TrainStep> SoloWorker<S> {
         self.step = step;
         self.round = round;
         self.in_flight = None;
+        // The pace is measured afresh from here on; until its first round lands, this
+        // worker trains every step.
+        self.balance = Balance::new(self.outer.balance());
     }
 
     /// [`SoloWorker::resume_at`] with a round in flight, which must be round `round` and
@@ -186,19 +212,24 @@ impl<S: TrainStep> SoloWorker<S> {
     /// parameters that turn non-finite stop the worker ([`crate::divergence`]).
     pub fn step(&mut self, net: &mut dyn Exchange) -> Result<SoloStep> {
         let step = self.step;
-        let loss = self
-            .train
-            .forward_backward()
-            .and_then(|l| divergence::check_loss(l).map(|()| l))
-            .map_err(|e| self.placed(e, self.round))?;
+        let trained = self.trains_next();
+        let loss = if trained {
+            self.train
+                .forward_backward()
+                .and_then(|l| divergence::check_loss(l).map(|()| l))
+                .map_err(|e| self.placed(e, self.round))?
+        } else {
+            f64::NAN
+        };
         let mut exchanges = Vec::new();
         self.exchange_point(Phase::AfterBackward, net, &mut exchanges)?;
-        if self.outer.runs_inner_optimizer() {
+        if trained && self.outer.runs_inner_optimizer() {
             self.train.inner_step().map_err(|e| self.placed(e, self.round))?;
         }
+        self.balance.stepped(trained);
         self.exchange_point(Phase::AfterInnerStep, net, &mut exchanges)?;
         self.step += 1;
-        Ok(SoloStep { step, loss, exchanges })
+        Ok(SoloStep { step, trained, loss, exchanges })
     }
 
     /// Lands the round in flight now, wherever its landing was due: how a run ends, so that
@@ -238,11 +269,10 @@ impl<S: TrainStep> SoloWorker<S> {
             )));
         }
         let round = self.round;
-        let mine = self
-            .outer
-            .prepare(&self.params, round, self.id)
-            .map_err(|e| self.placed(e, round))?
-            .encode();
+        let mut payload =
+            self.outer.prepare(&self.params, round, self.id).map_err(|e| self.placed(e, round))?;
+        payload.effort = self.balance.launch();
+        let mine = payload.encode();
         let sent = mine.len();
         let overlap = self.outer.overlap();
         if overlap > 0 {
@@ -392,6 +422,12 @@ impl<S: TrainStep> SoloWorker<S> {
         // Every replica holds these parameters (but for Streaming DiLoCo's unsynced
         // fragments): all of them stop here, or none.
         divergence::check_params(&self.params).map_err(|e| self.placed(e, round))?;
+        let efforts: Vec<_> = payloads
+            .iter()
+            .filter(|p| report.applied.contains(&p.worker))
+            .map(|p| p.effort)
+            .collect();
+        self.balance.landed(&efforts);
         rejected.extend(report.rejected);
         self.round += 1;
         Ok(SoloExchange {
@@ -489,6 +525,61 @@ mod tests {
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn balanced_workers_train_a_share_sized_to_their_pace_and_stay_identical() {
+        // Worker 2 steps at half the others' pace; replicas agree after every round.
+        for algo in [Algorithm::Diloco, Algorithm::Sparseloco, Algorithm::Streaming] {
+            let mut sets =
+                vec![("inner_steps".into(), "4".into()), ("balance".into(), "true".into())];
+            if algo == Algorithm::Streaming {
+                sets.extend([("fragments".into(), "2".into()), ("overlap".into(), "1".into())]);
+            }
+            let cfg = AlgoConfig::from_parts(algo, toml::Table::new(), &sets).unwrap();
+            let board = Arc::new(Board {
+                slots: Mutex::new(vec![None; 3]),
+                arrived: Barrier::new(3),
+                taken: Barrier::new(3),
+                drop_member_in_round: None,
+            });
+            let handles: Vec<_> = (0..3u32)
+                .map(|id| {
+                    let (board, cfg) = (board.clone(), cfg.clone());
+                    std::thread::spawn(move || {
+                        tch::set_num_threads(1);
+                        let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
+                        let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
+                        let mut seat = Seat { id, board };
+                        let (mut hashes, mut trained) = (Vec::new(), 0);
+                        for _ in 0..16 {
+                            let s = w.step(&mut seat).unwrap();
+                            if s.trained {
+                                trained += 1;
+                                w.step_took(if id == 2 { 2.0 } else { 1.0 });
+                            } else {
+                                assert!(s.loss.is_nan(), "a skipped step reports no loss");
+                            }
+                            hashes.extend(s.exchanges.iter().map(|x| x.hash));
+                        }
+                        if let Some(x) = w.land_now(&mut seat).unwrap() {
+                            hashes.push(x.hash);
+                        }
+                        (hashes, trained, w.duty())
+                    })
+                })
+                .collect();
+            let runs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(runs.windows(2).all(|r| r[0].0 == r[1].0), "{algo}: replicas differ");
+            assert!(!runs[0].0.is_empty());
+            assert_eq!((runs[0].1, runs[0].2), (16, 1.0), "{algo}: a fast worker trains all");
+            assert_eq!(runs[2].2, 0.5, "{algo}");
+            // Until the first round landed it trained every step at 2 s, falling behind;
+            // then it trained less to catch up, and every other step after. Over the run its
+            // compute is the fast workers' 16 s, within one of its steps.
+            let slow = runs[2].1 as f64 * 2.0;
+            assert!((slow - 16.0).abs() <= 2.0, "{algo}: {} steps trained", runs[2].1);
+        }
     }
 
     fn config(algo: Algorithm) -> AlgoConfig {

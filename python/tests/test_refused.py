@@ -42,6 +42,14 @@ def test_a_worker_with_other_settings_is_refused_naming_the_setting(run):
     other.close()
 
 
+def test_balancing_is_refused_for_a_wrapped_program_saying_why(run):
+    # A wrapped script computes each step before handing it over: skipping it saves nothing.
+    with pytest.raises(meridian.MeridianError) as e:
+        optimizer(net(), run.join, "balanced", config={"outer_lr": 0.7, "balance": True})
+    text = str(e.value)
+    assert "balance = true" in text and "wrapped program" in text, text
+
+
 def test_a_wrong_secret_is_refused(run):
     join = run.join
     secret = join[join.index("secret=") + len("secret="):][:64]

@@ -34,7 +34,7 @@ impl Pace {
     /// Worker `worker`'s pace in `region` of `topology`, in the run of `seed`.
     pub fn of(topology: &Topology, region: &str, seed: u64, worker: u64) -> Pace {
         Pace {
-            scale: 1.0 / topology.speed(region),
+            scale: 1.0 / topology.speed_of(region, worker as usize),
             jitter: topology.speed_jitter(),
             seed: derive_seed(&[seed, 0x7061_6365, worker]),
         }

@@ -26,6 +26,7 @@ use crate::units::Dur;
 /// workers = ["eu-west", "us-east"]    # optional: explicit placement of worker i
 /// speed = { eu-west = 0.5 }           # optional: compute speed against the stated step
 ///                                     # time (0.5: steps take twice as long); default 1
+/// worker_speed = { 7 = 0.5 }          # optional: worker 7's speed, over its region's
 /// speed_jitter = 0.05                 # optional: each step off by up to 5% either way
 ///
 /// [intra]                             # inside every region (default: the `lan` link)
@@ -53,6 +54,8 @@ pub struct Topology {
     workers: Option<Vec<String>>,
     links: BTreeMap<(String, String), LinkSpec>,
     speed: BTreeMap<String, f64>,
+    /// Per worker index, over its region's speed.
+    worker_speed: BTreeMap<usize, f64>,
     speed_jitter: f64,
 }
 
@@ -74,6 +77,8 @@ struct TopologyToml {
     workers: Option<Vec<String>>,
     #[serde(default)]
     speed: BTreeMap<String, f64>,
+    #[serde(default)]
+    worker_speed: BTreeMap<String, f64>,
     #[serde(default)]
     speed_jitter: f64,
     intra: Option<LinkSpec>,
@@ -102,6 +107,7 @@ impl Topology {
             workers: None,
             links: BTreeMap::new(),
             speed: BTreeMap::new(),
+            worker_speed: BTreeMap::new(),
             speed_jitter: 0.0,
         }
     }
@@ -145,6 +151,13 @@ impl Topology {
         topo.capacity = t.capacity;
         topo.workers = t.workers;
         topo.speed = t.speed;
+        for (key, speed) in t.worker_speed {
+            let worker = key.trim().parse().map_err(|_| SimError::InvalidValue {
+                field: format!("worker_speed key {key:?}"),
+                reason: "keys are worker indices (0, 1, ...)".into(),
+            })?;
+            topo.worker_speed.insert(worker, speed);
+        }
         topo.speed_jitter = t.speed_jitter;
         let mut given = BTreeMap::new();
         for (key, spec) in t.links {
@@ -229,6 +242,18 @@ impl Topology {
         self.speed.insert(region.to_string(), speed);
     }
 
+    /// Sets worker `worker`'s compute speed, over its region's (one slow machine in a
+    /// region of fast ones). Checked by [`validate`](Self::validate).
+    pub fn set_worker_speed(&mut self, worker: usize, speed: f64) {
+        self.worker_speed.insert(worker, speed);
+    }
+
+    /// Worker `worker`'s compute speed, placed in `region`: its own if set, else the
+    /// region's.
+    pub fn speed_of(&self, region: &str, worker: usize) -> f64 {
+        self.worker_speed.get(&worker).copied().unwrap_or_else(|| self.speed(region))
+    }
+
     /// Sets how far each step's time may stray from its region's, as a fraction either way.
     /// Checked by [`validate`](Self::validate).
     pub fn set_speed_jitter(&mut self, jitter: f64) {
@@ -245,9 +270,10 @@ impl Topology {
         self.speed_jitter
     }
 
-    /// Whether every region computes at the stated speed, without jitter.
+    /// Whether every region and worker computes at the stated speed, without jitter.
     pub fn uniform_speed(&self) -> bool {
-        self.speed.values().all(|&s| s == 1.0) && self.speed_jitter == 0.0
+        self.speed.values().chain(self.worker_speed.values()).all(|&s| s == 1.0)
+            && self.speed_jitter == 0.0
     }
 
     /// Places worker i in `regions[i]` instead of round-robin.
@@ -305,6 +331,17 @@ impl Topology {
                     field: format!("speed of {region}"),
                     reason: format!(
                         "{speed} is out of range: a region computes between {slowest} and \
+                         {fastest} times the stated speed"
+                    ),
+                });
+            }
+        }
+        for (worker, &speed) in &self.worker_speed {
+            if !(speed.is_finite() && (slowest..=fastest).contains(&speed)) {
+                return Err(SimError::InvalidValue {
+                    field: format!("speed of worker {worker}"),
+                    reason: format!(
+                        "{speed} is out of range: a worker computes between {slowest} and \
                          {fastest} times the stated speed"
                     ),
                 });
@@ -405,6 +442,11 @@ impl Topology {
                 speeds.join(", "),
                 self.speed_jitter * 100.0
             );
+            if !self.worker_speed.is_empty() {
+                let workers: Vec<String> =
+                    self.worker_speed.iter().map(|(w, s)| format!("worker {w} {s}")).collect();
+                let _ = writeln!(out, "  over its region's: {}", workers.join(", "));
+            }
         }
         out
     }

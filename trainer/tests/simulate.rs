@@ -395,7 +395,7 @@ fn every_chaos_scenario_keeps_replicas_identical(name: &str, args: &[&str]) {
 }
 
 #[test]
-fn a_slow_region_steps_slower_and_the_others_wait_for_it_at_every_round() {
+fn a_slow_region_steps_slower_and_the_others_wait_for_it_unless_balanced() {
     // ap-southeast's accelerator at half speed: its steps take twice the stated time, and
     // with blocking rounds the other regions wait for its payload every round.
     let out = scratch("speed");
@@ -424,6 +424,25 @@ fn a_slow_region_steps_slower_and_the_others_wait_for_it_at_every_round() {
     assert_eq!(compute("ap-southeast"), vec![10.0]);
     assert!(utilization("us-east") < 0.6, "{}", utilization("us-east"));
     assert!(utilization("ap-southeast") > utilization("us-east") + 0.3);
+    let waiting = utilization("us-east");
+
+    // Balanced: until the first round lands (H = 10) the slow site trains every step, 2.5 s
+    // behind the others; it then skips steps to catch up (all of the second round's, here),
+    // so the others wait less; replicas stay identical.
+    let balanced = scratch("speed-balanced");
+    let (ok, stdout, stderr) =
+        simulate(&balanced, &[&args[..], &["--set", "diloco.balance=true"]].concat());
+    assert!(ok, "{stdout}\n{stderr}");
+    let b = &summary(&balanced)["algorithms"][0];
+    assert_eq!(b["replicas_identical"], true, "{b}");
+    let workers = b["workers"].as_array().unwrap();
+    let of = |region: &str| workers.iter().find(|w| w["region"] == region).unwrap();
+    let seconds = |region: &str, key: &str| of(region)[key].as_f64().unwrap();
+    // 10 steps at 500 ms, then none of the next 10.
+    assert_eq!(seconds("ap-southeast", "compute_seconds"), 5.0);
+    assert_eq!(seconds("us-east", "compute_seconds"), 5.0);
+    let busy = seconds("us-east", "compute_seconds") / seconds("us-east", "finished_seconds");
+    assert!(busy > waiting + 0.05, "balanced {busy} against {waiting}");
     // A malformed or out-of-range speed is refused before anything runs.
     for (bad, says) in
         [("ap-southeast", "REGION=FACTOR"), ("mars=0.5", "mars"), ("us-east=0", "speed of us-east")]

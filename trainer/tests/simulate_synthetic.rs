@@ -132,6 +132,48 @@ fn overlap_raises_compute_utilization() {
 }
 
 #[test]
+fn a_balanced_slow_worker_trains_a_share_that_keeps_it_in_step() {
+    // Worker 1 of 2 at half speed. Unbalanced, it computes 40 s to the other's 20 and the
+    // run takes twice as long. Balanced, it trains every step of the first round (10 s
+    // late), skips the next round's to catch up, then every other step: its compute ends
+    // within a round's skipped share of the other's, and the run as long as the fast one.
+    let compute = |name: &str, balance: &str| {
+        let s = run(
+            name,
+            &[
+                "--params",
+                "1e5",
+                "--algos",
+                "diloco",
+                "--steps",
+                "40",
+                "--step-time",
+                "500ms",
+                "--worker-speed",
+                "1=0.5",
+                "--set",
+                "inner_steps=10",
+                "--set",
+                "overlap=2",
+                "--set",
+                balance,
+            ],
+        );
+        let a = &s["algorithms"][0];
+        assert_eq!(a["replicas_identical"], true, "{a}");
+        let workers = a["workers"].as_array().unwrap();
+        let of = |i: usize, key: &str| workers[i][key].as_f64().unwrap();
+        (of(0, "compute_seconds"), of(1, "compute_seconds"), of(0, "finished_seconds"))
+    };
+    let (fast, slow, unbalanced_end) = compute("unbalanced", "balance=false");
+    assert_eq!((fast, slow), (20.0, 40.0));
+    let (fast, slow, balanced_end) = compute("balanced", "balance=true");
+    assert_eq!(fast, 20.0);
+    assert!((slow - fast).abs() <= 2.0, "the slow worker computed {slow} s to {fast}");
+    assert!(balanced_end < 0.75 * unbalanced_end, "{balanced_end} s against {unbalanced_end}");
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_setting_and_the_limit() {
     let refused = |args: &[&str]| {
         let out = common::scratch("synthetic", "bad");

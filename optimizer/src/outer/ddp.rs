@@ -148,7 +148,13 @@ impl OuterOptimizer for Ddp {
             })??;
             segments.push(seg);
         }
-        Ok(Payload { algorithm: Algorithm::Ddp, round, worker, segments })
+        Ok(Payload {
+            algorithm: Algorithm::Ddp,
+            round,
+            worker,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     fn apply(
@@ -158,8 +164,9 @@ impl OuterOptimizer for Ddp {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let robust = &self.config.robust;
-        let received =
-            receive(Algorithm::Ddp, round, payloads, robust, |p, _| dense_gradients(p, params));
+        let received = receive(Algorithm::Ddp, round, payloads, robust, None, |p, _| {
+            dense_gradients(p, params)
+        });
         for (i, shape) in params.shapes().iter().enumerate() {
             // With nobody applied every replica writes zeros: the inner step then moves
             // every replica the same way (momentum only) instead of by its own gradient.
@@ -352,6 +359,7 @@ mod tests {
             algorithm: Algorithm::Ddp,
             round: 5,
             worker: 0,
+            effort: Default::default(),
             segments: vec![Segment::dense(0, &[2], &[0.0, 0.0], false)],
         };
         let mut nan = good.clone();
@@ -402,6 +410,7 @@ mod tests {
                 algorithm: Algorithm::Ddp,
                 round: 0,
                 worker: w as u32,
+                effort: Default::default(),
                 segments: vec![Segment::dense(0, &[2], g, false)],
             })
             .collect();

@@ -307,7 +307,13 @@ impl OuterOptimizer for Demo {
                 out.bytes,
             ));
         }
-        Ok(Payload { algorithm: Algorithm::Demo, round, worker, segments })
+        Ok(Payload {
+            algorithm: Algorithm::Demo,
+            round,
+            worker,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     fn apply(
@@ -317,7 +323,7 @@ impl OuterOptimizer for Demo {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let received =
-            receive(Algorithm::Demo, round, payloads, &self.config.robust, |p, admitted| {
+            receive(Algorithm::Demo, round, payloads, &self.config.robust, None, |p, admitted| {
                 // The admitted set is the same on every replica, so is this bound.
                 let limit = f32::MAX / admitted.max(1) as f32;
                 self.decode(p, params, limit)
@@ -550,7 +556,13 @@ mod tests {
                 shape: vec![128, 64],
                 body: out.bytes,
             }];
-            payloads.push(Payload { algorithm: Algorithm::Demo, round: 0, worker: w, segments });
+            payloads.push(Payload {
+                algorithm: Algorithm::Demo,
+                round: 0,
+                worker: w,
+                effort: Default::default(),
+                segments,
+            });
             let xt = Tensor::from_slice(&x).reshape([128, 64]);
             members.push(demo_encode_reference(&tiling, &xt, 32).unwrap());
         }
@@ -594,7 +606,13 @@ mod tests {
                     common.iter().zip(&own).map(|(c, o)| (c + 0.5 * o) * scale).collect();
                 let body = comp.compress(&x).unwrap().bytes;
                 let segments = vec![Segment::encoded(0, &shape, Encoding::Compressed, body)];
-                Payload { algorithm: Algorithm::Demo, round: 0, worker: w, segments }
+                Payload {
+                    algorithm: Algorithm::Demo,
+                    round: 0,
+                    worker: w,
+                    effort: Default::default(),
+                    segments,
+                }
             })
             .collect();
         let report = demo.apply(&params, 0, &payloads).unwrap();

@@ -59,6 +59,11 @@ algo_config! {
         /// at every exchange): the round lands this many steps after its launch, keeping
         /// the local progress made meanwhile (see `outer::overlap`).
         pub overlap: u64,
+        /// Sites of different speeds: a slow worker trains only a share of the inner steps,
+        /// sized to its pace, so that rounds close together, and each member's update counts
+        /// by the steps it trained (see `balance`). Off by default (every worker trains every
+        /// step and the mean is plain); rules out the ring topology, whose sums carry no weights.
+        pub balance: bool,
     }
 }
 
@@ -72,6 +77,7 @@ impl Default for DilocoConfig {
             nesterov: true,
             transport: Transport::F32,
             overlap: 0,
+            balance: false,
             robust: Robust::default(),
         }
     }
@@ -295,11 +301,21 @@ impl OuterOptimizer for Diloco {
             segments.push(seg);
         }
         self.drift.launch(params, self.config.overlap);
-        Ok(Payload { algorithm: Algorithm::Diloco, round, worker, segments })
+        Ok(Payload {
+            algorithm: Algorithm::Diloco,
+            round,
+            worker,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     fn overlap(&self) -> u64 {
         self.config.overlap
+    }
+
+    fn balance(&self) -> bool {
+        self.config.balance
     }
 
     fn apply(
@@ -309,7 +325,8 @@ impl OuterOptimizer for Diloco {
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
         let robust = &self.config.robust;
-        let received = receive(Algorithm::Diloco, round, payloads, robust, |p, _| {
+        let balance = self.config.balance.then_some(self.config.inner_steps);
+        let received = receive(Algorithm::Diloco, round, payloads, robust, balance, |p, _| {
             dense_payload_values(p, params)
         });
         if !received.members.is_empty() {
@@ -323,6 +340,9 @@ impl OuterOptimizer for Diloco {
     }
 
     fn ring(&self, params: &ParamSet) -> Option<DenseRing> {
+        if self.config.balance {
+            return None;
+        }
         DenseRing::for_mean(Algorithm::Diloco, &self.config.robust, params, self.config.transport)
     }
 
@@ -533,6 +553,7 @@ mod tests {
                 algorithm: Algorithm::Diloco,
                 round: 0,
                 worker: w as u32,
+                effort: Default::default(),
                 segments: vec![Segment::dense(0, &[2], v, false)],
             })
             .collect();
@@ -542,6 +563,37 @@ mod tests {
         let want = [2.5f32, 1.0].map(|m| -0.7 * 1.9 * m);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn balanced_rounds_weigh_each_member_by_the_steps_it_trained() {
+        // Δ 1.0 after 4 steps and Δ 4.0 after 2: the step-weighted mean is (4·1 + 2·4)/6 = 2,
+        // the plain one 2.5; plain SGD with lr 1 moves θ by exactly the mean.
+        let plain = DilocoConfig {
+            inner_steps: 4,
+            outer_lr: 1.0,
+            momentum: 0.0,
+            nesterov: false,
+            ..Default::default()
+        };
+        for (balance, want) in [(false, -2.5f32), (true, -2.0)] {
+            let params = ParamSet::new(vec![("w".into(), Tensor::from_slice(&[0.0f32]))]).unwrap();
+            let mut d = Diloco::new(DilocoConfig { balance, ..plain }, &params).unwrap();
+            assert_eq!(d.ring(&params).is_some(), !balance, "a ring's sums carry no weights");
+            let payloads: Vec<Payload> = [(1.0f32, 4), (4.0, 2)]
+                .iter()
+                .enumerate()
+                .map(|(w, &(v, steps))| Payload {
+                    algorithm: Algorithm::Diloco,
+                    round: 0,
+                    worker: w as u32,
+                    effort: crate::payload::Effort { steps, step_micros: 0 },
+                    segments: vec![Segment::dense(0, &[1], &[v], false)],
+                })
+                .collect();
+            d.apply(&params, 0, &payloads).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&params.tensors()[0]).unwrap(), vec![want]);
         }
     }
 

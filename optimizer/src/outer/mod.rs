@@ -90,6 +90,13 @@ pub trait OuterOptimizer {
         0
     }
 
+    /// Whether the algorithm's `balance` setting is on: a worker trains a share of the
+    /// inner steps sized to its pace, and members' updates count by the steps they trained
+    /// ([`crate::balance`]). Off by default, and for the algorithms that exchange every step.
+    fn balance(&self) -> bool {
+        false
+    }
+
     /// This worker's payload for `round`.
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload>;
 

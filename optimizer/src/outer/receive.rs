@@ -68,7 +68,9 @@ impl<T> Received<T> {
 }
 
 /// Takes `algorithm`'s `payloads` for `round` through the receive path: [`admit`], then
-/// `decode` on each admitted payload, then `robust`'s screening. `decode` gets the payload
+/// `decode` on each admitted payload, then `robust`'s screening, then, with `balance` (the
+/// steps a round spans, for an algorithm whose `balance` is on), the weighting by the steps
+/// each member trained ([`crate::balance::weigh`]). `decode` gets the payload
 /// and how many were admitted (the same on every replica, so a bound derived from it is
 /// too); a payload it refuses is rejected with its reason. The outcome does not depend on
 /// the order of `payloads`.
@@ -77,19 +79,29 @@ pub fn receive<T: MemberUpdate>(
     round: u64,
     payloads: &[Payload],
     robust: &Robust,
+    balance: Option<u64>,
     mut decode: impl FnMut(&Payload, usize) -> std::result::Result<T, Rejection>,
 ) -> Received<T> {
     let (admitted, mut rejected) = admit(algorithm, round, payloads);
     let count = admitted.len();
     let mut members = Vec::with_capacity(count);
+    let mut steps = BTreeMap::new();
     for p in admitted {
         match decode(p, count) {
-            Ok(v) => members.push((p.worker, v)),
+            Ok(v) => {
+                steps.insert(p.worker, p.effort.steps);
+                members.push((p.worker, v));
+            }
             Err(reason) => rejected.push((p.worker, reason)),
         }
     }
     rejection::sort(&mut rejected);
-    let members = robust.screen(members, &mut rejected);
+    let mut members = robust.screen(members, &mut rejected);
+    if let Some(span) = balance {
+        let trained: Vec<u32> =
+            members.iter().map(|(w, _)| steps.get(w).copied().unwrap_or(0)).collect();
+        crate::balance::weigh(&mut members, &trained, span);
+    }
     Received { members, rejected }
 }
 
@@ -153,7 +165,8 @@ mod tests {
     use crate::payload::Segment;
 
     fn p(worker: u32, round: u64, algorithm: Algorithm) -> Payload {
-        Payload { algorithm, round, worker, segments: vec![Segment::dense(0, &[1], &[1.0], false)] }
+        let segments = vec![Segment::dense(0, &[1], &[1.0], false)];
+        Payload { algorithm, round, worker, effort: Default::default(), segments }
     }
 
     #[test]

@@ -76,6 +76,11 @@ algo_config! {
         /// at every exchange): the round lands this many steps after its launch, keeping
         /// the local progress made meanwhile (see `outer::overlap`).
         pub overlap: u64,
+        /// Sites of different speeds: a slow worker trains only a share of the inner steps,
+        /// sized to its pace, so that rounds close together, and each member's update counts
+        /// by the steps it trained (see `balance`). Off by default (every worker trains every
+        /// step and the mean is plain); rules out the ring topology, whose sums carry no weights.
+        pub balance: bool,
     }
 }
 
@@ -92,6 +97,7 @@ impl Default for SparselocoConfig {
             value_levels: ValueLevels::SignLloyd,
             error_feedback: true,
             overlap: 0,
+            balance: false,
             robust: Robust::default(),
         }
     }
@@ -315,11 +321,21 @@ impl OuterOptimizer for Sparseloco {
             ));
         }
         self.drift.launch(params, self.config.overlap);
-        Ok(Payload { algorithm: Algorithm::Sparseloco, round, worker, segments })
+        Ok(Payload {
+            algorithm: Algorithm::Sparseloco,
+            round,
+            worker,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     fn overlap(&self) -> u64 {
         self.config.overlap
+    }
+
+    fn balance(&self) -> bool {
+        self.config.balance
     }
 
     fn apply(
@@ -328,10 +344,18 @@ impl OuterOptimizer for Sparseloco {
         round: u64,
         payloads: &[Payload],
     ) -> Result<ApplyReport> {
-        let received =
-            receive(Algorithm::Sparseloco, round, payloads, &self.config.robust, |p, _| {
-                self.decode_payload(p, params)
-            });
+        // Weights scale each member's kept values before the per-coordinate mean over its
+        // senders: exact where a coordinate's senders trained alike, the round's weighting
+        // otherwise.
+        let balance = self.config.balance.then_some(self.config.inner_steps);
+        let received = receive(
+            Algorithm::Sparseloco,
+            round,
+            payloads,
+            &self.config.robust,
+            balance,
+            |p, _| self.decode_payload(p, params),
+        );
         let members = &received.members;
         if !members.is_empty() {
             let lr = self.config.outer_lr * self.config.outer_lr_schedule.factor(round);

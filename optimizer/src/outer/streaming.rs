@@ -96,6 +96,11 @@ algo_config! {
         /// while they compute. τ < H/F, so a round lands before the next one launches;
         /// left unset, 5 or the largest τ below H/F, whichever is smaller.
         pub overlap: u64,
+        /// Sites of different speeds: a slow worker trains only a share of the inner steps,
+        /// sized to its pace, so that rounds close together, and each member's update counts
+        /// by the steps it trained (see `balance`). Off by default (every worker trains every
+        /// step and the mean is plain); rules out the ring topology, whose sums carry no weights.
+        pub balance: bool,
         /// Weight α of the local parameters in the merge, in [0, 1]: 0 adopts the global
         /// fragment as DiLoCo does, 1 ignores it.
         pub mixing: f64,
@@ -132,6 +137,7 @@ impl Default for StreamingConfig {
             inner_steps: 100,
             fragments: 4,
             overlap: 5,
+            balance: false,
             mixing: 0.5,
             outer_lr: 0.7,
             outer_lr_schedule: OuterLrSchedule::CONSTANT,
@@ -360,6 +366,10 @@ impl OuterOptimizer for Streaming {
         self.config.overlap
     }
 
+    fn balance(&self) -> bool {
+        self.config.balance
+    }
+
     fn prepare(&mut self, params: &ParamSet, round: u64, worker: u32) -> Result<Payload> {
         let p = self.config.fragment_of_round(round);
         let mut segments = Vec::with_capacity(self.fragment(p).len());
@@ -371,7 +381,13 @@ impl OuterOptimizer for Streaming {
             })??;
             segments.push(seg);
         }
-        Ok(Payload { algorithm: Algorithm::Streaming, round, worker, segments })
+        Ok(Payload {
+            algorithm: Algorithm::Streaming,
+            round,
+            worker,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     fn apply(
@@ -382,9 +398,13 @@ impl OuterOptimizer for Streaming {
     ) -> Result<ApplyReport> {
         let p = self.config.fragment_of_round(round);
         let robust = &self.config.robust;
-        let received = receive(Algorithm::Streaming, round, payloads, robust, |payload, _| {
-            self.fragment_values(payload, params, p)
-        });
+        // A fragment's round launches every H/F steps: the most steps a payload can count.
+        let span = self.config.inner_steps.div_ceil(self.config.fragments.max(1));
+        let balance = self.config.balance.then_some(span);
+        let received =
+            receive(Algorithm::Streaming, round, payloads, robust, balance, |payload, _| {
+                self.fragment_values(payload, params, p)
+            });
         let members = &received.members;
         if !members.is_empty() {
             let lr = self.config.outer_lr * self.config.outer_lr_schedule.factor(round);

@@ -199,6 +199,8 @@ delay = "10ms"
         ("speed = { b = nan }", "speed of b"),
         ("speed_jitter = 0.6", "speed_jitter"),
         ("speed_jitter = -0.1", "speed_jitter"),
+        ("worker_speed = { 1 = 0 }", "speed of worker 1"),
+        ("worker_speed = { first = 0.5 }", "worker_speed key \"first\""),
     ] {
         let e = Topology::from_toml(&format!("{bad}\n{base}")).unwrap_err().to_string();
         assert!(e.contains(names), "{bad}: {e}");
@@ -210,4 +212,9 @@ delay = "10ms"
     assert_eq!(t.speed("ap-southeast"), 0.5);
     t.set_speed("mars", 0.5);
     assert!(t.validate().unwrap_err().to_string().contains("mars"));
+    // One worker slower than its region: its own speed wins, its neighbours keep the region's.
+    let t = Topology::from_toml(&format!("worker_speed = {{ 3 = 0.5 }}\n{base}")).unwrap();
+    assert!(!t.uniform_speed());
+    assert_eq!((t.speed_of("b", 3), t.speed_of("b", 1), t.speed("b")), (0.5, 1.0, 1.0));
+    assert!(t.describe().contains("over its region's: worker 3 0.5"), "{}", t.describe());
 }

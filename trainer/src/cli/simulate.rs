@@ -101,6 +101,11 @@ pub struct SimulateArgs {
     /// accelerator half as fast, its steps twice as long); over the topology file's `speed`.
     #[arg(long = "speed", value_name = "REGION=FACTOR")]
     pub speeds: Vec<String>,
+    /// One worker's compute speed, over its region's (INDEX=FACTOR, repeatable; workers
+    /// count from 0 in placement order): one slow machine beside fast ones; over the
+    /// topology file's `worker_speed`.
+    #[arg(long = "worker-speed", value_name = "INDEX=FACTOR")]
+    pub worker_speeds: Vec<String>,
     /// How far each step's time strays from its region's, as a fraction either way
     /// (seeded; 0 to 0.5); over the topology file's `speed_jitter`.
     #[arg(long)]

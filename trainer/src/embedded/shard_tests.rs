@@ -209,7 +209,13 @@ fn a_payload_a_process_would_reject_whole_is_rejected_by_every_rank() {
         .enumerate()
         .map(|(i, s)| Segment::dense(i as u32, s, &vec![0.5; s.iter().product()], false))
         .collect();
-    let whole = Payload { algorithm: Algorithm::Diloco, round: 3, worker: 1, segments };
+    let whole = Payload {
+        algorithm: Algorithm::Diloco,
+        round: 3,
+        worker: 1,
+        effort: Default::default(),
+        segments,
+    };
     let bytes = whole.encode();
     let part = Payload::decode(&l.localize_payload(&bytes), &shapes()[2..]).unwrap();
     assert_eq!(part.segments.len(), 3);

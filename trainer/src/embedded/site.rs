@@ -269,10 +269,10 @@ impl<L: RoundLink> RoundLink for SiteLink<L> {
         }
     }
 
-    fn before_step(&mut self, step: u64) -> Result<()> {
+    fn before_step(&mut self, step: u64) -> Result<Option<std::time::Duration>> {
         match self.net.as_mut() {
             Some(net) => net.before_step(step),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 }
@@ -605,6 +605,7 @@ mod tests {
             algorithm: Algorithm::Diloco,
             round: 2,
             worker: 0,
+            effort: Default::default(),
             segments: shapes
                 .iter()
                 .enumerate()

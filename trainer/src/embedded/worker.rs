@@ -295,6 +295,15 @@ impl EmbeddedWorker {
             );
         }
         let w = SoloWorker::new(0, ScriptStep::new(params, inner), |p| algo.build_part(p, first))?;
+        // A wrapped program runs forward and backward before Meridian sees the step, so a
+        // step that balancing skips would still have cost its time.
+        ensure!(
+            !w.outer.balance(),
+            "{}.balance = true is for runs whose steps Meridian drives (meridian worker, \
+             meridian simulate): a wrapped program computes every step before handing it over, \
+             so skipping one saves nothing; leave balance off",
+            algo.algorithm().name()
+        );
         let stats = WorkerStats { outer_elements: w.params.numel() as u64, ..Default::default() };
         Ok(Self {
             w,
@@ -350,7 +359,9 @@ impl EmbeddedWorker {
         self.w.outer.ring(&self.w.params).with_context(|| {
             format!(
                 "algorithm {} cannot run in a ring: sparse payloads (demo, sparseloco) do not \
-                 add up in transit; start the coordinator with topology relay or all-gather",
+                 add up in transit, a robust aggregation mode needs every member's update, and \
+                 balance = true needs each member's weight; start the coordinator with \
+                 topology relay or all-gather",
                 self.spec.algorithm.name()
             )
         })

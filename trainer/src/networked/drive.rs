@@ -8,6 +8,7 @@
 //! is the one catching up, then replays the rounds committed after that state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
@@ -61,10 +62,11 @@ pub trait RoundLink {
     fn poll_event(&mut self) -> Result<Option<NetEvent>>;
     /// Uploads this worker's state as of the end of `round`.
     fn provide_state(&mut self, round: u64, state: Vec<u8>) -> Result<()>;
-    /// Called before inner step `step` is trained. A simulated network charges the step's
-    /// compute time to its virtual clock here; a real one has nothing to do.
-    fn before_step(&mut self, _step: u64) -> Result<()> {
-        Ok(())
+    /// Called before inner step `step` is trained (not before a step a balanced worker
+    /// skips). A simulated network charges the step's compute time to its virtual clock
+    /// here and returns it; a real one has nothing to do, and the step is timed instead.
+    fn before_step(&mut self, _step: u64) -> Result<Option<Duration>> {
+        Ok(None)
     }
 }
 
@@ -354,10 +356,19 @@ impl Driver {
                 .map(|phase| snapshot::Captured::before_step(w, phase))
                 .transpose()?
                 .map(|captured| (captured, w.rounds_done()));
-            link.before_step(w.steps_done())?;
+            // A step a balanced worker skips costs no compute.
+            let charged = if w.trains_next() { link.before_step(w.steps_done())? } else { None };
+            let started = Instant::now();
             let mut ex = LinkExchange { link: &mut *link, pending: &mut *pending, state };
             match w.step(&mut ex) {
                 Ok(report) => {
+                    // The pace balancing sizes shares by: the charged time, or the wall time
+                    // of a trained step that waited for no round.
+                    let took =
+                        charged.or_else(|| report.exchanges.is_empty().then(|| started.elapsed()));
+                    if let Some(took) = took.filter(|_| report.trained) {
+                        w.step_took(took.as_secs_f64());
+                    }
                     for exchange in &report.exchanges {
                         observer.round_applied_to(
                             w,

@@ -133,8 +133,9 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         let Some(ring) = w.outer.ring(&w.params) else {
             bail!(
                 "--algo {} cannot run in a ring: sparse payloads (demo, sparseloco) do not add \
-                 up in transit, and a robust aggregation mode needs every member's update; \
-                 start the coordinator with --topology relay or all-gather",
+                 up in transit, a robust aggregation mode needs every member's update, and \
+                 balance = true needs each member's weight; start the coordinator with \
+                 --topology relay or all-gather",
                 algo.algorithm().name()
             );
         };

@@ -98,15 +98,17 @@ impl Charger {
         }
     }
 
-    /// Before a step: its fixed cost, or (measured) whatever ran since the last charge.
-    pub fn before_step(&self, y: &Yielder<Reply, Request>) -> Result<()> {
+    /// Before a step: its fixed cost, returned, or (measured) whatever ran since the last
+    /// charge, and `None`.
+    pub fn before_step(&self, y: &Yielder<Reply, Request>) -> Result<Option<Duration>> {
         match self.step_time {
             Some(t) => {
                 let step = self.steps.get();
                 self.steps.set(step + 1);
-                self.charge(y, self.pace.step(t, step))
+                let time = self.pace.step(t, step);
+                self.charge(y, time).map(|()| Some(time))
             }
-            None => self.flush(y),
+            None => self.flush(y).map(|()| None),
         }
     }
 
@@ -181,7 +183,7 @@ impl RoundLink for CoLink<'_> {
         }
     }
 
-    fn before_step(&mut self, _step: u64) -> Result<()> {
+    fn before_step(&mut self, _step: u64) -> Result<Option<Duration>> {
         self.charger.before_step(self.yielder)
     }
 }

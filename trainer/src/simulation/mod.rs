@@ -183,7 +183,8 @@ fn check(runs: &[(&str, &SimSummary)]) -> Result<()> {
 }
 
 /// The network `--topology` or `--preset` names, with its name for the summary, and the
-/// compute speeds `--speed` and `--speed-jitter` give its regions.
+/// compute speeds `--speed`, `--worker-speed` and `--speed-jitter` give its regions and
+/// workers.
 fn network(args: &SimulateArgs) -> Result<(String, Topology)> {
     let (name, mut topology) = match &args.topology {
         Some(path) => {
@@ -201,6 +202,21 @@ fn network(args: &SimulateArgs) -> Result<(String, Topology)> {
             bail!("--speed {given:?}: give REGION=FACTOR, e.g. --speed ap-southeast=0.5");
         };
         topology.set_speed(region.trim(), factor);
+    }
+    for given in &args.worker_speeds {
+        let parsed = given
+            .split_once('=')
+            .and_then(|(w, f)| Some((w.trim().parse::<usize>().ok()?, f.trim().parse().ok()?)));
+        let Some((worker, factor)) = parsed else {
+            bail!("--worker-speed {given:?}: give INDEX=FACTOR, e.g. --worker-speed 7=0.5");
+        };
+        if worker >= args.workers as usize {
+            bail!(
+                "--worker-speed {given:?}: there is no worker {worker} (--workers {})",
+                args.workers
+            );
+        }
+        topology.set_worker_speed(worker, factor);
     }
     if let Some(jitter) = args.speed_jitter {
         topology.set_speed_jitter(jitter);

@@ -206,8 +206,9 @@ pub async fn live(ctx: Rc<Ctx>, life: Life, mut first: Option<Joined>) -> Result
         if ctx.route == Route::Ring {
             let ring = solo.outer.ring(&solo.params).with_context(|| {
                 format!(
-                    "{} cannot run in a ring (sparse payloads, or a robust aggregation mode \
-                     that needs every member's update): use --route relay",
+                    "{} cannot run in a ring (sparse payloads, a robust aggregation mode \
+                     that needs every member's update, or balance = true, which needs each \
+                     member's weight): use --route relay",
                     ctx.algo.algorithm()
                 )
             })?;
@@ -346,7 +347,9 @@ impl DriveObserver<LmStep> for &mut Observer<'_, '_> {
     fn step_done(&mut self, w: &mut SoloWorker<LmStep>, step: &SoloStep) -> Result<()> {
         // Measured compute: the rest of the step (after its exchange) is charged now.
         self.charger.flush(self.y)?;
-        self.tally.borrow_mut().losses.push(step.loss);
+        if step.trained {
+            self.tally.borrow_mut().losses.push(step.loss);
+        }
         let done = w.steps_done();
         let ctx = self.ctx;
         if self.index == 0 {

@@ -84,7 +84,13 @@ impl Payloads {
                 self.encodings.get(source)?.get(kind)?.segments.get(j).cloned()
             })
             .collect::<Option<Vec<Segment>>>()?;
-        Some(Payload { algorithm: first.algorithm, round, worker: member, segments })
+        Some(Payload {
+            algorithm: first.algorithm,
+            round,
+            worker: member,
+            effort: Default::default(),
+            segments,
+        })
     }
 
     /// The largest payload any worker can send, in bytes: per exchange kind, each segment
@@ -175,8 +181,13 @@ fn encode_one(algo: &AlgoConfig, model: &SyntheticModel, seed: u64) -> Result<Ve
         segments[kind].push(segment);
     }
     let algorithm = algo.algorithm();
-    let payloads =
-        segments.into_iter().map(|segments| Payload { algorithm, round: 0, worker: 0, segments });
+    let payloads = segments.into_iter().map(|segments| Payload {
+        algorithm,
+        round: 0,
+        worker: 0,
+        effort: Default::default(),
+        segments,
+    });
     Ok(payloads.collect())
 }
 

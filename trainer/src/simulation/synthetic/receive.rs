@@ -15,7 +15,7 @@ use meridian_kernels::pipeline::Compressor;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::admit;
 use meridian_optimizer::outer::diloco::{segment_values, DENSE_ENCODINGS};
-use meridian_optimizer::payload::{Encoding, Payload};
+use meridian_optimizer::payload::{Effort, Encoding, Payload};
 
 /// One algorithm's receive checks for a synthetic model.
 pub struct Receiver {
@@ -34,6 +34,8 @@ pub struct Checked {
     pub rejected: Vec<u32>,
     /// A hash of the committed bytes in member order: every replica must see the same.
     pub hash: u64,
+    /// What the accepted members stated they trained (balancing sizes shares by it).
+    pub efforts: Vec<Effort>,
 }
 
 impl Receiver {
@@ -62,20 +64,26 @@ impl Receiver {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&round.to_le_bytes());
         let mut verdicts = BTreeMap::new();
+        let mut efforts = BTreeMap::new();
         for (member, bytes) in payloads {
             hasher.update(&member.to_le_bytes());
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(bytes);
             // One payload decoded at a time: its copy is dropped before the next.
             let ok = match Payload::decode(bytes, &self.shapes) {
-                Ok(p) if p.worker == *member => self.admissible(round, tensors, &p),
+                Ok(p) if p.worker == *member => {
+                    efforts.insert(*member, p.effort);
+                    self.admissible(round, tensors, &p)
+                }
                 Ok(_) | Err(_) => false,
             };
             verdicts.insert(*member, ok);
         }
         let (accepted, rejected) = verdicts.iter().partition::<Vec<_>, _>(|(_, &ok)| ok);
+        let accepted: Vec<u32> = accepted.into_iter().map(|(m, _)| *m).collect();
         Checked {
-            accepted: accepted.into_iter().map(|(m, _)| *m).collect(),
+            efforts: accepted.iter().filter_map(|m| efforts.get(m).copied()).collect(),
+            accepted,
             rejected: rejected.into_iter().map(|(m, _)| *m).collect(),
             hash: hasher.digest(),
         }

@@ -24,8 +24,10 @@ use indicatif::ProgressBar;
 use meridian_comm::node::{WorkerNode, WorkerNodeConfig, WorkerNodeEvent};
 use meridian_comm::protocol::WorkerEvent;
 use meridian_comm::quic::{JoinString, NodeIdentity, TransportTuning};
+use meridian_optimizer::balance::Balance;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::Phase;
+use meridian_optimizer::payload::Effort;
 use meridian_simulate::Fabric;
 use tch::{Kind, Tensor};
 
@@ -51,6 +53,9 @@ pub struct Schedule {
     pub exchanges: Vec<(u64, Phase)>,
     /// Inner steps from a round's launch to its landing (0: it blocks at once).
     pub delay: u64,
+    /// Whether workers train a share of the steps sized to their pace (the algorithm's
+    /// `balance`; see `meridian_optimizer::balance`).
+    pub balance: bool,
 }
 
 impl Schedule {
@@ -69,7 +74,7 @@ impl Schedule {
                 }
             }
         }
-        Ok(Self { exchanges, delay: outer.overlap() })
+        Ok(Self { exchanges, delay: outer.overlap(), balance: outer.balance() })
     }
 }
 
@@ -145,6 +150,8 @@ pub async fn join(ctx: &Ctx, index: usize, region: &str) -> Result<WorkerNode> {
 struct Seen {
     /// Round → (members taken, accepted or rejected; hash of the commit).
     rounds: BTreeMap<u64, (Vec<u32>, u64)>,
+    /// Round → what its accepted members stated they trained.
+    efforts: BTreeMap<u64, Vec<Effort>>,
     rejected: u64,
     sent: u64,
     received: u64,
@@ -163,15 +170,23 @@ pub async fn live(
     let mut compute = Duration::ZERO;
     let mut round = 0u64;
     let mut in_flight: Option<(u64, u64, Phase)> = None;
+    let mut balance = Balance::new(ctx.schedule.balance);
     for step in 0..ctx.steps {
-        let step_time = pace.step(ctx.step_time, step);
-        tokio::time::sleep(step_time).await;
-        compute += step_time;
+        // A step balancing skips costs no time (as a training worker's).
+        let trains = balance.trains(step);
+        if trains {
+            let step_time = pace.step(ctx.step_time, step);
+            tokio::time::sleep(step_time).await;
+            compute += step_time;
+            balance.timed(step_time.as_secs_f64());
+        }
+        balance.stepped(trains);
         for phase in PHASES {
             if let Some((r, at, p)) = in_flight {
                 if (at, p) == (step, phase) {
                     wait(&ctx, &mut node, &seen, r).await?;
                     in_flight = None;
+                    landed(&mut balance, &seen, r);
                 }
             }
             let due = ctx.schedule.exchanges.get(round as usize) == Some(&(step, phase));
@@ -180,15 +195,17 @@ pub async fn live(
             }
             // This worker's own bytes of the real encoder under its header: one copy per
             // publish, as a training worker makes a fresh payload every round.
-            let p = ctx
-                .payloads
-                .for_worker(&ctx.algo, step, index, ctx.workers, (round, me))
-                .with_context(|| format!("no payload for the exchange after step {step}"))?;
+            let mut p =
+                ctx.payloads
+                    .for_worker(&ctx.algo, step, index, ctx.workers, (round, me))
+                    .with_context(|| format!("no payload for the exchange after step {step}"))?;
+            p.effort = balance.launch();
             let bytes = Bytes::from(p.encode());
             drop(p);
             published(round, node.publish(round, bytes).await)?;
             if ctx.schedule.delay == 0 {
                 wait(&ctx, &mut node, &seen, round).await?;
+                landed(&mut balance, &seen, round);
             } else {
                 in_flight = Some((round, step + ctx.schedule.delay, phase));
             }
@@ -231,6 +248,13 @@ pub async fn live(
     })
 }
 
+/// Round `round` landed: balancing sizes the next steps from what its members stated.
+fn landed(balance: &mut Balance, seen: &RefCell<Seen>, round: u64) {
+    if let Some(efforts) = seen.borrow().efforts.get(&round) {
+        balance.landed(efforts);
+    }
+}
+
 /// Waits until round `round` has committed and been checked.
 async fn wait(ctx: &Ctx, node: &mut WorkerNode, seen: &RefCell<Seen>, round: u64) -> Result<()> {
     let me = node.member();
@@ -257,6 +281,7 @@ fn handle(ctx: &Ctx, seen: &RefCell<Seen>, me: u32, event: WorkerNodeEvent) -> R
             members.extend(checked.rejected);
             members.sort_unstable();
             seen.rounds.insert(round, (members, checked.hash));
+            seen.efforts.insert(round, checked.efforts);
             tracing::debug!(round, me, "synthetic round checked");
         }
         WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady { round, .. }) => {
