@@ -12,10 +12,12 @@
 //!
 //! The duty is sized from what the payloads carry ([`Effort`]): each payload states the
 //! steps its sender trained since its previous launch and its mean time per trained step.
-//! When a round lands, a worker sets `duty = fastest / own` over the members applied,
-//! left at 1 when within [`DEAD_BAND`] of the fastest (jitter, not a slower site) and never
-//! below [`MIN_DUTY`]. A worker that just joined trains every step until its first round
-//! lands.
+//! When a round lands, a worker sets `duty = fastest / own` over the members applied, less
+//! what it takes to make up compute it spent beyond rounds at the fastest pace, left at 1
+//! when within [`DEAD_BAND`] of the fastest (jitter, not a slower site) and never below
+//! [`MIN_DUTY`]. Before its first round lands, a worker has only its own pace; the first
+//! payload of a faster peer, which arrives ahead of the commit, sizes the rest of that
+//! round ([`Balance::early`]).
 //!
 //! The mean is weighted by the steps trained ([`weigh`]): every worker of a run steps the
 //! same batch, so this is the token-weighted mean. Every replica weighs the same payloads
@@ -123,6 +125,29 @@ impl Balance {
         (self.trained, self.stepped, self.seconds, self.timed) = (0, 0, 0.0, 0);
         self.launched = Some(effort);
         effort
+    }
+
+    /// Another member launched the round this worker is still training for, stating `peer`
+    /// (its payload arrived ahead of the commit). Before this worker's first round has
+    /// landed it knows no pace but its own; a peer done first tells it whether it is
+    /// slower. If finishing the round at its current duty would take it more than
+    /// [`DEAD_BAND`] beyond the time the peer spent on the round, the duty drops so that it
+    /// finishes about then (a half-speed worker learns it halfway through its first round,
+    /// instead of a round late). Later rounds are sized at their landing.
+    pub fn early(&mut self, peer: Effort) {
+        if !self.enabled || self.span > 0 || peer.step_micros == 0 || self.stepped == 0 {
+            return;
+        }
+        let own = if self.timed > 0 { self.seconds / f64::from(self.timed) } else { return };
+        let peer_spent = f64::from(peer.steps) * f64::from(peer.step_micros) * 1e-6;
+        let spent = f64::from(self.trained) * own;
+        // The first round: the peer trained every one of its steps.
+        let remaining = u64::from(peer.steps).saturating_sub(self.stepped).max(1) as f64;
+        if spent + remaining * self.duty * own <= (1.0 + DEAD_BAND) * peer_spent {
+            return;
+        }
+        let duty = ((peer_spent - spent) / (remaining * own)).max(MIN_DUTY);
+        self.duty = self.duty.min(duty);
     }
 
     /// A round this worker launched landed with the members' `efforts`. Sizes the duty of
@@ -253,6 +278,43 @@ mod tests {
         assert_eq!((b.behind(), b.duty()), (0.0, 0.5));
         assert_eq!(round(&mut b, 60), 15);
         assert_eq!((b.behind(), b.duty()), (0.0, 0.5));
+    }
+
+    #[test]
+    fn a_peer_done_first_tells_a_slow_worker_to_skip_before_its_first_landing() {
+        // Halfway through a 30-step first round at 2 s a step, a peer's payload says it
+        // trained the 30 steps at 1 s: finishing all 15 left would take 60 s against its 30,
+        // so the worker trains none of them (its 30 s are spent) and is in step.
+        let fast = Effort { steps: 30, step_micros: 1_000_000 };
+        let mut b = Balance::new(true);
+        for _ in 0..15 {
+            b.stepped(true);
+            b.timed(2.0);
+        }
+        b.early(fast);
+        assert_eq!(b.duty(), MIN_DUTY);
+        // A peer that finished just ahead of a worker of the same pace changes nothing.
+        let mut twin = Balance::new(true);
+        for _ in 0..29 {
+            twin.stepped(true);
+            twin.timed(1.02);
+        }
+        twin.early(fast);
+        assert_eq!(twin.duty(), 1.0);
+        // Nor does a peer's payload once rounds have landed (their sizing takes over), or
+        // with balancing off.
+        let mut later = Balance::new(true);
+        later.stepped(true);
+        later.timed(2.0);
+        later.launch();
+        later.stepped(true);
+        later.early(fast);
+        assert_eq!(later.duty(), 1.0);
+        let mut off = Balance::new(false);
+        off.stepped(true);
+        off.timed(2.0);
+        off.early(fast);
+        assert_eq!(off.duty(), 1.0);
     }
 
     #[test]

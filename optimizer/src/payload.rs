@@ -265,6 +265,20 @@ impl Payload {
         out
     }
 
+    /// The round, author and effort a payload's header states, read from its first bytes
+    /// alone (its first 27 bytes); `None` when they are not a header this build
+    /// writes. Nothing else is checked: what balancing reads before the payload commits.
+    pub fn peek_effort(head: &[u8]) -> Option<(u64, u32, Effort)> {
+        let mut r = Reader { bytes: head, at: 0 };
+        if r.take(4).ok()? != MAGIC || r.u16().ok()? != VERSION {
+            return None;
+        }
+        r.u8().ok()?;
+        let (round, worker) = (r.u64().ok()?, r.u32().ok()?);
+        let effort = Effort { steps: r.u32().ok()?, step_micros: r.u32().ok()? };
+        Some((round, worker, effort))
+    }
+
     /// Decodes and validates a payload against the model's parameter `shapes` (canonical
     /// order): magic, version, algorithm, segment order, shapes, dense body lengths and
     /// finiteness, truncation and trailing bytes. Never panics.
@@ -404,6 +418,17 @@ mod tests {
         assert_eq!(bytes.len(), p.encoded_len());
         assert_eq!(Payload::decode(&bytes, &shapes()).unwrap(), p);
         assert_eq!(p.segments[1].dense_values().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn the_header_alone_states_round_author_and_effort() {
+        let bytes = sample().encode();
+        let effort = Effort { steps: 30, step_micros: 250_000 };
+        assert_eq!(Payload::peek_effort(&bytes[..27]), Some((7, 3, effort)));
+        assert_eq!(Payload::peek_effort(&bytes[..26]), None, "cut short");
+        let mut old = bytes.clone();
+        old[4] = 1;
+        assert_eq!(Payload::peek_effort(&old), None, "another version");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::divergence::{self, Place};
 use crate::error::{OptimizerError, Result};
 use crate::outer::{OuterOptimizer, Phase};
 use crate::params::ParamSet;
-use crate::payload::Payload;
+use crate::payload::{Effort, Payload};
 use crate::rejection::{Rejection, Rejections};
 use crate::train_step::TrainStep;
 
@@ -163,6 +163,16 @@ impl<S: TrainStep> SoloWorker<S> {
     /// The share of inner steps this worker trains (1 unless balanced and slower).
     pub fn duty(&self) -> f64 {
         self.balance.duty()
+    }
+
+    /// Another member's payload for `round` arrived before the commit, stating `effort`:
+    /// when this worker has not launched that round yet, balancing may size its remaining
+    /// steps by it ([`Balance::early`]).
+    pub fn peer_launched(&mut self, round: u64, effort: Effort) {
+        let preparing = self.round + u64::from(self.in_flight.is_some());
+        if round == preparing {
+            self.balance.early(effort);
+        }
     }
 
     /// The compute time of the step just trained, as the driver measured or charged it:

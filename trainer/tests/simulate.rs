@@ -426,9 +426,9 @@ fn a_slow_region_steps_slower_and_the_others_wait_for_it_unless_balanced() {
     assert!(utilization("ap-southeast") > utilization("us-east") + 0.3);
     let waiting = utilization("us-east");
 
-    // Balanced: until the first round lands (H = 10) the slow site trains every step, 2.5 s
-    // behind the others; it then skips steps to catch up (all of the second round's, here),
-    // so the others wait less; replicas stay identical.
+    // Balanced: the others' first payloads reach the slow site halfway through the first
+    // round (H = 10) and tell it their pace; from then on it trains every other step, so
+    // the others wait less; replicas stay identical.
     let balanced = scratch("speed-balanced");
     let (ok, stdout, stderr) =
         simulate(&balanced, &[&args[..], &["--set", "diloco.balance=true"]].concat());
@@ -438,11 +438,13 @@ fn a_slow_region_steps_slower_and_the_others_wait_for_it_unless_balanced() {
     let workers = b["workers"].as_array().unwrap();
     let of = |region: &str| workers.iter().find(|w| w["region"] == region).unwrap();
     let seconds = |region: &str, key: &str| of(region)[key].as_f64().unwrap();
-    // 10 steps at 500 ms, then none of the next 10.
+    // 10 of its 20 steps at 500 ms: the others' 20 at 250 ms.
     assert_eq!(seconds("ap-southeast", "compute_seconds"), 5.0);
     assert_eq!(seconds("us-east", "compute_seconds"), 5.0);
     let busy = seconds("us-east", "compute_seconds") / seconds("us-east", "finished_seconds");
-    assert!(busy > waiting + 0.05, "balanced {busy} against {waiting}");
+    // As busy as when every site is fast (74% here; the rest is the blocking exchange):
+    // without the first round's sizing it would wait a round's half for the slow site.
+    assert!(busy > 0.7 && busy > waiting + 0.2, "balanced {busy} against {waiting}");
     // A malformed or out-of-range speed is refused before anything runs.
     for (bad, says) in
         [("ap-southeast", "REGION=FACTOR"), ("mars=0.5", "mars"), ("us-east=0", "speed of us-east")]

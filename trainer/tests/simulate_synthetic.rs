@@ -134,9 +134,9 @@ fn overlap_raises_compute_utilization() {
 #[test]
 fn a_balanced_slow_worker_trains_a_share_that_keeps_it_in_step() {
     // Worker 1 of 2 at half speed. Unbalanced, it computes 40 s to the other's 20 and the
-    // run takes twice as long. Balanced, it trains every step of the first round (10 s
-    // late), skips the next round's to catch up, then every other step: its compute ends
-    // within a round's skipped share of the other's, and the run as long as the fast one.
+    // run takes twice as long. Balanced, it learns the other's pace from its first payload
+    // and trains a share of the steps that keeps it in step: its compute ends within a few
+    // of its steps of the other's, and the run takes about as long as the fast worker.
     let compute = |name: &str, balance: &str| {
         let s = run(
             name,

@@ -253,7 +253,9 @@ pub use types::{
     ConnId, Delivery, Dest, Digest, MemberInfo, PeerInfo, PeerTraffic, RejectReason, RoundStats,
     Topology, MAX_NAME_LEN, MAX_PEER_INFO_LEN,
 };
-pub use worker::{Event as WorkerEvent, Transmit as WorkerTransmit, WorkerConfig, WorkerProto};
+pub use worker::{
+    Event as WorkerEvent, Transmit as WorkerTransmit, WorkerConfig, WorkerProto, PAYLOAD_HEAD_LEN,
+};
 
 pub use crate::ids::{MemberId, Round};
 

@@ -15,6 +15,7 @@
 use anyhow::{bail, ensure, Context, Result};
 
 use meridian_optimizer::params::hash_of_records;
+use meridian_optimizer::payload::Effort;
 
 use super::shard::ShardLayout;
 use crate::networked::drive::{AppliedRound, NetEvent, RoundLink};
@@ -279,8 +280,8 @@ impl<L: RoundLink> RoundLink for SiteLink<L> {
 
 // The log's encoding (little-endian): u32 count, then per answer a tag byte
 // (0 poll → nothing, 1 poll → event, 2 next → event) and the event: a tag byte
-// (0 round ready, 1 aggregate ready, 2 snapshot requested, 3 state received), u64 round,
-// and the event's fields, every byte string as u64 length + bytes.
+// (0 round ready, 1 aggregate ready, 2 snapshot requested, 3 state received, 4 a peer
+// launched), u64 round, and the event's fields, every byte string as u64 length + bytes.
 
 fn encode(log: &[Answer]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -333,6 +334,12 @@ fn encode_event(e: &NetEvent, out: &mut Vec<u8>) {
             out.push(3);
             out.extend_from_slice(&round.to_le_bytes());
             put_bytes(bytes, out);
+        }
+        NetEvent::PeerLaunched { round, effort } => {
+            out.push(4);
+            out.extend_from_slice(&round.to_le_bytes());
+            out.extend_from_slice(&effort.steps.to_le_bytes());
+            out.extend_from_slice(&effort.step_micros.to_le_bytes());
         }
     }
 }
@@ -405,6 +412,10 @@ fn decode_event(r: &mut Reader<'_>) -> Result<NetEvent> {
         }
         2 => NetEvent::SnapshotRequested { round },
         3 => NetEvent::StateReceived { round, bytes: r.bytes()? },
+        4 => {
+            let effort = Effort { steps: r.u32()?, step_micros: r.u32()? };
+            NetEvent::PeerLaunched { round, effort }
+        }
         t => bail!("unknown event tag {t}"),
     })
 }
@@ -427,6 +438,10 @@ mod tests {
                 bytes: vec![9; 5],
             }),
             Answer::Next(NetEvent::StateReceived { round: 6, bytes: vec![7; 3] }),
+            Answer::Poll(Some(NetEvent::PeerLaunched {
+                round: 7,
+                effort: Effort { steps: 30, step_micros: 1_000_000 },
+            })),
         ]
     }
 

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use meridian_optimizer::payload::Effort;
+
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
 use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
@@ -21,6 +23,14 @@ use crate::networked::snapshot::{self, InnerState};
 /// What the network tells a training worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetEvent {
+    /// Another member's payload for `round` arrived before the commit, stating what it
+    /// trained (what balancing sizes a slow worker's first round by).
+    PeerLaunched {
+        /// The round.
+        round: u64,
+        /// What its header states.
+        effort: Effort,
+    },
     /// Round `round` committed: the committed members' payloads, in member-id order.
     RoundReady {
         /// The round.
@@ -76,11 +86,14 @@ struct Pending {
     ready: BTreeMap<u64, Committed>,
     snapshot_requests: BTreeSet<u64>,
     state: Option<(u64, Vec<u8>)>,
+    /// Peers' launches heard of since the worker last looked.
+    launched: Vec<(u64, Effort)>,
 }
 
 impl Pending {
     fn take(&mut self, event: NetEvent) {
         match event {
+            NetEvent::PeerLaunched { round, effort } => self.launched.push((round, effort)),
             NetEvent::RoundReady { round, payloads } => {
                 self.ready.insert(round, Committed::Payloads(payloads));
             }
@@ -281,6 +294,9 @@ impl Driver {
             }
             if self.pending.state.is_some() {
                 continue;
+            }
+            for (round, effort) in self.pending.launched.drain(..) {
+                w.peer_launched(round, effort);
             }
             // Rounds committed after that state (or while this worker waited): replay them,
             // as far as this worker's own steps go. A round committed after the last

@@ -7,6 +7,7 @@ use meridian_comm::ids::MemberId;
 use meridian_comm::node::WorkerNodeEvent;
 use meridian_comm::protocol::{ProtocolError, RoundStats, WorkerEvent};
 use meridian_comm::CommError;
+use meridian_optimizer::payload::Payload;
 
 use super::drive::NetEvent;
 
@@ -52,6 +53,12 @@ pub fn net_event(event: WorkerNodeEvent, me: MemberId) -> Result<Option<Mapped>>
             received: 0,
             stats: Some((round, stats)),
         }),
+        WorkerNodeEvent::Protocol(WorkerEvent::PayloadArrived { round, member, head }) => {
+            // A header this build cannot read is the commit's to reject, not this event's.
+            Payload::peek_effort(&head)
+                .filter(|&(r, author, _)| r == round && author == member)
+                .map(|(_, _, effort)| Mapped::plain(NetEvent::PeerLaunched { round, effort }))
+        }
         WorkerNodeEvent::Protocol(WorkerEvent::SnapshotRequested { round }) => {
             Some(Mapped::plain(NetEvent::SnapshotRequested { round }))
         }

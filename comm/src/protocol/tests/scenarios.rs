@@ -89,6 +89,32 @@ fn all_deliver_and_apply_identical_commits_in_member_order() {
         let sent: u64 = worker_stats.traffic.iter().map(|t| t.sent).sum();
         assert!(received > 0 && sent > 0, "{topology:?}: {worker_stats:?}");
         assert_eq!(worker_stats.members, vec![0, 1, 2, 3]);
+        // Each other member's payload was announced as it arrived, with its first bytes,
+        // before the round's commit; the worker's own never.
+        let events = &net.nodes[0].app.events;
+        let ready_at = events
+            .iter()
+            .position(|e| matches!(e, WorkerEvent::RoundReady { round: 2, .. }))
+            .expect("ready");
+        let mut announced: Vec<MemberId> = events[..ready_at]
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::PayloadArrived { round: 2, member, head } => {
+                    assert!(head.starts_with(format!("w{member}|round 2|").as_bytes()));
+                    assert!(head.len() <= crate::protocol::PAYLOAD_HEAD_LEN);
+                    Some(*member)
+                }
+                _ => None,
+            })
+            .collect();
+        announced.sort_unstable();
+        let me = net.nodes[0]
+            .proto
+            .as_ref()
+            .and_then(crate::protocol::WorkerProto::member)
+            .expect("joined");
+        let others: Vec<MemberId> = (0..4).filter(|&m| m != me).collect();
+        assert_eq!(announced, others, "{topology:?}");
     }
 }
 

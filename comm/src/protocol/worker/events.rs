@@ -66,6 +66,9 @@ pub enum Transmit {
     },
 }
 
+/// The most bytes of a payload that [`Event::PayloadArrived`] carries.
+pub const PAYLOAD_HEAD_LEN: usize = 64;
+
 /// Something the driver acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -97,6 +100,18 @@ pub enum Event {
         members: Vec<MemberId>,
         /// When the coordinator closes it at the latest, from now.
         deadline: Duration,
+    },
+    /// Another member's payload for `round` arrived before the round committed: that
+    /// member has finished its part of the round. `head` is the payload's first bytes (at
+    /// most [`PAYLOAD_HEAD_LEN`]), where an application keeps its header; the payload itself
+    /// comes with the commit.
+    PayloadArrived {
+        /// The round.
+        round: Round,
+        /// Its author.
+        member: MemberId,
+        /// The payload's first bytes.
+        head: Bytes,
     },
     /// A round committed and every committed payload is here: apply them, in this order.
     RoundReady {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 pub use config::WorkerConfig;
-pub use events::{Event, Transmit};
+pub use events::{Event, Transmit, PAYLOAD_HEAD_LEN};
 
 use super::messages::{PeerMessage, ToCoordinator, ToWorker};
 use super::types::{

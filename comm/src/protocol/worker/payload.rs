@@ -5,6 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
+use super::events::{Event, PAYLOAD_HEAD_LEN};
 use super::{Held, WorkerProto};
 use crate::ids::{MemberId, Round};
 use crate::protocol::types::{next_after, Dest, RejectReason, Topology};
@@ -87,6 +88,10 @@ impl WorkerProto {
         }
         debug!(round, sender, len, ?from, "payload");
         self.traffic.entry(round).or_default().received(from, len);
+        if !self.commits.contains_key(&round) {
+            let head = held.bytes.slice(..len.min(PAYLOAD_HEAD_LEN));
+            self.events.push_back(Event::PayloadArrived { round, member: sender, head });
+        }
         self.store.entry(round).or_default().insert(sender, held);
         self.fetches.remove(&(round, sender));
         self.progress(now);

@@ -27,7 +27,7 @@ use meridian_comm::quic::{JoinString, NodeIdentity, TransportTuning};
 use meridian_optimizer::balance::Balance;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::Phase;
-use meridian_optimizer::payload::Effort;
+use meridian_optimizer::payload::{Effort, Payload};
 use meridian_simulate::Fabric;
 use tch::{Kind, Tensor};
 
@@ -152,6 +152,8 @@ struct Seen {
     rounds: BTreeMap<u64, (Vec<u32>, u64)>,
     /// Round → what its accepted members stated they trained.
     efforts: BTreeMap<u64, Vec<Effort>>,
+    /// Peers' launches (round, what they stated) heard of since the worker last looked.
+    launched: Vec<(u64, Effort)>,
     rejected: u64,
     sent: u64,
     received: u64,
@@ -215,6 +217,14 @@ pub async fn live(
         // node receives them while it trains.
         while let Some(event) = node.try_next_event()? {
             handle(&ctx, &seen, me, event)?;
+        }
+        // A peer done with the round this worker still trains for: a slow worker's first
+        // round is sized by it (the round in flight, if any, launched already).
+        let preparing = round;
+        for (r, effort) in std::mem::take(&mut seen.borrow_mut().launched) {
+            if r == preparing {
+                balance.early(effort);
+            }
         }
         if index == 0 {
             ctx.progress.set_position(step + 1);
@@ -283,6 +293,13 @@ fn handle(ctx: &Ctx, seen: &RefCell<Seen>, me: u32, event: WorkerNodeEvent) -> R
             seen.rounds.insert(round, (members, checked.hash));
             seen.efforts.insert(round, checked.efforts);
             tracing::debug!(round, me, "synthetic round checked");
+        }
+        WorkerNodeEvent::Protocol(WorkerEvent::PayloadArrived { round, member, head }) => {
+            if let Some((r, author, effort)) = Payload::peek_effort(&head) {
+                if (r, author) == (round, member) {
+                    seen.borrow_mut().launched.push((round, effort));
+                }
+            }
         }
         WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady { round, .. }) => {
             bail!(
