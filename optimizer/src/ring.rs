@@ -161,6 +161,12 @@ impl DenseRing {
         robust.is_mean().then(|| Self::new(algorithm, params.shapes().to_vec(), transport))
     }
 
+    /// The same ring for a model of `shapes` instead: a ring an optimizer built over a
+    /// stand-in model, applied to the real one's shapes (the synthetic simulation).
+    pub fn with_shapes(self, shapes: Vec<Vec<usize>>) -> Self {
+        Self { shapes, ..self }
+    }
+
     fn numel(&self) -> usize {
         self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }

@@ -29,8 +29,10 @@
 //!   other payload's arrival + all n − 1 forwarded to it) and (the last one's arrival + one
 //!   forward), plus the delay to it; all-gather = the longer of the slowest direct
 //!   transfer and the delivery notices to and the commit from the coordinator (sent as the
-//!   pushes leave); ring = 2(N−1) sequential hops of 1/N of the payload over the slowest
-//!   ring edge, then the same notices and commit.
+//!   pushes leave); ring = 2(N−1) hops of 1/N of the payload, each member sending its
+//!   next segment once its predecessor's arrived: the longest chain of 2(N−1) consecutive
+//!   ring edges (latency and transfer each) ending at a member, then the same notices and
+//!   commit.
 //! - **Utilization**: a round launched where it is due lands `overlap` inner steps later
 //!   (the algorithm's setting; 0 blocks), and a worker waits only for the communication
 //!   those steps do not cover: `H·T / (H·T + max(0, comm − overlap·T))`. The column
@@ -199,9 +201,7 @@ impl Network<'_> {
                 }
                 let hops = 2 * m.saturating_sub(1);
                 // Each member's notice names the aggregate's digest: it goes after the ring.
-                let mut phases = vec![edges; hops];
-                phases.push(vec![notices()?]);
-                Round::Phases(phases)
+                Round::Ring { edges, hops, notices: notices()? }
             }
         })
     }
@@ -217,6 +217,11 @@ enum Round {
     Relay { up: Vec<(f64, f64)>, down: Vec<(f64, f64)> },
     /// Phases one after another, each as slow as its slowest leg.
     Phases(Vec<Vec<(f64, f64)>>),
+    /// A ring of `hops` steps over `edges` (member i to i + 1), then the notices and the
+    /// commit. A member sends its next segment once its predecessor's arrived, so the
+    /// steps are not in lockstep: a member finishes after the chain of the `hops` edges
+    /// behind it, each edge's latency and transfer in turn.
+    Ring { edges: Vec<(f64, f64)>, hops: usize, notices: (f64, f64) },
 }
 
 impl Round {
@@ -226,6 +231,14 @@ impl Round {
         match self {
             Round::Phases(phases) => {
                 phases.iter().map(|legs| legs.iter().map(leg).fold(0.0, f64::max)).sum()
+            }
+            Round::Ring { edges, hops, notices } => {
+                let m = edges.len();
+                // Member `end` finishes after the edges into it, its predecessor, and so on.
+                let chain = |end: usize| -> f64 {
+                    (0..*hops).map(|j| leg(&edges[(end + m * hops - 1 - j) % m])).sum()
+                };
+                (0..m).map(chain).fold(0.0, f64::max) + leg(notices)
             }
             Round::Relay { up, down } => {
                 let arrivals: Vec<f64> = up.iter().map(leg).collect();
@@ -703,5 +716,19 @@ mod tests {
         // The ring moves 2(N-1)/N of a payload per worker, so for large payloads it wins.
         let ring = net.round(RouteArg::Ring, 1e9).unwrap().seconds(1.0);
         assert!(ring < relay, "ring {ring} relay {relay}");
+    }
+
+    #[test]
+    fn a_ring_is_as_slow_as_its_longest_chain_of_edges_not_its_slowest_edge_every_hop() {
+        // Three members, one long edge (0 → 1, 100 ms) and two short ones; four hops. The
+        // member after the long edge waits for it twice, the others once: 202 ms, where
+        // lockstep hops at the slowest edge would take 400.
+        let edges = vec![(0.1, 0.0), (0.001, 0.0), (0.001, 0.0)];
+        let ring = Round::Ring { edges, hops: 4, notices: (0.05, 0.0) };
+        assert!((ring.seconds(1.0) - (0.202 + 0.05)).abs() < 1e-9, "{}", ring.seconds(1.0));
+        // Transfers count along the chain too, at the rate's scale.
+        let edges = vec![(0.0, 1.0), (0.0, 1.0), (0.0, 1.0)];
+        let ring = Round::Ring { edges, hops: 4, notices: (0.0, 0.0) };
+        assert_eq!(ring.seconds(2.0), 2.0);
     }
 }

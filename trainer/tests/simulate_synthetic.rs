@@ -13,11 +13,15 @@ use meridian_optimizer::params::ParamSet;
 use meridian_trainer::simulation::synthetic::model::SyntheticModel;
 use tch::{Kind, Tensor};
 
-/// A synthetic run of 2 workers; returns the summary, or panics with what was printed.
+/// A synthetic run (of 2 workers unless `extra` says); returns the summary, or panics with
+/// what was printed.
 fn run(name: &str, extra: &[&str]) -> serde_json::Value {
     let out = common::scratch("synthetic", name);
     let out_s = out.to_str().unwrap().to_string();
-    let mut args = vec!["simulate", "--model", "synthetic", "--workers", "2", "--out", &out_s];
+    let mut args = vec!["simulate", "--model", "synthetic", "--out", &out_s];
+    if !extra.contains(&"--workers") {
+        args.extend(["--workers", "2"]);
+    }
     args.extend_from_slice(extra);
     let (ok, stdout, stderr) = meridian(&args);
     assert!(ok, "{stdout}\n{stderr}");
@@ -174,6 +178,49 @@ fn a_balanced_slow_worker_trains_a_share_that_keeps_it_in_step() {
 }
 
 #[test]
+fn a_ring_run_sums_real_payloads_around_the_ring() {
+    // DiLoCo int8 over the ring: every worker sends 2(N−1)/N of its payload per round, to
+    // its successor, and every replica ends each round with the same aggregate bytes.
+    let s = run(
+        "ring",
+        &[
+            "--params",
+            "1e6",
+            "--workers",
+            "4",
+            "--algos",
+            "diloco",
+            "--steps",
+            "20",
+            "--step-time",
+            "1s",
+            "--set",
+            "inner_steps=10",
+            "--set",
+            "transport=int8",
+            "--route",
+            "ring",
+        ],
+    );
+    let a = &s["algorithms"][0];
+    assert_eq!(a["replicas_identical"], true, "{a}");
+    assert_eq!(a["rounds_committed"], 2, "{a}");
+    let algo = AlgoConfig::from_parts(
+        meridian_optimizer::Algorithm::Diloco,
+        toml::Table::new(),
+        &[("inner_steps".into(), "10".into()), ("transport".into(), "int8".into())],
+    )
+    .unwrap();
+    // The ring re-encodes each segment (int8 blocks, segment headers): within 2% of
+    // 2(N−1)/N of the payload, against N − 1 payloads through the relay.
+    let ring_share = real_bytes(&algo, 1_000_000, 20) as f64 * 2.0 * 3.0 / 4.0;
+    for key in ["bytes_sent_per_worker", "bytes_received_per_worker"] {
+        let bytes = a[key].as_f64().unwrap();
+        assert!((bytes / ring_share - 1.0).abs() < 0.02, "{key}: {bytes} against {ring_share}");
+    }
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_setting_and_the_limit() {
     let refused = |args: &[&str]| {
         let out = common::scratch("synthetic", "bad");
@@ -207,8 +254,17 @@ fn bad_input_is_refused_naming_the_setting_and_the_limit() {
     assert!(e.contains("GiB") && e.contains("at most --params"), "{e}");
     let e = refused(&["--model", "synthetic", "--params", "1e6", "--chaos", "byzantine-noise"]);
     assert!(e.contains("--chaos byzantine-noise"), "{e}");
-    let e = refused(&["--model", "synthetic", "--params", "1e6", "--route", "ring"]);
-    assert!(e.contains("--route ring"), "{e}");
+    let e = refused(&[
+        "--model",
+        "synthetic",
+        "--params",
+        "1e6",
+        "--algos",
+        "sparseloco",
+        "--route",
+        "ring",
+    ]);
+    assert!(e.contains("--route ring") && e.contains("sparseloco"), "{e}");
     let e = refused(&["--model", "synthetic", "--params", "1.5"]);
     assert!(e.contains("--params") && e.contains("whole number"), "{e}");
     let e = refused(&["--model", "synthetic", "--params", "1e6", "--set", "model.d_model=64"]);

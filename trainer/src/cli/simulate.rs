@@ -67,10 +67,15 @@ worker decodes and validates every payload it receives as a training worker woul
 indices, codes, finiteness), but applies no update: loss columns are n/a and replicas agree
 on the committed bytes, not on parameters. Rounds block, or land --set overlap=N steps
 later, where the algorithm's optimizer says training does (Streaming DiLoCo's tau is its
-overlap: each fragment's round lands tau steps after its launch). Not with --chaos, --tflops, --measured-compute or --route ring. Instead of the 2 GB per
+overlap: each fragment's round lands tau steps after its launch). On --route ring the
+workers sum their real payloads with the real reducer and agree on the aggregate's bytes.
+With balance = true a synthetic worker skips the steps its pace leaves out, as a training
+worker does. Not with --chaos, --tflops or --measured-compute. Instead of the 2 GB per
 round limit, a memory model refuses a run whose payload copies (every member's payload on
-every worker for the rounds kept) would not fit the memory available now, naming the
-largest --params that does; the summary reports each algorithm's peak resident memory."
+every worker for the rounds kept; on the ring, each worker's own, its segments and the
+aggregates kept, and one dense split at a time) would not fit the memory available now,
+naming the largest --params that does; the summary reports each algorithm's peak resident
+memory."
 )]
 pub struct SimulateArgs {
     /// The network: lan, cross-continent, home or lossy.

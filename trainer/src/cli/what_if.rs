@@ -22,11 +22,14 @@ A round's communication is modelled from them: each transfer takes its path's de
 bytes at the path's rate less QUIC's headers (5%; the default controller keeps the rest
 busy up to 2% loss), and a round trip more where a datagram is likely to be lost; every
 pair of hosts has its own path, as in the simulator; the relay's coordinator forwards each
-payload as it arrives. A round in flight (--set ALGO.overlap=N) hides N steps of it. Left
-out: the run's first handshakes and its last round (which a run waits for), the time to
-encode and decode payloads, and queueing between a worker's own flows. Against `meridian
-simulate` on cross-continent the estimate is within 1.25x from 10 MB to 250 MB payloads
-(BENCHMARKS.md, \"What-if against the simulation\"); larger payloads were not simulated.
+payload as it arrives; a ring member sends its next segment once its predecessor's
+arrived, so a ring round is its longest chain of 2(N-1) edges. A round in flight (--set
+ALGO.overlap=N) hides N steps of it. Left out: the run's first handshakes and its last
+round (which a run waits for), the time to encode and decode payloads, and queueing between
+a worker's own flows. Against `meridian simulate` on cross-continent the estimate is within
+1.25x from 10 MB to 250 MB payloads on the relay, all-gather and ring routes (the 100 MB
+ring rounds run up to 1.24x longer than estimated; BENCHMARKS.md, \"What-if against the
+simulation\"); larger payloads were not simulated.
 See `meridian simulate` to run a small model over the same network for real.")]
 pub struct WhatIfArgs {
     /// Model parameters: 1e9, 1.3B, 350M, 125k or a plain number.

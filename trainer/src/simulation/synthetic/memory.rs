@@ -31,6 +31,8 @@ pub const ENCODE_BYTES_PER_ELEMENT: f64 = 32.0;
 /// What the run holds, by part.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimate {
+    /// The route it was made for (what the copies are).
+    pub route: RouteArg,
     /// Copies of the largest payload held at once.
     pub copies: f64,
     /// The part that does not grow with the model: the base.
@@ -40,26 +42,33 @@ pub struct Estimate {
 }
 
 /// The memory a run of `workers` on `route` holds, with payloads of `largest` bytes at
-/// most, `total` bytes of encoded payloads, and `largest_tensor` elements to encode.
+/// most, `total` bytes of encoded payloads, `largest_tensor` elements to encode and a
+/// model of `parameters`.
+///
+/// On the ring no worker holds another's payload: each holds its own, its segments and
+/// the aggregates of the rounds kept (each about a payload), and one worker at a time
+/// splits its payload through the dense values (4 bytes a parameter).
 pub fn estimate(
     workers: usize,
     route: RouteArg,
     largest: f64,
     total: f64,
     largest_tensor: usize,
+    parameters: u64,
 ) -> Estimate {
     let n = workers as f64;
     // Rounds kept, plus the one open.
     let kept = KEEP_ROUNDS as f64 + 1.0;
-    let coordinator = match route {
-        RouteArg::Relay => n * kept,
-        RouteArg::AllGather | RouteArg::Ring => 0.0,
+    let (copies, dense) = match route {
+        // Sent copy + every member's payload on every worker + the coordinator's + the one
+        // being decoded.
+        RouteArg::Relay => (n + n * n * kept + n * kept + n, 0.0),
+        RouteArg::AllGather => (n + n * n * kept + n, 0.0),
+        RouteArg::Ring => (n * (2.0 + kept), 4.0 * parameters as f64),
     };
-    // Sent copy + every member's payload on every worker + the one being decoded.
-    let copies = n + n * n * kept + coordinator + n;
     let encoding = largest_tensor as f64 * ENCODE_BYTES_PER_ELEMENT;
-    let bytes = BASE_BYTES + total + (copies * largest).max(encoding);
-    Estimate { copies, fixed: BASE_BYTES, bytes }
+    let bytes = BASE_BYTES + total + (copies * largest + dense).max(encoding);
+    Estimate { route, copies, fixed: BASE_BYTES, bytes }
 }
 
 /// Refuses a run whose [`estimate`] exceeds `memory` bytes: the error names `--params`,
@@ -78,12 +87,27 @@ pub fn check(
     // Payloads grow with the parameters; the fixed part does not.
     let per_param = (estimate.bytes - estimate.fixed) / params as f64;
     let most = ((memory - estimate.fixed) / per_param).max(0.0);
+    let (copies, instead) = match estimate.route {
+        RouteArg::Ring => (
+            format!(
+                "every worker's own, its ring segments and the aggregates of the \
+                 {KEEP_ROUNDS} rounds kept and the round open, plus one dense split"
+            ),
+            "",
+        ),
+        _ => (
+            format!(
+                "every worker's own, every member's on every worker for the {KEEP_ROUNDS} \
+                 rounds kept and the round open, the coordinator's"
+            ),
+            ", --route ring (a dense algorithm)",
+        ),
+    };
     bail!(
         "--params {:.3e}: {algo} with {workers} workers holds about {:.1} GiB at once in this one \
-         process (its payload, {:.1} MB, held {:.0} times: every worker's own, every member's \
-         on every worker for the {KEEP_ROUNDS} rounds kept and the round open, the \
-         coordinator's), more than the {:.1} GiB this machine has available; use at most \
-         --params {:.2e}, fewer --workers, or a sparse algorithm (sparseloco, demo)",
+         process (its payload, {:.1} MB, held {:.0} times: {copies}), more than the {:.1} GiB \
+         this machine has available; use at most --params {:.2e}, fewer --workers{instead}, or \
+         a sparse algorithm (sparseloco, demo)",
         params as f64,
         estimate.bytes / GIB,
         largest / 1e6,
@@ -135,7 +159,7 @@ mod tests {
     #[test]
     fn a_run_too_large_is_refused_naming_params_and_the_size_that_fits() {
         // DiLoCo int8 at 1e9: a 1 GB payload held some 200 times.
-        let e = estimate(8, RouteArg::Relay, 1e9, 1e9, 1 << 24);
+        let e = estimate(8, RouteArg::Relay, 1e9, 1e9, 1 << 24, 1_000_000_000);
         let err = check(1_000_000_000, "diloco", 8, e, 1e9, 24.0 * GIB).unwrap_err().to_string();
         assert!(err.contains("--params 1.000e9") && err.contains("at most --params"), "{err}");
         // The size it names fits.
@@ -149,11 +173,17 @@ mod tests {
             .parse()
             .unwrap();
         let scale = most / 1e9;
-        let smaller = estimate(8, RouteArg::Relay, 1e9 * scale, 1e9 * scale, 1 << 24);
+        let smaller = estimate(8, RouteArg::Relay, 1e9 * scale, 1e9 * scale, 1 << 24, most as u64);
         assert!(smaller.bytes <= 24.0 * GIB * 1.01, "{}", smaller.bytes);
         // SparseLoCo's 30 MB payload at 1e9 fits.
-        let sparse = estimate(8, RouteArg::Relay, 3e7, 3e7, 1 << 24);
+        let sparse = estimate(8, RouteArg::Relay, 3e7, 3e7, 1 << 24, 1_000_000_000);
         check(1_000_000_000, "sparseloco", 8, sparse, 3e7, 24.0 * GIB).unwrap();
+        // On the ring no worker holds the others' payloads: DiLoCo int8 at 1e9 holds some
+        // 40 payload copies and one dense split, not 200 copies.
+        let ring = estimate(8, RouteArg::Ring, 1e9, 1e9, 1 << 24, 1_000_000_000);
+        assert!(ring.copies < 0.25 * e.copies, "{} against {}", ring.copies, e.copies);
+        let err = check(1_000_000_000, "diloco", 8, ring, 1e9, 24.0 * GIB).unwrap_err();
+        assert!(err.to_string().contains("ring segments"), "{err}");
     }
 
     #[test]

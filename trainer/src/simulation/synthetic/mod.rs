@@ -140,12 +140,6 @@ fn prepare(args: &SimulateArgs) -> Result<Setup> {
     if args.measured_compute {
         bail!("--measured-compute: a synthetic run computes nothing to measure; give --step-time");
     }
-    if args.route == RouteArg::Ring {
-        bail!(
-            "--route ring: a synthetic worker does not sum dense payloads (1e9 parameters in \
-             f32 is 4 GB per worker); use --route relay or all-gather"
-        );
-    }
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -217,6 +211,9 @@ fn check_memory(
     let scale = model.parameters as f64 / probe.parameters as f64;
     let max_payload = meridian_comm::protocol::WorkerConfig::new("probe").max_payload as f64;
     for algo in algos {
+        if route == RouteArg::Ring && worker::Schedule::new(algo, 1, 1)?.ring.is_none() {
+            bail!("{}", ring_refused(algo));
+        }
         let p = payload::encode(algo, &probe, 0, 1)?;
         let largest = p.largest() as f64 * scale;
         // Encodings' sizes differ only in Rice-coded indices, by a fraction of a percent.
@@ -232,13 +229,29 @@ fn check_memory(
                 (model.parameters as f64 * max_payload / largest).floor()
             );
         }
-        let estimate = memory::estimate(workers, route, largest, total, model.largest_tensor());
+        let estimate = memory::estimate(
+            workers,
+            route,
+            largest,
+            total,
+            model.largest_tensor(),
+            model.parameters,
+        );
         if let Some(memory) = memory::available_bytes() {
             let name = algo.algorithm().to_string();
             memory::check(model.parameters, &name, workers, estimate, largest, memory as f64)?;
         }
     }
     Ok(())
+}
+
+/// Why `algo` cannot take `--route ring`.
+fn ring_refused(algo: &AlgoConfig) -> String {
+    format!(
+        "--route ring: {} payloads do not add up in a ring (sparse payloads, a robust \
+         aggregation mode, or balance = true); use --route relay or all-gather",
+        algo.algorithm()
+    )
 }
 
 /// Encodes `algo`'s payloads, then runs it over a fresh simulated network in virtual time.
@@ -281,6 +294,17 @@ async fn simulate_async(
     ccfg.protocol.keep_rounds = worker::KEEP_ROUNDS;
     let region = setup.topology.coordinator_region();
     let coordinator = super::start_coordinator(&fabric, region, ccfg, seed, None, None)?;
+    let schedule = worker::Schedule::new(algo, setup.model.shapes.len(), setup.steps)?;
+    let ring = match args.route {
+        RouteArg::Ring => Some(
+            schedule
+                .ring
+                .clone()
+                .with_context(|| ring_refused(algo))?
+                .with_shapes(setup.model.shapes.clone()),
+        ),
+        _ => None,
+    };
     let display = progress::Progress::start(
         &algo.algorithm().to_string(),
         setup.steps,
@@ -299,10 +323,11 @@ async fn simulate_async(
         step_time: setup.step_time,
         steps: setup.steps,
         workers: n,
-        schedule: worker::Schedule::new(algo, setup.model.shapes.len(), setup.steps)?,
+        schedule,
         payloads,
         receiver: receive::Receiver::new(algo, &setup.model.shapes)?,
         progress: display.bar(),
+        ring,
     });
     let mut tasks = Vec::new();
     // Workers join one after another, so member ids follow the placement order.

@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -28,12 +29,14 @@ use meridian_optimizer::balance::Balance;
 use meridian_optimizer::config::AlgoConfig;
 use meridian_optimizer::outer::Phase;
 use meridian_optimizer::payload::{Effort, Payload};
+use meridian_optimizer::ring::DenseRing;
 use meridian_simulate::Fabric;
 use tch::{Kind, Tensor};
 
 use super::payload::Payloads;
 use super::receive::Receiver;
 use crate::networked::node_link::published;
+use crate::networked::ring_reducer::RingCell;
 use crate::simulation::process::Outcome;
 
 /// Committed rounds whose payloads a synthetic run's nodes keep to serve late fetches.
@@ -56,6 +59,9 @@ pub struct Schedule {
     /// Whether workers train a share of the steps sized to their pace (the algorithm's
     /// `balance`; see `meridian_optimizer::balance`).
     pub balance: bool,
+    /// How the algorithm's payloads add up in a ring (over the stand-in model's shapes),
+    /// `None` when they do not.
+    pub ring: Option<DenseRing>,
 }
 
 impl Schedule {
@@ -74,7 +80,8 @@ impl Schedule {
                 }
             }
         }
-        Ok(Self { exchanges, delay: outer.overlap(), balance: outer.balance() })
+        let ring = outer.ring(&params);
+        Ok(Self { exchanges, delay: outer.overlap(), balance: outer.balance(), ring })
     }
 }
 
@@ -106,6 +113,8 @@ pub struct Ctx {
     pub receiver: Receiver,
     /// Progress display (worker 0 moves it).
     pub progress: ProgressBar,
+    /// The ring's reducer over the model's shapes, on `--route ring`.
+    pub ring: Option<DenseRing>,
 }
 
 impl Ctx {
@@ -136,6 +145,13 @@ pub async fn join(ctx: &Ctx, index: usize, region: &str) -> Result<WorkerNode> {
     cfg.identity = Some(NodeIdentity::deterministic(&name, seed)?);
     cfg.tuning = ctx.tuning.clone();
     cfg.protocol.keep_rounds = KEEP_ROUNDS;
+    if let Some(ring) = &ctx.ring {
+        // The real reducer: each worker splits its payload, sums and checks segments, and
+        // joins the aggregate exactly as a training worker does.
+        let cell = RingCell::default();
+        cell.set(ring.clone());
+        cfg.reducer = Some(Arc::new(cell));
+    }
     let mut node = WorkerNode::connect(cfg).await.with_context(|| format!("{name} joining"))?;
     loop {
         match node.next_event().await? {
@@ -301,10 +317,25 @@ fn handle(ctx: &Ctx, seen: &RefCell<Seen>, me: u32, event: WorkerNodeEvent) -> R
                 }
             }
         }
-        WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady { round, .. }) => {
-            bail!(
-                "round {round} committed a ring aggregate, which a synthetic worker does not take"
-            )
+        WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady {
+            round,
+            members,
+            aggregate,
+            stats,
+        }) => {
+            // Every replica must hold the same aggregate bytes; decoding it would take the
+            // dense sums (4 bytes a parameter), which is what a synthetic run avoids.
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(&round.to_le_bytes());
+            hasher.update(&aggregate);
+            let mut seen = seen.borrow_mut();
+            for t in &stats.traffic {
+                seen.sent += t.sent;
+                seen.received += t.received;
+            }
+            seen.rounds.insert(round, (members, hasher.digest()));
+            seen.efforts.insert(round, Vec::new());
+            tracing::debug!(round, me, "synthetic ring round checked");
         }
         WorkerNodeEvent::Protocol(WorkerEvent::SnapshotRequested { round }) => {
             // No model, no state: the coordinator asks another member after its timeout.
