@@ -503,12 +503,14 @@ mod tests {
         run_solo_with(config(algo), n, steps, drop)
     }
 
-    fn run_solo_with(
-        cfg: AlgoConfig,
+    /// Runs `body` for each of `n` toy workers of `cfg`, each on its own thread, seated at
+    /// one board (member `drop.0` missing round `drop.1`), and returns what each returned.
+    fn on_board<T: Send + 'static>(
+        cfg: &AlgoConfig,
         n: u32,
-        steps: u64,
         drop: Option<(u32, u64)>,
-    ) -> Vec<Vec<u64>> {
+        body: impl Fn(SoloWorker<ToyMlp>, Seat) -> T + Clone + Send + 'static,
+    ) -> Vec<T> {
         let board = Arc::new(Board {
             slots: Mutex::new(vec![None; n as usize]),
             arrived: Barrier::new(n as usize),
@@ -517,24 +519,34 @@ mod tests {
         });
         let handles: Vec<_> = (0..n)
             .map(|id| {
-                let (board, cfg) = (board.clone(), cfg.clone());
+                let (board, cfg, body) = (board.clone(), cfg.clone(), body.clone());
                 std::thread::spawn(move || {
                     tch::set_num_threads(1);
                     let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
-                    let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
-                    let mut seat = Seat { id, board };
-                    let mut hashes = Vec::new();
-                    for _ in 0..steps {
-                        for x in w.step(&mut seat).unwrap().exchanges {
-                            assert!(x.rejected.is_empty(), "{:?}", x.rejected);
-                            hashes.push(x.hash);
-                        }
-                    }
-                    hashes
+                    let w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
+                    body(w, Seat { id, board })
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    fn run_solo_with(
+        cfg: AlgoConfig,
+        n: u32,
+        steps: u64,
+        drop: Option<(u32, u64)>,
+    ) -> Vec<Vec<u64>> {
+        on_board(&cfg, n, drop, move |mut w, mut seat| {
+            let mut hashes = Vec::new();
+            for _ in 0..steps {
+                for x in w.step(&mut seat).unwrap().exchanges {
+                    assert!(x.rejected.is_empty(), "{:?}", x.rejected);
+                    hashes.push(x.hash);
+                }
+            }
+            hashes
+        })
     }
 
     #[test]
@@ -547,39 +559,23 @@ mod tests {
                 sets.extend([("fragments".into(), "2".into()), ("overlap".into(), "1".into())]);
             }
             let cfg = AlgoConfig::from_parts(algo, toml::Table::new(), &sets).unwrap();
-            let board = Arc::new(Board {
-                slots: Mutex::new(vec![None; 3]),
-                arrived: Barrier::new(3),
-                taken: Barrier::new(3),
-                drop_member_in_round: None,
+            let runs = on_board(&cfg, 3, None, |mut w, mut seat| {
+                let (mut hashes, mut trained) = (Vec::new(), 0);
+                for _ in 0..16 {
+                    let s = w.step(&mut seat).unwrap();
+                    if s.trained {
+                        trained += 1;
+                        w.step_took(if w.id == 2 { 2.0 } else { 1.0 });
+                    } else {
+                        assert!(s.loss.is_nan(), "a skipped step reports no loss");
+                    }
+                    hashes.extend(s.exchanges.iter().map(|x| x.hash));
+                }
+                if let Some(x) = w.land_now(&mut seat).unwrap() {
+                    hashes.push(x.hash);
+                }
+                (hashes, trained, w.duty())
             });
-            let handles: Vec<_> = (0..3u32)
-                .map(|id| {
-                    let (board, cfg) = (board.clone(), cfg.clone());
-                    std::thread::spawn(move || {
-                        tch::set_num_threads(1);
-                        let train = ToyMlp::new(ToyConfig::default(), id).unwrap();
-                        let mut w = SoloWorker::new(id, train, |p| cfg.build(p)).unwrap();
-                        let mut seat = Seat { id, board };
-                        let (mut hashes, mut trained) = (Vec::new(), 0);
-                        for _ in 0..16 {
-                            let s = w.step(&mut seat).unwrap();
-                            if s.trained {
-                                trained += 1;
-                                w.step_took(if id == 2 { 2.0 } else { 1.0 });
-                            } else {
-                                assert!(s.loss.is_nan(), "a skipped step reports no loss");
-                            }
-                            hashes.extend(s.exchanges.iter().map(|x| x.hash));
-                        }
-                        if let Some(x) = w.land_now(&mut seat).unwrap() {
-                            hashes.push(x.hash);
-                        }
-                        (hashes, trained, w.duty())
-                    })
-                })
-                .collect();
-            let runs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             assert!(runs.windows(2).all(|r| r[0].0 == r[1].0), "{algo}: replicas differ");
             assert!(!runs[0].0.is_empty());
             assert_eq!((runs[0].1, runs[0].2), (16, 1.0), "{algo}: a fast worker trains all");

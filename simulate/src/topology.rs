@@ -323,29 +323,12 @@ impl Topology {
         for region in self.workers.iter().flatten() {
             self.known_region(region, "workers")?;
         }
-        let (slowest, fastest) = SPEED_RANGE;
         for (region, &speed) in &self.speed {
             self.known_region(region, "speed")?;
-            if !(speed.is_finite() && (slowest..=fastest).contains(&speed)) {
-                return Err(SimError::InvalidValue {
-                    field: format!("speed of {region}"),
-                    reason: format!(
-                        "{speed} is out of range: a region computes between {slowest} and \
-                         {fastest} times the stated speed"
-                    ),
-                });
-            }
+            check_speed(&format!("speed of {region}"), "region", speed)?;
         }
         for (worker, &speed) in &self.worker_speed {
-            if !(speed.is_finite() && (slowest..=fastest).contains(&speed)) {
-                return Err(SimError::InvalidValue {
-                    field: format!("speed of worker {worker}"),
-                    reason: format!(
-                        "{speed} is out of range: a worker computes between {slowest} and \
-                         {fastest} times the stated speed"
-                    ),
-                });
-            }
+            check_speed(&format!("speed of worker {worker}"), "worker", speed)?;
         }
         if !(self.speed_jitter.is_finite() && (0.0..=MAX_SPEED_JITTER).contains(&self.speed_jitter))
         {
@@ -450,6 +433,22 @@ impl Topology {
         }
         out
     }
+}
+
+/// Refuses a compute speed outside [`SPEED_RANGE`], naming `field` (a region's or a
+/// worker's, as `what` says).
+fn check_speed(field: &str, what: &str, speed: f64) -> Result<()> {
+    let (slowest, fastest) = SPEED_RANGE;
+    if speed.is_finite() && (slowest..=fastest).contains(&speed) {
+        return Ok(());
+    }
+    Err(SimError::InvalidValue {
+        field: field.to_string(),
+        reason: format!(
+            "{speed} is out of range: a {what} computes between {slowest} and {fastest} times \
+             the stated speed"
+        ),
+    })
 }
 
 #[cfg(test)]
