@@ -15,9 +15,9 @@
 //! When a round lands, a worker sets `duty = fastest / own` over the members applied, less
 //! what it takes to make up compute it spent beyond rounds at the fastest pace, left at 1
 //! when within [`DEAD_BAND`] of the fastest (jitter, not a slower site) and never below
-//! [`MIN_DUTY`]. Before its first round lands, a worker has only its own pace; the first
-//! payload of a faster peer, which arrives ahead of the commit, sizes the rest of that
-//! round ([`Balance::early`]).
+//! [`MIN_DUTY`]. During its first round a worker has only its own pace; the first payload
+//! of a faster peer, which arrives ahead of the commit, sizes the rest of that round
+//! ([`Balance::early`]).
 //!
 //! The mean is weighted by the steps trained ([`weigh`]): every worker of a run steps the
 //! same batch, so this is the token-weighted mean. Every replica weighs the same payloads
@@ -128,9 +128,9 @@ impl Balance {
     }
 
     /// Another member launched the round this worker is still training for, stating `peer`
-    /// (its payload arrived ahead of the commit). Before this worker's first round has
-    /// landed it knows no pace but its own; a peer done first tells it whether it is
-    /// slower. If finishing the round at its current duty would take it more than
+    /// (its payload arrived ahead of the commit). During its first round (before it has
+    /// launched one) a worker knows no pace but its own; a peer done first tells it whether
+    /// it is slower. If finishing the round at its current duty would take it more than
     /// [`DEAD_BAND`] beyond the time the peer spent on the round, the duty drops so that it
     /// finishes about then (a half-speed worker learns it halfway through its first round,
     /// instead of a round late). Later rounds are sized at their landing.
