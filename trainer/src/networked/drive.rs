@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use meridian_optimizer::payload::Effort;
-
 use anyhow::{Context, Result};
 use meridian_optimizer::outer::Phase;
+use meridian_optimizer::payload::Effort;
 use meridian_optimizer::solo::{Committed, Exchange, SoloExchange, SoloStep, SoloWorker};
 use meridian_optimizer::train_step::TrainStep;
 use meridian_optimizer::OptimizerError;
