@@ -72,11 +72,6 @@ impl Balance {
         }
     }
 
-    /// Whether balancing is on.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// The share of inner steps this worker trains.
     pub fn duty(&self) -> f64 {
         self.duty

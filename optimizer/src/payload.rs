@@ -265,18 +265,20 @@ impl Payload {
         out
     }
 
-    /// The round, author and effort a payload's header states, read from its first bytes
-    /// alone (its first 27 bytes); `None` when they are not a header this build
-    /// writes. Nothing else is checked: what balancing reads before the payload commits.
-    pub fn peek_effort(head: &[u8]) -> Option<(u64, u32, Effort)> {
+    /// The effort a payload's header states, read from its first bytes alone (its first
+    /// 27), when it is `worker`'s payload for `round`; `None` when they are not a header
+    /// this build writes, or another round's or author's. Nothing else is checked: what
+    /// balancing reads before the payload commits.
+    pub fn peek_effort(head: &[u8], round: u64, worker: u32) -> Option<Effort> {
         let mut r = Reader { bytes: head, at: 0 };
         if r.take(4).ok()? != MAGIC || r.u16().ok()? != VERSION {
             return None;
         }
         r.u8().ok()?;
-        let (round, worker) = (r.u64().ok()?, r.u32().ok()?);
-        let effort = Effort { steps: r.u32().ok()?, step_micros: r.u32().ok()? };
-        Some((round, worker, effort))
+        if (r.u64().ok()?, r.u32().ok()?) != (round, worker) {
+            return None;
+        }
+        Some(Effort { steps: r.u32().ok()?, step_micros: r.u32().ok()? })
     }
 
     /// Decodes and validates a payload against the model's parameter `shapes` (canonical
@@ -424,11 +426,13 @@ mod tests {
     fn the_header_alone_states_round_author_and_effort() {
         let bytes = sample().encode();
         let effort = Effort { steps: 30, step_micros: 250_000 };
-        assert_eq!(Payload::peek_effort(&bytes[..27]), Some((7, 3, effort)));
-        assert_eq!(Payload::peek_effort(&bytes[..26]), None, "cut short");
+        assert_eq!(Payload::peek_effort(&bytes[..27], 7, 3), Some(effort));
+        assert_eq!(Payload::peek_effort(&bytes[..26], 7, 3), None, "cut short");
+        assert_eq!(Payload::peek_effort(&bytes, 8, 3), None, "another round");
+        assert_eq!(Payload::peek_effort(&bytes, 7, 2), None, "another author");
         let mut old = bytes.clone();
         old[4] = 1;
-        assert_eq!(Payload::peek_effort(&old), None, "another version");
+        assert_eq!(Payload::peek_effort(&old, 7, 3), None, "another version");
     }
 
     #[test]

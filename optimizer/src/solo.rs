@@ -188,8 +188,8 @@ impl<S: TrainStep> SoloWorker<S> {
         self.step = step;
         self.round = round;
         self.in_flight = None;
-        // The pace is measured afresh from here on; until its first round lands, this
-        // worker trains every step.
+        // The pace is measured afresh from here on: the worker sizes its share as it does
+        // in its first round.
         self.balance = Balance::new(self.outer.balance());
     }
 

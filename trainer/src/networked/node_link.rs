@@ -55,9 +55,8 @@ pub fn net_event(event: WorkerNodeEvent, me: MemberId) -> Result<Option<Mapped>>
         }),
         WorkerNodeEvent::Protocol(WorkerEvent::PayloadArrived { round, member, head }) => {
             // A header this build cannot read is the commit's to reject, not this event's.
-            Payload::peek_effort(&head)
-                .filter(|&(r, author, _)| r == round && author == member)
-                .map(|(_, _, effort)| Mapped::plain(NetEvent::PeerLaunched { round, effort }))
+            Payload::peek_effort(&head, round, member)
+                .map(|effort| Mapped::plain(NetEvent::PeerLaunched { round, effort }))
         }
         WorkerNodeEvent::Protocol(WorkerEvent::SnapshotRequested { round }) => {
             Some(Mapped::plain(NetEvent::SnapshotRequested { round }))

@@ -236,9 +236,8 @@ pub async fn live(
         }
         // A peer done with the round this worker still trains for: a slow worker's first
         // round is sized by it (the round in flight, if any, launched already).
-        let preparing = round;
         for (r, effort) in std::mem::take(&mut seen.borrow_mut().launched) {
-            if r == preparing {
+            if r == round {
                 balance.early(effort);
             }
         }
@@ -311,10 +310,8 @@ fn handle(ctx: &Ctx, seen: &RefCell<Seen>, me: u32, event: WorkerNodeEvent) -> R
             tracing::debug!(round, me, "synthetic round checked");
         }
         WorkerNodeEvent::Protocol(WorkerEvent::PayloadArrived { round, member, head }) => {
-            if let Some((r, author, effort)) = Payload::peek_effort(&head) {
-                if (r, author) == (round, member) {
-                    seen.borrow_mut().launched.push((round, effort));
-                }
+            if let Some(effort) = Payload::peek_effort(&head, round, member) {
+                seen.borrow_mut().launched.push((round, effort));
             }
         }
         WorkerNodeEvent::Protocol(WorkerEvent::AggregateReady {
